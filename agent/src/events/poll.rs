@@ -1,0 +1,1 @@
+//! Polling fallback source (owned by the cgroups/fallback work; placeholder).

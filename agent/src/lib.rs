@@ -1,0 +1,7 @@
+//! bpflet: a kubelet-class node agent that runs pods through the CRI and watches them
+//! from the kernel with eBPF. `main.rs` only parses the command line and calls in here.
+
+pub mod bpf;
+pub mod cgroups;
+pub mod events;
+pub mod trace;

@@ -1,0 +1,1 @@
+//! `bpflet trace` (placeholder).

@@ -1,1 +1,490 @@
-//! Loading and attaching the BPF programs; ring buffer -> typed async stream (placeholder).
+//! The kernel side, seen from the agent: load and attach the BPF programs, steer their
+//! filters, and turn the ring buffer into a typed async stream of [`Event`]s.
+//!
+//! [`load`] returns two halves: [`KernelProbe`] keeps the programs attached (dropping it
+//! detaches everything) and steers the kernel filters; [`EventReader`] owns the ring buffer
+//! and the drop counters and is the single place where records become events.
+
+pub mod btf;
+pub mod decode;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, RawTracePoint};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use bpflet_common::{Config, DROP_SLOTS, MAX_WATCH_ROOTS, WatchRoot, feature};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::events::{Detail, Event, Source};
+
+/// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("BPFLET_EBPF_OBJECT"));
+
+/// Where the running kernel publishes its BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why the kernel side could not be set up. Each variant names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(
+        "loading BPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); bpflet runs as uid {uid}"
+    )]
+    NotPrivileged { uid: u32 },
+    #[error("cannot read the kernel's BTF at {path} (is CONFIG_DEBUG_INFO_BTF enabled?)")]
+    Btf {
+        path: PathBuf,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("the kernel's BTF has no {what}")]
+    BtfMissing { what: String },
+    #[error("the kernel refused the BPF object")]
+    Load(#[source] EbpfError),
+    #[error("the BPF object has no program {0} (object and agent out of step?)")]
+    MissingProgram(&'static str),
+    #[error("the kernel refused program {program} (for raw tracepoint {tracepoint})")]
+    ProgramLoad {
+        program: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot attach program {program} to raw tracepoint {tracepoint}")]
+    Attach {
+        program: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the BPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("BPF map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{count} watched cgroup roots given; the kernel filter holds at most {max}")]
+    TooManyRoots { count: usize, max: u32 },
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] io::Error),
+}
+
+/// A program and the raw tracepoint it attaches to. `required: false` programs only feed
+/// pressure aggregation: without them bpflet runs with a warning instead of falling back.
+struct Attachment {
+    program: &'static str,
+    tracepoint: &'static str,
+    required: bool,
+}
+
+const ATTACHMENTS: &[Attachment] = &[
+    Attachment {
+        program: "bpflet_exit",
+        tracepoint: "sched_process_exit",
+        required: true,
+    },
+    Attachment {
+        program: "bpflet_oom",
+        tracepoint: "mark_victim",
+        required: true,
+    },
+    Attachment {
+        program: "bpflet_cgroup_mkdir",
+        tracepoint: "cgroup_mkdir",
+        required: true,
+    },
+    Attachment {
+        program: "bpflet_cgroup_rmdir",
+        tracepoint: "cgroup_rmdir",
+        required: true,
+    },
+    Attachment {
+        program: "bpflet_memcg_events",
+        tracepoint: "count_memcg_events",
+        required: false,
+    },
+    Attachment {
+        program: "bpflet_memcg_reclaim",
+        tracepoint: "mm_vmscan_memcg_reclaim_begin",
+        required: false,
+    },
+    Attachment {
+        program: "bpflet_direct_reclaim",
+        tracepoint: "mm_vmscan_direct_reclaim_begin",
+        required: false,
+    },
+    Attachment {
+        program: "bpflet_throttled",
+        tracepoint: "mm_vmscan_throttled",
+        required: false,
+    },
+];
+
+/// What the kernel should report.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    /// Watched subtrees as (cgroup id, level). Empty with `watch_all` false reports only
+    /// registered pids and OOM kills.
+    pub roots: Vec<(u64, u32)>,
+    /// Report every cgroup of the hierarchy (tracing the whole machine).
+    pub watch_all: bool,
+    /// The hierarchy whose mkdir/rmdir are reported: the v1 memory hierarchy id, or 0 on v2.
+    pub hierarchy_id: u32,
+    pub cgroup_v2: bool,
+    /// Minimum spacing of two pressure records for one cgroup.
+    pub pressure_window: Duration,
+    pub btf_path: PathBuf,
+}
+
+impl Default for WatchSpec {
+    fn default() -> Self {
+        Self {
+            roots: Vec::new(),
+            watch_all: false,
+            hierarchy_id: 0,
+            cgroup_v2: false,
+            pressure_window: Duration::from_millis(100),
+            btf_path: PathBuf::from(KERNEL_BTF),
+        }
+    }
+}
+
+/// Events lost on the way, for metrics and `events_lost` records.
+#[derive(Debug, Default)]
+pub struct LossCounters {
+    /// Ring-buffer reservations that failed in the kernel (buffer full).
+    pub kernel: AtomicU64,
+    /// Decoded events dropped because the consumer's channel was full.
+    pub userspace: AtomicU64,
+    /// Records that did not decode (a bug or an object/agent mismatch).
+    pub malformed: AtomicU64,
+}
+
+/// The attached programs and the filter maps. Dropping it detaches every program.
+pub struct KernelProbe {
+    _ebpf: Ebpf,
+    roots: Array<MapData, WatchRoot>,
+    pids: HashMap<MapData, u32, u32>,
+    /// Optional tracepoints that could not be attached, with the reason.
+    pub degraded: Vec<String>,
+}
+
+/// Owns the ring buffer; [`EventReader::run`] turns it into events.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    losses: Arc<LossCounters>,
+    pressure_window: Duration,
+}
+
+/// Loads the BPF object, fills its configuration from BTF, attaches every program and
+/// installs the watch filter.
+pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
+    let uid = nix::unistd::geteuid().as_raw();
+    if uid != 0 {
+        return Err(BpfError::NotPrivileged { uid });
+    }
+    raise_memlock_limit();
+
+    let kernel = btf::KernelBtf::load(&spec.btf_path)?;
+    let mut config: Config = btf::resolve_config(&kernel)?;
+    config.hierarchy_id = spec.hierarchy_id;
+    config.pressure_window_ns = u64::try_from(spec.pressure_window.as_nanos()).unwrap_or(u64::MAX);
+    if spec.cgroup_v2 {
+        config.features |= feature::CGROUP_V2;
+    }
+    if spec.watch_all {
+        config.features |= feature::WATCH_ALL;
+    }
+    if config.features & feature::EXIT_CODE == 0 {
+        warn!(
+            "task_struct.exit_code is not in the kernel's BTF: exit codes will be reported as unknown"
+        );
+    }
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .load(OBJECT)
+        .map_err(BpfError::Load)?;
+
+    let mut degraded = Vec::new();
+    for a in ATTACHMENTS {
+        match attach(&mut ebpf, a) {
+            Ok(()) => debug!(program = a.program, tracepoint = a.tracepoint, "attached"),
+            Err(e) if !a.required => {
+                let reason = format!("{}: {}", e, error_chain(&e));
+                warn!("{reason}; memory pressure reporting is incomplete");
+                degraded.push(reason);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let ring =
+        RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| BpfError::Map {
+            map: "EVENTS",
+            source,
+        })?;
+    let drops =
+        PerCpuArray::try_from(take_map(&mut ebpf, "DROPS")?).map_err(|source| BpfError::Map {
+            map: "DROPS",
+            source,
+        })?;
+    let roots =
+        Array::try_from(take_map(&mut ebpf, "WATCH_ROOTS")?).map_err(|source| BpfError::Map {
+            map: "WATCH_ROOTS",
+            source,
+        })?;
+    let pids =
+        HashMap::try_from(take_map(&mut ebpf, "WATCH_PIDS")?).map_err(|source| BpfError::Map {
+            map: "WATCH_PIDS",
+            source,
+        })?;
+
+    let mut probe = KernelProbe {
+        _ebpf: ebpf,
+        roots,
+        pids,
+        degraded,
+    };
+    probe.set_roots(&spec.roots)?;
+    let reader = EventReader {
+        ring,
+        drops,
+        losses: Arc::new(LossCounters::default()),
+        pressure_window: spec.pressure_window,
+    };
+    Ok((probe, reader))
+}
+
+fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), BpfError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(a.program)
+        .ok_or(BpfError::MissingProgram(a.program))?
+        .try_into()
+        .map_err(|source| BpfError::ProgramLoad {
+            program: a.program,
+            tracepoint: a.tracepoint,
+            source,
+        })?;
+    program.load().map_err(|source| BpfError::ProgramLoad {
+        program: a.program,
+        tracepoint: a.tracepoint,
+        source,
+    })?;
+    program
+        .attach(a.tracepoint)
+        .map_err(|source| BpfError::Attach {
+            program: a.program,
+            tracepoint: a.tracepoint,
+            source,
+        })?;
+    Ok(())
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+    ebpf.take_map(name).ok_or(BpfError::MissingMap(name))
+}
+
+/// Formats an error's sources, for one-line logs ("a: b: c").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+/// BPF maps are charged to the memory cgroup on current kernels; on older ones they count
+/// against RLIMIT_MEMLOCK. Raising it may be refused (no CAP_SYS_RESOURCE): that is logged,
+/// never fatal.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(
+            error = %io::Error::last_os_error(),
+            "cannot raise RLIMIT_MEMLOCK; fine on kernels that charge BPF maps to the memory cgroup"
+        );
+    }
+}
+
+impl KernelProbe {
+    /// Replaces the watched subtrees.
+    pub fn set_roots(&mut self, roots: &[(u64, u32)]) -> Result<(), BpfError> {
+        if roots.len() > MAX_WATCH_ROOTS as usize {
+            return Err(BpfError::TooManyRoots {
+                count: roots.len(),
+                max: MAX_WATCH_ROOTS,
+            });
+        }
+        let map_err = |source| BpfError::Map {
+            map: "WATCH_ROOTS",
+            source,
+        };
+        // Slots are read densely from 0: write the new ones, then clear the rest.
+        for (i, &(cgroup_id, level)) in roots.iter().enumerate() {
+            let root = WatchRoot {
+                cgroup_id,
+                level,
+                active: 1,
+            };
+            self.roots.set(i as u32, root, 0).map_err(map_err)?;
+        }
+        for i in roots.len() as u32..MAX_WATCH_ROOTS {
+            self.roots
+                .set(i, WatchRoot::default(), 0)
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Reports this thread group's exits wherever it lives.
+    pub fn watch_pid(&mut self, tgid: u32) -> Result<(), BpfError> {
+        self.pids
+            .insert(tgid, 1, 0)
+            .map_err(|source| BpfError::Map {
+                map: "WATCH_PIDS",
+                source,
+            })
+    }
+
+    pub fn unwatch_pid(&mut self, tgid: u32) -> Result<(), BpfError> {
+        match self.pids.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: "WATCH_PIDS",
+                source,
+            }),
+        }
+    }
+}
+
+/// How often the reader checks the kernel's drop counters.
+const LOSS_CHECK: Duration = Duration::from_millis(250);
+
+impl EventReader {
+    pub fn losses(&self) -> Arc<LossCounters> {
+        Arc::clone(&self.losses)
+    }
+
+    /// The configured pressure aggregation window.
+    pub fn pressure_window(&self) -> Duration {
+        self.pressure_window
+    }
+
+    /// Reads events until `cancel` fires or the receiver goes away. Never blocks on a slow
+    /// consumer: events that do not fit in `tx` are counted and reported as `events_lost`
+    /// once there is room again, together with the kernel's own drops.
+    pub async fn run(
+        self,
+        tx: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<(), BpfError> {
+        let clock = decode::Clock::now();
+        let page = decode::page_size();
+        let mut drops_reader = DropsReader {
+            drops: self.drops,
+            reported: 0,
+        };
+        let losses = self.losses;
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until the
+        // AsyncFd (which owns the ring buffer) is dropped.
+        let mut fd =
+            unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| BpfError::Poll(e.into()))?;
+        let mut tick = tokio::time::interval(LOSS_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending_user_loss = 0u64;
+        debug!(fd = fd.get_ref().as_raw_fd(), "reading kernel events");
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                guard = fd.readable_mut() => {
+                    let mut guard = guard.map_err(BpfError::Poll)?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        match decode::decode(&item, &clock, page) {
+                            Ok(ev) => match tx.try_send(ev) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    pending_user_loss += 1;
+                                    losses.userspace.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                            },
+                            Err(e) => {
+                                if losses.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
+                                    warn!(error = %e, "malformed kernel record (further ones are only counted)");
+                                }
+                            }
+                        }
+                    }
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    let kernel_total = drops_reader.total();
+                    losses.kernel.store(kernel_total, Ordering::Relaxed);
+                    let kernel_new = kernel_total - drops_reader.reported;
+                    if kernel_new == 0 && pending_user_loss == 0 {
+                        continue;
+                    }
+                    let ev = events_lost(kernel_new, pending_user_loss);
+                    match tx.try_send(ev) {
+                        Ok(()) => {
+                            drops_reader.reported = kernel_total;
+                            pending_user_loss = 0;
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {} // report on the next tick
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct DropsReader {
+    drops: PerCpuArray<MapData, u64>,
+    reported: u64,
+}
+
+impl DropsReader {
+    fn total(&self) -> u64 {
+        let total: u64 = (0..DROP_SLOTS)
+            .filter_map(|slot| self.drops.get(&slot, 0).ok())
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .sum();
+        total.max(self.reported)
+    }
+}
+
+/// An `events_lost` record.
+pub fn events_lost(kernel: u64, userspace: u64) -> Event {
+    Event {
+        time: std::time::SystemTime::now(),
+        kernel_ns: None,
+        source: Source::Bpf,
+        pid: 0,
+        comm: String::new(),
+        cgroup_id: None,
+        cgroup: String::new(),
+        pod: None,
+        detail: Detail::EventsLost { kernel, userspace },
+    }
+}

@@ -63,7 +63,9 @@ impl fmt::Display for Kind {
 
 /// The kind string is not one of [`Kind::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown event kind {0:?} (expected one of: exit, oom_kill, memory_pressure, cgroup_created, cgroup_removed, events_lost)")]
+#[error(
+    "unknown event kind {0:?} (expected one of: exit, oom_kill, memory_pressure, cgroup_created, cgroup_removed, events_lost)"
+)]
 pub struct UnknownKind(pub String);
 
 impl std::str::FromStr for Kind {
@@ -95,7 +97,10 @@ pub enum OomScope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     Code(i32),
-    Signal { signal: i32, core_dumped: bool },
+    Signal {
+        signal: i32,
+        core_dumped: bool,
+    },
     /// The source could not tell (polling fallback, or no `exit_code` in BTF).
     Unknown,
 }
@@ -167,11 +172,18 @@ pub enum Detail {
     Exit(ExitStatus),
     OomKill(OomKill),
     MemoryPressure(MemoryPressure),
-    CgroupCreated { level: u32 },
-    CgroupRemoved { level: u32 },
+    CgroupCreated {
+        level: u32,
+    },
+    CgroupRemoved {
+        level: u32,
+    },
     /// Events that never reached consumers: `kernel` ring-buffer reservations that failed,
     /// `userspace` decoded events dropped because a consumer was too slow.
-    EventsLost { kernel: u64, userspace: u64 },
+    EventsLost {
+        kernel: u64,
+        userspace: u64,
+    },
 }
 
 impl Detail {

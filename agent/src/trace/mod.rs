@@ -1,1 +1,1 @@
-//! `bpflet trace` (placeholder).
+pub mod output;

@@ -4,4 +4,5 @@
 pub mod bpf;
 pub mod cgroups;
 pub mod events;
+pub mod runtime;
 pub mod trace;

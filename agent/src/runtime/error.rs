@@ -1,0 +1,156 @@
+//! Errors of the container runtime layer.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tonic::Code;
+
+/// The CRI call an error (or an injected fault) belongs to, named as the CRI RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Version,
+    Status,
+    RunPodSandbox,
+    StopPodSandbox,
+    RemovePodSandbox,
+    PodSandboxStatus,
+    ListPodSandbox,
+    CreateContainer,
+    StartContainer,
+    StopContainer,
+    RemoveContainer,
+    ContainerStatus,
+    ListContainers,
+    UpdateContainerResources,
+    ReopenContainerLog,
+    ExecSync,
+    ImageStatus,
+    PullImage,
+    ListImages,
+    RemoveImage,
+}
+
+impl Method {
+    /// The RPC name as the CRI `.proto` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Version => "Version",
+            Method::Status => "Status",
+            Method::RunPodSandbox => "RunPodSandbox",
+            Method::StopPodSandbox => "StopPodSandbox",
+            Method::RemovePodSandbox => "RemovePodSandbox",
+            Method::PodSandboxStatus => "PodSandboxStatus",
+            Method::ListPodSandbox => "ListPodSandbox",
+            Method::CreateContainer => "CreateContainer",
+            Method::StartContainer => "StartContainer",
+            Method::StopContainer => "StopContainer",
+            Method::RemoveContainer => "RemoveContainer",
+            Method::ContainerStatus => "ContainerStatus",
+            Method::ListContainers => "ListContainers",
+            Method::UpdateContainerResources => "UpdateContainerResources",
+            Method::ReopenContainerLog => "ReopenContainerLog",
+            Method::ExecSync => "ExecSync",
+            Method::ImageStatus => "ImageStatus",
+            Method::PullImage => "PullImage",
+            Method::ListImages => "ListImages",
+            Method::RemoveImage => "RemoveImage",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed call to the container runtime. Every variant names the CRI method and the
+/// runtime's socket; the runtime's own answer, when there is one, is the `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Opening a connection to the runtime's socket failed (not running, wrong path, ...).
+    #[error("CRI {method}: cannot connect to the container runtime at {}", socket.display())]
+    Connect {
+        method: Method,
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// The last connection attempt failed recently; this call was not sent. Callers may
+    /// retry after `retry_in`; the next call after that reconnects.
+    #[error(
+        "CRI {method}: the container runtime at {} is unreachable; next connection attempt in {retry_in:?}",
+        socket.display()
+    )]
+    Backoff {
+        method: Method,
+        socket: PathBuf,
+        retry_in: Duration,
+    },
+
+    /// The runtime (or the transport to it) answered with a gRPC error.
+    #[error("CRI {method} via {} failed", socket.display())]
+    Call {
+        method: Method,
+        socket: PathBuf,
+        #[source]
+        source: tonic::Status,
+    },
+
+    /// No answer within the call's deadline. The runtime may still complete the call.
+    #[error("CRI {method} via {} got no answer within {timeout:?}", socket.display())]
+    Timeout {
+        method: Method,
+        socket: PathBuf,
+        timeout: Duration,
+    },
+
+    /// The runtime answered, but without a field the CRI requires.
+    #[error("CRI {method} via {}: the response has no {field}", socket.display())]
+    MalformedResponse {
+        method: Method,
+        socket: PathBuf,
+        field: &'static str,
+    },
+}
+
+impl RuntimeError {
+    /// The CRI method that failed.
+    pub fn method(&self) -> Method {
+        match self {
+            RuntimeError::Connect { method, .. }
+            | RuntimeError::Backoff { method, .. }
+            | RuntimeError::Call { method, .. }
+            | RuntimeError::Timeout { method, .. }
+            | RuntimeError::MalformedResponse { method, .. } => *method,
+        }
+    }
+
+    /// The gRPC status code, when the runtime or the transport produced one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            RuntimeError::Call { source, .. } => Some(source.code()),
+            RuntimeError::Timeout { .. } => Some(Code::DeadlineExceeded),
+            RuntimeError::Connect { .. } | RuntimeError::Backoff { .. } => Some(Code::Unavailable),
+            RuntimeError::MalformedResponse { .. } => None,
+        }
+    }
+
+    /// The runtime does not know the sandbox, container or image the call named.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(Code::NotFound)
+    }
+
+    /// The runtime could not be reached (down, restarting, socket missing): the call was
+    /// not executed, or its connection broke. Worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        self.code() == Some(Code::Unavailable)
+    }
+
+    /// The call ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        self.code() == Some(Code::DeadlineExceeded)
+    }
+}

@@ -3,6 +3,8 @@
 
 pub mod bpf;
 pub mod cgroups;
+pub mod config;
 pub mod events;
+pub mod pods;
 pub mod runtime;
 pub mod trace;

@@ -1,0 +1,259 @@
+//! The on-disk documents: upstream's `KubeletConfiguration` (the subset bpflet implements)
+//! and bpflet's own `BpfletConfiguration`. Both are decoded strictly: an unknown field, a
+//! wrong type, a wrong apiVersion or kind is an error naming the file and the field.
+//!
+//! A config file or drop-in holds one or more YAML (or JSON) documents separated by `---`,
+//! at most one of each kind. Keeping bpflet's settings in their own document leaves the
+//! KubeletConfiguration document exactly upstream's schema, so an operator's kubelet config
+//! (restricted to the fields bpflet supports) loads unchanged and a typo is still an error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::ConfigError;
+use super::args::PlegMode;
+
+pub const KUBELET_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KUBELET_KIND: &str = "KubeletConfiguration";
+pub const BPFLET_API_VERSION: &str = "bpflet.io/v1alpha1";
+pub const BPFLET_KIND: &str = "BpfletConfiguration";
+
+/// The KubeletConfiguration fields bpflet implements, exactly as upstream spells them.
+/// Every field is optional here; defaults are applied when the layers are merged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletConfiguration {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub static_pod_path: Option<String>,
+    #[serde(rename = "staticPodURL", skip_serializing_if = "Option::is_none")]
+    pub static_pod_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_check_frequency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_check_frequency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_frequency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_driver: Option<String>,
+    #[serde(rename = "cgroupsPerQOS", skip_serializing_if = "Option::is_none")]
+    pub cgroups_per_qos: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforce_node_allocatable: Option<Vec<String>>,
+    #[serde(
+        default,
+        deserialize_with = "quantity_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_reserved: Option<BTreeMap<String, Quantity>>,
+    #[serde(
+        default,
+        deserialize_with = "quantity_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kube_reserved: Option<BTreeMap<String, Quantity>>,
+    #[serde(
+        default,
+        deserialize_with = "string_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eviction_hard: Option<BTreeMap<String, String>>,
+    #[serde(
+        default,
+        deserialize_with = "string_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eviction_soft: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_soft_grace_period: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_pressure_transition_period: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_max_pod_grace_period: Option<i32>,
+    #[serde(
+        default,
+        deserialize_with = "string_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eviction_minimum_reclaim: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_request_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only_port: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthz_port: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthz_bind_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pods: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_pids_limit: Option<i64>,
+}
+
+/// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BpfletConfiguration {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `event` (default) or `generic`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pleg_mode: Option<PlegMode>,
+    /// In event mode, how often every pod is relisted anyway (default 10s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pleg_safety_relist_period: Option<String>,
+    /// How long without a completed relist before the PLEG reports itself unhealthy (3m).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pleg_unhealthy_threshold: Option<String>,
+    /// `qos` (default: BestEffort, then Burstable, then Guaranteed, upstream order inside a
+    /// class) or `upstream` (upstream's ranking alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_ranking: Option<String>,
+}
+
+/// The documents found in one file.
+#[derive(Debug, Default)]
+pub(super) struct Documents {
+    pub kubelet: Option<KubeletConfiguration>,
+    pub bpflet: Option<BpfletConfiguration>,
+}
+
+/// Reads and decodes one config file or drop-in.
+pub(super) fn read_documents(path: &Path) -> Result<Documents, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_documents(path, &text)
+}
+
+/// Decodes the documents of one file; `path` only names the file in errors.
+pub(super) fn parse_documents(path: &Path, text: &str) -> Result<Documents, ConfigError> {
+    let mut docs = Documents::default();
+    for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let value =
+            yaml_serde::Value::deserialize(document).map_err(|source| ConfigError::Syntax {
+                path: path.to_owned(),
+                source,
+            })?;
+        if value.is_null() {
+            continue;
+        }
+        let api_version = value.get("apiVersion").and_then(yaml_serde::Value::as_str);
+        let kind = value.get("kind").and_then(yaml_serde::Value::as_str);
+        let wrong = || ConfigError::WrongType {
+            path: path.to_owned(),
+            document: index,
+            api_version: api_version.unwrap_or_default().to_owned(),
+            kind: kind.unwrap_or_default().to_owned(),
+        };
+        match (api_version, kind) {
+            (Some(KUBELET_API_VERSION), Some(KUBELET_KIND)) => {
+                if docs.kubelet.is_some() {
+                    return Err(ConfigError::DuplicateDocument {
+                        path: path.to_owned(),
+                        kind: KUBELET_KIND,
+                    });
+                }
+                docs.kubelet = Some(decode(path, value)?);
+            }
+            (Some(BPFLET_API_VERSION), Some(BPFLET_KIND)) => {
+                if docs.bpflet.is_some() {
+                    return Err(ConfigError::DuplicateDocument {
+                        path: path.to_owned(),
+                        kind: BPFLET_KIND,
+                    });
+                }
+                docs.bpflet = Some(decode(path, value)?);
+            }
+            _ => return Err(wrong()),
+        }
+    }
+    Ok(docs)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    value: yaml_serde::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let field = err.path().to_string();
+        ConfigError::Decode {
+            path: path.to_owned(),
+            field: if field == "." { String::new() } else { field },
+            source: err.into_inner(),
+        }
+    })
+}
+
+/// The drop-ins of `--config-dir`: `*.conf` files, in alphabetical order.
+pub(super) fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let read_dir_error = |source| ConfigError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_dir_error)? {
+        let path = entry.map_err(read_dir_error)?.path();
+        let is_conf = path.extension().is_some_and(|ext| ext == "conf");
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if is_conf && !hidden && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Strings, or numbers written bare in YAML (`pid.available: 1000`), as strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    String(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Self::String(s) => s,
+            Self::Int(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+        }
+    }
+}
+
+fn string_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    let map: Option<BTreeMap<String, Scalar>> = Option::deserialize(deserializer)?;
+    Ok(map.map(|m| m.into_iter().map(|(k, v)| (k, v.into_string())).collect()))
+}
+
+fn quantity_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, Quantity>>, D::Error> {
+    let map: Option<BTreeMap<String, Scalar>> = Option::deserialize(deserializer)?;
+    Ok(map.map(|m| {
+        m.into_iter()
+            .map(|(k, v)| (k, Quantity(v.into_string())))
+            .collect()
+    }))
+}

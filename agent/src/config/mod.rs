@@ -1,0 +1,987 @@
+//! Configuration: defaults < `--config` file < `--config-dir` drop-ins < flags, merged,
+//! validated and typed before the agent does anything else.
+//!
+//! Two document kinds are read (see [`file`]):
+//! - `kubelet.config.k8s.io/v1beta1` `KubeletConfiguration`: the upstream fields bpflet
+//!   implements, same names, same defaults;
+//! - `bpflet.io/v1alpha1` `BpfletConfiguration`: bpflet-only settings (`plegMode`,
+//!   `plegSafetyRelistPeriod`, `plegUnhealthyThreshold`, `evictionRanking`).
+//!
+//! Merging follows upstream's drop-in rules: a later file replaces scalars and lists and
+//! merges maps key by key (JSON merge patch), so a drop-in can change one eviction threshold.
+//! A flag replaces the whole field, maps included. Note that an `evictionHard` map given
+//! anywhere replaces the default thresholds entirely, as upstream did before
+//! `MergeDefaultEvictionSettings`.
+//!
+//! Every error names the field path and where its value came from, e.g.
+//! `evictionHard["memory.available"]: invalid quantity "10Zi" (from /etc/bpflet/config.yaml)`.
+//! `main` exits with [`exit_code()`] (64, `EX_USAGE`) on any [`ConfigError`].
+
+mod args;
+pub mod duration;
+pub mod eviction;
+pub mod file;
+pub mod quantity;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::{Map, Value};
+
+pub use self::args::{AgentArgs, LogFormat, PlegMode};
+use self::duration::parse_duration;
+use self::eviction::{
+    Signal, Threshold, ThresholdValue, parse_threshold_value, split_threshold_flag,
+};
+pub use self::file::{BpfletConfiguration, KubeletConfiguration};
+use self::quantity::parse_quantity;
+
+/// The process exit code for a configuration error (`EX_USAGE`).
+#[must_use]
+pub const fn exit_code() -> u8 {
+    64
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("defaults"),
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Flag(name) => write!(f, "flag --{name}"),
+        }
+    }
+}
+
+/// Everything that can be wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read config directory {}", path.display())]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: invalid YAML", path.display())]
+    Syntax {
+        path: PathBuf,
+        #[source]
+        source: yaml_serde::Error,
+    },
+    #[error(
+        "{}: document {document}: unsupported apiVersion {api_version:?} / kind {kind:?}; expected \
+         {}/{} or {}/{}",
+        path.display(),
+        file::KUBELET_API_VERSION,
+        file::KUBELET_KIND,
+        file::BPFLET_API_VERSION,
+        file::BPFLET_KIND
+    )]
+    WrongType {
+        path: PathBuf,
+        document: usize,
+        api_version: String,
+        kind: String,
+    },
+    #[error("{}: more than one {kind} document", path.display())]
+    DuplicateDocument { path: PathBuf, kind: &'static str },
+    #[error("{}: cannot decode {}", path.display(), if field.is_empty() { "document" } else { field })]
+    Decode {
+        path: PathBuf,
+        /// serde path of the offending field, empty for the document itself.
+        field: String,
+        #[source]
+        source: yaml_serde::Error,
+    },
+    #[error("{field}: {reason} (from {origin})")]
+    Invalid {
+        field: String,
+        origin: Origin,
+        reason: String,
+    },
+    #[error("cannot merge configuration layers")]
+    Merge {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot determine the node name from the host name")]
+    Hostname {
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl ConfigError {
+    /// The process exit code for this error: always [`exit_code()`].
+    #[must_use]
+    pub const fn exit_code(&self) -> u8 {
+        exit_code()
+    }
+}
+
+/// The merged, validated, typed configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `--hostname-override` or the host name, lowercased; a valid DNS subdomain.
+    pub node_name: String,
+    pub node_ips: Vec<IpAddr>,
+    pub root_dir: PathBuf,
+    pub verbosity: u8,
+    pub log_format: LogFormat,
+    /// The config file and drop-ins that were read, in order.
+    pub config_files: Vec<PathBuf>,
+    pub sources: SourceConfig,
+    pub sync_frequency: Duration,
+    pub runtime: RuntimeConfig,
+    pub cgroups: CgroupConfig,
+    pub system_reserved: Reservation,
+    pub kube_reserved: Reservation,
+    pub eviction: EvictionConfig,
+    pub server: ServerConfig,
+    pub max_pods: u32,
+    /// `None`: unlimited.
+    pub pod_pids_limit: Option<u64>,
+    pub pleg: PlegConfig,
+}
+
+/// Static pod sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// A directory or a single file (absolute).
+    pub static_pod_path: Option<PathBuf>,
+    /// An `http://` URL.
+    pub static_pod_url: Option<String>,
+    pub file_check_frequency: Duration,
+    pub http_check_frequency: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The CRI unix socket.
+    pub endpoint: PathBuf,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    Cgroupfs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupConfig {
+    /// Absolute path inside the cgroup hierarchy (`/` by default).
+    pub root: PathBuf,
+    pub driver: CgroupDriver,
+    pub per_qos: bool,
+    /// `enforceNodeAllocatable` contains `pods`: limit the kubepods cgroup to allocatable.
+    pub enforce_pods_allocatable: bool,
+}
+
+/// `systemReserved` / `kubeReserved`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub ephemeral_storage_bytes: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// How pods are ranked for eviction (bpflet-only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionRanking {
+    /// BestEffort, then Burstable, then Guaranteed; upstream's order inside a class.
+    Qos,
+    /// Upstream's order alone: usage above request, priority, usage above request amount.
+    Upstream,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// Hard thresholds (grace period zero), thresholds of `0`/`0%` dropped. When pods
+    /// allocatable is enforced, the eviction manager also applies every `memory.available`
+    /// threshold as `allocatableMemory.available`.
+    pub hard: Vec<Threshold>,
+    /// Soft thresholds, each with its grace period.
+    pub soft: Vec<Threshold>,
+    pub pressure_transition_period: Duration,
+    /// Cap on a pod's grace period for soft evictions; `None` when unset or 0.
+    pub max_pod_grace_period: Option<Duration>,
+    pub ranking: EvictionRanking,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub address: IpAddr,
+    /// `None`: off.
+    pub read_only_port: Option<u16>,
+    /// `None`: off.
+    pub healthz_port: Option<u16>,
+    pub healthz_bind_address: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlegConfig {
+    pub mode: PlegMode,
+    /// Event mode: period of the full safety relist. Generic mode relists every second.
+    pub safety_relist_period: Duration,
+    pub unhealthy_threshold: Duration,
+}
+
+mod defaults {
+    pub const FILE_CHECK_FREQUENCY: &str = "20s";
+    pub const HTTP_CHECK_FREQUENCY: &str = "20s";
+    pub const SYNC_FREQUENCY: &str = "1m";
+    pub const CGROUP_ROOT: &str = "/";
+    pub const CGROUP_DRIVER: &str = "cgroupfs";
+    pub const EVICTION_HARD: [(&str, &str); 4] = [
+        ("memory.available", "100Mi"),
+        ("nodefs.available", "10%"),
+        ("nodefs.inodesFree", "5%"),
+        ("imagefs.available", "15%"),
+    ];
+    pub const EVICTION_PRESSURE_TRANSITION_PERIOD: &str = "5m";
+    pub const RUNTIME_REQUEST_TIMEOUT: &str = "2m";
+    pub const CONTAINER_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+    pub const ADDRESS: &str = "0.0.0.0";
+    pub const HEALTHZ_PORT: i32 = 10248;
+    pub const HEALTHZ_BIND_ADDRESS: &str = "127.0.0.1";
+    pub const MAX_PODS: i32 = 110;
+    pub const POD_PIDS_LIMIT: i64 = -1;
+    pub const PLEG_SAFETY_RELIST_PERIOD: &str = "10s";
+    pub const PLEG_UNHEALTHY_THRESHOLD: &str = "3m";
+    pub const EVICTION_RANKING: &str = "qos";
+}
+
+/// Loads, merges and validates the configuration. Reads files only: no other side effect.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, flag or field at fault.
+pub fn load(args: &AgentArgs) -> Result<Config, ConfigError> {
+    let mut kubelet = Layers::default();
+    let mut bpflet = Layers::default();
+    let mut config_files = Vec::new();
+
+    let mut files = Vec::new();
+    if let Some(path) = &args.config {
+        files.push(path.clone());
+    }
+    if let Some(dir) = &args.config_dir {
+        files.extend(file::drop_ins(dir)?);
+    }
+    for path in files {
+        let docs = file::read_documents(&path)?;
+        let origin = Origin::File(path.clone());
+        if let Some(doc) = docs.kubelet {
+            kubelet.apply(to_object(&doc)?, &origin, Maps::Merge);
+        }
+        if let Some(doc) = docs.bpflet {
+            bpflet.apply(to_object(&doc)?, &origin, Maps::Merge);
+        }
+        config_files.push(path);
+    }
+    apply_flags(args, &mut kubelet, &mut bpflet)?;
+
+    let node_name = node_name(args.hostname_override.as_deref())?;
+    let node_ips = node_ips(args.node_ip.as_deref())?;
+    for (flag, path) in [
+        ("root-dir", Some(&args.root_dir)),
+        ("config-dir", args.config_dir.as_ref()),
+    ] {
+        if let Some(path) = path
+            && !path.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                field: format!("--{flag}"),
+                origin: Origin::Flag(flag),
+                reason: format!("path {} must be absolute", path.display()),
+            });
+        }
+    }
+
+    let kc: KubeletConfiguration = kubelet.decode()?;
+    let bc: BpfletConfiguration = bpflet.decode()?;
+    let typed = Typed {
+        kubelet: &kubelet.origins,
+        bpflet: &bpflet.origins,
+    };
+    typed.build(&kc, &bc, node_name, node_ips, args, config_files)
+}
+
+/// Map handling when a layer is applied.
+#[derive(Clone, Copy)]
+enum Maps {
+    /// Config files: maps merge key by key.
+    Merge,
+    /// Flags: a map replaces the whole field.
+    Replace,
+}
+
+/// The merged JSON object of one document kind, and the origin of every field and map entry.
+#[derive(Default)]
+struct Layers {
+    merged: Map<String, Value>,
+    origins: BTreeMap<String, Origin>,
+}
+
+impl Layers {
+    fn apply(&mut self, layer: Map<String, Value>, origin: &Origin, maps: Maps) {
+        for (key, value) in layer {
+            if key == "apiVersion" || key == "kind" {
+                continue;
+            }
+            match (value, maps) {
+                (Value::Object(entries), Maps::Merge) => {
+                    let target = self
+                        .merged
+                        .entry(key.clone())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if !target.is_object() {
+                        *target = Value::Object(Map::new());
+                    }
+                    if let Value::Object(target) = target {
+                        for (entry, v) in entries {
+                            self.origins
+                                .insert(entry_path(&key, &entry), origin.clone());
+                            target.insert(entry, v);
+                        }
+                    }
+                }
+                (value, _) => {
+                    let prefix = format!("{key}[");
+                    self.origins.retain(|k, _| !k.starts_with(&prefix));
+                    if let Value::Object(entries) = &value {
+                        for entry in entries.keys() {
+                            self.origins.insert(entry_path(&key, entry), origin.clone());
+                        }
+                    }
+                    self.merged.insert(key.clone(), value);
+                }
+            }
+            self.origins.insert(key, origin.clone());
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        serde_json::from_value(Value::Object(self.merged.clone()))
+            .map_err(|source| ConfigError::Merge { source })
+    }
+}
+
+fn entry_path(field: &str, key: &str) -> String {
+    format!("{field}[{key:?}]")
+}
+
+fn to_object<T: serde::Serialize>(doc: &T) -> Result<Map<String, Value>, ConfigError> {
+    match serde_json::to_value(doc).map_err(|source| ConfigError::Merge { source })? {
+        Value::Object(map) => Ok(map),
+        _ => Ok(Map::new()),
+    }
+}
+
+fn flag_error(flag: &'static str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        field: format!("--{flag}"),
+        origin: Origin::Flag(flag),
+        reason: reason.to_string(),
+    }
+}
+
+/// Turns the flags into one layer per document kind, each field tagged with its flag.
+fn apply_flags(
+    args: &AgentArgs,
+    kubelet: &mut Layers,
+    bpflet: &mut Layers,
+) -> Result<(), ConfigError> {
+    let mut flag = |name: &'static str, key: &str, value: Value| {
+        let mut layer = Map::new();
+        layer.insert(key.to_owned(), value);
+        kubelet.apply(layer, &Origin::Flag(name), Maps::Replace);
+    };
+    if let Some(v) = &args.pod_manifest_path {
+        flag("pod-manifest-path", "staticPodPath", v.clone().into());
+    }
+    if let Some(v) = &args.manifest_url {
+        flag("manifest-url", "staticPodURL", v.clone().into());
+    }
+    if let Some(v) = &args.container_runtime_endpoint {
+        flag(
+            "container-runtime-endpoint",
+            "containerRuntimeEndpoint",
+            v.clone().into(),
+        );
+    }
+    if let Some(v) = &args.cgroup_root {
+        flag("cgroup-root", "cgroupRoot", v.clone().into());
+    }
+    if let Some(v) = args.read_only_port {
+        flag("read-only-port", "readOnlyPort", v.into());
+    }
+    if let Some(v) = &args.address {
+        flag("address", "address", v.clone().into());
+    }
+    if let Some(v) = args.healthz_port {
+        flag("healthz-port", "healthzPort", v.into());
+    }
+    if let Some(v) = &args.runtime_request_timeout {
+        flag(
+            "runtime-request-timeout",
+            "runtimeRequestTimeout",
+            v.clone().into(),
+        );
+    }
+    if let Some(v) = &args.eviction_hard {
+        let pairs = split_threshold_flag(v).map_err(|e| flag_error("eviction-hard", e))?;
+        let map: Map<String, Value> = pairs.into_iter().map(|(k, v)| (k, v.into())).collect();
+        flag("eviction-hard", "evictionHard", Value::Object(map));
+    }
+    for (name, key, value) in [
+        ("system-reserved", "systemReserved", &args.system_reserved),
+        ("kube-reserved", "kubeReserved", &args.kube_reserved),
+    ] {
+        if let Some(v) = value {
+            let map = split_resource_flag(v).map_err(|e| flag_error(name, e))?;
+            flag(name, key, Value::Object(map));
+        }
+    }
+    if let Some(v) = &args.enforce_node_allocatable {
+        let levels: Vec<Value> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::String(s.to_owned()))
+            .collect();
+        flag(
+            "enforce-node-allocatable",
+            "enforceNodeAllocatable",
+            Value::Array(levels),
+        );
+    }
+    if let Some(mode) = args.pleg_mode {
+        let mut layer = Map::new();
+        let value = serde_json::to_value(mode).map_err(|source| ConfigError::Merge { source })?;
+        layer.insert("plegMode".to_owned(), value);
+        bpflet.apply(layer, &Origin::Flag("pleg-mode"), Maps::Replace);
+    }
+    Ok(())
+}
+
+/// `memory=200Mi,cpu=100m` -> {"memory": "200Mi", "cpu": "100m"}.
+fn split_resource_flag(flag: &str) -> Result<Map<String, Value>, String> {
+    let mut map = Map::new();
+    for entry in flag.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, value) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected resource=quantity"))?;
+        map.insert(
+            name.trim().to_owned(),
+            Value::String(value.trim().to_owned()),
+        );
+    }
+    Ok(map)
+}
+
+fn node_name(hostname_override: Option<&str>) -> Result<String, ConfigError> {
+    let (name, origin) = match hostname_override.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(name) => (name.to_owned(), Origin::Flag("hostname-override")),
+        None => {
+            let host =
+                nix::unistd::gethostname().map_err(|source| ConfigError::Hostname { source })?;
+            (host.to_string_lossy().trim().to_owned(), Origin::Default)
+        }
+    };
+    let name = name.to_lowercase();
+    if let Err(reason) = crate::pods::manifest::validate_dns_subdomain(&name) {
+        return Err(ConfigError::Invalid {
+            field: "nodeName".to_owned(),
+            origin,
+            reason: format!("{name:?} is not a valid node name: {reason}"),
+        });
+    }
+    Ok(name)
+}
+
+fn node_ips(flag: Option<&str>) -> Result<Vec<IpAddr>, ConfigError> {
+    let Some(flag) = flag else {
+        return Ok(Vec::new());
+    };
+    let ips = flag
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| flag_error("node-ip", format!("invalid IP address {:?}", s.trim())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
+    if ips.len() > 2 || v4 > 1 || ips.len() - v4 > 1 {
+        return Err(flag_error(
+            "node-ip",
+            "at most one IPv4 and one IPv6 address",
+        ));
+    }
+    Ok(ips)
+}
+
+/// Converts the merged documents to typed values; knows where each field came from.
+struct Typed<'a> {
+    kubelet: &'a BTreeMap<String, Origin>,
+    bpflet: &'a BTreeMap<String, Origin>,
+}
+
+impl Typed<'_> {
+    fn origin(&self, field: &str) -> Origin {
+        let top = field.split('[').next().unwrap_or(field);
+        [field, top]
+            .into_iter()
+            .find_map(|f| self.kubelet.get(f).or_else(|| self.bpflet.get(f)))
+            .cloned()
+            .unwrap_or(Origin::Default)
+    }
+
+    fn invalid(&self, field: &str, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            field: field.to_owned(),
+            origin: self.origin(field),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        parse_duration(value.unwrap_or(default)).map_err(|e| self.invalid(field, e))
+    }
+
+    fn positive_duration(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, value, default)?;
+        if d.is_zero() {
+            return Err(self.invalid(field, "must be greater than 0"));
+        }
+        Ok(d)
+    }
+
+    fn absolute_path(&self, field: &str, value: &str) -> Result<PathBuf, ConfigError> {
+        let path = PathBuf::from(value);
+        if !path.is_absolute() {
+            return Err(self.invalid(field, format!("path {value:?} must be absolute")));
+        }
+        Ok(path)
+    }
+
+    fn ip(&self, field: &str, value: &str) -> Result<IpAddr, ConfigError> {
+        value
+            .parse()
+            .map_err(|_| self.invalid(field, format!("invalid IP address {value:?}")))
+    }
+
+    /// A port where 0 means off.
+    fn port(&self, field: &str, value: i32) -> Result<Option<u16>, ConfigError> {
+        match u16::try_from(value) {
+            Ok(0) => Ok(None),
+            Ok(port) => Ok(Some(port)),
+            Err(_) => Err(self.invalid(field, format!("port {value} out of range 0-65535"))),
+        }
+    }
+
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one straight pass over every field reads better than scattered helpers"
+    )]
+    fn build(
+        &self,
+        kc: &KubeletConfiguration,
+        bc: &BpfletConfiguration,
+        node_name: String,
+        node_ips: Vec<IpAddr>,
+        args: &AgentArgs,
+        config_files: Vec<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let static_pod_path = kc
+            .static_pod_path
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|p| self.absolute_path("staticPodPath", p))
+            .transpose()?;
+        let static_pod_url = kc
+            .static_pod_url
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(|url| self.http_url("staticPodURL", url))
+            .transpose()?;
+        let sources = SourceConfig {
+            static_pod_path,
+            static_pod_url,
+            file_check_frequency: self.positive_duration(
+                "fileCheckFrequency",
+                kc.file_check_frequency.as_deref(),
+                defaults::FILE_CHECK_FREQUENCY,
+            )?,
+            http_check_frequency: self.positive_duration(
+                "httpCheckFrequency",
+                kc.http_check_frequency.as_deref(),
+                defaults::HTTP_CHECK_FREQUENCY,
+            )?,
+        };
+        let sync_frequency = self.positive_duration(
+            "syncFrequency",
+            kc.sync_frequency.as_deref(),
+            defaults::SYNC_FREQUENCY,
+        )?;
+
+        let runtime = RuntimeConfig {
+            endpoint: self.runtime_endpoint(
+                kc.container_runtime_endpoint
+                    .as_deref()
+                    .unwrap_or(defaults::CONTAINER_RUNTIME_ENDPOINT),
+            )?,
+            request_timeout: self.positive_duration(
+                "runtimeRequestTimeout",
+                kc.runtime_request_timeout.as_deref(),
+                defaults::RUNTIME_REQUEST_TIMEOUT,
+            )?,
+        };
+
+        let driver = match kc
+            .cgroup_driver
+            .as_deref()
+            .unwrap_or(defaults::CGROUP_DRIVER)
+        {
+            "cgroupfs" => CgroupDriver::Cgroupfs,
+            "systemd" => {
+                return Err(self.invalid(
+                    "cgroupDriver",
+                    "the systemd cgroup driver is not supported by bpflet; use \"cgroupfs\"",
+                ));
+            }
+            other => {
+                return Err(self.invalid(
+                    "cgroupDriver",
+                    format!("unknown cgroup driver {other:?}; expected \"cgroupfs\""),
+                ));
+            }
+        };
+        let mut enforce_pods_allocatable = false;
+        let levels = kc
+            .enforce_node_allocatable
+            .clone()
+            .unwrap_or_else(|| vec!["pods".to_owned()]);
+        for (i, level) in levels.iter().enumerate() {
+            let field = format!("enforceNodeAllocatable[{i}]");
+            match level.as_str() {
+                "pods" => enforce_pods_allocatable = true,
+                "none" if levels.len() == 1 => {}
+                "none" => {
+                    return Err(
+                        self.invalid(&field, "\"none\" cannot be combined with other levels")
+                    );
+                }
+                "system-reserved"
+                | "kube-reserved"
+                | "system-reserved-compressible"
+                | "kube-reserved-compressible" => {
+                    return Err(self.invalid(
+                        &field,
+                        format!("{level:?} is not supported (bpflet has no systemReservedCgroup/kubeReservedCgroup)"),
+                    ));
+                }
+                other => {
+                    return Err(self.invalid(
+                        &field,
+                        format!("unknown level {other:?}; expected \"pods\" or \"none\""),
+                    ));
+                }
+            }
+        }
+        let per_qos = kc.cgroups_per_qos.unwrap_or(true);
+        if enforce_pods_allocatable && !per_qos {
+            return Err(self.invalid(
+                "enforceNodeAllocatable",
+                "enforcing \"pods\" requires cgroupsPerQOS: true",
+            ));
+        }
+        let cgroups = CgroupConfig {
+            root: self.absolute_path(
+                "cgroupRoot",
+                kc.cgroup_root.as_deref().unwrap_or(defaults::CGROUP_ROOT),
+            )?,
+            driver,
+            per_qos,
+            enforce_pods_allocatable,
+        };
+
+        let system_reserved = self.reservation("systemReserved", kc.system_reserved.as_ref())?;
+        let kube_reserved = self.reservation("kubeReserved", kc.kube_reserved.as_ref())?;
+        let eviction = self.eviction(kc, bc)?;
+
+        let server = ServerConfig {
+            address: self.ip(
+                "address",
+                kc.address.as_deref().unwrap_or(defaults::ADDRESS),
+            )?,
+            read_only_port: self.port("readOnlyPort", kc.read_only_port.unwrap_or(0))?,
+            healthz_port: self.port(
+                "healthzPort",
+                kc.healthz_port.unwrap_or(defaults::HEALTHZ_PORT),
+            )?,
+            healthz_bind_address: self.ip(
+                "healthzBindAddress",
+                kc.healthz_bind_address
+                    .as_deref()
+                    .unwrap_or(defaults::HEALTHZ_BIND_ADDRESS),
+            )?,
+        };
+        let max_pods = kc.max_pods.unwrap_or(defaults::MAX_PODS);
+        let max_pods = u32::try_from(max_pods)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| self.invalid("maxPods", format!("{max_pods} must be greater than 0")))?;
+        let pod_pids_limit = match kc.pod_pids_limit.unwrap_or(defaults::POD_PIDS_LIMIT) {
+            -1 | 0 => None,
+            n => Some(u64::try_from(n).map_err(|_| {
+                self.invalid(
+                    "podPidsLimit",
+                    format!("{n} must be -1 (unlimited) or positive"),
+                )
+            })?),
+        };
+
+        let pleg = PlegConfig {
+            mode: bc.pleg_mode.unwrap_or(PlegMode::Event),
+            safety_relist_period: self.positive_duration(
+                "plegSafetyRelistPeriod",
+                bc.pleg_safety_relist_period.as_deref(),
+                defaults::PLEG_SAFETY_RELIST_PERIOD,
+            )?,
+            unhealthy_threshold: self.positive_duration(
+                "plegUnhealthyThreshold",
+                bc.pleg_unhealthy_threshold.as_deref(),
+                defaults::PLEG_UNHEALTHY_THRESHOLD,
+            )?,
+        };
+
+        Ok(Config {
+            node_name,
+            node_ips,
+            root_dir: args.root_dir.clone(),
+            verbosity: args.verbosity,
+            log_format: args.log_format,
+            config_files,
+            sources,
+            sync_frequency,
+            runtime,
+            cgroups,
+            system_reserved,
+            kube_reserved,
+            eviction,
+            server,
+            max_pods,
+            pod_pids_limit,
+            pleg,
+        })
+    }
+
+    fn http_url(&self, field: &str, url: String) -> Result<String, ConfigError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| self.invalid(field, format!("invalid URL {url:?}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") if uri.authority().is_some() => Ok(url),
+            Some("https") => Err(self.invalid(
+                field,
+                format!("{url:?}: https is not supported; use http://"),
+            )),
+            _ => Err(self.invalid(
+                field,
+                format!("{url:?}: expected an http:// URL with a host"),
+            )),
+        }
+    }
+
+    fn runtime_endpoint(&self, endpoint: &str) -> Result<PathBuf, ConfigError> {
+        let field = "containerRuntimeEndpoint";
+        let path = match endpoint.split_once("://") {
+            Some(("unix", path)) => path,
+            Some((scheme, _)) => {
+                return Err(self.invalid(
+                    field,
+                    format!(
+                        "{endpoint:?}: unsupported scheme {scheme:?}; use unix:// or a socket path"
+                    ),
+                ));
+            }
+            None => endpoint,
+        };
+        self.absolute_path(field, path)
+    }
+
+    fn reservation(
+        &self,
+        field: &str,
+        map: Option<&BTreeMap<String, Quantity>>,
+    ) -> Result<Reservation, ConfigError> {
+        let mut r = Reservation::default();
+        for (name, quantity) in map.into_iter().flatten() {
+            let path = entry_path(field, name);
+            let value = parse_quantity(&quantity.0).map_err(|e| self.invalid(&path, e))?;
+            match name.as_str() {
+                "cpu" => r.cpu_millis = Some(value.millis()),
+                "memory" => r.memory_bytes = Some(value.bytes()),
+                "ephemeral-storage" => r.ephemeral_storage_bytes = Some(value.bytes()),
+                "pid" => r.pids = Some(value.units()),
+                other => {
+                    return Err(self.invalid(
+                        &path,
+                        format!("unsupported resource {other:?}; expected cpu, memory, ephemeral-storage or pid"),
+                    ));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn thresholds(
+        &self,
+        field: &str,
+        map: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<Signal, ThresholdValue>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (signal, value) in map {
+            let path = entry_path(field, signal);
+            let signal: Signal = signal.parse().map_err(|e| self.invalid(&path, e))?;
+            let value = parse_threshold_value(value).map_err(|e| self.invalid(&path, e))?;
+            out.insert(signal, value);
+        }
+        Ok(out)
+    }
+
+    fn eviction(
+        &self,
+        kc: &KubeletConfiguration,
+        bc: &BpfletConfiguration,
+    ) -> Result<EvictionConfig, ConfigError> {
+        let default_hard: BTreeMap<String, String> = defaults::EVICTION_HARD
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let hard = self.thresholds(
+            "evictionHard",
+            kc.eviction_hard.as_ref().unwrap_or(&default_hard),
+        )?;
+        let soft = self.thresholds(
+            "evictionSoft",
+            kc.eviction_soft.as_ref().unwrap_or(&BTreeMap::new()),
+        )?;
+        let reclaim = self.thresholds(
+            "evictionMinimumReclaim",
+            kc.eviction_minimum_reclaim
+                .as_ref()
+                .unwrap_or(&BTreeMap::new()),
+        )?;
+        let mut grace = BTreeMap::new();
+        for (signal, value) in kc.eviction_soft_grace_period.iter().flatten() {
+            let path = entry_path("evictionSoftGracePeriod", signal);
+            let parsed: Signal = signal.parse().map_err(|e| self.invalid(&path, e))?;
+            let d = parse_duration(value).map_err(|e| self.invalid(&path, e))?;
+            if !soft.contains_key(&parsed) {
+                return Err(self.invalid(
+                    &path,
+                    format!("grace period for {signal} without an evictionSoft threshold"),
+                ));
+            }
+            grace.insert(parsed, d);
+        }
+        let mut soft_thresholds = Vec::new();
+        for (signal, value) in soft {
+            let Some(&grace_period) = grace.get(&signal) else {
+                return Err(self.invalid(
+                    &entry_path("evictionSoft", signal.as_str()),
+                    format!(
+                        "soft threshold needs an evictionSoftGracePeriod[{:?}]",
+                        signal.as_str()
+                    ),
+                ));
+            };
+            if value.is_zero() {
+                continue;
+            }
+            soft_thresholds.push(Threshold {
+                signal,
+                value,
+                grace_period,
+                min_reclaim: reclaim.get(&signal).copied(),
+            });
+        }
+        let hard = hard
+            .into_iter()
+            .filter(|(_, value)| !value.is_zero())
+            .map(|(signal, value)| Threshold {
+                signal,
+                value,
+                grace_period: Duration::ZERO,
+                min_reclaim: reclaim.get(&signal).copied(),
+            })
+            .collect();
+        let max_pod_grace_period = match kc.eviction_max_pod_grace_period.unwrap_or(0) {
+            0 => None,
+            n => Some(Duration::from_secs(u64::try_from(n).map_err(|_| {
+                self.invalid(
+                    "evictionMaxPodGracePeriod",
+                    format!("{n} must not be negative"),
+                )
+            })?)),
+        };
+        let ranking = match bc
+            .eviction_ranking
+            .as_deref()
+            .unwrap_or(defaults::EVICTION_RANKING)
+        {
+            "qos" => EvictionRanking::Qos,
+            "upstream" => EvictionRanking::Upstream,
+            other => {
+                return Err(self.invalid(
+                    "evictionRanking",
+                    format!("unknown ranking {other:?}; expected \"qos\" or \"upstream\""),
+                ));
+            }
+        };
+        Ok(EvictionConfig {
+            hard,
+            soft: soft_thresholds,
+            pressure_transition_period: self.duration(
+                "evictionPressureTransitionPeriod",
+                kc.eviction_pressure_transition_period.as_deref(),
+                defaults::EVICTION_PRESSURE_TRANSITION_PERIOD,
+            )?,
+            max_pod_grace_period,
+            ranking,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,711 @@
+use std::fs;
+use std::path::Path;
+
+use clap::Parser;
+
+use super::*;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: AgentArgs,
+}
+
+fn args(flags: &[&str]) -> AgentArgs {
+    let hostname: &[&str] = if flags.contains(&"--hostname-override") {
+        &[]
+    } else {
+        &["--hostname-override", "Node-A"]
+    };
+    let argv = std::iter::once("bpflet")
+        .chain(hostname.iter().copied())
+        .chain(flags.iter().copied());
+    Cli::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("flags {flags:?}: {e}"))
+        .args
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+const HEADER: &str = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+
+fn with_config(text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "config.yaml", text);
+    let path = path.to_string_lossy().into_owned();
+    let mut all = vec!["--config", path.as_str()];
+    all.extend_from_slice(flags);
+    load(&args(&all))
+}
+
+fn mi(n: u64) -> ThresholdValue {
+    ThresholdValue::Quantity(crate::config::quantity::QuantityValue::from_units(n << 20))
+}
+
+#[test]
+fn defaults() {
+    let c = load(&args(&[])).expect("defaults are valid");
+    assert_eq!(c.node_name, "node-a");
+    assert_eq!(c.root_dir, PathBuf::from("/var/lib/bpflet"));
+    assert_eq!(c.sources.static_pod_path, None);
+    assert_eq!(c.sources.static_pod_url, None);
+    assert_eq!(c.sources.file_check_frequency, Duration::from_secs(20));
+    assert_eq!(c.sources.http_check_frequency, Duration::from_secs(20));
+    assert_eq!(c.sync_frequency, Duration::from_secs(60));
+    assert_eq!(
+        c.runtime.endpoint,
+        PathBuf::from("/run/containerd/containerd.sock")
+    );
+    assert_eq!(c.runtime.request_timeout, Duration::from_secs(120));
+    assert_eq!(
+        c.cgroups,
+        CgroupConfig {
+            root: PathBuf::from("/"),
+            driver: CgroupDriver::Cgroupfs,
+            per_qos: true,
+            enforce_pods_allocatable: true,
+        }
+    );
+    assert_eq!(c.system_reserved, Reservation::default());
+    let hard: Vec<(Signal, ThresholdValue)> = c
+        .eviction
+        .hard
+        .iter()
+        .map(|t| (t.signal, t.value))
+        .collect();
+    assert_eq!(
+        hard,
+        vec![
+            (Signal::MemoryAvailable, mi(100)),
+            (Signal::NodeFsAvailable, ThresholdValue::Percentage(10.0)),
+            (Signal::NodeFsInodesFree, ThresholdValue::Percentage(5.0)),
+            (Signal::ImageFsAvailable, ThresholdValue::Percentage(15.0)),
+        ]
+    );
+    assert!(c.eviction.soft.is_empty());
+    assert_eq!(
+        c.eviction.pressure_transition_period,
+        Duration::from_secs(300)
+    );
+    assert_eq!(c.eviction.max_pod_grace_period, None);
+    assert_eq!(c.eviction.ranking, EvictionRanking::Qos);
+    assert_eq!(
+        c.server,
+        ServerConfig {
+            address: "0.0.0.0".parse().expect("ip"),
+            read_only_port: None,
+            healthz_port: Some(10248),
+            healthz_bind_address: "127.0.0.1".parse().expect("ip"),
+        }
+    );
+    assert_eq!(c.max_pods, 110);
+    assert_eq!(c.pod_pids_limit, None);
+    assert_eq!(
+        c.pleg,
+        PlegConfig {
+            mode: PlegMode::Event,
+            safety_relist_period: Duration::from_secs(10),
+            unhealthy_threshold: Duration::from_secs(180),
+        }
+    );
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert!(c.config_files.is_empty());
+}
+
+#[test]
+fn node_name_falls_back_to_the_lowercased_host_name() {
+    let c = load(&Cli::try_parse_from(["bpflet"]).expect("no flags").args).expect("valid");
+    let host = nix::unistd::gethostname().expect("hostname");
+    assert_eq!(c.node_name, host.to_string_lossy().trim().to_lowercase());
+}
+
+#[test]
+fn full_file_is_typed() {
+    let text = format!(
+        "{HEADER}staticPodPath: /etc/bpflet/manifests
+staticPodURL: http://127.0.0.1:8080/pods
+fileCheckFrequency: 5s
+httpCheckFrequency: 1m30s
+syncFrequency: 30s
+cgroupRoot: /bpflet
+cgroupDriver: cgroupfs
+cgroupsPerQOS: true
+enforceNodeAllocatable: [pods]
+systemReserved: {{memory: 200Mi, cpu: 100m, ephemeral-storage: 1Gi, pid: 1000}}
+kubeReserved: {{memory: 1Gi, cpu: 1}}
+evictionHard: {{memory.available: 500Mi, pid.available: 5%}}
+evictionSoft: {{memory.available: 1Gi}}
+evictionSoftGracePeriod: {{memory.available: 1m}}
+evictionPressureTransitionPeriod: 30s
+evictionMaxPodGracePeriod: 60
+evictionMinimumReclaim: {{memory.available: 100Mi}}
+runtimeRequestTimeout: 10s
+containerRuntimeEndpoint: /run/private/containerd.sock
+readOnlyPort: 10255
+address: 127.0.0.1
+healthzPort: 0
+healthzBindAddress: 0.0.0.0
+maxPods: 20
+podPidsLimit: 512
+---
+apiVersion: bpflet.io/v1alpha1
+kind: BpfletConfiguration
+plegMode: generic
+plegSafetyRelistPeriod: 30s
+plegUnhealthyThreshold: 1m
+evictionRanking: upstream
+"
+    );
+    let c = with_config(&text, &[]).expect("valid");
+    assert_eq!(
+        c.sources.static_pod_path,
+        Some(PathBuf::from("/etc/bpflet/manifests"))
+    );
+    assert_eq!(
+        c.sources.static_pod_url.as_deref(),
+        Some("http://127.0.0.1:8080/pods")
+    );
+    assert_eq!(c.sources.file_check_frequency, Duration::from_secs(5));
+    assert_eq!(c.sources.http_check_frequency, Duration::from_secs(90));
+    assert_eq!(c.sync_frequency, Duration::from_secs(30));
+    assert_eq!(c.cgroups.root, PathBuf::from("/bpflet"));
+    assert_eq!(
+        c.system_reserved,
+        Reservation {
+            cpu_millis: Some(100),
+            memory_bytes: Some(200 << 20),
+            ephemeral_storage_bytes: Some(1 << 30),
+            pids: Some(1000),
+        }
+    );
+    assert_eq!(c.kube_reserved.cpu_millis, Some(1000));
+    assert_eq!(c.kube_reserved.memory_bytes, Some(1 << 30));
+    assert_eq!(
+        c.eviction.hard,
+        vec![
+            Threshold {
+                signal: Signal::MemoryAvailable,
+                value: mi(500),
+                grace_period: Duration::ZERO,
+                min_reclaim: Some(mi(100)),
+            },
+            Threshold {
+                signal: Signal::PidAvailable,
+                value: ThresholdValue::Percentage(5.0),
+                grace_period: Duration::ZERO,
+                min_reclaim: None,
+            },
+        ]
+    );
+    assert_eq!(
+        c.eviction.soft,
+        vec![Threshold {
+            signal: Signal::MemoryAvailable,
+            value: mi(1024),
+            grace_period: Duration::from_secs(60),
+            min_reclaim: Some(mi(100)),
+        }]
+    );
+    assert_eq!(
+        c.eviction.pressure_transition_period,
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        c.eviction.max_pod_grace_period,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(c.eviction.ranking, EvictionRanking::Upstream);
+    assert_eq!(
+        c.runtime.endpoint,
+        PathBuf::from("/run/private/containerd.sock")
+    );
+    assert_eq!(c.runtime.request_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.read_only_port, Some(10255));
+    assert_eq!(c.server.healthz_port, None);
+    assert_eq!(c.max_pods, 20);
+    assert_eq!(c.pod_pids_limit, Some(512));
+    assert_eq!(c.pleg.mode, PlegMode::Generic);
+    assert_eq!(c.pleg.safety_relist_period, Duration::from_secs(30));
+    assert_eq!(c.pleg.unhealthy_threshold, Duration::from_secs(60));
+    assert_eq!(c.config_files.len(), 1);
+}
+
+#[test]
+fn json_config_is_accepted() {
+    let text = r#"{"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+                   "maxPods": 7, "syncFrequency": "2m"}"#;
+    let c = with_config(text, &[]).expect("valid");
+    assert_eq!(c.max_pods, 7);
+    assert_eq!(c.sync_frequency, Duration::from_secs(120));
+}
+
+#[test]
+fn precedence_defaults_file_drop_ins_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        &format!(
+            "{HEADER}maxPods: 50\nsyncFrequency: 30s\nhealthzPort: 1111\n\
+             evictionHard: {{memory.available: 200Mi, nodefs.available: 20%}}\n\
+             systemReserved: {{memory: 1Gi, cpu: 500m}}\n"
+        ),
+    );
+    let drop_in_dir = dir.path().join("conf.d");
+    fs::create_dir(&drop_in_dir).expect("mkdir");
+    write(
+        &drop_in_dir,
+        "20-second.conf",
+        &format!("{HEADER}maxPods: 30\n"),
+    );
+    write(
+        &drop_in_dir,
+        "10-first.conf",
+        &format!(
+            "{HEADER}maxPods: 40\nsyncFrequency: 45s\nevictionHard: {{memory.available: 300Mi}}\n"
+        ),
+    );
+    // Not drop-ins: wrong suffix, hidden.
+    write(&drop_in_dir, "30-ignored.yaml", "this is not yaml: [");
+    write(&drop_in_dir, ".40-hidden.conf", "this is not yaml: [");
+
+    let config = config.to_string_lossy().into_owned();
+    let drop_ins = drop_in_dir.to_string_lossy().into_owned();
+    let base = [
+        "--config",
+        config.as_str(),
+        "--config-dir",
+        drop_ins.as_str(),
+    ];
+
+    let c = load(&args(&base)).expect("valid");
+    assert_eq!(c.max_pods, 30, "later drop-in wins");
+    assert_eq!(
+        c.sync_frequency,
+        Duration::from_secs(45),
+        "drop-in beats file"
+    );
+    assert_eq!(c.server.healthz_port, Some(1111), "file beats default");
+    assert_eq!(
+        c.runtime.request_timeout,
+        Duration::from_secs(120),
+        "default"
+    );
+    let hard: Vec<(Signal, ThresholdValue)> = c
+        .eviction
+        .hard
+        .iter()
+        .map(|t| (t.signal, t.value))
+        .collect();
+    assert_eq!(
+        hard,
+        vec![
+            (Signal::MemoryAvailable, mi(300)),
+            (Signal::NodeFsAvailable, ThresholdValue::Percentage(20.0)),
+        ],
+        "drop-in maps merge key by key; a configured map replaces the defaults"
+    );
+    assert_eq!(c.config_files.len(), 3);
+    assert!(c.config_files[1].ends_with("10-first.conf"));
+
+    let mut flagged = base.to_vec();
+    flagged.extend([
+        "--healthz-port",
+        "2222",
+        "--eviction-hard",
+        "memory.available<1Gi",
+        "--system-reserved",
+        "cpu=1",
+        "--pleg-mode",
+        "generic",
+    ]);
+    let c = load(&args(&flagged)).expect("valid");
+    assert_eq!(c.server.healthz_port, Some(2222), "flag beats everything");
+    let hard: Vec<(Signal, ThresholdValue)> = c
+        .eviction
+        .hard
+        .iter()
+        .map(|t| (t.signal, t.value))
+        .collect();
+    assert_eq!(
+        hard,
+        vec![(Signal::MemoryAvailable, mi(1024))],
+        "a flag map replaces the field"
+    );
+    assert_eq!(
+        c.system_reserved,
+        Reservation {
+            cpu_millis: Some(1000),
+            ..Reservation::default()
+        }
+    );
+    assert_eq!(c.pleg.mode, PlegMode::Generic);
+}
+
+#[test]
+fn flags_map_onto_config_fields() {
+    let c = load(&args(&[
+        "--pod-manifest-path",
+        "/etc/kubernetes/manifests",
+        "--manifest-url",
+        "http://127.0.0.1:9999/pod.yaml",
+        "--container-runtime-endpoint",
+        "unix:///tmp/cri.sock",
+        "--root-dir",
+        "/tmp/bpflet",
+        "--cgroup-root",
+        "/test",
+        "--node-ip",
+        "10.0.0.5,fd00::5",
+        "--read-only-port",
+        "10255",
+        "--address",
+        "127.0.0.1",
+        "--runtime-request-timeout",
+        "30s",
+        "--kube-reserved",
+        "memory=200Mi,cpu=100m",
+        "--enforce-node-allocatable",
+        "none",
+        "-v",
+        "4",
+        "--log-format",
+        "json",
+    ]))
+    .expect("valid");
+    assert_eq!(
+        c.sources.static_pod_path,
+        Some(PathBuf::from("/etc/kubernetes/manifests"))
+    );
+    assert_eq!(
+        c.sources.static_pod_url.as_deref(),
+        Some("http://127.0.0.1:9999/pod.yaml")
+    );
+    assert_eq!(c.runtime.endpoint, PathBuf::from("/tmp/cri.sock"));
+    assert_eq!(c.root_dir, PathBuf::from("/tmp/bpflet"));
+    assert_eq!(c.cgroups.root, PathBuf::from("/test"));
+    assert!(!c.cgroups.enforce_pods_allocatable);
+    assert_eq!(c.node_ips.len(), 2);
+    assert_eq!(c.server.read_only_port, Some(10255));
+    assert_eq!(c.runtime.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.kube_reserved.memory_bytes, Some(200 << 20));
+    assert_eq!(c.kube_reserved.cpu_millis, Some(100));
+    assert_eq!(c.verbosity, 4);
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+/// Every kind of bad input: (config file body or "" for none, flags, expected message parts).
+#[test]
+fn bad_input_names_the_culprit() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "evictionHard: {memory.available: 10Zi}",
+            &[],
+            &[
+                r#"evictionHard["memory.available"]: invalid quantity "10Zi""#,
+                "config.yaml",
+            ],
+        ),
+        (
+            "evictionHard: {memory.free: 1Gi}",
+            &[],
+            &[r#"evictionHard["memory.free"]: unknown eviction signal "memory.free""#],
+        ),
+        (
+            "evictionHard: {nodefs.available: 120%}",
+            &[],
+            &[r#"evictionHard["nodefs.available"]: invalid percentage "120%""#],
+        ),
+        (
+            "fileCheckFrequency: \"20\"",
+            &[],
+            &["fileCheckFrequency: invalid duration \"20\": missing unit"],
+        ),
+        (
+            "syncFrequency: 0s",
+            &[],
+            &["syncFrequency: must be greater than 0"],
+        ),
+        (
+            "runtimeRequestTimeout: -1s",
+            &[],
+            &["runtimeRequestTimeout", "negative"],
+        ),
+        (
+            "healthzPort: 70000",
+            &[],
+            &["healthzPort: port 70000 out of range"],
+        ),
+        (
+            "readOnlyPort: -1",
+            &[],
+            &["readOnlyPort: port -1 out of range"],
+        ),
+        ("maxPods: 0", &[], &["maxPods: 0 must be greater than 0"]),
+        ("podPidsLimit: -5", &[], &["podPidsLimit: -5 must be -1"]),
+        (
+            "staticPodPath: manifests",
+            &[],
+            &["staticPodPath: path \"manifests\" must be absolute"],
+        ),
+        (
+            "cgroupRoot: kubepods",
+            &[],
+            &["cgroupRoot: path \"kubepods\" must be absolute"],
+        ),
+        (
+            "staticPodURL: https://127.0.0.1/x",
+            &[],
+            &["staticPodURL", "https is not supported"],
+        ),
+        (
+            "staticPodURL: ftp://host/x",
+            &[],
+            &["staticPodURL", "expected an http:// URL"],
+        ),
+        (
+            "cgroupDriver: systemd",
+            &[],
+            &["cgroupDriver: the systemd cgroup driver is not supported"],
+        ),
+        (
+            "cgroupDriver: foo",
+            &[],
+            &["cgroupDriver: unknown cgroup driver \"foo\""],
+        ),
+        (
+            "containerRuntimeEndpoint: tcp://1.2.3.4:1",
+            &[],
+            &["containerRuntimeEndpoint", "unsupported scheme \"tcp\""],
+        ),
+        (
+            "address: not-an-ip",
+            &[],
+            &["address: invalid IP address \"not-an-ip\""],
+        ),
+        (
+            "systemReserved: {memory: lots}",
+            &[],
+            &[r#"systemReserved["memory"]: invalid quantity "lots""#],
+        ),
+        (
+            "kubeReserved: {gpu: 1}",
+            &[],
+            &[r#"kubeReserved["gpu"]: unsupported resource "gpu""#],
+        ),
+        (
+            "enforceNodeAllocatable: [system-reserved]",
+            &[],
+            &["enforceNodeAllocatable[0]", "not supported"],
+        ),
+        (
+            "enforceNodeAllocatable: [pods, none]",
+            &[],
+            &["enforceNodeAllocatable[1]"],
+        ),
+        (
+            "cgroupsPerQOS: false",
+            &[],
+            &["enforceNodeAllocatable", "requires cgroupsPerQOS"],
+        ),
+        (
+            "evictionSoft: {memory.available: 1Gi}",
+            &[],
+            &[
+                r#"evictionSoft["memory.available"]: soft threshold needs an evictionSoftGracePeriod"#,
+            ],
+        ),
+        (
+            "evictionSoftGracePeriod: {memory.available: 1m}",
+            &[],
+            &[
+                r#"evictionSoftGracePeriod["memory.available"]: grace period for memory.available without"#,
+            ],
+        ),
+        (
+            "evictionMaxPodGracePeriod: -1",
+            &[],
+            &["evictionMaxPodGracePeriod: -1 must not be negative"],
+        ),
+        (
+            "maxPods: many",
+            &[],
+            &["config.yaml: cannot decode maxPods"],
+        ),
+        (
+            "fileCheckFrequncy: 20s",
+            &[],
+            &["config.yaml: cannot decode fileCheckFrequncy: unknown field"],
+        ),
+        (
+            "",
+            &["--eviction-hard", "memory.available>1Gi"],
+            &[
+                "--eviction-hard",
+                "only the \"<\" operator",
+                "flag --eviction-hard",
+            ],
+        ),
+        (
+            "",
+            &["--eviction-hard", "memory.available<1Zi"],
+            &[
+                r#"evictionHard["memory.available"]: invalid quantity "1Zi" (from flag --eviction-hard)"#,
+            ],
+        ),
+        (
+            "",
+            &["--system-reserved", "memory"],
+            &["--system-reserved", "expected resource=quantity"],
+        ),
+        (
+            "",
+            &["--healthz-port", "99999"],
+            &[
+                "healthzPort: port 99999 out of range",
+                "(from flag --healthz-port)",
+            ],
+        ),
+        (
+            "",
+            &["--node-ip", "1.2.3"],
+            &["--node-ip: invalid IP address \"1.2.3\""],
+        ),
+        (
+            "",
+            &["--node-ip", "1.2.3.4,5.6.7.8"],
+            &["--node-ip: at most one IPv4"],
+        ),
+        (
+            "",
+            &["--root-dir", "relative"],
+            &["--root-dir: path relative must be absolute"],
+        ),
+        (
+            "",
+            &["--hostname-override", "Bad_Name"],
+            &["nodeName: \"bad_name\" is not a valid node name"],
+        ),
+    ];
+    for &(body, flags, want) in cases {
+        let result = if body.is_empty() {
+            load(&args(flags))
+        } else {
+            with_config(&format!("{HEADER}{body}\n"), flags)
+        };
+        let err = match result {
+            Ok(_) => panic!("{body:?} {flags:?}: accepted"),
+            Err(e) => e,
+        };
+        let message = error_chain(&err);
+        for part in want {
+            assert!(
+                message.contains(part),
+                "{body:?} {flags:?}: {message:?} lacks {part:?}"
+            );
+        }
+        assert_eq!(err.exit_code(), 64);
+    }
+}
+
+#[test]
+fn bad_documents_name_the_file() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "apiVersion: v1\nkind: KubeletConfiguration\n",
+            &["unsupported apiVersion \"v1\""],
+        ),
+        (
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: Pod\n",
+            &["kind \"Pod\""],
+        ),
+        ("maxPods: 3\n", &["unsupported apiVersion \"\""]),
+        ("{{{", &["invalid YAML"]),
+        (
+            "apiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nplegMode: fast\n",
+            &["cannot decode plegMode", "unknown variant `fast`"],
+        ),
+        (
+            "apiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nevictionRanking: random\n",
+            &["evictionRanking: unknown ranking \"random\""],
+        ),
+        (
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n---\n\
+             apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n",
+            &["more than one KubeletConfiguration document"],
+        ),
+    ];
+    for &(body, want) in cases {
+        let err = with_config(body, &[])
+            .err()
+            .unwrap_or_else(|| panic!("{body:?}: accepted"));
+        let message = error_chain(&err);
+        assert!(
+            message.contains("config.yaml"),
+            "{body:?}: {message:?} lacks the file"
+        );
+        for part in want {
+            assert!(
+                message.contains(part),
+                "{body:?}: {message:?} lacks {part:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_files_are_errors() {
+    let err = load(&args(&["--config", "/nonexistent/bpflet.yaml"])).expect_err("missing file");
+    assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    let err = load(&args(&["--config-dir", "/nonexistent/conf.d"])).expect_err("missing dir");
+    assert!(matches!(err, ConfigError::ReadDir { .. }), "{err:?}");
+}
+
+#[test]
+fn error_origin_tracks_the_drop_in_that_set_the_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        &format!("{HEADER}evictionHard: {{memory.available: 1Gi}}\n"),
+    );
+    write(
+        dir.path(),
+        "50-bad.conf",
+        &format!("{HEADER}evictionHard: {{nodefs.available: 200%}}\n"),
+    );
+    let config = config.to_string_lossy().into_owned();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let err = load(&args(&["--config", &config, "--config-dir", &dir_arg])).expect_err("bad");
+    let message = err.to_string();
+    assert!(message.contains("50-bad.conf"), "{message}");
+    assert!(
+        message.starts_with(r#"evictionHard["nodefs.available"]"#),
+        "{message}"
+    );
+}
+
+#[test]
+fn zero_thresholds_disable() {
+    let c = with_config(
+        &format!("{HEADER}evictionHard: {{memory.available: \"0\", nodefs.available: 0%}}\n"),
+        &[],
+    )
+    .expect("valid");
+    assert!(c.eviction.hard.is_empty());
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        message.push_str(": ");
+        message.push_str(&e.to_string());
+        source = e.source();
+    }
+    message
+}

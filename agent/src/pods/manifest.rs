@@ -1,0 +1,568 @@
+//! Static pod manifests: decoding (YAML or JSON), upstream's static-pod rules (name, UID,
+//! annotations, node name), the API defaults the agent relies on, and validation.
+//!
+//! UID: unless the manifest sets `metadata.uid`, it is the first 128 bits of
+//! `sha256(canonical JSON of the decoded Pod, "host:<node>", "file:<path>")` (or
+//! `"url:<url>"`), in hex: 32 characters like upstream's md5-based UIDs. Hashing the decoded
+//! object, not the bytes, means reformatting or commenting a manifest keeps the pod, while
+//! any change to its content makes a new pod, as upstream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Probe, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use sha2::{Digest, Sha256};
+
+use crate::config::quantity::{QuantityValue, parse_quantity};
+
+pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
+pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
+
+/// Where a static pod came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ManifestOrigin {
+    File(PathBuf),
+    /// A URL, with `#items[i]` when the pod is one item of a list.
+    Url(String),
+}
+
+impl ManifestOrigin {
+    /// The `kubernetes.io/config.source` annotation value: `file` or `http`.
+    #[must_use]
+    pub const fn source_name(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Url(_) => "http",
+        }
+    }
+}
+
+impl fmt::Display for ManifestOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// A static pod ready to run: renamed, defaulted, annotated, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticPod {
+    pub pod: Pod,
+    /// Same as `pod.metadata.uid` and the `kubernetes.io/config.hash` annotation.
+    pub uid: String,
+    pub origin: ManifestOrigin,
+}
+
+/// Why a manifest did not yield a pod. Every variant names the file or URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{origin}: cannot read")]
+    Read {
+        origin: ManifestOrigin,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: cannot fetch")]
+    Fetch {
+        origin: ManifestOrigin,
+        #[source]
+        source: super::source::FetchError,
+    },
+    #[error("{origin}: invalid YAML or JSON")]
+    Syntax {
+        origin: ManifestOrigin,
+        #[source]
+        source: yaml_serde::Error,
+    },
+    #[error("{origin}: apiVersion {api_version:?} kind {kind:?}: expected {expected}")]
+    WrongKind {
+        origin: ManifestOrigin,
+        api_version: String,
+        kind: String,
+        expected: &'static str,
+    },
+    #[error("{origin}: cannot decode {field}")]
+    Decode {
+        origin: ManifestOrigin,
+        field: String,
+        #[source]
+        source: yaml_serde::Error,
+    },
+    #[error("{origin}: {field}: {reason}")]
+    Invalid {
+        origin: ManifestOrigin,
+        field: String,
+        reason: String,
+    },
+    #[error("{origin}: pod {name:?} in namespace {namespace:?} is also defined by {other}")]
+    Duplicate {
+        origin: ManifestOrigin,
+        name: String,
+        namespace: String,
+        other: ManifestOrigin,
+    },
+}
+
+impl ManifestError {
+    #[must_use]
+    pub const fn origin(&self) -> &ManifestOrigin {
+        match self {
+            Self::Read { origin, .. }
+            | Self::Fetch { origin, .. }
+            | Self::Syntax { origin, .. }
+            | Self::WrongKind { origin, .. }
+            | Self::Decode { origin, .. }
+            | Self::Invalid { origin, .. }
+            | Self::Duplicate { origin, .. } => origin,
+        }
+    }
+}
+
+/// Parses a manifest file's content: exactly one Pod.
+///
+/// # Errors
+/// [`ManifestError`] naming `origin` and, where it applies, the field.
+pub fn parse_pod_manifest(
+    data: &[u8],
+    origin: &ManifestOrigin,
+    node_name: &str,
+    seen: jiff::Timestamp,
+) -> Result<StaticPod, ManifestError> {
+    let value = parse_value(data, origin)?;
+    static_pod(value, origin.clone(), node_name, seen)
+}
+
+/// Parses what `--manifest-url` serves: a Pod, a PodList or a List of Pods. A bad item
+/// yields an error for that item only; a bad document yields one error.
+#[must_use]
+pub fn parse_url_manifest(
+    data: &[u8],
+    url: &str,
+    node_name: &str,
+    seen: jiff::Timestamp,
+) -> Vec<Result<StaticPod, ManifestError>> {
+    let origin = ManifestOrigin::Url(url.to_owned());
+    let value = match parse_value(data, &origin) {
+        Ok(value) => value,
+        Err(e) => return vec![Err(e)],
+    };
+    let (api_version, kind) = type_meta(&value);
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "PodList" | "List") => {
+            let items = match value.get("items") {
+                None | Some(yaml_serde::Value::Null) => Vec::new(),
+                Some(yaml_serde::Value::Sequence(items)) => items.clone(),
+                Some(_) => {
+                    return vec![Err(ManifestError::Invalid {
+                        origin,
+                        field: "items".to_owned(),
+                        reason: "must be a list".to_owned(),
+                    })];
+                }
+            };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let origin = ManifestOrigin::Url(format!("{url}#items[{i}]"));
+                    static_pod(item, origin, node_name, seen)
+                })
+                .collect()
+        }
+        _ => vec![static_pod(value, origin, node_name, seen)],
+    }
+}
+
+fn parse_value(data: &[u8], origin: &ManifestOrigin) -> Result<yaml_serde::Value, ManifestError> {
+    yaml_serde::from_slice(data).map_err(|source| ManifestError::Syntax {
+        origin: origin.clone(),
+        source,
+    })
+}
+
+fn type_meta(value: &yaml_serde::Value) -> (String, String) {
+    let field = |name| {
+        value
+            .get(name)
+            .and_then(yaml_serde::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("apiVersion"), field("kind"))
+}
+
+fn static_pod(
+    value: yaml_serde::Value,
+    origin: ManifestOrigin,
+    node_name: &str,
+    seen: jiff::Timestamp,
+) -> Result<StaticPod, ManifestError> {
+    let (api_version, kind) = type_meta(&value);
+    if api_version != "v1" || kind != "Pod" {
+        return Err(ManifestError::WrongKind {
+            origin,
+            api_version,
+            kind,
+            expected: "apiVersion v1, kind Pod",
+        });
+    }
+    let pod: Pod = match serde_path_to_error::deserialize(value) {
+        Ok(pod) => pod,
+        Err(err) => {
+            return Err(ManifestError::Decode {
+                origin,
+                field: err.path().to_string(),
+                source: err.into_inner(),
+            });
+        }
+    };
+    let invalid = |field: &str, reason: String| ManifestError::Invalid {
+        origin: origin.clone(),
+        field: field.to_owned(),
+        reason,
+    };
+    let uid = match pod.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
+        Some(uid) => uid.to_owned(),
+        None => static_pod_uid(&pod, &origin, node_name)
+            .map_err(|e| invalid("metadata", format!("cannot hash the pod: {e}")))?,
+    };
+    let pod = apply_static_rules(pod, &origin, node_name, &uid, seen)
+        .map_err(|(field, reason)| invalid(&field, reason))?;
+    validate(&pod).map_err(|(field, reason)| invalid(&field, reason))?;
+    Ok(StaticPod { pod, uid, origin })
+}
+
+/// The deterministic UID of a static pod (see the module docs).
+///
+/// # Errors
+/// Only if the pod cannot be serialized to JSON, which does not happen for decoded pods.
+pub fn static_pod_uid(
+    pod: &Pod,
+    origin: &ManifestOrigin,
+    node_name: &str,
+) -> Result<String, serde_json::Error> {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(pod)?);
+    match origin {
+        ManifestOrigin::File(path) => {
+            hasher.update(format!("host:{node_name}"));
+            hasher.update(format!("file:{}", path.display()));
+        }
+        ManifestOrigin::Url(url) => {
+            hasher.update(format!("host:{node_name}"));
+            hasher.update(format!("url:{url}"));
+        }
+    }
+    Ok(hex::encode(&hasher.finalize()[..16]))
+}
+
+type FieldError = (String, String);
+
+fn apply_static_rules(
+    mut pod: Pod,
+    origin: &ManifestOrigin,
+    node_name: &str,
+    uid: &str,
+    seen: jiff::Timestamp,
+) -> Result<Pod, FieldError> {
+    let name = pod
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ("metadata.name".to_owned(), "is required".to_owned()))?;
+    pod.metadata.name = Some(format!("{name}-{node_name}"));
+    if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        pod.metadata.namespace = Some("default".to_owned());
+    }
+    pod.metadata.uid = Some(uid.to_owned());
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(
+        CONFIG_SOURCE_ANNOTATION.to_owned(),
+        origin.source_name().to_owned(),
+    );
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), uid.to_owned());
+    annotations.insert(CONFIG_SEEN_ANNOTATION.to_owned(), seen.to_string());
+
+    let spec = pod
+        .spec
+        .as_mut()
+        .ok_or_else(|| ("spec".to_owned(), "is required".to_owned()))?;
+    spec.node_name = Some(node_name.to_owned());
+    // Static pods tolerate every NoExecute taint, as upstream's.
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .push(Toleration {
+            operator: Some("Exists".to_owned()),
+            effect: Some("NoExecute".to_owned()),
+            ..Toleration::default()
+        });
+    apply_spec_defaults(spec);
+    pod.status.get_or_insert_with(PodStatus::default).phase = Some("Pending".to_owned());
+    Ok(pod)
+}
+
+/// The API server's defaults for the fields the agent reads (`SetDefaults_Pod` and
+/// friends); static pods never pass through an API server.
+pub fn apply_spec_defaults(spec: &mut PodSpec) {
+    spec.restart_policy
+        .get_or_insert_with(|| "Always".to_owned());
+    spec.dns_policy
+        .get_or_insert_with(|| "ClusterFirst".to_owned());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".to_owned());
+    spec.enable_service_links.get_or_insert(true);
+    spec.security_context.get_or_insert_with(Default::default);
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        apply_container_defaults(c);
+    }
+}
+
+fn apply_container_defaults(c: &mut Container) {
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".to_owned());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".to_owned());
+    if c.image_pull_policy.is_none() {
+        let policy = if image_tag_is_latest(c.image.as_deref().unwrap_or_default()) {
+            "Always"
+        } else {
+            "IfNotPresent"
+        };
+        c.image_pull_policy = Some(policy.to_owned());
+    }
+    for port in c.ports.iter_mut().flatten() {
+        port.protocol.get_or_insert_with(|| "TCP".to_owned());
+    }
+    for probe in [
+        &mut c.liveness_probe,
+        &mut c.readiness_probe,
+        &mut c.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        apply_probe_defaults(probe);
+    }
+    // Requests default to limits for every resource that has a limit but no request.
+    if let Some(resources) = c.resources.as_mut()
+        && let Some(limits) = resources.limits.as_ref()
+    {
+        let requests = resources.requests.get_or_insert_with(BTreeMap::new);
+        for (name, limit) in limits {
+            requests
+                .entry(name.clone())
+                .or_insert_with(|| limit.clone());
+        }
+    }
+}
+
+fn apply_probe_defaults(p: &mut Probe) {
+    p.timeout_seconds.get_or_insert(1);
+    p.period_seconds.get_or_insert(10);
+    p.success_threshold.get_or_insert(1);
+    p.failure_threshold.get_or_insert(3);
+    if let Some(http) = p.http_get.as_mut() {
+        http.scheme.get_or_insert_with(|| "HTTP".to_owned());
+        http.path.get_or_insert_with(|| "/".to_owned());
+    }
+}
+
+/// An image without a tag or digest, or tagged `latest`, is pulled `Always`.
+fn image_tag_is_latest(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => tag == "latest",
+        None => true,
+    }
+}
+
+fn validate(pod: &Pod) -> Result<(), FieldError> {
+    let err = |field: &str, reason: String| Err((field.to_owned(), reason));
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    if let Err(reason) = validate_dns_subdomain(name) {
+        return err(
+            "metadata.name",
+            format!("{name:?} (with the node name appended): {reason}"),
+        );
+    }
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    if let Err(reason) = validate_dns_label(namespace) {
+        return err("metadata.namespace", format!("{namespace:?}: {reason}"));
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return err("spec", "is required".to_owned());
+    };
+    if spec.containers.is_empty() {
+        return err(
+            "spec.containers",
+            "at least one container is required".to_owned(),
+        );
+    }
+    match spec.restart_policy.as_deref() {
+        Some("Always" | "OnFailure" | "Never") => {}
+        other => {
+            return err(
+                "spec.restartPolicy",
+                format!("{other:?}: must be Always, OnFailure or Never"),
+            );
+        }
+    }
+    if let Some(grace) = spec.termination_grace_period_seconds
+        && grace < 0
+    {
+        return err(
+            "spec.terminationGracePeriodSeconds",
+            format!("{grace} must not be negative"),
+        );
+    }
+    let mut names = BTreeSet::new();
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c, true));
+    let app = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("spec.containers[{i}]"), c, false));
+    for (path, c, is_init) in init.chain(app) {
+        if let Err(reason) = validate_dns_label(&c.name) {
+            return err(&format!("{path}.name"), format!("{:?}: {reason}", c.name));
+        }
+        if !names.insert(c.name.as_str()) {
+            return err(
+                &format!("{path}.name"),
+                format!("duplicate container name {:?}", c.name),
+            );
+        }
+        if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            return err(&format!("{path}.image"), "is required".to_owned());
+        }
+        match (is_init, c.restart_policy.as_deref()) {
+            (_, None) | (true, Some("Always")) => {}
+            (true, Some(other)) => {
+                return err(
+                    &format!("{path}.restartPolicy"),
+                    format!("{other:?}: an init container may only set \"Always\" (a sidecar)"),
+                );
+            }
+            (false, Some(_)) => {
+                return err(
+                    &format!("{path}.restartPolicy"),
+                    "may only be set on init containers".to_owned(),
+                );
+            }
+        }
+        for (i, port) in c.ports.iter().flatten().enumerate() {
+            if !(1..=65535).contains(&port.container_port) {
+                return err(
+                    &format!("{path}.ports[{i}].containerPort"),
+                    format!("{} out of range 1-65535", port.container_port),
+                );
+            }
+        }
+        validate_resources(&path, c)?;
+    }
+    Ok(())
+}
+
+fn validate_resources(path: &str, c: &Container) -> Result<(), FieldError> {
+    let Some(resources) = c.resources.as_ref() else {
+        return Ok(());
+    };
+    let parse = |kind: &str, map: Option<&BTreeMap<String, Quantity>>| {
+        let mut out = BTreeMap::new();
+        for (name, q) in map.into_iter().flatten() {
+            let field = format!("{path}.resources.{kind}[{name:?}]");
+            let value: QuantityValue = parse_quantity(&q.0).map_err(|e| (field, e.to_string()))?;
+            out.insert(name.clone(), value);
+        }
+        Ok::<_, FieldError>(out)
+    };
+    let limits = parse("limits", resources.limits.as_ref())?;
+    let requests = parse("requests", resources.requests.as_ref())?;
+    for (name, request) in &requests {
+        if let Some(limit) = limits.get(name)
+            && request > limit
+        {
+            return Err((
+                format!("{path}.resources.requests[{name:?}]"),
+                format!(
+                    "must be less than or equal to the limit ({} > {})",
+                    resources
+                        .requests
+                        .as_ref()
+                        .and_then(|r| r.get(name))
+                        .map_or("", |q| q.0.as_str()),
+                    resources
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.get(name))
+                        .map_or("", |q| q.0.as_str()),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A DNS-1123 label: at most 63 characters, lowercase alphanumerics and '-', starting and
+/// ending with an alphanumeric.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn validate_dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if s.len() > 63 {
+        return Err(format!("must be at most 63 characters, not {}", s.len()));
+    }
+    let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    if !bytes.iter().all(|&b| ok_char(b) || b == b'-')
+        || !ok_char(bytes[0])
+        || !ok_char(bytes[bytes.len() - 1])
+    {
+        return Err(
+            "must consist of lowercase alphanumerics and '-', and start and end with an alphanumeric"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err(format!("must be at most 253 characters, not {}", s.len()));
+    }
+    for label in s.split('.') {
+        validate_dns_label(label).map_err(|reason| {
+            format!("must be dot-separated lowercase labels ({label:?} {reason})")
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

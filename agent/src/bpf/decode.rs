@@ -31,7 +31,7 @@ impl Clock {
             .unwrap_or_default()
             .as_nanos();
         Self {
-            offset_ns: real as i128 - i128::from(mono),
+            offset_ns: i128::try_from(real).unwrap_or(i128::MAX) - i128::from(mono),
         }
     }
 

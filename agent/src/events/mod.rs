@@ -5,6 +5,7 @@
 //! and the pod/container before consumers (the tracer, the PLEG, eviction) see them.
 
 pub mod poll;
+pub mod source;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -110,10 +111,10 @@ impl ExitStatus {
     pub fn from_wait_status(status: u32) -> Self {
         let signal = status & 0x7f;
         if signal == 0 {
-            ExitStatus::Code(((status >> 8) & 0xff) as i32)
+            ExitStatus::Code(i32::from((status >> 8) as u8))
         } else {
             ExitStatus::Signal {
-                signal: signal as i32,
+                signal: i32::from(signal as u8),
                 core_dumped: status & 0x80 != 0,
             }
         }

@@ -14,6 +14,10 @@
 // reach them through the intrinsics. This crate is only ever built with nightly.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic intrinsics, see above")]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's entry macros hand programs their context by value"
+)]
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_xadd, atomic_xchg};
 

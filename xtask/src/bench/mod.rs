@@ -41,10 +41,6 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    #[expect(
-        dead_code,
-        reason = "for benches still being written; remove once one saves"
-    )]
     /// Writes `report` (Markdown) to `target/bench/<name>.md` and returns the path.
     pub fn save(&self, name: &str, report: &str) -> Result<PathBuf> {
         fs::create_dir_all(&self.results_dir)

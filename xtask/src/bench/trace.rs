@@ -1,9 +1,309 @@
-//! The `trace` bench (placeholder: its owner replaces this file).
+//! `cargo xtask bench trace`: what `bpflet trace` costs and how fast its events arrive.
+//!
+//! One run measures, side by side on the same machine, the BPF source against the polling
+//! fallback (the baseline: what an agent without BPF can do), at idle, at 1,000 and at
+//! 10,000 process exits per second inside a cgroup the bench created:
+//! - kernel-to-userspace latency of exit events (kernel timestamp to the tracer's loop),
+//! - kernel time per program run (`kernel.bpf_stats_enabled`),
+//! - the tracer's CPU and RSS, and the events received and lost.
 
-use anyhow::{Result, bail};
+use std::ffi::CString;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 
 use super::Ctx;
+use super::util::{BpfStatsEnabled, Table, bpf_prog_stats, sample_process};
 
-pub fn run(_ctx: &Ctx) -> Result<()> {
-    bail!("the trace bench is not written yet")
+/// Length of each measured scenario.
+const SCENARIO: Duration = Duration::from_secs(10);
+const LOADS: &[u64] = &[0, 1_000, 10_000];
+const PROGRAMS: &[&str] = &["bpflet_exit", "bpflet_cgroup_mkdir", "bpflet_memcg_events"];
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let cgroup = BenchCgroup::create()?;
+    let mut table = Table::new([
+        "source",
+        "target exits/s",
+        "achieved exits/s",
+        "exit events received",
+        "lost",
+        "latency p50 (us)",
+        "latency p99 (us)",
+        "latency max (us)",
+        "kernel ns/run (exit prog)",
+        "tracer CPU %",
+        "tracer RSS max (MiB)",
+    ]);
+    for source in ["bpf", "poll"] {
+        for &rate in LOADS {
+            eprintln!("bench trace: source {source}, {rate} exits/s for {SCENARIO:?}");
+            let r = scenario(ctx, &cgroup, source, rate)?;
+            table.row([
+                source.to_owned(),
+                rate.to_string(),
+                format!("{:.0}", r.achieved_rate),
+                r.exits_received.to_string(),
+                r.lost.to_string(),
+                fmt_opt(r.p50_us),
+                fmt_opt(r.p99_us),
+                fmt_opt(r.max_us),
+                fmt_opt(r.kernel_ns_per_run),
+                format!("{:.1}", r.cpu_percent),
+                format!("{:.1}", r.rss_max_mib),
+            ]);
+        }
+    }
+    let report = format!(
+        "## bpflet trace ({}s per scenario, exits from fork+_exit in a dedicated cgroup)\n\n{table}\n",
+        SCENARIO.as_secs()
+    );
+    println!("{report}");
+    let path = ctx.save("trace", &report)?;
+    eprintln!("saved {}", path.display());
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"))
+}
+
+struct ScenarioResult {
+    achieved_rate: f64,
+    exits_received: u64,
+    lost: u64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    max_us: Option<f64>,
+    kernel_ns_per_run: Option<f64>,
+    cpu_percent: f64,
+    rss_max_mib: f64,
+}
+
+fn scenario(ctx: &Ctx, cgroup: &BenchCgroup, source: &str, rate: u64) -> Result<ScenarioResult> {
+    let mut tracer = Command::new(&ctx.bpflet)
+        .args([
+            "trace",
+            "--json",
+            "--summary",
+            "--source",
+            source,
+            "--cgroup",
+            &cgroup.rel,
+        ])
+        .args(["--kind", "exit", "--kind", "events_lost"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", ctx.bpflet.display()))?;
+    let stderr = tracer.stderr.take().context("tracer stderr")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (summary_tx, summary_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut last_json = None;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" tracing") {
+                let _ = ready_tx.send(());
+            }
+            if line.starts_with('{') {
+                last_json = Some(line);
+            }
+        }
+        let _ = summary_tx.send(last_json);
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("bpflet trace did not start tracing")?;
+
+    let stats_guard = if source == "bpf" {
+        Some(BpfStatsEnabled::enable()?)
+    } else {
+        None
+    };
+    let before = if source == "bpf" {
+        bpf_prog_stats(PROGRAMS)?
+    } else {
+        Vec::new()
+    };
+    let load = if rate > 0 {
+        Some(ExitLoad::start(cgroup, rate, SCENARIO)?)
+    } else {
+        None
+    };
+    let usage = sample_process(tracer.id(), SCENARIO, Duration::from_millis(200))?;
+    let produced = match load {
+        Some(load) => load.wait()?,
+        None => 0,
+    };
+    let after = if source == "bpf" {
+        bpf_prog_stats(PROGRAMS)?
+    } else {
+        Vec::new()
+    };
+    drop(stats_guard);
+    let kernel_ns_per_run = after
+        .iter()
+        .find(|p| p.name.starts_with("bpflet_exit"))
+        .and_then(|a| before.iter().find(|b| b.id == a.id).map(|b| a.since(b)))
+        .and_then(|d| d.mean_ns());
+
+    // Give the tracer time to drain, then stop it politely (it prints its summary).
+    thread::sleep(Duration::from_millis(1500));
+    nix_kill(tracer.id(), libc::SIGINT);
+    tracer.wait()?;
+    let summary = summary_rx
+        .recv_timeout(Duration::from_secs(10))
+        .ok()
+        .flatten()
+        .context("bpflet trace printed no summary")?;
+    let summary: Value = serde_json::from_str(&summary).context("parsing the tracer summary")?;
+    let lat = |k: &str| summary["latency_us"][k].as_f64();
+    Ok(ScenarioResult {
+        achieved_rate: produced as f64 / SCENARIO.as_secs_f64(),
+        exits_received: summary["events"]["exit"].as_u64().unwrap_or(0),
+        lost: summary["lost_kernel"].as_u64().unwrap_or(0)
+            + summary["lost_userspace"].as_u64().unwrap_or(0),
+        p50_us: lat("p50"),
+        p99_us: lat("p99"),
+        max_us: lat("max"),
+        kernel_ns_per_run,
+        cpu_percent: usage.cpu_percent,
+        rss_max_mib: usage.rss_max_bytes as f64 / (1024.0 * 1024.0),
+    })
+}
+
+fn nix_kill(pid: u32, sig: i32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The bench's own memory cgroup (v1 or v2), removed on drop.
+struct BenchCgroup {
+    path: PathBuf,
+    rel: String,
+}
+
+impl BenchCgroup {
+    fn create() -> Result<Self> {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let mount = if v1.join("memory.limit_in_bytes").exists() {
+            v1
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        let rel = format!("/bpflet-bench-{}", std::process::id());
+        let path = mount.join(rel.trim_start_matches('/'));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, rel })
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("warning: could not remove {}", self.path.display());
+    }
+}
+
+/// A process in the bench cgroup that forks children which `_exit(0)` at once, at a fixed
+/// rate, for a fixed time.
+struct ExitLoad {
+    pid: libc::pid_t,
+}
+
+impl ExitLoad {
+    fn start(cgroup: &BenchCgroup, rate: u64, duration: Duration) -> Result<Self> {
+        let procs = CString::new(cgroup.path.join("cgroup.procs").as_os_str().as_bytes())?;
+        let per_ms = rate as f64 / 1000.0;
+        let total_ms = duration.as_millis() as u64;
+        // SAFETY: the child only makes async-signal-safe calls (open, write, close, fork,
+        // waitpid, clock_gettime, nanosleep, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork: {}", std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe { exit_load_child(&procs, per_ms, total_ms) }
+        }
+        Ok(Self { pid })
+    }
+
+    /// Waits for the generator and returns how many children it made.
+    fn wait(self) -> Result<u64> {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0 {
+            bail!("waitpid: {}", std::io::Error::last_os_error());
+        }
+        if !libc::WIFEXITED(status) {
+            bail!("exit load generator died: status {status}");
+        }
+        // The child reports thousands of children made through its exit code.
+        Ok(u64::from(libc::WEXITSTATUS(status) as u32) * 1000)
+    }
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Body of the generator process. Never returns.
+unsafe fn exit_load_child(procs: &CString, per_ms: f64, total_ms: u64) -> ! {
+    // SAFETY (whole function): async-signal-safe libc calls only; see ExitLoad::start.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            libc::_exit(101);
+        }
+        libc::close(fd);
+        let start = now_ns();
+        let mut made: u64 = 0;
+        loop {
+            let elapsed_ms = (now_ns() - start) / 1_000_000;
+            if elapsed_ms >= total_ms {
+                break;
+            }
+            let due = (per_ms * (elapsed_ms + 1) as f64) as u64;
+            while made < due {
+                match libc::fork() {
+                    0 => libc::_exit(0),
+                    -1 => break,
+                    _ => made += 1,
+                }
+            }
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000,
+            };
+            libc::nanosleep(&ts, std::ptr::null_mut());
+        }
+        while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
+        libc::_exit(i32::try_from(made / 1000).unwrap_or(255).min(255))
+    }
 }

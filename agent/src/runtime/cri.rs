@@ -175,16 +175,19 @@ impl CriRuntime {
             request.set_timeout(timeout);
             match send(channel, request).await {
                 Ok(response) => Ok(response.into_inner()),
-                Err(status) => {
-                    if is_transport_failure(&status) {
-                        self.disconnect(generation).await;
-                    }
-                    Err(RuntimeError::Call {
+                Err(status) if is_transport_failure(&status) => {
+                    self.disconnect(generation).await;
+                    Err(RuntimeError::Disconnected {
                         method,
                         socket: self.shared.socket.clone(),
                         source: status,
                     })
                 }
+                Err(status) => Err(RuntimeError::Call {
+                    method,
+                    socket: self.shared.socket.clone(),
+                    source: status,
+                }),
             }
         };
         tokio::time::timeout(timeout, attempt)

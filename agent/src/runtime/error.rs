@@ -90,7 +90,18 @@ pub enum RuntimeError {
         retry_in: Duration,
     },
 
-    /// The runtime (or the transport to it) answered with a gRPC error.
+    /// The connection broke during the call or could not be re-established (the runtime
+    /// stopped or restarted; tonic reports both as transport errors or `Unavailable`). The
+    /// runtime may or may not have executed the call; the next call reconnects.
+    #[error("CRI {method}: lost the connection to the container runtime at {}", socket.display())]
+    Disconnected {
+        method: Method,
+        socket: PathBuf,
+        #[source]
+        source: tonic::Status,
+    },
+
+    /// The runtime answered with a gRPC error.
     #[error("CRI {method} via {} failed", socket.display())]
     Call {
         method: Method,
@@ -122,6 +133,7 @@ impl RuntimeError {
         match self {
             RuntimeError::Connect { method, .. }
             | RuntimeError::Backoff { method, .. }
+            | RuntimeError::Disconnected { method, .. }
             | RuntimeError::Call { method, .. }
             | RuntimeError::Timeout { method, .. }
             | RuntimeError::MalformedResponse { method, .. } => *method,
@@ -133,7 +145,9 @@ impl RuntimeError {
         match self {
             RuntimeError::Call { source, .. } => Some(source.code()),
             RuntimeError::Timeout { .. } => Some(Code::DeadlineExceeded),
-            RuntimeError::Connect { .. } | RuntimeError::Backoff { .. } => Some(Code::Unavailable),
+            RuntimeError::Connect { .. }
+            | RuntimeError::Backoff { .. }
+            | RuntimeError::Disconnected { .. } => Some(Code::Unavailable),
             RuntimeError::MalformedResponse { .. } => None,
         }
     }

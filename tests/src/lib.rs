@@ -31,6 +31,7 @@ const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Panics unless this process runs as root: the integration tests must fail, never skip.
+#[track_caller]
 pub fn require_root() {
     assert!(
         geteuid().is_root(),

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bpflet_tests::{CgroupVersion, TestCgroup, require_root};
+use bpflet_tests::{CgroupVersion, TestCgroup, bpflet_bin, require_root};
 
 const LIMIT: u64 = 64 << 20;
 
@@ -117,4 +117,18 @@ fn memory_limit_ends_in_an_oom_kill_inside_the_cgroup() {
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {file}:\n{counters}"));
     assert_eq!(kills, 1, "{file}:\n{counters}");
+}
+
+#[test]
+fn bpflet_bin_is_built_once_and_is_executable() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let bin = bpflet_bin();
+    let mode = fs::metadata(&bin)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", bin.display()))
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "{} is not executable", bin.display());
+    assert!(bin.ends_with("debug/bpflet"), "{}", bin.display());
+    assert_eq!(bpflet_bin(), bin);
 }

@@ -274,6 +274,24 @@ async fn host_network_pod_runs_a_container_to_its_exit_code() {
         "unexpected log {log:?}"
     );
 
+    // How long the two calls a relist makes take through this client (printed, not asserted).
+    let mut status_us = Vec::new();
+    let mut list_us = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        rt.container_status(&id).await.unwrap();
+        status_us.push(t.elapsed().as_micros());
+        let t = Instant::now();
+        rt.list_containers(None).await.unwrap();
+        list_us.push(t.elapsed().as_micros());
+    }
+    status_us.sort_unstable();
+    list_us.sort_unstable();
+    eprintln!(
+        "ContainerStatus p50 {}us p99 {}us; ListContainers p50 {}us p99 {}us (200 calls)",
+        status_us[100], status_us[198], list_us[100], list_us[198]
+    );
+
     // ExecSync in a running container: output, exit code, and the command's timeout.
     let sleeper = run_container(
         &rt,

@@ -1,8 +1,30 @@
-//! Static pod sources: a manifest directory or file, and a manifest URL.
+//! Static pod sources: a manifest directory or file (`--pod-manifest-path`), noticed at once
+//! through inotify with a periodic full rescan as backstop, and a manifest URL
+//! (`--manifest-url`) polled every `httpCheckFrequency`.
+//!
+//! Each source sends a full [`PodUpdate::Snapshot`] whenever its pods or errors changed
+//! (and once at start). A malformed manifest yields a [`ManifestError`] for that file only;
+//! when an HTTP fetch fails the snapshot keeps the last pods fetched, so a flaky server does
+//! not stop running pods.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::manifest::{ManifestError, StaticPod};
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use inotify::{Inotify, WatchMask};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::manifest::{
+    CONFIG_SEEN_ANNOTATION, ManifestError, ManifestOrigin, StaticPod, parse_pod_manifest,
+    parse_url_manifest,
+};
 
 /// Which source a snapshot comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,16 +58,424 @@ pub enum PodUpdate {
 /// Why fetching `--manifest-url` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    #[error("invalid URL")]
+    Url(#[source] hyper::http::uri::InvalidUri),
+    #[error("only http:// URLs with a host are supported")]
+    UnsupportedUrl,
     #[error("cannot connect to {authority}")]
     Connect {
         authority: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot build the request")]
+    Request(#[source] hyper::http::Error),
     #[error("HTTP exchange failed")]
     Http(#[source] hyper::Error),
     #[error("server answered {status}")]
     Status { status: hyper::StatusCode },
     #[error("timed out after {0:?}")]
-    Timeout(std::time::Duration),
+    Timeout(Duration),
 }
+
+/// Quiet time that ends a burst of inotify events.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the source sent last, to send only changes.
+#[derive(Default)]
+struct Last {
+    sent: Option<(Vec<StaticPod>, Vec<String>)>,
+}
+
+impl Last {
+    /// Whether (pods, errors) differ from what was sent; remembers them if so.
+    fn changed(&mut self, pods: &[StaticPod], errors: &[ManifestError]) -> bool {
+        let current = (pods.to_vec(), errors.iter().map(error_text).collect());
+        if self.sent.as_ref() == Some(&current) {
+            return false;
+        }
+        self.sent = Some(current);
+        true
+    }
+}
+
+fn error_text(e: &ManifestError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Keeps `kubernetes.io/config.seen` at the time a UID was first seen, so rescans of an
+/// unchanged manifest produce identical pods.
+#[derive(Default)]
+struct SeenTimes(HashMap<String, Timestamp>);
+
+impl SeenTimes {
+    fn stamp(&mut self, pods: &mut [StaticPod], now: Timestamp) {
+        for sp in pods.iter_mut() {
+            let seen = *self.0.entry(sp.uid.clone()).or_insert(now);
+            if let Some(annotations) = sp.pod.metadata.annotations.as_mut() {
+                annotations.insert(CONFIG_SEEN_ANNOTATION.to_owned(), seen.to_string());
+            }
+        }
+        let live: BTreeSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        self.0.retain(|uid, _| live.contains(uid.as_str()));
+    }
+}
+
+/// Drops later pods whose namespace/name an earlier one already has (upstream keeps the first).
+fn dedupe(pods: Vec<StaticPod>, errors: &mut Vec<ManifestError>) -> Vec<StaticPod> {
+    let mut by_name: HashMap<(String, String), ManifestOrigin> = HashMap::new();
+    let mut kept = Vec::with_capacity(pods.len());
+    for sp in pods {
+        let key = (
+            sp.pod.metadata.namespace.clone().unwrap_or_default(),
+            sp.pod.metadata.name.clone().unwrap_or_default(),
+        );
+        if let Some(first) = by_name.get(&key) {
+            errors.push(ManifestError::Duplicate {
+                origin: sp.origin.clone(),
+                name: key.1,
+                namespace: key.0,
+                other: first.clone(),
+            });
+            continue;
+        }
+        by_name.insert(key, sp.origin.clone());
+        kept.push(sp);
+    }
+    kept
+}
+
+/// The `--pod-manifest-path` source.
+pub struct FileSource {
+    path: PathBuf,
+    node_name: String,
+    rescan_period: Duration,
+    inotify: bool,
+    seen: SeenTimes,
+}
+
+impl FileSource {
+    /// `path` is a directory of manifests or a single manifest file.
+    #[must_use]
+    pub fn new(path: PathBuf, node_name: String, rescan_period: Duration) -> Self {
+        Self {
+            path,
+            node_name,
+            rescan_period,
+            inotify: true,
+            seen: SeenTimes::default(),
+        }
+    }
+
+    /// Turns inotify off (filesystems without it, or tests of the rescan backstop).
+    #[must_use]
+    pub fn with_inotify(mut self, enabled: bool) -> Self {
+        self.inotify = enabled;
+        self
+    }
+
+    /// Reads every manifest now: the pods and the errors of the files that did not parse.
+    pub fn scan(&mut self, now: Timestamp) -> (Vec<StaticPod>, Vec<ManifestError>) {
+        let mut pods = Vec::new();
+        let mut errors = Vec::new();
+        for file in self.manifest_files(&mut errors) {
+            let origin = ManifestOrigin::File(file.clone());
+            let parsed = std::fs::read(&file)
+                .map_err(|source| ManifestError::Read {
+                    origin: origin.clone(),
+                    source,
+                })
+                .and_then(|data| parse_pod_manifest(&data, &origin, &self.node_name, now));
+            match parsed {
+                Ok(pod) => pods.push(pod),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut pods = dedupe(pods, &mut errors);
+        self.seen.stamp(&mut pods, now);
+        (pods, errors)
+    }
+
+    /// The files to read, sorted: the path itself, or the directory's visible regular files.
+    fn manifest_files(&self, errors: &mut Vec<ManifestError>) -> Vec<PathBuf> {
+        let origin = ManifestOrigin::File(self.path.clone());
+        let metadata = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(source) => {
+                errors.push(ManifestError::Read { origin, source });
+                return Vec::new();
+            }
+        };
+        if !metadata.is_dir() {
+            return vec![self.path.clone()];
+        }
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(entries) => entries,
+            Err(source) => {
+                errors.push(ManifestError::Read { origin, source });
+                return Vec::new();
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e.path().is_file())
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The directory to watch: the path itself, or a single file's parent (so an editor's
+    /// replace-by-rename is seen too).
+    fn watch_dir(&self) -> &Path {
+        if self.path.is_dir() {
+            &self.path
+        } else {
+            self.path.parent().unwrap_or(&self.path)
+        }
+    }
+
+    fn watch(&self) -> Option<inotify::EventStream<Vec<u8>>> {
+        if !self.inotify {
+            return None;
+        }
+        let mask = WatchMask::CREATE
+            | WatchMask::MODIFY
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::ATTRIB
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF;
+        let dir = self.watch_dir();
+        let result = Inotify::init().and_then(|inotify| {
+            inotify.watches().add(dir, mask)?;
+            inotify.into_event_stream(vec![0; 4096])
+        });
+        match result {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot watch static pod path; relying on rescans");
+                None
+            }
+        }
+    }
+
+    /// Sends a snapshot at start and whenever something changed, until `cancel`.
+    pub async fn run(mut self, tx: mpsc::Sender<PodUpdate>, cancel: CancellationToken) {
+        let mut last = Last::default();
+        let mut events = self.watch();
+        let mut rescan = tokio::time::interval(self.rescan_period);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (pods, errors) = self.scan(Timestamp::now());
+            if last.changed(&pods, &errors) {
+                let update = PodUpdate::Snapshot {
+                    source: SourceKind::File,
+                    pods,
+                    errors,
+                };
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = rescan.tick() => {
+                    // The watched directory may have appeared or been replaced.
+                    if self.inotify && events.is_none() {
+                        events = self.watch();
+                    }
+                }
+                event = next_event(&mut events) => {
+                    if matches!(event, Some(Ok(_))) {
+                        // Coalesce a burst (create, write, close) into one rescan, so a
+                        // half-written file is not reported as malformed.
+                        loop {
+                            match tokio::time::timeout(DEBOUNCE, next_event(&mut events)).await {
+                                Ok(Some(Ok(_))) => {}
+                                Ok(_) => {
+                                    events = None;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    } else {
+                        // The stream broke (or the directory went away): rewatch on the next
+                        // rescan.
+                        events = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn next_event(
+    events: &mut Option<inotify::EventStream<Vec<u8>>>,
+) -> Option<std::io::Result<inotify::Event<std::ffi::OsString>>> {
+    match events {
+        Some(stream) => {
+            let event = stream.next().await;
+            if let Some(Ok(e)) = &event
+                && e.mask.intersects(
+                    inotify::EventMask::DELETE_SELF
+                        | inotify::EventMask::MOVE_SELF
+                        | inotify::EventMask::IGNORED,
+                )
+            {
+                return None;
+            }
+            event
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The `--manifest-url` source.
+pub struct HttpSource {
+    url: String,
+    node_name: String,
+    period: Duration,
+    timeout: Duration,
+    seen: SeenTimes,
+    last_pods: Vec<StaticPod>,
+}
+
+impl HttpSource {
+    #[must_use]
+    pub fn new(url: String, node_name: String, period: Duration, timeout: Duration) -> Self {
+        Self {
+            url,
+            node_name,
+            period,
+            timeout,
+            seen: SeenTimes::default(),
+            last_pods: Vec::new(),
+        }
+    }
+
+    /// Fetches once: the pods and errors. A failed fetch keeps the previous pods.
+    pub async fn fetch_once(&mut self, now: Timestamp) -> (Vec<StaticPod>, Vec<ManifestError>) {
+        let origin = ManifestOrigin::Url(self.url.clone());
+        let body = match tokio::time::timeout(self.timeout, get(&self.url)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(source)) => {
+                return (
+                    self.last_pods.clone(),
+                    vec![ManifestError::Fetch { origin, source }],
+                );
+            }
+            Err(_) => {
+                let source = FetchError::Timeout(self.timeout);
+                return (
+                    self.last_pods.clone(),
+                    vec![ManifestError::Fetch { origin, source }],
+                );
+            }
+        };
+        let mut pods = Vec::new();
+        let mut errors = Vec::new();
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            for result in parse_url_manifest(&body, &self.url, &self.node_name, now) {
+                match result {
+                    Ok(pod) => pods.push(pod),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let mut pods = dedupe(pods, &mut errors);
+        self.seen.stamp(&mut pods, now);
+        self.last_pods.clone_from(&pods);
+        (pods, errors)
+    }
+
+    /// Polls every period and sends a snapshot at start and whenever something changed.
+    pub async fn run(mut self, tx: mpsc::Sender<PodUpdate>, cancel: CancellationToken) {
+        let mut last = Last::default();
+        let mut poll = tokio::time::interval(self.period);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = poll.tick() => {}
+            }
+            let (pods, errors) = tokio::select! {
+                () = cancel.cancelled() => return,
+                fetched = self.fetch_once(Timestamp::now()) => fetched,
+            };
+            if last.changed(&pods, &errors) {
+                let update = PodUpdate::Snapshot {
+                    source: SourceKind::Http,
+                    pods,
+                    errors,
+                };
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection; returns the body of a 2xx answer.
+async fn get(url: &str) -> Result<Bytes, FetchError> {
+    let uri: hyper::Uri = url.parse().map_err(FetchError::Url)?;
+    let authority = match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(authority)) => authority.clone(),
+        _ => return Err(FetchError::UnsupportedUrl),
+    };
+    let address = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|source| FetchError::Connect {
+            authority: authority.to_string(),
+            source,
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(FetchError::Http)?;
+    let driver = tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::USER_AGENT, "bpflet")
+        .body(Empty::<Bytes>::new())
+        .map_err(FetchError::Request)?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(FetchError::Http)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status { status });
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(FetchError::Http)?;
+        Ok(body.to_bytes())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests;

@@ -599,6 +599,12 @@ async fn a_new_start_on_the_same_work_dir_takes_over_from_a_crashed_run() {
     )
     .await;
     let first_pid = first.pid().unwrap();
+    let first_cgroup_parent = first.cgroup_parent.clone();
+    let cgroups = dirs_under_cgroup_parent(&first);
+    assert!(
+        !cgroups.is_empty(),
+        "the pod's cgroups were not under the cgroup parent"
+    );
     // The caller dies without tearing down: containerd and the pod keep running.
     std::mem::forget(first);
 
@@ -611,6 +617,7 @@ async fn a_new_start_on_the_same_work_dir_takes_over_from_a_crashed_run() {
         cmdline.is_empty(),
         "the old containerd {first_pid} still runs"
     );
+    assert_eq!(second.cgroup_parent, first_cgroup_parent);
     let rt = CriRuntime::new(&second.socket);
     assert!(
         rt.list_pod_sandboxes(None).await.unwrap().is_empty(),
@@ -622,4 +629,7 @@ async fn a_new_start_on_the_same_work_dir_takes_over_from_a_crashed_run() {
         !mountinfo.contains(&*dir.path().to_string_lossy()),
         "{mountinfo}"
     );
+    for cgroup in &cgroups {
+        assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+    }
 }

@@ -36,7 +36,6 @@ use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -80,7 +79,8 @@ pub struct Options {
     /// The pod subnet handed out by host-local IPAM.
     pub subnet: String,
     /// Absolute cgroup path (cgroupfs driver) under which callers put pod sandboxes;
-    /// removed on teardown. Default: `/bpflet-ctd-<pid>-<n>`, unique per instance.
+    /// removed on teardown. Default: `/bpflet-ctd-<hash of the work directory>`, so a
+    /// later start on the same directory finds what a crashed run left there.
     pub cgroup_parent: Option<String>,
 }
 
@@ -117,8 +117,9 @@ pub struct PrivateContainerd {
     pub images: ImageArchive,
     bridge: String,
     child: Option<Child>,
-    /// Which of [`GLOBAL_DIRS`] existed before this instance started.
-    preexisting_global_dirs: BTreeSet<PathBuf>,
+    /// What teardown must remove beyond the work directory, also for earlier runs on
+    /// the same work directory that never tore down.
+    cleanup: Cleanup,
     torn_down: bool,
 }
 
@@ -136,10 +137,9 @@ impl PrivateContainerd {
         let work_dir = work_dir
             .canonicalize()
             .with_context(|| format!("resolving {}", work_dir.display()))?;
-        static INSTANCES: AtomicU32 = AtomicU32::new(0);
         let cgroup_parent = options.cgroup_parent.clone().unwrap_or_else(|| {
-            let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
-            format!("/bpflet-ctd-{}-{n}", std::process::id())
+            let digest = sha2::Sha256::digest(work_dir.to_string_lossy().as_bytes());
+            format!("/bpflet-ctd-{}", &hex::encode(digest)[..12])
         });
         if !cgroup_parent.starts_with('/') || cgroup_parent.len() < 2 {
             bail!("cgroup parent {cgroup_parent:?} must be an absolute path below the root");
@@ -156,15 +156,12 @@ impl PrivateContainerd {
             images: images::build(&work_dir.join("images"))?,
             bridge: options.bridge.clone(),
             child: None,
-            preexisting_global_dirs: GLOBAL_DIRS
-                .iter()
-                .map(PathBuf::from)
-                .filter(|d| d.exists())
-                .collect(),
+            cleanup: Cleanup::default(),
             torn_down: false,
             work_dir,
         };
         ctd.stop_stale_daemon()?;
+        ctd.record_cleanup()?;
         for dir in [&ctd.root_dir, &ctd.state_dir, &ctd.pod_log_dir] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -272,6 +269,31 @@ impl PrivateContainerd {
 
     fn pid_file(&self) -> PathBuf {
         self.work_dir.join("containerd.pid")
+    }
+
+    fn cleanup_file(&self) -> PathBuf {
+        self.work_dir.join("cleanup.json")
+    }
+
+    /// Notes, before anything is created, what teardown will have to remove outside the
+    /// work directory, merged with what an earlier run that never tore down noted.
+    fn record_cleanup(&mut self) -> Result<()> {
+        let path = self.cleanup_file();
+        if let Ok(text) = fs::read_to_string(&path) {
+            self.cleanup = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+        }
+        self.cleanup
+            .cgroup_parents
+            .insert(self.cgroup_parent.clone());
+        self.cleanup.created_dirs.extend(
+            GLOBAL_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .filter(|d| !d.exists()),
+        );
+        fs::write(&path, serde_json::to_vec_pretty(&self.cleanup)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Waits until the CRI answers `Version` and `Status` reports runtime and network ready.
@@ -513,10 +535,12 @@ state = {state}
         }
         note("stopping containerd", self.stop_daemon());
         note("killing stray shims", self.kill_stray_shims());
-        note(
-            "removing the cgroup tree",
-            remove_cgroup_tree(&self.cgroup_parent),
-        );
+        for parent in &self.cleanup.cgroup_parents {
+            note(
+                &format!("removing the cgroup tree {parent}"),
+                remove_cgroup_tree(parent),
+            );
+        }
         note("unmounting", unmount_under(&self.work_dir));
         note("removing the CNI bridge", remove_idle_bridge(&self.bridge));
         if mounts_under(&self.work_dir).is_ok_and(|m| m.is_empty()) && self.state_dir.exists() {
@@ -526,14 +550,15 @@ state = {state}
                     .with_context(|| format!("removing {}", self.state_dir.display())),
             );
         }
+        // In GLOBAL_DIRS order, children first. Only succeeds when empty, which is the point.
         for dir in GLOBAL_DIRS.iter().map(Path::new) {
-            if !self.preexisting_global_dirs.contains(dir) {
-                // Only succeeds when empty, which is the point.
+            if self.cleanup.created_dirs.contains(dir) {
                 let _ = fs::remove_dir(dir);
             }
         }
 
         if problems.is_empty() {
+            let _ = fs::remove_file(self.cleanup_file());
             Ok(())
         } else {
             Err(anyhow!(
@@ -604,6 +629,16 @@ impl Drop for PrivateContainerd {
             eprintln!("{e:#}");
         }
     }
+}
+
+/// What teardown removes outside the work directory; kept in `<work_dir>/cleanup.json`
+/// until a teardown succeeds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Cleanup {
+    /// Cgroup parents pods were put under.
+    cgroup_parents: BTreeSet<String>,
+    /// Which of [`GLOBAL_DIRS`] did not exist before the first run.
+    created_dirs: BTreeSet<PathBuf>,
 }
 
 /// Fails, naming what to install, unless containerd, ctr, runc and the CNI plugins exist.

@@ -389,8 +389,9 @@ mod tests {
         let mut a = Attributor::new(h.clone());
         a.index_subtree("/kubepods").expect("index");
         let gone = ino(&h.path_of("/kubepods/a"));
-        fs::remove_dir(h.path_of("/kubepods/a")).expect("rmdir");
+        // Created before the removal: test filesystems reuse inode numbers (cgroupfs does not).
         mkdirs(dir.path(), "/kubepods/b");
+        fs::remove_dir(h.path_of("/kubepods/a")).expect("rmdir");
         let b = ino(&h.path_of("/kubepods/b"));
         assert_eq!(a.path_of_id(b).as_deref(), Some("/kubepods/b"));
         assert!(!a.index.contains_key(&gone));

@@ -85,6 +85,18 @@ impl Attributor {
     /// Fills what the source left out: the cgroup path from its id, the pod and container, and
     /// for OOM kills the limit cgroup's path and the scope (a source's `Node` is kept).
     pub fn attribute(&mut self, ev: &mut Event) {
+        // The index follows the kernel's own cgroup events, so later events resolve without
+        // walking the tree.
+        match (&ev.detail, ev.cgroup_id) {
+            (Detail::CgroupCreated { .. }, Some(id)) if !ev.cgroup.is_empty() => {
+                self.note_created(id, &ev.cgroup.clone());
+            }
+            (Detail::CgroupRemoved { .. }, Some(id)) if !ev.cgroup.is_empty() => {
+                self.note_created(id, &ev.cgroup.clone());
+                self.note_removed(id);
+            }
+            _ => {}
+        }
         if ev.cgroup.is_empty()
             && let Some(path) = ev.cgroup_id.and_then(|id| self.path_of_id(id))
         {
@@ -406,6 +418,27 @@ mod tests {
         assert_eq!(a.path_of_id(77).as_deref(), Some("/kubepods/x"));
         // No roots were indexed: a miss never walks.
         assert_eq!(a.path_of_id(78), None);
+        assert_eq!(a.rescans(), 0);
+    }
+
+    #[test]
+    fn kernel_cgroup_events_keep_the_index_current() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Attributor::new(Hierarchy::v2(dir.path()));
+        let mut created = event(Some(90), Detail::CgroupCreated { level: 2 });
+        created.cgroup = "/kubepods/podx".into();
+        a.attribute(&mut created);
+        let mut exit = event(Some(90), Detail::Exit(crate::events::ExitStatus::Code(0)));
+        a.attribute(&mut exit);
+        assert_eq!(exit.cgroup, "/kubepods/podx");
+
+        let mut removed = event(Some(90), Detail::CgroupRemoved { level: 2 });
+        removed.cgroup = "/kubepods/podx".into();
+        a.attribute(&mut removed);
+        // A late event for the removed cgroup still resolves, without any walk.
+        let mut late = event(Some(90), Detail::Exit(crate::events::ExitStatus::Code(1)));
+        a.attribute(&mut late);
+        assert_eq!(late.cgroup, "/kubepods/podx");
         assert_eq!(a.rescans(), 0);
     }
 

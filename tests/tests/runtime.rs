@@ -196,6 +196,14 @@ async fn host_network_pod_runs_a_container_to_its_exit_code() {
             .iter()
             .any(|i| i.repo_tags.iter().any(|t| t == PAUSE_IMAGE))
     );
+    // containerd refreshes the usage numbers periodically (they read 0 right after start).
+    let image_fs = rt.image_fs_info().await.unwrap();
+    assert!(
+        image_fs.iter().any(|fs| {
+            Path::new(&fs.mountpoint).starts_with(&ctd.root_dir) && fs.used_bytes.is_some()
+        }),
+        "{image_fs:?}"
+    );
     assert_eq!(
         rt.image_status("bpflet.local/absent:latest").await.unwrap(),
         None

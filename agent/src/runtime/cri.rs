@@ -26,9 +26,9 @@ use super::api::image_service_client::ImageServiceClient;
 use super::api::runtime_service_client::RuntimeServiceClient;
 use super::{
     CRI_API_VERSION, Container, ContainerMetadata, ContainerRuntime, ContainerState,
-    ContainerStatus, ExecOutput, Image, Method, PodSandbox, PodSandboxStatus, Result,
-    RuntimeCondition, RuntimeError, RuntimeStatus, SandboxMetadata, SandboxState, Timestamp,
-    VersionInfo, api, timestamp_from_nanos,
+    ContainerStatus, ExecOutput, FilesystemUsage, Image, Method, PodSandbox, PodSandboxStatus,
+    Result, RuntimeCondition, RuntimeError, RuntimeStatus, SandboxMetadata, SandboxState,
+    Timestamp, VersionInfo, api, timestamp_from_nanos,
 };
 
 /// How long a call may take unless told otherwise: the kubelet's `runtimeRequestTimeout`.
@@ -711,6 +711,26 @@ impl ContainerRuntime for CriRuntime {
         )
         .await?;
         Ok(())
+    }
+
+    async fn image_fs_info(&self) -> Result<Vec<FilesystemUsage>> {
+        let r = self
+            .call(
+                Method::ImageFsInfo,
+                self.request_timeout,
+                api::ImageFsInfoRequest {},
+                |ch, req| async move { image_client(ch).image_fs_info(req).await },
+            )
+            .await?;
+        Ok(r.image_filesystems
+            .into_iter()
+            .map(|fs| FilesystemUsage {
+                mountpoint: fs.fs_id.map(|id| id.mountpoint).unwrap_or_default(),
+                used_bytes: fs.used_bytes.map(|v| v.value),
+                inodes_used: fs.inodes_used.map(|v| v.value),
+                timestamp: timestamp_from_nanos(fs.timestamp),
+            })
+            .collect())
     }
 }
 

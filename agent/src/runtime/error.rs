@@ -29,6 +29,7 @@ pub enum Method {
     PullImage,
     ListImages,
     RemoveImage,
+    ImageFsInfo,
 }
 
 impl Method {
@@ -55,6 +56,7 @@ impl Method {
             Method::PullImage => "PullImage",
             Method::ListImages => "ListImages",
             Method::RemoveImage => "RemoveImage",
+            Method::ImageFsInfo => "ImageFsInfo",
         }
     }
 }

@@ -21,13 +21,16 @@ use tonic::{Code, Status};
 use super::cri::DEFAULT_REQUEST_TIMEOUT;
 use super::{
     CRI_API_VERSION, Container, ContainerMetadata, ContainerRuntime, ContainerState,
-    ContainerStatus, ExecOutput, Image, Method, PodSandbox, PodSandboxStatus, REASON_COMPLETED,
-    REASON_ERROR, REASON_OOM_KILLED, Result, RuntimeCondition, RuntimeError, RuntimeStatus,
-    SandboxMetadata, SandboxState, Timestamp, VersionInfo, api,
+    ContainerStatus, ExecOutput, FilesystemUsage, Image, Method, PodSandbox, PodSandboxStatus,
+    REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED, Result, RuntimeCondition, RuntimeError,
+    RuntimeStatus, SandboxMetadata, SandboxState, Timestamp, VersionInfo, api,
 };
 
 /// What the fake stands in for in error messages, where a real runtime names its socket.
 const FAKE_SOCKET: &str = "fake://runtime";
+
+/// Where the fake claims to keep its images.
+const FAKE_IMAGE_FS: &str = "/var/lib/fake-runtime/images";
 
 /// Exit code of a process killed by SIGKILL, as runtimes report it (128 + 9).
 const EXIT_KILLED: i32 = 137;
@@ -805,6 +808,17 @@ impl ContainerRuntime for FakeRuntime {
         }
         Ok(())
     }
+
+    async fn image_fs_info(&self) -> Result<Vec<FilesystemUsage>> {
+        self.enter(Method::ImageFsInfo).await?;
+        let s = self.lock();
+        Ok(vec![FilesystemUsage {
+            mountpoint: FAKE_IMAGE_FS.to_owned(),
+            used_bytes: Some(s.images.iter().map(|i| i.size_bytes).sum()),
+            inodes_used: Some(u64::try_from(s.images.len()).unwrap_or(u64::MAX) * 64),
+            timestamp: Some(Timestamp::now()),
+        }])
+    }
 }
 
 #[cfg(test)]
@@ -1204,9 +1218,12 @@ mod tests {
             [IMAGE]
         );
         assert_eq!(rt.list_images().await.unwrap().len(), 1);
+        let fs = rt.image_fs_info().await.unwrap();
+        assert_eq!(fs[0].used_bytes, Some(image.size_bytes));
         rt.remove_image(IMAGE).await.unwrap();
         rt.remove_image(IMAGE).await.unwrap();
         assert!(rt.list_images().await.unwrap().is_empty());
+        assert_eq!(rt.image_fs_info().await.unwrap()[0].used_bytes, Some(0));
     }
 
     #[tokio::test]

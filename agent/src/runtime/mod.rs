@@ -289,6 +289,20 @@ impl From<api::Image> for Image {
     }
 }
 
+/// How much of a filesystem the runtime's images use (CRI `FilesystemUsage`), for the
+/// `imagefs.*` eviction signals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesystemUsage {
+    /// Where the filesystem holding the images is mounted (or the image directory on it).
+    pub mountpoint: String,
+    /// Bytes the images use (not the filesystem's total use).
+    pub used_bytes: Option<u64>,
+    /// Inodes the images use.
+    pub inodes_used: Option<u64>,
+    /// When the runtime measured.
+    pub timestamp: Option<Timestamp>,
+}
+
 /// Converts CRI nanoseconds since the epoch; 0 (the CRI's "not set") and nonsense are `None`.
 pub(crate) fn timestamp_from_nanos(nanos: i64) -> Option<Timestamp> {
     if nanos <= 0 {
@@ -408,4 +422,7 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Removes an image. Removing an unknown image is not an error.
     fn remove_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The filesystems holding images and how much the images use of them.
+    fn image_fs_info(&self) -> impl Future<Output = Result<Vec<FilesystemUsage>>> + Send;
 }

@@ -145,6 +145,16 @@ impl PrivateContainerd {
             bail!("cgroup parent {cgroup_parent:?} must be an absolute path below the root");
         }
 
+        let socket = work_dir.join("containerd.sock.ttrpc");
+        // sun_path holds 108 bytes including the NUL; the ttrpc socket is the longest.
+        if socket.as_os_str().len() >= 108 {
+            bail!(
+                "the work directory {} is too deep for a unix socket path ({} bytes)",
+                work_dir.display(),
+                socket.as_os_str().len()
+            );
+        }
+
         let mut ctd = PrivateContainerd {
             socket: work_dir.join("containerd.sock"),
             root_dir: work_dir.join("root"),
@@ -296,7 +306,7 @@ impl PrivateContainerd {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Waits until the CRI answers `Version` and `Status` reports runtime and network ready.
+    /// Waits until the CRI answers `Status` with runtime and network ready.
     fn wait_ready(&mut self) -> Result<()> {
         let started = Instant::now();
         let mut last_problem = String::from("no answer yet");

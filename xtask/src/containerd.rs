@@ -281,6 +281,10 @@ impl PrivateContainerd {
         self.work_dir.join("containerd.pid")
     }
 
+    fn ttrpc_socket(&self) -> PathBuf {
+        self.work_dir.join("containerd.sock.ttrpc")
+    }
+
     fn cleanup_file(&self) -> PathBuf {
         self.work_dir.join("cleanup.json")
     }
@@ -480,7 +484,7 @@ state = {state}
             root = q(&self.root_dir),
             state = q(&self.state_dir),
             socket = q(&self.socket),
-            ttrpc = q(&self.work_dir.join("containerd.sock.ttrpc")),
+            ttrpc = q(&self.ttrpc_socket()),
             opt = q(&self.work_dir.join("opt")),
             pause = toml_string(PAUSE_IMAGE),
             runc = q(&runc),
@@ -544,6 +548,9 @@ state = {state}
             note("removing leftover tasks", self.remove_leftover_tasks());
         }
         note("stopping containerd", self.stop_daemon());
+        for socket in [self.socket.clone(), self.ttrpc_socket()] {
+            let _ = fs::remove_file(socket);
+        }
         note("killing stray shims", self.kill_stray_shims());
         for parent in &self.cleanup.cgroup_parents {
             note(

@@ -113,6 +113,19 @@ fn dirs(driver: &CgroupDriver, rel: &str) -> Vec<PathBuf> {
     }
 }
 
+/// The cgroup's directory in every hierarchy mounted on this host (v1: also the ones bpflet
+/// does not manage, such as devices and freezer).
+fn dirs_everywhere(driver: &CgroupDriver, rel: &str) -> Vec<PathBuf> {
+    let rel = rel.trim_start_matches('/');
+    match driver.version() {
+        CgroupVersion::V1 => fs::read_dir(driver.root())
+            .unwrap_or_else(|e| panic!("listing {}: {e}", driver.root().display()))
+            .map(|entry| entry.expect("cgroup mount entry").path().join(rel))
+            .collect(),
+        CgroupVersion::V2 => vec![driver.root().join(rel)],
+    }
+}
+
 fn assert_limits(
     driver: &CgroupDriver,
     rel: &str,
@@ -237,7 +250,21 @@ fn qos_tree_on_the_live_hierarchy() {
         .expect("spawning sleep");
     let pid = child.id();
     cleanup.sleeper = Some(child);
-    for dir in dirs(&driver, &b) {
+    let mut joined = dirs(&driver, &b);
+    if driver.version() == CgroupVersion::V1 {
+        // What runc does with a cgroup parent: a container cgroup in every hierarchy,
+        // including ones bpflet does not manage, creating the pod's directory there too.
+        for controller in ["devices", "freezer"] {
+            let ctr = driver
+                .root()
+                .join(controller)
+                .join(b.trim_start_matches('/'))
+                .join("ctr");
+            fs::create_dir_all(&ctr).unwrap_or_else(|e| panic!("creating {}: {e}", ctr.display()));
+            joined.push(ctr);
+        }
+    }
+    for dir in joined {
         let procs = dir.join("cgroup.procs");
         fs::write(&procs, pid.to_string())
             .unwrap_or_else(|e| panic!("moving pid {pid} into {}: {e}", procs.display()));
@@ -275,7 +302,7 @@ fn qos_tree_on_the_live_hierarchy() {
         tree.remove_pod(&burstable.uid)
             .expect("remove burstable pod")
     );
-    for dir in dirs(&driver, &b) {
+    for dir in dirs_everywhere(&driver, &b) {
         assert!(!dir.exists(), "{} survived remove_pod", dir.display());
     }
     assert!(!tree.remove_pod(&burstable.uid).expect("removing again"));
@@ -286,7 +313,7 @@ fn qos_tree_on_the_live_hierarchy() {
 
     // The whole root, Guaranteed pod included, goes with one remove.
     driver.remove(&root).expect("remove the test root");
-    for dir in dirs(&driver, &root) {
+    for dir in dirs_everywhere(&driver, &root) {
         assert!(!dir.exists(), "{} survived remove", dir.display());
     }
     drop(cleanup);

@@ -12,7 +12,9 @@
 //!
 //! - v1: one directory per managed controller ([`V1_CONTROLLERS`]), each under
 //!   `<root>/<controller>`. A new cpuset cgroup gets its parent's `cpuset.cpus` and
-//!   `cpuset.mems`, without which no task could join it.
+//!   `cpuset.mems`, without which no task could join it. Listing, process checks and removal
+//!   cover every hierarchy mounted under `<root>`: the runtime creates container cgroups, and
+//!   with them the pod's, in controllers bpflet does not manage (devices, freezer, blkio...).
 //! - v2: one directory under `<root>`; [`V2_CONTROLLERS`] are enabled in the
 //!   `cgroup.subtree_control` of every ancestor, from the root down (as runc does).
 //!
@@ -76,7 +78,7 @@ pub trait CgroupManager {
     /// [`CgroupError::MissingController`].
     fn create(&self, rel: &str) -> Result<(), CgroupError>;
 
-    /// Whether the cgroup exists (v1: in any managed controller).
+    /// Whether the cgroup exists (v1: in any hierarchy).
     fn exists(&self, rel: &str) -> bool;
 
     /// Sets (`Some`) or lifts (`None`) the memory limit.
@@ -120,13 +122,14 @@ pub trait CgroupManager {
     /// [`CgroupError::Read`] or [`CgroupError::Malformed`].
     fn memory_usage(&self, rel: &str) -> Result<MemoryUsage, CgroupError>;
 
-    /// The processes in the cgroup itself (not its children), sorted, without duplicates.
+    /// The processes in the cgroup itself (not its children), sorted, without duplicates
+    /// (v1: in any hierarchy). A cgroup that does not exist has none.
     ///
     /// # Errors
     /// [`CgroupError::Read`] or [`CgroupError::Malformed`].
     fn procs(&self, rel: &str) -> Result<Vec<u32>, CgroupError>;
 
-    /// Names of the child cgroups, sorted (v1: the union over the managed controllers).
+    /// Names of the child cgroups, sorted (v1: the union over every hierarchy).
     /// A cgroup that does not exist has no children.
     ///
     /// # Errors
@@ -267,8 +270,18 @@ impl V1Cgroupfs {
         under(&self.mount(controller), rel)
     }
 
-    fn mounts(&self) -> Vec<PathBuf> {
-        V1_CONTROLLERS.iter().map(|c| self.mount(c)).collect()
+    /// The managed controllers' mounts, then every other hierarchy mounted under the root.
+    fn hierarchies(&self) -> Result<Vec<PathBuf>, CgroupError> {
+        let mut mounts: Vec<PathBuf> = V1_CONTROLLERS.iter().map(|c| self.mount(c)).collect();
+        let mut others = child_dirs(&self.root)?;
+        others.sort_unstable();
+        for name in others {
+            let mount = self.root.join(name);
+            if !mounts.contains(&mount) {
+                mounts.push(mount);
+            }
+        }
+        Ok(mounts)
     }
 
     /// Gives a cpuset cgroup its parent's cpus and mems when it has none (a fresh v1 cpuset
@@ -316,7 +329,12 @@ impl CgroupManager for V1Cgroupfs {
     }
 
     fn exists(&self, rel: &str) -> bool {
-        V1_CONTROLLERS.iter().any(|c| self.dir(c, rel).is_dir())
+        let rel = normalize(rel);
+        // Should the root be unreadable, the managed controllers still answer.
+        let mounts = self
+            .hierarchies()
+            .unwrap_or_else(|_| V1_CONTROLLERS.iter().map(|c| self.mount(c)).collect());
+        mounts.iter().any(|m| under(m, &rel).is_dir())
     }
 
     fn set_memory_limit(&self, rel: &str, bytes: Option<u64>) -> Result<(), CgroupError> {
@@ -369,10 +387,12 @@ impl CgroupManager for V1Cgroupfs {
 
     fn procs(&self, rel: &str) -> Result<Vec<u32>, CgroupError> {
         let mut pids = Vec::new();
-        for controller in V1_CONTROLLERS {
-            let dir = self.dir(controller, rel);
-            if dir.is_dir() {
-                pids.extend(read_procs(&dir)?);
+        for mount in self.hierarchies()? {
+            // A cgroup that is not in this hierarchy (or just went away) holds nothing.
+            match read_procs(&under(&mount, rel)) {
+                Ok(found) => pids.extend(found),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
             }
         }
         pids.sort_unstable();
@@ -382,8 +402,8 @@ impl CgroupManager for V1Cgroupfs {
 
     fn children(&self, rel: &str) -> Result<Vec<String>, CgroupError> {
         let mut names = Vec::new();
-        for controller in V1_CONTROLLERS {
-            names.extend(child_dirs(&self.dir(controller, rel))?);
+        for mount in self.hierarchies()? {
+            names.extend(child_dirs(&under(&mount, rel))?);
         }
         names.sort_unstable();
         names.dedup();
@@ -391,7 +411,7 @@ impl CgroupManager for V1Cgroupfs {
     }
 
     fn remove(&self, rel: &str) -> Result<(), CgroupError> {
-        remove_trees(&self.mounts(), rel)
+        remove_trees(&self.hierarchies()?, rel)
     }
 }
 
@@ -506,7 +526,11 @@ impl CgroupManager for V2Cgroupfs {
     }
 
     fn procs(&self, rel: &str) -> Result<Vec<u32>, CgroupError> {
-        let mut pids = read_procs(&self.dir(rel))?;
+        let mut pids = match read_procs(&self.dir(rel)) {
+            Ok(pids) => pids,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e),
+        };
         pids.sort_unstable();
         pids.dedup();
         Ok(pids)
@@ -917,8 +941,13 @@ mod tests {
         let (dir, d) = v1_fixture();
         d.create("/k/a").expect("create");
         fs::create_dir(dir.path().join("cpu/k/only-cpu")).expect("mkdir");
+        fs::create_dir_all(dir.path().join("freezer/k/only-freezer")).expect("mkdir");
         fs::write(dir.path().join("memory/k/memory.stat"), "").expect("a file");
-        assert_eq!(d.children("/k").expect("children"), ["a", "only-cpu"]);
+        assert!(d.exists("/k/only-freezer"));
+        assert_eq!(
+            d.children("/k").expect("children"),
+            ["a", "only-cpu", "only-freezer"]
+        );
         assert_eq!(
             d.children("/missing").expect("children"),
             Vec::<String>::new()
@@ -930,6 +959,8 @@ mod tests {
         let (dir, d) = v1_fixture();
         d.create("/k/burstable/pod1").expect("create");
         d.create("/k/pod2").expect("create");
+        // What runc adds in a hierarchy bpflet does not manage.
+        fs::create_dir_all(dir.path().join("devices/k/burstable/pod1/ctr")).expect("runc dir");
         for c in V1_CONTROLLERS {
             for rel in ["k", "k/burstable", "k/burstable/pod1", "k/pod2"] {
                 fs::write(dir.path().join(c).join(rel).join("cgroup.procs"), "").expect("procs");
@@ -956,7 +987,8 @@ mod tests {
             remove_files_below(&dir.path().join(c).join("k"));
         }
         d.remove("/k").expect("remove");
-        for c in V1_CONTROLLERS {
+        assert!(!d.exists("/k"));
+        for c in V1_CONTROLLERS.iter().chain(&["devices"]) {
             assert!(!dir.path().join(c).join("k").exists(), "{c}");
             assert!(dir.path().join(c).is_dir(), "{c} mount must stay");
         }
@@ -1098,6 +1130,8 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(d.children("/k").expect("children"), ["pod"]);
+        assert_eq!(d.procs("/k/pod").expect("procs"), [77]);
+        assert_eq!(d.procs("/k/none").expect("procs"), Vec::<u32>::new());
 
         remove_files_below(&dir.path().join("k"));
         d.remove("/k").expect("remove");

@@ -7,4 +7,5 @@ pub mod config;
 pub mod events;
 pub mod pods;
 pub mod runtime;
+pub mod status;
 pub mod trace;

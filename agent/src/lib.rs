@@ -7,5 +7,6 @@ pub mod config;
 pub mod events;
 pub mod pods;
 pub mod runtime;
+pub mod server;
 pub mod status;
 pub mod trace;

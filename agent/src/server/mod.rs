@@ -1,0 +1,271 @@
+//! The local HTTP API (axum): the read-only port (upstream 10255: `/pods`, `/healthz`) and
+//! the healthz-only listener (upstream `127.0.0.1:10248`).
+//!
+//! - `GET /pods`: a `v1.PodList` as the kubelet serves it: `kind`, `apiVersion`, empty
+//!   `metadata`, and `items` without their own `kind` / `apiVersion`.
+//! - `GET /healthz`: `ok` (200) when every check passes. Otherwise 500 with one line per
+//!   check, `[+]name ok` or `[-]name failed: <message>`, then `healthz check failed`. The
+//!   `verbose` query parameter lists the checks on success too (`healthz check passed`);
+//!   `exclude=<name>` (repeatable) skips a check. This is the apiserver/kubelet healthz
+//!   format, except that the failure message is shown rather than `reason withheld`: the
+//!   endpoints are local and the message is what an operator needs.
+//! - `GET /healthz/<check>`: one check: `ok` (200), `internal server error: <message>`
+//!   (500), or 404 for an unknown check.
+//!
+//! [`bind`] first (it names the address when it fails), then [`serve_read_only`] or
+//! [`serve_healthz`] until the cancellation token fires; in-flight requests finish.
+
+mod store;
+
+use std::io;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use self::store::{CheckResult, HealthState, PING, StatusStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the address of a listening socket")]
+    LocalAddr(#[source] io::Error),
+    #[error("HTTP server on {addr} failed")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds a TCP listener (port 0 picks a free port; read it with `local_addr`).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves `/pods` and `/healthz` on `listener` until `cancel` fires.
+pub async fn serve_read_only(
+    listener: TcpListener,
+    store: StatusStore,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    serve(listener, read_only_router(store), cancel).await
+}
+
+/// Serves only `/healthz` on `listener` until `cancel` fires.
+pub async fn serve_healthz(
+    listener: TcpListener,
+    store: StatusStore,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    serve(listener, healthz_router(store), cancel).await
+}
+
+/// The read-only API's routes.
+pub fn read_only_router(store: StatusStore) -> Router {
+    Router::new()
+        .route("/pods", get(pods))
+        .route("/healthz", get(healthz))
+        .route("/healthz/{check}", get(healthz_check))
+        .fallback(not_found)
+        .with_state(store)
+}
+
+/// The healthz listener's routes.
+pub fn healthz_router(store: StatusStore) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/healthz/{check}", get(healthz_check))
+        .fallback(not_found)
+        .with_state(store)
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    tracing::debug!(%addr, "HTTP server listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(|source| ServerError::Serve { addr, source })?;
+    tracing::debug!(%addr, "HTTP server stopped");
+    Ok(())
+}
+
+/// `v1.PodList` in the kubelet's shape.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodList {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    items: Vec<serde_json::Value>,
+}
+
+async fn pods(State(store): State<StatusStore>) -> Response {
+    match pod_list_json(&store) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode the pod list");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal server error: {e}\n"),
+            )
+        }
+    }
+}
+
+fn pod_list_json(store: &StatusStore) -> Result<Vec<u8>, serde_json::Error> {
+    let items = store
+        .list()
+        .iter()
+        .map(|pod| {
+            let mut item = serde_json::to_value(pod)?;
+            if let Some(obj) = item.as_object_mut() {
+                // List items carry no type meta of their own.
+                obj.remove("apiVersion");
+                obj.remove("kind");
+            }
+            Ok(item)
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    serde_json::to_vec(&PodList {
+        kind: "PodList",
+        api_version: "v1",
+        metadata: serde_json::Map::new(),
+        items,
+    })
+}
+
+/// `verbose` and `exclude=` from a healthz query string.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HealthzQuery {
+    verbose: bool,
+    exclude: Vec<String>,
+}
+
+impl HealthzQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let mut q = Self::default();
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "verbose" => q.verbose = true,
+                "exclude" if !value.is_empty() => q.exclude.push(value.to_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// The healthz body and status for these results.
+fn render_healthz(results: &[CheckResult], query: &HealthzQuery) -> (StatusCode, String) {
+    let mut body = String::new();
+    let mut failed = false;
+    for r in results {
+        if query.exclude.contains(&r.name) {
+            body.push_str(&format!("[+]{} excluded: ok\n", r.name));
+            continue;
+        }
+        match &r.result {
+            Ok(()) => body.push_str(&format!("[+]{} ok\n", r.name)),
+            Err(message) => {
+                failed = true;
+                body.push_str(&format!("[-]{} failed: {message}\n", r.name));
+            }
+        }
+    }
+    let unknown: Vec<String> = query
+        .exclude
+        .iter()
+        .filter(|e| !results.iter().any(|r| &r.name == *e))
+        .map(|e| format!("{e:?}"))
+        .collect();
+    if !unknown.is_empty() {
+        body.push_str(&format!(
+            "warn: some health checks cannot be excluded: no matches for {}\n",
+            unknown.join(",")
+        ));
+    }
+    if failed {
+        body.push_str("healthz check failed\n");
+        (StatusCode::INTERNAL_SERVER_ERROR, body)
+    } else if query.verbose {
+        body.push_str("healthz check passed\n");
+        (StatusCode::OK, body)
+    } else {
+        (StatusCode::OK, "ok".to_owned())
+    }
+}
+
+async fn healthz(State(store): State<StatusStore>, RawQuery(query): RawQuery) -> Response {
+    let query = HealthzQuery::parse(query.as_deref());
+    let results = store.health().evaluate();
+    for r in &results {
+        if let Err(message) = &r.result {
+            tracing::debug!(check = %r.name, %message, "health check failed");
+        }
+    }
+    let (status, body) = render_healthz(&results, &query);
+    text(status, body)
+}
+
+async fn healthz_check(State(store): State<StatusStore>, Path(name): Path<String>) -> Response {
+    match store.health().evaluate_one(&name) {
+        None => not_found().await,
+        Some(CheckResult { result: Ok(()), .. }) => text(StatusCode::OK, "ok".to_owned()),
+        Some(CheckResult {
+            result: Err(message),
+            ..
+        }) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal server error: {message}\n"),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "404 page not found\n".to_owned())
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;

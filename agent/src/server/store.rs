@@ -1,0 +1,233 @@
+//! What the local API serves: the pods with their latest status, and the agent's health
+//! checks. Writers (pod workers, the PLEG) and the HTTP handlers share one cheap handle.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// The name of the check that is always there and always healthy (as upstream's `ping`).
+pub const PING: &str = "ping";
+
+/// Pods by UID, each with its latest published status, plus the health checks.
+///
+/// Cloning is cheap and clones share the state. Every method holds a lock only for a map
+/// operation (and a clone), never across an `.await` or a health check's callback.
+#[derive(Clone, Default)]
+pub struct StatusStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    pods: RwLock<BTreeMap<String, Pod>>,
+    health: HealthState,
+}
+
+impl fmt::Debug for StatusStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pods = self
+            .inner
+            .pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("StatusStore")
+            .field("pods", &pods.keys().collect::<Vec<_>>())
+            .field("health", &self.inner.health)
+            .finish()
+    }
+}
+
+impl StatusStore {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces the pod (spec, metadata and `status`) with this UID.
+    pub fn upsert(&self, uid: impl Into<String>, pod: Pod) {
+        self.write().insert(uid.into(), pod);
+    }
+
+    /// Removes the pod; returns what was stored.
+    pub fn remove(&self, uid: &str) -> Option<Pod> {
+        self.write().remove(uid)
+    }
+
+    #[must_use]
+    pub fn get(&self, uid: &str) -> Option<Pod> {
+        self.read().get(uid).cloned()
+    }
+
+    /// Every pod, by UID.
+    #[must_use]
+    pub fn list(&self) -> Vec<Pod> {
+        self.read().values().cloned().collect()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The agent's health checks (`/healthz`).
+    #[must_use]
+    pub fn health(&self) -> &HealthState {
+        &self.inner.health
+    }
+
+    // A panic while holding the lock cannot leave the map half-updated (every write is one
+    // insert or remove), so a poisoned lock is still good to use.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Pod>> {
+        self.inner
+            .pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Pod>> {
+        self.inner
+            .pods
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type CheckFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+enum Check {
+    /// Evaluated on every request (e.g. "last relist within the threshold").
+    Probe(CheckFn),
+    /// Pushed by its owner.
+    Fixed(Result<(), String>),
+}
+
+/// One check's verdict: `Err` carries why it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub name: String,
+    pub result: Result<(), String>,
+}
+
+impl CheckResult {
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// Named health checks, e.g. `pleg` (last relist within the threshold), `runtime`,
+/// `syncloop`. A check is either a callback evaluated on each request ([`Self::register`])
+/// or a verdict its owner pushes ([`Self::set`]). [`PING`] is always present and healthy.
+#[derive(Default)]
+pub struct HealthState {
+    checks: RwLock<BTreeMap<String, Check>>,
+}
+
+impl fmt::Debug for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let checks = self.checks.read().unwrap_or_else(PoisonError::into_inner);
+        f.debug_list().entries(checks.keys()).finish()
+    }
+}
+
+impl HealthState {
+    /// Adds (or replaces) a check evaluated on every request. The callback must be quick
+    /// and must not block: it runs on the server's task.
+    pub fn register(
+        &self,
+        name: impl Into<String>,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        self.insert(name.into(), Check::Probe(Arc::new(check)));
+    }
+
+    /// Sets a check's verdict (adding the check if needed).
+    pub fn set(&self, name: impl Into<String>, result: Result<(), String>) {
+        self.insert(name.into(), Check::Fixed(result));
+    }
+
+    pub fn set_healthy(&self, name: impl Into<String>) {
+        self.set(name, Ok(()));
+    }
+
+    pub fn set_unhealthy(&self, name: impl Into<String>, message: impl Into<String>) {
+        self.set(name, Err(message.into()));
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.checks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// Every check's verdict now: [`PING`] first, then by name.
+    #[must_use]
+    pub fn evaluate(&self) -> Vec<CheckResult> {
+        // Copy the checks out so the callbacks run without the lock.
+        let checks: Vec<(String, Check)> = self
+            .checks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
+        let mut results = vec![CheckResult {
+            name: PING.to_owned(),
+            result: Ok(()),
+        }];
+        results.extend(
+            checks
+                .into_iter()
+                .filter(|(name, _)| name != PING)
+                .map(|(name, check)| CheckResult {
+                    result: run(&check),
+                    name,
+                }),
+        );
+        results
+    }
+
+    /// One check's verdict now; `None` if there is no such check.
+    #[must_use]
+    pub fn evaluate_one(&self, name: &str) -> Option<CheckResult> {
+        if name == PING {
+            return Some(CheckResult {
+                name: PING.to_owned(),
+                result: Ok(()),
+            });
+        }
+        let check = self
+            .checks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()?;
+        Some(CheckResult {
+            name: name.to_owned(),
+            result: run(&check),
+        })
+    }
+
+    fn insert(&self, name: String, check: Check) {
+        self.checks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, check);
+    }
+}
+
+fn run(check: &Check) -> Result<(), String> {
+    match check {
+        Check::Probe(f) => f(),
+        Check::Fixed(r) => r.clone(),
+    }
+}

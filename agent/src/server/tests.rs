@@ -1,0 +1,354 @@
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::List;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn pod(name: &str, uid: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+        "status": {"phase": "Running", "podIP": "10.88.0.2"},
+    }))
+    .expect("valid pod")
+}
+
+/// A server on 127.0.0.1 with a free port.
+struct Running {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    async fn start(store: &StatusStore, read_only: bool) -> Self {
+        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let cancel = CancellationToken::new();
+        let task = if read_only {
+            tokio::spawn(serve_read_only(listener, store.clone(), cancel.clone()))
+        } else {
+            tokio::spawn(serve_healthz(listener, store.clone(), cancel.clone()))
+        };
+        Self { addr, cancel, task }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .expect("server stops after cancel")
+            .expect("server task did not panic")
+            .expect("server stops cleanly");
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// One HTTP/1.1 GET over a fresh connection.
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} timed out"));
+    let raw = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn pods_is_a_pod_list() {
+    let store = StatusStore::new();
+    store.upsert("uid-b", pod("web-b", "uid-b"));
+    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let server = Running::start(&store, true).await;
+
+    let reply = get(server.addr, "/pods").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.headers.contains("content-type: application/json"),
+        "{}",
+        reply.headers
+    );
+    let raw: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    assert_eq!(raw["kind"], "PodList");
+    assert_eq!(raw["apiVersion"], "v1");
+    assert_eq!(raw["metadata"], json!({}));
+    let items = raw["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].get("kind"), None, "items carry no type meta");
+    assert_eq!(items[0].get("apiVersion"), None, "items carry no type meta");
+
+    let list: List<Pod> = serde_json::from_str(&reply.body).expect("parses as a PodList");
+    let names: Vec<&str> = list
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["web-a", "web-b"], "ordered by uid");
+    assert_eq!(
+        list.items[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref()),
+        Some("10.88.0.2")
+    );
+
+    // Updates show up; removed pods go.
+    store.remove("uid-a");
+    let mut b = pod("web-b", "uid-b");
+    b.status = Some(PodStatus {
+        phase: Some("Succeeded".to_owned()),
+        ..PodStatus::default()
+    });
+    store.upsert("uid-b", b);
+    let list: List<Pod> =
+        serde_json::from_str(&get(server.addr, "/pods").await.body).expect("PodList");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        list.items[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref()),
+        Some("Succeeded")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn empty_pod_list() {
+    let store = StatusStore::new();
+    let server = Running::start(&store, true).await;
+    let reply = get(server.addr, "/pods").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body,
+        r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_ok_and_failing() {
+    let store = StatusStore::new();
+    let pleg_ok = Arc::new(AtomicBool::new(true));
+    {
+        let pleg_ok = Arc::clone(&pleg_ok);
+        store.health().register("pleg", move || {
+            if pleg_ok.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("pleg (Event mode) was last seen active 3m5s ago; threshold is 3m".to_owned())
+            }
+        });
+    }
+    store.health().set_healthy("runtime");
+    let server = Running::start(&store, true).await;
+
+    let reply = get(server.addr, "/healthz").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    assert!(
+        reply
+            .headers
+            .contains("content-type: text/plain; charset=utf-8"),
+        "{}",
+        reply.headers
+    );
+    let reply = get(server.addr, "/healthz?verbose").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body,
+        "[+]ping ok\n[+]pleg ok\n[+]runtime ok\nhealthz check passed\n"
+    );
+
+    pleg_ok.store(false, Ordering::SeqCst);
+    store
+        .health()
+        .set_unhealthy("runtime", "container runtime is down");
+    let reply = get(server.addr, "/healthz").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(
+        reply.body,
+        "[+]ping ok\n\
+         [-]pleg failed: pleg (Event mode) was last seen active 3m5s ago; threshold is 3m\n\
+         [-]runtime failed: container runtime is down\n\
+         healthz check failed\n"
+    );
+
+    let reply = get(server.addr, "/healthz/pleg").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(
+        reply.body,
+        "internal server error: pleg (Event mode) was last seen active 3m5s ago; threshold is 3m\n"
+    );
+    let reply = get(server.addr, "/healthz/ping").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    assert_eq!(get(server.addr, "/healthz/nope").await.status, 404);
+
+    // Excluding the failing checks makes the rest pass.
+    let reply = get(server.addr, "/healthz?exclude=pleg&exclude=runtime").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+
+    store.health().set_healthy("runtime");
+    pleg_ok.store(true, Ordering::SeqCst);
+    assert_eq!(get(server.addr, "/healthz").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_path_is_404() {
+    let store = StatusStore::new();
+    let server = Running::start(&store, true).await;
+    for path in ["/", "/nope", "/pods/extra", "/metrics"] {
+        let reply = get(server.addr, path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert_eq!(reply.body, "404 page not found\n", "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_listener_serves_only_healthz() {
+    let store = StatusStore::new();
+    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let server = Running::start(&store, false).await;
+    assert_eq!(get(server.addr, "/healthz").await.body, "ok");
+    assert_eq!(get(server.addr, "/pods").await.status, 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bind_error_names_the_address() {
+    let taken = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = taken.local_addr().expect("local address");
+    let err = bind(addr).await.expect_err("port already in use");
+    assert!(
+        matches!(&err, ServerError::Bind { addr: a, .. } if *a == addr),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), format!("cannot listen on {addr}"));
+}
+
+#[tokio::test]
+async fn shutdown_stops_an_idle_server() {
+    let store = StatusStore::new();
+    let server = Running::start(&store, true).await;
+    // A keep-alive connection left open must not hold the shutdown.
+    let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut buf = [0_u8; 256];
+    let n = idle.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    server.stop().await;
+}
+
+#[test]
+fn healthz_query_parsing() {
+    assert_eq!(HealthzQuery::parse(None), HealthzQuery::default());
+    assert_eq!(
+        HealthzQuery::parse(Some("verbose=1&exclude=pleg&exclude=&x=y&exclude=runtime")),
+        HealthzQuery {
+            verbose: true,
+            exclude: vec!["pleg".to_owned(), "runtime".to_owned()],
+        }
+    );
+}
+
+#[test]
+fn healthz_excluding_an_unknown_check_warns() {
+    let results = [CheckResult {
+        name: PING.to_owned(),
+        result: Ok(()),
+    }];
+    let query = HealthzQuery {
+        verbose: true,
+        exclude: vec!["nope".to_owned()],
+    };
+    let (status, body) = render_healthz(&results, &query);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        "[+]ping ok\n\
+         warn: some health checks cannot be excluded: no matches for \"nope\"\n\
+         healthz check passed\n"
+    );
+}
+
+#[test]
+fn store_basics() {
+    let store = StatusStore::new();
+    assert!(store.is_empty());
+    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let clone = store.clone();
+    clone.upsert("uid-a".to_owned(), pod("web-a2", "uid-a"));
+    assert_eq!(store.len(), 1, "clones share the state");
+    assert_eq!(
+        store.get("uid-a").and_then(|p| p.metadata.name),
+        Some("web-a2".to_owned())
+    );
+    assert_eq!(store.get("uid-b"), None);
+    assert!(store.remove("uid-a").is_some());
+    assert!(store.remove("uid-a").is_none());
+    assert!(store.list().is_empty());
+}
+
+#[test]
+fn health_checks_ping_first_then_by_name_and_replaceable() {
+    let health = HealthState::default();
+    health.set_unhealthy("syncloop", "sync loop stalled");
+    health.set_healthy("pleg");
+    health.set_healthy(PING); // cannot be overridden
+    let names: Vec<String> = health.evaluate().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["ping", "pleg", "syncloop"]);
+    assert_eq!(
+        health.evaluate_one("syncloop").map(|r| r.result),
+        Some(Err("sync loop stalled".to_owned()))
+    );
+    health.register("syncloop", || Ok(()));
+    assert!(health.evaluate().iter().all(CheckResult::healthy));
+    health.remove("syncloop");
+    assert_eq!(health.evaluate_one("syncloop"), None);
+}

@@ -143,6 +143,9 @@ pub struct WatchSpec {
     pub cgroup_v2: bool,
     /// Minimum spacing of two pressure records for one cgroup.
     pub pressure_window: Duration,
+    /// Exit records wake the reader at most this often (zero: whenever it has caught up).
+    /// Records that arrive between wakeups are collected by the reader within one interval.
+    pub wakeup_interval: Duration,
     pub btf_path: PathBuf,
 }
 
@@ -154,6 +157,7 @@ impl Default for WatchSpec {
             hierarchy_id: 0,
             cgroup_v2: false,
             pressure_window: Duration::from_millis(100),
+            wakeup_interval: Duration::ZERO,
             btf_path: PathBuf::from(KERNEL_BTF),
         }
     }
@@ -185,6 +189,7 @@ pub struct EventReader {
     drops: PerCpuArray<MapData, u64>,
     losses: Arc<LossCounters>,
     pressure_window: Duration,
+    wakeup_interval: Duration,
 }
 
 /// Loads the BPF object, fills its configuration from BTF, attaches every program and
@@ -200,6 +205,7 @@ pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
     let mut config: Config = btf::resolve_config(&kernel)?;
     config.hierarchy_id = spec.hierarchy_id;
     config.pressure_window_ns = u64::try_from(spec.pressure_window.as_nanos()).unwrap_or(u64::MAX);
+    config.wakeup_interval_ns = u64::try_from(spec.wakeup_interval.as_nanos()).unwrap_or(u64::MAX);
     if spec.cgroup_v2 {
         config.features |= feature::CGROUP_V2;
     }
@@ -263,6 +269,7 @@ pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
         drops,
         losses: Arc::new(LossCounters::default()),
         pressure_window: spec.pressure_window,
+        wakeup_interval: spec.wakeup_interval,
     };
     Ok((probe, reader))
 }
@@ -411,31 +418,22 @@ impl EventReader {
         let mut tick = tokio::time::interval(LOSS_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending_user_loss = 0u64;
+        // Records submitted without a wakeup (see WatchSpec::wakeup_interval) are collected
+        // by a one-shot timer armed after every read that found records: no polling at idle.
+        let mut straggler: Option<tokio::time::Instant> = None;
         debug!(fd = fd.get_ref().as_raw_fd(), "reading kernel events");
         loop {
-            tokio::select! {
+            let drain = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 guard = fd.readable_mut() => {
                     let mut guard = guard.map_err(BpfError::Poll)?;
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        match decode::decode(&item, &clock, page) {
-                            Ok(ev) => match tx.try_send(ev) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(_)) => {
-                                    pending_user_loss += 1;
-                                    losses.userspace.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                            },
-                            Err(e) => {
-                                if losses.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
-                                    warn!(error = %e, "malformed kernel record (further ones are only counted)");
-                                }
-                            }
-                        }
-                    }
+                    let read = drain(guard.get_inner_mut(), &tx, &clock, page, &losses, &mut pending_user_loss);
                     guard.clear_ready();
+                    read
+                }
+                () = sleep_until(straggler) => {
+                    straggler = None;
+                    drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
                 }
                 _ = tick.tick() => {
                     let kernel_total = drops_reader.total();
@@ -453,10 +451,62 @@ impl EventReader {
                         Err(mpsc::error::TrySendError::Full(_)) => {} // report on the next tick
                         Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                     }
+                    continue;
+                }
+            };
+            match drain {
+                Drained::Closed => return Ok(()),
+                Drained::Records(n) if n > 0 && !self.wakeup_interval.is_zero() => {
+                    straggler = Some(tokio::time::Instant::now() + self.wakeup_interval);
+                }
+                Drained::Records(_) => {}
+            }
+        }
+    }
+}
+
+enum Drained {
+    Records(usize),
+    /// The consumer went away.
+    Closed,
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads every record in the ring buffer and hands the events on without blocking.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tx: &mpsc::Sender<Event>,
+    clock: &decode::Clock,
+    page: u64,
+    losses: &LossCounters,
+    pending_user_loss: &mut u64,
+) -> Drained {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        n += 1;
+        match decode::decode(&item, clock, page) {
+            Ok(ev) => match tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    *pending_user_loss += 1;
+                    losses.userspace.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Drained::Closed,
+            },
+            Err(e) => {
+                if losses.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    warn!(error = %e, "malformed kernel record (further ones are only counted)");
                 }
             }
         }
     }
+    Drained::Records(n)
 }
 
 struct DropsReader {

@@ -36,6 +36,8 @@ pub struct SourceSpec {
     /// Report every cgroup (tracing the whole machine); `roots` are then only indexed.
     pub watch_all: bool,
     pub pressure_window: Duration,
+    /// See [`crate::bpf::WatchSpec::wakeup_interval`].
+    pub wakeup_interval: Duration,
     pub poll_interval: Duration,
     pub proc_root: PathBuf,
 }
@@ -73,22 +75,28 @@ pub fn start(
 ) -> Result<RunningSource, SourceError> {
     let fallback_reason = match choice {
         SourceChoice::Poll => Some("polling source requested".to_owned()),
-        SourceChoice::Bpf | SourceChoice::Auto => match start_bpf(spec, tx.clone(), cancel, tracker) {
-            Ok(running) => return Ok(running),
-            Err(SourceError::Bpf(e)) if choice == SourceChoice::Auto => {
-                let reason = format!("{e}: {}", bpf::error_chain(&e));
-                warn!(
-                    "BPF event source unavailable ({reason}); falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
-                    spec.poll_interval
-                );
-                Some(reason)
+        SourceChoice::Bpf | SourceChoice::Auto => {
+            match start_bpf(spec, tx.clone(), cancel, tracker) {
+                Ok(running) => return Ok(running),
+                Err(SourceError::Bpf(e)) if choice == SourceChoice::Auto => {
+                    let reason = format!("{e}: {}", bpf::error_chain(&e));
+                    warn!(
+                        "BPF event source unavailable ({reason}); falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
+                        spec.poll_interval
+                    );
+                    Some(reason)
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        },
+        }
     };
     let poll = PollSource::new(PollConfig {
         hierarchy: spec.hierarchy.clone(),
-        roots: if spec.watch_all { vec!["/".to_owned()] } else { spec.roots.clone() },
+        roots: if spec.watch_all {
+            vec!["/".to_owned()]
+        } else {
+            spec.roots.clone()
+        },
         interval: spec.poll_interval,
         proc_root: spec.proc_root.clone(),
         kmsg: Some(PathBuf::from("/dev/kmsg")),
@@ -99,7 +107,12 @@ pub fn start(
             warn!(error = %e, cause = %bpf::error_chain(&e), "polling event source stopped");
         }
     });
-    Ok(RunningSource { source: Source::Poll, probe: None, losses: None, fallback_reason })
+    Ok(RunningSource {
+        source: Source::Poll,
+        probe: None,
+        losses: None,
+        fallback_reason,
+    })
 }
 
 fn start_bpf(
@@ -115,7 +128,10 @@ fn start_bpf(
             let id = spec
                 .hierarchy
                 .id_of(root)
-                .map_err(|source| SourceError::Root { root: root.clone(), source })?;
+                .map_err(|source| SourceError::Root {
+                    root: root.clone(),
+                    source,
+                })?;
             Ok((id, Hierarchy::level_of(root)))
         })
         .collect::<Result<Vec<_>, SourceError>>()?;
@@ -125,6 +141,7 @@ fn start_bpf(
         hierarchy_id: spec.hierarchy.hierarchy_id,
         cgroup_v2: spec.hierarchy.version == CgroupVersion::V2,
         pressure_window: spec.pressure_window,
+        wakeup_interval: spec.wakeup_interval,
         ..WatchSpec::default()
     };
     let (probe, reader) = bpf::load(&watch).map_err(SourceError::Bpf)?;
@@ -141,5 +158,10 @@ fn start_bpf(
             warn!(error = %e, cause = %bpf::error_chain(&e), "kernel event reader stopped");
         }
     });
-    Ok(RunningSource { source: Source::Bpf, probe: Some(probe), losses: Some(losses), fallback_reason: None })
+    Ok(RunningSource {
+        source: Source::Bpf,
+        probe: Some(probe),
+        losses: Some(losses),
+        fallback_reason: None,
+    })
 }

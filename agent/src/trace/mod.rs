@@ -41,6 +41,11 @@ pub struct TraceArgs {
     /// Minimum spacing of two memory_pressure events of one cgroup, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub pressure_window_ms: u64,
+    /// Exit events wake the tracer at most once per US microseconds; events in between are
+    /// collected within one interval. 0 wakes it for every event, which costs the kernel
+    /// an interrupt per event (microseconds on virtual machines).
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    pub wakeup_interval_us: u64,
     /// Interval of the polling source, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
@@ -94,12 +99,16 @@ pub fn under(path: &str, prefix: &str) -> bool {
     if prefix.is_empty() {
         return path.starts_with('/');
     }
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl Filter {
     pub fn new(kinds: &[Kind], prefixes: &[String]) -> Self {
-        Self { kinds: kinds.iter().copied().collect(), prefixes: prefixes.to_vec() }
+        Self {
+            kinds: kinds.iter().copied().collect(),
+            prefixes: prefixes.to_vec(),
+        }
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
@@ -114,7 +123,9 @@ impl Filter {
             // Losses concern every cgroup.
             Detail::EventsLost { .. } => true,
             // An OOM kill matters to the victim's subtree and to the one whose limit was hit.
-            Detail::OomKill(o) => in_scope(&ev.cgroup) || o.limit_cgroup.as_deref().is_some_and(in_scope),
+            Detail::OomKill(o) => {
+                in_scope(&ev.cgroup) || o.limit_cgroup.as_deref().is_some_and(in_scope)
+            }
             _ => in_scope(&ev.cgroup),
         }
     }
@@ -123,11 +134,16 @@ impl Filter {
 fn validate(args: &TraceArgs, hierarchy: &Hierarchy) -> Result<(), TraceError> {
     for prefix in &args.cgroups {
         if !prefix.starts_with('/') {
-            return Err(TraceError::RelativePrefix { prefix: prefix.clone() });
+            return Err(TraceError::RelativePrefix {
+                prefix: prefix.clone(),
+            });
         }
         let path = hierarchy.path_of(prefix);
         if !path.is_dir() {
-            return Err(TraceError::NoSuchCgroup { prefix: prefix.clone(), path });
+            return Err(TraceError::NoSuchCgroup {
+                prefix: prefix.clone(),
+                path,
+            });
         }
     }
     if let Some(d) = args.duration
@@ -136,10 +152,16 @@ fn validate(args: &TraceArgs, hierarchy: &Hierarchy) -> Result<(), TraceError> {
         return Err(TraceError::Duration(d));
     }
     if args.pressure_window_ms == 0 {
-        return Err(TraceError::Zero { flag: "pressure-window-ms", value: 0 });
+        return Err(TraceError::Zero {
+            flag: "pressure-window-ms",
+            value: 0,
+        });
     }
     if args.poll_interval_ms == 0 {
-        return Err(TraceError::Zero { flag: "poll-interval-ms", value: 0 });
+        return Err(TraceError::Zero {
+            flag: "poll-interval-ms",
+            value: 0,
+        });
     }
     Ok(())
 }
@@ -197,23 +219,31 @@ pub async fn run(args: TraceArgs, cancel: CancellationToken) -> Result<(), Trace
         roots: args.cgroups.clone(),
         watch_all: args.cgroups.is_empty(),
         pressure_window: Duration::from_millis(args.pressure_window_ms),
+        wakeup_interval: Duration::from_micros(args.wakeup_interval_us),
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         proc_root,
     };
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel(CHANNEL);
-    let running = source::start(args.source, &spec, tx, &cancel, &tracker).map_err(TraceError::Source)?;
+    let running =
+        source::start(args.source, &spec, tx, &cancel, &tracker).map_err(TraceError::Source)?;
     info!(source = ?running.source, "tracing");
 
     let mut attributor = Attributor::new(hierarchy);
-    let index_roots = if args.cgroups.is_empty() { vec!["/".to_owned()] } else { args.cgroups.clone() };
+    let index_roots = if args.cgroups.is_empty() {
+        vec!["/".to_owned()]
+    } else {
+        args.cgroups.clone()
+    };
     for root in &index_roots {
         if let Err(e) = attributor.index_subtree(root) {
             tracing::warn!(root, error = %e, "cannot index cgroups; paths may be missing");
         }
     }
     let filter = Filter::new(&args.kinds, &args.cgroups);
-    let deadline = args.duration.map(|secs| tokio::time::Instant::now() + Duration::from_secs_f64(secs));
+    let deadline = args
+        .duration
+        .map(|secs| tokio::time::Instant::now() + Duration::from_secs_f64(secs));
     let mut summary = Summary::default();
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
@@ -222,7 +252,9 @@ pub async fn run(args: TraceArgs, cancel: CancellationToken) -> Result<(), Trace
         out.flush().map_err(TraceError::Output)?;
     }
 
-    let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)));
+    let sleep = tokio::time::sleep_until(
+        deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)),
+    );
     tokio::pin!(sleep);
     let result = loop {
         let ev = tokio::select! {
@@ -309,7 +341,13 @@ mod tests {
     fn filter_by_kind_and_prefix() {
         let exit = ev("/kubepods/pod1", Detail::Exit(ExitStatus::Code(0)));
         let other = ev("/system/x", Detail::Exit(ExitStatus::Code(0)));
-        let lost = ev("", Detail::EventsLost { kernel: 1, userspace: 0 });
+        let lost = ev(
+            "",
+            Detail::EventsLost {
+                kernel: 1,
+                userspace: 0,
+            },
+        );
 
         let all = Filter::default();
         assert!(all.matches(&exit) && all.matches(&other) && all.matches(&lost));
@@ -361,18 +399,46 @@ mod tests {
             duration: None,
             source: SourceChoice::Auto,
             pressure_window_ms: 100,
+            wakeup_interval_us: 200,
             poll_interval_ms: 1000,
             summary: false,
         };
-        let err = validate(&TraceArgs { cgroups: vec!["kubepods".into()], ..base.clone() }, &h).unwrap_err();
+        let err = validate(
+            &TraceArgs {
+                cgroups: vec!["kubepods".into()],
+                ..base.clone()
+            },
+            &h,
+        )
+        .unwrap_err();
         assert_eq!(err.exit_code(), 64);
         assert!(err.to_string().contains("\"kubepods\""), "{err}");
-        let err = validate(&TraceArgs { cgroups: vec!["/no-such-cgroup-here".into()], ..base.clone() }, &h)
-            .unwrap_err();
+        let err = validate(
+            &TraceArgs {
+                cgroups: vec!["/no-such-cgroup-here".into()],
+                ..base.clone()
+            },
+            &h,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no such cgroup"), "{err}");
-        let err = validate(&TraceArgs { duration: Some(-1.0), ..base.clone() }, &h).unwrap_err();
+        let err = validate(
+            &TraceArgs {
+                duration: Some(-1.0),
+                ..base.clone()
+            },
+            &h,
+        )
+        .unwrap_err();
         assert_eq!(err.exit_code(), 64);
-        let err = validate(&TraceArgs { pressure_window_ms: 0, ..base.clone() }, &h).unwrap_err();
+        let err = validate(
+            &TraceArgs {
+                pressure_window_ms: 0,
+                ..base.clone()
+            },
+            &h,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--pressure-window-ms"), "{err}");
         validate(&base, &h).expect("defaults are valid");
     }

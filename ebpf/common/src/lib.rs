@@ -173,6 +173,11 @@ pub struct Config {
     pub hierarchy_id: u32,
     /// Minimum time between two pressure records of one cgroup.
     pub pressure_window_ns: u64,
+    /// Exit records wake the reader at most once per this interval (0: on every record the
+    /// reader has not caught up with). A wakeup is an IPI, which costs microseconds on
+    /// virtual machines; the reader collects records left without a wakeup within one
+    /// interval on its own.
+    pub wakeup_interval_ns: u64,
 
     pub task_pid: u32,
     pub task_tgid: u32,
@@ -241,7 +246,7 @@ const _: () = assert!(size_of::<PressureEvent>() == 72);
 const _: () = assert!(size_of::<CgroupEvent>() == 40 + PATH_LEN);
 const _: () = assert!(size_of::<WatchRoot>() == 16);
 const _: () = assert!(size_of::<PressureAcc>() == 48);
-const _: () = assert!(size_of::<Config>() == 16 + 36 * 4);
+const _: () = assert!(size_of::<Config>() == 24 + 36 * 4);
 
 #[cfg(feature = "user")]
 mod user {

@@ -42,6 +42,7 @@ static CONFIG: Config = Config {
     features: 0,
     hierarchy_id: 0,
     pressure_window_ns: 0,
+    wakeup_interval_ns: 0,
     task_pid: 0,
     task_tgid: 0,
     task_comm: 0,
@@ -105,6 +106,11 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
 #[map]
 static WATCH_ROOTS: Array<WatchRoot> = Array::with_max_entries(MAX_WATCH_ROOTS, 0);
 
+/// When an exit record last woke the reader (CLOCK_MONOTONIC ns). Racy by design: two
+/// CPUs may both wake the reader once; that only costs one extra wakeup.
+#[map]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Thread groups the agent asked to hear about wherever they live.
 #[map]
 static WATCH_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
@@ -135,6 +141,27 @@ fn count_drop(kind: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
         unsafe { *slot += 1 };
     }
+}
+
+/// `bpf_ringbuf_submit` flags for a frequent record: the default (wake the reader if it has
+/// caught up) at most once per `wakeup_interval_ns`, no wakeup in between.
+fn lazy_wakeup(now: u64) -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    let interval = cfg!(wakeup_interval_ns);
+    if interval == 0 {
+        return 0;
+    }
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a valid map value pointer; racy access is fine (see LAST_WAKEUP).
+    unsafe {
+        if now.wrapping_sub(*last) < interval {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *last = now;
+    }
+    0
 }
 
 fn header(kind: u32) -> Header {
@@ -239,8 +266,10 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), u32> {
     } else {
         (0, 0)
     };
+    let header = header(kind::EXIT);
+    let wake = lazy_wakeup(header.ts_ns);
     entry.write(ExitEvent {
-        header: header(kind::EXIT),
+        header,
         pid: read(task, cfg!(task_pid)).unwrap_or(0),
         tgid,
         exit_status,
@@ -248,7 +277,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), u32> {
         cgroup_id: cgroup_id(cgrp).unwrap_or(0),
         comm: read::<[u8; COMM_LEN]>(task, cfg!(task_comm)).unwrap_or([0; COMM_LEN]),
     });
-    entry.submit(0);
+    entry.submit(wake);
     Ok(())
 }
 

@@ -43,12 +43,20 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "tracer CPU %",
         "tracer RSS max (MiB)",
     ]);
-    for source in ["bpf", "poll"] {
+    let variants: &[(&str, u64)] = &[("bpf", 0), ("bpf", 200), ("bpf", 1000), ("poll", 0)];
+    for &(source, wakeup_us) in variants {
         for &rate in LOADS {
-            eprintln!("bench trace: source {source}, {rate} exits/s for {SCENARIO:?}");
-            let r = scenario(ctx, &cgroup, source, rate)?;
+            eprintln!(
+                "bench trace: source {source} (wakeup {wakeup_us}us), {rate} exits/s for {SCENARIO:?}"
+            );
+            let r = scenario(ctx, &cgroup, source, wakeup_us, rate)?;
+            let label = if source == "bpf" {
+                format!("bpf, wakeup <= 1/{wakeup_us}us")
+            } else {
+                "poll (1s)".to_owned()
+            };
             table.row([
-                source.to_owned(),
+                label,
                 rate.to_string(),
                 format!("{:.0}", r.achieved_rate),
                 r.exits_received.to_string(),
@@ -88,7 +96,13 @@ struct ScenarioResult {
     rss_max_mib: f64,
 }
 
-fn scenario(ctx: &Ctx, cgroup: &BenchCgroup, source: &str, rate: u64) -> Result<ScenarioResult> {
+fn scenario(
+    ctx: &Ctx,
+    cgroup: &BenchCgroup,
+    source: &str,
+    wakeup_us: u64,
+    rate: u64,
+) -> Result<ScenarioResult> {
     let mut tracer = Command::new(&ctx.bpflet)
         .args([
             "trace",
@@ -100,6 +114,7 @@ fn scenario(ctx: &Ctx, cgroup: &BenchCgroup, source: &str, rate: u64) -> Result<
             &cgroup.rel,
         ])
         .args(["--kind", "exit", "--kind", "events_lost"])
+        .args(["--wakeup-interval-us", &wakeup_us.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

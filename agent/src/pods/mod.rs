@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod plan;
 pub mod qos;
 pub mod source;
+pub mod volumes;
 
 use k8s_openapi::api::core::v1::Pod;
 

@@ -1,0 +1,756 @@
+//! Pod volumes on the node's file system: `emptyDir` (disk or tmpfs) and `hostPath`.
+//!
+//! Layout, as upstream's kubelet root: `<pods_dir>/<uid>/volumes/kubernetes.io~empty-dir/<name>`,
+//! where `pods_dir` is `<root-dir>/pods`. Every other volume type needs an API server
+//! (configMap, secret, projected, PVC, ...) or a plugin, and is refused with
+//! [`VolumeError::Unsupported`].
+//!
+//! - `emptyDir` on disk: a directory, mode 0777.
+//! - `emptyDir` with `medium: Memory`: a tmpfs mounted on that directory, mode 0777. Its
+//!   size is `sizeLimit`, capped by the pod's memory limit when every container has one,
+//!   or the pod's memory limit alone when there is no `sizeLimit` (upstream's
+//!   `SizeMemoryBackedVolumes`, minus the node-allocatable cap); neither: the kernel's
+//!   default (half of RAM).
+//! - `hostPath`: checked as upstream's `type` says (`DirectoryOrCreate` creates a 0755
+//!   directory, `FileOrCreate` an empty 0644 file without creating parents, `Directory`,
+//!   `File`, `Socket`, `CharDevice`, `BlockDevice` must exist as that; empty: no check).
+//!   The path must be absolute and free of `..`. Symbolic links are followed, as a bind
+//!   mount would.
+//! - A volume without any source is an `emptyDir` (the API server's default).
+//! - `subPath` of a volume mount: resolved inside the volume when the volumes are
+//!   prepared, missing directories created with the volume's mode; a symbolic link that
+//!   leads out of the volume is refused. `subPathExpr` is not supported.
+//!
+//! [`PodVolumes::prepare`] is idempotent: after an agent restart it finds the directories
+//! and, through `/proc/self/mountinfo`, the tmpfs mounts it made before. Call it on every
+//! sync. [`PodVolumes::teardown`] unmounts the tmpfs volumes and deletes the pod's
+//! directory without following symbolic links out of it; hostPath sources live outside it
+//! and are never deleted.
+//!
+//! Known gap: a container that swaps a `subPath` directory for a symbolic link between
+//! [`PodVolumes::prepare`] and the runtime's bind mount can still escape; upstream closes
+//! that by bind-mounting an `O_PATH` descriptor of the resolved directory.
+
+use std::collections::BTreeMap;
+use std::fs::{self, DirBuilder, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod, Volume};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use super::manifest::validate_dns_label;
+use super::qos::pod_limits;
+use super::{format_pod, pod_uid};
+use crate::config::quantity::{QuantityValue, parse_quantity};
+
+/// The per-pod directory of emptyDir volumes, named like upstream's plugin.
+pub const EMPTY_DIR_PLUGIN_DIR: &str = "kubernetes.io~empty-dir";
+/// Where the kernel lists this process's mounts.
+pub const MOUNTINFO_PATH: &str = "/proc/self/mountinfo";
+
+const POD_DIR_MODE: u32 = 0o750;
+const EMPTY_DIR_MODE: u32 = 0o777;
+const HOST_DIR_MODE: u32 = 0o755;
+const HOST_FILE_MODE: u32 = 0o644;
+
+/// Why a pod's volumes could not be set up or torn down.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(
+        "pod {pod}: volume {volume:?}: {kind} volumes are not supported (no API server or \
+         volume plugin; only emptyDir and hostPath)"
+    )]
+    Unsupported {
+        pod: String,
+        volume: String,
+        kind: &'static str,
+    },
+    #[error("pod {pod}: volume {volume:?}: {reason}")]
+    Invalid {
+        pod: String,
+        volume: String,
+        reason: String,
+    },
+    #[error("pod {pod}: volume {volume:?}: hostPath {}: expected {expected}, found {found}", path.display())]
+    HostPathType {
+        pod: String,
+        volume: String,
+        path: PathBuf,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error(
+        "pod {pod}: container {container:?}: volume mount {volume:?}: subPath {sub_path:?}: {reason}"
+    )]
+    SubPath {
+        pod: String,
+        container: String,
+        volume: String,
+        sub_path: String,
+        reason: String,
+    },
+    #[error("invalid pod UID {uid:?}: must be one non-empty path component")]
+    InvalidUid { uid: String },
+    #[error("cannot {op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount tmpfs on {} with {options:?}", path.display())]
+    Mount {
+        path: PathBuf,
+        options: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("{} is already a {fstype} mount, not tmpfs", path.display())]
+    WrongMount { path: PathBuf, fstype: String },
+    #[error("cannot unmount {}", path.display())]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("{} is still mounted (not a tmpfs volume of the agent's); not deleting {}", mount_point.display(), pod_dir.display())]
+    StillMounted {
+        pod_dir: PathBuf,
+        mount_point: PathBuf,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VolumeError {
+    let path = path.to_owned();
+    move |source| VolumeError::Io { op, path, source }
+}
+
+/// What backs a prepared volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// An `emptyDir` on the node's disk.
+    EmptyDir,
+    /// An `emptyDir` with `medium: Memory`: a tmpfs of this size (`None`: kernel default).
+    EmptyDirMemory {
+        size_bytes: Option<u64>,
+    },
+    HostPath,
+}
+
+/// One prepared volume of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedVolume {
+    pub name: String,
+    pub kind: VolumeKind,
+    /// What containers bind-mount: the emptyDir directory, or the hostPath as written.
+    pub path: PathBuf,
+}
+
+/// The volumes of one pod, ready to be mounted into its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodVolumes {
+    uid: String,
+    pod_dir: PathBuf,
+    volumes: BTreeMap<String, PreparedVolume>,
+    /// (volume name, subPath as written) -> the resolved directory or file on the node.
+    sub_paths: BTreeMap<(String, String), PathBuf>,
+}
+
+impl PodVolumes {
+    /// Creates (or finds again) every volume of `pod` under `pods_dir` (`<root-dir>/pods`),
+    /// and resolves the `subPath`s its containers mount.
+    ///
+    /// # Errors
+    /// [`VolumeError`] naming the pod and volume for a spec this agent cannot serve, a
+    /// hostPath of the wrong type, or a file-system or mount failure.
+    pub fn prepare(pod: &Pod, pods_dir: &Path) -> Result<Self, VolumeError> {
+        let uid = pod_uid(pod);
+        let pod_dir = pod_dir(pods_dir, uid)?;
+        let volumes_dir = pod_dir.join("volumes");
+        create_dir_all(&volumes_dir, POD_DIR_MODE)?;
+        let pod_name = format_pod(pod);
+        let mut mounts = None;
+        let mut prepared = BTreeMap::new();
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let invalid = |reason: String| VolumeError::Invalid {
+                pod: pod_name.clone(),
+                volume: volume.name.clone(),
+                reason,
+            };
+            validate_dns_label(&volume.name).map_err(|r| invalid(format!("invalid name: {r}")))?;
+            if prepared.contains_key(&volume.name) {
+                return Err(invalid("duplicate volume name".to_owned()));
+            }
+            let prepared_volume = match source(volume) {
+                Source::EmptyDir { medium, size_limit } => {
+                    let path = volumes_dir.join(EMPTY_DIR_PLUGIN_DIR).join(&volume.name);
+                    let kind = match medium {
+                        "" => VolumeKind::EmptyDir,
+                        "Memory" => VolumeKind::EmptyDirMemory {
+                            size_bytes: tmpfs_size(pod, size_limit).map_err(invalid)?,
+                        },
+                        other => {
+                            return Err(invalid(format!(
+                                "emptyDir medium {other:?} is not supported (only \"\" and \
+                                 \"Memory\")"
+                            )));
+                        }
+                    };
+                    setup_empty_dir(&path, kind, &mut mounts)?;
+                    PreparedVolume {
+                        name: volume.name.clone(),
+                        kind,
+                        path,
+                    }
+                }
+                Source::HostPath(source) => PreparedVolume {
+                    name: volume.name.clone(),
+                    kind: VolumeKind::HostPath,
+                    path: check_host_path(source, &pod_name, &volume.name)?,
+                },
+                Source::Unsupported(kind) => {
+                    return Err(VolumeError::Unsupported {
+                        pod: pod_name,
+                        volume: volume.name.clone(),
+                        kind,
+                    });
+                }
+            };
+            prepared.insert(volume.name.clone(), prepared_volume);
+        }
+        let sub_paths = resolve_sub_paths(pod, &pod_name, &prepared)?;
+        Ok(Self {
+            uid: uid.to_owned(),
+            pod_dir,
+            volumes: prepared,
+            sub_paths,
+        })
+    }
+
+    /// The pod's UID.
+    #[must_use]
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// `<pods_dir>/<uid>`.
+    #[must_use]
+    pub fn pod_dir(&self) -> &Path {
+        &self.pod_dir
+    }
+
+    /// The node path a container mounts for this volume.
+    #[must_use]
+    pub fn host_path(&self, volume_name: &str) -> Option<&Path> {
+        self.volumes.get(volume_name).map(|v| v.path.as_path())
+    }
+
+    /// The resolved node path of `sub_path` (as written in the volume mount) inside
+    /// `volume_name`; `None` unless [`Self::prepare`] resolved it.
+    #[must_use]
+    pub fn sub_path(&self, volume_name: &str, sub_path: &str) -> Option<&Path> {
+        self.sub_paths
+            .get(&(volume_name.to_owned(), sub_path.to_owned()))
+            .map(PathBuf::as_path)
+    }
+
+    /// The prepared volumes, by name.
+    pub fn volumes(&self) -> impl Iterator<Item = &PreparedVolume> {
+        self.volumes.values()
+    }
+
+    /// Unmounts the pod's tmpfs volumes (lazily, with a warning, when busy) and deletes
+    /// `<pods_dir>/<uid>`. Symbolic links inside are removed, never followed. If anything
+    /// else is still mounted below the pod's directory, nothing is deleted. A pod without a
+    /// directory is not an error.
+    ///
+    /// # Errors
+    /// [`VolumeError`] naming the path that could not be unmounted or deleted.
+    pub fn teardown(uid: &str, pods_dir: &Path) -> Result<(), VolumeError> {
+        let pod_dir = pod_dir(pods_dir, uid)?;
+        let meta = match fs::symlink_metadata(&pod_dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("inspect", &pod_dir)(e)),
+        };
+        if !meta.is_dir() {
+            tracing::warn!(path = %pod_dir.display(), "pod directory is not a directory; removing it");
+            return fs::remove_file(&pod_dir).map_err(io_err("remove", &pod_dir));
+        }
+        let real_dir = fs::canonicalize(&pod_dir).map_err(io_err("resolve", &pod_dir))?;
+        let empty_dirs = real_dir.join("volumes").join(EMPTY_DIR_PLUGIN_DIR);
+        let mut below: Vec<MountEntry> = read_mounts()?
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(&real_dir))
+            .collect();
+        // Deepest first, and the latest of stacked mounts first.
+        below.reverse();
+        below.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
+        for mount in &below {
+            let ours =
+                mount.fstype == "tmpfs" && mount.mount_point.parent() == Some(empty_dirs.as_path());
+            if !ours {
+                return Err(VolumeError::StillMounted {
+                    pod_dir,
+                    mount_point: mount.mount_point.clone(),
+                });
+            }
+        }
+        for mount in &below {
+            unmount(&mount.mount_point)?;
+        }
+        if let Some(left) = read_mounts()?
+            .into_iter()
+            .find(|m| m.mount_point.starts_with(&real_dir))
+        {
+            return Err(VolumeError::StillMounted {
+                pod_dir,
+                mount_point: left.mount_point,
+            });
+        }
+        // std's remove_dir_all removes symbolic links without following them.
+        fs::remove_dir_all(&pod_dir).map_err(io_err("remove", &pod_dir))
+    }
+}
+
+/// `<pods_dir>/<uid>`, refusing a UID that is not exactly one normal path component.
+fn pod_dir(pods_dir: &Path, uid: &str) -> Result<PathBuf, VolumeError> {
+    let mut components = Path::new(uid).components();
+    match (components.next(), components.next()) {
+        (Some(Component::Normal(c)), None) if c.as_bytes() == uid.as_bytes() => {
+            Ok(pods_dir.join(uid))
+        }
+        _ => Err(VolumeError::InvalidUid {
+            uid: uid.to_owned(),
+        }),
+    }
+}
+
+enum Source<'a> {
+    EmptyDir {
+        medium: &'a str,
+        size_limit: Option<&'a str>,
+    },
+    HostPath(&'a HostPathVolumeSource),
+    Unsupported(&'static str),
+}
+
+/// The volume's source; none at all is an emptyDir, as the API server defaults it.
+fn source(v: &Volume) -> Source<'_> {
+    if let Some(e) = &v.empty_dir {
+        return Source::EmptyDir {
+            medium: e.medium.as_deref().unwrap_or_default(),
+            size_limit: e.size_limit.as_ref().map(|q| q.0.as_str()),
+        };
+    }
+    if let Some(h) = &v.host_path {
+        return Source::HostPath(h);
+    }
+    let others = [
+        (v.config_map.is_some(), "configMap"),
+        (v.secret.is_some(), "secret"),
+        (v.projected.is_some(), "projected"),
+        (v.downward_api.is_some(), "downwardAPI"),
+        (v.persistent_volume_claim.is_some(), "persistentVolumeClaim"),
+        (v.ephemeral.is_some(), "ephemeral"),
+        (v.csi.is_some(), "csi"),
+        (v.image.is_some(), "image"),
+        (v.nfs.is_some(), "nfs"),
+        (v.iscsi.is_some(), "iscsi"),
+        (v.git_repo.is_some(), "gitRepo"),
+        (v.fc.is_some(), "fc"),
+        (v.rbd.is_some(), "rbd"),
+        (v.cephfs.is_some(), "cephfs"),
+        (v.glusterfs.is_some(), "glusterfs"),
+        (v.flex_volume.is_some(), "flexVolume"),
+        (v.flocker.is_some(), "flocker"),
+        (v.aws_elastic_block_store.is_some(), "awsElasticBlockStore"),
+        (v.gce_persistent_disk.is_some(), "gcePersistentDisk"),
+        (v.azure_disk.is_some(), "azureDisk"),
+        (v.azure_file.is_some(), "azureFile"),
+        (v.cinder.is_some(), "cinder"),
+        (v.vsphere_volume.is_some(), "vsphereVolume"),
+        (v.quobyte.is_some(), "quobyte"),
+        (v.photon_persistent_disk.is_some(), "photonPersistentDisk"),
+        (v.portworx_volume.is_some(), "portworxVolume"),
+        (v.scale_io.is_some(), "scaleIO"),
+        (v.storageos.is_some(), "storageos"),
+    ];
+    match others.into_iter().find(|(set, _)| *set) {
+        Some((_, kind)) => Source::Unsupported(kind),
+        None => Source::EmptyDir {
+            medium: "",
+            size_limit: None,
+        },
+    }
+}
+
+/// The tmpfs size: `sizeLimit` capped by the pod's memory limit, or either alone.
+fn tmpfs_size(pod: &Pod, size_limit: Option<&str>) -> Result<Option<u64>, String> {
+    let requested = size_limit
+        .map(|s| parse_quantity(s).map_err(|e| format!("sizeLimit: {e}")))
+        .transpose()?
+        .map(QuantityValue::bytes)
+        .filter(|&b| b > 0);
+    let pod_limit = pod_limits(pod).1.filter(|&b| b > 0);
+    Ok(match (requested, pod_limit) {
+        (Some(r), Some(l)) => Some(r.min(l)),
+        (r, l) => r.or(l),
+    })
+}
+
+fn create_dir_all(path: &Path, mode: u32) -> Result<(), VolumeError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(io_err("create directory", path))
+}
+
+/// Creates `path` with exactly `mode` (not masked by the umask) unless it exists as a
+/// directory; anything else there is an error. Returns whether it was created.
+fn ensure_dir(path: &Path, mode: u32) -> Result<bool, VolumeError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(false),
+        Ok(meta) => Err(io_err("use as a directory", path)(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} is in the way", describe(meta.file_type())),
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .mode(mode)
+                .create(path)
+                .map_err(io_err("create directory", path))?;
+            fs::set_permissions(path, Permissions::from_mode(mode))
+                .map_err(io_err("set permissions of", path))?;
+            Ok(true)
+        }
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+fn setup_empty_dir(
+    path: &Path,
+    kind: VolumeKind,
+    mounts: &mut Option<Vec<MountEntry>>,
+) -> Result<(), VolumeError> {
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent, POD_DIR_MODE)?;
+    }
+    ensure_dir(path, EMPTY_DIR_MODE)?;
+    let VolumeKind::EmptyDirMemory { size_bytes } = kind else {
+        return Ok(());
+    };
+    let real = fs::canonicalize(path).map_err(io_err("resolve", path))?;
+    if mounts.is_none() {
+        *mounts = Some(read_mounts()?);
+    }
+    let existing = mounts.iter().flatten().rfind(|m| m.mount_point == real);
+    if let Some(m) = existing {
+        if m.fstype == "tmpfs" {
+            return Ok(());
+        }
+        return Err(VolumeError::WrongMount {
+            path: path.to_owned(),
+            fstype: m.fstype.clone(),
+        });
+    }
+    let mut options = format!("mode={EMPTY_DIR_MODE:o}");
+    if let Some(size) = size_bytes {
+        options.push_str(&format!(",size={size}"));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        &real,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|source| VolumeError::Mount {
+        path: path.to_owned(),
+        options,
+        source,
+    })
+}
+
+fn describe(t: fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "an unknown file type"
+    }
+}
+
+/// Applies the hostPath `type` check; returns the path containers mount.
+fn check_host_path(
+    source: &HostPathVolumeSource,
+    pod: &str,
+    volume: &str,
+) -> Result<PathBuf, VolumeError> {
+    let path = PathBuf::from(&source.path);
+    let invalid = |reason: String| VolumeError::Invalid {
+        pod: pod.to_owned(),
+        volume: volume.to_owned(),
+        reason,
+    };
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(format!(
+            "hostPath {:?} must be absolute and must not contain \"..\"",
+            source.path
+        )));
+    }
+    let kind = source.type_.as_deref().unwrap_or_default();
+    let wrong_type = |expected: &'static str, found: &'static str| VolumeError::HostPathType {
+        pod: pod.to_owned(),
+        volume: volume.to_owned(),
+        path: path.clone(),
+        expected,
+        found,
+    };
+    // Follows symbolic links, like the bind mount will.
+    let found = match fs::metadata(&path) {
+        Ok(meta) => Some(meta.file_type()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("inspect", &path)(e)),
+    };
+    let (expected, ok): (&'static str, fn(fs::FileType) -> bool) = match kind {
+        "" => return Ok(path),
+        "DirectoryOrCreate" => {
+            if found.is_none() {
+                create_dir_all(&path, HOST_DIR_MODE)?;
+                return Ok(path);
+            }
+            ("a directory", |t| t.is_dir())
+        }
+        "FileOrCreate" => {
+            if found.is_none() {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(HOST_FILE_MODE)
+                    .open(&path)
+                    .map_err(io_err("create file", &path))?;
+                return Ok(path);
+            }
+            ("a regular file", |t| t.is_file())
+        }
+        "Directory" => ("a directory", |t| t.is_dir()),
+        "File" => ("a regular file", |t| t.is_file()),
+        "Socket" => ("a socket", |t| t.is_socket()),
+        "CharDevice" => ("a character device", |t| t.is_char_device()),
+        "BlockDevice" => ("a block device", |t| t.is_block_device()),
+        other => {
+            return Err(invalid(format!(
+                "unknown hostPath type {other:?} (expected \"\", DirectoryOrCreate, Directory, \
+                 FileOrCreate, File, Socket, CharDevice or BlockDevice)"
+            )));
+        }
+    };
+    match found {
+        Some(t) if ok(t) => Ok(path),
+        Some(t) => Err(wrong_type(expected, describe(t))),
+        None => Err(wrong_type(expected, "nothing")),
+    }
+}
+
+fn pod_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
+    pod.spec.iter().flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+    })
+}
+
+fn resolve_sub_paths(
+    pod: &Pod,
+    pod_name: &str,
+    volumes: &BTreeMap<String, PreparedVolume>,
+) -> Result<BTreeMap<(String, String), PathBuf>, VolumeError> {
+    let mut resolved = BTreeMap::new();
+    for c in pod_containers(pod) {
+        for m in c.volume_mounts.iter().flatten() {
+            let err = |sub_path: &str, reason: String| VolumeError::SubPath {
+                pod: pod_name.to_owned(),
+                container: c.name.clone(),
+                volume: m.name.clone(),
+                sub_path: sub_path.to_owned(),
+                reason,
+            };
+            if let Some(expr) = m.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
+                return Err(err(expr, "subPathExpr is not supported".to_owned()));
+            }
+            let Some(sub_path) = m.sub_path.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let key = (m.name.clone(), sub_path.to_owned());
+            if resolved.contains_key(&key) {
+                continue;
+            }
+            let Some(volume) = volumes.get(&m.name) else {
+                return Err(err(
+                    sub_path,
+                    "no volume of that name in the pod".to_owned(),
+                ));
+            };
+            let path = resolve_sub_path(&volume.path, sub_path, |reason| err(sub_path, reason))?;
+            resolved.insert(key, path);
+        }
+    }
+    Ok(resolved)
+}
+
+/// Walks `sub_path` inside `root`, creating missing directories with `root`'s mode and
+/// refusing symbolic links that lead out of `root`. Returns the resolved path.
+fn resolve_sub_path(
+    root: &Path,
+    sub_path: &str,
+    refuse: impl Fn(String) -> VolumeError,
+) -> Result<PathBuf, VolumeError> {
+    let parts: Vec<_> = Path::new(sub_path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    if parts.is_empty() || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(refuse(
+            "must be a relative path inside the volume, without \"..\"".to_owned(),
+        ));
+    }
+    let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+    let mode = fs::metadata(&root)
+        .map_err(io_err("inspect", &root))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let mut current = root.clone();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let next = current.join(part);
+        match fs::symlink_metadata(&next) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(&next, mode)?;
+                current = next;
+            }
+            Err(e) => return Err(io_err("inspect", &next)(e)),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::canonicalize(&next).map_err(io_err("resolve", &next))?;
+                if !target.starts_with(&root) {
+                    return Err(refuse(format!(
+                        "{} is a symbolic link leading out of the volume",
+                        next.display()
+                    )));
+                }
+                current = target;
+            }
+            Ok(meta) if meta.is_dir() || last => current = next,
+            Ok(meta) => {
+                return Err(refuse(format!(
+                    "{} is {}, not a directory",
+                    next.display(),
+                    describe(meta.file_type())
+                )));
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// One line of mountinfo, the parts used here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    mount_point: PathBuf,
+    fstype: String,
+}
+
+fn read_mounts() -> Result<Vec<MountEntry>, VolumeError> {
+    let path = Path::new(MOUNTINFO_PATH);
+    let text = fs::read(path).map_err(io_err("read", path))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Parses mountinfo (proc(5)): `36 35 98:0 /root /mnt rw,noatime master:1 - ext3 /dev/root rw`.
+/// Lines that do not parse are skipped.
+fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let mount_point = fields.get(4)?;
+            let sep = fields.iter().skip(6).position(|f| *f == b"-")? + 6;
+            let fstype = fields.get(sep + 1)?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal(
+                    mount_point,
+                ))),
+                fstype: String::from_utf8_lossy(fstype).into_owned(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\'
+            && let Some(digits) = s.get(i + 1..i + 4)
+            && digits.iter().all(|b| (b'0'..=b'7').contains(b))
+            && let Ok(b) = u8::try_from(
+                digits
+                    .iter()
+                    .fold(0u32, |acc, d| (acc << 3) | u32::from(d - b'0')),
+            )
+        {
+            out.push(b);
+            i += 4;
+            continue;
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Unmounts without following a symbolic link; detaches lazily, with a warning, when busy.
+fn unmount(path: &Path) -> Result<(), VolumeError> {
+    match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(()),
+        Err(Errno::EBUSY) => {
+            tracing::warn!(
+                path = %path.display(),
+                "tmpfs volume is busy; detaching it lazily"
+            );
+            nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH).map_err(
+                |source| VolumeError::Unmount {
+                    path: path.to_owned(),
+                    source,
+                },
+            )
+        }
+        Err(source) => Err(VolumeError::Unmount {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,601 @@
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixListener;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec,
+    ProjectedVolumeSource, SecretVolumeSource, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::*;
+
+fn pod(volumes: Vec<Volume>, mounts: Vec<VolumeMount>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web-node1".to_owned()),
+            namespace: Some("default".to_owned()),
+            uid: Some("uid-1".to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".to_owned(),
+                volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                ..Container::default()
+            }],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn host_path(name: &str, path: &Path, kind: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_string_lossy().into_owned(),
+            type_: (!kind.is_empty()).then(|| kind.to_owned()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn sub_path_mount(volume: &str, sub_path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: "/mnt".to_owned(),
+        sub_path: Some(sub_path.to_owned()),
+        ..VolumeMount::default()
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn empty_dir_on_disk() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let p = pod(
+        vec![
+            empty_dir("cache"),
+            // No source at all: the API server's default, an emptyDir.
+            Volume {
+                name: "scratch".to_owned(),
+                ..Volume::default()
+            },
+        ],
+        vec![],
+    );
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    let base = pods.path().join("uid-1/volumes/kubernetes.io~empty-dir");
+    assert_eq!(volumes.uid(), "uid-1");
+    assert_eq!(volumes.pod_dir(), pods.path().join("uid-1"));
+    for name in ["cache", "scratch"] {
+        let path = base.join(name);
+        assert_eq!(volumes.host_path(name), Some(path.as_path()));
+        assert!(path.is_dir(), "{} is a directory", path.display());
+        assert_eq!(
+            mode(&path),
+            0o777,
+            "{name} is world-writable despite the umask"
+        );
+    }
+    assert_eq!(mode(&pods.path().join("uid-1")), 0o750);
+    assert_eq!(volumes.host_path("nope"), None);
+    let kinds: Vec<VolumeKind> = volumes.volumes().map(|v| v.kind).collect();
+    assert_eq!(kinds, [VolumeKind::EmptyDir, VolumeKind::EmptyDir]);
+}
+
+#[test]
+fn prepare_is_idempotent_and_keeps_content() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let p = pod(
+        vec![empty_dir("cache")],
+        vec![sub_path_mount("cache", "a/b")],
+    );
+    let first = PodVolumes::prepare(&p, pods.path()).expect("first prepare");
+    let cache = first.host_path("cache").expect("cache").to_owned();
+    fs::write(cache.join("data"), "kept").expect("write");
+    // The container changed the mode; a new prepare must not fight it.
+    fs::set_permissions(&cache, Permissions::from_mode(0o755)).expect("chmod");
+    let second = PodVolumes::prepare(&p, pods.path()).expect("second prepare");
+    assert_eq!(first, second);
+    assert_eq!(
+        fs::read_to_string(cache.join("data")).expect("read"),
+        "kept"
+    );
+    assert_eq!(mode(&cache), 0o755);
+}
+
+#[test]
+fn memory_medium_is_validated_before_mounting() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let mut v = empty_dir("huge");
+    v.empty_dir = Some(EmptyDirVolumeSource {
+        medium: Some("HugePages".to_owned()),
+        size_limit: None,
+    });
+    let err = PodVolumes::prepare(&pod(vec![v], vec![]), pods.path()).expect_err("hugepages");
+    assert_eq!(
+        err.to_string(),
+        "pod web-node1_default(uid-1): volume \"huge\": emptyDir medium \"HugePages\" is not \
+         supported (only \"\" and \"Memory\")"
+    );
+
+    let mut v = empty_dir("mem");
+    v.empty_dir = Some(EmptyDirVolumeSource {
+        medium: Some("Memory".to_owned()),
+        size_limit: Some(Quantity("lots".to_owned())),
+    });
+    let err = PodVolumes::prepare(&pod(vec![v], vec![]), pods.path()).expect_err("bad size");
+    assert!(
+        err.to_string().starts_with(
+            "pod web-node1_default(uid-1): volume \"mem\": sizeLimit: invalid quantity"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn tmpfs_size_follows_size_limit_and_pod_limit() {
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    let mut limited = pod(vec![], vec![]);
+    limited.spec.as_mut().expect("spec").containers[0].resources = Some(ResourceRequirements {
+        limits: Some([("memory".to_owned(), Quantity("64Mi".to_owned()))].into()),
+        ..ResourceRequirements::default()
+    });
+    let unlimited = pod(vec![], vec![]);
+    let mi = |n: u64| n << 20;
+    let cases = [
+        (&unlimited, None, None),
+        (&unlimited, Some("0"), None),
+        (&unlimited, Some("16Mi"), Some(mi(16))),
+        (&limited, None, Some(mi(64))),
+        (&limited, Some("16Mi"), Some(mi(16))),
+        (&limited, Some("1Gi"), Some(mi(64))),
+    ];
+    for (p, size_limit, expected) in cases {
+        assert_eq!(
+            tmpfs_size(p, size_limit),
+            Ok(expected),
+            "sizeLimit {size_limit:?}"
+        );
+    }
+}
+
+#[test]
+fn host_path_types() {
+    let host = tempfile::tempdir().expect("tempdir");
+    let dir = host.path().join("dir");
+    let file = host.path().join("file");
+    let sock = host.path().join("sock");
+    let link = host.path().join("link-to-dir");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(&file, "x").expect("write");
+    let _listener = UnixListener::bind(&sock).expect("bind socket");
+    symlink(&dir, &link).expect("symlink");
+    let missing = host.path().join("missing");
+    let null = Path::new("/dev/null");
+
+    type Expect = Result<(), &'static str>;
+    let cases: Vec<(&str, &Path, &str, Expect)> = vec![
+        ("", &missing, "no check", Ok(())),
+        ("", &file, "no check", Ok(())),
+        ("Directory", &dir, "", Ok(())),
+        ("Directory", &link, "followed link", Ok(())),
+        (
+            "Directory",
+            &file,
+            "",
+            Err("expected a directory, found a regular file"),
+        ),
+        (
+            "Directory",
+            &missing,
+            "",
+            Err("expected a directory, found nothing"),
+        ),
+        ("File", &file, "", Ok(())),
+        (
+            "File",
+            &dir,
+            "",
+            Err("expected a regular file, found a directory"),
+        ),
+        (
+            "File",
+            &missing,
+            "",
+            Err("expected a regular file, found nothing"),
+        ),
+        ("Socket", &sock, "", Ok(())),
+        (
+            "Socket",
+            &file,
+            "",
+            Err("expected a socket, found a regular file"),
+        ),
+        ("CharDevice", null, "", Ok(())),
+        (
+            "CharDevice",
+            &dir,
+            "",
+            Err("expected a character device, found a directory"),
+        ),
+        (
+            "BlockDevice",
+            null,
+            "",
+            Err("expected a block device, found a character device"),
+        ),
+        ("DirectoryOrCreate", &dir, "", Ok(())),
+        (
+            "DirectoryOrCreate",
+            &file,
+            "",
+            Err("expected a directory, found a regular file"),
+        ),
+        ("FileOrCreate", &file, "", Ok(())),
+        (
+            "FileOrCreate",
+            &dir,
+            "",
+            Err("expected a regular file, found a directory"),
+        ),
+        (
+            "Sometimes",
+            &dir,
+            "",
+            Err("unknown hostPath type \"Sometimes\""),
+        ),
+    ];
+    let pods = tempfile::tempdir().expect("tempdir");
+    for (kind, path, note, expect) in cases {
+        let p = pod(vec![host_path("h", path, kind)], vec![]);
+        match (PodVolumes::prepare(&p, pods.path()), expect) {
+            (Ok(v), Ok(())) => {
+                assert_eq!(v.host_path("h"), Some(path), "{kind} {}", path.display());
+                assert_eq!(
+                    v.volumes().next().map(|v| v.kind),
+                    Some(VolumeKind::HostPath)
+                );
+            }
+            (Err(e), Err(expected)) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("pod web-node1_default(uid-1): volume \"h\": ")
+                        && msg.contains(expected),
+                    "{kind} {} ({note}): {msg:?} lacks {expected:?}",
+                    path.display()
+                );
+            }
+            (got, expected) => panic!(
+                "{kind} {} ({note}): got {got:?}, expected {expected:?}",
+                path.display()
+            ),
+        }
+    }
+    assert!(!missing.exists(), "an untyped hostPath is never created");
+}
+
+#[test]
+fn host_path_creation() {
+    let host = tempfile::tempdir().expect("tempdir");
+    let pods = tempfile::tempdir().expect("tempdir");
+    let new_dir = host.path().join("a/b/c");
+    let new_file = host.path().join("f");
+    let orphan = host.path().join("no-parent/f");
+    let p = pod(
+        vec![
+            host_path("d", &new_dir, "DirectoryOrCreate"),
+            host_path("f", &new_file, "FileOrCreate"),
+        ],
+        vec![],
+    );
+    PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    assert!(new_dir.is_dir());
+    assert!(new_file.is_file());
+    assert_eq!(fs::read(&new_file).expect("read").len(), 0);
+    // Idempotent: existing ones are kept.
+    fs::write(&new_file, "content").expect("write");
+    PodVolumes::prepare(&p, pods.path()).expect("prepare again");
+    assert_eq!(fs::read_to_string(&new_file).expect("read"), "content");
+
+    let p = pod(vec![host_path("f", &orphan, "FileOrCreate")], vec![]);
+    let err = PodVolumes::prepare(&p, pods.path()).expect_err("parent missing");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot create file {}", orphan.display())
+    );
+}
+
+#[test]
+fn host_path_must_be_absolute_and_clean() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    for path in ["relative/dir", "/var/../etc"] {
+        let p = pod(vec![host_path("h", Path::new(path), "")], vec![]);
+        let err = PodVolumes::prepare(&p, pods.path()).expect_err(path);
+        assert!(
+            err.to_string()
+                .ends_with("must be absolute and must not contain \"..\""),
+            "{path}: {err}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_volumes_name_pod_and_volume() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            Volume {
+                name: "cm".to_owned(),
+                config_map: Some(ConfigMapVolumeSource::default()),
+                ..Volume::default()
+            },
+            "configMap",
+        ),
+        (
+            Volume {
+                name: "s".to_owned(),
+                secret: Some(SecretVolumeSource::default()),
+                ..Volume::default()
+            },
+            "secret",
+        ),
+        (
+            Volume {
+                name: "token".to_owned(),
+                projected: Some(ProjectedVolumeSource::default()),
+                ..Volume::default()
+            },
+            "projected",
+        ),
+        (
+            Volume {
+                name: "data".to_owned(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource::default()),
+                ..Volume::default()
+            },
+            "persistentVolumeClaim",
+        ),
+    ];
+    for (volume, kind) in cases {
+        let name = volume.name.clone();
+        let err = PodVolumes::prepare(&pod(vec![volume], vec![]), pods.path()).expect_err(kind);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "pod web-node1_default(uid-1): volume {name:?}: {kind} volumes are not supported \
+                 (no API server or volume plugin; only emptyDir and hostPath)"
+            )
+        );
+    }
+}
+
+#[test]
+fn invalid_names_and_uids() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    for name in ["../escape", "a/b", "Upper", ""] {
+        let err =
+            PodVolumes::prepare(&pod(vec![empty_dir(name)], vec![]), pods.path()).expect_err(name);
+        assert!(err.to_string().contains("invalid name"), "{name:?}: {err}");
+    }
+    let err = PodVolumes::prepare(
+        &pod(vec![empty_dir("a"), empty_dir("a")], vec![]),
+        pods.path(),
+    )
+    .expect_err("duplicate");
+    assert!(
+        err.to_string()
+            .ends_with("volume \"a\": duplicate volume name"),
+        "{err}"
+    );
+
+    for uid in ["", ".", "..", "a/b", "/abs", "a/"] {
+        let mut p = pod(vec![], vec![]);
+        p.metadata.uid = Some(uid.to_owned());
+        let err = PodVolumes::prepare(&p, pods.path()).expect_err(uid);
+        assert_eq!(
+            err.to_string(),
+            format!("invalid pod UID {uid:?}: must be one non-empty path component")
+        );
+        assert!(
+            matches!(
+                PodVolumes::teardown(uid, pods.path()),
+                Err(VolumeError::InvalidUid { .. })
+            ),
+            "teardown {uid:?}"
+        );
+    }
+}
+
+#[test]
+fn sub_paths_are_created_inside_the_volume() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let p = pod(
+        vec![empty_dir("cache")],
+        vec![
+            sub_path_mount("cache", "logs/app"),
+            sub_path_mount("cache", "./logs/app"),
+        ],
+    );
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    let root = fs::canonicalize(volumes.host_path("cache").expect("cache")).expect("canonical");
+    let resolved = volumes.sub_path("cache", "logs/app").expect("resolved");
+    assert_eq!(resolved, root.join("logs/app"));
+    assert_eq!(mode(resolved), 0o777, "created with the volume's mode");
+    assert_eq!(volumes.sub_path("cache", "./logs/app"), Some(resolved));
+    assert_eq!(volumes.sub_path("cache", "other"), None);
+}
+
+#[test]
+fn sub_path_may_name_a_file_or_an_inner_link() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let p = pod(vec![empty_dir("cache")], vec![]);
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    let root = fs::canonicalize(volumes.host_path("cache").expect("cache")).expect("canonical");
+    fs::create_dir(root.join("real")).expect("mkdir");
+    fs::write(root.join("real/config"), "x").expect("write");
+    symlink("real", root.join("alias")).expect("symlink");
+
+    let p = pod(
+        vec![empty_dir("cache")],
+        vec![
+            sub_path_mount("cache", "real/config"),
+            sub_path_mount("cache", "alias/new"),
+        ],
+    );
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    assert_eq!(
+        volumes.sub_path("cache", "real/config"),
+        Some(root.join("real/config").as_path())
+    );
+    assert_eq!(
+        volumes.sub_path("cache", "alias/new"),
+        Some(root.join("real/new").as_path())
+    );
+    assert!(root.join("real/new").is_dir());
+}
+
+#[test]
+fn sub_path_escapes_are_refused() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let p = pod(vec![empty_dir("cache")], vec![]);
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    let root = volumes.host_path("cache").expect("cache").to_owned();
+    symlink(outside.path(), root.join("out")).expect("symlink");
+    fs::write(root.join("file"), "x").expect("write");
+
+    let cases = [
+        ("../../etc", "must be a relative path inside the volume"),
+        ("/etc", "must be a relative path inside the volume"),
+        ("a/../../b", "must be a relative path inside the volume"),
+        ("out", "is a symbolic link leading out of the volume"),
+        ("out/x", "is a symbolic link leading out of the volume"),
+        ("file/x", "is a regular file, not a directory"),
+    ];
+    for (sub_path, expected) in cases {
+        let p = pod(
+            vec![empty_dir("cache")],
+            vec![sub_path_mount("cache", sub_path)],
+        );
+        let err = PodVolumes::prepare(&p, pods.path()).expect_err(sub_path);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "pod web-node1_default(uid-1): container \"app\": volume mount \"cache\": \
+                 subPath {sub_path:?}: "
+            )) && msg.contains(expected),
+            "{sub_path}: {msg:?} lacks {expected:?}"
+        );
+    }
+    assert!(
+        !outside.path().join("x").exists(),
+        "nothing created outside"
+    );
+
+    let mut expr = sub_path_mount("cache", "");
+    expr.sub_path_expr = Some("$(POD_NAME)".to_owned());
+    let err = PodVolumes::prepare(&pod(vec![empty_dir("cache")], vec![expr]), pods.path())
+        .expect_err("subPathExpr");
+    assert!(
+        err.to_string().ends_with("subPathExpr is not supported"),
+        "{err}"
+    );
+
+    let err = PodVolumes::prepare(
+        &pod(vec![], vec![sub_path_mount("ghost", "x")]),
+        pods.path(),
+    )
+    .expect_err("unknown volume");
+    assert!(
+        err.to_string()
+            .ends_with("no volume of that name in the pod"),
+        "{err}"
+    );
+}
+
+#[test]
+fn teardown_removes_everything_and_spares_host_paths() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let host = tempfile::tempdir().expect("tempdir");
+    fs::write(host.path().join("precious"), "keep").expect("write");
+    let p = pod(
+        vec![empty_dir("cache"), host_path("h", host.path(), "Directory")],
+        vec![sub_path_mount("cache", "deep/er")],
+    );
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    let cache = volumes.host_path("cache").expect("cache").to_owned();
+    fs::write(cache.join("deep/er/file"), "x").expect("write");
+    // A container left links to the host path and to the host's root: not followed.
+    symlink(host.path(), cache.join("to-host")).expect("symlink");
+    symlink("/", cache.join("to-root")).expect("symlink");
+
+    PodVolumes::teardown("uid-1", pods.path()).expect("teardown");
+    assert!(!pods.path().join("uid-1").exists());
+    assert!(pods.path().exists());
+    assert_eq!(
+        fs::read_to_string(host.path().join("precious")).expect("host file kept"),
+        "keep"
+    );
+    // Again: nothing left is not an error.
+    PodVolumes::teardown("uid-1", pods.path()).expect("second teardown");
+}
+
+#[test]
+fn teardown_of_a_symlinked_pod_dir_removes_only_the_link() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    fs::write(elsewhere.path().join("keep"), "x").expect("write");
+    symlink(elsewhere.path(), pods.path().join("uid-1")).expect("symlink");
+    PodVolumes::teardown("uid-1", pods.path()).expect("teardown");
+    assert!(fs::symlink_metadata(pods.path().join("uid-1")).is_err());
+    assert!(elsewhere.path().join("keep").exists());
+}
+
+#[test]
+fn mountinfo_parsing() {
+    let text = b"\
+22 1 0:21 / /proc rw,nosuid - proc proc rw
+98 22 0:50 / /var/lib/x/pods/uid/volumes/kubernetes.io~empty-dir/with\\040space rw shared:5 - tmpfs tmpfs rw,size=1024k
+99 22 0:51 / /tricky\\134name rw master:1 unbindable - ext4 /dev/sda1 rw
+garbage line
+";
+    let mounts = parse_mountinfo(text);
+    assert_eq!(
+        mounts,
+        vec![
+            MountEntry {
+                mount_point: PathBuf::from("/proc"),
+                fstype: "proc".to_owned(),
+            },
+            MountEntry {
+                mount_point: PathBuf::from(
+                    "/var/lib/x/pods/uid/volumes/kubernetes.io~empty-dir/with space"
+                ),
+                fstype: "tmpfs".to_owned(),
+            },
+            MountEntry {
+                mount_point: PathBuf::from("/tricky\\name"),
+                fstype: "ext4".to_owned(),
+            },
+        ]
+    );
+}

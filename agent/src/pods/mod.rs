@@ -2,6 +2,7 @@
 //! pure lifecycle planner that turns (desired spec, observed runtime state) into actions.
 
 pub mod backoff;
+pub mod cri_config;
 pub mod labels;
 pub mod manifest;
 pub mod plan;

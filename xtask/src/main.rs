@@ -5,6 +5,7 @@ mod bench;
 mod ebpf;
 mod setup;
 mod test;
+mod up;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ enum Chore {
     Setup,
     /// Build the BPF programs (nightly, bpfel-unknown-none) for the agent to embed.
     BuildEbpf(ebpf::Options),
+    /// Bring bpflet up with the static pods in examples/, kernel tracing beside it;
+    /// Ctrl-C tears everything down.
+    Up(up::Options),
     /// Run every check: setup, build-ebpf, fmt, clippy, unit tests, root integration tests.
     Test(test::Options),
     /// Run benchmarks (all of them when no name is given).
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Chore::Setup => setup::run(),
         Chore::BuildEbpf(opts) => ebpf::run(&opts).map(drop),
+        Chore::Up(opts) => up::run(&opts),
         Chore::Test(opts) => test::run(&opts),
         Chore::Bench(opts) => bench::run(&opts),
     };

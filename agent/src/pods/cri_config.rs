@@ -20,7 +20,8 @@
 //! `secretKeyRef` and `envFrom` (an API server: refused with an error), service link
 //! variables, the termination message file mount, the agent-managed `/etc/hosts` (the
 //! runtime writes one), checking `runAsNonRoot` against the image's user (only an explicit
-//! `runAsUser: 0` is refused), swap limits, hugepages, AppArmor and SELinux.
+//! `runAsUser: 0` is refused), `Localhost` seccomp profiles (refused), swap limits,
+//! hugepages, AppArmor and SELinux.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -279,7 +280,7 @@ pub fn sandbox_config(
         annotations: labels::sandbox_annotations(pod),
         linux: Some(api::LinuxPodSandboxConfig {
             cgroup_parent: ctx.cgroup_parent.clone(),
-            security_context: Some(sandbox_security_context(spec)),
+            security_context: Some(sandbox_security_context(spec).map_err(|(f, r)| pod_err(f, r))?),
             sysctls: sysctls(spec),
             overhead: None,
             resources: Some(api::LinuxContainerResources {
@@ -512,21 +513,27 @@ fn namespace_options(spec: &PodSpec) -> api::NamespaceOption {
     }
 }
 
-fn seccomp(profile: Option<&SeccompProfile>) -> api::SecurityProfile {
+/// The CRI seccomp profile; none given is unconfined (upstream without `seccompDefault`).
+fn seccomp(profile: Option<&SeccompProfile>) -> Result<api::SecurityProfile, String> {
     use api::security_profile::ProfileType;
-    let (profile_type, localhost_ref) = match profile {
-        Some(p) if p.type_ == "RuntimeDefault" => (ProfileType::RuntimeDefault, String::new()),
-        Some(p) if p.type_ == "Localhost" => (
-            ProfileType::Localhost,
-            p.localhost_profile.clone().unwrap_or_default(),
-        ),
-        // Upstream's default without `seccompDefault`: unconfined.
-        _ => (ProfileType::Unconfined, String::new()),
+    let profile_type = match profile.map(|p| p.type_.as_str()) {
+        None | Some("Unconfined") => ProfileType::Unconfined,
+        Some("RuntimeDefault") => ProfileType::RuntimeDefault,
+        Some("Localhost") => {
+            return Err(
+                "Localhost profiles are not supported (no seccomp profile directory)".to_owned(),
+            );
+        }
+        Some(other) => {
+            return Err(format!(
+                "type {other:?}: must be RuntimeDefault, Unconfined or Localhost"
+            ));
+        }
     };
-    api::SecurityProfile {
+    Ok(api::SecurityProfile {
         profile_type: profile_type.into(),
-        localhost_ref,
-    }
+        localhost_ref: String::new(),
+    })
 }
 
 /// `supplementalGroups` plus `fsGroup`.
@@ -550,14 +557,18 @@ fn is_privileged(c: &Container) -> bool {
         .unwrap_or(false)
 }
 
-fn sandbox_security_context(spec: &PodSpec) -> api::LinuxSandboxSecurityContext {
+fn sandbox_security_context(
+    spec: &PodSpec,
+) -> Result<api::LinuxSandboxSecurityContext, (&'static str, String)> {
     let psc = spec.security_context.as_ref();
+    let seccomp = seccomp(psc.and_then(|s| s.seccomp_profile.as_ref()))
+        .map_err(|r| ("spec.securityContext.seccompProfile", r))?;
     let any_privileged = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(is_privileged);
-    api::LinuxSandboxSecurityContext {
+    Ok(api::LinuxSandboxSecurityContext {
         namespace_options: Some(namespace_options(spec)),
         run_as_user: psc
             .and_then(|s| s.run_as_user)
@@ -567,9 +578,9 @@ fn sandbox_security_context(spec: &PodSpec) -> api::LinuxSandboxSecurityContext 
             .map(|value| api::Int64Value { value }),
         supplemental_groups: supplemental_groups(psc),
         privileged: any_privileged,
-        seccomp: Some(seccomp(psc.and_then(|s| s.seccomp_profile.as_ref()))),
+        seccomp: Some(seccomp),
         ..api::LinuxSandboxSecurityContext::default()
-    }
+    })
 }
 
 /// `spec.securityContext.sysctls`, names with `/` separators turned into `.` ones.
@@ -776,7 +787,9 @@ fn container_security_context(
         no_new_privs: csc.and_then(|s| s.allow_privilege_escalation) == Some(false),
         masked_paths: paths(DEFAULT_MASKED_PATHS),
         readonly_paths: paths(DEFAULT_READONLY_PATHS),
-        seccomp: Some(seccomp(seccomp_profile)),
+        seccomp: Some(
+            seccomp(seccomp_profile).map_err(|r| err("securityContext.seccompProfile", r))?,
+        ),
         ..api::LinuxContainerSecurityContext::default()
     })
 }

@@ -1155,3 +1155,72 @@ fn mount_errors_name_the_mount() {
         "{err}"
     );
 }
+
+#[test]
+fn seccomp_profiles() {
+    use api::security_profile::ProfileType;
+    let profile = |t: &str| SeccompProfile {
+        type_: t.to_owned(),
+        localhost_profile: Some("profiles/audit.json".to_owned()),
+    };
+    let cases: [(Option<&str>, Result<ProfileType, &str>); 5] = [
+        (None, Ok(ProfileType::Unconfined)),
+        (Some("Unconfined"), Ok(ProfileType::Unconfined)),
+        (Some("RuntimeDefault"), Ok(ProfileType::RuntimeDefault)),
+        (
+            Some("Localhost"),
+            Err("seccompProfile: Localhost profiles are not supported"),
+        ),
+        (
+            Some("Strict"),
+            Err("seccompProfile: type \"Strict\": must be"),
+        ),
+    ];
+    for (kind, expected) in cases {
+        let p = pod(|s| {
+            s.security_context = Some(PodSecurityContext {
+                seccomp_profile: kind.map(profile),
+                ..PodSecurityContext::default()
+            });
+        });
+        let c = p.spec.as_ref().expect("spec").containers[0].clone();
+        let sandbox = sandbox_config(&p, 0, &sandbox_ctx());
+        let container = container_config(&p, &c, 0, &container_ctx(None));
+        match expected {
+            Ok(t) => {
+                let sb = sandbox
+                    .expect("sandbox config")
+                    .linux
+                    .and_then(|l| l.security_context)
+                    .and_then(|s| s.seccomp);
+                let ctr = container
+                    .expect("container config")
+                    .linux
+                    .and_then(|l| l.security_context)
+                    .and_then(|s| s.seccomp);
+                for got in [sb, ctr] {
+                    assert_eq!(
+                        got,
+                        Some(api::SecurityProfile {
+                            profile_type: t.into(),
+                            localhost_ref: String::new(),
+                        }),
+                        "{kind:?}"
+                    );
+                }
+            }
+            Err(expected) => {
+                let sb = sandbox.expect_err("sandbox").to_string();
+                assert!(
+                    sb.contains(&format!("spec.securityContext.{expected}")),
+                    "{kind:?}: {sb:?}"
+                );
+                let ctr = container.expect_err("container").to_string();
+                assert!(
+                    ctr.contains("container \"app\": securityContext.") && ctr.contains(expected),
+                    "{kind:?}: {ctr:?}"
+                );
+            }
+        }
+    }
+}

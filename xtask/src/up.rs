@@ -198,7 +198,7 @@ pub fn run(opts: &Options) -> Result<()> {
     )
     .context("starting the private containerd")?;
     say(&format!(
-        "containerd ready (pid {}), {:.1}s after start",
+        "containerd ready (pid {}), {:.1}s after `up` started",
         ctd.pid().unwrap_or_default(),
         ctx.started.elapsed().as_secs_f64()
     ));
@@ -575,7 +575,7 @@ fn print_banner(
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "bpflet is up ({:.1}s after start): agent pid {agent_pid}, trace pid {trace_pid}, \
+        "bpflet is up ({:.1}s after `up` started): agent pid {agent_pid}, trace pid {trace_pid}, \
          containerd pid {}",
         ctx.started.elapsed().as_secs_f64(),
         ctd.pid().unwrap_or_default()
@@ -786,6 +786,7 @@ struct PodView {
     name: String,
     /// The manifest's name, when the pod's name is that plus `-<spec.nodeName>`.
     static_name: Option<String>,
+    uid: Option<String>,
     phase: String,
     containers: Vec<ContainerView>,
 }
@@ -805,6 +806,10 @@ struct ContainerView {
 impl PodView {
     fn from_json(pod: &Value) -> Option<Self> {
         let name = pod.pointer("/metadata/name")?.as_str()?.to_owned();
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str);
         let static_name = node.and_then(|node| {
             name.strip_suffix(node)
@@ -831,6 +836,7 @@ impl PodView {
         Some(PodView {
             name,
             static_name,
+            uid,
             phase,
             containers,
         })
@@ -1000,15 +1006,12 @@ struct Seen {
     oom: Option<String>,
     /// When the oom pod's OOMKilled status was first seen, since bpflet started.
     oom_after: Option<Duration>,
+    /// A trace line reporting an OOM kill in the oom pod.
+    trace_oom: Option<String>,
 }
 
 /// What is still missing: one line each, empty when the demo works.
-fn missing(
-    examples: &[String],
-    snapshot: &Snapshot,
-    seen: &Seen,
-    trace_oom: Option<&str>,
-) -> Vec<String> {
+fn missing(examples: &[String], snapshot: &Snapshot, seen: &Seen) -> Vec<String> {
     let mut out = vec![];
     if let Some(e) = &snapshot.error {
         out.push(format!("the agent's /pods: {e}"));
@@ -1038,8 +1041,10 @@ fn missing(
         if seen.oom.is_none() {
             out.push("oom: no container status with reason OOMKilled on /pods".to_owned());
         }
-        if trace_oom.is_none() {
-            out.push("trace: no oom_kill event printed by `bpflet trace`".to_owned());
+        if seen.trace_oom.is_none() {
+            out.push(
+                "trace: no oom_kill event in the oom pod printed by `bpflet trace`".to_owned(),
+            );
         }
     }
     out
@@ -1082,11 +1087,25 @@ async fn check(
             && let Some(p) = pod(OOM_POD)
             && let Some(c) = p.containers.iter().find(|c| c.oom_killed)
         {
-            seen.oom = Some(format!("container {}: {}", c.name, p.summary()));
+            seen.oom = Some(format!(
+                "container {} of {}: {}",
+                c.name,
+                p.name,
+                p.summary()
+            ));
             seen.oom_after = Some(since.elapsed());
         }
-        let trace_line = trace_oom.borrow().clone();
-        let missing = missing(examples, &snapshot, &seen, trace_line.as_deref());
+        // The trace names the pod by uid once it knows the cgroup; until /pods lists the
+        // pod, any oom_kill in kubepods counts.
+        if seen.trace_oom.is_none()
+            && let Some(line) = trace_oom.borrow().as_deref()
+            && pod(OOM_POD)
+                .and_then(|p| p.uid.as_deref())
+                .is_none_or(|uid| line.contains(uid))
+        {
+            seen.trace_oom = Some(line.trim().to_owned());
+        }
+        let missing = missing(examples, &snapshot, &seen);
         if missing.is_empty() {
             let mut lines = vec![format!(
                 "every example pod Running on /pods: {}",
@@ -1099,7 +1118,7 @@ async fn check(
                     "OOMKilled on /pods {after:.1}s after bpflet started: {oom}"
                 ));
             }
-            lines.extend(trace_line.map(|l| format!("trace: {}", l.trim())));
+            lines.extend(seen.trace_oom.as_ref().map(|l| format!("trace: {l}")));
             say(&format!(
                 "--check passed {:.1}s after bpflet started:",
                 since.elapsed().as_secs_f64()
@@ -1584,6 +1603,7 @@ mod tests {
         let pods = parse_pods(&pods_json()).unwrap();
         assert_eq!(pods.len(), 3);
         assert_eq!(pods[0].static_name.as_deref(), Some("oom"));
+        assert_eq!(pods[0].uid.as_deref(), Some("u1"));
         assert!(pods[0].containers[0].oom_killed);
         assert_eq!(
             pods[0].summary(),
@@ -1609,7 +1629,7 @@ mod tests {
             error: None,
         };
         let mut seen = Seen::default();
-        let gaps = missing(&examples, &snapshot, &seen, None);
+        let gaps = missing(&examples, &snapshot, &seen);
         let text = gaps.join("\n");
         assert_eq!(gaps.len(), 5, "{text}");
         assert!(text.contains("pod besteffort: not on /pods"), "{text}");
@@ -1626,21 +1646,20 @@ mod tests {
         done.pods.push(PodView {
             name: "besteffort-vm".into(),
             static_name: Some("besteffort".into()),
+            uid: None,
             phase: "Running".into(),
             containers: vec![],
         });
         seen.web = Some("ok".into());
         seen.oom = Some("ok".into());
-        assert_eq!(
-            missing(&examples, &done, &seen, Some("oom_kill ...")),
-            Vec::<String>::new()
-        );
+        seen.trace_oom = Some("oom_kill ...".into());
+        assert_eq!(missing(&examples, &done, &seen), Vec::<String>::new());
 
         let down = Snapshot {
             pods: vec![],
             error: Some("GET /pods: connection refused".into()),
         };
-        assert!(missing(&examples, &down, &seen, Some("x"))[0].contains("connection refused"));
+        assert!(missing(&examples, &down, &seen)[0].contains("connection refused"));
     }
 
     #[test]

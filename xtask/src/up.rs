@@ -81,7 +81,8 @@ pub struct Options {
     /// How the agent notices pod changes: kernel events, or relisting every second.
     #[arg(long, value_enum, default_value_t = PlegMode::Event)]
     pub pleg_mode: PlegMode,
-    /// Tear down by itself after this many seconds.
+    /// Tear down by itself after running this many seconds (counted from when the agent
+    /// and the trace are both up).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
     /// Wait until the demo works (every example pod Running on /pods, the web page served,
@@ -146,6 +147,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let work_dir = work_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", work_dir.display()))?;
+    // Held until we return: a second `up` on this directory would take over our containerd.
+    let _lock = lock_work_dir(&work_dir)?;
 
     if !opts.no_setup {
         say("cargo xtask setup");
@@ -245,6 +248,36 @@ pub fn run(opts: &Options) -> Result<()> {
 
 fn say(line: &str) {
     println!("[up] {line}");
+}
+
+/// An exclusive lock on `<work>/up.lock` (released when the file is closed, also by a crash).
+fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let path = work_dir.join("up.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another `cargo xtask up` (pid {}) is running on {}; stop it or pass another \
+                 --work-dir",
+                holder.trim(),
+                work_dir.display()
+            );
+        }
+        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    };
+    lock.set_len(0)
+        .and_then(|()| write!(lock, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(lock)
 }
 
 /// Builds (unless `--no-build`) the BPF object and the agent; returns the agent's path.

@@ -828,7 +828,7 @@ struct PodView {
 struct ContainerView {
     name: String,
     init: bool,
-    /// `running`, `waiting(<reason>)`, `terminated(<reason>, <code>)`.
+    /// `running[, ready|, not ready]`, `waiting(<reason>)`, `terminated <reason>(<code>)`.
     state: String,
     restarts: i64,
     /// `lastState.terminated` as `<reason>(<code>)`.
@@ -915,7 +915,12 @@ impl ContainerView {
         } else if let Some(w) = state.and_then(|s| s.get("waiting")) {
             (format!("waiting({})", text(w.get("reason"))), false)
         } else if state.and_then(|s| s.get("running")).is_some() {
-            ("running".to_owned(), false)
+            // Readiness means something for app containers only.
+            match s.get("ready").and_then(Value::as_bool).filter(|_| !init) {
+                Some(true) => ("running, ready".to_owned(), false),
+                Some(false) => ("running, not ready".to_owned(), false),
+                None => ("running".to_owned(), false),
+            }
         } else {
             ("unknown".to_owned(), false)
         };
@@ -1621,6 +1626,7 @@ mod tests {
                         "containerStatuses": [{
                             "name": "httpd",
                             "restartCount": 0,
+                            "ready": false,
                             "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
                         }]
                     }
@@ -1644,7 +1650,7 @@ mod tests {
         );
         assert_eq!(
             pods[1].summary(),
-            "Pending; init write-index: terminated Completed(0); httpd: running"
+            "Pending; init write-index: terminated Completed(0); httpd: running, not ready"
         );
         assert!(!pods[1].containers.iter().any(|c| c.oom_killed));
         assert_eq!(pods[2].static_name, None);

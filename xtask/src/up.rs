@@ -218,7 +218,7 @@ pub fn run(opts: &Options) -> Result<()> {
         procs.stop().await;
         stop
     });
-    let agent_tail = log_tail(&ctx.work_dir.join("agent.log"), 15);
+    let agent_tail = log_tail(&ctx.work_dir.join("agent.log"), 5);
     let outcome = match stop {
         Stop::Signal(_) | Stop::Duration => Ok(()),
         Stop::Checked(report) => report.into_result(),
@@ -236,13 +236,13 @@ pub fn run(opts: &Options) -> Result<()> {
             "teardown done in {:.1}s: no process, mount, cgroup or bridge of this run is left",
             teardown_started.elapsed().as_secs_f64()
         )),
-        Err(e) => say(&format!("teardown FAILED: {e:#}")),
+        Err(_) => say("teardown left problems: see the error below"),
     }
     match (outcome, teardown) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) => Err(e),
         (Ok(()), Err(t)) => Err(t),
-        (Err(e), Err(t)) => Err(e.context(format!("and the teardown failed too: {t:#}"))),
+        (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
     }
 }
 

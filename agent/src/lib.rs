@@ -1,10 +1,12 @@
 //! bpflet: a kubelet-class node agent that runs pods through the CRI and watches them
 //! from the kernel with eBPF. `main.rs` only parses the command line and calls in here.
 
+pub mod agent;
 pub mod bpf;
 pub mod cgroups;
 pub mod config;
 pub mod events;
+pub mod pleg;
 pub mod pods;
 pub mod runtime;
 pub mod server;

@@ -1,54 +1,57 @@
-//! The `bpflet` binary: parse the command line, set up logging and signals, and hand over
-//! to the library.
+//! The `bpflet` binary: parse and validate the command line and configuration, set up
+//! logging and signals, and hand over to the library.
 
 use std::process::ExitCode;
 
+use bpflet::config::{self, AgentArgs, LogFormat};
 use bpflet::trace::{self, TraceArgs};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// A kubelet-class node agent that runs pods over CRI and watches them with eBPF.
+///
+/// Without a subcommand, runs the agent (kubelet-named flags); `bpflet trace` streams
+/// kernel events.
 #[derive(Debug, Parser)]
-#[command(name = "bpflet", version, about)]
+#[command(
+    name = "bpflet",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
-    /// Log verbosity: 0 warnings, 1 info, 2 debug, 3+ trace.
-    #[arg(
-        short = 'v',
-        long = "v",
-        global = true,
-        default_value_t = 1,
-        value_name = "LEVEL"
-    )]
-    verbosity: u8,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Stream kernel events (exits, OOM kills, memory pressure, cgroup changes) with pod
     /// attribution.
-    Trace(TraceArgs),
+    Trace(TraceCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct TraceCommand {
+    #[command(flatten)]
+    args: TraceArgs,
+    /// Log verbosity on stderr: 0 warnings, 1 info, 2 debug, 3+ trace.
+    #[arg(short = 'v', long = "v", default_value_t = 1, value_name = "LEVEL")]
+    verbosity: u8,
 }
 
 /// EX_USAGE: bad flags, a bad config field.
 const EXIT_USAGE: u8 = 64;
 
 fn init_logging(verbosity: u8, format: LogFormat) {
+    // Verbosity raises bpflet's own level; libraries (h2, tower, ...) stay at warn/info.
     let level = match verbosity {
         0 => "warn",
         1 => "info",
-        2 => "debug",
-        _ => "trace",
+        2 => "info,bpflet=debug",
+        _ => "info,bpflet=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BPFLET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -77,6 +80,15 @@ fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
     Ok(())
 }
 
+fn cause_suffix(e: &dyn std::error::Error) -> String {
+    let chain = bpflet::bpf::error_chain(e);
+    if chain.is_empty() {
+        String::new()
+    } else {
+        format!(": {chain}")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -90,7 +102,18 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbosity, cli.log_format);
+    // Configuration before side effects: everything is parsed and validated first.
+    let (verbosity, format, agent_config) = match &cli.command {
+        Some(Command::Trace(t)) => (t.verbosity, LogFormat::Text, None),
+        None => match config::load(&cli.agent) {
+            Ok(c) => (c.verbosity.max(1), c.log_format, Some(c)),
+            Err(e) => {
+                eprintln!("bpflet: invalid configuration: {e}{}", cause_suffix(&e));
+                return ExitCode::from(config::exit_code());
+            }
+        },
+    };
+    init_logging(verbosity, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,23 +131,24 @@ fn main() -> ExitCode {
             eprintln!("bpflet: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
-        match cli.command {
-            Command::Trace(args) => match trace::run(args, cancel).await {
+        match (cli.command, agent_config) {
+            (Some(Command::Trace(TraceCommand { args, .. })), _) => {
+                match trace::run(args, cancel).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("bpflet trace: {e}{}", cause_suffix(&e));
+                        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                    }
+                }
+            }
+            (None, Some(config)) => match bpflet::agent::run(config, cancel).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bpflet trace: {e}{}", cause_suffix(&e));
-                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                    eprintln!("bpflet: {e}{}", cause_suffix(&e));
+                    ExitCode::FAILURE
                 }
             },
+            (None, None) => unreachable!("agent mode always loads its configuration"),
         }
     })
-}
-
-fn cause_suffix(e: &dyn std::error::Error) -> String {
-    let chain = bpflet::bpf::error_chain(e);
-    if chain.is_empty() {
-        String::new()
-    } else {
-        format!(": {chain}")
-    }
 }

@@ -182,9 +182,6 @@ pub struct SandboxContext {
     pub pod_logs_dir: PathBuf,
     /// The pod's cgroup, as the runtime takes it (e.g. `/kubepods/burstable/pod<uid>`).
     pub cgroup_parent: String,
-    /// The machine's host name: what a host-network pod sees. Not necessarily the node
-    /// name, which `--hostname-override` may change.
-    pub node_hostname: String,
     pub dns: DnsSettings,
 }
 
@@ -257,8 +254,11 @@ pub fn sandbox_config(
         field: field.to_owned(),
         reason,
     };
+    // A host-network sandbox shares the node's UTS namespace: the runtime refuses to set a
+    // hostname there (runc: "unable to set hostname without a private UTS namespace"), and
+    // upstream leaves it empty.
     let hostname = if is_host_network(spec) {
-        ctx.node_hostname.clone()
+        String::new()
     } else {
         pod_hostname(pod).map_err(|reason| pod_err("spec.hostname", reason))?
     };

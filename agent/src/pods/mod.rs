@@ -4,11 +4,14 @@
 pub mod backoff;
 pub mod cri_config;
 pub mod labels;
+pub mod manager;
 pub mod manifest;
+pub mod observe;
 pub mod plan;
 pub mod qos;
 pub mod source;
 pub mod volumes;
+pub mod worker;
 
 use k8s_openapi::api::core::v1::Pod;
 

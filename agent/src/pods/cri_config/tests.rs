@@ -86,7 +86,6 @@ fn sandbox_ctx() -> SandboxContext {
     SandboxContext {
         pod_logs_dir: PathBuf::from("/var/lib/bpflet/pods"),
         cgroup_parent: "/kubepods/besteffort/poduid-1".to_owned(),
-        node_hostname: "host-a".to_owned(),
         dns: DnsSettings {
             host: host_resolv(),
             cluster_dns: Vec::new(),
@@ -214,12 +213,12 @@ fn host_network_vs_pod_network() {
             namespaces: (P, Ctr, P),
         },
         Case {
-            name: "host network takes the node's host name",
+            name: "host network shares the node's UTS namespace: no hostname",
             edit: |s| {
                 s.host_network = Some(true);
                 s.hostname = Some("ignored".to_owned());
             },
-            hostname: "host-a",
+            hostname: "",
             namespaces: (Node, Ctr, P),
         },
         Case {

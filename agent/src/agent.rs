@@ -1,0 +1,264 @@
+//! The node agent: wires configuration, cgroups, the container runtime, kernel events, the
+//! PLEG, pod sources, pod workers and the local API together, and runs them until
+//! cancelled. Cancelling (SIGTERM) stops bpflet and leaves every pod running.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::cgroups::driver::CgroupDriver;
+use crate::cgroups::tree::{self, QosTree};
+use crate::cgroups::{Attributor, CgroupError, Hierarchy};
+use crate::config::{Config, PlegMode};
+use crate::events::Source;
+use crate::events::source::{self, SourceChoice, SourceSpec};
+use crate::pleg::{Pleg, PlegHealth};
+use crate::pods::cri_config::{DnsSettings, NodeAllocatable, ResolvConf};
+use crate::pods::manager::PodManager;
+use crate::pods::source::{FileSource, HttpSource, SourceKind};
+use crate::pods::worker::PodContext;
+use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
+use crate::server::{self, StatusStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read the node's cgroups")]
+    Hierarchy(#[source] CgroupError),
+    #[error("cannot set up the pod cgroup tree under {root}")]
+    CgroupTree {
+        root: String,
+        #[source]
+        source: CgroupError,
+    },
+    #[error("container runtime at {endpoint} is not answering")]
+    Runtime {
+        endpoint: PathBuf,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("cannot create {path}")]
+    RootDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("local API")]
+    Server(#[source] server::ServerError),
+}
+
+/// Runs the agent until `cancel` fires.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
+    let proc_root = PathBuf::from("/proc");
+    let tracker = TaskTracker::new();
+    let memory = tree::memory_capacity(&proc_root).map_err(AgentError::Hierarchy)?;
+
+    for dir in [config.root_dir.join("pods"), config.root_dir.join("logs")] {
+        std::fs::create_dir_all(&dir).map_err(|source| AgentError::RootDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+
+    // cgroups: the QoS tree under the configured root.
+    let hierarchy = Hierarchy::detect(&proc_root).map_err(AgentError::Hierarchy)?;
+    let cgroup_root = config.cgroups.root.to_string_lossy().into_owned();
+    let driver = CgroupDriver::for_hierarchy(&hierarchy);
+    let tree =
+        QosTree::from_config(driver, &config, memory).map_err(|source| AgentError::CgroupTree {
+            root: cgroup_root.clone(),
+            source,
+        })?;
+    tree.ensure().map_err(|source| AgentError::CgroupTree {
+        root: cgroup_root.clone(),
+        source,
+    })?;
+    let kubepods = tree.kubepods();
+    info!(root = %cgroup_root, kubepods = %kubepods, "pod cgroup tree ready");
+
+    // The container runtime.
+    let runtime = Arc::new(
+        CriRuntime::new(&config.runtime.endpoint)
+            .with_request_timeout(config.runtime.request_timeout),
+    );
+    let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
+    info!(runtime = %version, endpoint = %config.runtime.endpoint.display(), "container runtime ready");
+
+    // Kernel events for the PLEG (event mode), falling back to generic relisting.
+    let store = StatusStore::default();
+    let mut pleg_mode = config.pleg.mode;
+    let mut kernel_rx = None;
+    let mut _kernel_source = None;
+    if pleg_mode == PlegMode::Event {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let spec = SourceSpec {
+            hierarchy: hierarchy.clone(),
+            roots: vec![kubepods.clone()],
+            watch_all: false,
+            pressure_window: Duration::from_millis(100),
+            // Containerd reports an exit ~40 ms after the kernel: 1 ms of batching costs the
+            // PLEG nothing and saves the kernel an interrupt per exit.
+            wakeup_interval: Duration::from_millis(1),
+            poll_interval: Duration::from_secs(1),
+            proc_root: proc_root.clone(),
+        };
+        match source::start(SourceChoice::Bpf, &spec, tx, &cancel, &tracker) {
+            Ok(running) if running.source == Source::Bpf => {
+                kernel_rx = Some(rx);
+                _kernel_source = Some(running);
+            }
+            Ok(_) => unreachable!("a BPF-only source never falls back"),
+            Err(e) => {
+                warn!(
+                    "event-driven PLEG unavailable ({e}: {}); using generic PLEG (relist every 1s)",
+                    crate::bpf::error_chain(&e)
+                );
+                pleg_mode = PlegMode::Generic;
+            }
+        }
+    }
+    info!(mode = ?pleg_mode, "PLEG");
+    let health = Arc::new(PlegHealth::new(pleg_mode, config.pleg.unhealthy_threshold));
+    {
+        let health = Arc::clone(&health);
+        store.health().register("pleg", move || health.check());
+    }
+    let attributor = (pleg_mode == PlegMode::Event).then(|| {
+        let mut a = Attributor::new(hierarchy.clone());
+        if let Err(e) = a.index_subtree(&kubepods) {
+            warn!(error = %e, "cannot index the pod cgroups");
+        }
+        a
+    });
+    let (poke_tx, poke_rx) = mpsc::channel(4096);
+    let pleg = Pleg::new(
+        Arc::clone(&runtime),
+        pleg_mode,
+        config.pleg.safety_relist_period,
+        health,
+        attributor,
+    );
+    tracker.spawn(pleg.run(poke_tx, kernel_rx, cancel.clone()));
+
+    // Pod sources.
+    let (update_tx, update_rx) = mpsc::channel(64);
+    let mut expected = HashSet::new();
+    if let Some(path) = &config.sources.static_pod_path {
+        expected.insert(SourceKind::File);
+        let src = FileSource::new(
+            path.clone(),
+            config.node_name.clone(),
+            config.sources.file_check_frequency,
+        )
+        .with_inotify(true);
+        tracker.spawn(src.run(update_tx.clone(), cancel.clone()));
+    }
+    if let Some(url) = &config.sources.static_pod_url {
+        expected.insert(SourceKind::Http);
+        let src = HttpSource::new(
+            url.clone(),
+            config.node_name.clone(),
+            config.sources.http_check_frequency,
+            Duration::from_secs(10),
+        );
+        tracker.spawn(src.run(update_tx.clone(), cancel.clone()));
+    }
+    drop(update_tx);
+
+    // Pod workers.
+    let ctx = Arc::new(PodContext {
+        runtime: Arc::clone(&runtime),
+        tree: Arc::new(tree),
+        pods_dir: config.root_dir.join("pods"),
+        logs_dir: config.root_dir.join("logs"),
+        node_name: config.node_name.clone(),
+        node_ips: config.node_ips.clone(),
+        dns: DnsSettings {
+            host: host_resolv_conf(),
+            ..DnsSettings::default()
+        },
+        allocatable: NodeAllocatable {
+            memory_bytes: memory,
+            ..NodeAllocatable::default()
+        },
+        memory_capacity: memory,
+        sync_frequency: config.sync_frequency,
+        store: store.clone(),
+    });
+    let manager = PodManager::new(ctx, expected, cancel.clone());
+    tracker.spawn(manager.run(update_rx, poke_rx));
+
+    // Local API.
+    if let Some(port) = config.server.read_only_port {
+        let addr = SocketAddr::new(config.server.address, port);
+        let listener = server::bind(addr).await.map_err(AgentError::Server)?;
+        info!(%addr, "read-only API: /pods, /healthz");
+        tracker.spawn(server::serve_read_only(
+            listener,
+            store.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some(port) = config.server.healthz_port {
+        let addr = SocketAddr::new(config.server.healthz_bind_address, port);
+        match server::bind(addr).await {
+            Ok(listener) => {
+                tracker.spawn(server::serve_healthz(
+                    listener,
+                    store.clone(),
+                    cancel.clone(),
+                ));
+            }
+            Err(e) => warn!(error = %e, "healthz endpoint not started"),
+        }
+    }
+
+    info!(node = %config.node_name, "bpflet running");
+    cancel.cancelled().await;
+    info!("stopping; pods keep running");
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// The host's resolver settings, for host-network pods and `dnsPolicy: Default`.
+fn host_resolv_conf() -> ResolvConf {
+    ResolvConf::read(Path::new("/etc/resolv.conf")).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read the host's resolv.conf; pods get no DNS settings from it");
+        ResolvConf::default()
+    })
+}
+
+/// Waits for the runtime to answer `Version`, retrying with backoff (a runtime starting at
+/// the same time as the agent is normal).
+async fn wait_for_runtime<R: ContainerRuntime>(
+    rt: &R,
+    endpoint: &Path,
+    cancel: &CancellationToken,
+) -> Result<String, AgentError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0;
+    loop {
+        match rt.version().await {
+            Ok(v) => return Ok(format!("{} {}", v.runtime_name, v.runtime_version)),
+            Err(source) => {
+                attempts += 1;
+                if attempts >= 20 || cancel.is_cancelled() {
+                    return Err(AgentError::Runtime {
+                        endpoint: endpoint.to_owned(),
+                        source,
+                    });
+                }
+                warn!(endpoint = %endpoint.display(), error = %source, "runtime not ready; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

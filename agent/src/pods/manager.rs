@@ -1,0 +1,183 @@
+//! The pod manager: keeps one worker per desired pod. Source snapshots add, update and
+//! remove pods; PLEG pokes reach the worker of the pod they name; runtime pods that no
+//! source wants (a manifest removed while the agent was down) are torn down once every
+//! configured source has reported.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::observe::runtime_pod_uids;
+use super::source::{PodUpdate, SourceKind};
+use super::worker::{self, PodContext, WorkerHandle};
+use super::{format_pod, pod_uid};
+use crate::pleg::{PodPoke, Trigger};
+use crate::runtime::ContainerRuntime;
+
+pub struct PodManager<R> {
+    ctx: Arc<PodContext<R>>,
+    workers: HashMap<String, WorkerHandle>,
+    /// Pods each source wants, by uid.
+    desired: HashMap<SourceKind, HashSet<String>>,
+    /// Sources that must report once before orphans are cleaned up.
+    expected_sources: HashSet<SourceKind>,
+    orphans_checked: bool,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl<R: ContainerRuntime + 'static> PodManager<R> {
+    pub fn new(
+        ctx: Arc<PodContext<R>>,
+        expected_sources: HashSet<SourceKind>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            ctx,
+            workers: HashMap::new(),
+            desired: HashMap::new(),
+            expected_sources,
+            orphans_checked: false,
+            tracker: TaskTracker::new(),
+            cancel,
+        }
+    }
+
+    /// Runs until `cancel`; then waits for the workers to stop (pods keep running).
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::Receiver<PodUpdate>,
+        mut pokes: mpsc::Receiver<PodPoke>,
+    ) {
+        if self.expected_sources.is_empty() {
+            self.cleanup_orphans().await;
+        }
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                update = updates.recv() => match update {
+                    Some(update) => self.apply_update(update).await,
+                    None => break,
+                },
+                Some(poke) = pokes.recv() => self.poke(&poke),
+            }
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    fn poke(&self, poke: &PodPoke) {
+        if let Some(w) = self.workers.get(&poke.uid) {
+            w.poke(poke.trigger);
+        }
+    }
+
+    async fn apply_update(&mut self, update: PodUpdate) {
+        let PodUpdate::Snapshot {
+            source,
+            pods,
+            errors,
+        } = update;
+        for e in &errors {
+            warn!(source = ?source, error = %e, "pod manifest rejected");
+        }
+        let wanted: HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
+        let previous = self
+            .desired
+            .insert(source, wanted.clone())
+            .unwrap_or_default();
+        for gone in previous.difference(&wanted) {
+            if !self.wanted_elsewhere(gone, source) {
+                self.terminate(gone);
+            }
+        }
+        for sp in pods {
+            let pod = Arc::new(sp.pod);
+            self.upsert(pod);
+        }
+        self.expected_sources.remove(&source);
+        if self.expected_sources.is_empty() && !self.orphans_checked {
+            self.cleanup_orphans().await;
+        }
+        self.reap_finished();
+    }
+
+    fn wanted_elsewhere(&self, uid: &str, except: SourceKind) -> bool {
+        self.desired
+            .iter()
+            .any(|(s, uids)| *s != except && uids.contains(uid))
+    }
+
+    fn upsert(&mut self, pod: Arc<Pod>) {
+        let uid = pod_uid(&pod).to_owned();
+        match self.workers.get(&uid) {
+            Some(w) if !w.terminate.is_cancelled() => {
+                if **w.spec.borrow() != *pod {
+                    let _ = w.spec.send(pod);
+                }
+            }
+            _ => {
+                info!(pod = %format_pod(&pod), "new pod");
+                let handle = worker::spawn(
+                    Arc::clone(&self.ctx),
+                    pod,
+                    self.cancel.clone(),
+                    &self.tracker,
+                );
+                self.workers.insert(uid, handle);
+            }
+        }
+    }
+
+    fn terminate(&mut self, uid: &str) {
+        if let Some(w) = self.workers.get(uid) {
+            info!(pod = %format_pod(&w.spec.borrow()), "pod removed from its source");
+            w.terminate.cancel();
+            w.poke(Trigger::Relist);
+        }
+    }
+
+    /// Forgets workers that finished terminating.
+    fn reap_finished(&mut self) {
+        self.workers.retain(|_, w| !w.done.is_finished());
+    }
+
+    /// Tears down runtime pods that no source wants: a worker with a minimal pod runs the
+    /// normal termination path (grace period, sandbox and cgroup removal).
+    async fn cleanup_orphans(&mut self) {
+        self.orphans_checked = true;
+        let uids = match runtime_pod_uids(&*self.ctx.runtime).await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(error = %e, "cannot list runtime pods; orphans are not cleaned up");
+                return;
+            }
+        };
+        for uid in uids {
+            if self.workers.contains_key(&uid) {
+                continue;
+            }
+            info!(
+                uid,
+                "pod in the runtime that no source wants: terminating it"
+            );
+            let mut pod = Pod::default();
+            pod.metadata.uid = Some(uid.clone());
+            pod.metadata.name = Some(format!("orphan-{uid}"));
+            let handle = worker::spawn(
+                Arc::clone(&self.ctx),
+                Arc::new(pod),
+                self.cancel.clone(),
+                &self.tracker,
+            );
+            handle.terminate.cancel();
+            handle.poke(Trigger::Relist);
+            self.workers.insert(uid, handle);
+        }
+    }
+}

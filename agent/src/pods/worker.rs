@@ -1,0 +1,532 @@
+//! One worker per pod: observe the runtime, plan, apply, publish status; repeat when poked,
+//! when the spec changes, when a backoff expires, and at least every `syncFrequency`.
+//!
+//! Only the worker touches its pod in the runtime, so syncs of one pod never overlap; pokes
+//! and spec updates arriving during a sync coalesce into one more sync.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_cri::v1 as api;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::backoff::{Backoff, BackoffKey};
+use super::cri_config::{self, ContainerContext, DnsSettings, NodeAllocatable, SandboxContext};
+use super::observe::{Images, observe_pod};
+use super::plan::{self, ObservedPod, PodActions};
+use super::volumes::PodVolumes;
+use super::{format_pod, pod_uid};
+use crate::cgroups::tree::QosTree;
+use crate::pleg::Trigger;
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::server::StatusStore;
+use crate::status::{self, StatusContext};
+
+/// What every worker shares.
+pub struct PodContext<R> {
+    pub runtime: Arc<R>,
+    pub tree: Arc<QosTree>,
+    /// `<root-dir>/pods`: volumes and per-pod state.
+    pub pods_dir: PathBuf,
+    /// Where container logs go (`/var/log/pods` layout).
+    pub logs_dir: PathBuf,
+    pub node_name: String,
+    pub node_ips: Vec<std::net::IpAddr>,
+    pub dns: DnsSettings,
+    pub allocatable: NodeAllocatable,
+    pub memory_capacity: u64,
+    pub sync_frequency: Duration,
+    pub store: StatusStore,
+}
+
+/// Why a sync could not finish; the worker logs it and tries again later.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("runtime call for pod {pod}")]
+    Runtime {
+        pod: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("pod cgroup for pod {pod}")]
+    Cgroup {
+        pod: String,
+        #[source]
+        source: crate::cgroups::CgroupError,
+    },
+    #[error("volumes of pod {pod}")]
+    Volume {
+        pod: String,
+        #[source]
+        source: super::volumes::VolumeError,
+    },
+    #[error("CRI config for pod {pod}")]
+    Config {
+        pod: String,
+        #[source]
+        source: cri_config::ConfigBuildError,
+    },
+}
+
+/// Messages to a worker. The spec travels on a watch channel (latest wins); pokes coalesce
+/// in a `Notify`; termination is a token.
+pub struct WorkerHandle {
+    pub spec: watch::Sender<Arc<Pod>>,
+    poke: Arc<Notify>,
+    kernel_poke: Arc<std::sync::atomic::AtomicBool>,
+    pub terminate: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    pub fn poke(&self, trigger: Trigger) {
+        if trigger == Trigger::Kernel {
+            self.kernel_poke
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.poke.notify_one();
+    }
+}
+
+/// After a kernel trigger, how long the worker keeps relisting its pod until the runtime
+/// reports the change the kernel saw (containerd needs ~40 ms; a loaded node more).
+const KERNEL_RETRY_BUDGET: Duration = Duration::from_secs(2);
+const KERNEL_RETRY_FIRST: Duration = Duration::from_millis(5);
+
+/// Starts a worker for `pod`. `cancel` is the agent's shutdown: the worker then stops
+/// without touching the pod (pods outlive the agent).
+pub fn spawn<R: ContainerRuntime + 'static>(
+    ctx: Arc<PodContext<R>>,
+    pod: Arc<Pod>,
+    cancel: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> WorkerHandle {
+    let (spec, spec_rx) = watch::channel(pod);
+    let poke = Arc::new(Notify::new());
+    let kernel_poke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let terminate = CancellationToken::new();
+    let worker = Worker {
+        ctx,
+        spec: spec_rx,
+        poke: Arc::clone(&poke),
+        kernel_poke: Arc::clone(&kernel_poke),
+        terminate: terminate.clone(),
+        cancel,
+        backoff: Backoff::default(),
+        status: None,
+        last_observed: None,
+    };
+    let done = tracker.spawn(worker.run());
+    WorkerHandle {
+        spec,
+        poke,
+        kernel_poke,
+        terminate,
+        done,
+    }
+}
+
+struct Worker<R> {
+    ctx: Arc<PodContext<R>>,
+    spec: watch::Receiver<Arc<Pod>>,
+    poke: Arc<Notify>,
+    kernel_poke: Arc<std::sync::atomic::AtomicBool>,
+    terminate: CancellationToken,
+    cancel: CancellationToken,
+    backoff: Backoff,
+    status: Option<PodStatus>,
+    last_observed: Option<ObservedPod>,
+}
+
+impl<R: ContainerRuntime + 'static> Worker<R> {
+    async fn run(mut self) {
+        loop {
+            if self.terminate.is_cancelled() {
+                let pod = Arc::clone(&self.spec.borrow());
+                self.terminate_pod(&pod).await;
+                return;
+            }
+            let pod = Arc::clone(&self.spec.borrow_and_update());
+            let kernel = self
+                .kernel_poke
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            let next = match self.sync(&pod, kernel).await {
+                Ok(next) => next,
+                Err(e) => {
+                    warn!(pod = %format_pod(&pod), error = %e, cause = %crate::bpf::error_chain(&e), "sync failed; retrying");
+                    Some(Duration::from_secs(2))
+                }
+            };
+            let wait = next
+                .unwrap_or(self.ctx.sync_frequency)
+                .min(self.ctx.sync_frequency);
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.terminate.cancelled() => {}
+                _ = self.spec.changed() => {}
+                () = self.poke.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass: observe, plan, apply, publish. Returns when to come back early.
+    async fn sync(
+        &mut self,
+        pod: &Pod,
+        kernel_trigger: bool,
+    ) -> Result<Option<Duration>, SyncError> {
+        let ctx = Arc::clone(&self.ctx);
+        let name = format_pod(pod);
+        let rt_err = |source| SyncError::Runtime {
+            pod: name.clone(),
+            source,
+        };
+        let uid = pod_uid(pod).to_owned();
+
+        let (mut observed, mut images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+        if kernel_trigger {
+            // The kernel saw a container change; wait (briefly) until the runtime agrees.
+            let deadline = Instant::now() + KERNEL_RETRY_BUDGET;
+            let mut delay = KERNEL_RETRY_FIRST;
+            while self.last_observed.as_ref() == Some(&observed) && Instant::now() < deadline {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+                (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+            }
+        }
+
+        ctx.tree
+            .ensure_pod(pod)
+            .map_err(|source| SyncError::Cgroup {
+                pod: name.clone(),
+                source,
+            })?;
+        let volumes =
+            PodVolumes::prepare(pod, &ctx.pods_dir).map_err(|source| SyncError::Volume {
+                pod: name.clone(),
+                source,
+            })?;
+
+        let now = Timestamp::now();
+        let actions = plan::compute_pod_actions(pod, &observed, &self.backoff, now);
+        let changed = !actions_are_empty(&actions);
+        let requeue = self.apply(pod, &observed, &actions, &volumes).await?;
+        if changed {
+            (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+        }
+        self.publish(pod, &observed, images, &actions);
+        self.last_observed = Some(observed);
+        Ok(requeue)
+    }
+
+    async fn apply(
+        &mut self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        actions: &PodActions,
+        volumes: &PodVolumes,
+    ) -> Result<Option<Duration>, SyncError> {
+        let ctx = Arc::clone(&self.ctx);
+        let name = format_pod(pod);
+        let rt_err = |source| SyncError::Runtime {
+            pod: name.clone(),
+            source,
+        };
+        let grace = termination_grace(pod);
+
+        if let Some(kill) = &actions.kill_pod {
+            info!(pod = %name, reason = ?kill.reason, message = %kill.message, "killing pod");
+            self.kill_containers(pod, observed, grace).await;
+            for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+                ctx.runtime.stop_pod_sandbox(&sb.id).await.map_err(rt_err)?;
+            }
+        }
+        for kill in &actions.containers_to_kill {
+            info!(pod = %name, container = %kill.name, reason = ?kill.reason, "killing container");
+            ctx.runtime
+                .stop_container(&kill.id, grace)
+                .await
+                .map_err(rt_err)?;
+        }
+
+        let cgroup_parent =
+            ctx.tree
+                .cri_cgroup_parent(pod)
+                .map_err(|source| SyncError::Cgroup {
+                    pod: name.clone(),
+                    source,
+                })?;
+        let sandbox_ctx = SandboxContext {
+            pod_logs_dir: ctx.logs_dir.clone(),
+            cgroup_parent,
+            dns: ctx.dns.clone(),
+        };
+        let (sandbox_id, sandbox_config) = match (&actions.create_sandbox, &actions.sandbox_id) {
+            (Some(create), _) => {
+                let config = cri_config::sandbox_config(pod, create.attempt, &sandbox_ctx)
+                    .map_err(|source| SyncError::Config {
+                        pod: name.clone(),
+                        source,
+                    })?;
+                info!(pod = %name, attempt = create.attempt, reason = ?create.reason, "creating sandbox");
+                let id = ctx
+                    .runtime
+                    .run_pod_sandbox(&config, "")
+                    .await
+                    .map_err(rt_err)?;
+                (id, config)
+            }
+            (None, Some(id)) => {
+                let attempt = observed
+                    .sandboxes
+                    .iter()
+                    .find(|s| &s.id == id)
+                    .map_or(0, |s| s.attempt);
+                let config =
+                    cri_config::sandbox_config(pod, attempt, &sandbox_ctx).map_err(|source| {
+                        SyncError::Config {
+                            pod: name.clone(),
+                            source,
+                        }
+                    })?;
+                (id.clone(), config)
+            }
+            (None, None) => return Ok(None),
+        };
+
+        let mut requeue: Option<Duration> = None;
+        let spec = pod.spec.as_ref();
+        let inits = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default();
+        let apps = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let starts = actions
+            .init_containers_to_start
+            .iter()
+            .map(|s| (s, inits.get(s.index)))
+            .chain(
+                actions
+                    .containers_to_start
+                    .iter()
+                    .map(|s| (s, apps.get(s.index))),
+            );
+        for (start, container) in starts {
+            let Some(container) = container else { continue };
+            if let Some(wait) = &start.backoff {
+                debug!(pod = %name, container = %start.name, remaining = ?wait.remaining, "in back-off");
+                requeue = Some(requeue.map_or(wait.remaining, |r| r.min(wait.remaining)));
+                continue;
+            }
+            let previous_exit = observed.latest(&start.name).and_then(|c| c.finished_at);
+            let pod_ips = observed
+                .sandboxes
+                .iter()
+                .find(|s| s.id == sandbox_id)
+                .and_then(|s| s.ip.clone())
+                .into_iter()
+                .collect();
+            let sandbox = SandboxRef {
+                id: &sandbox_id,
+                config: &sandbox_config,
+                pod_ips,
+            };
+            self.start_container(pod, container, start.attempt, &sandbox, volumes)
+                .await?;
+            if let Some(finished) = previous_exit {
+                self.backoff.record_restart(
+                    &BackoffKey::new(pod_uid(pod), &start.name),
+                    finished,
+                    Timestamp::now(),
+                );
+            }
+        }
+        Ok(requeue)
+    }
+
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+        sandbox: &SandboxRef<'_>,
+        volumes: &PodVolumes,
+    ) -> Result<(), SyncError> {
+        let ctx = &self.ctx;
+        let name = format_pod(pod);
+        let rt_err = |source| SyncError::Runtime {
+            pod: name.clone(),
+            source,
+        };
+        let cctx = ContainerContext {
+            volumes: Some(volumes),
+            node_name: ctx.node_name.clone(),
+            pod_ips: sandbox.pod_ips.clone(),
+            host_ips: ctx.node_ips.iter().map(ToString::to_string).collect(),
+            memory_capacity_bytes: ctx.memory_capacity,
+            allocatable: ctx.allocatable,
+        };
+        let config =
+            cri_config::container_config(pod, container, attempt, &cctx).map_err(|source| {
+                SyncError::Config {
+                    pod: name.clone(),
+                    source,
+                }
+            })?;
+        info!(pod = %name, container = %container.name, attempt, "starting container");
+        let id = ctx
+            .runtime
+            .create_container(sandbox.id, &config, sandbox.config)
+            .await
+            .map_err(rt_err)?;
+        ctx.runtime.start_container(&id).await.map_err(rt_err)?;
+        Ok(())
+    }
+
+    /// Stops every running container of the pod, all at once: each runs its preStop hook,
+    /// then gets SIGTERM and whatever remains of the grace period before SIGKILL.
+    async fn kill_containers(&self, pod: &Pod, observed: &ObservedPod, grace: Duration) {
+        let running = observed
+            .containers
+            .iter()
+            .filter(|c| c.state == plan::ContainerState::Running);
+        let stops = running.map(|c| {
+            let rt = Arc::clone(&self.ctx.runtime);
+            let id = c.id.clone();
+            let hook = pre_stop(pod, &c.name);
+            let pod_name = format_pod(pod);
+            let container = c.name.clone();
+            async move {
+                let deadline = Instant::now() + grace;
+                match hook {
+                    Some(PreStop::Exec(cmd)) => {
+                        match tokio::time::timeout(grace, rt.exec_sync(&id, &cmd, grace)).await {
+                            Ok(Ok(out)) if out.exit_code == 0 => {}
+                            Ok(Ok(out)) => warn!(pod = %pod_name, %container, exit_code = out.exit_code, "preStop hook failed"),
+                            Ok(Err(e)) => warn!(pod = %pod_name, %container, error = %e, "preStop hook failed"),
+                            Err(_) => warn!(pod = %pod_name, %container, "preStop hook did not finish within the grace period"),
+                        }
+                    }
+                    Some(PreStop::Sleep(d)) => tokio::time::sleep(d.min(grace)).await,
+                    None => {}
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if let Err(e) = rt.stop_container(&id, remaining).await {
+                    warn!(pod = %pod_name, %container, error = %e, "stopping container failed");
+                }
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    fn publish(&mut self, pod: &Pod, observed: &ObservedPod, images: Images, actions: &PodActions) {
+        let ctx = StatusContext {
+            node_ips: self.ctx.node_ips.clone(),
+            previous: self.status.clone(),
+            now: Timestamp::now(),
+            images,
+            ..StatusContext::default()
+        };
+        let status = status::pod_status(pod, observed, &actions.waiting, &ctx);
+        let mut published = pod.clone();
+        published.status = Some(status.clone());
+        self.ctx.store.upsert(pod_uid(pod), published);
+        self.status = Some(status);
+    }
+
+    /// The pod is gone from its source: stop it with its grace period, then remove its
+    /// sandboxes, cgroup and volumes.
+    async fn terminate_pod(&mut self, pod: &Pod) {
+        let ctx = Arc::clone(&self.ctx);
+        let name = format_pod(pod);
+        let uid = pod_uid(pod).to_owned();
+        info!(pod = %name, "terminating pod");
+        let grace = termination_grace(pod);
+        let observed = match observe_pod(&*ctx.runtime, &uid).await {
+            Ok((o, _)) => o,
+            Err(e) => {
+                warn!(pod = %name, error = %e, "cannot list the pod's containers; removing its sandboxes anyway");
+                ObservedPod::default()
+            }
+        };
+        self.kill_containers(pod, &observed, grace).await;
+        for sb in &observed.sandboxes {
+            if let Err(e) = ctx.runtime.stop_pod_sandbox(&sb.id).await {
+                warn!(pod = %name, sandbox = %sb.id, error = %e, "stopping sandbox failed");
+            }
+            if let Err(e) = ctx.runtime.remove_pod_sandbox(&sb.id).await {
+                warn!(pod = %name, sandbox = %sb.id, error = %e, "removing sandbox failed");
+            }
+        }
+        // Removal waits (briefly) for the kernel to release the cgroups: off the runtime.
+        let tree = Arc::clone(&ctx.tree);
+        let removal_uid = uid.clone();
+        match tokio::task::spawn_blocking(move || tree.remove_pod(&removal_uid)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(pod = %name, error = %e, "removing the pod cgroup failed"),
+            Err(e) => warn!(pod = %name, error = %e, "removing the pod cgroup panicked"),
+        }
+        if let Err(e) = PodVolumes::teardown(&uid, &ctx.pods_dir) {
+            warn!(pod = %name, error = %e, "removing the pod's volumes failed");
+        }
+        ctx.store.remove(&uid);
+        info!(pod = %name, "pod terminated");
+    }
+}
+
+fn actions_are_empty(a: &PodActions) -> bool {
+    a.kill_pod.is_none()
+        && a.create_sandbox.is_none()
+        && a.init_containers_to_start
+            .iter()
+            .all(|s| s.backoff.is_some())
+        && a.containers_to_start.iter().all(|s| s.backoff.is_some())
+        && a.containers_to_kill.is_empty()
+}
+
+/// The sandbox a container is started in.
+struct SandboxRef<'a> {
+    id: &'a str,
+    config: &'a api::PodSandboxConfig,
+    pod_ips: Vec<String>,
+}
+
+enum PreStop {
+    Exec(Vec<String>),
+    Sleep(Duration),
+}
+
+/// The container's preStop hook, when it has one bpflet can run here (exec, sleep).
+fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
+    let spec = pod.spec.as_ref()?;
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)?;
+    let handler = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+    if let Some(exec) = &handler.exec {
+        return Some(PreStop::Exec(exec.command.clone().unwrap_or_default()));
+    }
+    if let Some(sleep) = &handler.sleep {
+        return Some(PreStop::Sleep(Duration::from_secs(
+            u64::try_from(sleep.seconds).unwrap_or(0),
+        )));
+    }
+    None
+}
+
+/// `terminationGracePeriodSeconds`, default 30s.
+pub fn termination_grace(pod: &Pod) -> Duration {
+    let secs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}

@@ -1,0 +1,679 @@
+//! Running static pods for real: the `bpflet` binary against a private containerd 1.6 with
+//! runc, the offline busybox image, real cgroups and the real kernel. Needs root; run with
+//! `--test-threads=1`.
+//!
+//! Each test gets its own containerd, cgroup root, manifest directory and agent; pod state
+//! is read from the agent's read-only `/pods` endpoint on 127.0.0.1.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bpflet_tests::{bpflet_bin, require_root};
+use serde_json::Value;
+use tempfile::TempDir;
+use xtask::containerd::PrivateContainerd;
+
+/// Upper bound for anything the agent must achieve; never a timing claim.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A node: private containerd + bpflet. Field order matters: the agent stops first, then
+/// containerd tears every pod down, then the directory goes.
+struct Node {
+    agent: Option<Child>,
+    ctd: PrivateContainerd,
+    dir: TempDir,
+    port: u16,
+    pleg_mode: &'static str,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+impl Node {
+    fn start(pleg_mode: &'static str) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("bpflet-node-")
+            .tempdir()
+            .expect("temp dir");
+        let ctd = PrivateContainerd::start(&dir.path().join("ctd"))
+            .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
+        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+        let mut node = Node {
+            agent: None,
+            ctd,
+            dir,
+            port: free_port(),
+            pleg_mode,
+        };
+        node.start_agent();
+        node
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    fn start_agent(&mut self) {
+        let config = format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: {manifests}
+fileCheckFrequency: 2s
+syncFrequency: 10s
+cgroupRoot: {cgroup_root}
+containerRuntimeEndpoint: unix://{socket}
+readOnlyPort: {port}
+address: 127.0.0.1
+healthzPort: 0
+---
+apiVersion: bpflet.io/v1alpha1
+kind: BpfletConfiguration
+plegMode: {pleg}
+",
+            manifests = self.manifests().display(),
+            cgroup_root = self.ctd.cgroup_parent,
+            socket = self.ctd.socket.display(),
+            port = self.port,
+            pleg = self.pleg_mode,
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
+        let child = Command::new(bpflet_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--root-dir")
+            .arg(self.dir.path().join("root"))
+            .arg("--hostname-override")
+            .arg("testnode")
+            .arg("--v=2")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bpflet");
+        self.agent = Some(child);
+        self.wait_until("the agent to serve /pods", |n| n.try_pods().is_some());
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn kill_agent(&mut self, signal: i32) {
+        if let Some(mut child) = self.agent.take() {
+            let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    fn write_manifest(&self, file: &str, yaml: &str) {
+        let tmp = self.manifests().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.manifests().join(file)).unwrap();
+    }
+
+    fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifests().join(file)).unwrap();
+    }
+
+    fn try_pods(&self) -> Option<Vec<Value>> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /pods HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let body = buf.split_once("\r\n\r\n")?.1;
+        let list: Value = serde_json::from_str(body).ok()?;
+        assert_eq!(list["kind"], "PodList", "{list}");
+        list["items"].as_array().cloned()
+    }
+
+    /// The pod whose static name starts with `name-` (static pods get `-<node>` appended).
+    fn pod(&self, name: &str) -> Option<Value> {
+        let full = format!("{name}-testnode");
+        self.try_pods()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == full.as_str())
+    }
+
+    fn wait_until(&self, what: &str, cond: impl Fn(&Node) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}\n--- agent log (tail) ---\n{}",
+            tail(&self.agent_log(), 60)
+        );
+    }
+
+    /// Waits until `pred` holds for pod `name` and returns it.
+    fn wait_pod(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(p) = self.pod(name) {
+                if pred(&p) {
+                    return p;
+                }
+                last = Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "pod {name}: timed out waiting for {what}; last seen:\n{:#}\n--- agent log (tail) ---\n{}",
+            last.unwrap_or(Value::Null),
+            tail(&self.agent_log(), 60)
+        );
+    }
+
+    /// Sandbox and container ids the runtime has for `uid`, straight from containerd.
+    fn runtime_ids(&self, uid: &str) -> (Vec<String>, Vec<String>) {
+        let ctr = |args: &[&str]| -> String {
+            let out = Command::new("ctr")
+                .arg("--address")
+                .arg(&self.ctd.socket)
+                .args(["-n", "k8s.io"])
+                .args(args)
+                .output()
+                .expect("run ctr");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let label = format!("labels.\"io.kubernetes.pod.uid\"=={uid}");
+        let containers: Vec<String> = ctr(&["containers", "ls", "-q", &label])
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect();
+        (Vec::new(), containers)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent(libc::SIGTERM);
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", tail(&self.agent_log(), 200));
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn running(p: &Value, name: &str) -> bool {
+    !container_status(p, name)["state"]["running"].is_null()
+}
+
+fn restarts(p: &Value, name: &str) -> u64 {
+    container_status(p, name)["restartCount"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn uid(p: &Value) -> String {
+    p["metadata"]["uid"].as_str().unwrap_or_default().to_owned()
+}
+
+const IMAGE: &str = "bpflet.local/busybox:latest";
+
+fn pod_yaml(name: &str, policy: &str, body: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  hostNetwork: true
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 2
+{body}"
+    )
+}
+
+#[test]
+fn init_and_two_containers_reach_running() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "Always",
+            &format!(
+                "  initContainers:
+  - name: init
+    image: {IMAGE}
+    command: [sh, -c, 'echo ready > /data/flag']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  containers:
+  - name: a
+    image: {IMAGE}
+    command: [sh, -c, 'test -f /data/flag && exec sleep 3600']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  - name: b
+    image: {IMAGE}
+    command: [sleep, '3600']
+  volumes:
+  - name: data
+    emptyDir: {{}}
+"
+            ),
+        ),
+    );
+    let pod = node.wait_pod("web", "both containers running", |p| {
+        running(p, "a") && running(p, "b")
+    });
+    assert_eq!(phase(&pod), "Running", "{pod:#}");
+    let init = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{pod:#}");
+    assert_eq!(
+        init["state"]["terminated"]["reason"], "Completed",
+        "{pod:#}"
+    );
+    assert_eq!(
+        restarts(&pod, "a"),
+        0,
+        "the app found the init container's file in the shared emptyDir"
+    );
+    assert!(
+        container_status(&pod, "a")["containerID"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("containerd://"),
+        "{pod:#}"
+    );
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+}
+
+#[test]
+fn failing_container_restarts_with_growing_backoff() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "crash.yaml",
+        &pod_yaml(
+            "crash",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'exit 2']\n"
+            ),
+        ),
+    );
+    let pod = node.wait_pod("crash", "two restarts", |p| restarts(p, "c") >= 2);
+    let c = container_status(&pod, "c");
+    let last = &c["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 2, "{pod:#}");
+    assert_eq!(last["reason"], "Error", "{pod:#}");
+    let pod = node.wait_pod("crash", "CrashLoopBackOff", |p| {
+        container_status(p, "c")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let msg = container_status(&pod, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(msg.contains("back-off"), "{msg}");
+    assert_eq!(
+        phase(&pod),
+        "Running",
+        "a restarting pod stays Running: {pod:#}"
+    );
+    // The delay doubles (upstream: immediate, 10s, 20s, 40s, ...).
+    let waiting_message = |p: &Value| {
+        container_status(p, "c")["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let pod = node.wait_pod("crash", "a 20s back-off", |p| {
+        waiting_message(p).contains("back-off 20s")
+    });
+    let restarts_at_20s = restarts(&pod, "c");
+    let pod = node.wait_pod("crash", "a 40s back-off", |p| {
+        waiting_message(p).contains("back-off 40s")
+    });
+    assert_eq!(
+        restarts(&pod, "c"),
+        restarts_at_20s + 1,
+        "one restart between the two back-offs: {pod:#}"
+    );
+}
+
+#[test]
+fn restart_policies_never_and_onfailure_end_in_the_right_phase() {
+    let node = Node::start("event");
+    let one = |name: &str, policy: &str, script: &str| {
+        node.write_manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(name, policy, &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, '{script}']\n")),
+        );
+    };
+    one("never-ok", "Never", "exit 0");
+    one("never-fail", "Never", "exit 1");
+    one("onfailure-ok", "OnFailure", "exit 0");
+    let p = node.wait_pod("never-ok", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(
+        container_status(&p, "c")["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    let p = node.wait_pod("never-fail", "Failed", |p| phase(p) == "Failed");
+    assert_eq!(
+        container_status(&p, "c")["state"]["terminated"]["exitCode"],
+        1
+    );
+    assert_eq!(restarts(&p, "c"), 0, "Never does not restart: {p:#}");
+    node.wait_pod("onfailure-ok", "Succeeded", |p| phase(p) == "Succeeded");
+
+    // OnFailure restarts a failing container.
+    one("onfailure-fail", "OnFailure", "exit 1");
+    let p = node.wait_pod("onfailure-fail", "a restart", |p| restarts(p, "c") >= 1);
+    assert_ne!(phase(&p), "Failed", "{p:#}");
+}
+
+#[test]
+fn container_over_its_memory_limit_is_oomkilled() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "oom.yaml",
+        &pod_yaml(
+            "oom",
+            "Never",
+            &format!(
+                "  containers:
+  - name: hog
+    image: {IMAGE}
+    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
+    resources:
+      limits: {{memory: 32Mi}}
+"
+            ),
+        ),
+    );
+    let p = node.wait_pod("oom", "terminated", |p| {
+        !container_status(p, "hog")["state"]["terminated"].is_null()
+    });
+    let t = &container_status(&p, "hog")["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{p:#}");
+    assert_eq!(t["exitCode"], 137, "{p:#}");
+    assert_eq!(phase(&p), "Failed");
+}
+
+#[test]
+fn removing_a_manifest_leaves_no_sandbox_container_or_cgroup() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "gone.yaml",
+        &pod_yaml(
+            "gone",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    let p = node.wait_pod("gone", "running", |p| running(p, "c"));
+    let uid = uid(&p);
+    assert!(
+        !node.runtime_ids(&uid).1.is_empty(),
+        "the runtime has the container"
+    );
+    let cgroup =
+        find_pod_cgroup(&node.ctd.cgroup_parent, &uid).expect("a pod cgroup exists while it runs");
+
+    node.remove_manifest("gone.yaml");
+    node.wait_until("the pod to leave /pods", |n| n.pod("gone").is_none());
+    node.wait_until("the runtime to forget the pod", |n| {
+        n.runtime_ids(&uid).1.is_empty()
+    });
+    assert!(
+        !cgroup.exists(),
+        "pod cgroup {} still exists",
+        cgroup.display()
+    );
+}
+
+/// The pod cgroup on the memory hierarchy, wherever its QoS class put it.
+fn find_pod_cgroup(root: &str, uid: &str) -> Option<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup/memory")
+        .join(root.trim_start_matches('/'))
+        .join("kubepods");
+    let name = format!("pod{uid}");
+    [
+        base.join(&name),
+        base.join("burstable").join(&name),
+        base.join("besteffort").join(&name),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+}
+
+#[test]
+fn malformed_manifest_does_not_disturb_a_healthy_pod() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "ok.yaml",
+        &pod_yaml(
+            "ok",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    let before = node.wait_pod("ok", "running", |p| running(p, "c"));
+    node.write_manifest(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad\nspec: [",
+    );
+    node.wait_until("the agent to report the bad manifest", |n| {
+        n.agent_log().contains("bad.yaml")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let after = node.pod("ok").expect("healthy pod still listed");
+    assert!(running(&after, "c"));
+    assert_eq!(restarts(&after, "c"), 0);
+    assert_eq!(
+        container_status(&before, "c")["containerID"],
+        container_status(&after, "c")["containerID"]
+    );
+
+    // Fixing the file starts its pod.
+    node.write_manifest(
+        "bad.yaml",
+        &pod_yaml(
+            "bad",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    node.wait_pod("bad", "running once fixed", |p| running(p, "c"));
+}
+
+#[test]
+fn agent_sigkill_and_restart_restarts_no_container() {
+    let mut node = Node::start("event");
+    node.write_manifest(
+        "steady.yaml",
+        &pod_yaml(
+            "steady",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    node.write_manifest(
+        "flappy.yaml",
+        &pod_yaml("flappy", "Always", &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 1; exit 1']\n")),
+    );
+    let before = node.wait_pod("steady", "running", |p| running(p, "c"));
+    let flappy = node.wait_pod("flappy", "a restart", |p| restarts(p, "c") >= 1);
+    let flappy_restarts = restarts(&flappy, "c");
+
+    node.kill_agent(libc::SIGKILL);
+    node.start_agent();
+    let after = node.wait_pod("steady", "adopted", |p| running(p, "c"));
+    assert_eq!(
+        container_status(&before, "c")["containerID"],
+        container_status(&after, "c")["containerID"],
+        "the running container was adopted, not replaced"
+    );
+    assert_eq!(restarts(&after, "c"), 0);
+    let flappy = node.wait_pod("flappy", "status after restart", |p| {
+        !container_status(p, "c").is_null()
+    });
+    assert!(
+        restarts(&flappy, "c") >= flappy_restarts,
+        "restart count kept across the agent restart: {flappy:#}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_leaves_pods_running() {
+    let mut node = Node::start("event");
+    node.write_manifest(
+        "stay.yaml",
+        &pod_yaml(
+            "stay",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    let p = node.wait_pod("stay", "running", |p| running(p, "c"));
+    let uid = uid(&p);
+    node.kill_agent(libc::SIGTERM);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !node.runtime_ids(&uid).1.is_empty(),
+        "the container outlives the agent"
+    );
+}
+
+#[test]
+fn containerd_restart_under_a_running_agent() {
+    let mut node = Node::start("event");
+    node.write_manifest(
+        "survivor.yaml",
+        &pod_yaml(
+            "survivor",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    let before = node.wait_pod("survivor", "running", |p| running(p, "c"));
+    node.ctd
+        .restart()
+        .unwrap_or_else(|e| panic!("restarting containerd: {e:#}"));
+    node.write_manifest(
+        "newcomer.yaml",
+        &pod_yaml(
+            "newcomer",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+            ),
+        ),
+    );
+    node.wait_pod("newcomer", "running after the containerd restart", |p| {
+        running(p, "c")
+    });
+    let after = node.pod("survivor").expect("survivor listed");
+    assert_eq!(
+        container_status(&before, "c")["containerID"],
+        container_status(&after, "c")["containerID"]
+    );
+}
+
+#[test]
+fn generic_pleg_mode_runs_the_same_lifecycle() {
+    let node = Node::start("generic");
+    node.write_manifest(
+        "crash.yaml",
+        &pod_yaml(
+            "crash",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'exit 2']\n"
+            ),
+        ),
+    );
+    let pod = node.wait_pod("crash", "a restart", |p| restarts(p, "c") >= 1);
+    assert_eq!(
+        container_status(&pod, "c")["lastState"]["terminated"]["exitCode"],
+        2
+    );
+    assert!(
+        node.agent_log().contains("Generic"),
+        "the PLEG mode is logged"
+    );
+}
+
+#[test]
+fn prestop_hook_runs_before_sigterm() {
+    let node = Node::start("event");
+    let out = node.dir.path().join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    node.write_manifest(
+        "hooked.yaml",
+        &pod_yaml(
+            "hooked",
+            "Always",
+            &format!(
+                "  containers:
+  - name: c
+    image: {IMAGE}
+    command: [sh, -c, 'trap \"echo term >> /out/log; exit 0\" TERM; while true; do sleep 0.1; done']
+    lifecycle:
+      preStop:
+        exec:
+          command: [sh, -c, 'echo prestop >> /out/log']
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {out}, type: Directory}}
+",
+                out = out.display()
+            ),
+        ),
+    );
+    node.wait_pod("hooked", "running", |p| running(p, "c"));
+    node.remove_manifest("hooked.yaml");
+    node.wait_until("the pod to be gone", |n| n.pod("hooked").is_none());
+    let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    assert_eq!(
+        log, "prestop\nterm\n",
+        "preStop ran first, then SIGTERM reached the container"
+    );
+}

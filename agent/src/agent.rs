@@ -59,12 +59,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let tracker = TaskTracker::new();
     let memory = tree::memory_capacity(&proc_root).map_err(AgentError::Hierarchy)?;
 
-    for dir in [config.root_dir.join("pods"), config.root_dir.join("logs")] {
-        std::fs::create_dir_all(&dir).map_err(|source| AgentError::RootDir {
-            path: dir.clone(),
-            source,
-        })?;
-    }
+    let pods_dir = config.root_dir.join("pods");
+    std::fs::create_dir_all(&pods_dir).map_err(|source| AgentError::RootDir {
+        path: pods_dir.clone(),
+        source,
+    })?;
 
     // cgroups: the QoS tree under the configured root.
     let hierarchy = Hierarchy::detect(&proc_root).map_err(AgentError::Hierarchy)?;
@@ -90,8 +89,35 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
     info!(runtime = %version, endpoint = %config.runtime.endpoint.display(), "container runtime ready");
 
-    // Kernel events for the PLEG (event mode), falling back to generic relisting.
     let store = StatusStore::default();
+    // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
+    if let Some(port) = config.server.read_only_port {
+        let addr = SocketAddr::new(config.server.address, port);
+        let listener = server::bind(addr).await.map_err(AgentError::Server)?;
+        info!(%addr, "read-only API: /pods, /healthz");
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tracker.spawn(async move {
+            if let Err(e) = server::serve_read_only(listener, store, cancel).await {
+                warn!(error = %e, "read-only API stopped");
+            }
+        });
+    }
+    if let Some(port) = config.server.healthz_port {
+        let addr = SocketAddr::new(config.server.healthz_bind_address, port);
+        match server::bind(addr).await {
+            Ok(listener) => {
+                let (store, cancel) = (store.clone(), cancel.clone());
+                tracker.spawn(async move {
+                    if let Err(e) = server::serve_healthz(listener, store, cancel).await {
+                        warn!(error = %e, "healthz endpoint stopped");
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "healthz endpoint not started"),
+        }
+    }
+
+    // Kernel events for the PLEG (event mode), falling back to generic relisting.
     let mut pleg_mode = config.pleg.mode;
     let mut kernel_rx = None;
     let mut _kernel_source = None;
@@ -175,8 +201,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let ctx = Arc::new(PodContext {
         runtime: Arc::clone(&runtime),
         tree: Arc::new(tree),
-        pods_dir: config.root_dir.join("pods"),
-        logs_dir: config.root_dir.join("logs"),
+        pods_dir: pods_dir.clone(),
+        // Kubelet layout under the root dir: pods/<uid>/volumes/... and, for logs,
+        // pods/<namespace>_<name>_<uid>/<container>/<attempt>.log.
+        logs_dir: pods_dir,
         node_name: config.node_name.clone(),
         node_ips: config.node_ips.clone(),
         dns: DnsSettings {
@@ -184,6 +212,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             ..DnsSettings::default()
         },
         allocatable: NodeAllocatable {
+            cpu_millis: cpu_millis(),
             memory_bytes: memory,
             ..NodeAllocatable::default()
         },
@@ -194,37 +223,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx));
 
-    // Local API.
-    if let Some(port) = config.server.read_only_port {
-        let addr = SocketAddr::new(config.server.address, port);
-        let listener = server::bind(addr).await.map_err(AgentError::Server)?;
-        info!(%addr, "read-only API: /pods, /healthz");
-        tracker.spawn(server::serve_read_only(
-            listener,
-            store.clone(),
-            cancel.clone(),
-        ));
-    }
-    if let Some(port) = config.server.healthz_port {
-        let addr = SocketAddr::new(config.server.healthz_bind_address, port);
-        match server::bind(addr).await {
-            Ok(listener) => {
-                tracker.spawn(server::serve_healthz(
-                    listener,
-                    store.clone(),
-                    cancel.clone(),
-                ));
-            }
-            Err(e) => warn!(error = %e, "healthz endpoint not started"),
-        }
-    }
-
     info!(node = %config.node_name, "bpflet running");
     cancel.cancelled().await;
     info!("stopping; pods keep running");
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// The node's CPU capacity in millicores (online CPUs).
+fn cpu_millis() -> u64 {
+    std::thread::available_parallelism()
+        .map_or(1000, |n| u64::try_from(n.get()).unwrap_or(1) * 1000)
 }
 
 /// The host's resolver settings, for host-network pods and `dnsPolicy: Default`.

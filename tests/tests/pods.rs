@@ -280,7 +280,7 @@ fn init_and_two_containers_reach_running() {
     volumeMounts: [{{name: data, mountPath: /data}}]
   - name: b
     image: {IMAGE}
-    command: [sleep, '3600']
+    command: [sh, -c, 'echo hello from b; exec sleep 3600']
   volumes:
   - name: data
     emptyDir: {{}}
@@ -311,6 +311,16 @@ fn init_and_two_containers_reach_running() {
         "{pod:#}"
     );
     assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    // Logs in the kubelet layout under --root-dir: pods/<ns>_<name>_<uid>/<container>/<attempt>.log
+    let log = node
+        .dir
+        .path()
+        .join("root/pods")
+        .join(format!("default_web-testnode_{}", uid(&pod)))
+        .join("b/0.log");
+    node.wait_until("b's log line", |_| {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("hello from b"))
+    });
 }
 
 #[test]

@@ -100,6 +100,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             let pod = Arc::new(sp.pod);
             self.upsert(pod);
         }
+        self.update_qos_shares();
         self.expected_sources.remove(&source);
         if self.expected_sources.is_empty() && !self.orphans_checked {
             self.cleanup_orphans().await;
@@ -139,6 +140,19 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             info!(pod = %format_pod(&w.spec.borrow()), "pod removed from its source");
             w.terminate.cancel();
             w.poke(Trigger::Relist);
+        }
+    }
+
+    /// The burstable QoS cgroup's cpu.shares follow the sum of burstable pods' requests.
+    fn update_qos_shares(&self) {
+        let pods: Vec<Arc<Pod>> = self
+            .workers
+            .values()
+            .filter(|w| !w.terminate.is_cancelled())
+            .map(|w| Arc::clone(&w.spec.borrow()))
+            .collect();
+        if let Err(e) = self.ctx.tree.update_qos_shares(pods.iter().map(|p| &**p)) {
+            warn!(error = %e, "cannot update the QoS cgroups' cpu shares");
         }
     }
 

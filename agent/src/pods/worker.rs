@@ -159,6 +159,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 Ok(next) => next,
                 Err(e) => {
                     warn!(pod = %format_pod(&pod), error = %e, cause = %crate::bpf::error_chain(&e), "sync failed; retrying");
+                    // The pod still shows (Pending, or as last observed) while it cannot sync.
+                    let observed = self.last_observed.clone().unwrap_or_default();
+                    self.publish(&pod, &observed, Images::new(), &PodActions::default());
                     Some(Duration::from_secs(2))
                 }
             };
@@ -473,6 +476,12 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         if let Err(e) = PodVolumes::teardown(&uid, &ctx.pods_dir) {
             warn!(pod = %name, error = %e, "removing the pod's volumes failed");
+        }
+        let logs = cri_config::pod_log_dir(&ctx.logs_dir, pod);
+        if let Err(e) = std::fs::remove_dir_all(&logs)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(pod = %name, path = %logs.display(), error = %e, "removing the pod's logs failed");
         }
         ctx.store.remove(&uid);
         info!(pod = %name, "pod terminated");

@@ -63,7 +63,7 @@ const WEB_MARKER: &str = "hello from bpflet";
 const OOM_POD: &str = "oom";
 const WEB_POD: &str = "web";
 /// What the pods together may use: `systemReserved` is the rest of `MemTotal`.
-const KUBEPODS_MEMORY: u64 = 512 << 20;
+pub(crate) const KUBEPODS_MEMORY: u64 = 512 << 20;
 
 const KUBEPODS_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
@@ -111,7 +111,7 @@ pub enum PlegMode {
 }
 
 impl PlegMode {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PlegMode::Event => "event",
             PlegMode::Generic => "generic",
@@ -178,6 +178,7 @@ pub fn run(opts: &Options) -> Result<()> {
         runtime_socket: &ctx.work_dir.join("containerd").join("containerd.sock"),
         system_reserved_memory: mem_total()?.saturating_sub(KUBEPODS_MEMORY),
         pleg_mode: ctx.pleg_mode,
+        read_only_port: READ_ONLY_PORT,
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -230,7 +231,7 @@ pub fn run(opts: &Options) -> Result<()> {
     };
 
     let teardown_started = Instant::now();
-    let teardown = teardown(ctd, &ctx);
+    let teardown = teardown(ctd, &ctx.work_dir, &ctx.cgroup_root, BRIDGE);
     match &teardown {
         Ok(()) => say(&format!(
             "teardown done in {:.1}s: no process, mount, cgroup or bridge of this run is left",
@@ -310,7 +311,7 @@ fn agent_binary(opts: &Options) -> Result<PathBuf> {
 }
 
 /// `/bpflet-up-<12 hex digits of sha256(work dir)>`.
-fn cgroup_root_for(work_dir: &Path) -> String {
+pub(crate) fn cgroup_root_for(work_dir: &Path) -> String {
     let digest = sha2::Sha256::digest(work_dir.as_os_str().as_encoded_bytes());
     format!("{CGROUP_ROOT_PREFIX}{}", &hex::encode(digest)[..12])
 }
@@ -373,7 +374,7 @@ fn manifest_name(text: &str) -> Option<String> {
 }
 
 /// `MemTotal` from `/proc/meminfo`, in bytes (the agent reads its capacity the same way).
-fn mem_total() -> Result<u64> {
+pub(crate) fn mem_total() -> Result<u64> {
     let text = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
     text.lines()
         .find_map(|l| {
@@ -384,17 +385,18 @@ fn mem_total() -> Result<u64> {
         .context("no MemTotal in /proc/meminfo")
 }
 
-struct ConfigParams<'a> {
-    static_pod_path: &'a Path,
-    cgroup_root: &'a str,
-    runtime_socket: &'a Path,
-    system_reserved_memory: u64,
-    pleg_mode: PlegMode,
+pub(crate) struct ConfigParams<'a> {
+    pub(crate) static_pod_path: &'a Path,
+    pub(crate) cgroup_root: &'a str,
+    pub(crate) runtime_socket: &'a Path,
+    pub(crate) system_reserved_memory: u64,
+    pub(crate) pleg_mode: PlegMode,
+    pub(crate) read_only_port: u16,
 }
 
 /// The agent's config file: a KubeletConfiguration and a BpfletConfiguration document.
 /// Strings are written as JSON strings, which YAML reads as double-quoted scalars.
-fn render_config(p: &ConfigParams<'_>) -> String {
+pub(crate) fn render_config(p: &ConfigParams<'_>) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let endpoint = format!("unix://{}", p.runtime_socket.display());
     format!(
@@ -414,7 +416,7 @@ systemReserved:
 evictionHard:
   memory.available: 100Mi
 address: 127.0.0.1
-readOnlyPort: {READ_ONLY_PORT}
+readOnlyPort: {read_only_port}
 # /healthz is served on the read-only port too.
 healthzPort: 0
 ---
@@ -428,6 +430,7 @@ plegMode: {pleg_mode}
         kubepods_mib = KUBEPODS_MEMORY >> 20,
         reserved = q(&format!("{}Ki", p.system_reserved_memory / 1024)),
         pleg_mode = p.pleg_mode.as_str(),
+        read_only_port = p.read_only_port,
     )
 }
 
@@ -814,26 +817,26 @@ struct Snapshot {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-struct PodView {
+pub(crate) struct PodView {
     /// As on /pods: `<manifest name>-<node name>`.
-    name: String,
+    pub(crate) name: String,
     /// The manifest's name, when the pod's name is that plus `-<spec.nodeName>`.
-    static_name: Option<String>,
-    uid: Option<String>,
-    phase: String,
-    containers: Vec<ContainerView>,
+    pub(crate) static_name: Option<String>,
+    pub(crate) uid: Option<String>,
+    pub(crate) phase: String,
+    pub(crate) containers: Vec<ContainerView>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-struct ContainerView {
-    name: String,
-    init: bool,
+pub(crate) struct ContainerView {
+    pub(crate) name: String,
+    pub(crate) init: bool,
     /// `running[, ready|, not ready]`, `waiting(<reason>)`, `terminated <reason>(<code>)`.
-    state: String,
-    restarts: i64,
+    pub(crate) state: String,
+    pub(crate) restarts: i64,
     /// `lastState.terminated` as `<reason>(<code>)`.
-    last: Option<String>,
-    oom_killed: bool,
+    pub(crate) last: Option<String>,
+    pub(crate) oom_killed: bool,
 }
 
 impl PodView {
@@ -876,7 +879,7 @@ impl PodView {
     }
 
     /// One line for the terminal: phase and, per container, state, restarts, last end.
-    fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut s = self.phase.clone();
         for c in &self.containers {
             let _ = write!(
@@ -940,7 +943,7 @@ impl ContainerView {
 }
 
 /// The pods of a `/pods` answer: a PodList (`items`) or a bare array.
-fn parse_pods(body: &[u8]) -> Result<Vec<PodView>> {
+pub(crate) fn parse_pods(body: &[u8]) -> Result<Vec<PodView>> {
     let value: Value = serde_json::from_slice(body).context("/pods is not JSON")?;
     let items = value
         .get("items")
@@ -1184,7 +1187,7 @@ async fn check(
 }
 
 /// A tiny HTTP/1.0 GET; returns the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n");
@@ -1250,21 +1253,27 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// Removes the pods, containerd, our cgroups and mounts, then checks nothing is left.
-fn teardown(ctd: PrivateContainerd, ctx: &Ctx) -> Result<()> {
+/// Removes the pods, containerd, our cgroups and mounts, then checks nothing is left (no
+/// process naming `work_dir`, mount under it, cgroup under `cgroup_root`, or `bridge`).
+pub(crate) fn teardown(
+    ctd: PrivateContainerd,
+    work_dir: &Path,
+    cgroup_root: &str,
+    bridge: &str,
+) -> Result<()> {
     let mut problems = vec![];
     say("removing every pod sandbox and stopping containerd");
     if let Err(e) = ctd.stop() {
         problems.push(format!("{e:#}"));
     }
-    say(&format!("removing the cgroup tree {}", ctx.cgroup_root));
-    if let Err(e) = remove_cgroup_tree(&ctx.cgroup_root) {
+    say(&format!("removing the cgroup tree {cgroup_root}"));
+    if let Err(e) = remove_cgroup_tree(cgroup_root) {
         problems.push(format!("{e:#}"));
     }
-    if let Err(e) = unmount_under(&ctx.work_dir) {
+    if let Err(e) = unmount_under(work_dir) {
         problems.push(format!("{e:#}"));
     }
-    match leftovers(&ctx.work_dir, &ctx.cgroup_root) {
+    match leftovers(work_dir, cgroup_root, bridge) {
         Ok(left) if left.is_empty() => {}
         Ok(left) => problems.push(format!("left behind: {}", left.join("; "))),
         Err(e) => problems.push(format!("checking for leftovers: {e:#}")),
@@ -1278,7 +1287,7 @@ fn teardown(ctd: PrivateContainerd, ctx: &Ctx) -> Result<()> {
 
 /// What of this run still exists: processes of ours that name the work directory, mounts
 /// under it, our cgroups in any hierarchy, our CNI bridge.
-fn leftovers(work_dir: &Path, cgroup_root: &str) -> Result<Vec<String>> {
+fn leftovers(work_dir: &Path, cgroup_root: &str, bridge: &str) -> Result<Vec<String>> {
     let mut left = vec![];
     let all_mounts = mounts()?;
     for m in &all_mounts {
@@ -1329,8 +1338,8 @@ fn leftovers(work_dir: &Path, cgroup_root: &str) -> Result<Vec<String>> {
             left.push(format!("process {pid}: {}", args.join(" ")));
         }
     }
-    if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        left.push(format!("network bridge {BRIDGE}"));
+    if Path::new("/sys/class/net").join(bridge).exists() {
+        left.push(format!("network bridge {bridge}"));
     }
     Ok(left)
 }
@@ -1403,7 +1412,7 @@ fn cgroup_paths(mounts: &[Mount], cgroup_root: &str) -> Vec<PathBuf> {
 /// Removes `cgroup_root` and everything below it in every hierarchy, deepest first. Only
 /// ever our own root; a process still inside one of its cgroups is one of our pods' and
 /// is killed.
-fn remove_cgroup_tree(cgroup_root: &str) -> Result<()> {
+pub(crate) fn remove_cgroup_tree(cgroup_root: &str) -> Result<()> {
     let rest = cgroup_root
         .strip_prefix(CGROUP_ROOT_PREFIX)
         .unwrap_or_default();
@@ -1461,7 +1470,7 @@ fn rmdir_cgroup(dir: &Path) -> Result<()> {
 }
 
 /// Unmounts everything strictly below `dir`, deepest first; lazily when busy.
-fn unmount_under(dir: &Path) -> Result<()> {
+pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
     for _pass in 0..5 {
         let mut below: Vec<PathBuf> = mounts()?
             .into_iter()
@@ -1541,6 +1550,7 @@ mod tests {
             runtime_socket: Path::new("/repo/.work/up/containerd/containerd.sock"),
             system_reserved_memory: (24 << 30) - (512 << 20),
             pleg_mode: PlegMode::Generic,
+            read_only_port: 10255,
         });
         for want in [
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n",

@@ -257,6 +257,12 @@ pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
             source,
         })?;
 
+    // Parsing vmlinux BTF peaks at tens of MiB of heap that is garbage by now; hand it back
+    // to the kernel instead of keeping it resident for the agent's lifetime.
+    drop(kernel);
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+
     let mut probe = KernelProbe {
         _ebpf: ebpf,
         roots,

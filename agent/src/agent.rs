@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -19,6 +19,8 @@ use crate::cgroups::{Attributor, CgroupError, Hierarchy};
 use crate::config::{Config, PlegMode};
 use crate::events::Source;
 use crate::events::source::{self, SourceChoice, SourceSpec};
+use crate::pleg::facts::KernelFacts;
+use crate::pleg::router::KernelRouter;
 use crate::pleg::{Pleg, PlegHealth};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable, ResolvConf};
 use crate::pods::manager::PodManager;
@@ -155,22 +157,32 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let health = Arc::clone(&health);
         store.health().register("pleg", move || health.check());
     }
-    let attributor = (pleg_mode == PlegMode::Event).then(|| {
-        let mut a = Attributor::new(hierarchy.clone());
-        if let Err(e) = a.index_subtree(&kubepods) {
+    let facts = KernelFacts::default();
+    let relist_all = Arc::new(Notify::new());
+    let (poke_tx, poke_rx) = mpsc::channel(4096);
+    if let Some(kernel_rx) = kernel_rx {
+        let mut attributor = Attributor::new(hierarchy.clone());
+        if let Err(e) = attributor.index_subtree(&kubepods) {
             warn!(error = %e, "cannot index the pod cgroups");
         }
-        a
-    });
-    let (poke_tx, poke_rx) = mpsc::channel(4096);
+        let router = KernelRouter {
+            attributor,
+            facts: facts.clone(),
+            store: store.clone(),
+            node_name: config.node_name.clone(),
+            relist_all: Arc::clone(&relist_all),
+            pressure: None,
+        };
+        tracker.spawn(router.run(kernel_rx, poke_tx.clone(), cancel.clone()));
+    }
     let pleg = Pleg::new(
         Arc::clone(&runtime),
         pleg_mode,
         config.pleg.safety_relist_period,
         health,
-        attributor,
+        relist_all,
     );
-    tracker.spawn(pleg.run(poke_tx, kernel_rx, cancel.clone()));
+    tracker.spawn(pleg.run(poke_tx, cancel.clone()));
 
     // Pod sources.
     let (update_tx, update_rx) = mpsc::channel(64);
@@ -219,6 +231,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         memory_capacity: memory,
         sync_frequency: config.sync_frequency,
         store: store.clone(),
+        facts,
+        kubepods: kubepods.clone(),
     });
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx));

@@ -140,6 +140,31 @@ plegMode: {pleg}
         list["items"].as_array().cloned()
     }
 
+    fn get_json(&self, path: &str) -> Option<Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        serde_json::from_str(buf.split_once("\r\n\r\n")?.1).ok()
+    }
+
+    /// Events the agent recorded about pod `uid` (from `/events`).
+    fn events_of(&self, uid: &str) -> Vec<Value> {
+        let list = self.get_json("/events").unwrap_or(Value::Null);
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|e| e["involvedObject"]["uid"] == uid)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The pod whose static name starts with `name-` (static pods get `-<node>` appended).
     fn pod(&self, name: &str) -> Option<Value> {
         let full = format!("{name}-testnode");
@@ -432,6 +457,95 @@ fn container_over_its_memory_limit_is_oomkilled() {
     assert_eq!(t["reason"], "OOMKilled", "{p:#}");
     assert_eq!(t["exitCode"], 137, "{p:#}");
     assert_eq!(phase(&p), "Failed");
+    // The kernel's account: which process, and which limit.
+    let uid = uid(&p);
+    node.wait_until("an OOMKilled event", |n| {
+        n.events_of(&uid).iter().any(|e| e["reason"] == "OOMKilled")
+    });
+    let events = node.events_of(&uid);
+    let e = events.iter().find(|e| e["reason"] == "OOMKilled").unwrap();
+    let msg = e["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("(dd)") && msg.contains("the container's memory limit"),
+        "{msg}"
+    );
+    assert_eq!(e["type"], "Warning");
+}
+
+#[test]
+fn oom_kill_of_a_non_init_process_is_recorded_while_the_container_lives() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "partial.yaml",
+        &pod_yaml(
+            "partial",
+            "Always",
+            &format!(
+                "  containers:
+  - name: c
+    image: {IMAGE}
+    command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=64M count=1; exec sleep 3600']
+    resources:
+      limits: {{memory: 32Mi}}
+"
+            ),
+        ),
+    );
+    let p = node.wait_pod("partial", "the OOM kill counted", |p| {
+        p["metadata"]["annotations"]["bpflet.io/oom-kills.c"] == "1"
+    });
+    assert!(
+        running(&p, "c"),
+        "the container's main process survived: {p:#}"
+    );
+    assert_eq!(restarts(&p, "c"), 0, "{p:#}");
+    let last = p["metadata"]["annotations"]["bpflet.io/last-oom-kill.c"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        last.contains("(dd)") && last.contains("container c"),
+        "{last}"
+    );
+    let uid = uid(&p);
+    node.wait_until("a ProcessOOMKilled event", |n| {
+        n.events_of(&uid)
+            .iter()
+            .any(|e| e["reason"] == "ProcessOOMKilled")
+    });
+    assert!(
+        node.events_of(&uid)
+            .iter()
+            .all(|e| e["reason"] != "OOMKilled"),
+        "the container itself was not OOM-killed"
+    );
+}
+
+#[test]
+fn generic_pleg_mode_reports_the_same_oom_kill() {
+    let node = Node::start("generic");
+    node.write_manifest(
+        "oom.yaml",
+        &pod_yaml(
+            "oom",
+            "Never",
+            &format!(
+                "  containers:
+  - name: hog
+    image: {IMAGE}
+    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
+    resources:
+      limits: {{memory: 32Mi}}
+"
+            ),
+        ),
+    );
+    let p = node.wait_pod("oom", "terminated", |p| {
+        !container_status(p, "hog")["state"]["terminated"].is_null()
+    });
+    let t = &container_status(&p, "hog")["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{p:#}");
+    assert_eq!(t["exitCode"], 137, "{p:#}");
 }
 
 #[test]

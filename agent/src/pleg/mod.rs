@@ -12,6 +12,9 @@
 //! The relists here are the single writer of "what changed"; pod workers remain the single
 //! writer of each pod's status.
 
+pub mod facts;
+pub mod router;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,9 +24,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::cgroups::{Attributor, naming};
+use tokio::sync::Notify;
+
 use crate::config::PlegMode;
-use crate::events::{Detail, Event};
 use crate::pods::labels;
 use crate::runtime::{ContainerRuntime, ContainerState, SandboxState};
 
@@ -100,24 +103,25 @@ type PodSnapshot = BTreeMap<String, u8>;
 
 pub struct Pleg<R> {
     runtime: Arc<R>,
-    mode: PlegMode,
     /// Generic: the relist period (1s). Event: the safety relist period.
     relist_period: Duration,
     health: Arc<PlegHealth>,
-    attributor: Option<Attributor>,
+    /// Notified when kernel events were lost: relist everything now.
+    relist_all: Arc<Notify>,
 }
 
 /// Upstream's generic relist period.
 pub const GENERIC_RELIST_PERIOD: Duration = Duration::from_secs(1);
 
 impl<R: ContainerRuntime + 'static> Pleg<R> {
-    /// `attributor` resolves kernel events to pods (event mode only).
+    /// In event mode the kernel router pokes pods directly and notifies `relist_all` when
+    /// kernel events were lost.
     pub fn new(
         runtime: Arc<R>,
         mode: PlegMode,
         safety_relist_period: Duration,
         health: Arc<PlegHealth>,
-        attributor: Option<Attributor>,
+        relist_all: Arc<Notify>,
     ) -> Self {
         let relist_period = match mode {
             PlegMode::Generic => GENERIC_RELIST_PERIOD,
@@ -125,60 +129,25 @@ impl<R: ContainerRuntime + 'static> Pleg<R> {
         };
         Self {
             runtime,
-            mode,
             relist_period,
             health,
-            attributor,
+            relist_all,
         }
     }
 
-    /// Relists every period and, in event mode, turns kernel events into pokes.
-    pub async fn run(
-        mut self,
-        pokes: mpsc::Sender<PodPoke>,
-        mut kernel: Option<mpsc::Receiver<Event>>,
-        cancel: CancellationToken,
-    ) {
+    /// Relists every period, and at once when asked to.
+    pub async fn run(self, pokes: mpsc::Sender<PodPoke>, cancel: CancellationToken) {
         let mut last: HashMap<String, PodSnapshot> = HashMap::new();
         let mut tick = tokio::time::interval(self.relist_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = tick.tick() => self.relist(&mut last, &pokes).await,
-                ev = recv(&mut kernel), if kernel.is_some() && self.mode == PlegMode::Event => {
-                    match ev {
-                        Some(ev) => {
-                            if matches!(ev.detail, Detail::EventsLost { .. }) {
-                                warn!(?ev.detail, "kernel events were lost: relisting every pod");
-                                self.relist(&mut last, &pokes).await;
-                            } else if let Some(uid) = self.pod_of_interest(ev) {
-                                let _ = pokes.send(PodPoke { uid, trigger: Trigger::Kernel, at: Instant::now() }).await;
-                            }
-                        }
-                        None => kernel = None,
-                    }
-                }
+                _ = tick.tick() => {}
+                () = self.relist_all.notified() => {}
             }
+            self.relist(&mut last, &pokes).await;
         }
-    }
-
-    /// The pod a kernel event matters to, if it matters to the pod lifecycle.
-    fn pod_of_interest(&mut self, mut ev: Event) -> Option<String> {
-        let attributor = self.attributor.as_mut()?;
-        attributor.attribute(&mut ev);
-        let pod = ev.pod.as_ref()?;
-        let interesting = match &ev.detail {
-            Detail::OomKill(_) => true,
-            Detail::CgroupRemoved { .. } => pod.container_id.is_some(),
-            // A container ends when its init process dies, and the kernel then kills the rest
-            // of its pid namespace: the exit that leaves the container's cgroup empty is the
-            // one that matters. Exits of other processes leave the container running.
-            Detail::Exit(_) => naming::container_cgroup(&ev.cgroup)
-                .is_some_and(|c| cgroup_empty(&attributor.hierarchy().path_of(c))),
-            _ => false,
-        };
-        interesting.then(|| pod.pod_uid.clone())
     }
 
     async fn relist(&self, last: &mut HashMap<String, PodSnapshot>, pokes: &mpsc::Sender<PodPoke>) {
@@ -211,15 +180,8 @@ impl<R: ContainerRuntime + 'static> Pleg<R> {
     }
 }
 
-async fn recv(rx: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Whether a cgroup has no process left (a missing cgroup counts as empty).
-fn cgroup_empty(path: &Path) -> bool {
+pub(crate) fn cgroup_empty(path: &Path) -> bool {
     std::fs::read_to_string(path.join("cgroup.procs")).map_or(true, |procs| procs.trim().is_empty())
 }
 

@@ -4,6 +4,7 @@
 //! Only the worker touches its pod in the runtime, so syncs of one pod never overlap; pokes
 //! and spec updates arriving during a sync coalesce into one more sync.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +24,10 @@ use super::volumes::PodVolumes;
 use super::{format_pod, pod_uid};
 use crate::cgroups::tree::QosTree;
 use crate::pleg::Trigger;
+use crate::pleg::facts::{self, KernelFacts};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::server::StatusStore;
+use crate::server::events::{EventType, Subject};
 use crate::status::{self, StatusContext};
 
 /// What every worker shares.
@@ -42,6 +45,10 @@ pub struct PodContext<R> {
     pub memory_capacity: u64,
     pub sync_frequency: Duration,
     pub store: StatusStore,
+    /// OOM kills the kernel reported, by container id.
+    pub facts: KernelFacts,
+    /// The kubepods cgroup (to name allocatable OOMs).
+    pub kubepods: String,
 }
 
 /// Why a sync could not finish; the worker logs it and tries again later.
@@ -120,6 +127,8 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         backoff: Backoff::default(),
         status: None,
         last_observed: None,
+        oom_reported: HashMap::new(),
+        recheck: None,
     };
     let done = tracker.spawn(worker.run());
     WorkerHandle {
@@ -141,6 +150,10 @@ struct Worker<R> {
     backoff: Backoff,
     status: Option<PodStatus>,
     last_observed: Option<ObservedPod>,
+    /// OOM kills already turned into events, per container id.
+    oom_reported: HashMap<String, usize>,
+    /// Publishing found something to look at again soon (an undecided OOM kill).
+    recheck: Option<Duration>,
 }
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
@@ -428,18 +441,87 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     }
 
     fn publish(&mut self, pod: &Pod, observed: &ObservedPod, images: Images, actions: &PodActions) {
+        let mut facts = HashMap::new();
+        let mut annotations = BTreeMap::new();
+        for c in &observed.containers {
+            let kills = self.ctx.facts.ooms(&c.id);
+            if kills.is_empty() {
+                continue;
+            }
+            let f = facts::container_facts(c.finished_at, c.exit_code, &kills);
+            if let Some(again) = self.report_ooms(pod, c, &kills) {
+                self.recheck = Some(self.recheck.map_or(again, |r| r.min(again)));
+            }
+            annotations.insert(
+                format!("bpflet.io/oom-kills.{}", c.name),
+                kills.len().to_string(),
+            );
+            if let Some(last) = kills.last() {
+                annotations.insert(
+                    format!("bpflet.io/last-oom-kill.{}", c.name),
+                    format!("{} {}", last.at, last.describe(&c.name, &self.ctx.kubepods)),
+                );
+            }
+            facts.insert(c.id.clone(), f);
+        }
         let ctx = StatusContext {
             node_ips: self.ctx.node_ips.clone(),
             previous: self.status.clone(),
             now: Timestamp::now(),
+            facts,
             images,
             ..StatusContext::default()
         };
         let status = status::pod_status(pod, observed, &actions.waiting, &ctx);
         let mut published = pod.clone();
         published.status = Some(status.clone());
+        if !annotations.is_empty() {
+            published
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .extend(annotations);
+        }
         self.ctx.store.upsert(pod_uid(pod), published);
         self.status = Some(status);
+    }
+
+    /// Records one event per OOM kill, once it is clear what the kill did: `OOMKilled` when
+    /// it ended the container (its init process died), `ProcessOOMKilled` when another
+    /// process died and the container lives on (the kubelet says nothing then). Returns when
+    /// to look again for a kill that is not decided yet.
+    fn report_ooms(
+        &mut self,
+        pod: &Pod,
+        c: &plan::ObservedContainer,
+        kills: &[facts::OomRecord],
+    ) -> Option<Duration> {
+        let reported = self.oom_reported.entry(c.id.clone()).or_default();
+        let running = c.state == plan::ContainerState::Running;
+        let now = Timestamp::now();
+        while let Some(kill) = kills.get(*reported) {
+            let age = Duration::try_from(now.duration_since(kill.at)).unwrap_or_default();
+            if running && age < facts::KILL_TO_EXIT {
+                return Some(facts::KILL_TO_EXIT - age);
+            }
+            let ended = !running
+                && facts::init_oom_killed(c.finished_at, c.exit_code, std::slice::from_ref(kill));
+            let reason = if ended {
+                "OOMKilled"
+            } else {
+                "ProcessOOMKilled"
+            };
+            let message = kill.describe(&c.name, &self.ctx.kubepods);
+            self.ctx.store.events().record(
+                &Subject::Pod(pod),
+                EventType::Warning,
+                reason,
+                &message,
+                &self.ctx.node_name,
+            );
+            *reported += 1;
+        }
+        None
     }
 
     /// The pod is gone from its source: stop it with its grace period, then remove its

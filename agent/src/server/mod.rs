@@ -15,6 +15,7 @@
 //! [`bind`] first (it names the address when it fails), then [`serve_read_only`] or
 //! [`serve_healthz`] until the cancellation token fires; in-flight requests finish.
 
+pub mod events;
 mod store;
 
 use std::io;
@@ -78,10 +79,26 @@ pub async fn serve_healthz(
 pub fn read_only_router(store: StatusStore) -> Router {
     Router::new()
         .route("/pods", get(pods))
+        .route("/events", get(events))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
         .with_state(store)
+}
+
+/// `/events`: a `v1.EventList` of the events the agent recorded.
+async fn events(State(store): State<StatusStore>) -> Response {
+    let list = serde_json::json!({
+        "kind": "EventList",
+        "apiVersion": "v1",
+        "metadata": {},
+        "items": store.events().list(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        list.to_string(),
+    )
+        .into_response()
 }
 
 /// The healthz listener's routes.

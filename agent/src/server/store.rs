@@ -23,6 +23,7 @@ pub struct StatusStore {
 struct Inner {
     pods: RwLock<BTreeMap<String, Pod>>,
     health: HealthState,
+    events: super::events::EventLog,
 }
 
 impl fmt::Debug for StatusStore {
@@ -43,6 +44,12 @@ impl StatusStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Events recorded about pods and the node (served on `/events`).
+    #[must_use]
+    pub fn events(&self) -> &super::events::EventLog {
+        &self.inner.events
     }
 
     /// Inserts or replaces the pod (spec, metadata and `status`) with this UID.

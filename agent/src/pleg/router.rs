@@ -1,0 +1,124 @@
+//! Routes attributed kernel events to whoever acts on them: pod workers (a per-pod relist),
+//! the OOM fact store, node events (SystemOOM), a full relist when events were lost, and
+//! eviction (pressure).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::facts::{KernelFacts, OomRecord};
+use super::{PodPoke, Trigger};
+use crate::cgroups::{Attributor, naming};
+use crate::events::{Detail, Event, OomScope};
+use crate::server::StatusStore;
+use crate::server::events::{EventType, Subject};
+
+pub struct KernelRouter {
+    pub attributor: Attributor,
+    pub facts: KernelFacts,
+    pub store: StatusStore,
+    pub node_name: String,
+    /// Asks the PLEG for a full relist (after lost events).
+    pub relist_all: Arc<Notify>,
+    /// Memory pressure in the pod tree: evaluate eviction now.
+    pub pressure: Option<mpsc::Sender<()>>,
+}
+
+impl KernelRouter {
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        pokes: mpsc::Sender<PodPoke>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let ev = tokio::select! {
+                () = cancel.cancelled() => return,
+                ev = events.recv() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+            };
+            if let Some(poke) = self.route(ev) {
+                let _ = pokes.send(poke).await;
+            }
+        }
+    }
+
+    /// Handles one event; returns the poke for a pod worker, if any.
+    fn route(&mut self, mut ev: Event) -> Option<PodPoke> {
+        if let Detail::EventsLost { kernel, userspace } = ev.detail {
+            warn!(
+                kernel,
+                userspace, "kernel events were lost: relisting every pod"
+            );
+            self.relist_all.notify_one();
+            return None;
+        }
+        self.attributor.attribute(&mut ev);
+        let at = Instant::now();
+        if let Detail::OomKill(oom) = &ev.detail {
+            if oom.scope == OomScope::Node {
+                let message = format!(
+                    "System OOM encountered, victim process: {}, pid: {}",
+                    ev.comm, ev.pid
+                );
+                self.store.events().record(
+                    &Subject::Node(&self.node_name),
+                    EventType::Warning,
+                    "SystemOOM",
+                    &message,
+                    &self.node_name,
+                );
+            }
+            if let Some(container) = ev.pod.as_ref().and_then(|p| p.container_id.as_deref()) {
+                self.facts.record_oom(
+                    container,
+                    OomRecord {
+                        at: jiff::Timestamp::try_from(ev.time)
+                            .unwrap_or_else(|_| jiff::Timestamp::now()),
+                        pid: ev.pid,
+                        comm: ev.comm.clone(),
+                        scope: oom.scope,
+                        limit_cgroup: oom.limit_cgroup.clone(),
+                        limit_bytes: oom.limit_bytes,
+                        usage_bytes: oom.usage_bytes,
+                        anon_rss_bytes: oom.anon_rss_bytes,
+                        oom_score_adj: oom.oom_score_adj,
+                    },
+                );
+            }
+        }
+        if let Detail::MemoryPressure(_) = ev.detail
+            && let Some(tx) = &self.pressure
+        {
+            let _ = tx.try_send(()); // one pending trigger is enough
+        }
+        let pod = ev.pod.as_ref()?;
+        let trigger = match &ev.detail {
+            // The worker publishes the kill at once; if it was the init process, the
+            // container's exit follows as its own event.
+            Detail::OomKill(_) => Trigger::Relist,
+            Detail::CgroupRemoved { .. } if pod.container_id.is_some() => Trigger::Kernel,
+            // A container ends when its init process dies, and the kernel then kills the rest
+            // of its pid namespace: the exit that leaves the container's cgroup empty is the
+            // one that matters. Exits of other processes leave the container running.
+            Detail::Exit(_)
+                if naming::container_cgroup(&ev.cgroup).is_some_and(|c| {
+                    super::cgroup_empty(&self.attributor.hierarchy().path_of(c))
+                }) =>
+            {
+                Trigger::Kernel
+            }
+            _ => return None,
+        };
+        Some(PodPoke {
+            uid: pod.pod_uid.clone(),
+            trigger,
+            at,
+        })
+    }
+}

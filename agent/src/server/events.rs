@@ -1,0 +1,174 @@
+//! Kubernetes-style events (`v1.Event`) the agent records about pods and the node, kept in a
+//! bounded ring and served on `/events` until cluster mode posts them to an API server.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+
+/// How many events are kept (oldest dropped first).
+pub const EVENT_CAPACITY: usize = 1000;
+
+/// `Normal` or `Warning`, as upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// What an event is about.
+#[derive(Clone, Debug)]
+pub enum Subject<'a> {
+    Pod(&'a Pod),
+    Node(&'a str),
+}
+
+#[derive(Default)]
+pub struct EventLog {
+    events: Mutex<VecDeque<Event>>,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl EventLog {
+    /// Records an event and logs it.
+    pub fn record(
+        &self,
+        subject: &Subject<'_>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+        node: &str,
+    ) {
+        let (involved, name_base) = match subject {
+            Subject::Pod(pod) => (
+                ObjectReference {
+                    kind: Some("Pod".into()),
+                    api_version: Some("v1".into()),
+                    name: pod.metadata.name.clone(),
+                    namespace: pod.metadata.namespace.clone(),
+                    uid: pod.metadata.uid.clone(),
+                    ..ObjectReference::default()
+                },
+                pod.metadata.name.clone().unwrap_or_default(),
+            ),
+            Subject::Node(name) => (
+                ObjectReference {
+                    kind: Some("Node".into()),
+                    name: Some((*name).to_owned()),
+                    uid: Some((*name).to_owned()),
+                    ..ObjectReference::default()
+                },
+                (*name).to_owned(),
+            ),
+        };
+        match kind {
+            EventType::Normal => tracing::info!(object = %name_base, reason, "{message}"),
+            EventType::Warning => tracing::warn!(object = %name_base, reason, "{message}"),
+        }
+        let now = Timestamp::now();
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name_base}.{:x}{n:04x}", now.as_nanosecond())),
+                namespace: involved
+                    .namespace
+                    .clone()
+                    .or_else(|| Some("default".into())),
+                ..ObjectMeta::default()
+            },
+            involved_object: involved,
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+            type_: Some(kind.as_str().to_owned()),
+            count: Some(1),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            reporting_component: Some("bpflet".into()),
+            reporting_instance: Some(node.to_owned()),
+            source: Some(EventSource {
+                component: Some("bpflet".into()),
+                host: Some(node.to_owned()),
+            }),
+            ..Event::default()
+        };
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if events.len() == EVENT_CAPACITY {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// Every kept event, oldest first.
+    pub fn list(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_pod_and_node_events_in_a_bounded_ring() {
+        let log = EventLog::default();
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web".into());
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some("u1".into());
+        log.record(
+            &Subject::Pod(&pod),
+            EventType::Warning,
+            "ProcessOOMKilled",
+            "pid 7 (dd) killed",
+            "n1",
+        );
+        log.record(
+            &Subject::Node("n1"),
+            EventType::Warning,
+            "SystemOOM",
+            "System OOM encountered",
+            "n1",
+        );
+        let events = log.list();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].reason.as_deref(), Some("ProcessOOMKilled"));
+        assert_eq!(events[0].involved_object.uid.as_deref(), Some("u1"));
+        assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+        assert_eq!(events[1].involved_object.kind.as_deref(), Some("Node"));
+        for i in 0..EVENT_CAPACITY {
+            log.record(
+                &Subject::Node("n1"),
+                EventType::Normal,
+                "Tick",
+                &i.to_string(),
+                "n1",
+            );
+        }
+        let events = log.list();
+        assert_eq!(events.len(), EVENT_CAPACITY);
+        assert_eq!(
+            events[0].message.as_deref(),
+            Some("0"),
+            "the oldest were dropped"
+        );
+    }
+}

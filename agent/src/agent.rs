@@ -59,6 +59,7 @@ pub enum AgentError {
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let proc_root = PathBuf::from("/proc");
     let tracker = TaskTracker::new();
+    protect_from_oom_killer(&proc_root);
     let memory = tree::memory_capacity(&proc_root).map_err(AgentError::Hierarchy)?;
 
     let pods_dir = config.root_dir.join("pods");
@@ -152,6 +153,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         }
     }
     info!(mode = ?pleg_mode, "PLEG");
+    // The mode in use shows on `/healthz?verbose` as `[+]pleg-mode-event ok` (or -generic).
+    store.health().set_healthy(match pleg_mode {
+        PlegMode::Event => "pleg-mode-event",
+        PlegMode::Generic => "pleg-mode-generic",
+    });
     let health = Arc::new(PlegHealth::new(pleg_mode, config.pleg.unhealthy_threshold));
     {
         let health = Arc::clone(&health);
@@ -243,6 +249,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// The agent's own `oom_score_adj` (upstream: -999). Lowering it needs CAP_SYS_RESOURCE; a
+/// refusal is a warning, never fatal.
+const AGENT_OOM_SCORE_ADJ: i32 = -999;
+
+fn protect_from_oom_killer(proc_root: &Path) {
+    let path = proc_root.join("self/oom_score_adj");
+    if let Err(e) = std::fs::write(&path, AGENT_OOM_SCORE_ADJ.to_string()) {
+        warn!(path = %path.display(), error = %e, "cannot set bpflet's oom_score_adj to {AGENT_OOM_SCORE_ADJ}; the OOM killer may pick bpflet");
+    }
 }
 
 /// The node's CPU capacity in millicores (online CPUs).

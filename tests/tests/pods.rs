@@ -141,13 +141,18 @@ plegMode: {pleg}
     }
 
     fn get_json(&self, path: &str) -> Option<Value> {
+        serde_json::from_str(&self.get_text(path)?).ok()
+    }
+
+    /// The body of `GET path` on the read-only port.
+    fn get_text(&self, path: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
-        serde_json::from_str(buf.split_once("\r\n\r\n")?.1).ok()
+        Some(buf.split_once("\r\n\r\n")?.1.to_owned())
     }
 
     /// Events the agent recorded about pod `uid` (from `/events`).
@@ -758,10 +763,12 @@ fn generic_pleg_mode_runs_the_same_lifecycle() {
         container_status(&pod, "c")["lastState"]["terminated"]["exitCode"],
         2
     );
+    let health = node.get_text("/healthz?verbose").unwrap_or_default();
     assert!(
-        node.agent_log().contains("Generic"),
-        "the PLEG mode is logged"
+        health.contains("[+]pleg-mode-generic ok"),
+        "the PLEG mode shows on /healthz: {health}"
     );
+    assert!(health.contains("[+]pleg ok"), "{health}");
 }
 
 #[test]

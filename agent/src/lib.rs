@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 pub mod pleg;
 pub mod pods;
+pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod status;

@@ -1,4 +1,5 @@
-//! Container probes (liveness, readiness, startup).
+//! Container probes (liveness, readiness, startup) and lifecycle hooks (postStart, and the
+//! httpGet form of preStop).
 //!
 //! - [`ProbeManager`] is the pod workers' handle: after each sync a worker tells it which of
 //!   the pod's containers run ([`ProbeManager::add_pod`]), reads verdicts back
@@ -11,6 +12,7 @@
 //!   into verdicts.
 //! - Handlers: [`exec`] (CRI `ExecSync` with the probe timeout), [`http`] (httpGet, also
 //!   for hooks), [`tcp`], [`grpc`] (`grpc.health.v1`).
+//! - [`hooks`] runs postStart (exec, httpGet, sleep) and the preStop httpGet handler.
 //! - [`metrics`] counts runs in `prober_probe_total`.
 //!
 //! Upstream semantics kept: defaults (period 10s, timeout 1s, thresholds 1/3, no initial
@@ -28,6 +30,7 @@
 
 pub mod exec;
 pub mod grpc;
+pub mod hooks;
 pub mod http;
 mod manager;
 pub mod metrics;
@@ -42,6 +45,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 
+pub use hooks::{HookError, run_http_hook, run_post_start};
 pub use manager::{ProbeManager, ProbeOptions, ProbeRunner};
 pub use metrics::ProbeMetrics;
 pub use spec::{ProbeKind, ProbeSpec};

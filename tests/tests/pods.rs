@@ -436,9 +436,9 @@ fn restart_policies_never_and_onfailure_end_in_the_right_phase() {
     assert_ne!(phase(&p), "Failed", "{p:#}");
 }
 
-#[test]
-fn container_over_its_memory_limit_is_oomkilled() {
-    let node = Node::start("event");
+/// Runs a pod whose only container outgrows its 32 MiB limit; returns the pod once the
+/// container is reported `OOMKilled` with exit code 137.
+fn run_container_oom(node: &Node) -> Value {
     node.write_manifest(
         "oom.yaml",
         &pod_yaml(
@@ -461,6 +461,13 @@ fn container_over_its_memory_limit_is_oomkilled() {
     let t = &container_status(&p, "hog")["state"]["terminated"];
     assert_eq!(t["reason"], "OOMKilled", "{p:#}");
     assert_eq!(t["exitCode"], 137, "{p:#}");
+    p
+}
+
+#[test]
+fn container_over_its_memory_limit_is_oomkilled() {
+    let node = Node::start("event");
+    let p = run_container_oom(&node);
     assert_eq!(phase(&p), "Failed");
     // The kernel's account: which process, and which limit.
     let uid = uid(&p);
@@ -529,28 +536,7 @@ fn oom_kill_of_a_non_init_process_is_recorded_while_the_container_lives() {
 #[test]
 fn generic_pleg_mode_reports_the_same_oom_kill() {
     let node = Node::start("generic");
-    node.write_manifest(
-        "oom.yaml",
-        &pod_yaml(
-            "oom",
-            "Never",
-            &format!(
-                "  containers:
-  - name: hog
-    image: {IMAGE}
-    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
-    resources:
-      limits: {{memory: 32Mi}}
-"
-            ),
-        ),
-    );
-    let p = node.wait_pod("oom", "terminated", |p| {
-        !container_status(p, "hog")["state"]["terminated"].is_null()
-    });
-    let t = &container_status(&p, "hog")["state"]["terminated"];
-    assert_eq!(t["reason"], "OOMKilled", "{p:#}");
-    assert_eq!(t["exitCode"], 137, "{p:#}");
+    run_container_oom(&node);
 }
 
 #[test]

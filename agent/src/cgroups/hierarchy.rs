@@ -53,7 +53,7 @@ impl Hierarchy {
     pub fn detect(proc_root: &Path) -> Result<Self, CgroupError> {
         let mountinfo = proc_root.join("self/mountinfo");
         let text = read(&mountinfo)?;
-        let mounts: Vec<MountEntry> = text.lines().filter_map(parse_mountinfo_line).collect();
+        let mounts = crate::mountinfo::parse(text.as_bytes());
 
         if let Some(m) = mounts
             .iter()
@@ -214,49 +214,6 @@ fn read(path: &Path) -> Result<String, CgroupError> {
     })
 }
 
-struct MountEntry {
-    mount_point: String,
-    fstype: String,
-    super_options: String,
-}
-
-/// One line of mountinfo (proc(5)): `36 35 98:0 /root /mnt rw,noatime master:1 - ext3 /dev/root rw`.
-fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let mount_point = fields.get(4)?;
-    let sep = fields.iter().skip(6).position(|f| *f == "-")? + 6;
-    Some(MountEntry {
-        mount_point: unescape_octal(mount_point),
-        fstype: (*fields.get(sep + 1)?).to_owned(),
-        super_options: (*fields.get(sep + 3)?).to_owned(),
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(digits) = bytes.get(i + 1..i + 4)
-            && digits.iter().all(|b| (b'0'..=b'7').contains(b))
-            && let Ok(b) = u8::try_from(
-                digits
-                    .iter()
-                    .fold(0u32, |acc, d| (acc << 3) | u32::from(d - b'0')),
-            )
-        {
-            out.push(b);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The memory controller's hierarchy id from `/proc/cgroups` (`memory 4 44 1`); `None` when it
 /// is absent, bound to no v1 hierarchy (0) or disabled.
 fn memory_hierarchy_id(text: &str) -> Option<u32> {
@@ -347,18 +304,6 @@ pids\t8\t1\t1
         let dir = tempfile::tempdir().expect("tempdir");
         let err = Hierarchy::detect(dir.path()).expect_err("no mountinfo");
         assert!(err.is_not_found(), "{err:?}");
-    }
-
-    #[test]
-    fn mountinfo_escapes_and_optional_fields() {
-        let m = parse_mountinfo_line(
-            r"40 31 0:37 / /mnt/cg\040memory rw,relatime shared:9 master:2 - cgroup cgroup rw,memory,cpu",
-        )
-        .expect("parse");
-        assert_eq!(m.mount_point, "/mnt/cg memory");
-        assert_eq!(m.fstype, "cgroup");
-        assert_eq!(m.super_options, "rw,memory,cpu");
-        assert!(parse_mountinfo_line("garbage").is_none());
     }
 
     #[test]

@@ -48,6 +48,7 @@ use super::manifest::validate_dns_label;
 use super::qos::pod_limits;
 use super::{format_pod, pod_uid};
 use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::mountinfo::MountEntry;
 
 /// The per-pod directory of emptyDir volumes, named like upstream's plugin.
 pub const EMPTY_DIR_PLUGIN_DIR: &str = "kubernetes.io~empty-dir";
@@ -673,60 +674,10 @@ fn resolve_sub_path(
     Ok(current)
 }
 
-/// One line of mountinfo, the parts used here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountEntry {
-    mount_point: PathBuf,
-    fstype: String,
-}
-
 fn read_mounts() -> Result<Vec<MountEntry>, VolumeError> {
     let path = Path::new(MOUNTINFO_PATH);
     let text = fs::read(path).map_err(io_err("read", path))?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// Parses mountinfo (proc(5)): `36 35 98:0 /root /mnt rw,noatime master:1 - ext3 /dev/root rw`.
-/// Lines that do not parse are skipped.
-fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
-    text.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            let mount_point = fields.get(4)?;
-            let sep = fields.iter().skip(6).position(|f| *f == b"-")? + 6;
-            let fstype = fields.get(sep + 1)?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal(
-                    mount_point,
-                ))),
-                fstype: String::from_utf8_lossy(fstype).into_owned(),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && let Some(digits) = s.get(i + 1..i + 4)
-            && digits.iter().all(|b| (b'0'..=b'7').contains(b))
-            && let Ok(b) = u8::try_from(
-                digits
-                    .iter()
-                    .fold(0u32, |acc, d| (acc << 3) | u32::from(d - b'0')),
-            )
-        {
-            out.push(b);
-            i += 4;
-            continue;
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
+    Ok(crate::mountinfo::parse(&text))
 }
 
 /// Unmounts without following a symbolic link; detaches lazily, with a warning, when busy.

@@ -569,33 +569,3 @@ fn teardown_of_a_symlinked_pod_dir_removes_only_the_link() {
     assert!(fs::symlink_metadata(pods.path().join("uid-1")).is_err());
     assert!(elsewhere.path().join("keep").exists());
 }
-
-#[test]
-fn mountinfo_parsing() {
-    let text = b"\
-22 1 0:21 / /proc rw,nosuid - proc proc rw
-98 22 0:50 / /var/lib/x/pods/uid/volumes/kubernetes.io~empty-dir/with\\040space rw shared:5 - tmpfs tmpfs rw,size=1024k
-99 22 0:51 / /tricky\\134name rw master:1 unbindable - ext4 /dev/sda1 rw
-garbage line
-";
-    let mounts = parse_mountinfo(text);
-    assert_eq!(
-        mounts,
-        vec![
-            MountEntry {
-                mount_point: PathBuf::from("/proc"),
-                fstype: "proc".to_owned(),
-            },
-            MountEntry {
-                mount_point: PathBuf::from(
-                    "/var/lib/x/pods/uid/volumes/kubernetes.io~empty-dir/with space"
-                ),
-                fstype: "tmpfs".to_owned(),
-            },
-            MountEntry {
-                mount_point: PathBuf::from("/tricky\\name"),
-                fstype: "ext4".to_owned(),
-            },
-        ]
-    );
-}

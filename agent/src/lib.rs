@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod cgroups;
 pub mod config;
 pub mod events;
+pub mod eviction;
 pub mod pleg;
 pub mod mountinfo;
 pub mod pods;

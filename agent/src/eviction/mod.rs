@@ -1,0 +1,59 @@
+//! Node-pressure eviction: watch memory, disk and pid signals against the configured
+//! thresholds, publish the pressure node conditions, and pick at most one pod to evict per
+//! evaluation, as kubelet's eviction manager does, but triggered by the kernel.
+//!
+//! - [`signals`]: observations of the node (`memory.available`, `allocatableMemory.available`,
+//!   `nodefs.*`, `imagefs.*`, `pid.available`) and per-pod usage, from roots that tests
+//!   replace with fixture directories.
+//!
+//! Where bpflet differs from upstream on purpose:
+//! - Evaluations are triggered by kernel memory-pressure events; the 10 s loop is only the floor.
+//! - `evictionRanking: qos` (the default) ranks memory evictions by QoS class first.
+//! - Static pods are evictable (every bpflet pod is static; upstream never evicts static
+//!   pods). Only pods with a system-critical priority (class) are never evicted.
+//! - A pressure condition is reported while its threshold is met even with
+//!   `evictionPressureTransitionPeriod: 0` (upstream then never reports it).
+
+pub mod pod;
+pub mod signals;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, StorePods};
+pub use signals::{Observation, Observations, Observer, PodStatsNeed, Remnant, SignalRoots};
+
+use crate::cgroups::CgroupError;
+use crate::runtime::{Method, RuntimeError};
+
+/// What can go wrong while observing signals or reclaiming disk space.
+#[derive(Debug, thiserror::Error)]
+pub enum EvictionError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: no valid {field}")]
+    Malformed { path: PathBuf, field: &'static str },
+    #[error("statvfs {path}")]
+    Statvfs {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("reading {what} of cgroup {cgroup}")]
+    Cgroup {
+        what: &'static str,
+        cgroup: String,
+        #[source]
+        source: CgroupError,
+    },
+    #[error("runtime call {method} for disk reclaim")]
+    Runtime {
+        method: Method,
+        #[source]
+        source: RuntimeError,
+    },
+}

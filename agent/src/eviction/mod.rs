@@ -5,6 +5,8 @@
 //! - [`signals`]: observations of the node (`memory.available`, `allocatableMemory.available`,
 //!   `nodefs.*`, `imagefs.*`, `pid.available`) and per-pod usage, from roots that tests
 //!   replace with fixture directories.
+//! - [`thresholds`]: pure: which thresholds are met, grace periods, minimum reclaim, the
+//!   pressure transition period and the node conditions.
 //!
 //! Where bpflet differs from upstream on purpose:
 //! - Evaluations are triggered by kernel memory-pressure events; the 10 s loop is only the floor.
@@ -16,12 +18,14 @@
 
 pub mod pod;
 pub mod signals;
+pub mod thresholds;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, StorePods};
 pub use signals::{Observation, Observations, Observer, PodStatsNeed, Remnant, SignalRoots};
+pub use thresholds::{NodeCondition, PressureCondition};
 
 use crate::cgroups::CgroupError;
 use crate::runtime::{Method, RuntimeError};

@@ -7,6 +7,8 @@
 //!   replace with fixture directories.
 //! - [`thresholds`]: pure: which thresholds are met, grace periods, minimum reclaim, the
 //!   pressure transition period and the node conditions.
+//! - [`rank`]: pure: the order in which pods are evicted for each starved resource.
+//! - [`message`]: pure: upstream's eviction message and quantity formatting.
 //!
 //! Where bpflet differs from upstream on purpose:
 //! - Evaluations are triggered by kernel memory-pressure events; the 10 s loop is only the floor.
@@ -16,7 +18,9 @@
 //! - A pressure condition is reported while its threshold is met even with
 //!   `evictionPressureTransitionPeriod: 0` (upstream then never reports it).
 
+pub mod message;
 pub mod pod;
+pub mod rank;
 pub mod signals;
 pub mod thresholds;
 
@@ -24,6 +28,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, StorePods};
+pub use rank::Resource;
 pub use signals::{Observation, Observations, Observer, PodStatsNeed, Remnant, SignalRoots};
 pub use thresholds::{NodeCondition, PressureCondition};
 

@@ -9,6 +9,8 @@
 //!   pressure transition period and the node conditions.
 //! - [`rank`]: pure: the order in which pods are evicted for each starved resource.
 //! - [`message`]: pure: upstream's eviction message and quantity formatting.
+//! - [`reclaim`]: node-level disk reclaim (dead containers, unused images) before any pod
+//!   is evicted for disk pressure.
 //!
 //! Where bpflet differs from upstream on purpose:
 //! - Evaluations are triggered by kernel memory-pressure events; the 10 s loop is only the floor.
@@ -21,6 +23,7 @@
 pub mod message;
 pub mod pod;
 pub mod rank;
+pub mod reclaim;
 pub mod signals;
 pub mod thresholds;
 
@@ -29,6 +32,7 @@ use std::path::PathBuf;
 
 pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, StorePods};
 pub use rank::Resource;
+pub use reclaim::{DiskReclaimer, ReclaimReport};
 pub use signals::{Observation, Observations, Observer, PodStatsNeed, Remnant, SignalRoots};
 pub use thresholds::{NodeCondition, PressureCondition};
 

@@ -11,6 +11,21 @@
 //! - [`message`]: pure: upstream's eviction message and quantity formatting.
 //! - [`reclaim`]: node-level disk reclaim (dead containers, unused images) before any pod
 //!   is evicted for disk pressure.
+//! - [`manager`]: [`EvictionManager::decide`] (pure: one evaluation) and
+//!   [`EvictionManager::run`] (the async shell: observe on triggers and on a periodic floor,
+//!   decide, hand evictions and conditions to the agent).
+//!
+//! Wiring (see [`EvictionManager::run`]):
+//!
+//! ```text
+//! let manager = EvictionManager::new(config.eviction.clone(), config.cgroups.enforce_pods_allocatable);
+//! let observer = Observer::new(SignalRoots { proc_root, nodefs: config.root_dir.clone() }, tree.clone());
+//! let (trigger_tx, trigger_rx) = mpsc::channel(1);   // kernel pressure: trigger_tx.try_send(Trigger::now())
+//! let (eviction_tx, eviction_rx) = mpsc::channel(8); // kill with e.grace_period, then status::mark_evicted
+//! let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
+//! tracker.spawn(manager.run(EvictionIo { observer, runtime, pods: StorePods { .. },
+//!     evictions: eviction_tx, conditions: conditions_tx }, trigger_rx, cancel.clone()));
+//! ```
 //!
 //! Where bpflet differs from upstream on purpose:
 //! - Evaluations are triggered by kernel memory-pressure events; the 10 s loop is only the floor.
@@ -20,6 +35,7 @@
 //! - A pressure condition is reported while its threshold is met even with
 //!   `evictionPressureTransitionPeriod: 0` (upstream then never reports it).
 
+pub mod manager;
 pub mod message;
 pub mod pod;
 pub mod rank;
@@ -30,6 +46,10 @@ pub mod thresholds;
 use std::io;
 use std::path::PathBuf;
 
+pub use manager::{
+    DEFAULT_MONITORING_INTERVAL, Decision, Eviction, EvictionIo, EvictionManager, Outcome,
+    Rejection, Trigger, TriggerKind, admit, stats_needed,
+};
 pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, StorePods};
 pub use rank::Resource;
 pub use reclaim::{DiskReclaimer, ReclaimReport};

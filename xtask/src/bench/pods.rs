@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
@@ -164,6 +164,7 @@ fn measure(
         "p50 (ms)",
         "p99 (ms)",
         "max (ms)",
+        "agent's `new pod` log p50 / max (ms)",
         "GET /pods p50 (ms)",
         "GET /pods max (ms)",
     ]);
@@ -226,7 +227,9 @@ fn measure(
                 &batch_gets,
             ),
         ] {
-            let s = Summary::of(samples).context("no latency samples")?;
+            let running: Vec<f64> = samples.iter().map(|l| l.running_ms).collect();
+            let seen: Vec<f64> = samples.iter().filter_map(|l| l.seen_ms).collect();
+            let s = Summary::of(&running).context("no latency samples")?;
             let g = Summary::of(gets).context("no GET /pods was timed")?;
             latency.row([
                 mode.as_str().to_owned(),
@@ -235,6 +238,10 @@ fn measure(
                 format!("{:.0}", s.p50),
                 format!("{:.0}", s.p99),
                 format!("{:.0}", s.max),
+                Summary::of(&seen).map_or_else(
+                    || "n/a".to_owned(),
+                    |v| format!("{:.0} / {:.0}", v.p50, v.max),
+                ),
                 format!("{:.1}", g.p50),
                 format!("{:.1}", g.max),
             ]);
@@ -301,7 +308,9 @@ fn measure(
          {:.1} ms, max {:.1} ms (n = {}, every GET while pods started or went; per scenario in \
          the last two columns). A latency is the time from the manifest's rename into the \
          static pod directory to the first answer showing the pod `Running` with every \
-         container running.\n\n{latency}",
+         container running. The `new pod` column is the part of it before the agent logged \
+         the pod as new (inotify, the file source's rescan, the pod manager), from the \
+         timestamps of its log.\n\n{latency}",
         POLL.as_millis(),
         gets.p50,
         gets.max,
@@ -344,6 +353,52 @@ fn measure(
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
+}
+
+/// One pod's way from manifest to `Running`.
+struct Latency {
+    /// From the rename to the first `/pods` answer showing the pod up.
+    running_ms: f64,
+    /// From the rename to the agent's `new pod` log line (its file source and pod manager's
+    /// share); `None` when the line is missing.
+    seen_ms: Option<f64>,
+}
+
+/// When the agent logged manifest `name` as a new pod (`INFO ... new pod pod=<name>-<node>_...`).
+fn new_pod_logged(log: &str, name: &str) -> Option<SystemTime> {
+    let tag = format!("pod={name}-{NODE}_");
+    log.lines()
+        .find(|l| l.contains(" new pod ") && l.contains(&tag))
+        .and_then(parse_log_time)
+}
+
+/// The timestamp that starts an agent log line: `2026-11-23T19:08:59.391182Z` (UTC).
+fn parse_log_time(line: &str) -> Option<SystemTime> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut hms = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (h, min, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    let days = u64::try_from(days_from_civil(y, m, d)).ok()?;
+    let secs = days * 86_400 + h * 3_600 + min * 60 + sec;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// One idle window.
@@ -614,7 +669,7 @@ impl Node {
 
     /// Writes `<name>.yaml` to the staging directory and renames it into the static pod
     /// directory; returns when the rename is done.
-    fn write_pod(&self, name: &str) -> Result<Instant> {
+    fn write_pod(&self, name: &str) -> Result<(Instant, SystemTime)> {
         let file = format!("{name}.yaml");
         let staged = self.staging.join(&file);
         fs::write(&staged, pod_manifest(name))
@@ -622,7 +677,7 @@ impl Node {
         let target = self.manifests.join(&file);
         fs::rename(&staged, &target)
             .with_context(|| format!("renaming {} to {}", staged.display(), target.display()))?;
-        Ok(Instant::now())
+        Ok((Instant::now(), SystemTime::now()))
     }
 
     fn remove_pod(&self, name: &str) -> Result<()> {
@@ -700,8 +755,8 @@ impl Node {
     }
 
     /// Writes the pods' manifests at once, waits until each is up, removes them and waits
-    /// until they are gone. Returns each pod's manifest-to-running latency in ms.
-    fn start_and_remove(&mut self, names: &[String]) -> Result<Vec<f64>> {
+    /// until they are gone. Returns each pod's latencies.
+    fn start_and_remove(&mut self, names: &[String]) -> Result<Vec<Latency>> {
         let written = names
             .iter()
             .map(|n| self.write_pod(n))
@@ -711,10 +766,17 @@ impl Node {
             self.remove_pod(name)?;
         }
         self.wait_gone(names)?;
-        Ok(written
+        let log = fs::read_to_string(&self.agent_log).unwrap_or_default();
+        Ok(names
             .iter()
+            .zip(&written)
             .zip(&up_at)
-            .map(|(w, u)| u.saturating_duration_since(*w).as_secs_f64() * 1e3)
+            .map(|((name, (w, w_wall)), u)| Latency {
+                running_ms: u.saturating_duration_since(*w).as_secs_f64() * 1e3,
+                seen_ms: new_pod_logged(&log, name)
+                    .and_then(|at| at.duration_since(*w_wall).ok())
+                    .map(|d| d.as_secs_f64() * 1e3),
+            })
             .collect())
     }
 
@@ -1004,6 +1066,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("c: not on /pods"), "{text}");
+    }
+
+    #[test]
+    fn log_times_parse_as_utc() {
+        let line = "2026-11-23T19:08:59.391182Z  INFO bpflet::pods::manager: new pod \
+                    pod=lat1-event-3-benchnode_default(4be5)";
+        assert_eq!(
+            parse_log_time(line),
+            Some(UNIX_EPOCH + Duration::new(1_795_460_939, 391_182_000))
+        );
+        assert_eq!(
+            parse_log_time("2000-02-29T00:00:00Z x"),
+            Some(UNIX_EPOCH + Duration::from_secs(951_782_400))
+        );
+        assert_eq!(
+            parse_log_time("1970-01-01T00:00:00.1234567891Z"),
+            Some(UNIX_EPOCH + Duration::new(0, 123_456_789))
+        );
+        assert_eq!(parse_log_time("garbage"), None);
+        assert_eq!(parse_log_time("2026-11-23T19:08:59.x1Z"), None);
+        let log = format!(
+            "{line}\n2026-11-23T19:09:00Z  INFO new pod pod=lat1-event-30-benchnode_default(9)\n"
+        );
+        assert_eq!(new_pod_logged(&log, "lat1-event-3"), parse_log_time(line));
+        assert_eq!(new_pod_logged(&log, "lat1-event"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -19,6 +19,7 @@ use crate::cgroups::{Attributor, CgroupError, Hierarchy};
 use crate::config::{Config, PlegMode};
 use crate::events::Source;
 use crate::events::source::{self, SourceChoice, SourceSpec};
+use crate::eviction::{self, EvictionIo, EvictionManager, Observer, SignalRoots, StorePods};
 use crate::pleg::facts::KernelFacts;
 use crate::pleg::router::KernelRouter;
 use crate::pleg::{Pleg, PlegHealth};
@@ -163,6 +164,63 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let health = Arc::clone(&health);
         store.health().register("pleg", move || health.check());
     }
+    // Eviction: evaluated at once on kernel pressure in the pod tree, every 10s at least.
+    let (trigger_tx, trigger_rx) = mpsc::channel::<eviction::Trigger>(1);
+    let (eviction_tx, eviction_rx) = mpsc::channel::<eviction::Eviction>(8);
+    let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
+    {
+        let manager = EvictionManager::new(
+            config.eviction.clone(),
+            config.cgroups.enforce_pods_allocatable,
+        );
+        let observer = Observer::new(
+            SignalRoots {
+                proc_root: proc_root.clone(),
+                nodefs: config.root_dir.clone(),
+            },
+            tree.clone(),
+        );
+        let io = EvictionIo {
+            observer,
+            runtime: Arc::clone(&runtime),
+            pods: StorePods {
+                store: store.clone(),
+                pods_dir: pods_dir.clone(),
+                logs_dir: pods_dir.clone(),
+            },
+            evictions: eviction_tx,
+            conditions: conditions_tx,
+        };
+        let thresholds = manager.thresholds().to_vec();
+        tracker.spawn(manager.run(io, trigger_rx, cancel.clone()));
+        spawn_allocatable_notifier(
+            &hierarchy,
+            &tree,
+            &thresholds,
+            trigger_tx.clone(),
+            &cancel,
+            &tracker,
+        );
+        // The pressure conditions on the local API (`/node`).
+        let (store, mut conditions, cancel) =
+            (store.clone(), conditions_rx.clone(), cancel.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = conditions.changed() => if changed.is_err() { return },
+                }
+                let now = jiff::Timestamp::now();
+                let api = conditions
+                    .borrow_and_update()
+                    .iter()
+                    .map(|c| c.to_api(now))
+                    .collect();
+                store.set_node_conditions(api);
+            }
+        });
+    }
+
     let facts = KernelFacts::default();
     let relist_all = Arc::new(Notify::new());
     let (poke_tx, poke_rx) = mpsc::channel(4096);
@@ -177,7 +235,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             store: store.clone(),
             node_name: config.node_name.clone(),
             relist_all: Arc::clone(&relist_all),
-            pressure: None,
+            pressure: Some(trigger_tx.clone()),
         };
         tracker.spawn(router.run(kernel_rx, poke_tx.clone(), cancel.clone()));
     }
@@ -239,9 +297,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         store: store.clone(),
         facts,
         kubepods: kubepods.clone(),
+        conditions: conditions_rx,
     });
     let manager = PodManager::new(ctx, expected, cancel.clone());
-    tracker.spawn(manager.run(update_rx, poke_rx));
+    tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
 
     info!(node = %config.node_name, "bpflet running");
     cancel.cancelled().await;
@@ -260,6 +319,60 @@ fn protect_from_oom_killer(proc_root: &Path) {
     if let Err(e) = std::fs::write(&path, AGENT_OOM_SCORE_ADJ.to_string()) {
         warn!(path = %path.display(), error = %e, "cannot set bpflet's oom_score_adj to {AGENT_OOM_SCORE_ADJ}; the OOM killer may pick bpflet");
     }
+}
+
+/// On cgroup v1, asks the kernel to signal when the kubepods cgroup's usage crosses the
+/// `allocatableMemory.available` hard threshold, and turns each crossing into an eviction
+/// trigger (see `eviction::notify`).
+fn spawn_allocatable_notifier(
+    hierarchy: &Hierarchy,
+    tree: &QosTree,
+    thresholds: &[crate::config::eviction::Threshold],
+    triggers: mpsc::Sender<eviction::Trigger>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    use crate::cgroups::CgroupVersion;
+    use crate::config::eviction::Signal;
+    if hierarchy.version != CgroupVersion::V1 {
+        return;
+    }
+    let Ok(Some(limit)) = tree.kubepods_memory_limit() else {
+        return;
+    };
+    let Some(available) = thresholds
+        .iter()
+        .filter(|t| t.signal == Signal::AllocatableMemoryAvailable && t.grace_period.is_zero())
+        .map(|t| t.value.amount(limit))
+        .max()
+    else {
+        return;
+    };
+    let usage_threshold = limit.saturating_sub(available);
+    let dir = hierarchy.path_of(&tree.kubepods());
+    let mut notifier = match eviction::notify::UsageThreshold::register(&dir, usage_threshold) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, cause = %crate::bpf::error_chain(&e), "no memory threshold notifier; eviction relies on pressure events and the periodic check");
+            return;
+        }
+    };
+    info!(cgroup = %dir.display(), usage_threshold, "memory threshold notifier armed");
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                crossed = notifier.crossed() => match crossed {
+                    Ok(()) => { let _ = triggers.try_send(eviction::Trigger::now()); }
+                    Err(e) => {
+                        warn!(error = %e, "memory threshold notifier failed");
+                        return;
+                    }
+                },
+            }
+        }
+    });
 }
 
 /// The node's CPU capacity in millicores (online CPUs).

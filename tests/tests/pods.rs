@@ -27,6 +27,8 @@ struct Node {
     dir: TempDir,
     port: u16,
     pleg_mode: &'static str,
+    /// Extra KubeletConfiguration lines.
+    extra: String,
 }
 
 fn free_port() -> u16 {
@@ -36,6 +38,10 @@ fn free_port() -> u16 {
 
 impl Node {
     fn start(pleg_mode: &'static str) -> Self {
+        Self::start_with(pleg_mode, String::new())
+    }
+
+    fn start_with(pleg_mode: &'static str, extra: String) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("bpflet-node-")
@@ -50,6 +56,7 @@ impl Node {
             dir,
             port: free_port(),
             pleg_mode,
+            extra,
         };
         node.start_agent();
         node
@@ -75,7 +82,7 @@ containerRuntimeEndpoint: unix://{socket}
 readOnlyPort: {port}
 address: 127.0.0.1
 healthzPort: 0
----
+{extra}---
 apiVersion: bpflet.io/v1alpha1
 kind: BpfletConfiguration
 plegMode: {pleg}
@@ -85,6 +92,7 @@ plegMode: {pleg}
             socket = self.ctd.socket.display(),
             port = self.port,
             pleg = self.pleg_mode,
+            extra = self.extra,
         );
         std::fs::write(self.config_path(), config).unwrap();
         let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
@@ -793,4 +801,124 @@ fn prestop_hook_runs_before_sigterm() {
         log, "prestop\nterm\n",
         "preStop ran first, then SIGTERM reached the container"
     );
+}
+
+/// MemTotal in bytes.
+fn mem_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MemTotal");
+    kib * 1024
+}
+
+/// A container command that grows its anonymous memory by ~1 MiB every 50 ms, forever.
+const GROW_MEMORY: &str = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#;
+
+#[test]
+fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
+    // kubepods gets 400 MiB (capacity minus systemReserved); with evictionHard
+    // memory.available<100Mi, eviction starts when the pods use 300 MiB.
+    let reserved_mib = mem_total() / (1 << 20) - 400;
+    let node = Node::start_with(
+        "event",
+        format!(
+            "systemReserved: {{memory: {reserved_mib}Mi}}\nevictionHard: {{memory.available: 100Mi}}\n"
+        ),
+    );
+    let limit: u64 = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(node.ctd.cgroup_parent.trim_start_matches('/'))
+            .join("kubepods/memory.limit_in_bytes"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(
+        limit,
+        mem_total() - (reserved_mib << 20),
+        "kubepods is limited to allocatable"
+    );
+    let pod = |name: &str, resources: &str, cmd: &str| {
+        let cmd = cmd.replace('\'', "''");
+        node.write_manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(
+                name,
+                "Always",
+                &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, '{cmd}']\n{resources}"),
+            ),
+        );
+    };
+    pod(
+        "guaranteed",
+        "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n      requests: {cpu: 100m, memory: 64Mi}\n",
+        "exec sleep 3600",
+    );
+    pod(
+        "burstable",
+        "    resources:\n      requests: {memory: 32Mi}\n",
+        "exec sleep 3600",
+    );
+    node.wait_pod("guaranteed", "running", |p| running(p, "c"));
+    node.wait_pod("burstable", "running", |p| running(p, "c"));
+    pod("besteffort", "", GROW_MEMORY);
+    let evicted = node.wait_pod("besteffort", "evicted", |p| {
+        p["status"]["reason"] == "Evicted"
+    });
+    assert_eq!(phase(&evicted), "Failed", "{evicted:#}");
+    let msg = evicted["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.starts_with("The node was low on resource: memory."),
+        "{msg}"
+    );
+    let disruption = evicted["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "DisruptionTarget"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(disruption["status"], "True", "{evicted:#}");
+    assert_eq!(disruption["reason"], "TerminationByKubelet", "{evicted:#}");
+
+    std::thread::sleep(Duration::from_secs(2));
+    for name in ["guaranteed", "burstable"] {
+        let p = node.pod(name).expect("listed");
+        assert!(running(&p, "c"), "{name} keeps running: {p:#}");
+        assert_eq!(restarts(&p, "c"), 0, "{name}: {p:#}");
+    }
+    let node_json = node.get_json("/node").unwrap_or(Value::Null);
+    let pressure = node_json["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "MemoryPressure"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        pressure["status"], "True",
+        "MemoryPressure holds for the transition period: {node_json:#}"
+    );
+    // No kernel OOM kill happened anywhere in the pod tree.
+    let all = node.get_json("/events").unwrap_or(Value::Null);
+    let ooms: Vec<&Value> = all["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e["reason"].as_str(),
+                        Some("OOMKilled" | "ProcessOOMKilled" | "SystemOOM")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(ooms.is_empty(), "the kernel OOM killer acted: {ooms:#?}");
+    // The evicted static pod stays down while the pressure lasts.
+    std::thread::sleep(Duration::from_secs(3));
+    let again = node.pod("besteffort").expect("listed");
+    assert_eq!(again["status"]["reason"], "Evicted", "{again:#}");
 }

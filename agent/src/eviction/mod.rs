@@ -37,6 +37,7 @@
 
 pub mod manager;
 pub mod message;
+pub mod notify;
 pub mod pod;
 pub mod rank;
 pub mod reclaim;

@@ -23,8 +23,8 @@ pub struct KernelRouter {
     pub node_name: String,
     /// Asks the PLEG for a full relist (after lost events).
     pub relist_all: Arc<Notify>,
-    /// Memory pressure in the pod tree: evaluate eviction now.
-    pub pressure: Option<mpsc::Sender<()>>,
+    /// Memory pressure or an OOM kill in the pod tree: evaluate eviction now.
+    pub pressure: Option<mpsc::Sender<crate::eviction::Trigger>>,
 }
 
 impl KernelRouter {
@@ -92,10 +92,11 @@ impl KernelRouter {
                 );
             }
         }
-        if let Detail::MemoryPressure(_) = ev.detail
+        if matches!(ev.detail, Detail::MemoryPressure(_) | Detail::OomKill(_))
             && let Some(tx) = &self.pressure
         {
-            let _ = tx.try_send(()); // one pending trigger is enough
+            // A full channel means an evaluation is already queued: triggers merge.
+            let _ = tx.try_send(crate::eviction::Trigger::now());
         }
         let pod = ev.pod.as_ref()?;
         let trigger = match &ev.detail {

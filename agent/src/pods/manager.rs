@@ -16,6 +16,7 @@ use super::observe::runtime_pod_uids;
 use super::source::{PodUpdate, SourceKind};
 use super::worker::{self, PodContext, WorkerHandle};
 use super::{format_pod, pod_uid};
+use crate::eviction::Eviction;
 use crate::pleg::{PodPoke, Trigger};
 use crate::runtime::ContainerRuntime;
 
@@ -53,6 +54,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         mut self,
         mut updates: mpsc::Receiver<PodUpdate>,
         mut pokes: mpsc::Receiver<PodPoke>,
+        mut evictions: mpsc::Receiver<Eviction>,
     ) {
         if self.expected_sources.is_empty() {
             self.cleanup_orphans().await;
@@ -65,6 +67,10 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
                     None => break,
                 },
                 Some(poke) = pokes.recv() => self.poke(&poke),
+                Some(eviction) = evictions.recv() => match self.workers.get(&eviction.pod_uid) {
+                    Some(w) => w.evict(eviction),
+                    None => warn!(pod = %eviction.pod_name, "eviction of a pod bpflet does not run"),
+                },
             }
         }
         self.tracker.close();

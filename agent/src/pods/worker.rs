@@ -23,6 +23,7 @@ use super::plan::{self, ObservedPod, PodActions};
 use super::volumes::PodVolumes;
 use super::{format_pod, pod_uid};
 use crate::cgroups::tree::QosTree;
+use crate::eviction::{self, Eviction, NodeCondition};
 use crate::pleg::Trigger;
 use crate::pleg::facts::{self, KernelFacts};
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -49,6 +50,9 @@ pub struct PodContext<R> {
     pub facts: KernelFacts,
     /// The kubepods cgroup (to name allocatable OOMs).
     pub kubepods: String,
+    /// Node pressure conditions from the eviction manager: an evicted pod stays down while
+    /// `eviction::admit` refuses it.
+    pub conditions: watch::Receiver<Vec<NodeCondition>>,
 }
 
 /// Why a sync could not finish; the worker logs it and tries again later.
@@ -88,9 +92,20 @@ pub struct WorkerHandle {
     kernel_poke: Arc<std::sync::atomic::AtomicBool>,
     pub terminate: CancellationToken,
     pub done: tokio::task::JoinHandle<()>,
+    eviction: Arc<std::sync::Mutex<Option<Eviction>>>,
 }
 
 impl WorkerHandle {
+    /// Evicts the pod: the worker kills it with the eviction's grace period, marks it
+    /// `Evicted`, and keeps it down while the node is under that pressure.
+    pub fn evict(&self, eviction: Eviction) {
+        *self
+            .eviction
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(eviction);
+        self.poke.notify_one();
+    }
+
     pub fn poke(&self, trigger: Trigger) {
         if trigger == Trigger::Kernel {
             self.kernel_poke
@@ -117,7 +132,10 @@ pub fn spawn<R: ContainerRuntime + 'static>(
     let poke = Arc::new(Notify::new());
     let kernel_poke = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let terminate = CancellationToken::new();
+    let eviction = Arc::new(std::sync::Mutex::new(None));
     let worker = Worker {
+        eviction: Arc::clone(&eviction),
+        evicted: None,
         ctx,
         spec: spec_rx,
         poke: Arc::clone(&poke),
@@ -137,11 +155,16 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         kernel_poke,
         terminate,
         done,
+        eviction,
     }
 }
 
 struct Worker<R> {
     ctx: Arc<PodContext<R>>,
+    /// An eviction requested by the eviction manager, not yet carried out.
+    eviction: Arc<std::sync::Mutex<Option<Eviction>>>,
+    /// The eviction carried out; the pod stays down while it holds.
+    evicted: Option<Eviction>,
     spec: watch::Receiver<Arc<Pod>>,
     poke: Arc<Notify>,
     kernel_poke: Arc<std::sync::atomic::AtomicBool>,
@@ -165,6 +188,30 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 return;
             }
             let pod = Arc::clone(&self.spec.borrow_and_update());
+            let requested = self
+                .eviction
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(e) = requested {
+                self.evict(&pod, e).await;
+            }
+            if self.evicted.is_some() {
+                if eviction::admit(&self.ctx.conditions.borrow(), &pod).is_err() {
+                    // Still under pressure: stay down, wake on pokes or at the next sync.
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = self.terminate.cancelled() => {}
+                        _ = self.spec.changed() => {}
+                        () = self.poke.notified() => {}
+                        () = tokio::time::sleep(self.ctx.sync_frequency) => {}
+                    }
+                    continue;
+                }
+                info!(pod = %format_pod(&pod), "node pressure is over: starting the evicted pod again");
+                self.evicted = None;
+                self.status = None;
+            }
             let kernel = self
                 .kernel_poke
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
@@ -484,6 +531,42 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         self.ctx.store.upsert(pod_uid(pod), published);
         self.status = Some(status);
+    }
+
+    /// Carries out an eviction: an `Evicted` event, every container stopped with the
+    /// eviction's grace period, the sandbox stopped, and the status marked `Evicted`.
+    async fn evict(&mut self, pod: &Pod, e: Eviction) {
+        let name = format_pod(pod);
+        self.ctx.store.events().record(
+            &Subject::Pod(pod),
+            EventType::Warning,
+            e.reason,
+            &e.message,
+            &self.ctx.node_name,
+        );
+        info!(pod = %name, signal = %e.signal.as_str(), grace = ?e.grace_period, latency = ?e.latency, "evicting pod");
+        let observed = match observe_pod(&*self.ctx.runtime, pod_uid(pod)).await {
+            Ok((o, _)) => o,
+            Err(err) => {
+                warn!(pod = %name, error = %err, "cannot list the pod's containers to evict it");
+                self.last_observed.clone().unwrap_or_default()
+            }
+        };
+        self.kill_containers(pod, &observed, e.grace_period).await;
+        for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+            if let Err(err) = self.ctx.runtime.stop_pod_sandbox(&sb.id).await {
+                warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the evicted pod's sandbox failed");
+            }
+        }
+        let mut status = self.status.clone().unwrap_or_default();
+        crate::status::mark_evicted(&mut status, &e.message, Timestamp::now());
+        self.status = Some(status);
+        let observed = observe_pod(&*self.ctx.runtime, pod_uid(pod))
+            .await
+            .map(|(o, _)| o)
+            .unwrap_or(observed);
+        self.publish(pod, &observed, Images::new(), &PodActions::default());
+        self.evicted = Some(e);
     }
 
     /// Records one event per OOM kill, once it is clear what the kill did: `OOMKilled` when

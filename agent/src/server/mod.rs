@@ -80,6 +80,7 @@ pub fn read_only_router(store: StatusStore) -> Router {
     Router::new()
         .route("/pods", get(pods))
         .route("/events", get(events))
+        .route("/node", get(node))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
@@ -97,6 +98,22 @@ async fn events(State(store): State<StatusStore>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         list.to_string(),
+    )
+        .into_response()
+}
+
+/// `/node`: the node's pressure conditions, as a `v1.Node` with only `status.conditions`,
+/// until cluster mode posts them to an API server.
+async fn node(State(store): State<StatusStore>) -> Response {
+    let node = serde_json::json!({
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": { "conditions": store.node_conditions() },
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        node.to_string(),
     )
         .into_response()
 }

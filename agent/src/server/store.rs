@@ -24,6 +24,7 @@ struct Inner {
     pods: RwLock<BTreeMap<String, Pod>>,
     health: HealthState,
     events: super::events::EventLog,
+    node_conditions: RwLock<Vec<k8s_openapi::api::core::v1::NodeCondition>>,
 }
 
 impl fmt::Debug for StatusStore {
@@ -50,6 +51,24 @@ impl StatusStore {
     #[must_use]
     pub fn events(&self) -> &super::events::EventLog {
         &self.inner.events
+    }
+
+    /// Replaces the node's conditions (MemoryPressure, DiskPressure, PIDPressure).
+    pub fn set_node_conditions(&self, conditions: Vec<k8s_openapi::api::core::v1::NodeCondition>) {
+        *self
+            .inner
+            .node_conditions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = conditions;
+    }
+
+    #[must_use]
+    pub fn node_conditions(&self) -> Vec<k8s_openapi::api::core::v1::NodeCondition> {
+        self.inner
+            .node_conditions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Inserts or replaces the pod (spec, metadata and `status`) with this UID.

@@ -239,6 +239,29 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         };
         tracker.spawn(router.run(kernel_rx, poke_tx.clone(), cancel.clone()));
     }
+    let (probe_tx, mut probe_rx) = mpsc::channel::<String>(1024);
+    let (probes, prober) = crate::probes::ProbeManager::new(
+        Arc::clone(&runtime),
+        probe_tx,
+        crate::probes::ProbeMetrics::new(),
+        &crate::probes::ProbeOptions::default(),
+    );
+    tracker.spawn(prober.run(cancel.clone()));
+    {
+        let pokes = poke_tx.clone();
+        tracker.spawn(async move {
+            while let Some(uid) = probe_rx.recv().await {
+                let poke = crate::pleg::PodPoke {
+                    uid,
+                    trigger: crate::pleg::Trigger::Relist,
+                    at: std::time::Instant::now(),
+                };
+                if pokes.send(poke).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let pleg = Pleg::new(
         Arc::clone(&runtime),
         pleg_mode,
@@ -298,6 +321,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         facts,
         kubepods: kubepods.clone(),
         conditions: conditions_rx,
+        probes,
     });
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));

@@ -53,6 +53,8 @@ pub struct PodContext<R> {
     /// Node pressure conditions from the eviction manager: an evicted pod stays down while
     /// `eviction::admit` refuses it.
     pub conditions: watch::Receiver<Vec<NodeCondition>>,
+    /// Liveness, readiness and startup probes of every pod.
+    pub probes: crate::probes::ProbeManager,
 }
 
 /// Why a sync could not finish; the worker logs it and tries again later.
@@ -276,13 +278,20 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 source,
             })?;
 
+        ctx.probes.annotate(&uid, &mut observed);
         let now = Timestamp::now();
         let actions = plan::compute_pod_actions(pod, &observed, &self.backoff, now);
         let changed = !actions_are_empty(&actions);
         let requeue = self.apply(pod, &observed, &actions, &volumes).await?;
         if changed {
             (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+            ctx.probes.annotate(&uid, &mut observed);
         }
+        ctx.probes.add_pod(
+            pod,
+            &observed,
+            crate::probes::pod_ip(pod, &observed, &ctx.node_ips),
+        );
         self.publish(pod, &observed, images, &actions);
         self.last_observed = Some(observed);
         Ok(requeue)
@@ -312,6 +321,27 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         for kill in &actions.containers_to_kill {
             info!(pod = %name, container = %kill.name, reason = ?kill.reason, "killing container");
+            if matches!(
+                kill.reason,
+                plan::KillReason::LivenessProbe | plan::KillReason::StartupProbe
+            ) {
+                if let Some(f) = ctx.probes.results(pod_uid(pod), &kill.id).last_failure {
+                    ctx.store.events().record(
+                        &Subject::Pod(pod),
+                        EventType::Warning,
+                        "Unhealthy",
+                        &f.to_string(),
+                        &ctx.node_name,
+                    );
+                }
+                ctx.store.events().record(
+                    &Subject::Pod(pod),
+                    EventType::Normal,
+                    "Killing",
+                    &format!("{}, will be restarted", kill.message),
+                    &ctx.node_name,
+                );
+            }
             ctx.runtime
                 .stop_container(&kill.id, grace)
                 .await
@@ -448,6 +478,37 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .await
             .map_err(rt_err)?;
         ctx.runtime.start_container(&id).await.map_err(rt_err)?;
+        let pod_ip = if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+        {
+            Some(
+                ctx.node_ips
+                    .first()
+                    .copied()
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            )
+        } else {
+            sandbox.pod_ips.first().and_then(|ip| ip.parse().ok())
+        };
+        if let Err(e) =
+            crate::probes::run_post_start(&*ctx.runtime, pod, container, &id, pod_ip, None).await
+        {
+            warn!(pod = %name, container = %container.name, error = %e, cause = %crate::bpf::error_chain(&e), "FailedPostStartHook");
+            ctx.store.events().record(
+                &Subject::Pod(pod),
+                EventType::Warning,
+                "FailedPostStartHook",
+                &e.to_string(),
+                &ctx.node_name,
+            );
+            ctx.runtime
+                .stop_container(&id, termination_grace(pod))
+                .await
+                .map_err(rt_err)?;
+        }
         Ok(())
     }
 
@@ -462,6 +523,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             let rt = Arc::clone(&self.ctx.runtime);
             let id = c.id.clone();
             let hook = pre_stop(pod, &c.name);
+            let pod_ip = crate::probes::pod_ip(pod, observed, &self.ctx.node_ips);
+            let pod_arc = pod.clone();
             let pod_name = format_pod(pod);
             let container = c.name.clone();
             async move {
@@ -476,6 +539,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                         }
                     }
                     Some(PreStop::Sleep(d)) => tokio::time::sleep(d.min(grace)).await,
+                    Some(PreStop::Http(action, spec)) => {
+                        if let Err(e) = crate::probes::run_http_hook(&action, &pod_arc, &spec, pod_ip, grace).await {
+                            warn!(pod = %pod_name, %container, error = %e, cause = %crate::bpf::error_chain(&e), "preStop hook failed");
+                        }
+                    }
                     None => {}
                 }
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -510,6 +578,15 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 );
             }
             facts.insert(c.id.clone(), f);
+        }
+        for c in &observed.containers {
+            let r = self.ctx.probes.results(pod_uid(pod), &c.id);
+            if r.readiness.is_some() {
+                facts
+                    .entry(c.id.clone())
+                    .or_insert_with(Default::default)
+                    .ready_by_probe = r.readiness;
+            }
         }
         let ctx = StatusContext {
             node_ips: self.ctx.node_ips.clone(),
@@ -649,6 +726,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             warn!(pod = %name, path = %logs.display(), error = %e, "removing the pod's logs failed");
         }
         ctx.store.remove(&uid);
+        ctx.probes.remove_pod(&uid);
         info!(pod = %name, "pod terminated");
     }
 }
@@ -672,6 +750,10 @@ struct SandboxRef<'a> {
 
 enum PreStop {
     Exec(Vec<String>),
+    Http(
+        Box<k8s_openapi::api::core::v1::HTTPGetAction>,
+        Box<Container>,
+    ),
     Sleep(Duration),
 }
 
@@ -686,6 +768,9 @@ fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
     let handler = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
     if let Some(exec) = &handler.exec {
         return Some(PreStop::Exec(exec.command.clone().unwrap_or_default()));
+    }
+    if let Some(http) = &handler.http_get {
+        return Some(PreStop::Http(Box::new(http.clone()), Box::new(c.clone())));
     }
     if let Some(sleep) = &handler.sleep {
         return Some(PreStop::Sleep(Duration::from_secs(

@@ -20,6 +20,7 @@ use crate::config::{Config, PlegMode};
 use crate::events::Source;
 use crate::events::source::{self, SourceChoice, SourceSpec};
 use crate::eviction::{self, EvictionIo, EvictionManager, Observer, SignalRoots, StorePods};
+use crate::metrics::Metrics;
 use crate::pleg::facts::KernelFacts;
 use crate::pleg::router::KernelRouter;
 use crate::pleg::{Pleg, PlegHealth};
@@ -52,6 +53,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("metrics")]
+    Metrics(#[source] crate::metrics::MetricsError),
     #[error("local API")]
     Server(#[source] server::ServerError),
 }
@@ -94,6 +97,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     info!(runtime = %version, endpoint = %config.runtime.endpoint.display(), "container runtime ready");
 
     let store = StatusStore::default();
+    let metrics = Metrics::new().map_err(AgentError::Metrics)?;
+    store.set_metrics(metrics.clone());
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
     if let Some(port) = config.server.read_only_port {
         let addr = SocketAddr::new(config.server.address, port);
@@ -239,11 +244,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         };
         tracker.spawn(router.run(kernel_rx, poke_tx.clone(), cancel.clone()));
     }
+    let probe_metrics = crate::probes::ProbeMetrics::new();
+    if let Err(e) = probe_metrics.register(&metrics.registry) {
+        warn!(error = %e, "prober_probe_total not exported");
+    }
     let (probe_tx, mut probe_rx) = mpsc::channel::<String>(1024);
     let (probes, prober) = crate::probes::ProbeManager::new(
         Arc::clone(&runtime),
         probe_tx,
-        crate::probes::ProbeMetrics::new(),
+        probe_metrics.clone(),
         &crate::probes::ProbeOptions::default(),
     );
     tracker.spawn(prober.run(cancel.clone()));
@@ -268,7 +277,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         config.pleg.safety_relist_period,
         health,
         relist_all,
-    );
+    )
+    .with_metrics(metrics.clone());
     tracker.spawn(pleg.run(poke_tx, cancel.clone()));
 
     // Pod sources.
@@ -322,6 +332,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         kubepods: kubepods.clone(),
         conditions: conditions_rx,
         probes,
+        metrics: metrics.clone(),
     });
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));

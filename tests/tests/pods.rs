@@ -763,6 +763,12 @@ fn generic_pleg_mode_runs_the_same_lifecycle() {
         "the PLEG mode shows on /healthz: {health}"
     );
     assert!(health.contains("[+]pleg ok"), "{health}");
+    let metrics = node.get_text("/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("kubelet_pleg_relist_duration_seconds_count"),
+        "generic mode relists: {metrics}"
+    );
+    assert!(metrics.contains("kubelet_running_pods 1"), "{metrics}");
 }
 
 #[test]

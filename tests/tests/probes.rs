@@ -366,7 +366,15 @@ fn readiness_probe_flips_ready_both_ways() {
     touch(&flag);
     node.wait_pod("ready", "Ready", |p| pod_ready(p, "web"));
     remove(&flag);
-    node.wait_pod("ready", "not Ready again", |p| pod_not_ready(p, "web"));
+    let p = node.wait_pod("ready", "not Ready again", |p| pod_not_ready(p, "web"));
+    let failure = p["metadata"]["annotations"]["bpflet.io/last-probe-failure.web"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        failure.contains("Readiness probe failed"),
+        "the latest failure is on the pod: {p:#}"
+    );
     touch(&flag);
     let p = node.wait_pod("ready", "Ready again", |p| pod_ready(p, "web"));
     assert_eq!(restarts(&p, "web"), 0, "readiness never restarts: {p:#}");

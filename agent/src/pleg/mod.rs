@@ -108,6 +108,7 @@ pub struct Pleg<R> {
     health: Arc<PlegHealth>,
     /// Notified when kernel events were lost: relist everything now.
     relist_all: Arc<Notify>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Upstream's generic relist period.
@@ -132,12 +133,21 @@ impl<R: ContainerRuntime + 'static> Pleg<R> {
             relist_period,
             health,
             relist_all,
+            metrics: None,
         }
+    }
+
+    /// Records relist durations and intervals under the kubelet's metric names.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Relists every period, and at once when asked to.
     pub async fn run(self, pokes: mpsc::Sender<PodPoke>, cancel: CancellationToken) {
         let mut last: HashMap<String, PodSnapshot> = HashMap::new();
+        let mut previous_start: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.relist_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -146,7 +156,21 @@ impl<R: ContainerRuntime + 'static> Pleg<R> {
                 _ = tick.tick() => {}
                 () = self.relist_all.notified() => {}
             }
+            let start = Instant::now();
+            if let (Some(m), Some(prev)) = (&self.metrics, previous_start) {
+                m.pleg_relist_interval
+                    .observe(start.duration_since(prev).as_secs_f64());
+            }
+            previous_start = Some(start);
             self.relist(&mut last, &pokes).await;
+            if let Some(m) = &self.metrics {
+                m.pleg_relist_duration
+                    .observe(start.elapsed().as_secs_f64());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                m.pleg_last_seen.set(now.as_secs_f64());
+            }
         }
     }
 

@@ -55,6 +55,7 @@ pub struct PodContext<R> {
     pub conditions: watch::Receiver<Vec<NodeCondition>>,
     /// Liveness, readiness and startup probes of every pod.
     pub probes: crate::probes::ProbeManager,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Why a sync could not finish; the worker logs it and tries again later.
@@ -587,6 +588,12 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     .or_insert_with(Default::default)
                     .ready_by_probe = r.readiness;
             }
+            if let Some(failure) = &r.last_failure {
+                annotations.insert(
+                    format!("bpflet.io/last-probe-failure.{}", c.name),
+                    format!("{} {failure}", failure.at),
+                );
+            }
         }
         let ctx = StatusContext {
             node_ips: self.ctx.node_ips.clone(),
@@ -622,6 +629,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             &self.ctx.node_name,
         );
         info!(pod = %name, signal = %e.signal.as_str(), grace = ?e.grace_period, latency = ?e.latency, "evicting pod");
+        self.ctx
+            .metrics
+            .evictions
+            .with_label_values(&[e.signal.as_str()])
+            .inc();
         let observed = match observe_pod(&*self.ctx.runtime, pod_uid(pod)).await {
             Ok((o, _)) => o,
             Err(err) => {

@@ -81,6 +81,7 @@ pub fn read_only_router(store: StatusStore) -> Router {
         .route("/pods", get(pods))
         .route("/events", get(events))
         .route("/node", get(node))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
@@ -98,6 +99,55 @@ async fn events(State(store): State<StatusStore>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         list.to_string(),
+    )
+        .into_response()
+}
+
+/// `/metrics`: Prometheus text format. Pod and container counts are taken from the
+/// published pods at scrape time.
+async fn metrics(State(store): State<StatusStore>) -> Response {
+    let Some(m) = store.metrics() else {
+        return text(StatusCode::NOT_FOUND, "no metrics registered\n".to_owned());
+    };
+    let pods = store.list();
+    let running = |p: &&k8s_openapi::api::core::v1::Pod| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    };
+    m.running_pods
+        .set(i64::try_from(pods.iter().filter(running).count()).unwrap_or(i64::MAX));
+    let mut by_state: std::collections::BTreeMap<&str, i64> = [
+        ("running", 0),
+        ("exited", 0),
+        ("created", 0),
+        ("unknown", 0),
+    ]
+    .into_iter()
+    .collect();
+    for p in &pods {
+        let statuses = p
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten());
+        for c in statuses {
+            let state = c.state.as_ref();
+            let key = if state.is_some_and(|s| s.running.is_some()) {
+                "running"
+            } else if state.is_some_and(|s| s.terminated.is_some()) {
+                "exited"
+            } else if c.container_id.is_some() {
+                "created"
+            } else {
+                "unknown"
+            };
+            *by_state.entry(key).or_default() += 1;
+        }
+    }
+    for (state, n) in by_state {
+        m.running_containers.with_label_values(&[state]).set(n);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.encode(),
     )
         .into_response()
 }

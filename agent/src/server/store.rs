@@ -25,6 +25,7 @@ struct Inner {
     health: HealthState,
     events: super::events::EventLog,
     node_conditions: RwLock<Vec<k8s_openapi::api::core::v1::NodeCondition>>,
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 impl fmt::Debug for StatusStore {
@@ -51,6 +52,16 @@ impl StatusStore {
     #[must_use]
     pub fn events(&self) -> &super::events::EventLog {
         &self.inner.events
+    }
+
+    /// Makes `/metrics` serve these metrics (the first call wins).
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    #[must_use]
+    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.inner.metrics.get()
     }
 
     /// Replaces the node's conditions (MemoryPressure, DiskPressure, PIDPressure).

@@ -238,11 +238,38 @@ async fn healthz_ok_and_failing() {
 async fn unknown_path_is_404() {
     let store = StatusStore::new();
     let server = Running::start(&store, true).await;
-    for path in ["/", "/nope", "/pods/extra", "/metrics"] {
+    for path in ["/", "/nope", "/pods/extra"] {
         let reply = get(server.addr, path).await;
         assert_eq!(reply.status, 404, "{path}");
         assert_eq!(reply.body, "404 page not found\n", "{path}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_served_with_pod_counts_from_the_store() {
+    let store = StatusStore::new();
+    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let mut pending = pod("web-b", "uid-b");
+    pending.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
+    store.upsert("uid-b", pending);
+    store.set_metrics(crate::metrics::Metrics::new().expect("metrics"));
+    let server = Running::start(&store, true).await;
+    let reply = get(server.addr, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body.contains("kubelet_running_pods 1"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("kubelet_pleg_last_seen_seconds"),
+        "{}",
+        reply.body
+    );
     server.stop().await;
 }
 

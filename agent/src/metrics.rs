@@ -1,0 +1,127 @@
+//! The agent's Prometheus metrics, under the names operators already chart for the kubelet
+//! (`kubelet_pleg_relist_duration_seconds`, `kubelet_evictions`, ...), served on `/metrics`.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the agent exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub pleg_relist_duration: Histogram,
+    pub pleg_relist_interval: Histogram,
+    /// Unix time of the last completed relist.
+    pub pleg_last_seen: Gauge,
+    /// By `eviction_signal`; no `_total` suffix, as upstream.
+    pub evictions: IntCounterVec,
+    pub running_pods: IntGauge,
+    /// By `container_state`.
+    pub running_containers: IntGaugeVec,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metric")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Upstream's buckets for relist timings (seconds).
+const RELIST_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let pleg_relist_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "kubelet_pleg_relist_duration_seconds",
+                "Duration in seconds for relisting pods in PLEG.",
+            )
+            .buckets(RELIST_BUCKETS.to_vec()),
+        )?;
+        let pleg_relist_interval = Histogram::with_opts(
+            HistogramOpts::new(
+                "kubelet_pleg_relist_interval_seconds",
+                "Interval in seconds between relisting in PLEG.",
+            )
+            .buckets(RELIST_BUCKETS.to_vec()),
+        )?;
+        let pleg_last_seen = Gauge::new(
+            "kubelet_pleg_last_seen_seconds",
+            "Timestamp in seconds when PLEG was last seen active.",
+        )?;
+        let evictions = IntCounterVec::new(
+            Opts::new(
+                "kubelet_evictions",
+                "Cumulative number of pod evictions by eviction signal",
+            ),
+            &["eviction_signal"],
+        )?;
+        let running_pods = IntGauge::new(
+            "kubelet_running_pods",
+            "Number of pods that have a running pod sandbox",
+        )?;
+        let running_containers = IntGaugeVec::new(
+            Opts::new(
+                "kubelet_running_containers",
+                "Number of containers currently running",
+            ),
+            &["container_state"],
+        )?;
+        registry.register(Box::new(pleg_relist_duration.clone()))?;
+        registry.register(Box::new(pleg_relist_interval.clone()))?;
+        registry.register(Box::new(pleg_last_seen.clone()))?;
+        registry.register(Box::new(evictions.clone()))?;
+        registry.register(Box::new(running_pods.clone()))?;
+        registry.register(Box::new(running_containers.clone()))?;
+        Ok(Self {
+            registry,
+            pleg_relist_duration,
+            pleg_relist_interval,
+            pleg_last_seen,
+            evictions,
+            running_pods,
+            running_containers,
+        })
+    }
+
+    /// The text exposition format of every registered metric.
+    pub fn encode(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_kubelet_names() {
+        let m = Metrics::new().unwrap();
+        m.pleg_relist_duration.observe(0.002);
+        m.evictions.with_label_values(&["memory.available"]).inc();
+        m.running_pods.set(3);
+        m.running_containers.with_label_values(&["running"]).set(4);
+        let text = m.encode();
+        for needle in [
+            "kubelet_pleg_relist_duration_seconds_bucket",
+            "kubelet_pleg_relist_interval_seconds",
+            "kubelet_pleg_last_seen_seconds",
+            "kubelet_evictions{eviction_signal=\"memory.available\"} 1",
+            "kubelet_running_pods 3",
+            "kubelet_running_containers{container_state=\"running\"} 4",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(
+            !text.contains("kubelet_evictions_total"),
+            "upstream has no _total suffix"
+        );
+    }
+}

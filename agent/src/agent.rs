@@ -356,6 +356,10 @@ fn protect_from_oom_killer(proc_root: &Path) {
     }
 }
 
+/// Hidden switch for `cargo xtask bench pleg`: `1` leaves the notifier out, so that a
+/// generic-mode agent is the upstream periodic-only eviction loop. Not for production.
+const DISABLE_NOTIFIER_ENV: &str = "BPFLET_DISABLE_MEMCG_NOTIFIER";
+
 /// On cgroup v1, asks the kernel to signal when the kubepods cgroup's usage crosses the
 /// `allocatableMemory.available` hard threshold, and turns each crossing into an eviction
 /// trigger (see `eviction::notify`).
@@ -370,6 +374,10 @@ fn spawn_allocatable_notifier(
     use crate::cgroups::CgroupVersion;
     use crate::config::eviction::Signal;
     if hierarchy.version != CgroupVersion::V1 {
+        return;
+    }
+    if std::env::var_os(DISABLE_NOTIFIER_ENV).is_some_and(|v| v == "1") {
+        warn!("{DISABLE_NOTIFIER_ENV}=1: no memory threshold notifier; eviction relies on pressure events and the periodic check");
         return;
     }
     let Ok(Some(limit)) = tree.kubepods_memory_limit() else {

@@ -373,7 +373,7 @@ fn new_pod_logged(log: &str, name: &str) -> Option<SystemTime> {
 }
 
 /// The timestamp that starts an agent log line: `2026-11-23T19:08:59.391182Z` (UTC).
-fn parse_log_time(line: &str) -> Option<SystemTime> {
+pub(crate) fn parse_log_time(line: &str) -> Option<SystemTime> {
     let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
     let (date, time) = ts.split_once('T')?;
     let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
@@ -410,7 +410,7 @@ struct IdleRow {
 }
 
 /// The machine, the build, and how busy the machine was when the bench started.
-struct Machine {
+pub(crate) struct Machine {
     cpus: usize,
     mem_total: u64,
     kernel: String,
@@ -421,7 +421,7 @@ struct Machine {
 }
 
 impl Machine {
-    fn read() -> Result<Self> {
+    pub(crate) fn read() -> Result<Self> {
         let loadavg = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
             .context("reading /proc/sys/kernel/osrelease")?;
@@ -487,26 +487,28 @@ impl std::fmt::Display for Machine {
 }
 
 /// The agent and its directories; `/pods` through a small tokio runtime.
-struct Node {
+pub(crate) struct Node {
     bpflet: PathBuf,
-    work_dir: PathBuf,
-    manifests: PathBuf,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) manifests: PathBuf,
     /// Manifests are written here, then renamed into `manifests`.
-    staging: PathBuf,
+    pub(crate) staging: PathBuf,
     agent_root: PathBuf,
-    cgroup_root: String,
-    port: u16,
-    rt: tokio::runtime::Runtime,
-    agent: Option<Child>,
-    agent_log: PathBuf,
+    pub(crate) cgroup_root: String,
+    pub(crate) port: u16,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) agent: Option<Child>,
+    pub(crate) agent_log: PathBuf,
+    /// Extra environment of the agent.
+    pub(crate) agent_env: Vec<(String, String)>,
     /// How long each GET /pods took, in ms.
-    get_ms: Vec<f64>,
+    pub(crate) get_ms: Vec<f64>,
 }
 
 impl Node {
     /// Gives the agent a clean slate: no manifests, state or cgroups of an earlier run
     /// (containerd's start removes that run's pods).
-    fn prepare(ctx: &Ctx, work_dir: &Path, cgroup_root: &str) -> Result<Self> {
+    pub(crate) fn prepare(ctx: &Ctx, work_dir: &Path, cgroup_root: &str) -> Result<Self> {
         let node = Self {
             bpflet: ctx.bpflet.clone(),
             work_dir: work_dir.to_owned(),
@@ -521,6 +523,7 @@ impl Node {
                 .context("building a tokio runtime")?,
             agent: None,
             agent_log: work_dir.join("agent.log"),
+            agent_env: vec![],
             get_ms: vec![],
         };
         up::remove_cgroup_tree(cgroup_root)?;
@@ -540,7 +543,7 @@ impl Node {
 
     /// Writes the config for `mode`, starts the agent, and waits until it serves `/pods`
     /// in that mode (an event PLEG that fell back to generic is an error).
-    fn start_agent(&mut self, mode: PlegMode, ctd: &PrivateContainerd) -> Result<()> {
+    pub(crate) fn start_agent(&mut self, mode: PlegMode, ctd: &PrivateContainerd) -> Result<()> {
         let config = up::render_config(&ConfigParams {
             static_pod_path: &self.manifests,
             cgroup_root: &self.cgroup_root,
@@ -561,6 +564,7 @@ impl Node {
             .arg("--root-dir")
             .arg(&self.agent_root)
             .args(["--hostname-override", NODE])
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log)
@@ -632,7 +636,7 @@ impl Node {
     }
 
     /// SIGTERM to the agent (pods keep running), SIGKILL after a grace period.
-    fn stop_agent(&mut self) {
+    pub(crate) fn stop_agent(&mut self) {
         let Some(mut child) = self.agent.take() else {
             return;
         };
@@ -651,14 +655,14 @@ impl Node {
         let _ = child.wait();
     }
 
-    fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(&self.agent_log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// One GET /pods, timed.
-    fn pods(&mut self) -> Result<Vec<PodView>> {
+    pub(crate) fn pods(&mut self) -> Result<Vec<PodView>> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let sent = Instant::now();
         let (code, body) = self.rt.block_on(up::http_get(addr, "/pods"))?;
@@ -680,7 +684,7 @@ impl Node {
         Ok((Instant::now(), SystemTime::now()))
     }
 
-    fn remove_pod(&self, name: &str) -> Result<()> {
+    pub(crate) fn remove_pod(&self, name: &str) -> Result<()> {
         let path = self.manifests.join(format!("{name}.yaml"));
         fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
     }
@@ -719,7 +723,7 @@ impl Node {
 
     /// Waits until every pod in `names` is up; returns, per pod, the first answer showing it
     /// up (in `names`' order).
-    fn wait_up(&mut self, names: &[String], timeout: Duration) -> Result<Vec<Instant>> {
+    pub(crate) fn wait_up(&mut self, names: &[String], timeout: Duration) -> Result<Vec<Instant>> {
         let mut seen: Vec<Option<Instant>> = vec![None; names.len()];
         self.poll_until(
             &format!("{} pod(s) to run", names.len()),
@@ -738,7 +742,7 @@ impl Node {
     }
 
     /// Waits until `/pods` lists none of `names`.
-    fn wait_gone(&mut self, names: &[String]) -> Result<()> {
+    pub(crate) fn wait_gone(&mut self, names: &[String]) -> Result<()> {
         self.poll_until(
             &format!("{} pod(s) to go", names.len()),
             GONE_TIMEOUT,
@@ -873,12 +877,12 @@ spec:
 }
 
 /// The pod of manifest `name` on `/pods`.
-fn find<'a>(pods: &'a [PodView], name: &str) -> Option<&'a PodView> {
+pub(crate) fn find<'a>(pods: &'a [PodView], name: &str) -> Option<&'a PodView> {
     pods.iter().find(|p| p.static_name.as_deref() == Some(name))
 }
 
 /// `Running`, and every app container running.
-fn is_up(pod: &PodView) -> bool {
+pub(crate) fn is_up(pod: &PodView) -> bool {
     let mut apps = pod.containers.iter().filter(|c| !c.init).peekable();
     pod.phase == "Running" && apps.peek().is_some() && apps.all(|c| c.state.starts_with("running"))
 }
@@ -955,7 +959,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -963,7 +967,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 /// Sleeps `d` in short steps, failing as soon as a signal came.
-fn sleep_checked(d: Duration) -> Result<()> {
+pub(crate) fn sleep_checked(d: Duration) -> Result<()> {
     let deadline = Instant::now() + d;
     loop {
         check_interrupted()?;
@@ -977,12 +981,12 @@ fn sleep_checked(d: Duration) -> Result<()> {
 
 /// SIGINT, SIGTERM and SIGHUP set [`INTERRUPTED`] while this lives; then the previous
 /// handlers come back.
-struct Interrupts {
+pub(crate) struct Interrupts {
     previous: Vec<(Signal, SigAction)>,
 }
 
 impl Interrupts {
-    fn install() -> Result<Self> {
+    pub(crate) fn install() -> Result<Self> {
         INTERRUPTED.store(false, Ordering::Relaxed);
         let action = SigAction::new(
             SigHandler::Handler(on_signal),

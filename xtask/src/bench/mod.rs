@@ -4,6 +4,7 @@
 //! [`ALL`] and in the `match` in [`dispatch`]. Benches print Markdown tables (see
 //! [`util::Table`]) and save them with [`Ctx::save`]. Timing belongs here, never in tests.
 
+pub mod pleg;
 pub mod pods;
 pub mod trace;
 #[expect(
@@ -20,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, ebpf, run as run_cmd, target_dir, workspace_root};
 
 /// Every bench, in the order `cargo xtask bench` without names runs them.
-pub const ALL: &[&str] = &["trace", "pods"];
+pub const ALL: &[&str] = &["trace", "pods", "pleg"];
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -56,6 +57,7 @@ fn dispatch(name: &str, ctx: &Ctx) -> Result<()> {
     match name {
         "trace" => trace::run(ctx),
         "pods" => pods::run(ctx),
+        "pleg" => pleg::run(ctx),
         other => bail!("unknown bench `{other}` (known: {})", ALL.join(", ")),
     }
 }

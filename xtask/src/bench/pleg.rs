@@ -1,0 +1,1608 @@
+//! `cargo xtask bench pleg`: how fast the agent sees container exits and OOM kills, and
+//! whether eviction beats the kernel OOM killer, with kernel-driven PLEG and eviction triggers
+//! against the upstream loops (1 s relist, 10 s eviction check), in one run.
+//!
+//! One private containerd serves the whole run; the release agent starts afresh for each
+//! variant with `cargo xtask up`'s config (kubepods limited to 512 MiB, `evictionHard:
+//! memory.available: 100Mi`, so eviction starts when the pods use 412 MiB), and
+//! `bpflet trace --json` watches the kubepods tree beside it: the kernel's timestamps of
+//! exits, OOM kills and memory pressure come from there.
+//!
+//! Variants: `event` (kernel-triggered PLEG; eviction triggered by kernel pressure and OOM
+//! events and by the v1 usage-threshold notifier, 10 s floor), `generic` (1 s relist; the
+//! notifier and the 10 s floor), `event, no notifier` (kernel events and the floor) and
+//! `periodic only` (generic with `BPFLET_DISABLE_MEMCG_NOTIFIER=1`: upstream's 10 s loop).
+//!
+//! 1. Exit to status: host-network busybox pods (`restartPolicy: Never`) run
+//!    `sleep <random 2-4 s>; exit <code>`, a batch of [`Plan::batch_size`] at a time;
+//!    `/pods` is polled every [`EXIT_POLL`] until each shows its container terminated with
+//!    its code. Latency: the kernel's timestamp of the container's exit (trace) to that
+//!    answer. `event` and `generic` only.
+//! 2. OOM kill to `OOMKilled`: the same, with a 32Mi container limit and a process that
+//!    allocates until the kernel kills it; from the trace's `oom_kill` to the first answer
+//!    showing `terminated OOMKilled(137)`.
+//! 3. Ramps: with a Guaranteed and a Burstable pod running, a BestEffort pod fills memory
+//!    fast up to [`RAMP_HEADROOM`] below the eviction threshold, then grows by [`RAMP_STEP`]
+//!    every [`RAMP_PAUSE`] s (~40 MiB/s) until it is evicted or OOM-killed. Pressure onset is the
+//!    moment kubepods' usage crosses the threshold: the bench arms its own eventfd on
+//!    kubepods' `memory.usage_in_bytes` (the kernel check the agent's notifier uses, so
+//!    both fire together). The decision is the agent's `evicting pod` log line; kernel OOM
+//!    kills are the trace's `oom_kill` events during the ramp.
+//!
+//! Whatever happens, the agent and the trace are stopped and `up`'s teardown removes every
+//! pod, containerd, the cgroup tree and the mounts. `BPFLET_BENCH_QUICK=1` shortens every
+//! step: for trying the bench, not for numbers.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use xtask::containerd::{self, PrivateContainerd};
+use xtask::images::BUSYBOX_IMAGE;
+
+use super::Ctx;
+use super::pods::{
+    Interrupts, Machine, Node, check_interrupted, find, is_up, parse_log_time, sleep_checked,
+};
+use super::util::{Summary, Table};
+use crate::up::{self, PlegMode, PodView};
+use crate::{is_root, workspace_root};
+
+/// How often `/pods` is polled for exits and OOM kills: their resolution.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+/// How often `/pods` is polled during a ramp (only to see it end).
+const RAMP_POLL: Duration = Duration::from_millis(20);
+/// How often the usage watcher samples kubepods' usage besides waiting for the threshold.
+const USAGE_SAMPLE: Duration = Duration::from_millis(50);
+/// This bench's CNI bridge and subnet: apart from `up`'s, the pods bench's and the tests'.
+/// Host-network pods never create the bridge.
+const BRIDGE: &str = "bpflet-pleg0";
+const SUBNET: &str = "10.91.0.0/16";
+const QUICK_ENV: &str = "BPFLET_BENCH_QUICK";
+/// The agent's hidden switch that leaves out the v1 usage-threshold notifier.
+const NOTIFIER_ENV: &str = "BPFLET_DISABLE_MEMCG_NOTIFIER";
+/// The v1 memory hierarchy (this fleet's hosts are hybrid; the notifier is v1 only).
+const MEMORY_V1: &str = "/sys/fs/cgroup/memory";
+/// `evictionHard: memory.available` in `up`'s config, which also applies to kubepods.
+const EVICTION_AVAILABLE: u64 = 100 << 20;
+/// A ramp grows by [`RAMP_STEP`] every [`RAMP_PAUSE`] once the fast fill is done: with the
+/// allocation and the fork of `sleep`, ~40 MiB/s.
+const RAMP_STEP: u64 = 4 << 20;
+const RAMP_PAUSE: &str = "0.08";
+/// Before each ramp, a random pause of up to this (ms): the eviction loop's period.
+const RAMP_PHASE_MS: u64 = 10_000;
+/// Where the fast fill stops below the eviction threshold.
+const RAMP_HEADROOM: u64 = 60 << 20;
+/// A ramp starts only once kubepods uses less than the threshold minus this.
+const RAMP_START_BELOW: u64 = 96 << 20;
+/// The container limit of the OOM pods.
+const OOM_LIMIT: &str = "32Mi";
+/// Upper bounds for waits; never timing claims.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+const RAMP_TIMEOUT: Duration = Duration::from_secs(60);
+const USAGE_DROP_TIMEOUT: Duration = Duration::from_secs(30);
+const TRACE_START_TIMEOUT: Duration = Duration::from_secs(30);
+const TRACE_STOP_GRACE: Duration = Duration::from_secs(5);
+const NOTIFIER_LOG_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a ramp ends, before its pod is removed: late events still count for it.
+const RAMP_LINGER: Duration = Duration::from_millis(500);
+/// OOM-kill reasons on `/events`.
+const OOM_REASONS: [&str; 3] = ["OOMKilled", "ProcessOOMKilled", "SystemOOM"];
+
+/// How much of everything.
+#[derive(Debug, Clone)]
+struct Plan {
+    batch_size: usize,
+    exit_batches: usize,
+    oom_batches: usize,
+    ramps: usize,
+    quick: bool,
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        if std::env::var_os(QUICK_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+            Self {
+                batch_size: 3,
+                exit_batches: 1,
+                oom_batches: 1,
+                ramps: 2,
+                quick: true,
+            }
+        } else {
+            Self {
+                batch_size: 5,
+                exit_batches: 4,
+                oom_batches: 2,
+                ramps: 10,
+                quick: false,
+            }
+        }
+    }
+}
+
+/// One agent configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Event,
+    Generic,
+    EventNoNotifier,
+    PeriodicOnly,
+}
+
+impl Variant {
+    /// In the order they run: the two PLEG modes with exits, OOM kills and ramps, then the
+    /// two ramp-only variants.
+    const ALL: [Variant; 4] = [
+        Variant::Event,
+        Variant::Generic,
+        Variant::EventNoNotifier,
+        Variant::PeriodicOnly,
+    ];
+
+    fn mode(self) -> PlegMode {
+        match self {
+            Variant::Event | Variant::EventNoNotifier => PlegMode::Event,
+            Variant::Generic | Variant::PeriodicOnly => PlegMode::Generic,
+        }
+    }
+
+    fn notifier(self) -> bool {
+        matches!(self, Variant::Event | Variant::Generic)
+    }
+
+    /// Whether the exit and OOM measurements run in this variant.
+    fn measures_pods(self) -> bool {
+        self.notifier()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Event => "event",
+            Variant::Generic => "generic",
+            Variant::EventNoNotifier => "event, no notifier",
+            Variant::PeriodicOnly => "periodic only",
+        }
+    }
+
+    /// What starts an eviction evaluation.
+    fn triggers(self) -> &'static str {
+        match self {
+            Variant::Event => "kernel pressure/OOM + usage notifier + 10 s",
+            Variant::Generic => "usage notifier + 10 s",
+            Variant::EventNoNotifier => "kernel pressure/OOM + 10 s",
+            Variant::PeriodicOnly => "10 s",
+        }
+    }
+
+    /// Short, for pod names and log files.
+    fn tag(self) -> &'static str {
+        match self {
+            Variant::Event => "ev",
+            Variant::Generic => "gen",
+            Variant::EventNoNotifier => "evk",
+            Variant::PeriodicOnly => "per",
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    ensure!(
+        is_root(),
+        "`cargo xtask bench pleg` needs root (BPF, cgroups, containerd)"
+    );
+    ensure!(
+        Path::new(MEMORY_V1).join("memory.usage_in_bytes").is_file(),
+        "`cargo xtask bench pleg` needs the cgroup v1 memory controller at {MEMORY_V1} (the \
+         usage-threshold eventfd that marks pressure onset is v1 only)"
+    );
+    let plan = Plan::from_env();
+    let machine = Machine::read()?;
+    let _interrupts = Interrupts::install()?;
+
+    let work_dir = workspace_root().join(".work").join("bench-pleg");
+    fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let work_dir = work_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", work_dir.display()))?;
+    let cgroup_root = up::cgroup_root_for(&work_dir);
+    let mut node = Node::prepare(ctx, &work_dir, &cgroup_root)?;
+
+    eprintln!(
+        "bench pleg: private containerd in {}",
+        work_dir.join("containerd").display()
+    );
+    let ctd = match PrivateContainerd::start_with(
+        &work_dir.join("containerd"),
+        &containerd::Options {
+            bridge: BRIDGE.to_owned(),
+            subnet: SUBNET.to_owned(),
+            cgroup_parent: Some(cgroup_root.clone()),
+        },
+    ) {
+        Ok(ctd) => ctd,
+        Err(e) => {
+            let _ = up::remove_cgroup_tree(&cgroup_root);
+            return Err(e.context("starting the private containerd"));
+        }
+    };
+
+    let started = Instant::now();
+    let outcome = measure(ctx, &plan, &mut node, &ctd).and_then(|sessions| {
+        let report = render(&plan, &machine, &sessions, started.elapsed());
+        println!("{report}");
+        let path = ctx.save("pleg", &report)?;
+        eprintln!("saved {}", path.display());
+        Ok(())
+    });
+    node.stop_agent();
+    eprintln!("bench pleg: tearing down");
+    let teardown = up::teardown(ctd, &work_dir, &cgroup_root, BRIDGE);
+    match (outcome, teardown) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Err(t)) => Err(t),
+        (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
+    }
+}
+
+/// Every variant, one agent each.
+fn measure(
+    ctx: &Ctx,
+    plan: &Plan,
+    node: &mut Node,
+    ctd: &PrivateContainerd,
+) -> Result<Vec<Session>> {
+    let mut rng = Rng::seeded();
+    let mut sessions = vec![];
+    for variant in Variant::ALL {
+        node.agent_env = if variant.notifier() {
+            vec![]
+        } else {
+            vec![(NOTIFIER_ENV.to_owned(), "1".to_owned())]
+        };
+        node.start_agent(variant.mode(), ctd)?;
+        let result = session(ctx, plan, node, variant, &mut rng);
+        node.stop_agent();
+        // Keep each variant's log (two variants share a PLEG mode, hence a log name).
+        let kept = node.work_dir.join(format!("agent-{}.log", variant.tag()));
+        let _ = fs::rename(&node.agent_log, &kept);
+        node.agent_log = kept;
+        sessions.push(result.with_context(|| format!("variant `{}`", variant.name()))?);
+    }
+    Ok(sessions)
+}
+
+/// What one variant measured.
+struct Session {
+    variant: Variant,
+    exits: Vec<Sample>,
+    ooms: Vec<Sample>,
+    ramps: Vec<Ramp>,
+    /// GET /pods times (ms) while polling exits and OOM kills every [`EXIT_POLL`].
+    gets: Vec<f64>,
+    /// `events_lost` records of the trace.
+    lost: u64,
+    /// The Guaranteed and Burstable pods after the ramps: `None` when both kept running.
+    companions_hurt: Option<String>,
+    /// OOM-kill events on `/events` about the ramps' pods (or the node).
+    api_ooms: usize,
+}
+
+/// One exit or OOM kill.
+struct Sample {
+    /// From the kernel's timestamp to the first `/pods` answer showing it; `None` when
+    /// either is missing (see `note`).
+    latency_ms: Option<f64>,
+    /// From the kernel's timestamp to the agent's `killing pod ... reason=PodDone` line: its
+    /// worker has seen the exit through the runtime and plans to stop the sandbox.
+    worker_ms: Option<f64>,
+    note: Option<String>,
+}
+
+/// One ramp, evaluated.
+struct Ramp {
+    onset: Option<SystemTime>,
+    /// The eviction decision: log time, trigger, the agent's own latency (ms).
+    decision: Option<Decision>,
+    /// Kernel OOM kills in the pod tree during the ramp (any pod).
+    oom_kills: usize,
+    /// The first of them.
+    first_oom: Option<SystemTime>,
+    /// Of those, kills of other pods than the ramp's.
+    other_oom_kills: usize,
+    /// The ramp's process killed (SIGKILL exit in the trace), from onset, ms.
+    killed_ms: Option<f64>,
+    /// The first kernel `memory_pressure` event in the pod tree, from onset, ms.
+    pressure_ms: Option<f64>,
+    /// kubepods' growth in the second before onset, MiB/s.
+    growth_mib_s: Option<f64>,
+    /// How the ramp's pod ended on `/pods`.
+    end: String,
+}
+
+impl Ramp {
+    /// The eviction decision, if it came before any kernel OOM kill.
+    fn won(&self) -> Option<&Decision> {
+        self.decision
+            .as_ref()
+            .filter(|d| self.first_oom.is_none_or(|o| d.at < o))
+    }
+
+    fn onset_to_decision_ms(&self) -> Option<f64> {
+        Some(ms_between(self.onset?, self.won()?.at))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Decision {
+    at: SystemTime,
+    trigger: String,
+    latency_ms: Option<f64>,
+}
+
+fn session(
+    ctx: &Ctx,
+    plan: &Plan,
+    node: &mut Node,
+    variant: Variant,
+    rng: &mut Rng,
+) -> Result<Session> {
+    check_notifier(node, variant)?;
+    let kubepods = format!("{}/kubepods", node.cgroup_root);
+    let trace = Trace::start(ctx, &node.work_dir, variant.tag(), &kubepods)?;
+    let gets_before = node.get_ms.len();
+
+    let mut exits = vec![];
+    let mut ooms = vec![];
+    if variant.measures_pods() {
+        for b in 0..plan.exit_batches {
+            eprintln!(
+                "bench pleg: {}: exits, batch {}/{}",
+                variant.name(),
+                b + 1,
+                plan.exit_batches
+            );
+            exits.extend(exit_batch(node, variant, b, plan.batch_size, rng)?);
+        }
+        for b in 0..plan.oom_batches {
+            eprintln!(
+                "bench pleg: {}: OOM kills, batch {}/{}",
+                variant.name(),
+                b + 1,
+                plan.oom_batches
+            );
+            ooms.extend(oom_batch(node, variant, b, plan.batch_size, rng)?);
+        }
+    }
+    let gets = node.get_ms.split_off(gets_before);
+    let (runs, companions_hurt) = ramps(node, variant, plan.ramps, rng)?;
+    let api_ooms = api_oom_events(node)?;
+    let events = trace.stop()?;
+    let log = fs::read_to_string(&node.agent_log)
+        .with_context(|| format!("reading {}", node.agent_log.display()))?;
+
+    let exits = exits
+        .iter()
+        .map(|p| {
+            p.sample(&events, &log, |e| {
+                e.kind == "exit" && e.exit_code == Some(p.code)
+            })
+        })
+        .collect();
+    let ooms = ooms
+        .iter()
+        .map(|p| p.sample(&events, &log, |e| e.kind == "oom_kill"))
+        .collect();
+    let ramps = runs.iter().map(|r| r.evaluate(&events, &log)).collect();
+    Ok(Session {
+        variant,
+        exits,
+        ooms,
+        ramps,
+        gets,
+        lost: events
+            .iter()
+            .filter(|e| e.kind == "events_lost")
+            .map(|e| e.lost)
+            .sum(),
+        companions_hurt,
+        api_ooms,
+    })
+}
+
+/// The agent's log says whether the usage-threshold notifier runs; it must match the variant.
+fn check_notifier(node: &Node, variant: Variant) -> Result<()> {
+    let deadline = Instant::now() + NOTIFIER_LOG_TIMEOUT;
+    loop {
+        let log = fs::read_to_string(&node.agent_log).unwrap_or_default();
+        let armed = log.contains("memory threshold notifier armed");
+        let disabled = log.contains(&format!("{NOTIFIER_ENV}=1"));
+        if armed || disabled {
+            ensure!(
+                armed == variant.notifier(),
+                "variant `{}` wants the notifier {}, but the agent says otherwise; last lines \
+                 of {}:\n{}",
+                variant.name(),
+                if variant.notifier() { "on" } else { "off" },
+                node.agent_log.display(),
+                node.log_tail(20)
+            );
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the agent logged neither `memory threshold notifier armed` nor `{NOTIFIER_ENV}=1` \
+             within {NOTIFIER_LOG_TIMEOUT:?} (is it the build with the switch?); last lines \
+             of {}:\n{}",
+            node.agent_log.display(),
+            node.log_tail(20)
+        );
+        sleep_checked(Duration::from_millis(50))?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exits and OOM kills
+
+/// A pod of a batch, after the batch: when `/pods` first showed what was waited for.
+struct Watched {
+    name: String,
+    /// The exit code the container ends with (exits only).
+    code: i32,
+    uid: Option<String>,
+    seen: Option<SystemTime>,
+    last: String,
+}
+
+impl Watched {
+    /// Matches the kernel's event for this pod (`is_it`, and the pod's uid, the first one)
+    /// and the agent's log.
+    fn sample(
+        &self,
+        events: &[TraceEvent],
+        log: &str,
+        is_it: impl Fn(&TraceEvent) -> bool,
+    ) -> Sample {
+        let Some(uid) = &self.uid else {
+            return Sample {
+                latency_ms: None,
+                worker_ms: None,
+                note: Some(format!("{}: never on /pods", self.name)),
+            };
+        };
+        let Some(kernel) = events
+            .iter()
+            .find(|e| e.pod_uid.as_deref() == Some(uid) && is_it(e))
+        else {
+            return Sample {
+                latency_ms: None,
+                worker_ms: None,
+                note: Some(format!("{}: no kernel event in the trace", self.name)),
+            };
+        };
+        Sample {
+            latency_ms: self.seen.map(|seen| ms_between(kernel.ts, seen)),
+            worker_ms: pod_done_logged(log, &self.name).map(|at| ms_between(kernel.ts, at)),
+            note: self
+                .seen
+                .is_none()
+                .then(|| format!("{}: /pods never showed it ({})", self.name, self.last)),
+        }
+    }
+}
+
+fn exit_batch(
+    node: &mut Node,
+    variant: Variant,
+    batch: usize,
+    size: usize,
+    rng: &mut Rng,
+) -> Result<Vec<Watched>> {
+    let pods: Vec<(String, i32, String)> = (0..size)
+        .map(|j| {
+            let n = batch * size + j;
+            // Distinct, non-zero, below the shell's 126+ and the signal codes.
+            let code = i32::try_from(1 + n % 120).unwrap_or(1);
+            let sleep = 2.0 + rng.below(200) as f64 / 100.0;
+            let command = format!("sleep {sleep:.2}; exit {code}");
+            (format!("exit-{}-{n:02}", variant.tag()), code, command)
+        })
+        .collect();
+    let manifests: Vec<(String, String)> = pods
+        .iter()
+        .map(|(name, _, cmd)| (name.clone(), manifest(name, "Never", cmd, "")))
+        .collect();
+    let codes: Vec<i32> = pods.iter().map(|p| p.1).collect();
+    let mut watched = watch_batch(node, &manifests, |i, pod| {
+        let want = format!("({})", codes[i]);
+        app(pod).is_some_and(|c| c.state.starts_with("terminated ") && c.state.ends_with(&want))
+    })?;
+    for (w, code) in watched.iter_mut().zip(codes) {
+        w.code = code;
+    }
+    Ok(watched)
+}
+
+fn oom_batch(
+    node: &mut Node,
+    variant: Variant,
+    batch: usize,
+    size: usize,
+    rng: &mut Rng,
+) -> Result<Vec<Watched>> {
+    let manifests: Vec<(String, String)> = (0..size)
+        .map(|j| {
+            let name = format!("oom-{}-{:02}", variant.tag(), batch * size + j);
+            let sleep = 2.0 + rng.below(200) as f64 / 100.0;
+            // awk becomes the container's init; it allocates 1 MiB strings until killed.
+            let command = format!(
+                "sleep {sleep:.2}; exec awk 'BEGIN {{ while (1) a[i++] = sprintf(\"%1048576s\", \"\") }}'"
+            );
+            let resources = format!("    resources:\n      limits:\n        memory: {OOM_LIMIT}\n");
+            let text = manifest(&name, "Never", &command, &resources);
+            (name, text)
+        })
+        .collect();
+    watch_batch(node, &manifests, |_, pod| {
+        app(pod).is_some_and(|c| c.state.starts_with("terminated OOMKilled("))
+    })
+}
+
+/// Writes the manifests at once, polls `/pods` every [`EXIT_POLL`] until `done` held for
+/// each pod (or [`BATCH_TIMEOUT`]), then removes them and waits until they are gone.
+fn watch_batch(
+    node: &mut Node,
+    manifests: &[(String, String)],
+    done: impl Fn(usize, &PodView) -> bool,
+) -> Result<Vec<Watched>> {
+    for (name, text) in manifests {
+        write_manifest(node, name, text)?;
+    }
+    let mut watched: Vec<Watched> = manifests
+        .iter()
+        .map(|(name, _)| Watched {
+            name: name.clone(),
+            code: 0,
+            uid: None,
+            seen: None,
+            last: "not on /pods".to_owned(),
+        })
+        .collect();
+    let deadline = Instant::now() + BATCH_TIMEOUT;
+    loop {
+        check_interrupted()?;
+        let sent = Instant::now();
+        let pods = node.pods()?;
+        let at = SystemTime::now();
+        for (i, w) in watched.iter_mut().enumerate() {
+            let Some(pod) = find(&pods, &w.name) else {
+                continue;
+            };
+            w.uid.clone_from(&pod.uid);
+            w.last = pod.summary();
+            if w.seen.is_none() && done(i, pod) {
+                w.seen = Some(at);
+            }
+        }
+        if watched.iter().all(|w| w.seen.is_some()) || Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep((sent + EXIT_POLL).saturating_duration_since(Instant::now()));
+    }
+    let names: Vec<String> = manifests.iter().map(|(n, _)| n.clone()).collect();
+    for name in &names {
+        node.remove_pod(name)?;
+    }
+    node.wait_gone(&names)?;
+    Ok(watched)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ramps
+
+/// One ramp as it ran; [`RampRun::evaluate`] matches it with the trace and the agent's log.
+struct RampRun {
+    name: String,
+    uid: Option<String>,
+    /// The manifest was written.
+    start: SystemTime,
+    /// The pod was removed.
+    end: SystemTime,
+    end_state: String,
+    crossings: Vec<SystemTime>,
+    usage: Vec<(SystemTime, u64)>,
+}
+
+fn ramps(
+    node: &mut Node,
+    variant: Variant,
+    count: usize,
+    rng: &mut Rng,
+) -> Result<(Vec<RampRun>, Option<String>)> {
+    let kubepods = Path::new(MEMORY_V1)
+        .join(node.cgroup_root.trim_start_matches('/'))
+        .join("kubepods");
+    let limit = read_u64(&kubepods.join("memory.limit_in_bytes"))?;
+    let threshold = limit.saturating_sub(EVICTION_AVAILABLE);
+    let watch = UsageWatch::start(&kubepods, threshold)?;
+
+    let companions = [
+        (
+            format!("guaranteed-{}", variant.tag()),
+            "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n      requests: {cpu: 100m, memory: 64Mi}\n",
+        ),
+        (
+            format!("burstable-{}", variant.tag()),
+            "    resources:\n      requests: {memory: 32Mi}\n",
+        ),
+    ];
+    let companion_names: Vec<String> = companions.iter().map(|(n, _)| n.clone()).collect();
+    for (name, resources) in &companions {
+        write_manifest(
+            node,
+            name,
+            &manifest(name, "Always", "exec sleep 3600", resources),
+        )?;
+    }
+    node.wait_up(&companion_names, BATCH_TIMEOUT)?;
+
+    let mut runs = vec![];
+    for i in 0..count {
+        eprintln!(
+            "bench pleg: {}: ramp {}/{count} (kubepods limit {} MiB, eviction at {} MiB)",
+            variant.name(),
+            i + 1,
+            limit >> 20,
+            threshold >> 20
+        );
+        let below = threshold.saturating_sub(RAMP_START_BELOW);
+        let usage = wait_usage_below(&kubepods, below)?;
+        let fill = threshold
+            .saturating_sub(RAMP_HEADROOM)
+            .saturating_sub(usage)
+            / RAMP_STEP;
+        let name = format!("ramp-{}-{i:02}", variant.tag());
+        let command = format!(
+            "exec awk 'BEGIN {{ for (i = 0; i < {fill}; i++) a[i] = sprintf(\"%{RAMP_STEP}s\", \"\"); \
+             while (1) {{ a[i++] = sprintf(\"%{RAMP_STEP}s\", \"\"); system(\"sleep {RAMP_PAUSE}\") }} }}'",
+        );
+        // A random pause, so that ramps meet the agent's 10 s loop at random phases (a
+        // ramp takes about as long as the loop's period).
+        sleep_checked(Duration::from_millis(rng.below(RAMP_PHASE_MS)))?;
+        let start = SystemTime::now();
+        write_manifest(node, &name, &manifest(&name, "Never", &command, ""))?;
+        let (uid, end_state) = wait_ramp_end(node, &name)?;
+        sleep_checked(RAMP_LINGER)?;
+        node.remove_pod(&name)?;
+        node.wait_gone(std::slice::from_ref(&name))?;
+        let end = SystemTime::now();
+        let (crossings, usage) = watch.between(start, end);
+        runs.push(RampRun {
+            name,
+            uid,
+            start,
+            end,
+            end_state,
+            crossings,
+            usage,
+        });
+    }
+    watch.stop()?;
+
+    let pods = node.pods()?;
+    let hurt: Vec<String> = companion_names
+        .iter()
+        .filter_map(|n| match find(&pods, n) {
+            Some(p) if is_up(p) && p.containers.iter().all(|c| c.restarts == 0) => None,
+            Some(p) => Some(format!("{n}: {}", p.summary())),
+            None => Some(format!("{n}: not on /pods")),
+        })
+        .collect();
+    for name in &companion_names {
+        node.remove_pod(name)?;
+    }
+    node.wait_gone(&companion_names)?;
+    Ok((runs, (!hurt.is_empty()).then(|| hurt.join("; "))))
+}
+
+/// Polls `/pods` until the ramp's pod has ended (evicted or OOM-killed: `Failed`, or its
+/// container terminated). Returns its uid and how it ended.
+fn wait_ramp_end(node: &mut Node, name: &str) -> Result<(Option<String>, String)> {
+    let deadline = Instant::now() + RAMP_TIMEOUT;
+    let mut uid = None;
+    loop {
+        check_interrupted()?;
+        let sent = Instant::now();
+        let pods = node.pods()?;
+        if let Some(pod) = find(&pods, name) {
+            uid.clone_from(&pod.uid);
+            let ended = pod.phase == "Failed"
+                || pod.phase == "Succeeded"
+                || app(pod).is_some_and(|c| c.state.starts_with("terminated"));
+            if ended {
+                return Ok((uid, pod.summary()));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "ramp {name} neither evicted nor killed within {RAMP_TIMEOUT:?}: {}",
+                    pod.summary()
+                );
+            }
+        } else if Instant::now() >= deadline {
+            bail!("ramp {name} never showed on /pods within {RAMP_TIMEOUT:?}");
+        }
+        thread::sleep((sent + RAMP_POLL).saturating_duration_since(Instant::now()));
+    }
+}
+
+fn wait_usage_below(kubepods: &Path, bytes: u64) -> Result<u64> {
+    let deadline = Instant::now() + USAGE_DROP_TIMEOUT;
+    loop {
+        let usage = read_u64(&kubepods.join("memory.usage_in_bytes"))?;
+        if usage < bytes {
+            return Ok(usage);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kubepods still uses {} MiB after {USAGE_DROP_TIMEOUT:?} (want < {} MiB before a ramp)",
+            usage >> 20,
+            bytes >> 20
+        );
+        sleep_checked(Duration::from_millis(50))?;
+    }
+}
+
+impl RampRun {
+    fn evaluate(&self, events: &[TraceEvent], log: &str) -> Ramp {
+        let during = |e: &&TraceEvent| e.ts >= self.start && e.ts <= self.end;
+        let onset = self.crossings.first().copied();
+        let ooms: Vec<&TraceEvent> = events
+            .iter()
+            .filter(during)
+            .filter(|e| e.kind == "oom_kill")
+            .collect();
+        let mine = |e: &TraceEvent| self.uid.is_some() && e.pod_uid == self.uid;
+        let from_onset = |t: SystemTime| onset.map(|o| ms_between(o, t));
+        let killed = events
+            .iter()
+            .filter(during)
+            .find(|e| e.kind == "exit" && mine(e) && e.signal == Some(9))
+            .and_then(|e| from_onset(e.ts));
+        let pressure = events
+            .iter()
+            .filter(during)
+            .find(|e| e.kind == "memory_pressure")
+            .and_then(|e| from_onset(e.ts));
+        Ramp {
+            onset,
+            decision: eviction_logged(log, &self.name),
+            oom_kills: ooms.len(),
+            first_oom: ooms.first().map(|e| e.ts),
+            other_oom_kills: ooms.iter().filter(|e| !mine(e)).count(),
+            killed_ms: killed,
+            pressure_ms: pressure,
+            growth_mib_s: onset.and_then(|o| growth(&self.usage, o)),
+            end: self.end_state.clone(),
+        }
+    }
+}
+
+/// kubepods' growth over the second before `onset`, in MiB/s.
+fn growth(usage: &[(SystemTime, u64)], onset: SystemTime) -> Option<f64> {
+    let from = onset.checked_sub(Duration::from_secs(1))?;
+    let window: Vec<&(SystemTime, u64)> = usage
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= onset)
+        .collect();
+    let (first, last) = (window.first()?, window.last()?);
+    let secs = last.0.duration_since(first.0).ok()?.as_secs_f64();
+    (secs >= 0.2).then(|| (last.1 as f64 - first.1 as f64) / f64::from(1 << 20) / secs)
+}
+
+/// When the worker of manifest `name` decided to stop its finished pod (`killing pod ...
+/// reason=PodDone`): it has seen the last container's exit through the runtime.
+fn pod_done_logged(log: &str, name: &str) -> Option<SystemTime> {
+    let tag = format!(" pod={name}-");
+    log.lines()
+        .find(|l| l.contains(" killing pod ") && l.contains("reason=PodDone") && l.contains(&tag))
+        .and_then(parse_log_time)
+}
+
+/// The eviction manager's `evicting pod` line for manifest `name`: when, what triggered the
+/// evaluation, and the agent's own trigger-to-decision latency.
+fn eviction_logged(log: &str, name: &str) -> Option<Decision> {
+    let tag = format!(" pod=default/{name}-");
+    let line = log.lines().find(|l| {
+        l.contains("bpflet::eviction::manager") && l.contains(" evicting pod ") && l.contains(&tag)
+    })?;
+    let field = |key: &str| {
+        let rest = &line[line.find(&format!(" {key}="))? + key.len() + 2..];
+        Some(rest.split_whitespace().next().unwrap_or_default())
+    };
+    Some(Decision {
+        at: parse_log_time(line)?,
+        trigger: field("trigger")
+            .map(|t| unwrap_some(t).to_owned())
+            .unwrap_or_default(),
+        latency_ms: field("latency")
+            .and_then(|l| parse_debug_duration(unwrap_some(l)))
+            .map(|d| d.as_secs_f64() * 1e3),
+    })
+}
+
+/// `Some(x)` -> `x`.
+fn unwrap_some(s: &str) -> &str {
+    s.strip_prefix("Some(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or(s)
+}
+
+/// A `Duration`'s `Debug` form: `1.5ms`, `12.3µs`, `800ns`, `2.1s`.
+fn parse_debug_duration(s: &str) -> Option<Duration> {
+    let units = [
+        ("ns", 1e-9),
+        ("µs", 1e-6),
+        ("us", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+    ];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(unit, scale)| s.strip_suffix(unit).map(|n| (n, *scale)))?;
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * scale))
+}
+
+/// OOM-kill events on the agent's `/events` about ramp pods or the node.
+fn api_oom_events(node: &mut Node) -> Result<usize> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, node.port));
+    let (code, body) = node.rt.block_on(up::http_get(addr, "/events"))?;
+    ensure!(code == 200, "GET http://{addr}/events: HTTP {code}");
+    let value: Value = serde_json::from_slice(&body).context("/events is not JSON")?;
+    Ok(value["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            let reason = e["reason"].as_str().unwrap_or_default();
+            let object = e["involvedObject"]["name"].as_str().unwrap_or_default();
+            OOM_REASONS.contains(&reason) && (reason == "SystemOOM" || object.starts_with("ramp-"))
+        })
+        .count())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods
+
+/// A host-network busybox pod with one container `c` running `sh -c <command>`.
+fn manifest(name: &str, restart_policy: &str, command: &str, resources: &str) -> String {
+    let command = serde_json::to_string(command).expect("a string serializes");
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  hostNetwork: true
+  restartPolicy: {restart_policy}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX_IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, {command}]
+{resources}"
+    )
+}
+
+/// Written to the staging directory, then renamed into the static pod directory.
+fn write_manifest(node: &Node, name: &str, text: &str) -> Result<()> {
+    let file = format!("{name}.yaml");
+    let staged = node.staging.join(&file);
+    fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
+    let target = node.manifests.join(&file);
+    fs::rename(&staged, &target)
+        .with_context(|| format!("renaming {} to {}", staged.display(), target.display()))
+}
+
+/// The pod's app container.
+fn app(pod: &PodView) -> Option<&up::ContainerView> {
+    pod.containers.iter().find(|c| !c.init)
+}
+
+fn read_u64(path: &Path) -> Result<u64> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{}: not a number: {text:?}", path.display()))
+}
+
+/// Milliseconds from `from` to `to` (negative when `to` is earlier).
+fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel timestamps: `bpflet trace --json`
+
+/// The fields of a trace line this bench uses.
+#[derive(Debug, Clone, PartialEq)]
+struct TraceEvent {
+    ts: SystemTime,
+    kind: String,
+    pod_uid: Option<String>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    lost: u64,
+}
+
+impl TraceEvent {
+    fn parse(line: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(line).ok()?;
+        let int = |k: &str| v[k].as_i64().and_then(|n| i32::try_from(n).ok());
+        Some(Self {
+            ts: parse_log_time(v["ts"].as_str()?)?,
+            kind: v["kind"].as_str()?.to_owned(),
+            pod_uid: v["pod_uid"].as_str().map(str::to_owned),
+            exit_code: int("exit_code"),
+            signal: int("signal"),
+            lost: v["lost_kernel"].as_u64().unwrap_or(0)
+                + v["lost_userspace"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// `bpflet trace --json` on the kubepods tree, its lines in a file.
+struct Trace {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl Trace {
+    fn start(ctx: &Ctx, work_dir: &Path, tag: &str, kubepods: &str) -> Result<Self> {
+        let out = work_dir.join(format!("trace-{tag}.jsonl"));
+        let err = work_dir.join(format!("trace-{tag}.log"));
+        let mut cmd = Command::new(&ctx.bpflet);
+        cmd.args(["trace", "--json", "--cgroup", kubepods])
+            .args(["--kind", "exit", "--kind", "oom_kill"])
+            .args(["--kind", "memory_pressure", "--kind", "events_lost"])
+            .stdin(Stdio::null())
+            .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
+            .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?)
+            .process_group(0);
+        // SAFETY: one async-signal-safe system call in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from)
+            });
+        }
+        let line = crate::describe(&cmd);
+        eprintln!("bench pleg: {line}");
+        let mut trace = Self {
+            child: Some(cmd.spawn().with_context(|| format!("starting `{line}`"))?),
+            out,
+        };
+        let deadline = Instant::now() + TRACE_START_TIMEOUT;
+        loop {
+            check_interrupted()?;
+            let text = fs::read_to_string(&err).unwrap_or_default();
+            if text.contains(" tracing") {
+                ensure!(
+                    text.contains("Bpf"),
+                    "bpflet trace is not using BPF: {}",
+                    text.trim()
+                );
+                return Ok(trace);
+            }
+            if let Some(status) = trace
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                trace.child = None;
+                bail!("`{line}` exited ({status}): {}", text.trim());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "`{line}` did not start tracing within {TRACE_START_TIMEOUT:?}: {}",
+                text.trim()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT, then its events.
+    fn stop(mut self) -> Result<Vec<TraceEvent>> {
+        self.halt();
+        let file =
+            File::open(&self.out).with_context(|| format!("opening {}", self.out.display()))?;
+        Ok(BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| TraceEvent::parse(&l))
+            .collect())
+    }
+
+    fn halt(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+        }
+        let deadline = Instant::now() + TRACE_STOP_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pressure onset: the kernel's usage-threshold eventfd on kubepods (cgroup v1)
+
+#[derive(Default)]
+struct UsageLog {
+    crossings: Vec<SystemTime>,
+    samples: Vec<(SystemTime, u64)>,
+}
+
+/// A thread that waits on an eventfd armed at `threshold` on kubepods'
+/// `memory.usage_in_bytes` (each crossing, either way, is recorded) and samples the usage
+/// every [`USAGE_SAMPLE`].
+struct UsageWatch {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<UsageLog>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl UsageWatch {
+    fn start(cgroup: &Path, threshold: u64) -> Result<Self> {
+        let usage_path = cgroup.join("memory.usage_in_bytes");
+        let usage =
+            File::open(&usage_path).with_context(|| format!("opening {}", usage_path.display()))?;
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        ensure!(raw >= 0, "eventfd: {}", io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let control = cgroup.join("cgroup.event_control");
+        fs::write(
+            &control,
+            format!("{} {} {threshold}", efd.as_raw_fd(), usage.as_raw_fd()),
+        )
+        .with_context(|| format!("arming a usage threshold through {}", control.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(UsageLog::default()));
+        let thread = {
+            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+            thread::spawn(move || watch_usage(&efd, &usage_path, &stop, &log))
+        };
+        // The registration lives as long as the eventfd; `usage` may close now.
+        drop(usage);
+        Ok(Self {
+            stop,
+            log,
+            thread: Some(thread),
+        })
+    }
+
+    /// Crossings and samples from `from` to `to`.
+    fn between(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> (Vec<SystemTime>, Vec<(SystemTime, u64)>) {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let within = |t: &SystemTime| *t >= from && *t <= to;
+        (
+            log.crossings.iter().copied().filter(within).collect(),
+            log.samples
+                .iter()
+                .copied()
+                .filter(|(t, _)| within(t))
+                .collect(),
+        )
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => bail!("the usage watcher panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for UsageWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch_usage(
+    efd: &OwnedFd,
+    usage_path: &Path,
+    stop: &AtomicBool,
+    log: &Mutex<UsageLog>,
+) -> Result<()> {
+    // Wake at once when the threshold is crossed, ahead of every normal task on this
+    // 2-CPU machine (the agent's notifier wakes on the same kernel check).
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: pid 0 is the calling thread; `param` lives for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) } != 0 {
+        eprintln!(
+            "bench pleg: the usage watcher runs without SCHED_FIFO ({}); onsets may be late",
+            io::Error::last_os_error()
+        );
+    }
+    let timeout = i32::try_from(USAGE_SAMPLE.as_millis()).unwrap_or(50);
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: efd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&raw mut pfd, 1, timeout) };
+        let now = SystemTime::now();
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("polling the usage-threshold eventfd");
+        }
+        let crossed = n > 0 && {
+            let mut counter = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live 8-byte buffer.
+            let r = unsafe { libc::read(efd.as_raw_fd(), counter.as_mut_ptr().cast(), 8) };
+            r == 8
+        };
+        let usage = fs::read_to_string(usage_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+        if crossed {
+            log.crossings.push(now);
+        }
+        if let Some(u) = usage {
+            log.samples.push((SystemTime::now(), u));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) -> String {
+    let mut report = String::new();
+    if plan.quick {
+        let _ = writeln!(
+            report,
+            "**{QUICK_ENV} was set: shortened run, not for comparison.**\n"
+        );
+    }
+    let _ = writeln!(
+        report,
+        "{machine} The whole run took {:.1} min.\n",
+        took.as_secs_f64() / 60.0
+    );
+
+    let pod_sessions: Vec<&Session> = sessions
+        .iter()
+        .filter(|s| s.variant.measures_pods())
+        .collect();
+    let gets: Vec<f64> = pod_sessions
+        .iter()
+        .flat_map(|s| s.gets.iter().copied())
+        .collect();
+    let gets = Summary::of(&gets);
+    let _ = writeln!(
+        report,
+        "### Container exit and OOM kill to status on `/pods`\n\nFrom the kernel's timestamp \
+         (the trace's `exit` of the container's init, or its `oom_kill`) to the first `/pods` \
+         answer showing the container terminated with its exit code (`OOMKilled(137)` for OOM \
+         kills). Resolution: `/pods` polled every {} ms; one GET took p50 {}, max {} ms.\n",
+        EXIT_POLL.as_millis(),
+        gets.map_or_else(|| "n/a".to_owned(), |g| format!("{:.1}", g.p50)),
+        gets.map_or_else(|| "n/a".to_owned(), |g| format!("{:.1}", g.max)),
+    );
+    let mut pods = Table::new([
+        "what",
+        "PLEG",
+        "events",
+        "measured",
+        "p50 (ms)",
+        "p99 (ms)",
+        "max (ms)",
+        "min (ms)",
+        "over 1 s",
+        "worker saw it (log) p50 / p99 (ms)",
+    ]);
+    let mut notes = vec![];
+    for (what, ooms) in [
+        ("exit -> terminated(code)", false),
+        ("OOM kill -> OOMKilled", true),
+    ] {
+        let mut summaries = vec![];
+        for s in &pod_sessions {
+            let samples = if ooms { &s.ooms } else { &s.exits };
+            let lat: Vec<f64> = samples.iter().filter_map(|x| x.latency_ms).collect();
+            let worker: Vec<f64> = samples.iter().filter_map(|x| x.worker_ms).collect();
+            notes.extend(samples.iter().filter_map(|x| x.note.clone()));
+            let sum = Summary::of(&lat);
+            pods.row([
+                what.to_owned(),
+                s.variant.name().to_owned(),
+                samples.len().to_string(),
+                lat.len().to_string(),
+                fmt_opt(sum.map(|x| x.p50), 0),
+                fmt_opt(sum.map(|x| x.p99), 0),
+                fmt_opt(sum.map(|x| x.max), 0),
+                fmt_opt(lat.iter().copied().reduce(f64::min), 0),
+                lat.iter().filter(|&&v| v > 1000.0).count().to_string(),
+                Summary::of(&worker).map_or_else(
+                    || "n/a".to_owned(),
+                    |w| format!("{:.0} / {:.0}", w.p50, w.p99),
+                ),
+            ]);
+            summaries.push(sum);
+        }
+        if let [Some(e), Some(g)] = summaries.as_slice() {
+            let mut row = vec![
+                what.to_owned(),
+                "generic / event".to_owned(),
+                String::new(),
+                String::new(),
+                ratio(g.p50, e.p50),
+                ratio(g.p99, e.p99),
+                ratio(g.max, e.max),
+            ];
+            row.resize(10, String::new());
+            pods.row(row);
+        }
+    }
+    let _ = writeln!(report, "{pods}");
+    if !notes.is_empty() {
+        let _ = writeln!(report, "Not measured: {}.\n", notes.join("; "));
+    }
+
+    let _ = writeln!(
+        report,
+        "### Memory ramps: pressure onset to eviction decision, kernel OOM kills\n\n\
+         {} ramps per variant. Onset: kubepods' usage crossing the eviction threshold (limit \
+         minus 100 MiB), seen by the bench's own usage-threshold eventfd. Decision: the eviction \
+         manager's `evicting pod` log line (its timestamp; `agent latency` is the agent's own \
+         trigger-to-decision time, from that line). OOM kills: the trace's `oom_kill` events in \
+         the pod tree during the ramp; `/events` counts the agent's OOM records of ramp pods.\n",
+        plan.ramps
+    );
+    let mut ramps = Table::new([
+        "variant",
+        "eviction triggers",
+        "ramps",
+        "evicted before any kernel OOM kill",
+        "ramps with a kernel OOM kill",
+        "decisions after the OOM kill",
+        "kernel OOM kills (other pods)",
+        "OOM records on /events",
+        "onset -> decision p50 (ms)",
+        "p99 (ms)",
+        "max (ms)",
+        "agent latency p50 / max (ms)",
+        "decisions by trigger (event: kernel or notifier; tick: 10 s)",
+        "onset -> ramp killed p50 / max (ms)",
+        "onset -> first kernel pressure event p50 (ms)",
+        "growth p50 (MiB/s)",
+    ]);
+    let mut decision_summaries = vec![];
+    let mut ends = vec![];
+    for s in sessions {
+        let r = &s.ramps;
+        let decided: Vec<f64> = r.iter().filter_map(Ramp::onset_to_decision_ms).collect();
+        let agent: Vec<f64> = r
+            .iter()
+            .filter_map(|x| x.won().and_then(|d| d.latency_ms))
+            .collect();
+        let killed: Vec<f64> = r
+            .iter()
+            .filter(|x| x.won().is_some())
+            .filter_map(|x| x.killed_ms)
+            .collect();
+        let pressure: Vec<f64> = r.iter().filter_map(|x| x.pressure_ms).collect();
+        let growth: Vec<f64> = r.iter().filter_map(|x| x.growth_mib_s).collect();
+        let mut triggers: Vec<(String, usize)> = vec![];
+        for d in r.iter().filter_map(Ramp::won) {
+            // The agent's `Kernel` is any trigger through its channel: a kernel event or
+            // the usage notifier.
+            let t = match d.trigger.as_str() {
+                "Kernel" => "event",
+                "Periodic" => "tick",
+                other => other,
+            };
+            match triggers.iter_mut().find(|(k, _)| k == t) {
+                Some((_, n)) => *n += 1,
+                None => triggers.push((t.to_owned(), 1)),
+            }
+        }
+        let sum = Summary::of(&decided);
+        let agent = Summary::of(&agent);
+        let killed = Summary::of(&killed);
+        ramps.row([
+            s.variant.name().to_owned(),
+            s.variant.triggers().to_owned(),
+            r.len().to_string(),
+            r.iter().filter(|x| x.won().is_some()).count().to_string(),
+            r.iter().filter(|x| x.oom_kills > 0).count().to_string(),
+            r.iter()
+                .filter(|x| x.decision.is_some() && x.won().is_none())
+                .count()
+                .to_string(),
+            format!(
+                "{} ({})",
+                r.iter().map(|x| x.oom_kills).sum::<usize>(),
+                r.iter().map(|x| x.other_oom_kills).sum::<usize>()
+            ),
+            s.api_ooms.to_string(),
+            fmt_opt(sum.map(|x| x.p50), 0),
+            fmt_opt(sum.map(|x| x.p99), 0),
+            fmt_opt(sum.map(|x| x.max), 0),
+            agent.map_or_else(
+                || "n/a".to_owned(),
+                |a| format!("{:.1} / {:.1}", a.p50, a.max),
+            ),
+            if triggers.is_empty() {
+                "none".to_owned()
+            } else {
+                triggers
+                    .iter()
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            killed.map_or_else(
+                || "n/a".to_owned(),
+                |k| format!("{:.0} / {:.0}", k.p50, k.max),
+            ),
+            fmt_opt(Summary::of(&pressure).map(|x| x.p50), 0),
+            fmt_opt(Summary::of(&growth).map(|x| x.p50), 0),
+        ]);
+        decision_summaries.push((s.variant, sum));
+        let missing_onset = r.iter().filter(|x| x.onset.is_none()).count();
+        if missing_onset > 0 {
+            notes.push(format!(
+                "{}: {missing_onset} ramp(s) without a threshold crossing",
+                s.variant.name()
+            ));
+        }
+        ends.push(format!(
+            "{}: {}",
+            s.variant.name(),
+            r.iter()
+                .map(|x| x.end.clone())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    let event = decision_summaries
+        .iter()
+        .find(|(v, _)| *v == Variant::Event)
+        .and_then(|(_, s)| *s);
+    for (v, s) in &decision_summaries {
+        if let (Some(e), Some(s), false) = (event, s, *v == Variant::Event) {
+            let mut row = vec![
+                format!("{} / event", v.name()),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                ratio(s.p50, e.p50),
+                ratio(s.p99, e.p99),
+                ratio(s.max, e.max),
+            ];
+            row.resize(16, String::new());
+            ramps.row(row);
+        }
+    }
+    let _ = writeln!(report, "{ramps}");
+    for s in sessions {
+        if let Some(hurt) = &s.companions_hurt {
+            let _ = writeln!(
+                report,
+                "**{}: the Guaranteed or Burstable pod did not stay up: {hurt}**\n",
+                s.variant.name()
+            );
+        }
+        if s.lost > 0 {
+            let _ = writeln!(
+                report,
+                "**{}: the trace lost {} events.**\n",
+                s.variant.name(),
+                s.lost
+            );
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(report, "Notes: {}.\n", notes.join("; "));
+    }
+    let _ = writeln!(
+        report,
+        "<details><summary>How each ramp's pod ended</summary>\n\n{}\n\n</details>\n",
+        ends.join("\n\n")
+    );
+    report
+}
+
+fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+fn ratio(num: f64, den: f64) -> String {
+    if den > 0.0 {
+        format!("{:.1}x", num / den)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// xorshift64*: random sleeps without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos());
+        #[expect(clippy::cast_possible_truncation, reason = "any 64 bits make a seed")]
+        Self((nanos as u64) | 1)
+    }
+
+    /// Uniform-ish in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_lines_parse() {
+        let log = "2026-11-23T20:01:02.500000Z  INFO bpflet::pods::worker: evicting pod \
+                   pod=ramp-ev-01-benchnode_default(1) signal=x grace=0ns latency=Some(3ms)\n\
+                   2026-11-23T20:01:02.400000Z  INFO bpflet::eviction::manager: evicting pod \
+                   pod=default/ramp-ev-01-benchnode pod_uid=abc signal=allocatableMemory.available \
+                   grace=0ns trigger=Some(Kernel) latency=Some(2.5ms) message=The node was low\n";
+        let d = eviction_logged(log, "ramp-ev-01").unwrap();
+        assert_eq!(d.trigger, "Kernel");
+        assert!((d.latency_ms.unwrap() - 2.5).abs() < 1e-9, "{d:?}");
+        assert_eq!(d.at, UNIX_EPOCH + Duration::new(1_795_464_062, 400_000_000));
+        assert_eq!(eviction_logged(log, "ramp-ev-0"), None);
+        assert_eq!(eviction_logged(log, "ramp-ev-1"), None);
+    }
+
+    #[test]
+    fn debug_durations_parse() {
+        assert_eq!(
+            parse_debug_duration("800ns"),
+            Some(Duration::from_nanos(800))
+        );
+        assert_eq!(
+            parse_debug_duration("12.5µs"),
+            Some(Duration::from_nanos(12_500))
+        );
+        assert_eq!(
+            parse_debug_duration("1.5ms"),
+            Some(Duration::from_micros(1_500))
+        );
+        assert_eq!(parse_debug_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_debug_duration("None"), None);
+        assert_eq!(parse_debug_duration("-1ms"), None);
+    }
+
+    #[test]
+    fn trace_lines_parse() {
+        let e = TraceEvent::parse(
+            r#"{"ts":"2026-11-23T20:01:02.123456789Z","kind":"exit","source":"bpf","pid":7,"comm":"sh","cgroup":"/x","pod_uid":"u1","container_id":"c","exit_code":42}"#,
+        )
+        .unwrap();
+        assert_eq!(e.kind, "exit");
+        assert_eq!(e.exit_code, Some(42));
+        assert_eq!(e.signal, None);
+        assert_eq!(e.pod_uid.as_deref(), Some("u1"));
+        assert_eq!(e.ts, UNIX_EPOCH + Duration::new(1_795_464_062, 123_456_789));
+        let lost = TraceEvent::parse(
+            r#"{"ts":"2026-11-23T20:01:02Z","kind":"events_lost","pid":0,"comm":"","cgroup":"","lost_kernel":3,"lost_userspace":4}"#,
+        )
+        .unwrap();
+        assert_eq!(lost.lost, 7);
+        assert_eq!(TraceEvent::parse("not json"), None);
+    }
+
+    #[test]
+    fn growth_is_over_the_second_before_onset() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(100);
+        let usage: Vec<(SystemTime, u64)> = (0..40)
+            .map(|i| (t0 + Duration::from_millis(50 * i), (40 << 20) * i / 20))
+            .collect();
+        let g = growth(&usage, t0 + Duration::from_secs(2)).unwrap();
+        assert!((g - 40.0).abs() < 0.5, "{g}");
+        assert_eq!(growth(&usage[..1], t0), None);
+    }
+
+    #[test]
+    fn manifests_quote_the_command() {
+        let m = manifest("exit-ev-00", "Never", "sleep 2.50; exit 7", "");
+        assert!(
+            m.contains("command: [sh, -c, \"sleep 2.50; exit 7\"]"),
+            "{m}"
+        );
+        assert!(
+            m.contains("restartPolicy: Never") && m.contains("hostNetwork: true"),
+            "{m}"
+        );
+        let m = manifest(
+            "r",
+            "Never",
+            r#"awk 'BEGIN { a = sprintf("%4s", "") }'"#,
+            "",
+        );
+        assert!(
+            m.contains(r#""awk 'BEGIN { a = sprintf(\"%4s\", \"\") }'""#),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn ms_between_is_signed() {
+        let t = UNIX_EPOCH + Duration::from_secs(10);
+        assert!((ms_between(t, t + Duration::from_millis(5)) - 5.0).abs() < 1e-9);
+        assert!((ms_between(t + Duration::from_millis(5), t) + 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rng_stays_below() {
+        let mut r = Rng(12345);
+        assert!((0..1000).all(|_| r.below(200) < 200));
+    }
+}

@@ -377,7 +377,9 @@ fn spawn_allocatable_notifier(
         return;
     }
     if std::env::var_os(DISABLE_NOTIFIER_ENV).is_some_and(|v| v == "1") {
-        warn!("{DISABLE_NOTIFIER_ENV}=1: no memory threshold notifier; eviction relies on pressure events and the periodic check");
+        warn!(
+            "{DISABLE_NOTIFIER_ENV}=1: no memory threshold notifier; eviction relies on pressure events and the periodic check"
+        );
         return;
     }
     let Ok(Some(limit)) = tree.kubepods_memory_limit() else {

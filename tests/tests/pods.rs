@@ -29,6 +29,9 @@ struct Node {
     pleg_mode: &'static str,
     /// Extra KubeletConfiguration lines.
     extra: String,
+    /// Extra BpfletConfiguration lines.
+    bpflet_extra: String,
+    sync_frequency: &'static str,
 }
 
 fn free_port() -> u16 {
@@ -42,6 +45,15 @@ impl Node {
     }
 
     fn start_with(pleg_mode: &'static str, extra: String) -> Self {
+        Self::start_full(pleg_mode, extra, String::new(), "10s")
+    }
+
+    fn start_full(
+        pleg_mode: &'static str,
+        extra: String,
+        bpflet_extra: String,
+        sync_frequency: &'static str,
+    ) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("bpflet-node-")
@@ -57,6 +69,8 @@ impl Node {
             port: free_port(),
             pleg_mode,
             extra,
+            bpflet_extra,
+            sync_frequency,
         };
         node.start_agent();
         node
@@ -76,7 +90,7 @@ impl Node {
 kind: KubeletConfiguration
 staticPodPath: {manifests}
 fileCheckFrequency: 2s
-syncFrequency: 10s
+syncFrequency: {sync}
 cgroupRoot: {cgroup_root}
 containerRuntimeEndpoint: unix://{socket}
 readOnlyPort: {port}
@@ -86,13 +100,15 @@ healthzPort: 0
 apiVersion: bpflet.io/v1alpha1
 kind: BpfletConfiguration
 plegMode: {pleg}
-",
+{bpflet_extra}",
             manifests = self.manifests().display(),
             cgroup_root = self.ctd.cgroup_parent,
             socket = self.ctd.socket.display(),
             port = self.port,
             pleg = self.pleg_mode,
             extra = self.extra,
+            bpflet_extra = self.bpflet_extra,
+            sync = self.sync_frequency,
         );
         std::fs::write(self.config_path(), config).unwrap();
         let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
@@ -442,6 +458,49 @@ fn restart_policies_never_and_onfailure_end_in_the_right_phase() {
     one("onfailure-fail", "OnFailure", "exit 1");
     let p = node.wait_pod("onfailure-fail", "a restart", |p| restarts(p, "c") >= 1);
     assert_ne!(phase(&p), "Failed", "{p:#}");
+}
+
+/// In event mode the kernel alone brings container exits to the pod's worker: with the
+/// safety relist and the workers' periodic sync an hour away, an exit and an OOM kill still
+/// show, and the agent logs that a kernel trigger found them.
+#[test]
+fn event_mode_sees_exits_and_oom_kills_through_the_kernel() {
+    let node = Node::start_full(
+        "event",
+        String::new(),
+        "plegSafetyRelistPeriod: 1h\n".to_owned(),
+        "1h",
+    );
+    node.write_manifest(
+        "exits.yaml",
+        &pod_yaml(
+            "exits",
+            "Never",
+            &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 2; exit 3']\n"),
+        ),
+    );
+    let p = node.wait_pod("exits", "the exit", |p| {
+        !container_status(p, "c")["state"]["terminated"].is_null()
+    });
+    assert_eq!(
+        container_status(&p, "c")["state"]["terminated"]["exitCode"],
+        3,
+        "{p:#}"
+    );
+    let p = run_container_oom(&node);
+    assert_eq!(phase(&p), "Failed", "{p:#}");
+    let log = node.agent_log();
+    for (pod, state) in [("exits", "Exited"), ("oom", "Exited")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("PLEG: container state changed")
+                    && l.contains(&format!("{pod}-testnode"))
+                    && l.contains(state)
+                    && l.contains("trigger=\"kernel\"")),
+            "no kernel-triggered PLEG line for {pod}:\n{}",
+            tail(&log, 60)
+        );
+    }
 }
 
 /// Runs a pod whose only container outgrows its 32 MiB limit; returns the pod once the

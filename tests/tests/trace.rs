@@ -165,6 +165,37 @@ fn exit_codes_and_signals_are_reported_with_pid_and_cgroup() {
     });
     assert_eq!(ev["signal"], 9, "{ev}");
     assert!(ev.get("exit_code").is_none(), "{ev}");
+    assert!(ev.get("pidns_init").is_none(), "{ev}");
+}
+
+/// A container's main process is pid 1 of its pid namespace; its exit ends the container,
+/// and the PLEG relies on the kernel saying so.
+#[test]
+fn exit_of_a_pid_namespace_init_is_flagged() {
+    require_root();
+    let cg = TestCgroup::new("pidns");
+    let mut tracer = Tracer::start(&["--cgroup", cg.rel_path(), "--kind", "exit"]);
+
+    // unshare (exit 6, host namespace) -> sh as pid 1 (exit 6) -> sh (exit 4).
+    let mut child = cg.spawn(Command::new("unshare").args([
+        "--pid",
+        "--fork",
+        "sh",
+        "-c",
+        "sh -c 'exit 4'; exit 6",
+    ]));
+    assert_eq!(child.wait().unwrap().code(), Some(6));
+    let unshare_pid = pid_of(&child);
+    let inner = tracer.wait_for("exit of the namespace's second process", |v| {
+        v["exit_code"] == 4
+    });
+    assert!(inner.get("pidns_init").is_none(), "{inner}");
+    let init = tracer.wait_for("exit of the namespace's init", |v| {
+        v["exit_code"] == 6 && v["pid"] != unshare_pid
+    });
+    assert_eq!(init["pidns_init"], true, "{init}");
+    let outer = tracer.wait_for("exit of unshare", |v| v["pid"] == unshare_pid);
+    assert!(outer.get("pidns_init").is_none(), "{outer}");
 }
 
 #[test]

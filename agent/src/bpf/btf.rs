@@ -166,6 +166,23 @@ pub fn resolve_config(btf: &KernelBtf) -> Result<Config, BpfError> {
         c.task_exit_code = off;
         c.features |= feature::EXIT_CODE;
     }
+    let pidns = (|| -> Result<(u32, u32, u32, u32, u32), BpfError> {
+        Ok((
+            btf.offset("task_struct", "thread_pid")?,
+            btf.offset("pid", "level")?,
+            btf.offset("pid", "numbers")?,
+            btf.size("upid")?,
+            btf.offset("upid", "nr")?,
+        ))
+    })();
+    if let Ok((thread_pid, level, numbers, size, nr)) = pidns {
+        c.task_thread_pid = thread_pid;
+        c.pid_level = level;
+        c.pid_numbers = numbers;
+        c.upid_size = size;
+        c.upid_nr = nr;
+        c.features |= feature::PIDNS;
+    }
     // Since 6.2 `mm_struct.rss_stat` is `struct percpu_counter[NR_MM_COUNTERS]`; older
     // layouts are not read (the OOM event then reports no rss breakdown).
     let rss = (|| -> Result<(u32, u32, u32, u32, u32, u32), BpfError> {
@@ -218,6 +235,13 @@ mod tests {
             "pid and tgid are adjacent pid_t fields"
         );
         assert!(c.vm_pgscan_direct > 0 && c.vm_pgscan_kswapd > 0);
+        assert_ne!(
+            c.features & feature::PIDNS,
+            0,
+            "pid namespace layout not found"
+        );
+        // struct upid { int nr; struct pid_namespace *ns; } on 64-bit kernels.
+        assert_eq!((c.upid_nr, c.upid_size), (0, 16));
         let missing = btf.offset("task_struct", "no_such_field").unwrap_err();
         assert!(
             missing

@@ -4,7 +4,8 @@
 use std::time::{Duration, SystemTime};
 
 use bpflet_common::{
-    CgroupEvent, EXIT_CODE_KNOWN, ExitEvent, Header, MemcgLevel, OomKillEvent, PressureEvent, kind,
+    CgroupEvent, EXIT_CODE_KNOWN, EXIT_PIDNS_INIT, ExitEvent, Header, MemcgLevel, OomKillEvent,
+    PressureEvent, kind,
 };
 
 use crate::events::{Detail, Event, ExitStatus, MemoryPressure, OomKill, OomScope, Source};
@@ -116,7 +117,10 @@ pub fn decode(bytes: &[u8], clock: &Clock, page: u64) -> Result<Event, DecodeErr
                 e.tgid,
                 cstr(&e.comm),
                 Some(e.cgroup_id),
-                Detail::Exit(status),
+                Detail::Exit {
+                    status,
+                    pidns_init: e.flags & EXIT_PIDNS_INIT != 0,
+                },
             ))
         }
         kind::OOM_KILL => {
@@ -251,7 +255,13 @@ mod tests {
         assert_eq!(ev.pid, 10, "the process id is the tgid");
         assert_eq!(ev.comm, "sh");
         assert_eq!(ev.cgroup_id, Some(77));
-        assert_eq!(ev.detail, Detail::Exit(ExitStatus::Code(3)));
+        assert_eq!(
+            ev.detail,
+            Detail::Exit {
+                status: ExitStatus::Code(3),
+                pidns_init: false,
+            }
+        );
         assert_eq!(
             ev.time,
             SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000_000_005)
@@ -261,23 +271,48 @@ mod tests {
         let ev = decode(&bytes_of(&e), &clock, 4096).unwrap();
         assert_eq!(
             ev.detail,
-            Detail::Exit(ExitStatus::Signal {
-                signal: 9,
-                core_dumped: false
-            })
+            Detail::Exit {
+                status: ExitStatus::Signal {
+                    signal: 9,
+                    core_dumped: false
+                },
+                pidns_init: false,
+            }
         );
         e.exit_status = 0x80 | 11;
         let ev = decode(&bytes_of(&e), &clock, 4096).unwrap();
         assert_eq!(
             ev.detail,
-            Detail::Exit(ExitStatus::Signal {
-                signal: 11,
-                core_dumped: true
-            })
+            Detail::Exit {
+                status: ExitStatus::Signal {
+                    signal: 11,
+                    core_dumped: true
+                },
+                pidns_init: false,
+            }
         );
         e.flags = 0;
         let ev = decode(&bytes_of(&e), &clock, 4096).unwrap();
-        assert_eq!(ev.detail, Detail::Exit(ExitStatus::Unknown));
+        assert_eq!(
+            ev.detail,
+            Detail::Exit {
+                status: ExitStatus::Unknown,
+                pidns_init: false,
+            }
+        );
+        e.flags = EXIT_CODE_KNOWN | EXIT_PIDNS_INIT;
+        e.exit_status = 9;
+        let ev = decode(&bytes_of(&e), &clock, 4096).unwrap();
+        assert_eq!(
+            ev.detail,
+            Detail::Exit {
+                status: ExitStatus::Signal {
+                    signal: 9,
+                    core_dumped: false
+                },
+                pidns_init: true,
+            }
+        );
     }
 
     fn level(id: u64, usage: u64, max: u64) -> MemcgLevel {

@@ -245,7 +245,13 @@ mod tests {
 
         let ctr_id = ino(&h.path_of(&ctr));
         let pod_id = ino(&h.path_of(&pod));
-        let mut exit = event(Some(ctr_id), Detail::Exit(ExitStatus::Code(1)));
+        let mut exit = event(
+            Some(ctr_id),
+            Detail::Exit {
+                status: ExitStatus::Code(1),
+                pidns_init: false,
+            },
+        );
         a.attribute(&mut exit);
         assert_eq!(exit.cgroup, ctr);
         assert_eq!(
@@ -281,7 +287,13 @@ mod tests {
         assert_eq!(scope_of(&kill), (OomScope::Node, None));
 
         // A path the source already set is kept; the pod comes from it.
-        let mut ev = event(None, Detail::Exit(ExitStatus::Unknown));
+        let mut ev = event(
+            None,
+            Detail::Exit {
+                status: ExitStatus::Unknown,
+                pidns_init: false,
+            },
+        );
         ev.cgroup = pod.clone();
         a.attribute(&mut ev);
         assert_eq!(ev.cgroup, pod);
@@ -292,7 +304,13 @@ mod tests {
 
         // Outside the indexed roots: no path (after one rescan that does not find it).
         let outside = ino(&h.path_of("/system.slice"));
-        let mut ev = event(Some(outside), Detail::Exit(ExitStatus::Unknown));
+        let mut ev = event(
+            Some(outside),
+            Detail::Exit {
+                status: ExitStatus::Unknown,
+                pidns_init: false,
+            },
+        );
         a.attribute(&mut ev);
         assert_eq!(ev.cgroup, "");
         assert_eq!(ev.pod, None);
@@ -374,10 +392,13 @@ mod tests {
         fs::remove_dir(h.path_of(&ctr)).expect("rmdir");
         let mut exit = event(
             Some(id),
-            Detail::Exit(ExitStatus::Signal {
-                signal: 9,
-                core_dumped: false,
-            }),
+            Detail::Exit {
+                status: ExitStatus::Signal {
+                    signal: 9,
+                    core_dumped: false,
+                },
+                pidns_init: false,
+            },
         );
         a.attribute(&mut exit);
         assert_eq!(exit.cgroup, ctr);
@@ -428,7 +449,13 @@ mod tests {
         let mut created = event(Some(90), Detail::CgroupCreated { level: 2 });
         created.cgroup = "/kubepods/podx".into();
         a.attribute(&mut created);
-        let mut exit = event(Some(90), Detail::Exit(crate::events::ExitStatus::Code(0)));
+        let mut exit = event(
+            Some(90),
+            Detail::Exit {
+                status: crate::events::ExitStatus::Code(0),
+                pidns_init: false,
+            },
+        );
         a.attribute(&mut exit);
         assert_eq!(exit.cgroup, "/kubepods/podx");
 
@@ -436,7 +463,13 @@ mod tests {
         removed.cgroup = "/kubepods/podx".into();
         a.attribute(&mut removed);
         // A late event for the removed cgroup still resolves, without any walk.
-        let mut late = event(Some(90), Detail::Exit(crate::events::ExitStatus::Code(1)));
+        let mut late = event(
+            Some(90),
+            Detail::Exit {
+                status: crate::events::ExitStatus::Code(1),
+                pidns_init: false,
+            },
+        );
         a.attribute(&mut late);
         assert_eq!(late.cgroup, "/kubepods/podx");
         assert_eq!(a.rescans(), 0);

@@ -170,7 +170,12 @@ pub struct MemoryPressure {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Detail {
-    Exit(ExitStatus),
+    /// A process (thread group) ended. `pidns_init`: it was pid 1 of a pid namespace below
+    /// the host's, so its exit ends a container that has its own pid namespace.
+    Exit {
+        status: ExitStatus,
+        pidns_init: bool,
+    },
     OomKill(OomKill),
     MemoryPressure(MemoryPressure),
     CgroupCreated {
@@ -190,7 +195,7 @@ pub enum Detail {
 impl Detail {
     pub fn kind(&self) -> Kind {
         match self {
-            Detail::Exit(_) => Kind::Exit,
+            Detail::Exit { .. } => Kind::Exit,
             Detail::OomKill(_) => Kind::OomKill,
             Detail::MemoryPressure(_) => Kind::MemoryPressure,
             Detail::CgroupCreated { .. } => Kind::CgroupCreated,

@@ -658,7 +658,16 @@ impl Poller {
                 },
                 _ => ExitStatus::Unknown,
             };
-            out.push(self.event(wall, pid, t.comm, t.cgroup, Detail::Exit(status)));
+            out.push(self.event(
+                wall,
+                pid,
+                t.comm,
+                t.cgroup,
+                Detail::Exit {
+                    status,
+                    pidns_init: false,
+                },
+            ));
         }
         out.sort_by_key(|ev| ev.pid);
         out

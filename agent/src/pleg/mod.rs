@@ -31,13 +31,13 @@ use crate::pods::labels;
 use crate::runtime::{ContainerRuntime, ContainerState, SandboxState};
 
 /// Why a pod worker is asked to look at its pod again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trigger {
     /// A relist saw the pod's runtime state change.
     Relist,
-    /// The kernel saw something happen to one of the pod's containers: the runtime may not
-    /// know yet, so the worker retries until it does.
-    Kernel,
+    /// The kernel saw this container (or sandbox) of the pod end: the runtime may not know
+    /// yet, so the worker relists until the runtime no longer reports it running.
+    Kernel { container: String },
 }
 
 /// A request for one pod's worker.

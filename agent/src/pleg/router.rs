@@ -103,16 +103,27 @@ impl KernelRouter {
             // The worker publishes the kill at once; if it was the init process, the
             // container's exit follows as its own event.
             Detail::OomKill(_) => Trigger::Relist,
-            Detail::CgroupRemoved { .. } if pod.container_id.is_some() => Trigger::Kernel,
-            // A container ends when its init process dies, and the kernel then kills the rest
-            // of its pid namespace: the exit that leaves the container's cgroup empty is the
-            // one that matters. Exits of other processes leave the container running.
-            Detail::Exit(_)
+            Detail::CgroupRemoved { .. } => Trigger::Kernel {
+                container: pod.container_id.clone()?,
+            },
+            // A container with its own pid namespace ends when its init (pid 1 there) dies:
+            // the kernel flags that exit, and then kills the rest of the namespace. Other
+            // containers (shared or host pid namespace) end when their cgroup empties; the
+            // exit tracepoint fires before the task leaves its cgroup, so the last exit
+            // may still find itself listed, and the runtime's exit shows at the next relist.
+            Detail::Exit {
+                pidns_init: true, ..
+            } => Trigger::Kernel {
+                container: pod.container_id.clone()?,
+            },
+            Detail::Exit { .. }
                 if naming::container_cgroup(&ev.cgroup).is_some_and(|c| {
                     super::cgroup_empty(&self.attributor.hierarchy().path_of(c))
                 }) =>
             {
-                Trigger::Kernel
+                Trigger::Kernel {
+                    container: pod.container_id.clone()?,
+                }
             }
             _ => return None,
         };

@@ -79,7 +79,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
 
     fn poke(&self, poke: &PodPoke) {
         if let Some(w) = self.workers.get(&poke.uid) {
-            w.poke(poke.trigger);
+            w.poke(poke.trigger.clone());
         }
     }
 

@@ -92,7 +92,7 @@ pub enum SyncError {
 pub struct WorkerHandle {
     pub spec: watch::Sender<Arc<Pod>>,
     poke: Arc<Notify>,
-    kernel_poke: Arc<std::sync::atomic::AtomicBool>,
+    kernel_waits: Arc<std::sync::Mutex<Vec<String>>>,
     pub terminate: CancellationToken,
     pub done: tokio::task::JoinHandle<()>,
     eviction: Arc<std::sync::Mutex<Option<Eviction>>>,
@@ -110,9 +110,14 @@ impl WorkerHandle {
     }
 
     pub fn poke(&self, trigger: Trigger) {
-        if trigger == Trigger::Kernel {
-            self.kernel_poke
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Trigger::Kernel { container } = trigger {
+            let mut waits = self
+                .kernel_waits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !waits.contains(&container) {
+                waits.push(container);
+            }
         }
         self.poke.notify_one();
     }
@@ -121,7 +126,12 @@ impl WorkerHandle {
 /// After a kernel trigger, how long the worker keeps relisting its pod until the runtime
 /// reports the change the kernel saw (containerd needs ~40 ms; a loaded node more).
 const KERNEL_RETRY_BUDGET: Duration = Duration::from_secs(2);
-const KERNEL_RETRY_FIRST: Duration = Duration::from_millis(5);
+/// Relist interval while waiting for the runtime: short, so that containerd's answer is
+/// seen within a few ms of its arrival (one relist of one pod costs ~1 ms of CRI calls) ...
+const KERNEL_RETRY_FAST: Duration = Duration::from_millis(5);
+/// ... for this long; then the node is slow and relisting backs off.
+const KERNEL_RETRY_FAST_FOR: Duration = Duration::from_millis(300);
+const KERNEL_RETRY_SLOW: Duration = Duration::from_millis(50);
 
 /// Starts a worker for `pod`. `cancel` is the agent's shutdown: the worker then stops
 /// without touching the pod (pods outlive the agent).
@@ -133,7 +143,7 @@ pub fn spawn<R: ContainerRuntime + 'static>(
 ) -> WorkerHandle {
     let (spec, spec_rx) = watch::channel(pod);
     let poke = Arc::new(Notify::new());
-    let kernel_poke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kernel_waits = Arc::new(std::sync::Mutex::new(Vec::new()));
     let terminate = CancellationToken::new();
     let eviction = Arc::new(std::sync::Mutex::new(None));
     let worker = Worker {
@@ -142,12 +152,13 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         ctx,
         spec: spec_rx,
         poke: Arc::clone(&poke),
-        kernel_poke: Arc::clone(&kernel_poke),
+        kernel_waits: Arc::clone(&kernel_waits),
         terminate: terminate.clone(),
         cancel,
         backoff: Backoff::default(),
         status: None,
         last_observed: None,
+        last_runtime: None,
         oom_reported: HashMap::new(),
         recheck: None,
     };
@@ -155,7 +166,7 @@ pub fn spawn<R: ContainerRuntime + 'static>(
     WorkerHandle {
         spec,
         poke,
-        kernel_poke,
+        kernel_waits,
         terminate,
         done,
         eviction,
@@ -170,12 +181,15 @@ struct Worker<R> {
     evicted: Option<Eviction>,
     spec: watch::Receiver<Arc<Pod>>,
     poke: Arc<Notify>,
-    kernel_poke: Arc<std::sync::atomic::AtomicBool>,
+    /// Containers the kernel saw end, which the runtime may not report yet.
+    kernel_waits: Arc<std::sync::Mutex<Vec<String>>>,
     terminate: CancellationToken,
     cancel: CancellationToken,
     backoff: Backoff,
     status: Option<PodStatus>,
     last_observed: Option<ObservedPod>,
+    /// The runtime's view at the last sync, before probe verdicts were added.
+    last_runtime: Option<ObservedPod>,
     /// OOM kills already turned into events, per container id.
     oom_reported: HashMap<String, usize>,
     /// Publishing found something to look at again soon (an undecided OOM kill).
@@ -215,10 +229,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 self.evicted = None;
                 self.status = None;
             }
-            let kernel = self
-                .kernel_poke
-                .swap(false, std::sync::atomic::Ordering::Relaxed);
-            let next = match self.sync(&pod, kernel).await {
+            let waits = std::mem::take(
+                &mut *self
+                    .kernel_waits
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let next = match self.sync(&pod, &waits).await {
                 Ok(next) => next,
                 Err(e) => {
                     warn!(pod = %format_pod(&pod), error = %e, cause = %crate::bpf::error_chain(&e), "sync failed; retrying");
@@ -230,7 +247,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             };
             let wait = next
                 .unwrap_or(self.ctx.sync_frequency)
-                .min(self.ctx.sync_frequency);
+                .min(self.ctx.sync_frequency)
+                .min(self.recheck.take().unwrap_or(Duration::MAX));
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = self.terminate.cancelled() => {}
@@ -245,7 +263,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     async fn sync(
         &mut self,
         pod: &Pod,
-        kernel_trigger: bool,
+        kernel_waits: &[String],
     ) -> Result<Option<Duration>, SyncError> {
         let ctx = Arc::clone(&self.ctx);
         let name = format_pod(pod);
@@ -256,16 +274,31 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let uid = pod_uid(pod).to_owned();
 
         let (mut observed, mut images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
-        if kernel_trigger {
-            // The kernel saw a container change; wait (briefly) until the runtime agrees.
-            let deadline = Instant::now() + KERNEL_RETRY_BUDGET;
-            let mut delay = KERNEL_RETRY_FIRST;
-            while self.last_observed.as_ref() == Some(&observed) && Instant::now() < deadline {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(100));
+        // The kernel saw containers end; relist (briefly) until the runtime agrees.
+        let start = Instant::now();
+        if !kernel_waits.is_empty() {
+            while !kernel_waits.iter().all(|id| runtime_saw_end(&observed, id))
+                && start.elapsed() < KERNEL_RETRY_BUDGET
+            {
+                tokio::time::sleep(if start.elapsed() < KERNEL_RETRY_FAST_FOR {
+                    KERNEL_RETRY_FAST
+                } else {
+                    KERNEL_RETRY_SLOW
+                })
+                .await;
                 (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
             }
         }
+        let runtime_changed = self.last_runtime.as_ref() != Some(&observed);
+        if runtime_changed {
+            let trigger = if kernel_waits.is_empty() {
+                "relist"
+            } else {
+                "kernel"
+            };
+            log_changes(&name, self.last_runtime.as_ref(), &observed, trigger, start);
+        }
+        self.last_runtime = Some(observed.clone());
 
         ctx.tree
             .ensure_pod(pod)
@@ -283,9 +316,15 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let now = Timestamp::now();
         let actions = plan::compute_pod_actions(pod, &observed, &self.backoff, now);
         let changed = !actions_are_empty(&actions);
+        if changed && runtime_changed {
+            // Show what the runtime reports before acting on it: applying (stopping a
+            // sandbox, restarting a container) takes tens of ms or more.
+            self.publish(pod, &observed, images.clone(), &actions);
+        }
         let requeue = self.apply(pod, &observed, &actions, &volumes).await?;
         if changed {
             (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+            self.last_runtime = Some(observed.clone());
             ctx.probes.annotate(&uid, &mut observed);
         }
         ctx.probes.add_pod(
@@ -740,6 +779,46 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         ctx.store.remove(&uid);
         ctx.probes.remove_pod(&uid);
         info!(pod = %name, "pod terminated");
+    }
+}
+
+/// Whether the runtime no longer reports container (or sandbox) `id` running. An id it
+/// does not know has nothing to wait for.
+fn runtime_saw_end(observed: &ObservedPod, id: &str) -> bool {
+    if let Some(c) = observed.containers.iter().find(|c| c.id == id) {
+        return c.state != plan::ContainerState::Running;
+    }
+    observed
+        .sandboxes
+        .iter()
+        .find(|s| s.id == id)
+        .is_none_or(|s| !s.ready)
+}
+
+/// The PLEG event: a debug line per container whose runtime state changed since the last
+/// observation (upstream logs `SyncLoop (PLEG)` lines at the same point).
+fn log_changes(
+    pod: &str,
+    before: Option<&ObservedPod>,
+    now: &ObservedPod,
+    trigger: &str,
+    since: Instant,
+) {
+    for c in &now.containers {
+        let prev = before.and_then(|b| b.containers.iter().find(|p| p.id == c.id));
+        if prev.is_some_and(|p| p.state == c.state) {
+            continue;
+        }
+        debug!(
+            pod,
+            container = %c.name,
+            id = %c.id,
+            state = ?c.state,
+            exit_code = ?c.exit_code,
+            trigger,
+            waited = ?since.elapsed(),
+            "PLEG: container state changed"
+        );
     }
 }
 

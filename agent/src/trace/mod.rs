@@ -339,8 +339,20 @@ mod tests {
 
     #[test]
     fn filter_by_kind_and_prefix() {
-        let exit = ev("/kubepods/pod1", Detail::Exit(ExitStatus::Code(0)));
-        let other = ev("/system/x", Detail::Exit(ExitStatus::Code(0)));
+        let exit = ev(
+            "/kubepods/pod1",
+            Detail::Exit {
+                status: ExitStatus::Code(0),
+                pidns_init: false,
+            },
+        );
+        let other = ev(
+            "/system/x",
+            Detail::Exit {
+                status: ExitStatus::Code(0),
+                pidns_init: false,
+            },
+        );
         let lost = ev(
             "",
             Detail::EventsLost {

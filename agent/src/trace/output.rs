@@ -47,17 +47,22 @@ pub fn to_json(ev: &Event) -> Value {
         m.insert(k.into(), v);
     };
     match &ev.detail {
-        Detail::Exit(status) => match *status {
-            ExitStatus::Code(c) => put("exit_code", json!(c)),
-            ExitStatus::Signal {
-                signal,
-                core_dumped,
-            } => {
-                put("signal", json!(signal));
-                put("core_dumped", json!(core_dumped));
+        Detail::Exit { status, pidns_init } => {
+            match *status {
+                ExitStatus::Code(c) => put("exit_code", json!(c)),
+                ExitStatus::Signal {
+                    signal,
+                    core_dumped,
+                } => {
+                    put("signal", json!(signal));
+                    put("core_dumped", json!(core_dumped));
+                }
+                ExitStatus::Unknown => {}
             }
-            ExitStatus::Unknown => {}
-        },
+            if *pidns_init {
+                put("pidns_init", json!(true));
+            }
+        }
         Detail::OomKill(o) => {
             put("scope", json!(scope_str(o.scope)));
             if let Some(c) = &o.limit_cgroup {
@@ -123,20 +128,30 @@ pub fn to_row(ev: &Event) -> String {
     };
     let mut detail = String::new();
     match &ev.detail {
-        Detail::Exit(ExitStatus::Code(c)) => {
+        Detail::Exit {
+            status: ExitStatus::Code(c),
+            ..
+        } => {
             let _ = write!(detail, "exit_code={c}");
         }
-        Detail::Exit(ExitStatus::Signal {
-            signal,
-            core_dumped,
-        }) => {
+        Detail::Exit {
+            status:
+                ExitStatus::Signal {
+                    signal,
+                    core_dumped,
+                },
+            ..
+        } => {
             let _ = write!(
                 detail,
                 "signal={signal}{}",
                 if *core_dumped { " (core dumped)" } else { "" }
             );
         }
-        Detail::Exit(ExitStatus::Unknown) => detail.push_str("exit status unknown"),
+        Detail::Exit {
+            status: ExitStatus::Unknown,
+            ..
+        } => detail.push_str("exit status unknown"),
         Detail::OomKill(o) => {
             let _ = write!(detail, "scope={}", scope_str(o.scope));
             if let Some(c) = &o.limit_cgroup {
@@ -173,6 +188,12 @@ pub fn to_row(ev: &Event) -> String {
         Detail::EventsLost { kernel, userspace } => {
             let _ = write!(detail, "lost kernel={kernel} userspace={userspace}");
         }
+    }
+    if let Detail::Exit {
+        pidns_init: true, ..
+    } = ev.detail
+    {
+        detail.push_str(" pidns_init");
     }
     let ts = rfc3339(ev.time);
     let pid = if ev.pid == 0 {
@@ -213,7 +234,10 @@ mod tests {
 
     #[test]
     fn exit_json_shape() {
-        let v = to_json(&event(Detail::Exit(ExitStatus::Code(3))));
+        let v = to_json(&event(Detail::Exit {
+            status: ExitStatus::Code(3),
+            pidns_init: false,
+        }));
         assert_eq!(v["ts"], "2023-11-14T22:13:20.123456789Z");
         assert_eq!(v["kind"], "exit");
         assert_eq!(v["source"], "bpf");
@@ -225,10 +249,13 @@ mod tests {
         assert_eq!(v["exit_code"], 3);
         assert!(v.get("signal").is_none());
 
-        let v = to_json(&event(Detail::Exit(ExitStatus::Signal {
-            signal: 9,
-            core_dumped: false,
-        })));
+        let v = to_json(&event(Detail::Exit {
+            status: ExitStatus::Signal {
+                signal: 9,
+                core_dumped: false,
+            },
+            pidns_init: false,
+        }));
         assert_eq!(v["signal"], 9);
         assert!(v.get("exit_code").is_none());
     }
@@ -277,7 +304,10 @@ mod tests {
     #[test]
     fn every_kind_renders() {
         for detail in [
-            Detail::Exit(ExitStatus::Unknown),
+            Detail::Exit {
+                status: ExitStatus::Unknown,
+                pidns_init: false,
+            },
             Detail::MemoryPressure(Default::default()),
             Detail::CgroupCreated { level: 2 },
             Detail::CgroupRemoved { level: 2 },

@@ -44,6 +44,10 @@ pub struct Header {
 
 /// `exit_code` could be read from `task_struct` (offset from BTF).
 pub const EXIT_CODE_KNOWN: u32 = 1;
+/// The process was pid 1 of a pid namespace below the host's: a container's main process
+/// when the container has a pid namespace of its own. Its exit ends the container (the
+/// kernel then kills the rest of the namespace).
+pub const EXIT_PIDNS_INIT: u32 = 2;
 
 /// A thread group ended (its last thread passed `sched_process_exit` with `group_dead`).
 #[repr(C)]
@@ -56,7 +60,7 @@ pub struct ExitEvent {
     pub tgid: u32,
     /// `task_struct::exit_code`, a wait(2) status: `code << 8` or the terminating signal.
     pub exit_status: u32,
-    /// [`EXIT_CODE_KNOWN`] when `exit_status` is valid.
+    /// [`EXIT_CODE_KNOWN`] when `exit_status` is valid; [`EXIT_PIDNS_INIT`].
     pub flags: u32,
     /// Memory cgroup inode (v1) or cgroup id (v2) of the process.
     pub cgroup_id: u64,
@@ -221,7 +225,14 @@ pub struct Config {
     pub vm_pgscan_direct: u32,
     pub vm_pgsteal_kswapd: u32,
     pub vm_pgsteal_direct: u32,
-    pub _pad: u32,
+
+    /// `task_struct.thread_pid`, `pid.level`, `pid.numbers`, `sizeof(struct upid)` and
+    /// `upid.nr`: a task's pid number in its own pid namespace.
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_nr: u32,
 }
 
 /// Bits of [`Config::features`].
@@ -236,6 +247,8 @@ pub mod feature {
     pub const RSS_PERCPU: u32 = 1 << 3;
     /// Report every cgroup, ignoring `WATCH_ROOTS` (tracing the whole machine).
     pub const WATCH_ALL: u32 = 1 << 4;
+    /// The pid-namespace offsets were found: exits carry `EXIT_PIDNS_INIT`.
+    pub const PIDNS: u32 = 1 << 5;
 }
 
 // Sizes are part of the ABI: a change here must be deliberate.
@@ -247,7 +260,7 @@ const _: () = assert!(size_of::<PressureEvent>() == 72);
 const _: () = assert!(size_of::<CgroupEvent>() == 40 + PATH_LEN);
 const _: () = assert!(size_of::<WatchRoot>() == 16);
 const _: () = assert!(size_of::<PressureAcc>() == 48);
-const _: () = assert!(size_of::<Config>() == 24 + 36 * 4);
+const _: () = assert!(size_of::<Config>() == 24 + 40 * 4);
 
 #[cfg(feature = "user")]
 mod user {

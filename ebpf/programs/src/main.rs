@@ -31,9 +31,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use bpflet_common::{
-    COMM_LEN, CgroupEvent, Config, DROP_SLOTS, EXIT_CODE_KNOWN, ExitEvent, Header, MAX_WATCH_ROOTS,
-    MemcgLevel, OOM_CHAIN_LEN, OomKillEvent, PATH_LEN, PATH_TRUNCATED, PressureAcc, PressureEvent,
-    RING_BYTES, WatchRoot, feature, kind,
+    COMM_LEN, CgroupEvent, Config, DROP_SLOTS, EXIT_CODE_KNOWN, EXIT_PIDNS_INIT, ExitEvent, Header,
+    MAX_WATCH_ROOTS, MemcgLevel, OOM_CHAIN_LEN, OomKillEvent, PATH_LEN, PATH_TRUNCATED,
+    PressureAcc, PressureEvent, RING_BYTES, WatchRoot, feature, kind,
 };
 
 /// Kernel layout and settings, written by the agent before load (`EbpfLoader::set_global`).
@@ -78,7 +78,11 @@ static CONFIG: Config = Config {
     vm_pgscan_direct: 0,
     vm_pgsteal_kswapd: 0,
     vm_pgsteal_direct: 0,
-    _pad: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
 };
 
 /// Reads one `CONFIG` field. The volatile read keeps the compiler from folding the zero
@@ -243,6 +247,27 @@ pub fn bpflet_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Whether `task` is pid 1 of a pid namespace other than the host's. `thread_pid` stays
+/// valid until the task is released, well after this tracepoint.
+#[inline(always)]
+fn pidns_init(task: Ptr) -> bool {
+    if !has(feature::PIDNS) {
+        return false;
+    }
+    let Ok(pid) = read::<Ptr>(task, cfg!(task_thread_pid)) else {
+        return false;
+    };
+    let Ok(level) = read::<u32>(pid, cfg!(pid_level)) else {
+        return false;
+    };
+    // MAX_PID_NS_LEVEL is 32; level 0 is the host, whose pid 1 is not a container.
+    if level == 0 || level > 32 {
+        return false;
+    }
+    let off = cfg!(pid_numbers) + level * cfg!(upid_size) + cfg!(upid_nr);
+    read::<i32>(pid, off) == Ok(1)
+}
+
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), u32> {
     let group_dead: u64 = ctx.arg(1);
     if group_dead & 0xff == 0 {
@@ -265,6 +290,11 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), u32> {
         }
     } else {
         (0, 0)
+    };
+    let flags = if pidns_init(task) {
+        flags | EXIT_PIDNS_INIT
+    } else {
+        flags
     };
     let header = header(kind::EXIT);
     let wake = lazy_wakeup(header.ts_ns);

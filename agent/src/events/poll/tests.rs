@@ -242,7 +242,13 @@ fn exits_migrations_zombies_and_reuse() {
     let exits: Vec<(u32, &str, &str, Option<u64>)> = events
         .iter()
         .map(|e| {
-            assert_eq!(e.detail, Detail::Exit(ExitStatus::Unknown));
+            assert_eq!(
+                e.detail,
+                Detail::Exit {
+                    status: ExitStatus::Unknown,
+                    pidns_init: false,
+                }
+            );
             assert_eq!(e.source, Source::Poll);
             (e.pid, e.comm.as_str(), e.cgroup.as_str(), e.cgroup_id)
         })
@@ -350,10 +356,13 @@ fn kmsg_report_becomes_one_oom_kill() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
         events[0].detail,
-        Detail::Exit(ExitStatus::Signal {
-            signal: 9,
-            core_dumped: false
-        })
+        Detail::Exit {
+            status: ExitStatus::Signal {
+                signal: 9,
+                core_dumped: false
+            },
+            pidns_init: false,
+        }
     );
     assert_eq!(events[0].pid, 4242);
 }
@@ -463,10 +472,13 @@ fn bare_kill_takes_its_limit_from_counters_v1() {
         .expect("exit");
     assert_eq!(
         exit.detail,
-        Detail::Exit(ExitStatus::Signal {
-            signal: 9,
-            core_dumped: false
-        })
+        Detail::Exit {
+            status: ExitStatus::Signal {
+                signal: 9,
+                core_dumped: false
+            },
+            pidns_init: false,
+        }
     );
     let pressure = events
         .iter()
@@ -813,7 +825,13 @@ async fn real_exit_in_own_cgroup() {
     .expect("the exit is reported within 10s");
     assert_eq!(exit.comm, "sleep");
     assert_eq!(exit.cgroup, own);
-    assert_eq!(exit.detail, Detail::Exit(ExitStatus::Unknown));
+    assert_eq!(
+        exit.detail,
+        Detail::Exit {
+            status: ExitStatus::Unknown,
+            pidns_init: false,
+        }
+    );
     cancel.cancel();
     task.await.expect("join").expect("run ends cleanly");
 }

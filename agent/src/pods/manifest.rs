@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Probe, Toleration};
+use k8s_openapi::api::core::v1::{
+    Container, Pod, PodSpec, PodStatus, Probe, ResourceRequirements, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use sha2::{Digest, Sha256};
 
@@ -477,15 +479,53 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
                 );
             }
         }
-        validate_resources(&path, c)?;
+        if let Some(r) = c.resources.as_ref() {
+            validate_resources(&path, r)?;
+        }
+    }
+    if let Some(r) = spec.resources.as_ref() {
+        validate_resources("spec", r)?;
+        validate_pod_level_limits(spec, r)?;
     }
     Ok(())
 }
 
-fn validate_resources(path: &str, c: &Container) -> Result<(), FieldError> {
-    let Some(resources) = c.resources.as_ref() else {
-        return Ok(());
+/// With pod-level resources (KEP-2837), no container may be limited above the pod.
+fn validate_pod_level_limits(spec: &PodSpec, pod: &ResourceRequirements) -> Result<(), FieldError> {
+    let value = |m: Option<&BTreeMap<String, Quantity>>, name: &str| {
+        m.and_then(|m| m.get(name))
+            .and_then(|q| parse_quantity(&q.0).ok())
     };
+    for name in ["cpu", "memory"] {
+        let Some(pod_limit) = value(pod.limits.as_ref(), name) else {
+            continue;
+        };
+        let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .map(|c| ("initContainers", c)),
+        );
+        for (i, (kind, c)) in containers.enumerate() {
+            let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+            if value(limits, name).is_some_and(|l| l > pod_limit) {
+                let index = if kind == "containers" {
+                    i
+                } else {
+                    i - spec.containers.len()
+                };
+                return Err((
+                    format!("spec.{kind}[{index}].resources.limits[{name:?}]"),
+                    "must be less than or equal to the pod-level limit (spec.resources.limits)"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_resources(path: &str, resources: &ResourceRequirements) -> Result<(), FieldError> {
     let parse = |kind: &str, map: Option<&BTreeMap<String, Quantity>>| {
         let mut out = BTreeMap::new();
         for (name, q) in map.into_iter().flatten() {

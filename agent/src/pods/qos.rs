@@ -20,6 +20,11 @@
 //!   started before i)))`, plus `spec.overhead`. The pod memory limit and cpu quota exist
 //!   only when every container (app and init) declares that limit.
 //!
+//! - Pod-level resources (`spec.resources`, KEP-2837): when the pod declares cpu or memory
+//!   there, the QoS class comes from the pod-level requests and limits alone (a request
+//!   missing where a limit is set defaults to it), and each pod-level limit or request
+//!   replaces the container total for that resource in the pod cgroup (overhead added).
+//!
 //! Quantities that do not parse count as absent: manifests are validated before they get
 //! here ([`super::manifest`]).
 
@@ -181,9 +186,44 @@ fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     app_containers(pod).iter().chain(init_containers(pod))
 }
 
+fn pod_level(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ResourceRequirements> {
+    pod.spec.as_ref()?.resources.as_ref()
+}
+
+/// A pod-level limit for `res`.
+fn pod_level_limit(pod: &Pod, res: Res) -> Option<u64> {
+    lookup(pod_level(pod)?.limits.as_ref(), res).filter(|&v| v > 0)
+}
+
+/// A pod-level request for `res`, defaulting to the pod-level limit.
+fn pod_level_request(pod: &Pod, res: Res) -> Option<u64> {
+    let r = pod_level(pod)?;
+    lookup(r.requests.as_ref(), res)
+        .or_else(|| lookup(r.limits.as_ref(), res))
+        .filter(|&v| v > 0)
+}
+
+/// Whether the pod declares cpu or memory at pod level.
+fn has_pod_level_resources(pod: &Pod) -> bool {
+    [Res::Cpu, Res::Memory]
+        .into_iter()
+        .any(|res| pod_level_request(pod, res).is_some())
+}
+
 /// The pod's QoS class.
 #[must_use]
 pub fn qos_class(pod: &Pod) -> QosClass {
+    if has_pod_level_resources(pod) {
+        let both = [Res::Cpu, Res::Memory];
+        return if both.into_iter().all(|res| {
+            pod_level_limit(pod, res).is_some()
+                && pod_level_limit(pod, res) == pod_level_request(pod, res)
+        }) {
+            QosClass::Guaranteed
+        } else {
+            QosClass::Burstable
+        };
+    }
     let mut requests = Resources::default();
     let mut limits = Resources::default();
     let mut any = false;
@@ -270,18 +310,28 @@ fn overhead(pod: &Pod) -> Resources {
 /// The pod's effective requests, overhead included.
 #[must_use]
 pub fn pod_requests(pod: &Pod) -> Resources {
-    pod_total(pod, requests_of).add(overhead(pod))
+    let total = pod_total(pod, requests_of);
+    Resources {
+        cpu_millis: pod_level_request(pod, Res::Cpu).unwrap_or(total.cpu_millis),
+        memory_bytes: pod_level_request(pod, Res::Memory).unwrap_or(total.memory_bytes),
+    }
+    .add(overhead(pod))
 }
 
 /// The pod's effective limits, overhead included; a resource is `None` unless every
 /// container (app and init) declares a limit for it.
 #[must_use]
 pub fn pod_limits(pod: &Pod) -> (Option<u64>, Option<u64>) {
-    let total = pod_total(pod, limits_of).add(overhead(pod));
+    let over = overhead(pod);
+    let total = pod_total(pod, limits_of).add(over);
     let declared = |res| all_containers(pod).all(|c| limit(c, res).is_some());
     (
-        declared(Res::Cpu).then_some(total.cpu_millis),
-        declared(Res::Memory).then_some(total.memory_bytes),
+        pod_level_limit(pod, Res::Cpu)
+            .map(|l| l.saturating_add(over.cpu_millis))
+            .or_else(|| declared(Res::Cpu).then_some(total.cpu_millis)),
+        pod_level_limit(pod, Res::Memory)
+            .map(|l| l.saturating_add(over.memory_bytes))
+            .or_else(|| declared(Res::Memory).then_some(total.memory_bytes)),
     )
 }
 

@@ -204,6 +204,17 @@ fn invalid_manifests_name_file_and_field() {
             &["spec.containers[0].resources.requests[\"cpu\"]: must be less than or equal to the limit (2 > 1)"],
         ),
         (
+            "bad pod-level quantity",
+            ok.replace("spec:\n", "spec:\n  resources: {limits: {memory: lots}}\n"),
+            &["spec.resources.limits[\"memory\"]: invalid quantity"],
+        ),
+        (
+            "container limited above the pod-level limit",
+            ok.replace("spec:\n", "spec:\n  resources: {limits: {memory: 64Mi}}\n")
+                .replace("image: busybox}", "image: busybox, resources: {limits: {memory: 128Mi}}}"),
+            &["spec.containers[0].resources.limits[\"memory\"]: must be less than or equal to the pod-level limit"],
+        ),
+        (
             "restart policy on an app container",
             ok.replace("image: busybox}", "image: busybox, restartPolicy: Always}"),
             &["spec.containers[0].restartPolicy: may only be set on init containers"],

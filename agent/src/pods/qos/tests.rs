@@ -398,3 +398,77 @@ fn pod_and_container_cgroup_settings() {
         }
     );
 }
+
+/// `pod` with pod-level resources (`spec.resources`) written like [`c`]'s.
+fn with_pod_level(mut p: Pod, requests: &str, limits: &str) -> Pod {
+    let level = c("pod", requests, limits).resources;
+    p.spec.as_mut().expect("spec").resources = level;
+    p
+}
+
+#[test]
+fn pod_level_resources_decide_class_and_pod_cgroup() {
+    use QosClass::{Burstable, Guaranteed};
+    let full = "cpu=1,memory=256Mi";
+    /// (what, pod, class, pod limits (cpu, memory), pod requests)
+    type Case = (
+        &'static str,
+        Pod,
+        QosClass,
+        (Option<u64>, Option<u64>),
+        Resources,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "pod-level limits only: requests default to them",
+            with_pod_level(pod(vec![c("a", "", ""), c("b", "", "")], vec![]), "", full),
+            Guaranteed,
+            (Some(1000), Some(256 * MI)),
+            Resources {
+                cpu_millis: 1000,
+                memory_bytes: 256 * MI,
+            },
+        ),
+        (
+            "pod-level memory only, containers limited: pod level wins for memory",
+            with_pod_level(
+                pod(
+                    vec![c("a", "cpu=100m,memory=32Mi", "cpu=100m,memory=32Mi")],
+                    vec![],
+                ),
+                "",
+                "memory=64Mi",
+            ),
+            Burstable,
+            (Some(100), Some(64 * MI)),
+            Resources {
+                cpu_millis: 100,
+                memory_bytes: 64 * MI,
+            },
+        ),
+        (
+            "pod-level request below its limit",
+            with_pod_level(
+                pod(vec![c("a", "", "")], vec![]),
+                "cpu=1,memory=128Mi",
+                full,
+            ),
+            Burstable,
+            (Some(1000), Some(256 * MI)),
+            Resources {
+                cpu_millis: 1000,
+                memory_bytes: 128 * MI,
+            },
+        ),
+    ];
+    for (what, p, class, limits, requests) in cases {
+        assert_eq!(qos_class(&p), class, "{what}");
+        assert_eq!(pod_limits(&p), limits, "{what}");
+        assert_eq!(pod_requests(&p), requests, "{what}");
+        assert_eq!(
+            pod_resource_config(&p).memory_limit_bytes,
+            limits.1,
+            "{what}: the pod cgroup's memory limit"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! (`kubelet_pleg_relist_duration_seconds`, `kubelet_evictions`, ...), served on `/metrics`.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric the agent exports, registered in one registry.
@@ -18,6 +19,16 @@ pub struct Metrics {
     pub running_pods: IntGauge,
     /// By `container_state`.
     pub running_containers: IntGaugeVec,
+    /// CRI calls by `operation_type` (see [`crate::runtime::Method::operation_type`]).
+    pub runtime_operations: IntCounterVec,
+    pub runtime_operations_errors: IntCounterVec,
+    pub runtime_operations_duration: HistogramVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +79,31 @@ impl Metrics {
             ),
             &["container_state"],
         )?;
+        let runtime_operations = IntCounterVec::new(
+            Opts::new(
+                "kubelet_runtime_operations_total",
+                "Cumulative number of runtime operations by operation type.",
+            ),
+            &["operation_type"],
+        )?;
+        let runtime_operations_errors = IntCounterVec::new(
+            Opts::new(
+                "kubelet_runtime_operations_errors_total",
+                "Cumulative number of runtime operation errors by operation type.",
+            ),
+            &["operation_type"],
+        )?;
+        let runtime_operations_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kubelet_runtime_operations_duration_seconds",
+                "Duration in seconds of runtime operations. Broken down by operation type.",
+            )
+            .buckets(RELIST_BUCKETS.to_vec()),
+            &["operation_type"],
+        )?;
+        registry.register(Box::new(runtime_operations.clone()))?;
+        registry.register(Box::new(runtime_operations_errors.clone()))?;
+        registry.register(Box::new(runtime_operations_duration.clone()))?;
         registry.register(Box::new(pleg_relist_duration.clone()))?;
         registry.register(Box::new(pleg_relist_interval.clone()))?;
         registry.register(Box::new(pleg_last_seen.clone()))?;
@@ -82,7 +118,27 @@ impl Metrics {
             evictions,
             running_pods,
             running_containers,
+            runtime_operations,
+            runtime_operations_errors,
+            runtime_operations_duration,
         })
+    }
+
+    /// Counts one runtime call of `method` that took `elapsed` and failed or not.
+    pub fn runtime_operation(
+        &self,
+        method: crate::runtime::Method,
+        elapsed: std::time::Duration,
+        failed: bool,
+    ) {
+        let op = [method.operation_type()];
+        self.runtime_operations.with_label_values(&op).inc();
+        self.runtime_operations_duration
+            .with_label_values(&op)
+            .observe(elapsed.as_secs_f64());
+        if failed {
+            self.runtime_operations_errors.with_label_values(&op).inc();
+        }
     }
 
     /// The text exposition format of every registered metric.
@@ -108,6 +164,16 @@ mod tests {
         m.evictions.with_label_values(&["memory.available"]).inc();
         m.running_pods.set(3);
         m.running_containers.with_label_values(&["running"]).set(4);
+        m.runtime_operation(
+            crate::runtime::Method::ListContainers,
+            std::time::Duration::from_millis(2),
+            false,
+        );
+        m.runtime_operation(
+            crate::runtime::Method::PodSandboxStatus,
+            std::time::Duration::from_millis(1),
+            true,
+        );
         let text = m.encode();
         for needle in [
             "kubelet_pleg_relist_duration_seconds_bucket",
@@ -116,6 +182,9 @@ mod tests {
             "kubelet_evictions{eviction_signal=\"memory.available\"} 1",
             "kubelet_running_pods 3",
             "kubelet_running_containers{container_state=\"running\"} 4",
+            "kubelet_runtime_operations_total{operation_type=\"list_containers\"} 1",
+            "kubelet_runtime_operations_errors_total{operation_type=\"podsandbox_status\"} 1",
+            "kubelet_runtime_operations_duration_seconds_count{operation_type=\"list_containers\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }

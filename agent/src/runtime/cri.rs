@@ -50,6 +50,8 @@ const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 pub struct CriRuntime {
     shared: Arc<Shared>,
     request_timeout: Duration,
+    /// Counts every call (`kubelet_runtime_operations_*`).
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 #[derive(Debug)]
@@ -78,7 +80,15 @@ impl CriRuntime {
                 conn: Mutex::new(Connection::default()),
             }),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            metrics: None,
         }
+    }
+
+    /// Counts this handle's calls (and those of handles derived from it) in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A client for the runtime at `socket`, checked with a `Version` call.
@@ -94,6 +104,7 @@ impl CriRuntime {
         CriRuntime {
             shared: Arc::clone(&self.shared),
             request_timeout: timeout,
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -190,7 +201,8 @@ impl CriRuntime {
                 }),
             }
         };
-        tokio::time::timeout(timeout, attempt)
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or_else(|_elapsed| {
                 Err(RuntimeError::Timeout {
@@ -198,7 +210,11 @@ impl CriRuntime {
                     socket: self.shared.socket.clone(),
                     timeout,
                 })
-            })
+            });
+        if let Some(m) = &self.metrics {
+            m.runtime_operation(method, started.elapsed(), result.is_err());
+        }
+        result
     }
 
     fn malformed(&self, method: Method, field: &'static str) -> RuntimeError {

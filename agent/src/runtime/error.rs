@@ -33,6 +33,33 @@ pub enum Method {
 }
 
 impl Method {
+    /// The kubelet's `operation_type` label for this call (its runtime metrics).
+    pub fn operation_type(self) -> &'static str {
+        match self {
+            Method::Version => "version",
+            Method::Status => "status",
+            Method::RunPodSandbox => "run_podsandbox",
+            Method::StopPodSandbox => "stop_podsandbox",
+            Method::RemovePodSandbox => "remove_podsandbox",
+            Method::PodSandboxStatus => "podsandbox_status",
+            Method::ListPodSandbox => "list_podsandbox",
+            Method::CreateContainer => "create_container",
+            Method::StartContainer => "start_container",
+            Method::StopContainer => "stop_container",
+            Method::RemoveContainer => "remove_container",
+            Method::ContainerStatus => "container_status",
+            Method::ListContainers => "list_containers",
+            Method::UpdateContainerResources => "update_container",
+            Method::ReopenContainerLog => "reopen_container_log",
+            Method::ExecSync => "exec_sync",
+            Method::ImageStatus => "image_status",
+            Method::PullImage => "pull_image",
+            Method::ListImages => "list_images",
+            Method::RemoveImage => "remove_image",
+            Method::ImageFsInfo => "image_fs_info",
+        }
+    }
+
     /// The RPC name as the CRI `.proto` spells it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -88,17 +88,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let kubepods = tree.kubepods();
     info!(root = %cgroup_root, kubepods = %kubepods, "pod cgroup tree ready");
 
+    let store = StatusStore::default();
+    let metrics = Metrics::new().map_err(AgentError::Metrics)?;
+    store.set_metrics(metrics.clone());
+
     // The container runtime.
     let runtime = Arc::new(
         CriRuntime::new(&config.runtime.endpoint)
+            .with_metrics(metrics.clone())
             .with_request_timeout(config.runtime.request_timeout),
     );
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
     info!(runtime = %version, endpoint = %config.runtime.endpoint.display(), "container runtime ready");
-
-    let store = StatusStore::default();
-    let metrics = Metrics::new().map_err(AgentError::Metrics)?;
-    store.set_metrics(metrics.clone());
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
     if let Some(port) = config.server.read_only_port {
         let addr = SocketAddr::new(config.server.address, port);
@@ -327,6 +328,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         },
         memory_capacity: memory,
         sync_frequency: config.sync_frequency,
+        runtime_changes_poke: pleg_mode == PlegMode::Event,
         store: store.clone(),
         facts,
         kubepods: kubepods.clone(),

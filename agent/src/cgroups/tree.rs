@@ -209,6 +209,13 @@ impl QosTree {
         Ok(cgroup)
     }
 
+    /// Whether the pod's cgroup exists (in every controller the driver manages).
+    #[must_use]
+    pub fn pod_cgroup_exists(&self, pod: &Pod) -> bool {
+        self.pod_cgroup(pod)
+            .is_ok_and(|cgroup| self.driver.exists(&cgroup))
+    }
+
     /// Removes the cgroup of the pod with `uid`, whichever QoS class it sits under, with its
     /// container cgroups. Kills nothing: fails with [`CgroupError::Populated`] while a
     /// process is left. Returns whether there was anything to remove.

@@ -35,9 +35,20 @@ use crate::runtime::{ContainerRuntime, ContainerState, SandboxState};
 pub enum Trigger {
     /// A relist saw the pod's runtime state change.
     Relist,
-    /// The kernel saw this container (or sandbox) of the pod end: the runtime may not know
+    /// The kernel saw a container (or sandbox) of the pod end: the runtime may not know
     /// yet, so the worker relists until the runtime no longer reports it running.
-    Kernel { container: String },
+    Kernel(KernelEnd),
+}
+
+/// A container's end as the kernel saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelEnd {
+    /// Container (or sandbox) id.
+    pub container: String,
+    /// The exit code as runtimes report it (`128 + signal` for a kill), when the kernel
+    /// said how its main process ended; `None` for a cgroup removal.
+    pub exit_code: Option<i32>,
+    pub at: jiff::Timestamp,
 }
 
 /// A request for one pod's worker.

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::facts::{KernelFacts, OomRecord};
-use super::{PodPoke, Trigger};
+use super::{KernelEnd, PodPoke, Trigger};
 use crate::cgroups::{Attributor, naming};
-use crate::events::{Detail, Event, OomScope};
+use crate::events::{Detail, Event, ExitStatus, OomScope};
 use crate::server::StatusStore;
 use crate::server::events::{EventType, Subject};
 
@@ -99,31 +99,34 @@ impl KernelRouter {
             let _ = tx.try_send(crate::eviction::Trigger::now());
         }
         let pod = ev.pod.as_ref()?;
+        let end = |exit_code| {
+            Some(Trigger::Kernel(KernelEnd {
+                container: pod.container_id.clone()?,
+                exit_code,
+                at: jiff::Timestamp::try_from(ev.time).unwrap_or_else(|_| jiff::Timestamp::now()),
+            }))
+        };
         let trigger = match &ev.detail {
             // The worker publishes the kill at once; if it was the init process, the
             // container's exit follows as its own event.
             Detail::OomKill(_) => Trigger::Relist,
-            Detail::CgroupRemoved { .. } => Trigger::Kernel {
-                container: pod.container_id.clone()?,
-            },
+            Detail::CgroupRemoved { .. } => end(None)?,
             // A container with its own pid namespace ends when its init (pid 1 there) dies:
             // the kernel flags that exit, and then kills the rest of the namespace. Other
             // containers (shared or host pid namespace) end when their cgroup empties; the
             // exit tracepoint fires before the task leaves its cgroup, so the last exit
             // may still find itself listed, and the runtime's exit shows at the next relist.
             Detail::Exit {
-                pidns_init: true, ..
-            } => Trigger::Kernel {
-                container: pod.container_id.clone()?,
-            },
+                status,
+                pidns_init: true,
+            } => end(runtime_exit_code(*status))?,
             Detail::Exit { .. }
                 if naming::container_cgroup(&ev.cgroup).is_some_and(|c| {
                     super::cgroup_empty(&self.attributor.hierarchy().path_of(c))
                 }) =>
             {
-                Trigger::Kernel {
-                    container: pod.container_id.clone()?,
-                }
+                // Not necessarily the container's main process: no exit code.
+                end(None)?
             }
             _ => return None,
         };
@@ -132,5 +135,32 @@ impl KernelRouter {
             trigger,
             at,
         })
+    }
+}
+
+/// The exit code a runtime reports for a process that ended with `status`.
+fn runtime_exit_code(status: ExitStatus) -> Option<i32> {
+    match status {
+        ExitStatus::Code(code) => Some(code),
+        ExitStatus::Signal { signal, .. } => Some(128 + signal),
+        ExitStatus::Unknown => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_as_runtimes_report_them() {
+        assert_eq!(runtime_exit_code(ExitStatus::Code(3)), Some(3));
+        assert_eq!(
+            runtime_exit_code(ExitStatus::Signal {
+                signal: 9,
+                core_dumped: false
+            }),
+            Some(137)
+        );
+        assert_eq!(runtime_exit_code(ExitStatus::Unknown), None);
     }
 }

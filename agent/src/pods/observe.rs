@@ -17,10 +17,31 @@ use crate::status::ContainerImage;
 /// Images of the pod's containers by container id, for status.
 pub type Images = HashMap<String, ContainerImage>;
 
-/// Lists the pod's sandboxes and containers and reads each container's status.
+/// Statuses read at earlier observations of one pod. A sandbox's or container's status
+/// only changes with its state (a start sets `started_at`, an exit the exit code and
+/// reason), so while the list reports the same id in the same state the status read then
+/// still holds, and a steady pod costs two list calls instead of two plus one per sandbox
+/// and container.
+#[derive(Debug, Default)]
+pub struct ObserveCache {
+    sandboxes: HashMap<String, (SandboxState, ObservedSandbox)>,
+    containers: HashMap<String, (ContainerState, ObservedContainer, ContainerImage)>,
+}
+
+/// Lists the pod's sandboxes and containers and reads each one's status.
 pub async fn observe_pod<R: ContainerRuntime>(
     rt: &R,
     uid: &str,
+) -> runtime::Result<(ObservedPod, Images)> {
+    observe_pod_cached(rt, uid, &mut ObserveCache::default()).await
+}
+
+/// [`observe_pod`], reading statuses only for what is new or changed state since `cache`
+/// was last filled; `cache` then holds exactly what this observation saw.
+pub async fn observe_pod_cached<R: ContainerRuntime>(
+    rt: &R,
+    uid: &str,
+    cache: &mut ObserveCache,
 ) -> runtime::Result<(ObservedPod, Images)> {
     let selector: HashMap<String, String> = [(labels::POD_UID_LABEL.to_owned(), uid.to_owned())]
         .into_iter()
@@ -33,7 +54,15 @@ pub async fn observe_pod<R: ContainerRuntime>(
         .await?;
     let mut observed = ObservedPod::default();
     let mut images = Images::new();
+    let mut seen = ObserveCache::default();
     for sb in sandboxes {
+        if let Some((state, known)) = cache.sandboxes.remove(&sb.id)
+            && state == sb.state
+        {
+            observed.sandboxes.push(known.clone());
+            seen.sandboxes.insert(sb.id, (state, known));
+            continue;
+        }
         let (ip, host_network) = if sb.state == SandboxState::Ready {
             match rt.pod_sandbox_status(&sb.id).await {
                 Ok(st) => (st.ip.clone(), st.ip.is_none()),
@@ -43,14 +72,16 @@ pub async fn observe_pod<R: ContainerRuntime>(
         } else {
             (None, false)
         };
-        observed.sandboxes.push(ObservedSandbox {
-            id: sb.id,
+        let known = ObservedSandbox {
+            id: sb.id.clone(),
             ready: sb.state == SandboxState::Ready,
             created: sb.created_at,
             attempt: sb.metadata.attempt,
             host_network,
             ip,
-        });
+        };
+        observed.sandboxes.push(known.clone());
+        seen.sandboxes.insert(sb.id, (sb.state, known));
     }
     let containers = rt
         .list_containers(Some(api::ContainerFilter {
@@ -59,19 +90,25 @@ pub async fn observe_pod<R: ContainerRuntime>(
         }))
         .await?;
     for c in containers {
+        if let Some((state, known, image)) = cache.containers.remove(&c.id)
+            && state == c.state
+        {
+            observed.containers.push(known.clone());
+            images.insert(c.id.clone(), image.clone());
+            seen.containers.insert(c.id, (state, known, image));
+            continue;
+        }
         let status = match rt.container_status(&c.id).await {
             Ok(st) => st,
             Err(e) if e.is_not_found() => continue, // removed since the list
             Err(e) => return Err(e),
         };
-        images.insert(
-            c.id.clone(),
-            ContainerImage {
-                image: status.image.clone(),
-                image_ref: status.image_ref.clone(),
-            },
-        );
-        observed.containers.push(ObservedContainer {
+        let image = ContainerImage {
+            image: status.image.clone(),
+            image_ref: status.image_ref.clone(),
+        };
+        images.insert(c.id.clone(), image.clone());
+        let known = ObservedContainer {
             id: c.id.clone(),
             name: status.metadata.name.clone(),
             state: plan_state(status.state),
@@ -88,9 +125,24 @@ pub async fn observe_pod<R: ContainerRuntime>(
                 .map(str::to_owned),
             liveness: Default::default(),
             startup: Default::default(),
-        });
+        };
+        observed.containers.push(known.clone());
+        // Keyed by the state the status reported, so that a list that raced ahead of it
+        // (a container that exited in between) reads the status again next time.
+        seen.containers
+            .insert(c.id, (runtime_state(known.state), known, image));
     }
+    *cache = seen;
     Ok((observed, images))
+}
+
+fn runtime_state(s: PlanState) -> ContainerState {
+    match s {
+        PlanState::Created => ContainerState::Created,
+        PlanState::Running => ContainerState::Running,
+        PlanState::Exited => ContainerState::Exited,
+        PlanState::Unknown => ContainerState::Unknown,
+    }
 }
 
 fn plan_state(s: ContainerState) -> PlanState {
@@ -118,4 +170,84 @@ pub async fn runtime_pod_uids<R: ContainerRuntime>(rt: &R) -> runtime::Result<Ve
 /// When a container last changed state, for status timestamps.
 pub fn last_change(c: &ObservedContainer) -> Timestamp {
     c.finished_at.or(c.started_at).unwrap_or(c.created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{FakeRuntime, Method};
+
+    const IMAGE: &str = "bpflet.local/busybox:latest";
+
+    fn sandbox_config(uid: &str) -> api::PodSandboxConfig {
+        api::PodSandboxConfig {
+            metadata: Some(api::PodSandboxMetadata {
+                name: "web".to_owned(),
+                uid: uid.to_owned(),
+                namespace: "default".to_owned(),
+                attempt: 0,
+            }),
+            labels: HashMap::from([(labels::POD_UID_LABEL.to_owned(), uid.to_owned())]),
+            ..Default::default()
+        }
+    }
+
+    fn container_config(uid: &str) -> api::ContainerConfig {
+        api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata {
+                name: "app".to_owned(),
+                attempt: 0,
+            }),
+            image: Some(api::ImageSpec {
+                image: IMAGE.to_owned(),
+                ..Default::default()
+            }),
+            labels: HashMap::from([(labels::POD_UID_LABEL.to_owned(), uid.to_owned())]),
+            ..Default::default()
+        }
+    }
+
+    fn status_reads(rt: &FakeRuntime) -> usize {
+        rt.call_count(Method::ContainerStatus) + rt.call_count(Method::PodSandboxStatus)
+    }
+
+    #[tokio::test]
+    async fn statuses_are_read_again_only_after_a_state_change() {
+        let rt = FakeRuntime::new();
+        rt.add_image(IMAGE);
+        let sb_config = sandbox_config("u1");
+        let sb = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
+        let c = rt
+            .create_container(&sb, &container_config("u1"), &sb_config)
+            .await
+            .unwrap();
+        rt.start_container(&c).await.unwrap();
+        let mut cache = ObserveCache::default();
+
+        let (first, _) = observe_pod_cached(&rt, "u1", &mut cache).await.unwrap();
+        assert_eq!(status_reads(&rt), 2, "one sandbox and one container status");
+        let (again, images) = observe_pod_cached(&rt, "u1", &mut cache).await.unwrap();
+        assert_eq!(again, first, "a steady pod looks the same from the cache");
+        assert!(images.contains_key(&c), "images come from the cache too");
+        assert_eq!(status_reads(&rt), 2, "no status read for a steady pod");
+
+        rt.exit_container(&c, 3);
+        let (exited, _) = observe_pod_cached(&rt, "u1", &mut cache).await.unwrap();
+        assert_eq!(
+            status_reads(&rt),
+            3,
+            "the exited container's status is read"
+        );
+        let ctr = &exited.containers[0];
+        assert_eq!(
+            (ctr.state, ctr.exit_code),
+            (PlanState::Exited, Some(3)),
+            "{ctr:?}"
+        );
+        let (uncached, _) = observe_pod(&rt, "u1").await.unwrap();
+        assert_eq!(
+            uncached, exited,
+            "the cache changes nothing in what is observed"
+        );
+    }
 }

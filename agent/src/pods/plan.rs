@@ -368,15 +368,36 @@ impl Planner<'_> {
         let pod = self.pod;
         let spec_containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
         let init = init_containers(pod);
+        // The old sandbox is stopped before a new one starts (that also releases the network
+        // of one that died). A finished pod gets no new sandbox, and is not stopped again at
+        // every sync once nothing of it runs.
+        let live = self.observed.sandboxes.iter().any(|s| s.ready)
+            || self
+                .observed
+                .containers
+                .iter()
+                .any(|c| c.state != ContainerState::Exited);
         let anything = !self.observed.sandboxes.is_empty() || !self.observed.containers.is_empty();
-        if anything {
-            self.kill_pod(KillPodReason::SandboxChanged, create.message.clone());
-        }
-        if policy(pod) == Policy::Never
+        let done = if policy(pod) == Policy::Never
             && create.attempt != 0
             && !self.observed.containers.is_empty()
         {
-            // The pod ran once and must not restart: it is done.
+            // The pod ran once and must not restart.
+            true
+        } else {
+            let nothing_to_start = spec_containers
+                .iter()
+                .all(|c| policy(pod) == Policy::OnFailure && self.succeeded(&c.name));
+            let init_done = init
+                .iter()
+                .filter(|c| !is_restartable_init_container(c))
+                .all(|c| self.succeeded(&c.name));
+            nothing_to_start && init_done
+        };
+        if live || (anything && !done) {
+            self.kill_pod(KillPodReason::SandboxChanged, create.message.clone());
+        }
+        if done {
             return;
         }
         let to_start: Vec<(usize, &Container)> = spec_containers
@@ -384,13 +405,6 @@ impl Planner<'_> {
             .enumerate()
             .filter(|(_, c)| !(policy(pod) == Policy::OnFailure && self.succeeded(&c.name)))
             .collect();
-        let init_done = init
-            .iter()
-            .filter(|c| !is_restartable_init_container(c))
-            .all(|c| self.succeeded(&c.name));
-        if to_start.is_empty() && init_done {
-            return;
-        }
         self.actions.create_sandbox = Some(create);
         if let Some(first) = init.first() {
             let start = self.start(0, first, StartReason::NewSandbox);

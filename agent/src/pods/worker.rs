@@ -18,14 +18,14 @@ use tracing::{debug, info, warn};
 
 use super::backoff::{Backoff, BackoffKey};
 use super::cri_config::{self, ContainerContext, DnsSettings, NodeAllocatable, SandboxContext};
-use super::observe::{Images, observe_pod};
+use super::observe::{Images, ObserveCache, observe_pod, observe_pod_cached};
 use super::plan::{self, ObservedPod, PodActions};
 use super::volumes::PodVolumes;
 use super::{format_pod, pod_uid};
 use crate::cgroups::tree::QosTree;
 use crate::eviction::{self, Eviction, NodeCondition};
-use crate::pleg::Trigger;
 use crate::pleg::facts::{self, KernelFacts};
+use crate::pleg::{KernelEnd, Trigger};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::server::StatusStore;
 use crate::server::events::{EventType, Subject};
@@ -45,6 +45,11 @@ pub struct PodContext<R> {
     pub allocatable: NodeAllocatable,
     pub memory_capacity: u64,
     pub sync_frequency: Duration,
+    /// Event PLEG: every runtime change of a pod reaches its worker as a poke (kernel
+    /// events, and the safety relist's diff for what the kernel cannot see), so a sync that
+    /// only the `sync_frequency` timer asked for plans against the last observation instead
+    /// of asking the runtime again. Generic PLEG: every sync observes.
+    pub runtime_changes_poke: bool,
     pub store: StatusStore,
     /// OOM kills the kernel reported, by container id.
     pub facts: KernelFacts,
@@ -92,7 +97,7 @@ pub enum SyncError {
 pub struct WorkerHandle {
     pub spec: watch::Sender<Arc<Pod>>,
     poke: Arc<Notify>,
-    kernel_waits: Arc<std::sync::Mutex<Vec<String>>>,
+    kernel_waits: Arc<std::sync::Mutex<Vec<KernelEnd>>>,
     pub terminate: CancellationToken,
     pub done: tokio::task::JoinHandle<()>,
     eviction: Arc<std::sync::Mutex<Option<Eviction>>>,
@@ -110,13 +115,19 @@ impl WorkerHandle {
     }
 
     pub fn poke(&self, trigger: Trigger) {
-        if let Trigger::Kernel { container } = trigger {
+        if let Trigger::Kernel(end) = trigger {
             let mut waits = self
                 .kernel_waits
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !waits.contains(&container) {
-                waits.push(container);
+            match waits.iter_mut().find(|w| w.container == end.container) {
+                // An exit with its code says more than a cgroup removal.
+                Some(w) => {
+                    if w.exit_code.is_none() {
+                        *w = end;
+                    }
+                }
+                None => waits.push(end),
             }
         }
         self.poke.notify_one();
@@ -159,6 +170,8 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         status: None,
         last_observed: None,
         last_runtime: None,
+        cgroup_applied: None,
+        observe_cache: ObserveCache::default(),
         oom_reported: HashMap::new(),
         recheck: None,
     };
@@ -182,7 +195,7 @@ struct Worker<R> {
     spec: watch::Receiver<Arc<Pod>>,
     poke: Arc<Notify>,
     /// Containers the kernel saw end, which the runtime may not report yet.
-    kernel_waits: Arc<std::sync::Mutex<Vec<String>>>,
+    kernel_waits: Arc<std::sync::Mutex<Vec<KernelEnd>>>,
     terminate: CancellationToken,
     cancel: CancellationToken,
     backoff: Backoff,
@@ -190,6 +203,10 @@ struct Worker<R> {
     last_observed: Option<ObservedPod>,
     /// The runtime's view at the last sync, before probe verdicts were added.
     last_runtime: Option<ObservedPod>,
+    /// The pod cgroup settings last written.
+    cgroup_applied: Option<super::qos::PodResourceConfig>,
+    /// Statuses from earlier observations (see [`ObserveCache`]).
+    observe_cache: ObserveCache,
     /// OOM kills already turned into events, per container id.
     oom_reported: HashMap<String, usize>,
     /// Publishing found something to look at again soon (an undecided OOM kill).
@@ -198,6 +215,8 @@ struct Worker<R> {
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
     async fn run(mut self) {
+        // Whether the last wait ended by the `sync_frequency` timer alone.
+        let mut timer_only = false;
         loop {
             if self.terminate.is_cancelled() {
                 let pod = Arc::clone(&self.spec.borrow());
@@ -235,7 +254,12 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
-            let next = match self.sync(&pod, &waits).await {
+            let quiet = timer_only && waits.is_empty() && self.ctx.runtime_changes_poke;
+            let next = match if quiet {
+                self.sync_from_last_observation(&pod).await
+            } else {
+                self.sync(&pod, &waits).await
+            } {
                 Ok(next) => next,
                 Err(e) => {
                     warn!(pod = %format_pod(&pod), error = %e, cause = %crate::bpf::error_chain(&e), "sync failed; retrying");
@@ -245,25 +269,44 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     Some(Duration::from_secs(2))
                 }
             };
+            let recheck = self.recheck.take();
+            let periodic = next.is_none() && recheck.is_none();
             let wait = next
                 .unwrap_or(self.ctx.sync_frequency)
                 .min(self.ctx.sync_frequency)
-                .min(self.recheck.take().unwrap_or(Duration::MAX));
+                .min(recheck.unwrap_or(Duration::MAX));
+            timer_only = false;
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = self.terminate.cancelled() => {}
                 _ = self.spec.changed() => {}
                 () = self.poke.notified() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait) => timer_only = periodic,
             }
         }
+    }
+
+    /// A periodic sync under the event PLEG: plan against the last observation (kept
+    /// current by pokes); only when the plan has something to do does the worker observe
+    /// the runtime and sync for real.
+    async fn sync_from_last_observation(
+        &mut self,
+        pod: &Pod,
+    ) -> Result<Option<Duration>, SyncError> {
+        if let Some(observed) = &self.last_observed {
+            let actions = plan::compute_pod_actions(pod, observed, &self.backoff, Timestamp::now());
+            if actions_are_empty(&actions) {
+                return Ok(None);
+            }
+        }
+        self.sync(pod, &[]).await
     }
 
     /// One pass: observe, plan, apply, publish. Returns when to come back early.
     async fn sync(
         &mut self,
         pod: &Pod,
-        kernel_waits: &[String],
+        kernel_waits: &[KernelEnd],
     ) -> Result<Option<Duration>, SyncError> {
         let ctx = Arc::clone(&self.ctx);
         let name = format_pod(pod);
@@ -273,11 +316,22 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let uid = pod_uid(pod).to_owned();
 
-        let (mut observed, mut images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+        let (mut observed, mut images) =
+            observe_pod_cached(&*ctx.runtime, &uid, &mut self.observe_cache)
+                .await
+                .map_err(rt_err)?;
         // The kernel saw containers end; relist (briefly) until the runtime agrees.
         let start = Instant::now();
         if !kernel_waits.is_empty() {
-            while !kernel_waits.iter().all(|id| runtime_saw_end(&observed, id))
+            // The kernel knows how the main process ended before the runtime does: show it
+            // now; acting on it (a restart, stopping the sandbox) waits for the runtime.
+            if let Some(ended) = with_kernel_ends(&observed, kernel_waits) {
+                debug!(pod = %name, "publishing container ends the runtime does not report yet");
+                self.publish(pod, &ended, images.clone(), &PodActions::default());
+            }
+            while !kernel_waits
+                .iter()
+                .all(|end| runtime_saw_end(&observed, &end.container))
                 && start.elapsed() < KERNEL_RETRY_BUDGET
             {
                 tokio::time::sleep(if start.elapsed() < KERNEL_RETRY_FAST_FOR {
@@ -286,7 +340,10 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     KERNEL_RETRY_SLOW
                 })
                 .await;
-                (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+                (observed, images) =
+                    observe_pod_cached(&*ctx.runtime, &uid, &mut self.observe_cache)
+                        .await
+                        .map_err(rt_err)?;
             }
         }
         let runtime_changed = self.last_runtime.as_ref() != Some(&observed);
@@ -300,12 +357,18 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         self.last_runtime = Some(observed.clone());
 
-        ctx.tree
-            .ensure_pod(pod)
-            .map_err(|source| SyncError::Cgroup {
-                pod: name.clone(),
-                source,
-            })?;
+        // The pod cgroup is written when its settings change or it went missing, not on
+        // every sync (mkdir and four writes per pod per sync were most of an idle sync).
+        let cgroup_config = super::qos::pod_resource_config(pod);
+        if self.cgroup_applied != Some(cgroup_config) || !ctx.tree.pod_cgroup_exists(pod) {
+            ctx.tree
+                .ensure_pod(pod)
+                .map_err(|source| SyncError::Cgroup {
+                    pod: name.clone(),
+                    source,
+                })?;
+            self.cgroup_applied = Some(cgroup_config);
+        }
         let volumes =
             PodVolumes::prepare(pod, &ctx.pods_dir).map_err(|source| SyncError::Volume {
                 pod: name.clone(),
@@ -323,7 +386,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         let requeue = self.apply(pod, &observed, &actions, &volumes).await?;
         if changed {
-            (observed, images) = observe_pod(&*ctx.runtime, &uid).await.map_err(rt_err)?;
+            (observed, images) = observe_pod_cached(&*ctx.runtime, &uid, &mut self.observe_cache)
+                .await
+                .map_err(rt_err)?;
             self.last_runtime = Some(observed.clone());
             ctx.probes.annotate(&uid, &mut observed);
         }
@@ -782,6 +847,32 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     }
 }
 
+/// `observed` with the containers the kernel saw end (and whose exit code it knows) as
+/// exited, where the runtime still reports them running; `None` when there are none.
+fn with_kernel_ends(observed: &ObservedPod, ends: &[KernelEnd]) -> Option<ObservedPod> {
+    let mut out = observed.clone();
+    let mut any = false;
+    for end in ends {
+        let Some(code) = end.exit_code else {
+            continue;
+        };
+        if let Some(c) = out
+            .containers
+            .iter_mut()
+            .find(|c| c.id == end.container && c.state == plan::ContainerState::Running)
+        {
+            c.state = plan::ContainerState::Exited;
+            c.exit_code = Some(code);
+            c.finished_at = Some(end.at);
+            // What containerd says for an exit it did not attribute to the OOM killer; the
+            // kernel's OOM facts turn a 137 into OOMKilled at publish.
+            c.reason = Some(if code == 0 { "Completed" } else { "Error" }.to_owned());
+            any = true;
+        }
+    }
+    any.then_some(out)
+}
+
 /// Whether the runtime no longer reports container (or sandbox) `id` running. An id it
 /// does not know has nothing to wait for.
 fn runtime_saw_end(observed: &ObservedPod, id: &str) -> bool {
@@ -795,7 +886,7 @@ fn runtime_saw_end(observed: &ObservedPod, id: &str) -> bool {
         .is_none_or(|s| !s.ready)
 }
 
-/// The PLEG event: a debug line per container whose runtime state changed since the last
+/// The PLEG event: a line per container whose runtime state changed since the last
 /// observation (upstream logs `SyncLoop (PLEG)` lines at the same point).
 fn log_changes(
     pod: &str,
@@ -809,7 +900,7 @@ fn log_changes(
         if prev.is_some_and(|p| p.state == c.state) {
             continue;
         }
-        debug!(
+        info!(
             pod,
             container = %c.name,
             id = %c.id,
@@ -879,4 +970,88 @@ pub fn termination_grace(pod: &Pod) -> Duration {
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::plan::{ContainerState as State, ObservedContainer};
+
+    fn container(id: &str, state: State) -> ObservedContainer {
+        ObservedContainer {
+            id: id.to_owned(),
+            name: format!("c-{id}"),
+            state,
+            created: Timestamp::UNIX_EPOCH,
+            started_at: Some(Timestamp::UNIX_EPOCH),
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            restart_count: 0,
+            spec_hash: None,
+            liveness: Default::default(),
+            startup: Default::default(),
+        }
+    }
+
+    fn end(id: &str, exit_code: Option<i32>) -> KernelEnd {
+        KernelEnd {
+            container: id.to_owned(),
+            exit_code,
+            at: Timestamp::from_second(100).unwrap(),
+        }
+    }
+
+    #[test]
+    fn kernel_ends_show_before_the_runtime_reports_them() {
+        let observed = ObservedPod {
+            sandboxes: vec![],
+            containers: vec![
+                container("a", State::Running),
+                container("b", State::Running),
+                container("c", State::Exited),
+            ],
+        };
+        let ended = with_kernel_ends(
+            &observed,
+            &[
+                end("a", Some(137)),
+                end("b", None),
+                end("c", Some(0)),
+                end("x", Some(1)),
+            ],
+        )
+        .expect("a ended");
+        let a = &ended.containers[0];
+        assert_eq!(a.state, State::Exited);
+        assert_eq!(a.exit_code, Some(137));
+        assert_eq!(a.reason.as_deref(), Some("Error"));
+        assert_eq!(a.finished_at, Some(Timestamp::from_second(100).unwrap()));
+        assert_eq!(
+            ended.containers[1..],
+            observed.containers[1..],
+            "no exit code, or the runtime already knows: unchanged"
+        );
+        assert!(
+            with_kernel_ends(&observed, &[end("b", None)]).is_none(),
+            "nothing to show"
+        );
+        let ok = with_kernel_ends(&observed, &[end("b", Some(0))]).unwrap();
+        assert_eq!(ok.containers[1].reason.as_deref(), Some("Completed"));
+    }
+
+    #[test]
+    fn the_runtime_saw_an_end_once_the_container_is_not_running() {
+        let mut observed = ObservedPod {
+            sandboxes: vec![],
+            containers: vec![container("a", State::Running)],
+        };
+        assert!(!runtime_saw_end(&observed, "a"));
+        observed.containers[0].state = State::Exited;
+        assert!(runtime_saw_end(&observed, "a"));
+        assert!(
+            runtime_saw_end(&observed, "gone"),
+            "unknown ids end the wait"
+        );
+    }
 }

@@ -307,9 +307,9 @@ struct Sample {
     /// From the kernel's timestamp to the first `/pods` answer showing it; `None` when
     /// either is missing (see `note`).
     latency_ms: Option<f64>,
-    /// From the kernel's timestamp to the agent's `killing pod ... reason=PodDone` line: its
-    /// worker has seen the exit through the runtime and plans to stop the sandbox.
-    worker_ms: Option<f64>,
+    /// From the kernel's timestamp to the agent's PLEG event line: its worker has seen the
+    /// exit through the runtime.
+    pleg_ms: Option<f64>,
     note: Option<String>,
 }
 
@@ -480,7 +480,7 @@ impl Watched {
         let Some(uid) = &self.uid else {
             return Sample {
                 latency_ms: None,
-                worker_ms: None,
+                pleg_ms: None,
                 note: Some(format!("{}: never on /pods", self.name)),
             };
         };
@@ -490,13 +490,13 @@ impl Watched {
         else {
             return Sample {
                 latency_ms: None,
-                worker_ms: None,
+                pleg_ms: None,
                 note: Some(format!("{}: no kernel event in the trace", self.name)),
             };
         };
         Sample {
             latency_ms: self.seen.map(|seen| ms_between(kernel.ts, seen)),
-            worker_ms: pod_done_logged(log, &self.name).map(|at| ms_between(kernel.ts, at)),
+            pleg_ms: pleg_event_logged(log, &self.name).map(|at| ms_between(kernel.ts, at)),
             note: self
                 .seen
                 .is_none()
@@ -813,12 +813,16 @@ fn growth(usage: &[(SystemTime, u64)], onset: SystemTime) -> Option<f64> {
     (secs >= 0.2).then(|| (last.1 as f64 - first.1 as f64) / f64::from(1 << 20) / secs)
 }
 
-/// When the worker of manifest `name` decided to stop its finished pod (`killing pod ...
-/// reason=PodDone`): it has seen the last container's exit through the runtime.
-fn pod_done_logged(log: &str, name: &str) -> Option<SystemTime> {
-    let tag = format!(" pod={name}-");
+/// The PLEG event for manifest `name`: the worker's `PLEG: container state changed ...
+/// state=Exited` line, written when it sees the exit through the runtime.
+fn pleg_event_logged(log: &str, name: &str) -> Option<SystemTime> {
+    let tag = format!(" pod=\"{name}-");
     log.lines()
-        .find(|l| l.contains(" killing pod ") && l.contains("reason=PodDone") && l.contains(&tag))
+        .find(|l| {
+            l.contains("PLEG: container state changed")
+                && l.contains("state=Exited")
+                && l.contains(&tag)
+        })
         .and_then(parse_log_time)
 }
 
@@ -1250,7 +1254,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         "max (ms)",
         "min (ms)",
         "over 1 s",
-        "worker saw it (log) p50 / p99 (ms)",
+        "-> PLEG event (log) p50 / p99 (ms)",
     ]);
     let mut notes = vec![];
     for (what, ooms) in [
@@ -1261,7 +1265,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         for s in &pod_sessions {
             let samples = if ooms { &s.ooms } else { &s.exits };
             let lat: Vec<f64> = samples.iter().filter_map(|x| x.latency_ms).collect();
-            let worker: Vec<f64> = samples.iter().filter_map(|x| x.worker_ms).collect();
+            let worker: Vec<f64> = samples.iter().filter_map(|x| x.pleg_ms).collect();
             notes.extend(samples.iter().filter_map(|x| x.note.clone()));
             let sum = Summary::of(&lat);
             pods.row([

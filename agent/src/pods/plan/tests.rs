@@ -222,25 +222,28 @@ fn sandbox_rows() {
             },
         ),
         (
-            "Never: a dead sandbox of a pod that ran is not recreated",
+            "Never: a dead sandbox of a pod that ran is not recreated (nor stopped again)",
             &never,
             dead(vec![exited(&never, "app", 1)]),
+            Summary::default(),
+        ),
+        (
+            "Never: a dead sandbox with a container still running: stop it, no new sandbox",
+            &never,
+            dead(vec![running(&never, "app")]),
             Summary {
                 kill_pod: Some(SandboxChanged),
                 ..Summary::default()
             },
         ),
         (
-            "OnFailure: everything succeeded, no new sandbox",
+            "OnFailure: everything succeeded, no new sandbox, nothing left to stop",
             &on_failure,
             dead(vec![
                 exited(&on_failure, "app", 0),
                 exited(&on_failure, "log", 0),
             ]),
-            Summary {
-                kill_pod: Some(SandboxChanged),
-                ..Summary::default()
-            },
+            Summary::default(),
         ),
         (
             "OnFailure: only the failed container comes back",

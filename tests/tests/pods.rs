@@ -503,6 +503,76 @@ fn event_mode_sees_exits_and_oom_kills_through_the_kernel() {
     }
 }
 
+/// The CRI calls the agent made so far that look at pods (lists and statuses), from
+/// `kubelet_runtime_operations_total` on `/metrics`.
+fn runtime_reads(node: &Node) -> u64 {
+    let metrics = node.get_text("/metrics").expect("GET /metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kubelet_runtime_operations_total{"))
+        .filter(|l| {
+            [
+                "list_podsandbox",
+                "list_containers",
+                "podsandbox_status",
+                "container_status",
+            ]
+            .iter()
+            .any(|op| l.contains(&format!("operation_type=\"{op}\"")))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("bad metric line {l:?}"))
+        })
+        .sum()
+}
+
+/// Event mode: a steady pod costs the runtime nothing between safety relists; the workers'
+/// periodic syncs plan against what the PLEG already told them. Generic mode relists.
+#[test]
+fn steady_pods_cost_no_runtime_calls_in_event_mode() {
+    for (mode, expect_calls) in [("event", false), ("generic", true)] {
+        let node = Node::start_full(
+            mode,
+            String::new(),
+            "plegSafetyRelistPeriod: 1h\n".to_owned(),
+            "1s",
+        );
+        node.write_manifest(
+            "steady.yaml",
+            &pod_yaml(
+                "steady",
+                "Always",
+                &format!(
+                    "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
+                ),
+            ),
+        );
+        node.wait_pod("steady", "running", |p| running(p, "c"));
+        // Let the start settle (the worker observes once more after acting).
+        std::thread::sleep(Duration::from_secs(2));
+        let before = runtime_reads(&node);
+        // Five periodic syncs of the pod (syncFrequency 1s).
+        std::thread::sleep(Duration::from_secs(5));
+        let after = runtime_reads(&node);
+        assert!(before > 0, "{mode}: the pod was observed at least once");
+        if expect_calls {
+            assert!(
+                after > before,
+                "{mode}: the 1 s relist reads the runtime ({before} -> {after})"
+            );
+        } else {
+            assert_eq!(
+                after, before,
+                "{mode}: periodic syncs of a steady pod read the runtime"
+            );
+        }
+        assert!(running(&node.pod("steady").unwrap(), "c"), "{mode}");
+    }
+}
+
 /// Runs a pod whose only container outgrows its 32 MiB limit; returns the pod once the
 /// container is reported `OOMKilled` with exit code 137.
 fn run_container_oom(node: &Node) -> Value {

@@ -48,6 +48,9 @@ pub const DEFAULT_MONITORING_INTERVAL: Duration = Duration::from_secs(10);
 pub const POD_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the shell looks again while an evicted pod is being cleaned up.
 const CLEANUP_POLL: Duration = Duration::from_millis(100);
+/// After a kernel trigger, evaluate every `WATCH_POLL` for `WATCH_FOR`.
+const WATCH_POLL: Duration = Duration::from_millis(100);
+const WATCH_FOR: Duration = Duration::from_secs(3);
 /// How often the runtime is asked where its images are.
 const IMAGEFS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -60,6 +63,10 @@ pub enum TriggerKind {
     Periodic,
     /// Looking again while an evicted pod is cleaned up.
     Cleanup,
+    /// Looking again shortly after a kernel trigger that evicted nothing: usage crossing
+    /// the notifier's threshold, or reclaim starting, can come a moment before the signal
+    /// (which leaves reclaimable page cache out) crosses its own threshold.
+    Watch,
 }
 
 /// A request to evaluate now, sent by whoever sees pressure (kernel events on the kubepods
@@ -390,6 +397,7 @@ impl EvictionManager {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut triggers_open = true;
         let mut cleanup_at: Option<tokio::time::Instant> = None;
+        let mut watch_until: Option<tokio::time::Instant> = None;
         info!(
             thresholds = self.thresholds.len(),
             ranking = ?self.config.ranking,
@@ -416,26 +424,41 @@ impl EvictionManager {
                 () = sleep_until(cleanup_at), if cleanup_at.is_some() => {
                     (TriggerKind::Cleanup, Instant::now())
                 }
+                // The cleanup poll looks as often while an eviction is pending.
+                () = tokio::time::sleep(WATCH_POLL), if watch_until.is_some() && cleanup_at.is_none() => {
+                    (TriggerKind::Watch, Instant::now())
+                }
                 _ = interval.tick() => (TriggerKind::Periodic, Instant::now()),
             };
             if kind == TriggerKind::Periodic {
                 shell.imagefs.refresh(&*shell.runtime).await;
             }
-            self.evaluate(&mut shell, kind, at).await;
-            cleanup_at =
-                (!self.pending.is_empty()).then(|| tokio::time::Instant::now() + CLEANUP_POLL);
+            let evicted = self.evaluate(&mut shell, kind, at).await;
+            let now = tokio::time::Instant::now();
+            cleanup_at = (!self.pending.is_empty()).then(|| now + CLEANUP_POLL);
+            watch_until = match kind {
+                TriggerKind::Kernel if !evicted => Some(now + WATCH_FOR),
+                _ if evicted => None,
+                _ => watch_until.filter(|&until| now < until),
+            };
         }
         debug!("eviction manager stopped");
     }
 
-    /// One evaluation in the shell: observe, decide, publish, evict.
-    async fn evaluate<R, P>(&mut self, shell: &mut Shell<R, P>, kind: TriggerKind, at: Instant)
+    /// One evaluation in the shell: observe, decide, publish, evict. Returns whether it
+    /// evicted a pod.
+    async fn evaluate<R, P>(
+        &mut self,
+        shell: &mut Shell<R, P>,
+        kind: TriggerKind,
+        at: Instant,
+    ) -> bool
     where
         R: ContainerRuntime + 'static,
         P: PodProvider,
     {
         let Some((obs, usages, errors)) = self.observe(shell).await else {
-            return;
+            return false;
         };
         report_errors(&mut shell.reported, &errors);
         let mut decision = self.decide(&obs, &usages, Timestamp::now());
@@ -456,14 +479,14 @@ impl EvictionManager {
         }
         debug!(trigger = ?kind, outcome = ?decision.outcome, latency = ?decision.latency, "eviction evaluation");
         let Some(mut eviction) = decision.eviction.take() else {
-            return;
+            return false;
         };
         eviction.trigger = decision.trigger;
         eviction.latency = decision.latency;
         if decision.reclaim_disk_first {
             match self.reclaim_disk(eviction, shell).await {
                 Some(e) => eviction = e,
-                None => return,
+                None => return false,
             }
         }
         info!(
@@ -481,6 +504,7 @@ impl EvictionManager {
                 "nobody carries out evictions any more; the eviction manager only publishes conditions"
             );
         }
+        true
     }
 
     /// Observes the node, the pods and the evicted pods' remnants on a blocking thread.

@@ -1354,6 +1354,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
             // the usage notifier.
             let t = match d.trigger.as_str() {
                 "Kernel" => "event",
+                "Watch" => "event (watch)",
                 "Periodic" => "tick",
                 other => other,
             };

@@ -623,74 +623,124 @@ async fn next_eviction(rx: &mut mpsc::Receiver<Eviction>) -> Eviction {
         .expect("channel open")
 }
 
+/// A running eviction manager over a fake v2 tree: kubepods limited to 300 MiB at
+/// 100 MiB, a BestEffort pod `be` (60 MiB) and a Burstable `bu` (40 MiB); threshold
+/// `memory.available < 100Mi`, periodic floor an hour away. Its first (periodic)
+/// evaluation has published conditions without pressure.
+struct Shell {
+    _dir: tempfile::TempDir,
+    cg: std::path::PathBuf,
+    kubepods: std::path::PathBuf,
+    pods: TestPods,
+    evictions: mpsc::Receiver<Eviction>,
+    conditions: watch::Receiver<Vec<NodeCondition>>,
+    trigger_tx: mpsc::Sender<Trigger>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shell {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proc_root = dir.path().join("proc");
+        write(
+            &proc_root.join("meminfo"),
+            "MemTotal: 8388608 kB\nMemFree: 4194304 kB\nInactive(file): 0 kB\n",
+        );
+        write(&proc_root.join("sys/kernel/pid_max"), "32768\n");
+        write(&proc_root.join("loadavg"), "0 0 0 1/100 1\n");
+        let cg = dir.path().join("cgroup2");
+        write(
+            &cg.join("memory.stat"),
+            &format!("anon {GI}\nfile 0\ninactive_file 0\n"),
+        );
+        let kubepods = cg.join("kubepods");
+        write(&kubepods.join("memory.max"), &(300 * MI).to_string());
+        write(&kubepods.join("memory.stat"), "inactive_file 0\n");
+        write(&kubepods.join("memory.current"), &(100 * MI).to_string());
+        pod_cgroup(&cg, "besteffort", "be", 60 * MI, 3);
+        pod_cgroup(&cg, "burstable", "bu", 40 * MI, 2);
+
+        let observer = Observer::new(
+            SignalRoots {
+                proc_root,
+                nodefs: dir.path().to_path_buf(),
+            },
+            QosTree::new(CgroupDriver::v2(&cg), "/"),
+        );
+        let pods = TestPods::default();
+        *pods.0.lock().expect("lock") = vec![
+            info("be", QosClass::BestEffort),
+            info("bu", QosClass::Burstable),
+        ];
+        let (eviction_tx, evictions) = mpsc::channel(4);
+        let (conditions_tx, mut conditions) = watch::channel(Vec::new());
+        let (trigger_tx, triggers) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let manager = EvictionManager::new(
+            config(
+                vec![threshold(Signal::MemoryAvailable, bytes(100 * MI), 0)],
+                None,
+                EvictionRanking::Qos,
+            ),
+            true,
+        )
+        .with_monitoring_interval(Duration::from_secs(3600));
+        let task = tokio::spawn(manager.run(
+            EvictionIo {
+                observer,
+                runtime: Arc::new(FakeRuntime::new()),
+                pods: pods.clone(),
+                evictions: eviction_tx,
+                conditions: conditions_tx,
+            },
+            triggers,
+            cancel.clone(),
+        ));
+
+        // The first (periodic) evaluation publishes the conditions: no pressure.
+        tokio::time::timeout(Duration::from_secs(10), conditions.changed())
+            .await
+            .expect("conditions in time")
+            .expect("sender alive");
+        let published = conditions.borrow_and_update().clone();
+        assert_eq!(published.len(), 3);
+        assert!(published.iter().all(|c| !c.status), "{published:?}");
+        Self {
+            _dir: dir,
+            cg,
+            kubepods,
+            pods,
+            evictions,
+            conditions,
+            trigger_tx,
+            cancel,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("stops on cancel")
+            .expect("no panic");
+    }
+}
+
 #[tokio::test]
 async fn the_shell_evicts_on_kernel_triggers_and_after_cleanup() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proc_root = dir.path().join("proc");
-    write(
-        &proc_root.join("meminfo"),
-        "MemTotal: 8388608 kB\nMemFree: 4194304 kB\nInactive(file): 0 kB\n",
-    );
-    write(&proc_root.join("sys/kernel/pid_max"), "32768\n");
-    write(&proc_root.join("loadavg"), "0 0 0 1/100 1\n");
-    let cg = dir.path().join("cgroup2");
-    write(
-        &cg.join("memory.stat"),
-        &format!("anon {GI}\nfile 0\ninactive_file 0\n"),
-    );
-    let kubepods = cg.join("kubepods");
-    write(&kubepods.join("memory.max"), &(300 * MI).to_string());
-    write(&kubepods.join("memory.stat"), "inactive_file 0\n");
-    write(&kubepods.join("memory.current"), &(100 * MI).to_string());
-    pod_cgroup(&cg, "besteffort", "be", 60 * MI, 3);
-    pod_cgroup(&cg, "burstable", "bu", 40 * MI, 2);
-
-    let observer = Observer::new(
-        SignalRoots {
-            proc_root,
-            nodefs: dir.path().to_path_buf(),
-        },
-        QosTree::new(CgroupDriver::v2(&cg), "/"),
-    );
-    let pods = TestPods::default();
-    *pods.0.lock().expect("lock") = vec![
-        info("be", QosClass::BestEffort),
-        info("bu", QosClass::Burstable),
-    ];
-    let (eviction_tx, mut evictions) = mpsc::channel(4);
-    let (conditions_tx, mut conditions) = watch::channel(Vec::new());
-    let (trigger_tx, triggers) = mpsc::channel(1);
-    let cancel = CancellationToken::new();
-    let manager = EvictionManager::new(
-        config(
-            vec![threshold(Signal::MemoryAvailable, bytes(100 * MI), 0)],
-            None,
-            EvictionRanking::Qos,
-        ),
-        true,
-    )
-    .with_monitoring_interval(Duration::from_secs(3600));
-    let task = tokio::spawn(manager.run(
-        EvictionIo {
-            observer,
-            runtime: Arc::new(FakeRuntime::new()),
-            pods: pods.clone(),
-            evictions: eviction_tx,
-            conditions: conditions_tx,
-        },
-        triggers,
-        cancel.clone(),
-    ));
-
-    // The first (periodic) evaluation publishes the conditions: no pressure.
-    tokio::time::timeout(Duration::from_secs(10), conditions.changed())
-        .await
-        .expect("conditions in time")
-        .expect("sender alive");
-    let published = conditions.borrow_and_update().clone();
-    assert_eq!(published.len(), 3);
-    assert!(published.iter().all(|c| !c.status), "{published:?}");
-
+    let Shell {
+        _dir,
+        cg,
+        kubepods,
+        pods,
+        mut evictions,
+        mut conditions,
+        trigger_tx,
+        cancel,
+        task,
+    } = Shell::start().await;
     // Pressure on kubepods, then a kernel event.
     write(&kubepods.join("memory.current"), &(280 * MI).to_string());
     let sent = Trigger::now();
@@ -731,4 +781,27 @@ async fn the_shell_evicts_on_kernel_triggers_and_after_cleanup() {
         .await
         .expect("stops on cancel")
         .expect("no panic");
+}
+
+/// A kernel trigger that finds no pressure yet (usage crossed the notifier's threshold,
+/// the signal not yet its own) keeps the manager looking for a moment.
+#[tokio::test]
+async fn a_kernel_trigger_without_pressure_is_watched_for_a_moment() {
+    let mut shell = Shell::start().await;
+    shell
+        .trigger_tx
+        .send(Trigger::now())
+        .await
+        .expect("trigger");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(shell.evictions.try_recv().is_err(), "no pressure yet");
+    // The signal crosses its threshold with no further kernel event.
+    write(
+        &shell.kubepods.join("memory.current"),
+        &(280 * MI).to_string(),
+    );
+    let e = next_eviction(&mut shell.evictions).await;
+    assert_eq!(e.pod_uid, "be");
+    assert_eq!(e.trigger, Some(TriggerKind::Watch));
+    shell.stop().await;
 }

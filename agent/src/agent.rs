@@ -254,7 +254,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         Arc::clone(&runtime),
         probe_tx,
         probe_metrics.clone(),
-        &crate::probes::ProbeOptions::default(),
+        &crate::probes::ProbeOptions {
+            events: Some((store.clone(), config.node_name.clone())),
+            ..crate::probes::ProbeOptions::default()
+        },
     );
     tracker.spawn(prober.run(cancel.clone()));
     {

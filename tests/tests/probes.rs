@@ -310,6 +310,9 @@ fn failing_liveness_probe_restarts_the_container() {
       httpGet: {{host: 127.0.0.1, port: {port}, path: /healthz}}
       periodSeconds: 1
       failureThreshold: 2
+    lifecycle:
+      preStop:
+        exec: {{command: [touch, /ctl/prestop-ran]}}
 "
                 ),
             ),
@@ -335,6 +338,15 @@ fn failing_liveness_probe_restarts_the_container() {
     assert!(
         node.agent_log().contains("Liveness probe failed"),
         "the failure is logged"
+    );
+    assert!(
+        node.ctl().join("prestop-ran").exists(),
+        "a liveness kill runs the preStop hook first"
+    );
+    let log = node.agent_log();
+    assert!(
+        log.contains("reason=\"Unhealthy\"") && log.contains("reason=\"Killing\""),
+        "Unhealthy and Killing events: {log}"
     );
 }
 

@@ -426,19 +426,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         for kill in &actions.containers_to_kill {
             info!(pod = %name, container = %kill.name, reason = ?kill.reason, "killing container");
+            // Each failed probe run was already recorded as `Unhealthy` by the prober.
             if matches!(
                 kill.reason,
                 plan::KillReason::LivenessProbe | plan::KillReason::StartupProbe
             ) {
-                if let Some(f) = ctx.probes.results(pod_uid(pod), &kill.id).last_failure {
-                    ctx.store.events().record(
-                        &Subject::Pod(pod),
-                        EventType::Warning,
-                        "Unhealthy",
-                        &f.to_string(),
-                        &ctx.node_name,
-                    );
-                }
                 ctx.store.events().record(
                     &Subject::Pod(pod),
                     EventType::Normal,
@@ -447,10 +439,18 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     &ctx.node_name,
                 );
             }
-            ctx.runtime
-                .stop_container(&kill.id, grace)
-                .await
-                .map_err(rt_err)?;
+            // Upstream runs preStop before every kill, a probe's included.
+            match observed.containers.iter().find(|c| c.id == kill.id) {
+                Some(c) => self
+                    .stop_container(pod, observed, c, grace)
+                    .await
+                    .map_err(rt_err)?,
+                None => ctx
+                    .runtime
+                    .stop_container(&kill.id, grace)
+                    .await
+                    .map_err(rt_err)?,
+            }
         }
 
         let cgroup_parent =
@@ -624,40 +624,55 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .containers
             .iter()
             .filter(|c| c.state == plan::ContainerState::Running);
-        let stops = running.map(|c| {
-            let rt = Arc::clone(&self.ctx.runtime);
-            let id = c.id.clone();
-            let hook = pre_stop(pod, &c.name);
-            let pod_ip = crate::probes::pod_ip(pod, observed, &self.ctx.node_ips);
-            let pod_arc = pod.clone();
-            let pod_name = format_pod(pod);
-            let container = c.name.clone();
-            async move {
-                let deadline = Instant::now() + grace;
-                match hook {
-                    Some(PreStop::Exec(cmd)) => {
-                        match tokio::time::timeout(grace, rt.exec_sync(&id, &cmd, grace)).await {
-                            Ok(Ok(out)) if out.exit_code == 0 => {}
-                            Ok(Ok(out)) => warn!(pod = %pod_name, %container, exit_code = out.exit_code, "preStop hook failed"),
-                            Ok(Err(e)) => warn!(pod = %pod_name, %container, error = %e, "preStop hook failed"),
-                            Err(_) => warn!(pod = %pod_name, %container, "preStop hook did not finish within the grace period"),
-                        }
-                    }
-                    Some(PreStop::Sleep(d)) => tokio::time::sleep(d.min(grace)).await,
-                    Some(PreStop::Http(action, spec)) => {
-                        if let Err(e) = crate::probes::run_http_hook(&action, &pod_arc, &spec, pod_ip, grace).await {
-                            warn!(pod = %pod_name, %container, error = %e, cause = %crate::bpf::error_chain(&e), "preStop hook failed");
-                        }
-                    }
-                    None => {}
-                }
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if let Err(e) = rt.stop_container(&id, remaining).await {
-                    warn!(pod = %pod_name, %container, error = %e, "stopping container failed");
-                }
+        let stops = running.map(|c| async move {
+            if let Err(e) = self.stop_container(pod, observed, c, grace).await {
+                warn!(pod = %format_pod(pod), container = %c.name, error = %e, "stopping container failed");
             }
         });
         futures::future::join_all(stops).await;
+    }
+
+    /// Stops one container: its preStop hook, then SIGTERM with what remains of `grace`
+    /// before SIGKILL. A failed hook is logged; the container is stopped all the same.
+    async fn stop_container(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        c: &plan::ObservedContainer,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let rt = &self.ctx.runtime;
+        let pod_name = format_pod(pod);
+        let container = &c.name;
+        let deadline = Instant::now() + grace;
+        match pre_stop(pod, container) {
+            Some(PreStop::Exec(cmd)) => {
+                match tokio::time::timeout(grace, rt.exec_sync(&c.id, &cmd, grace)).await {
+                    Ok(Ok(out)) if out.exit_code == 0 => {}
+                    Ok(Ok(out)) => {
+                        warn!(pod = %pod_name, %container, exit_code = out.exit_code, "preStop hook failed");
+                    }
+                    Ok(Err(e)) => {
+                        warn!(pod = %pod_name, %container, error = %e, "preStop hook failed");
+                    }
+                    Err(_) => {
+                        warn!(pod = %pod_name, %container, "preStop hook did not finish within the grace period");
+                    }
+                }
+            }
+            Some(PreStop::Sleep(d)) => tokio::time::sleep(d.min(grace)).await,
+            Some(PreStop::Http(action, spec)) => {
+                let pod_ip = crate::probes::pod_ip(pod, observed, &self.ctx.node_ips);
+                if let Err(e) =
+                    crate::probes::run_http_hook(&action, pod, &spec, pod_ip, grace).await
+                {
+                    warn!(pod = %pod_name, %container, error = %e, cause = %crate::bpf::error_chain(&e), "preStop hook failed");
+                }
+            }
+            None => {}
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        rt.stop_container(&c.id, remaining).await
     }
 
     fn publish(&mut self, pod: &Pod, observed: &ObservedPod, images: Images, actions: &PodActions) {

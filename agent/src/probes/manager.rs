@@ -23,6 +23,7 @@ use crate::pods::plan::{ContainerState, ObservedPod, ProbeVerdict};
 use crate::pods::qos::is_restartable_init_container;
 use crate::pods::{format_pod, pod_uid};
 use crate::runtime::ContainerRuntime;
+use crate::server::events::{EventType, Subject};
 
 /// Tuning of the prober.
 #[derive(Debug, Clone)]
@@ -31,6 +32,9 @@ pub struct ProbeOptions {
     pub max_concurrent: usize,
     /// Seed of the first-run jitter; `None`: random. Tests fix it.
     pub jitter_seed: Option<u64>,
+    /// Where each failed run is recorded as an `Unhealthy` Warning (repeats count on one
+    /// event), with the node name the events name as their source.
+    pub events: Option<(crate::server::StatusStore, String)>,
 }
 
 impl Default for ProbeOptions {
@@ -38,6 +42,7 @@ impl Default for ProbeOptions {
         Self {
             max_concurrent: 100,
             jitter_seed: None,
+            events: None,
         }
     }
 }
@@ -90,6 +95,7 @@ impl ProbeManager {
             .jitter_seed
             .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         let runner = ProbeRunner {
+            events: options.events.clone(),
             runtime,
             commands: rx,
             notify,
@@ -256,6 +262,7 @@ pub struct ProbeRunner<R> {
     max_concurrent: usize,
     results: Arc<RwLock<ResultsMap>>,
     pods: HashMap<String, PodEntry>,
+    events: Option<(crate::server::StatusStore, String)>,
     probes: HashMap<u64, Probe>,
     next_id: u64,
     schedule: Schedule,
@@ -561,6 +568,19 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
                 return;
             };
             if let Some(f) = failure {
+                if let Some((store, node)) = &self.events {
+                    let mut subject = Pod::default();
+                    subject.metadata.name = Some(pod.name.clone());
+                    subject.metadata.namespace = Some(pod.namespace.clone());
+                    subject.metadata.uid = Some(uid.to_string());
+                    store.events().record(
+                        &Subject::Pod(&subject),
+                        EventType::Warning,
+                        "Unhealthy",
+                        &f.to_string(),
+                        node,
+                    );
+                }
                 r.last_failure = Some(f);
             }
             if let Some(passed) = change {

@@ -10,6 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 
 /// How many events are kept (oldest dropped first).
 pub const EVENT_CAPACITY: usize = 1000;
+/// Repeats of an event within this long of its last occurrence count on it (upstream's
+/// correlator uses 10 minutes).
+const AGGREGATE_WITHIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
 
 /// `Normal` or `Warning`, as upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,11 +75,32 @@ impl EventLog {
                 (*name).to_owned(),
             ),
         };
+        let now = Timestamp::now();
+        // The same event again (a probe failing every period): one event whose count and
+        // last timestamp grow, as upstream's event correlator does; logged once.
+        {
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            let same = events.iter_mut().rev().find(|e| {
+                e.involved_object.uid == involved.uid
+                    && e.reason.as_deref() == Some(reason)
+                    && e.message.as_deref() == Some(message)
+                    && e.type_.as_deref() == Some(kind.as_str())
+            });
+            if let Some(e) = same
+                && e.last_timestamp
+                    .as_ref()
+                    .is_some_and(|t| now.duration_since(t.0) < AGGREGATE_WITHIN)
+            {
+                e.count = Some(e.count.unwrap_or(1) + 1);
+                e.last_timestamp = Some(Time(now));
+                tracing::debug!(object = %name_base, reason, count = e.count, "{message}");
+                return;
+            }
+        }
         match kind {
             EventType::Normal => tracing::info!(object = %name_base, reason, "{message}"),
             EventType::Warning => tracing::warn!(object = %name_base, reason, "{message}"),
         }
-        let now = Timestamp::now();
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -170,5 +194,31 @@ mod tests {
             Some("0"),
             "the oldest were dropped"
         );
+    }
+
+    #[test]
+    fn repeats_count_on_one_event() {
+        let log = EventLog::default();
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web".into());
+        pod.metadata.uid = Some("u1".into());
+        let failed = |message: &str| {
+            log.record(
+                &Subject::Pod(&pod),
+                EventType::Warning,
+                "Unhealthy",
+                message,
+                "n1",
+            );
+        };
+        failed("Readiness probe failed: connection refused");
+        failed("Readiness probe failed: connection refused");
+        failed("Liveness probe failed: HTTP probe failed with statuscode: 500");
+        failed("Readiness probe failed: connection refused");
+        let events = log.list();
+        assert_eq!(events.len(), 2, "{events:#?}");
+        assert_eq!(events[0].count, Some(3));
+        assert!(events[0].last_timestamp > events[0].first_timestamp);
+        assert_eq!(events[1].count, Some(1));
     }
 }

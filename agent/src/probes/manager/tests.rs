@@ -21,6 +21,8 @@ struct Harness {
     manager: ProbeManager,
     pokes: mpsc::Receiver<String>,
     metrics: ProbeMetrics,
+    /// Where the prober records `Unhealthy` events.
+    store: crate::server::StatusStore,
     exit: Arc<Mutex<HashMap<String, i32>>>,
     calls: Arc<Mutex<Vec<String>>>,
     cancel: CancellationToken,
@@ -42,9 +44,11 @@ impl Harness {
         }));
         let (tx, pokes) = mpsc::channel(16);
         let metrics = ProbeMetrics::new();
+        let store = crate::server::StatusStore::default();
         let options = ProbeOptions {
             max_concurrent,
             jitter_seed: Some(42),
+            events: Some((store.clone(), "node".to_owned())),
         };
         let (manager, runner) =
             ProbeManager::new(Arc::new(rt.clone()), tx, metrics.clone(), &options);
@@ -55,6 +59,7 @@ impl Harness {
             manager,
             pokes,
             metrics,
+            store,
             exit,
             calls,
             cancel,
@@ -199,6 +204,20 @@ async fn failing_liveness_concludes_after_the_threshold_pokes_and_holds() {
         pod_uid: UID,
     };
     assert_eq!(h.metrics.count(labels, "failed"), 3);
+    let events = h.store.events().list();
+    assert_eq!(
+        events.len(),
+        1,
+        "one event counting every failure: {events:#?}"
+    );
+    assert_eq!(events[0].reason.as_deref(), Some("Unhealthy"));
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        events[0].message.as_deref(),
+        Some("Liveness probe failed: live said no")
+    );
+    assert_eq!(events[0].count, Some(3));
+    assert_eq!(events[0].involved_object.uid.as_deref(), Some(UID));
 
     // The restarted container (new id) is probed afresh; the old one is forgotten.
     let new_id = start_container(&h.rt, UID, "app").await;

@@ -6,11 +6,8 @@
 
 pub mod pleg;
 pub mod pods;
+pub mod probes;
 pub mod trace;
-#[expect(
-    dead_code,
-    reason = "helpers for benches still being written; remove once every helper has a user"
-)]
 pub mod util;
 
 use std::fs;
@@ -21,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, ebpf, run as run_cmd, target_dir, workspace_root};
 
 /// Every bench, in the order `cargo xtask bench` without names runs them.
-pub const ALL: &[&str] = &["trace", "pods", "pleg"];
+pub const ALL: &[&str] = &["trace", "pods", "pleg", "probes"];
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -58,6 +55,7 @@ fn dispatch(name: &str, ctx: &Ctx) -> Result<()> {
         "trace" => trace::run(ctx),
         "pods" => pods::run(ctx),
         "pleg" => pleg::run(ctx),
+        "probes" => probes::run(ctx),
         other => bail!("unknown bench `{other}` (known: {})", ALL.join(", ")),
     }
 }

@@ -44,11 +44,11 @@ use crate::{is_root, output, workspace_root};
 /// How often `/pods` is polled while waiting: the resolution of every latency.
 const POLL: Duration = Duration::from_millis(20);
 /// How often CPU time and RSS are read during an idle window.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Pause between "all Running" and an idle window, so start-up work has finished.
-const SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
 /// Upper bounds for waits; never timing claims.
-const RUNNING_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const RUNNING_TIMEOUT: Duration = Duration::from_secs(300);
 const GONE_TIMEOUT: Duration = Duration::from_secs(120);
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
@@ -58,7 +58,7 @@ const NODE: &str = "benchnode";
 /// never create the bridge.
 const BRIDGE: &str = "bpflet-bench0";
 const SUBNET: &str = "10.90.0.0/16";
-const QUICK_ENV: &str = "BPFLET_BENCH_QUICK";
+pub(crate) const QUICK_ENV: &str = "BPFLET_BENCH_QUICK";
 
 /// How much of everything.
 #[derive(Debug, Clone)]
@@ -351,7 +351,7 @@ fn measure(
     Ok(report)
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
@@ -415,7 +415,7 @@ pub(crate) struct Machine {
     mem_total: u64,
     kernel: String,
     load_average: String,
-    containerd: String,
+    pub(crate) containerd: String,
     /// The commit the agent was built from, and whether its sources had local changes.
     source: String,
 }
@@ -674,10 +674,15 @@ impl Node {
     /// Writes `<name>.yaml` to the staging directory and renames it into the static pod
     /// directory; returns when the rename is done.
     fn write_pod(&self, name: &str) -> Result<(Instant, SystemTime)> {
+        self.write_manifest(name, &pod_manifest(name))
+    }
+
+    /// Writes `text` as `<name>.yaml` to the staging directory and renames it into the
+    /// static pod directory; returns when the rename is done.
+    pub(crate) fn write_manifest(&self, name: &str, text: &str) -> Result<(Instant, SystemTime)> {
         let file = format!("{name}.yaml");
         let staged = self.staging.join(&file);
-        fs::write(&staged, pod_manifest(name))
-            .with_context(|| format!("writing {}", staged.display()))?;
+        fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
         let target = self.manifests.join(&file);
         fs::rename(&staged, &target)
             .with_context(|| format!("renaming {} to {}", staged.display(), target.display()))?;
@@ -888,7 +893,7 @@ pub(crate) fn is_up(pod: &PodView) -> bool {
 }
 
 /// The pods of `names` that are not up, with what `/pods` says of them (the first few).
-fn not_up(pods: &[PodView], names: &[String]) -> String {
+pub(crate) fn not_up(pods: &[PodView], names: &[String]) -> String {
     let down: Vec<String> = names
         .iter()
         .filter_map(|n| match find(pods, n) {
@@ -904,7 +909,11 @@ fn not_up(pods: &[PodView], names: &[String]) -> String {
 /// CPU time and largest RSS of two processes over the same window. CPU time comes from the
 /// processes' CPU clocks (nanoseconds, every thread including exited ones), not from
 /// `/proc/<pid>/stat`, whose 10 ms ticks are too coarse for an idle agent.
-fn sample_pair(pids: [u32; 2], window: Duration, every: Duration) -> Result<[ProcUsage; 2]> {
+pub(crate) fn sample_pair(
+    pids: [u32; 2],
+    window: Duration,
+    every: Duration,
+) -> Result<[ProcUsage; 2]> {
     let clock = |pid: u32| -> Result<ClockId> {
         let raw = i32::try_from(pid).context("pid out of range")?;
         ClockId::pid_cpu_clock_id(Pid::from_raw(raw))

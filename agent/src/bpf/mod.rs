@@ -433,15 +433,25 @@ impl EventReader {
                 () = cancel.cancelled() => return Ok(()),
                 guard = fd.readable_mut() => {
                     let mut guard = guard.map_err(BpfError::Poll)?;
-                    let read = drain(guard.get_inner_mut(), &tx, &clock, page, &losses, &mut pending_user_loss);
+                    // Readiness is cleared before reading, never after: a wakeup that lands
+                    // while the ring is drained must leave the fd readable, or the records
+                    // it announced wait unread, and (the kernel wakes a reader only when it
+                    // has caught up) so does every later one until the ring is full.
                     guard.clear_ready();
-                    read
+                    drain(guard.get_inner_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
                 }
                 () = sleep_until(straggler) => {
                     straggler = None;
                     drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
                 }
                 _ = tick.tick() => {
+                    // A backstop for any wakeup lost all the same: the ring never waits
+                    // longer than one loss check.
+                    if let Drained::Closed =
+                        drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
+                    {
+                        return Ok(());
+                    }
                     let kernel_total = drops_reader.total();
                     losses.kernel.store(kernel_total, Ordering::Relaxed);
                     let kernel_new = kernel_total - drops_reader.reported;

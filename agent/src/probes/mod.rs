@@ -25,14 +25,10 @@
 //!
 //! Cost: one scheduler task and one heap entry per probe; a probe task lives only while its
 //! probe runs, and httpGet/tcpSocket/grpc probes open one short connection each (no
-//! keep-alive, as upstream). `cargo xtask bench probes` (to be written) should drive it like
-//! `bench pods`: the release agent on a private containerd, one host-network pod running
-//! busybox `httpd` on a free 127.0.0.1 port plus about 170 `sleep` containers each with
-//! startup/liveness/readiness probes (httpGet and tcpSocket at 127.0.0.1, period 1s) = 500
-//! probes/s; after a warm-up, bpflet's CPU time and RSS over a fixed window
-//! (`bench::util::ProcSnapshot`) against the same pods without probes, and
-//! `prober_probe_total` to prove the rate. Exec probes cost mostly containerd and runc (one
-//! exec each), so measure them as a separate, smaller case.
+//! keep-alive, as upstream). `cargo xtask bench probes` measures 500 probes at a 1 s period
+//! (docs/BENCHMARKS.md): ~6.5 % of a core, most of it the kernel's side of one loopback
+//! connection per run, the scheduler itself ~2 % of the samples. Exec probes cost mostly
+//! containerd and runc (one exec each) and are not in that figure.
 //!
 //! Deliberate differences: every probe's first run is jittered within one period (upstream
 //! jitters only right after the kubelet starts), so containers started together never probe

@@ -50,7 +50,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use xtask::containerd::{self, PrivateContainerd};
+use xtask::containerd::PrivateContainerd;
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
@@ -214,31 +214,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let _interrupts = Interrupts::install()?;
 
     let work_dir = workspace_root().join(".work").join("bench-pleg");
-    fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-    let work_dir = work_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", work_dir.display()))?;
-    let cgroup_root = up::cgroup_root_for(&work_dir);
-    let mut node = Node::prepare(ctx, &work_dir, &cgroup_root)?;
-
-    eprintln!(
-        "bench pleg: private containerd in {}",
-        work_dir.join("containerd").display()
-    );
-    let ctd = match PrivateContainerd::start_with(
-        &work_dir.join("containerd"),
-        &containerd::Options {
-            bridge: BRIDGE.to_owned(),
-            subnet: SUBNET.to_owned(),
-            cgroup_parent: Some(cgroup_root.clone()),
-        },
-    ) {
-        Ok(ctd) => ctd,
-        Err(e) => {
-            let _ = up::remove_cgroup_tree(&cgroup_root);
-            return Err(e.context("starting the private containerd"));
-        }
-    };
+    let (mut node, ctd) = super::pods::bench_node(ctx, "pleg", &work_dir, BRIDGE, SUBNET)?;
 
     let started = Instant::now();
     let outcome = measure(ctx, &plan, &mut node, &ctd).and_then(|sessions| {
@@ -250,7 +226,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     });
     node.stop_agent();
     eprintln!("bench pleg: tearing down");
-    let teardown = up::teardown(ctd, &work_dir, &cgroup_root, BRIDGE);
+    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, BRIDGE);
     match (outcome, teardown) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) => Err(e),

@@ -105,32 +105,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let _interrupts = Interrupts::install()?;
 
     let work_dir = workspace_root().join(".work").join("bench-pods");
-    fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-    let work_dir = work_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", work_dir.display()))?;
-    let cgroup_root = up::cgroup_root_for(&work_dir);
-    let mut node = Node::prepare(ctx, &work_dir, &cgroup_root)?;
-
-    eprintln!(
-        "bench pods: private containerd in {}",
-        work_dir.join("containerd").display()
-    );
-    let ctd = match PrivateContainerd::start_with(
-        &work_dir.join("containerd"),
-        &containerd::Options {
-            bridge: BRIDGE.to_owned(),
-            subnet: SUBNET.to_owned(),
-            cgroup_parent: Some(cgroup_root.clone()),
-        },
-    ) {
-        Ok(ctd) => ctd,
-        Err(e) => {
-            // Its drop cleaned up what it started; the cgroup root may hold a crashed run's.
-            let _ = up::remove_cgroup_tree(&cgroup_root);
-            return Err(e.context("starting the private containerd"));
-        }
-    };
+    let (mut node, ctd) = bench_node(ctx, "pods", &work_dir, BRIDGE, SUBNET)?;
 
     let outcome = measure(&plan, &machine, &mut node, &ctd).and_then(|report| {
         println!("{report}");
@@ -140,7 +115,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     });
     node.stop_agent();
     eprintln!("bench pods: tearing down");
-    let teardown = up::teardown(ctd, &work_dir, &cgroup_root, BRIDGE);
+    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, BRIDGE);
     match (outcome, teardown) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) => Err(e),
@@ -291,6 +266,18 @@ fn measure(
                 mib(e.containerd.rss_max_bytes),
             ),
         ]);
+        if let Some(alone) = &e.containerd_alone {
+            idle.row([
+                e.pods.to_string(),
+                "none (bpflet stopped)".to_owned(),
+                "0".to_owned(),
+                format!("{:.2}", alone.cpu_percent),
+                format!("{:.2}", alone.cpu_percent),
+                String::new(),
+                format!("{:.1}", mib(alone.rss_max_bytes)),
+                String::new(),
+            ]);
+        }
     }
 
     let gets = Summary::of(&all_gets).context("no GET /pods was timed")?;
@@ -333,7 +320,9 @@ fn measure(
          them. Idle: {} pods are started, all reach `Running`, then after {} s the CPU time \
          (the process's CPU clock, `clock_getcpuclockid`: every thread, in ns) and the largest \
          RSS (`VmRSS`, read every {} s) of bpflet and of containerd are taken over the same {} s window, with nothing polling \
-         the agent; then {} more pods are added and the window repeated. The kernel time of \
+         the agent; then {} more pods are added and the window repeated. In the event run, \
+         a last window measures containerd alone with the same pods while bpflet is stopped \
+         (SIGSTOP): the runtime's own idle floor. The kernel time of \
          the event PLEG's BPF programs runs in other processes' context and is not in bpflet's \
          CPU % (see the trace bench for its cost per event).",
         machine.containerd,
@@ -407,6 +396,9 @@ struct IdleRow {
     startup: Duration,
     agent: ProcUsage,
     containerd: ProcUsage,
+    /// containerd over a second window with bpflet stopped (SIGSTOP): what the runtime
+    /// costs with these pods and no agent calling it.
+    containerd_alone: Option<ProcUsage>,
 }
 
 /// The machine, the build, and how busy the machine was when the bench started.
@@ -483,6 +475,42 @@ impl std::fmt::Display for Machine {
             self.source,
             self.containerd,
         )
+    }
+}
+
+/// A bench's node: its work directory (created), its own cgroup root, the agent's files,
+/// and a private containerd on its own bridge and subnet.
+pub(crate) fn bench_node(
+    ctx: &Ctx,
+    bench: &str,
+    work_dir: &Path,
+    bridge: &str,
+    subnet: &str,
+) -> Result<(Node, PrivateContainerd)> {
+    fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let work_dir = work_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", work_dir.display()))?;
+    let cgroup_root = up::cgroup_root_for(&work_dir);
+    let node = Node::prepare(ctx, &work_dir, &cgroup_root)?;
+    eprintln!(
+        "bench {bench}: private containerd in {}",
+        work_dir.join("containerd").display()
+    );
+    match PrivateContainerd::start_with(
+        &work_dir.join("containerd"),
+        &containerd::Options {
+            bridge: bridge.to_owned(),
+            subnet: subnet.to_owned(),
+            cgroup_parent: Some(cgroup_root.clone()),
+        },
+    ) {
+        Ok(ctd) => Ok((node, ctd)),
+        Err(e) => {
+            // Its drop cleaned up what it started; the cgroup root may hold a crashed run's.
+            let _ = up::remove_cgroup_tree(&cgroup_root);
+            Err(e.context("starting the private containerd"))
+        }
     }
 }
 
@@ -833,11 +861,28 @@ impl Node {
                 names.iter().all(|n| find(&pods, n).is_some_and(is_up)),
                 "pods stopped running during the idle window: {down}"
             );
+            // The runtime's own floor, at the largest count of the event run: bpflet
+            // stopped, so nothing calls containerd.
+            let containerd_alone = if mode == PlegMode::Event && Some(&count) == counts.last() {
+                eprintln!("bench pods: bpflet stopped (SIGSTOP); containerd alone for {window:?}");
+                let pid = nix::unistd::Pid::from_raw(
+                    i32::try_from(agent_pid).context("pid out of range")?,
+                );
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+                    .context("stopping bpflet")?;
+                let sampled = sample_pair([agent_pid, ctd_pid], window, SAMPLE_EVERY);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)
+                    .context("continuing bpflet")?;
+                Some(sampled?[1])
+            } else {
+                None
+            };
             rows.push(IdleRow {
                 pods: count,
                 startup,
                 agent,
                 containerd,
+                containerd_alone,
             });
         }
         eprintln!(

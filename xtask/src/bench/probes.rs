@@ -42,7 +42,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use xtask::containerd::{self, PrivateContainerd};
+use xtask::containerd::PrivateContainerd;
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
@@ -151,33 +151,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let _interrupts = Interrupts::install()?;
 
     let work_dir = workspace_root().join(".work").join("bench-probes");
-    fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-    let work_dir = work_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", work_dir.display()))?;
-    let cgroup_root = up::cgroup_root_for(&work_dir);
-    let mut node = Node::prepare(ctx, &work_dir, &cgroup_root)?;
+    let (mut node, ctd) = super::pods::bench_node(ctx, "probes", &work_dir, BRIDGE, SUBNET)?;
     let target = Target::start()?;
-
-    eprintln!(
-        "bench probes: private containerd in {}",
-        work_dir.join("containerd").display()
-    );
-    let ctd = match PrivateContainerd::start_with(
-        &work_dir.join("containerd"),
-        &containerd::Options {
-            bridge: BRIDGE.to_owned(),
-            subnet: SUBNET.to_owned(),
-            cgroup_parent: Some(cgroup_root.clone()),
-        },
-    ) {
-        Ok(ctd) => ctd,
-        Err(e) => {
-            // Its drop cleaned up what it started; the cgroup root may hold a crashed run's.
-            let _ = up::remove_cgroup_tree(&cgroup_root);
-            return Err(e.context("starting the private containerd"));
-        }
-    };
 
     let started = Instant::now();
     let outcome = measure(&plan, &mut node, &ctd, &target).and_then(|rows| {
@@ -190,7 +165,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     node.stop_agent();
     drop(target);
     eprintln!("bench probes: tearing down");
-    let teardown = up::teardown(ctd, &work_dir, &cgroup_root, BRIDGE);
+    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, BRIDGE);
     match (outcome, teardown) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) => Err(e),

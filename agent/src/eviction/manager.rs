@@ -180,6 +180,7 @@ pub struct EvictionIo<R, P> {
 pub fn stats_needed(thresholds: &[Threshold], obs: &Observations) -> PodStatsNeed {
     let met = thresholds_met(thresholds, obs, true);
     PodStatsNeed {
+        usage: !met.is_empty(),
         containers: met
             .iter()
             .any(|t| Resource::of(t.signal) == Resource::Memory),

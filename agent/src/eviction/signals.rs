@@ -103,9 +103,13 @@ pub struct SignalRoots {
     pub nodefs: PathBuf,
 }
 
-/// Which per-pod statistics beyond pod memory and processes to gather (they cost more).
+/// Which per-pod statistics to gather: none while no threshold is met (ranking is the only
+/// use of them; reading every pod's `memory.stat` and `pids.current` was most of an idle
+/// agent's periodic work).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PodStatsNeed {
+    /// Pod memory and processes, for ranking.
+    pub usage: bool,
     /// Per-container memory, for the eviction message.
     pub containers: bool,
     /// Walk the pods' local storage.
@@ -266,8 +270,8 @@ impl Observer {
         })
     }
 
-    /// Every pod's usage. Pod memory and processes are always read; per-container memory and
-    /// local storage as `need` says. What cannot be read stays `None` (a pod whose cgroup is
+    /// Every pod's usage: pod memory and processes, per-container memory and local storage
+    /// as `need` says. What cannot be read stays `None` (a pod whose cgroup is
     /// gone is no error); other failures are returned.
     #[must_use]
     pub fn observe_pods(
@@ -301,14 +305,16 @@ impl Observer {
                 return usage;
             }
         };
-        usage.memory_working_set = self.working_set(&cgroup, errors);
-        usage.processes = match pids_current(&self.tree, &cgroup) {
-            Ok(n) => n,
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
+        if need.usage {
+            usage.memory_working_set = self.working_set(&cgroup, errors);
+            usage.processes = match pids_current(&self.tree, &cgroup) {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            };
+        }
         if need.containers {
             for (c, info) in usage.containers.iter_mut().zip(&info.containers) {
                 if let Some(id) = &info.id {
@@ -695,6 +701,7 @@ mod tests {
         let (usages, errors) = observer.observe_pods(
             &pods,
             PodStatsNeed {
+                usage: true,
                 containers: true,
                 disk: false,
             },
@@ -825,6 +832,7 @@ mod tests {
         let (usages, errors) = observer.observe_pods(
             &[pod_info("u1", QosClass::Burstable, &[("app", Some("c1"))])],
             PodStatsNeed {
+                usage: true,
                 containers: true,
                 disk: false,
             },
@@ -980,9 +988,15 @@ mod tests {
         let (usages, _) =
             observer.observe_pods(std::slice::from_ref(&info), PodStatsNeed::default());
         assert_eq!((usages[0].disk_bytes, usages[0].inodes), (None, None));
+        assert_eq!(
+            (usages[0].memory_working_set, usages[0].processes),
+            (None, None),
+            "nothing is read while no threshold is met"
+        );
         let (usages, errors) = observer.observe_pods(
             &[info],
             PodStatsNeed {
+                usage: true,
                 containers: false,
                 disk: true,
             },

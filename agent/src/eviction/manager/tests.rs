@@ -410,6 +410,7 @@ fn stats_are_gathered_for_the_resources_under_pressure() {
             GI,
             10 * GI,
             PodStatsNeed {
+                usage: false,
                 containers: false,
                 disk: false,
             },
@@ -418,6 +419,7 @@ fn stats_are_gathered_for_the_resources_under_pressure() {
             MI,
             10 * GI,
             PodStatsNeed {
+                usage: true,
                 containers: true,
                 disk: false,
             },
@@ -427,6 +429,7 @@ fn stats_are_gathered_for_the_resources_under_pressure() {
             GI,
             GI + MI,
             PodStatsNeed {
+                usage: true,
                 containers: false,
                 disk: true,
             },
@@ -435,6 +438,7 @@ fn stats_are_gathered_for_the_resources_under_pressure() {
             MI,
             0,
             PodStatsNeed {
+                usage: true,
                 containers: true,
                 disk: true,
             },

@@ -576,23 +576,26 @@ fn steady_pods_cost_no_runtime_calls_in_event_mode() {
 /// Runs a pod whose only container outgrows its 32 MiB limit; returns the pod once the
 /// container is reported `OOMKilled` with exit code 137.
 fn run_container_oom(node: &Node) -> Value {
-    node.write_manifest(
-        "oom.yaml",
-        &pod_yaml(
-            "oom",
-            "Never",
-            &format!(
-                "  containers:
+    run_oom_pod(
+        node,
+        "oom",
+        &format!(
+            "  containers:
   - name: hog
     image: {IMAGE}
     command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
     resources:
       limits: {{memory: 32Mi}}
 "
-            ),
         ),
-    );
-    let p = node.wait_pod("oom", "terminated", |p| {
+    )
+}
+
+/// Runs pod `name` (`restartPolicy: Never`, `body` its spec) whose container `hog` gets
+/// OOM-killed; returns the pod once `hog` is reported `OOMKilled` with exit code 137.
+fn run_oom_pod(node: &Node, name: &str, body: &str) -> Value {
+    node.write_manifest(&format!("{name}.yaml"), &pod_yaml(name, "Never", body));
+    let p = node.wait_pod(name, "terminated", |p| {
         !container_status(p, "hog")["state"]["terminated"].is_null()
     });
     let t = &container_status(&p, "hog")["state"]["terminated"];
@@ -607,12 +610,7 @@ fn container_over_its_memory_limit_is_oomkilled() {
     let p = run_container_oom(&node);
     assert_eq!(phase(&p), "Failed");
     // The kernel's account: which process, and which limit.
-    let uid = uid(&p);
-    node.wait_until("an OOMKilled event", |n| {
-        n.events_of(&uid).iter().any(|e| e["reason"] == "OOMKilled")
-    });
-    let events = node.events_of(&uid);
-    let e = events.iter().find(|e| e["reason"] == "OOMKilled").unwrap();
+    let e = oom_killed_event(&node, &uid(&p));
     let msg = e["message"].as_str().unwrap_or("");
     assert!(
         msg.contains("(dd)") && msg.contains("the container's memory limit"),
@@ -621,41 +619,38 @@ fn container_over_its_memory_limit_is_oomkilled() {
     assert_eq!(e["type"], "Warning");
 }
 
+/// The `OOMKilled` event the agent records about pod `uid`, once there is one.
+fn oom_killed_event(node: &Node, uid: &str) -> Value {
+    node.wait_until("an OOMKilled event", |n| {
+        n.events_of(uid).iter().any(|e| e["reason"] == "OOMKilled")
+    });
+    node.events_of(uid)
+        .into_iter()
+        .find(|e| e["reason"] == "OOMKilled")
+        .expect("the OOMKilled event")
+}
+
 /// A pod-level memory limit (`spec.resources`, KEP-2837) caps the pod cgroup; a container
 /// without a limit of its own that outgrows it is killed for the pod's limit, and says so.
 #[test]
 fn oom_kill_at_the_pod_limit_names_the_pod_limit() {
     let node = Node::start("event");
-    node.write_manifest(
-        "podlimit.yaml",
-        &pod_yaml(
-            "podlimit",
-            "Never",
-            &format!(
-                "  resources:
+    let p = run_oom_pod(
+        &node,
+        "podlimit",
+        &format!(
+            "  resources:
     limits: {{memory: 48Mi}}
   containers:
   - name: hog
     image: {IMAGE}
     command: [dd, if=/dev/zero, of=/dev/null, bs=96M, count=1]
 "
-            ),
         ),
     );
-    let p = node.wait_pod("podlimit", "terminated", |p| {
-        !container_status(p, "hog")["state"]["terminated"].is_null()
-    });
-    let t = &container_status(&p, "hog")["state"]["terminated"];
-    assert_eq!(t["reason"], "OOMKilled", "{p:#}");
-    assert_eq!(t["exitCode"], 137, "{p:#}");
     // Memory is limited at pod level, cpu nowhere.
     assert_eq!(p["status"]["qosClass"], "Burstable", "{p:#}");
-    let uid = uid(&p);
-    node.wait_until("an OOMKilled event", |n| {
-        n.events_of(&uid).iter().any(|e| e["reason"] == "OOMKilled")
-    });
-    let events = node.events_of(&uid);
-    let e = events.iter().find(|e| e["reason"] == "OOMKilled").unwrap();
+    let e = oom_killed_event(&node, &uid(&p));
     let msg = e["message"].as_str().unwrap_or("");
     assert!(
         msg.contains("(dd)") && msg.contains("the pod's memory limit"),

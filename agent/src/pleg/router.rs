@@ -115,7 +115,8 @@ impl KernelRouter {
             // the kernel flags that exit, and then kills the rest of the namespace. Other
             // containers (shared or host pid namespace) end when their cgroup empties; the
             // exit tracepoint fires before the task leaves its cgroup, so the last exit
-            // may still find itself listed, and the runtime's exit shows at the next relist.
+            // may still find itself listed: then the cgroup's removal (runc deletes it once
+            // the container is gone) is what pokes.
             Detail::Exit {
                 status,
                 pidns_init: true,

@@ -24,8 +24,9 @@ pub type Images = HashMap<String, ContainerImage>;
 /// and container.
 #[derive(Debug, Default)]
 pub struct ObserveCache {
-    sandboxes: HashMap<String, (SandboxState, ObservedSandbox)>,
-    containers: HashMap<String, (ContainerState, ObservedContainer, ContainerImage)>,
+    /// By id; an entry's state is its `ready` or `state` field.
+    sandboxes: HashMap<String, ObservedSandbox>,
+    containers: HashMap<String, (ObservedContainer, ContainerImage)>,
 }
 
 /// Lists the pod's sandboxes and containers and reads each one's status.
@@ -56,11 +57,11 @@ pub async fn observe_pod_cached<R: ContainerRuntime>(
     let mut images = Images::new();
     let mut seen = ObserveCache::default();
     for sb in sandboxes {
-        if let Some((state, known)) = cache.sandboxes.remove(&sb.id)
-            && state == sb.state
+        if let Some(known) = cache.sandboxes.remove(&sb.id)
+            && known.ready == (sb.state == SandboxState::Ready)
         {
             observed.sandboxes.push(known.clone());
-            seen.sandboxes.insert(sb.id, (state, known));
+            seen.sandboxes.insert(sb.id, known);
             continue;
         }
         let (ip, host_network) = if sb.state == SandboxState::Ready {
@@ -81,7 +82,7 @@ pub async fn observe_pod_cached<R: ContainerRuntime>(
             ip,
         };
         observed.sandboxes.push(known.clone());
-        seen.sandboxes.insert(sb.id, (sb.state, known));
+        seen.sandboxes.insert(sb.id, known);
     }
     let containers = rt
         .list_containers(Some(api::ContainerFilter {
@@ -90,12 +91,12 @@ pub async fn observe_pod_cached<R: ContainerRuntime>(
         }))
         .await?;
     for c in containers {
-        if let Some((state, known, image)) = cache.containers.remove(&c.id)
-            && state == c.state
+        if let Some((known, image)) = cache.containers.remove(&c.id)
+            && known.state == plan_state(c.state)
         {
             observed.containers.push(known.clone());
             images.insert(c.id.clone(), image.clone());
-            seen.containers.insert(c.id, (state, known, image));
+            seen.containers.insert(c.id, (known, image));
             continue;
         }
         let status = match rt.container_status(&c.id).await {
@@ -127,22 +128,12 @@ pub async fn observe_pod_cached<R: ContainerRuntime>(
             startup: Default::default(),
         };
         observed.containers.push(known.clone());
-        // Keyed by the state the status reported, so that a list that raced ahead of it
+        // Kept with the state the status reported, so that a list that raced ahead of it
         // (a container that exited in between) reads the status again next time.
-        seen.containers
-            .insert(c.id, (runtime_state(known.state), known, image));
+        seen.containers.insert(c.id, (known, image));
     }
     *cache = seen;
     Ok((observed, images))
-}
-
-fn runtime_state(s: PlanState) -> ContainerState {
-    match s {
-        PlanState::Created => ContainerState::Created,
-        PlanState::Running => ContainerState::Running,
-        PlanState::Exited => ContainerState::Exited,
-        PlanState::Unknown => ContainerState::Unknown,
-    }
 }
 
 fn plan_state(s: ContainerState) -> PlanState {

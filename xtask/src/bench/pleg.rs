@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -55,11 +55,12 @@ use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
 use super::pods::{
-    Interrupts, Machine, Node, check_interrupted, find, is_up, parse_log_time, sleep_checked,
+    Machine, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node, parse_log_time,
+    quick_mode, sleep_checked,
 };
 use super::util::{Summary, Table};
+use crate::is_root;
 use crate::up::{self, PlegMode, PodView};
-use crate::{is_root, workspace_root};
 
 /// How often `/pods` is polled for exits and OOM kills: their resolution.
 const EXIT_POLL: Duration = Duration::from_millis(5);
@@ -71,7 +72,6 @@ const USAGE_SAMPLE: Duration = Duration::from_millis(50);
 /// Host-network pods never create the bridge.
 const BRIDGE: &str = "bpflet-pleg0";
 const SUBNET: &str = "10.91.0.0/16";
-const QUICK_ENV: &str = "BPFLET_BENCH_QUICK";
 /// The agent's hidden switch that leaves out the v1 usage-threshold notifier.
 const NOTIFIER_ENV: &str = "BPFLET_DISABLE_MEMCG_NOTIFIER";
 /// The v1 memory hierarchy (this fleet's hosts are hybrid; the notifier is v1 only).
@@ -114,7 +114,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Self {
-        if std::env::var_os(QUICK_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        if quick_mode() {
             Self {
                 batch_size: 3,
                 exit_batches: 1,
@@ -211,28 +211,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     let plan = Plan::from_env();
     let machine = Machine::read()?;
-    let _interrupts = Interrupts::install()?;
-
-    let work_dir = workspace_root().join(".work").join("bench-pleg");
-    let (mut node, ctd) = super::pods::bench_node(ctx, "pleg", &work_dir, BRIDGE, SUBNET)?;
-
-    let started = Instant::now();
-    let outcome = measure(ctx, &plan, &mut node, &ctd).and_then(|sessions| {
+    on_bench_node(ctx, "pleg", BRIDGE, SUBNET, |node, ctd| {
+        let started = Instant::now();
+        let sessions = measure(ctx, &plan, node, ctd)?;
         let report = render(&plan, &machine, &sessions, started.elapsed());
         println!("{report}");
         let path = ctx.save("pleg", &report)?;
         eprintln!("saved {}", path.display());
         Ok(())
-    });
-    node.stop_agent();
-    eprintln!("bench pleg: tearing down");
-    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, BRIDGE);
-    match (outcome, teardown) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(()), Err(t)) => Err(t),
-        (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
-    }
+    })
 }
 
 /// Every variant, one agent each.

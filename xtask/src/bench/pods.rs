@@ -73,7 +73,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Self {
-        if std::env::var_os(QUICK_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        if quick_mode() {
             Self {
                 single_reps: 3,
                 batch_size: 5,
@@ -102,26 +102,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     let plan = Plan::from_env();
     let machine = Machine::read()?;
-    let _interrupts = Interrupts::install()?;
-
-    let work_dir = workspace_root().join(".work").join("bench-pods");
-    let (mut node, ctd) = bench_node(ctx, "pods", &work_dir, BRIDGE, SUBNET)?;
-
-    let outcome = measure(&plan, &machine, &mut node, &ctd).and_then(|report| {
+    on_bench_node(ctx, "pods", BRIDGE, SUBNET, |node, ctd| {
+        let report = measure(&plan, &machine, node, ctd)?;
         println!("{report}");
         let path = ctx.save("pods", &report)?;
         eprintln!("saved {}", path.display());
         Ok(())
-    });
-    node.stop_agent();
-    eprintln!("bench pods: tearing down");
-    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, BRIDGE);
-    match (outcome, teardown) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(()), Err(t)) => Err(t),
-        (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
-    }
+    })
 }
 
 /// Every measurement, as the Markdown report.
@@ -478,9 +465,41 @@ impl std::fmt::Display for Machine {
     }
 }
 
+/// Whether `BPFLET_BENCH_QUICK` asks for a shortened run.
+pub(crate) fn quick_mode() -> bool {
+    std::env::var_os(QUICK_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Runs `bench` on a node of its own: a work directory `.work/bench-<bench>`, its own cgroup
+/// root, and a private containerd on `bridge` and `subnet`. Afterwards the agent is stopped
+/// and everything torn down, whatever `measure` returned; both errors are reported.
+pub(crate) fn on_bench_node(
+    ctx: &Ctx,
+    bench: &str,
+    bridge: &str,
+    subnet: &str,
+    measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
+) -> Result<()> {
+    let _interrupts = Interrupts::install()?;
+    let work_dir = workspace_root()
+        .join(".work")
+        .join(format!("bench-{bench}"));
+    let (mut node, ctd) = bench_node(ctx, bench, &work_dir, bridge, subnet)?;
+    let outcome = measure(&mut node, &ctd);
+    node.stop_agent();
+    eprintln!("bench {bench}: tearing down");
+    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, bridge);
+    match (outcome, teardown) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Err(t)) => Err(t),
+        (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
+    }
+}
+
 /// A bench's node: its work directory (created), its own cgroup root, the agent's files,
 /// and a private containerd on its own bridge and subnet.
-pub(crate) fn bench_node(
+fn bench_node(
     ctx: &Ctx,
     bench: &str,
     work_dir: &Path,

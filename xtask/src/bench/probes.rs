@@ -41,18 +41,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use xtask::containerd::PrivateContainerd;
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
 use super::pods::{
-    Interrupts, Machine, Node, QUICK_ENV, RUNNING_TIMEOUT, SAMPLE_EVERY, SETTLE, check_interrupted,
-    find, is_up, mib, not_up, sample_pair, sleep_checked,
+    Machine, Node, QUICK_ENV, RUNNING_TIMEOUT, SAMPLE_EVERY, SETTLE, check_interrupted, find,
+    is_up, mib, not_up, on_bench_node, quick_mode, sample_pair, sleep_checked,
 };
 use super::util::{ProcUsage, Summary, Table};
+use crate::is_root;
 use crate::up::{self, PlegMode, PodView};
-use crate::{is_root, workspace_root};
 
 /// This bench's CNI bridge and subnet: apart from `up`'s, the other benches' and the
 /// tests'. Host-network pods never create the bridge.
@@ -84,7 +84,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Self {
-        if std::env::var_os(QUICK_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        if quick_mode() {
             Self {
                 pods: 10,
                 window: Duration::from_secs(10),
@@ -148,30 +148,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     let plan = Plan::from_env();
     let machine = Machine::read()?;
-    let _interrupts = Interrupts::install()?;
-
-    let work_dir = workspace_root().join(".work").join("bench-probes");
-    let (mut node, ctd) = super::pods::bench_node(ctx, "probes", &work_dir, BRIDGE, SUBNET)?;
-    let target = Target::start()?;
-
-    let started = Instant::now();
-    let outcome = measure(&plan, &mut node, &ctd, &target).and_then(|rows| {
+    on_bench_node(ctx, "probes", BRIDGE, SUBNET, |node, ctd| {
+        let target = Target::start()?;
+        let started = Instant::now();
+        let rows = measure(&plan, node, ctd, &target)?;
         let report = render(&plan, &machine, &rows, started.elapsed())?;
         println!("{report}");
         let path = ctx.save("probes", &report)?;
         eprintln!("saved {}", path.display());
         Ok(())
-    });
-    node.stop_agent();
-    drop(target);
-    eprintln!("bench probes: tearing down");
-    let teardown = up::teardown(ctd, &node.work_dir, &node.cgroup_root, BRIDGE);
-    match (outcome, teardown) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(()), Err(t)) => Err(t),
-        (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
-    }
+    })
 }
 
 /// What one variant measured.

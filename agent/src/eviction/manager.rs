@@ -266,7 +266,8 @@ impl EvictionManager {
         });
         self.evicted.retain(|uid, since| {
             let waited = Duration::try_from(now.duration_since(*since)).unwrap_or_default();
-            pods.iter().any(|p| &p.uid == uid) && waited < 2 * cleanup_timeout
+            // No pods: none were looked at (no threshold met); time alone decides.
+            (pods.is_empty() || pods.iter().any(|p| &p.uid == uid)) && waited < 2 * cleanup_timeout
         });
         let decision = |outcome, eviction: Option<Eviction>, reclaim| Decision {
             evaluation: evaluation.clone(),
@@ -513,27 +514,41 @@ impl EvictionManager {
         &self,
         shell: &Shell<R, P>,
     ) -> Option<(Observations, Vec<PodUsage>, Vec<super::EvictionError>)> {
-        let infos = shell.pods.active_pods();
         let observer = Arc::clone(&shell.observer);
         let imagefs = shell.imagefs.path.clone();
         let thresholds = self.thresholds.clone();
         let pending = self.pending_evictions();
         let observed = tokio::task::spawn_blocking(move || {
-            let (mut obs, mut errors) = observer.observe_node(imagefs.as_deref());
+            let (mut obs, errors) = observer.observe_node(imagefs.as_deref());
             for (uid, qos) in pending {
                 let remnant = observer.remnant(&uid, qos);
                 obs.remnants.insert(uid, remnant);
             }
             let need = stats_needed(&thresholds, &obs);
-            let (usages, pod_errors) = observer.observe_pods(&infos, need);
-            errors.extend(pod_errors);
-            (obs, usages, errors)
+            (obs, need, errors)
         })
         .await;
-        match observed {
-            Ok(o) => Some(o),
+        let (obs, need, mut errors) = match observed {
+            Ok(o) => o,
             Err(e) => {
                 warn!(error = %e, "observing eviction signals failed");
+                return None;
+            }
+        };
+        // Pods are looked at only when a threshold is met: an idle node's evaluation
+        // reads the node's signals and nothing per pod.
+        if !need.usage {
+            return Some((obs, Vec::new(), errors));
+        }
+        let infos = shell.pods.active_pods();
+        let observer = Arc::clone(&shell.observer);
+        match tokio::task::spawn_blocking(move || observer.observe_pods(&infos, need)).await {
+            Ok((usages, pod_errors)) => {
+                errors.extend(pod_errors);
+                Some((obs, usages, errors))
+            }
+            Err(e) => {
+                warn!(error = %e, "observing pods for eviction failed");
                 None
             }
         }

@@ -424,6 +424,10 @@ impl EventReader {
         let mut tick = tokio::time::interval(LOSS_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending_user_loss = 0u64;
+        // The kernel drops a record only when the ring is full, so only after records came
+        // in is there anything to read from the drop counters (8 per-CPU lookups, each a
+        // syscall): an idle reader wakes for the backstop drain and reads nothing else.
+        let mut records_since_check = true;
         // Records submitted without a wakeup (see WatchSpec::wakeup_interval) are collected
         // by a one-shot timer armed after every read that found records: no polling at idle.
         let mut straggler: Option<tokio::time::Instant> = None;
@@ -447,11 +451,14 @@ impl EventReader {
                 _ = tick.tick() => {
                     // A backstop for any wakeup lost all the same: the ring never waits
                     // longer than one loss check.
-                    if let Drained::Closed =
-                        drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
-                    {
-                        return Ok(());
+                    match drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss) {
+                        Drained::Closed => return Ok(()),
+                        Drained::Records(n) => records_since_check |= n > 0,
                     }
+                    if !records_since_check && pending_user_loss == 0 {
+                        continue;
+                    }
+                    records_since_check = false;
                     let kernel_total = drops_reader.total();
                     losses.kernel.store(kernel_total, Ordering::Relaxed);
                     let kernel_new = kernel_total - drops_reader.reported;
@@ -464,7 +471,8 @@ impl EventReader {
                             drops_reader.reported = kernel_total;
                             pending_user_loss = 0;
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {} // report on the next tick
+                        // Report on the next tick.
+                        Err(mpsc::error::TrySendError::Full(_)) => records_since_check = true,
                         Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                     }
                     continue;
@@ -472,10 +480,13 @@ impl EventReader {
             };
             match drain {
                 Drained::Closed => return Ok(()),
-                Drained::Records(n) if n > 0 && !self.wakeup_interval.is_zero() => {
-                    straggler = Some(tokio::time::Instant::now() + self.wakeup_interval);
+                Drained::Records(0) => {}
+                Drained::Records(_) => {
+                    records_since_check = true;
+                    if !self.wakeup_interval.is_zero() {
+                        straggler = Some(tokio::time::Instant::now() + self.wakeup_interval);
+                    }
                 }
-                Drained::Records(_) => {}
             }
         }
     }

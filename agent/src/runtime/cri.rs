@@ -9,6 +9,7 @@
 //!
 //! A call whose connection broke is never re-sent: the runtime may have executed it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -344,6 +345,18 @@ fn convert_container_status(s: api::ContainerStatus) -> ContainerStatus {
     }
 }
 
+/// The task's pid from a verbose `ContainerStatus`: containerd puts a JSON document under
+/// `info["info"]` whose `pid` is the task's host pid, 0 when there is no task (created,
+/// exited). Anything else (no such key, another runtime's shape) is `None`.
+fn pid_from_verbose_info(info: &HashMap<String, String>) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Verbose {
+        pid: Option<u32>,
+    }
+    let verbose: Verbose = serde_json::from_str(info.get("info")?).ok()?;
+    verbose.pid.filter(|&pid| pid != 0)
+}
+
 fn image_spec(image: &str) -> api::ImageSpec {
     api::ImageSpec {
         image: image.to_owned(),
@@ -580,6 +593,22 @@ impl ContainerRuntime for CriRuntime {
         Ok(convert_container_status(status))
     }
 
+    async fn container_pid(&self, container_id: &str) -> Result<Option<u32>> {
+        let message = api::ContainerStatusRequest {
+            container_id: container_id.to_owned(),
+            verbose: true,
+        };
+        let r = self
+            .call(
+                Method::ContainerStatus,
+                self.request_timeout,
+                message,
+                |ch, req| async move { runtime_client(ch).container_status(req).await },
+            )
+            .await?;
+        Ok(pid_from_verbose_info(&r.info))
+    }
+
     async fn list_containers(
         &self,
         filter: Option<api::ContainerFilter>,
@@ -762,6 +791,29 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff_delay(40), BACKOFF_MAX);
         assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn the_main_pid_comes_from_containerds_verbose_info() {
+        let info = |json: &str| HashMap::from([("info".to_owned(), json.to_owned())]);
+        assert_eq!(
+            pid_from_verbose_info(&info(
+                r#"{"sandboxID":"ab12","pid":4242,"removing":false,"runtimeSpec":{"ociVersion":"1.0.2"}}"#
+            )),
+            Some(4242)
+        );
+        assert_eq!(
+            pid_from_verbose_info(&info(r#"{"sandboxID":"ab12","pid":0}"#)),
+            None,
+            "no task"
+        );
+        assert_eq!(
+            pid_from_verbose_info(&info(r#"{"sandboxID":"ab12"}"#)),
+            None
+        );
+        assert_eq!(pid_from_verbose_info(&info("not json")), None);
+        assert_eq!(pid_from_verbose_info(&info(r#"{"pid":-1}"#)), None);
+        assert_eq!(pid_from_verbose_info(&HashMap::new()), None, "not verbose");
     }
 
     #[test]

@@ -80,6 +80,7 @@ struct State {
     calls: Vec<Method>,
     next_id: u64,
     next_ip: u32,
+    next_pid: u32,
     exec: Option<ExecHandler>,
 }
 
@@ -108,6 +109,7 @@ impl Default for State {
             calls: Vec::new(),
             next_id: 0,
             next_ip: 2,
+            next_pid: 1000,
             exec: None,
         }
     }
@@ -142,11 +144,14 @@ struct FakeContainer {
     message: String,
     log_path: String,
     resources: Option<api::LinuxContainerResources>,
+    /// The main process's pid while it runs.
+    pid: Option<u32>,
 }
 
 impl FakeContainer {
     fn finish(&mut self, exit_code: i32, reason: &str) {
         self.state = ContainerState::Exited;
+        self.pid = None;
         self.finished_at = Some(Timestamp::now());
         self.exit_code = exit_code;
         self.reason = reason.to_owned();
@@ -629,6 +634,7 @@ impl ContainerRuntime for FakeRuntime {
                 message: String::new(),
                 log_path,
                 resources: None,
+                pid: None,
             },
         );
         Ok(id)
@@ -638,6 +644,7 @@ impl ContainerRuntime for FakeRuntime {
         const M: Method = Method::StartContainer;
         self.enter(M).await?;
         let mut s = self.lock();
+        let pid = s.next_pid;
         let c = s.container_mut(M, container_id)?;
         if c.state != ContainerState::Created {
             return Err(status_error(
@@ -651,6 +658,8 @@ impl ContainerRuntime for FakeRuntime {
         }
         c.state = ContainerState::Running;
         c.started_at = Some(Timestamp::now());
+        c.pid = Some(pid);
+        s.next_pid += 1;
         Ok(())
     }
 
@@ -684,6 +693,13 @@ impl ContainerRuntime for FakeRuntime {
         s.container_mut(M, container_id)?;
         let c = &s.containers[container_id];
         Ok(s.container_status(c))
+    }
+
+    /// Counted as a `ContainerStatus` call, as the CRI client makes it.
+    async fn container_pid(&self, container_id: &str) -> Result<Option<u32>> {
+        const M: Method = Method::ContainerStatus;
+        self.enter(M).await?;
+        Ok(self.lock().container_mut(M, container_id)?.pid)
     }
 
     async fn list_containers(
@@ -947,6 +963,30 @@ mod tests {
         assert_eq!(killed.exit_code, 137);
         assert_eq!(killed.reason, "OOMKilled");
         assert!(killed.is_oom_killed());
+    }
+
+    #[tokio::test]
+    async fn running_containers_have_a_main_pid() {
+        let rt = FakeRuntime::new();
+        let (sb, sb_config, c) = pod(&rt).await;
+        let other = rt
+            .create_container(&sb, &container_config("sidecar", 0), &sb_config)
+            .await
+            .unwrap();
+        assert_eq!(rt.container_pid(&c).await.unwrap(), None, "created");
+        rt.start_container(&c).await.unwrap();
+        rt.start_container(&other).await.unwrap();
+        let pid = rt.container_pid(&c).await.unwrap().expect("running: a pid");
+        let other_pid = rt.container_pid(&other).await.unwrap().expect("a pid");
+        assert_ne!(pid, other_pid, "each container has its own process");
+        rt.exit_container(&c, 3);
+        assert_eq!(rt.container_pid(&c).await.unwrap(), None, "exited");
+        assert!(rt.container_pid("nope").await.unwrap_err().is_not_found());
+        assert_eq!(
+            rt.call_count(Method::ContainerStatus),
+            5,
+            "counted as ContainerStatus calls"
+        );
     }
 
     #[tokio::test]

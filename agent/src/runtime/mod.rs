@@ -379,6 +379,12 @@ pub trait ContainerRuntime: Send + Sync {
         container_id: &str,
     ) -> impl Future<Output = Result<ContainerStatus>> + Send;
 
+    /// The host pid of the container's main process (the runtime's task), when the runtime
+    /// says; `None` when it does not, or the container has no process (created, exited).
+    /// `NotFound` if the runtime does not know the container.
+    fn container_pid(&self, container_id: &str)
+    -> impl Future<Output = Result<Option<u32>>> + Send;
+
     /// Containers matching `filter` (all when `None`).
     fn list_containers(
         &self,

@@ -1,6 +1,10 @@
 //! What the kernel told us about containers that the runtime cannot: OOM kills, with the
 //! victim and the limit that was hit. Written by the kernel event router, read by pod
 //! workers when they compute status.
+//!
+//! Also the other way round: the main pid of containers without a pid namespace of their
+//! own, which pod workers learn from the runtime and the router needs to recognise that
+//! process's exit as the container's end.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,6 +60,9 @@ impl OomRecord {
 #[derive(Clone, Debug, Default)]
 pub struct KernelFacts {
     ooms: Arc<Mutex<HashMap<String, Vec<OomRecord>>>>,
+    /// Host pid of the main process, for containers that share a pid namespace (the pod's
+    /// or the host's): its exit is not flagged as a namespace init's.
+    main_pids: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl KernelFacts {
@@ -77,11 +84,33 @@ impl KernelFacts {
             .unwrap_or_default()
     }
 
+    /// The container's main process is `pid` (a host pid).
+    pub fn record_main_pid(&self, container_id: &str, pid: u32) {
+        self.main_pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(container_id.to_owned(), pid);
+    }
+
+    /// The container's main pid, if one was recorded.
+    pub fn main_pid(&self, container_id: &str) -> Option<u32> {
+        self.main_pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(container_id)
+            .copied()
+    }
+
     /// Drops the facts of containers that are gone.
     pub fn forget<'a>(&self, container_ids: impl IntoIterator<Item = &'a str>) {
         let mut ooms = self.ooms.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pids = self
+            .main_pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for id in container_ids {
             ooms.remove(id);
+            pids.remove(id);
         }
     }
 }
@@ -212,5 +241,20 @@ mod tests {
         assert!(f.ooms("c2").is_empty());
         f.forget(["c1"]);
         assert!(f.ooms("c1").is_empty());
+    }
+
+    #[test]
+    fn store_records_and_forgets_main_pids() {
+        let f = KernelFacts::default();
+        assert_eq!(f.main_pid("c1"), None);
+        f.record_main_pid("c1", 4242);
+        f.record_main_pid("c2", 4343);
+        let clone = f.clone();
+        assert_eq!(clone.main_pid("c1"), Some(4242), "clones share the facts");
+        f.record_main_pid("c1", 4244);
+        assert_eq!(f.main_pid("c1"), Some(4244), "the last recorded pid holds");
+        f.forget(["c1"]);
+        assert_eq!(f.main_pid("c1"), None);
+        assert_eq!(f.main_pid("c2"), Some(4343), "other containers keep theirs");
     }
 }

@@ -112,15 +112,28 @@ impl KernelRouter {
             Detail::OomKill(_) => Trigger::Relist,
             Detail::CgroupRemoved { .. } => end(None)?,
             // A container with its own pid namespace ends when its init (pid 1 there) dies:
-            // the kernel flags that exit, and then kills the rest of the namespace. Other
-            // containers (shared or host pid namespace) end when their cgroup empties; the
-            // exit tracepoint fires before the task leaves its cgroup, so the last exit
+            // the kernel flags that exit, and then kills the rest of the namespace. A
+            // container in the pod's or the host's pid namespace ends when its main process
+            // dies (the runtime then kills what it left behind): its worker recorded that
+            // pid from the runtime, and the exit of that pid in that container's cgroup is
+            // its end, with the code. Without a recorded pid (the worker has not asked yet,
+            // or the runtime did not say), such a container ends when its cgroup empties;
+            // the exit tracepoint fires before the task leaves its cgroup, so the last exit
             // may still find itself listed: then the cgroup's removal (runc deletes it once
             // the container is gone) is what pokes.
             Detail::Exit {
                 status,
                 pidns_init: true,
             } => end(runtime_exit_code(*status))?,
+            Detail::Exit { status, .. }
+                if pod
+                    .container_id
+                    .as_deref()
+                    .and_then(|c| self.facts.main_pid(c))
+                    == Some(ev.pid) =>
+            {
+                end(runtime_exit_code(*status))?
+            }
             Detail::Exit { .. }
                 if naming::container_cgroup(&ev.cgroup).is_some_and(|c| {
                     super::cgroup_empty(&self.attributor.hierarchy().path_of(c))
@@ -150,7 +163,107 @@ fn runtime_exit_code(status: ExitStatus) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::cgroups::Hierarchy;
+    use crate::events::Source;
+
+    const UID: &str = "8dbc5577-d0e2-4706-8787-57d52c03ddf2";
+    const APP: &str = "3f1b9a2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+    const SIDE: &str = "9a8b7c6d5e4f30211f2e3d4c5b6a79889a8b7c6d5e4f30211f2e3d4c5b6a7988";
+    const MAIN_PID: u32 = 4242;
+
+    fn cgroup_of(container: &str) -> String {
+        format!("/kubepods/besteffort/pod{UID}/{container}")
+    }
+
+    /// A router over a cgroup tree in `root` where both containers have processes left,
+    /// and `APP`'s main pid is recorded.
+    fn router(root: &Path) -> KernelRouter {
+        for c in [APP, SIDE] {
+            set_procs(root, c, "7\n");
+        }
+        let facts = KernelFacts::default();
+        facts.record_main_pid(APP, MAIN_PID);
+        KernelRouter {
+            attributor: Attributor::new(Hierarchy::v2(root)),
+            facts,
+            store: StatusStore::new(),
+            node_name: "node1".into(),
+            relist_all: Arc::new(Notify::new()),
+            pressure: None,
+        }
+    }
+
+    fn set_procs(root: &Path, container: &str, procs: &str) {
+        let dir = root.join(cgroup_of(container).trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), procs).unwrap();
+    }
+
+    /// A process `pid` of `container` exited with code `code`, not a namespace init.
+    fn exit(container: &str, pid: u32, code: i32) -> Event {
+        Event {
+            time: SystemTime::now(),
+            kernel_ns: Some(1),
+            source: Source::Bpf,
+            pid,
+            comm: "sh".into(),
+            cgroup_id: None,
+            cgroup: cgroup_of(container),
+            pod: None,
+            detail: Detail::Exit {
+                status: ExitStatus::Code(code),
+                pidns_init: false,
+            },
+        }
+    }
+
+    fn ended(poke: Option<PodPoke>) -> Option<(String, Option<i32>)> {
+        let poke = poke?;
+        assert_eq!(poke.uid, UID);
+        match poke.trigger {
+            Trigger::Kernel(end) => Some((end.container, end.exit_code)),
+            Trigger::Relist => panic!("a relist, not an end"),
+        }
+    }
+
+    #[test]
+    fn the_recorded_main_pid_ends_its_container_with_the_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = router(dir.path());
+        assert_eq!(
+            ended(r.route(exit(APP, MAIN_PID, 3))),
+            Some((APP.to_owned(), Some(3))),
+            "a background child keeps the cgroup populated: the pid alone says it ended"
+        );
+    }
+
+    #[test]
+    fn another_process_ends_the_container_only_when_the_cgroup_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = router(dir.path());
+        assert_eq!(ended(r.route(exit(APP, MAIN_PID + 1, 0))), None);
+        set_procs(dir.path(), APP, "");
+        assert_eq!(
+            ended(r.route(exit(APP, MAIN_PID + 1, 0))),
+            Some((APP.to_owned(), None)),
+            "the last process: an end, without the main process's code"
+        );
+    }
+
+    #[test]
+    fn the_main_pid_counts_only_in_its_own_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = router(dir.path());
+        assert_eq!(
+            ended(r.route(exit(SIDE, MAIN_PID, 3))),
+            None,
+            "attributed to another container (a reused pid): not APP's end, nor SIDE's"
+        );
+    }
 
     #[test]
     fn exit_codes_as_runtimes_report_them() {

@@ -503,6 +503,58 @@ fn event_mode_sees_exits_and_oom_kills_through_the_kernel() {
     }
 }
 
+/// Containers without a pid namespace of their own (`shareProcessNamespace`, `hostPID`)
+/// have no namespace init for the kernel to flag; their worker asks the runtime for the
+/// main process's pid, and that pid's exit ends the container with its code at once. The
+/// background child keeps the container's cgroup populated until the runtime kills it, so
+/// neither the cgroup emptying nor its removal can know the code.
+#[test]
+fn event_mode_sees_the_main_process_exit_of_a_container_without_its_own_pid_namespace() {
+    let node = Node::start_full(
+        "event",
+        String::new(),
+        "plegSafetyRelistPeriod: 1h\n".to_owned(),
+        "1h",
+    );
+    let pods = [
+        ("shared-pid", "shareProcessNamespace"),
+        ("host-pid", "hostPID"),
+    ];
+    for (name, field) in pods {
+        node.write_manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(
+                name,
+                "Never",
+                &format!("  {field}: true\n  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 300 & sleep 2; exit 3']\n"),
+            ),
+        );
+    }
+    for (name, _) in pods {
+        let p = node.wait_pod(name, "the exit", |p| {
+            !container_status(p, "c")["state"]["terminated"].is_null()
+        });
+        let c = container_status(&p, "c");
+        assert_eq!(c["state"]["terminated"]["exitCode"], 3, "{p:#}");
+        let id = c["containerID"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("containerd://"))
+            .unwrap_or_else(|| panic!("no containerID: {p:#}"))
+            .to_owned();
+        node.wait_until(
+            &format!("the kernel's account of {name}'s main process"),
+            |n| {
+                n.agent_log().lines().any(|l| {
+                    l.contains("kernel: container's main process ended")
+                        && l.contains(&format!("{name}-testnode"))
+                        && l.contains(&format!("id={id}"))
+                        && l.contains("exit_code=3")
+                })
+            },
+        );
+    }
+}
+
 /// The CRI calls the agent made so far that look at pods (lists and statuses), from
 /// `kubelet_runtime_operations_total` on `/metrics`.
 fn runtime_reads(node: &Node) -> u64 {

@@ -492,6 +492,13 @@ fn port_mappings(pod: &Pod, spec: &PodSpec) -> Result<Vec<api::PortMapping>, Con
     Ok(out)
 }
 
+/// The pod's containers get no pid namespace of their own: they share the pod's
+/// (`shareProcessNamespace`) or the node's (`hostPID`), so no container process is a
+/// namespace's init.
+pub fn shares_pid_namespace(spec: &PodSpec) -> bool {
+    spec.share_process_namespace == Some(true) || spec.host_pid == Some(true)
+}
+
 fn namespace_options(spec: &PodSpec) -> api::NamespaceOption {
     let mode = |host: Option<bool>, otherwise: api::NamespaceMode| {
         if host == Some(true) {
@@ -500,14 +507,16 @@ fn namespace_options(spec: &PodSpec) -> api::NamespaceOption {
             otherwise
         }
     };
-    let pid = if spec.share_process_namespace == Some(true) {
-        api::NamespaceMode::Pod
-    } else {
+    let pid = if !shares_pid_namespace(spec) {
         api::NamespaceMode::Container
+    } else if spec.host_pid == Some(true) {
+        api::NamespaceMode::Node
+    } else {
+        api::NamespaceMode::Pod
     };
     api::NamespaceOption {
         network: mode(spec.host_network, api::NamespaceMode::Pod).into(),
-        pid: mode(spec.host_pid, pid).into(),
+        pid: pid.into(),
         ipc: mode(spec.host_ipc, api::NamespaceMode::Pod).into(),
         ..api::NamespaceOption::default()
     }

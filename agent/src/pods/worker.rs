@@ -4,7 +4,7 @@
 //! Only the worker touches its pod in the runtime, so syncs of one pod never overlap; pokes
 //! and spec updates arriving during a sync coalesce into one more sync.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,6 +173,7 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         cgroup_applied: None,
         observe_cache: ObserveCache::default(),
         oom_reported: HashMap::new(),
+        pids_asked: HashSet::new(),
         recheck: None,
     };
     let done = tracker.spawn(worker.run());
@@ -209,6 +210,8 @@ struct Worker<R> {
     observe_cache: ObserveCache,
     /// OOM kills already turned into events, per container id.
     oom_reported: HashMap<String, usize>,
+    /// Containers whose main pid was asked for (once each; see [`Worker::learn_main_pid`]).
+    pids_asked: HashSet<String>,
     /// Publishing found something to look at again soon (an undecided OOM kill).
     recheck: Option<Duration>,
 }
@@ -326,7 +329,17 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             // The kernel knows how the main process ended before the runtime does: show it
             // now; acting on it (a restart, stopping the sandbox) waits for the runtime.
             if let Some(ended) = with_kernel_ends(&observed, kernel_waits) {
-                debug!(pod = %name, "publishing container ends the runtime does not report yet");
+                // `ended` is `observed` with some containers changed in place.
+                let shown = observed.containers.iter().zip(&ended.containers);
+                for (_, c) in shown.filter(|(before, after)| before.state != after.state) {
+                    info!(
+                        pod = %name,
+                        container = %c.name,
+                        id = %c.id,
+                        exit_code = c.exit_code.unwrap_or_default(),
+                        "kernel: container's main process ended"
+                    );
+                }
                 self.publish(pod, &ended, images.clone(), &PodActions::default());
             }
             while !kernel_waits
@@ -398,8 +411,46 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             crate::probes::pod_ip(pod, &observed, &ctx.node_ips),
         );
         self.publish(pod, &observed, images, &actions);
+        if pod
+            .spec
+            .as_ref()
+            .is_some_and(cri_config::shares_pid_namespace)
+        {
+            // Containers started here were asked about at their start; this finds those
+            // the worker adopted (started before an agent restart).
+            for c in &observed.containers {
+                if c.state == plan::ContainerState::Running {
+                    self.learn_main_pid(pod, &c.name, &c.id).await;
+                }
+            }
+        }
+        self.pids_asked
+            .retain(|id| observed.containers.iter().any(|c| &c.id == id));
         self.last_observed = Some(observed);
         Ok(requeue)
+    }
+
+    /// For a pod whose containers share a pid namespace (the pod's or the node's): asks
+    /// the runtime, once per container, for the pid of its main process, so that the
+    /// kernel router knows that process's exit as the container's end (with its code).
+    /// Without it, the container's end is still seen, later and without a code, when its
+    /// cgroup empties.
+    async fn learn_main_pid(&mut self, pod: &Pod, container: &str, id: &str) {
+        if !self.pids_asked.insert(id.to_owned()) {
+            return;
+        }
+        match self.ctx.runtime.container_pid(id).await {
+            Ok(Some(pid)) => {
+                debug!(pod = %format_pod(pod), %container, %id, pid, "main process of the container");
+                self.ctx.facts.record_main_pid(id, pid);
+            }
+            Ok(None) => {
+                debug!(pod = %format_pod(pod), %container, %id, "the runtime names no main process for the container");
+            }
+            Err(e) => {
+                debug!(pod = %format_pod(pod), %container, %id, error = %e, "cannot learn the container's main pid");
+            }
+        }
     }
 
     async fn apply(
@@ -548,14 +599,14 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     }
 
     async fn start_container(
-        &self,
+        &mut self,
         pod: &Pod,
         container: &Container,
         attempt: u32,
         sandbox: &SandboxRef<'_>,
         volumes: &PodVolumes,
     ) -> Result<(), SyncError> {
-        let ctx = &self.ctx;
+        let ctx = Arc::clone(&self.ctx);
         let name = format_pod(pod);
         let rt_err = |source| SyncError::Runtime {
             pod: name.clone(),
@@ -583,6 +634,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .await
             .map_err(rt_err)?;
         ctx.runtime.start_container(&id).await.map_err(rt_err)?;
+        if pod
+            .spec
+            .as_ref()
+            .is_some_and(cri_config::shares_pid_namespace)
+        {
+            self.learn_main_pid(pod, &container.name, &id).await;
+        }
         let pod_ip = if pod
             .spec
             .as_ref()
@@ -858,6 +916,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         ctx.store.remove(&uid);
         ctx.probes.remove_pod(&uid);
+        ctx.facts
+            .forget(observed.containers.iter().map(|c| c.id.as_str()));
         info!(pod = %name, "pod terminated");
     }
 }

@@ -228,6 +228,12 @@ fn host_network_vs_pod_network() {
             namespaces: (P, P, P),
         },
         Case {
+            name: "hostPID",
+            edit: |s| s.host_pid = Some(true),
+            hostname: "web-node1",
+            namespaces: (P, Node, P),
+        },
+        Case {
             name: "hostPID and hostIPC",
             edit: |s| {
                 s.host_pid = Some(true);
@@ -243,6 +249,12 @@ fn host_network_vs_pod_network() {
         let config = build_sandbox(&p);
         assert_eq!(config.hostname, case.hostname, "{}", case.name);
         let (n, pid, ipc) = case.namespaces;
+        assert_eq!(
+            shares_pid_namespace(p.spec.as_ref().expect("spec")),
+            pid != Ctr,
+            "{}",
+            case.name
+        );
         assert_eq!(
             namespaces(&config),
             (n.into(), pid.into(), ipc.into()),

@@ -437,6 +437,11 @@ impl PrivateContainerd {
 version = 2
 root = {root}
 state = {state}
+# The restart monitor restarts containers labelled for it (`ctr run --label
+# containerd.io/restart.status=running`); CRI containers are restarted by the kubelet, here
+# bpflet. It lists every container every 10 s: half of containerd's idle CPU at 110 pods
+# once the stats walk below was slowed (perf, docs/BENCHMARKS.md).
+disabled_plugins = ["io.containerd.internal.v1.restart"]
 
 [grpc]
   address = {socket}

@@ -1,7 +1,8 @@
 //! Kubernetes-style events (`v1.Event`) the agent records about pods and the node, kept in a
 //! bounded ring and served on `/events` until cluster mode posts them to an API server.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, PoisonError};
 
 use jiff::Timestamp;
@@ -39,8 +40,67 @@ pub enum Subject<'a> {
 
 #[derive(Default)]
 pub struct EventLog {
-    events: Mutex<VecDeque<Event>>,
+    ring: Mutex<Ring>,
     counter: std::sync::atomic::AtomicU64,
+}
+
+/// The kept events, oldest first, and where the latest event of each kind (object, reason,
+/// message, type) sits, so a repeat is found without a scan: at 500 failing probes a second
+/// a scan of the whole ring per record showed.
+#[derive(Default)]
+struct Ring {
+    events: VecDeque<Event>,
+    /// Sequence number of `events[0]`; the event at index `i` has `first + i`.
+    first: u64,
+    /// Hash of an event's kind -> sequence number of its latest event. A hash collision
+    /// costs only a missed aggregation: the found event is compared field by field.
+    latest: HashMap<u64, u64>,
+    hasher: RandomState,
+}
+
+impl Ring {
+    fn key(&self, uid: Option<&str>, reason: &str, message: &str, kind: &str) -> u64 {
+        self.hasher.hash_one((uid, reason, message, kind))
+    }
+
+    /// The latest kept event of this kind.
+    fn latest_mut(
+        &mut self,
+        key: u64,
+        uid: Option<&str>,
+        reason: &str,
+        message: &str,
+        kind: &str,
+    ) -> Option<&mut Event> {
+        let seq = *self.latest.get(&key)?;
+        let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.events.get_mut(index).filter(|e| {
+            e.involved_object.uid.as_deref() == uid
+                && e.reason.as_deref() == Some(reason)
+                && e.message.as_deref() == Some(message)
+                && e.type_.as_deref() == Some(kind)
+        })
+    }
+
+    fn push(&mut self, key: u64, event: Event) {
+        if self.events.len() == EVENT_CAPACITY
+            && let Some(old) = self.events.pop_front()
+        {
+            let old_key = self.key(
+                old.involved_object.uid.as_deref(),
+                old.reason.as_deref().unwrap_or_default(),
+                old.message.as_deref().unwrap_or_default(),
+                old.type_.as_deref().unwrap_or_default(),
+            );
+            if self.latest.get(&old_key) == Some(&self.first) {
+                self.latest.remove(&old_key);
+            }
+            self.first += 1;
+        }
+        let seq = self.first + self.events.len() as u64;
+        self.events.push_back(event);
+        self.latest.insert(key, seq);
+    }
 }
 
 impl EventLog {
@@ -78,15 +138,11 @@ impl EventLog {
         let now = Timestamp::now();
         // The same event again (a probe failing every period): one event whose count and
         // last timestamp grow, as upstream's event correlator does; logged once.
-        {
-            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-            let same = events.iter_mut().rev().find(|e| {
-                e.involved_object.uid == involved.uid
-                    && e.reason.as_deref() == Some(reason)
-                    && e.message.as_deref() == Some(message)
-                    && e.type_.as_deref() == Some(kind.as_str())
-            });
-            if let Some(e) = same
+        let uid = involved.uid.as_deref();
+        let key = {
+            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = ring.key(uid, reason, message, kind.as_str());
+            if let Some(e) = ring.latest_mut(key, uid, reason, message, kind.as_str())
                 && e.last_timestamp
                     .as_ref()
                     .is_some_and(|t| now.duration_since(t.0) < AGGREGATE_WITHIN)
@@ -96,7 +152,8 @@ impl EventLog {
                 tracing::debug!(object = %name_base, reason, count = e.count, "{message}");
                 return;
             }
-        }
+            key
+        };
         match kind {
             EventType::Normal => tracing::info!(object = %name_base, reason, "{message}"),
             EventType::Warning => tracing::warn!(object = %name_base, reason, "{message}"),
@@ -129,18 +186,18 @@ impl EventLog {
             }),
             ..Event::default()
         };
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        if events.len() == EVENT_CAPACITY {
-            events.pop_front();
-        }
-        events.push_back(event);
+        self.ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key, event);
     }
 
     /// Every kept event, oldest first.
     pub fn list(&self) -> Vec<Event> {
-        self.events
+        self.ring
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .events
             .iter()
             .cloned()
             .collect()
@@ -220,5 +277,46 @@ mod tests {
         assert_eq!(events[0].count, Some(3));
         assert!(events[0].last_timestamp > events[0].first_timestamp);
         assert_eq!(events[1].count, Some(1));
+    }
+
+    /// Repeats are found through the index wherever the event sits in the ring, and the
+    /// index forgets what the ring dropped.
+    #[test]
+    fn repeats_are_found_across_the_ring_and_forgotten_with_it() {
+        let log = EventLog::default();
+        let node = |message: &str| {
+            log.record(
+                &Subject::Node("n1"),
+                EventType::Warning,
+                "Test",
+                message,
+                "n1",
+            );
+        };
+        node("a");
+        for i in 1..EVENT_CAPACITY {
+            node(&i.to_string());
+        }
+        node("a");
+        let events = log.list();
+        assert_eq!(events.len(), EVENT_CAPACITY);
+        assert_eq!(events[0].message.as_deref(), Some("a"), "oldest kept");
+        assert_eq!(events[0].count, Some(2), "the repeat counted on the oldest");
+
+        node("one more");
+        node("a");
+        let events = log.list();
+        assert_eq!(events.len(), EVENT_CAPACITY);
+        // "a" and "1" were dropped for the two new events.
+        assert_eq!(events[0].message.as_deref(), Some("2"));
+        let last = events.last().expect("events");
+        assert_eq!(last.message.as_deref(), Some("a"));
+        assert_eq!(
+            last.count,
+            Some(1),
+            "a new event, not a dropped one's count"
+        );
+        let ring = log.ring.lock().expect("lock");
+        assert_eq!(ring.latest.len(), EVENT_CAPACITY, "one entry per kept kind");
     }
 }

@@ -440,9 +440,18 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             return;
         }
         match self.ctx.runtime.container_pid(id).await {
-            Ok(Some(pid)) => {
+            Ok(Some(pid)) if pid_in_container(pid, id) => {
                 debug!(pod = %format_pod(pod), %container, %id, pid, "main process of the container");
                 self.ctx.facts.record_main_pid(id, pid);
+            }
+            Ok(Some(pid)) => {
+                // The kernel reports pids as the initial pid namespace sees them; a runtime
+                // in a pid namespace of its own reports its own. Or the process is gone.
+                if !MAIN_PID_MISMATCH_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(pod = %format_pod(pod), %container, %id, pid, "the runtime's pid for the container is not a process in its cgroup here (is the runtime in another pid namespace?): containers sharing a pid namespace end without an exit code from the kernel");
+                } else {
+                    debug!(pod = %format_pod(pod), %container, %id, pid, "the runtime's pid is not a process in the container's cgroup");
+                }
             }
             Ok(None) => {
                 debug!(pod = %format_pod(pod), %container, %id, "the runtime names no main process for the container");
@@ -1047,6 +1056,28 @@ pub fn termination_grace(pod: &Pod) -> Duration {
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
+/// Warned once that the runtime's pids are not the kernel's.
+static MAIN_PID_MISMATCH_WARNED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `pid`, as this agent's `/proc` sees it, is a process in the cgroup of container
+/// `id` (or below it).
+fn pid_in_container(pid: u32, id: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|cgroups| cgroups_name_container(&cgroups, id))
+}
+
+/// Whether a `/proc/<pid>/cgroup` text puts the process in container `id`'s cgroup, by the
+/// Kubernetes cgroup naming the attributor uses.
+fn cgroups_name_container(cgroups: &str, id: &str) -> bool {
+    cgroups.lines().any(|line| {
+        let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+        crate::cgroups::naming::parse_pod(path)
+            .and_then(|p| p.container_id)
+            .is_some_and(|c| c == id)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1128,5 +1159,30 @@ mod tests {
             runtime_saw_end(&observed, "gone"),
             "unknown ids end the wait"
         );
+    }
+
+    #[test]
+    fn a_pid_is_checked_against_the_container_cgroup() {
+        let id = "3f1b9a2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+        let other = "4f1b9a2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+        let pod = "/bpflet/kubepods/besteffort/pod8dbc5577-d0e2-4706-8787-57d52c03ddf2";
+        let v1 = format!("12:pids:{pod}/{id}\n4:memory:{pod}/{id}/child\n");
+        assert!(cgroups_name_container(&v1, id));
+        assert!(!cgroups_name_container(&v1, other));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/\
+             kubepods-besteffort-pod8dbc5577_d0e2_4706_8787_57d52c03ddf2.slice/\
+             cri-containerd-{id}.scope\n"
+        );
+        assert!(cgroups_name_container(&systemd, id));
+        assert!(
+            !cgroups_name_container(&format!("0::{pod}\n"), id),
+            "the pod's own cgroup"
+        );
+        assert!(
+            !pid_in_container(std::process::id(), id),
+            "this test is in no container of that id"
+        );
+        assert!(!pid_in_container(u32::MAX, id), "no such process");
     }
 }

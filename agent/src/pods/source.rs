@@ -78,8 +78,33 @@ pub enum FetchError {
     Timeout(Duration),
 }
 
-/// Quiet time that ends a burst of inotify events.
+/// Quiet time that ends a burst of inotify events while a file is still being written.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Manifests a writer has created or modified and not yet closed, from inotify events: while
+/// there are any, a rescan waits for quiet (a half-written file would read as malformed);
+/// with none (a file renamed into place, or written and closed) it runs at once.
+#[derive(Debug, Default)]
+struct OpenWrites(std::collections::HashSet<std::ffi::OsString>);
+
+impl OpenWrites {
+    fn note(&mut self, mask: inotify::EventMask, name: Option<&std::ffi::OsStr>) {
+        use inotify::EventMask;
+        // Hidden files (editors' swap files) are not manifests.
+        let Some(name) = name.filter(|n| !n.to_string_lossy().starts_with('.')) else {
+            return;
+        };
+        if mask.intersects(EventMask::CLOSE_WRITE | EventMask::DELETE | EventMask::MOVED_FROM) {
+            self.0.remove(name);
+        } else if mask.intersects(EventMask::CREATE | EventMask::MODIFY) {
+            self.0.insert(name.to_owned());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// What the source sent last, to send only changes.
 #[derive(Default)]
@@ -386,7 +411,11 @@ impl FileSource {
     pub async fn run(mut self, tx: mpsc::Sender<PodUpdate>, cancel: CancellationToken) {
         let mut last = Last::default();
         let mut events = self.watch();
-        let mut rescan = tokio::time::interval(self.rescan_period);
+        // The first scan is the loop's own; rescans follow one period later.
+        let mut rescan = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.rescan_period,
+            self.rescan_period,
+        );
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !self.unchanged() {
@@ -411,12 +440,16 @@ impl FileSource {
                     }
                 }
                 event = next_event(&mut events) => {
-                    if matches!(event, Some(Ok(_))) {
-                        // Coalesce a burst (create, write, close) into one rescan, so a
-                        // half-written file is not reported as malformed.
+                    if let Some(Ok(first)) = event {
+                        // Take every event already queued; while a file is still being
+                        // written, wait for quiet, so a half-written file is not reported
+                        // as malformed.
+                        let mut writes = OpenWrites::default();
+                        writes.note(first.mask, first.name.as_deref());
                         loop {
-                            match tokio::time::timeout(DEBOUNCE, next_event(&mut events)).await {
-                                Ok(Some(Ok(_))) => {}
+                            let wait = if writes.is_empty() { Duration::ZERO } else { DEBOUNCE };
+                            match tokio::time::timeout(wait, next_event(&mut events)).await {
+                                Ok(Some(Ok(e))) => writes.note(e.mask, e.name.as_deref()),
                                 Ok(_) => {
                                     events = None;
                                     break;

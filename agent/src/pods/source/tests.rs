@@ -221,6 +221,60 @@ async fn inotify_notices_changes_at_once() {
         .expect("task");
 }
 
+/// A file still open for writing holds the rescan until it is closed (or quiet for the
+/// debounce), so a writer that pauses mid-file is not reported as malformed.
+#[tokio::test]
+async fn a_file_being_written_is_read_once_closed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = FileSource::new(
+        dir.path().to_owned(),
+        NODE.to_owned(),
+        Duration::from_secs(3600),
+    );
+    let (tx, mut rx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(source.run(tx, cancel.clone()));
+    assert!(next_snapshot(&mut rx).await.0.is_empty());
+
+    let text = manifest("web", "busybox");
+    let (head, tail) = text.split_at(text.len() / 2);
+    let mut file = fs::File::create(dir.path().join("web.yaml")).expect("create");
+    file.write_all(head.as_bytes()).expect("write");
+    file.flush().expect("flush");
+    // Shorter than the debounce: the writer is still at it.
+    tokio::time::sleep(DEBOUNCE / 2).await;
+    file.write_all(tail.as_bytes()).expect("write");
+    drop(file);
+    let (pods, errors) = next_snapshot(&mut rx).await;
+    assert!(errors.is_empty(), "read half-written: {errors:?}");
+    assert_eq!(names(&pods), ["web-node-a"]);
+
+    cancel.cancel();
+    task.await.expect("task");
+}
+
+#[test]
+fn open_writes_follow_create_modify_and_close() {
+    use inotify::EventMask;
+    let name = |n: &str| Some(std::ffi::OsString::from(n));
+    let mut writes = OpenWrites::default();
+    writes.note(EventMask::CREATE, name("web.yaml").as_deref());
+    writes.note(EventMask::MODIFY, name("web.yaml").as_deref());
+    assert!(!writes.is_empty());
+    writes.note(EventMask::CLOSE_WRITE, name("web.yaml").as_deref());
+    assert!(writes.is_empty(), "closed");
+    writes.note(EventMask::MOVED_TO, name("db.yaml").as_deref());
+    assert!(writes.is_empty(), "renamed into place: complete");
+    writes.note(EventMask::CREATE, name(".web.yaml.swp").as_deref());
+    assert!(writes.is_empty(), "hidden files are not manifests");
+    writes.note(EventMask::MODIFY, name("db.yaml").as_deref());
+    writes.note(EventMask::DELETE, name("db.yaml").as_deref());
+    assert!(writes.is_empty(), "deleted while open");
+    writes.note(EventMask::CREATE, None);
+    assert!(writes.is_empty(), "an event on the directory itself");
+}
+
 #[tokio::test]
 async fn rescan_is_the_backstop_without_inotify() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -570,12 +570,22 @@ fn admission_under_pressure() {
     }
 }
 
-/// The pods of the shell test, changeable while it runs.
+/// The pods of the shell test, changeable while it runs, and how often they were asked for.
 #[derive(Clone, Default)]
-struct TestPods(Arc<Mutex<Vec<PodInfo>>>);
+struct TestPods(
+    Arc<Mutex<Vec<PodInfo>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl TestPods {
+    fn asked(&self) -> usize {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 impl PodProvider for TestPods {
     fn active_pods(&self) -> Vec<PodInfo> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.lock().expect("lock").clone()
     }
     fn wanted_images(&self) -> Vec<String> {
@@ -807,5 +817,28 @@ async fn a_kernel_trigger_without_pressure_is_watched_for_a_moment() {
     let e = next_eviction(&mut shell.evictions).await;
     assert_eq!(e.pod_uid, "be");
     assert_eq!(e.trigger, Some(TriggerKind::Watch));
+    shell.stop().await;
+}
+
+/// Evaluations that find no threshold met look at the node's signals only: the pods (a copy
+/// of every pod's status in the agent) are asked for once there is pressure.
+#[tokio::test]
+async fn pods_are_looked_at_only_under_pressure() {
+    let mut shell = Shell::start().await;
+    shell
+        .trigger_tx
+        .send(Trigger::now())
+        .await
+        .expect("trigger");
+    // The trigger and the watch's evaluations every 100 ms, all without pressure.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(shell.pods.asked(), 0, "no threshold met, no pods read");
+    write(
+        &shell.kubepods.join("memory.current"),
+        &(280 * MI).to_string(),
+    );
+    let e = next_eviction(&mut shell.evictions).await;
+    assert_eq!(e.pod_uid, "be");
+    assert!(shell.pods.asked() > 0);
     shell.stop().await;
 }

@@ -313,6 +313,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     // Pod workers.
     let ctx = Arc::new(PodContext {
         runtime: Arc::clone(&runtime),
+        hierarchy: hierarchy.clone(),
         tree: Arc::new(tree),
         pods_dir: pods_dir.clone(),
         // Kubelet layout under the root dir: pods/<uid>/volumes/... and, for logs,

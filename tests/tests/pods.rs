@@ -299,6 +299,15 @@ fn uid(p: &Value) -> String {
 
 const IMAGE: &str = "bpflet.local/busybox:latest";
 
+/// A pod whose one container `c` sleeps for an hour, `restartPolicy: Always`.
+fn sleeping_pod(name: &str) -> String {
+    pod_yaml(
+        name,
+        "Always",
+        &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"),
+    )
+}
+
 fn pod_yaml(name: &str, policy: &str, body: &str) -> String {
     format!(
         "apiVersion: v1
@@ -592,16 +601,7 @@ fn steady_pods_cost_no_runtime_calls_in_event_mode() {
             "plegSafetyRelistPeriod: 1h\n".to_owned(),
             "1s",
         );
-        node.write_manifest(
-            "steady.yaml",
-            &pod_yaml(
-                "steady",
-                "Always",
-                &format!(
-                    "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-                ),
-            ),
-        );
+        node.write_manifest("steady.yaml", &sleeping_pod("steady"));
         node.wait_pod("steady", "running", |p| running(p, "c"));
         // Let the start settle (the worker observes once more after acting).
         std::thread::sleep(Duration::from_secs(2));
@@ -773,16 +773,7 @@ fn generic_pleg_mode_reports_the_same_oom_kill() {
 #[test]
 fn removing_a_manifest_leaves_no_sandbox_container_or_cgroup() {
     let node = Node::start("event");
-    node.write_manifest(
-        "gone.yaml",
-        &pod_yaml(
-            "gone",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("gone.yaml", &sleeping_pod("gone"));
     let p = node.wait_pod("gone", "running", |p| running(p, "c"));
     let uid = uid(&p);
     assert!(
@@ -822,16 +813,7 @@ fn find_pod_cgroup(root: &str, uid: &str) -> Option<PathBuf> {
 #[test]
 fn malformed_manifest_does_not_disturb_a_healthy_pod() {
     let node = Node::start("event");
-    node.write_manifest(
-        "ok.yaml",
-        &pod_yaml(
-            "ok",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("ok.yaml", &sleeping_pod("ok"));
     let before = node.wait_pod("ok", "running", |p| running(p, "c"));
     node.write_manifest(
         "bad.yaml",
@@ -850,32 +832,14 @@ fn malformed_manifest_does_not_disturb_a_healthy_pod() {
     );
 
     // Fixing the file starts its pod.
-    node.write_manifest(
-        "bad.yaml",
-        &pod_yaml(
-            "bad",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("bad.yaml", &sleeping_pod("bad"));
     node.wait_pod("bad", "running once fixed", |p| running(p, "c"));
 }
 
 #[test]
 fn agent_sigkill_and_restart_restarts_no_container() {
     let mut node = Node::start("event");
-    node.write_manifest(
-        "steady.yaml",
-        &pod_yaml(
-            "steady",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("steady.yaml", &sleeping_pod("steady"));
     node.write_manifest(
         "flappy.yaml",
         &pod_yaml("flappy", "Always", &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 1; exit 1']\n")),
@@ -905,16 +869,7 @@ fn agent_sigkill_and_restart_restarts_no_container() {
 #[test]
 fn sigterm_stops_the_agent_and_leaves_pods_running() {
     let mut node = Node::start("event");
-    node.write_manifest(
-        "stay.yaml",
-        &pod_yaml(
-            "stay",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("stay.yaml", &sleeping_pod("stay"));
     let p = node.wait_pod("stay", "running", |p| running(p, "c"));
     let uid = uid(&p);
     node.kill_agent(libc::SIGTERM);
@@ -928,30 +883,12 @@ fn sigterm_stops_the_agent_and_leaves_pods_running() {
 #[test]
 fn containerd_restart_under_a_running_agent() {
     let mut node = Node::start("event");
-    node.write_manifest(
-        "survivor.yaml",
-        &pod_yaml(
-            "survivor",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("survivor.yaml", &sleeping_pod("survivor"));
     let before = node.wait_pod("survivor", "running", |p| running(p, "c"));
     node.ctd
         .restart()
         .unwrap_or_else(|e| panic!("restarting containerd: {e:#}"));
-    node.write_manifest(
-        "newcomer.yaml",
-        &pod_yaml(
-            "newcomer",
-            "Always",
-            &format!(
-                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"
-            ),
-        ),
-    );
+    node.write_manifest("newcomer.yaml", &sleeping_pod("newcomer"));
     node.wait_pod("newcomer", "running after the containerd restart", |p| {
         running(p, "c")
     });

@@ -122,6 +122,26 @@ impl Last {
         self.sent = Some(current);
         true
     }
+
+    /// Sends a snapshot of `source` if it differs from the last one sent. `Err` when the
+    /// receiver is gone.
+    async fn send_if_changed(
+        &mut self,
+        tx: &mpsc::Sender<PodUpdate>,
+        source: SourceKind,
+        pods: Vec<StaticPod>,
+        errors: Vec<ManifestError>,
+    ) -> Result<(), mpsc::error::SendError<PodUpdate>> {
+        if !self.changed(&pods, &errors) {
+            return Ok(());
+        }
+        tx.send(PodUpdate::Snapshot {
+            source,
+            pods,
+            errors,
+        })
+        .await
+    }
 }
 
 fn error_text(e: &ManifestError) -> String {
@@ -227,15 +247,14 @@ impl FileStat {
             .is_some_and(|ctime| ctime + settle <= now)
     }
 
-    fn of(path: &Path) -> Option<Self> {
+    fn of(m: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self {
+        Self {
             ino: m.ino(),
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        }
     }
 }
 
@@ -267,12 +286,11 @@ impl FileSource {
         let mut errors = Vec::new();
         let files = self.manifest_files(&mut errors);
         self.parsed
-            .retain(|path, _| files.binary_search(path).is_ok());
-        for file in files {
-            let stat = FileStat::of(&file);
+            .retain(|path, _| files.binary_search_by(|(f, _)| f.cmp(path)).is_ok());
+        for (file, stat) in files {
             if let Some(p) = self.parsed.get(&file)
                 && p.settled
-                && stat == Some(p.stat)
+                && stat == p.stat
             {
                 pods.push(p.pod.clone());
                 continue;
@@ -290,24 +308,20 @@ impl FileSource {
                 && p.bytes == data
             {
                 // Touched, not changed.
-                if let Some(stat) = stat {
-                    p.stat = stat;
-                    p.settled = stat.settled(now);
-                }
+                p.stat = stat;
+                p.settled = stat.settled(now);
                 pods.push(p.pod.clone());
                 continue;
             }
             match parse_pod_manifest(&data, &origin, &self.node_name, now) {
                 Ok(pod) => {
-                    if let Some(stat) = stat {
-                        let parsed = Parsed {
-                            stat,
-                            settled: stat.settled(now),
-                            bytes: data,
-                            pod: pod.clone(),
-                        };
-                        self.parsed.insert(file, parsed);
-                    }
+                    let parsed = Parsed {
+                        stat,
+                        settled: stat.settled(now),
+                        bytes: data,
+                        pod: pod.clone(),
+                    };
+                    self.parsed.insert(file, parsed);
                     pods.push(pod);
                 }
                 Err(e) => {
@@ -333,15 +347,16 @@ impl FileSource {
         let files = self.manifest_files(&mut errors);
         errors.is_empty()
             && files.len() == self.parsed.len()
-            && files.iter().all(|f| {
+            && files.iter().all(|(f, stat)| {
                 self.parsed
                     .get(f)
-                    .is_some_and(|p| p.settled && FileStat::of(f) == Some(p.stat))
+                    .is_some_and(|p| p.settled && *stat == p.stat)
             })
     }
 
-    /// The files to read, sorted: the path itself, or the directory's visible regular files.
-    fn manifest_files(&self, errors: &mut Vec<ManifestError>) -> Vec<PathBuf> {
+    /// The files to read, sorted, with their stat (one `stat` each): the path itself, or the
+    /// directory's visible regular files.
+    fn manifest_files(&self, errors: &mut Vec<ManifestError>) -> Vec<(PathBuf, FileStat)> {
         let origin = ManifestOrigin::File(self.path.clone());
         let metadata = match std::fs::metadata(&self.path) {
             Ok(m) => m,
@@ -351,7 +366,7 @@ impl FileSource {
             }
         };
         if !metadata.is_dir() {
-            return vec![self.path.clone()];
+            return vec![(self.path.clone(), FileStat::of(&metadata))];
         }
         let entries = match std::fs::read_dir(&self.path) {
             Ok(entries) => entries,
@@ -360,13 +375,17 @@ impl FileSource {
                 return Vec::new();
             }
         };
-        let mut files: Vec<PathBuf> = entries
+        let mut files: Vec<(PathBuf, FileStat)> = entries
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter(|e| e.path().is_file())
-            .map(|e| e.path())
+            .filter_map(|e| {
+                let path = e.path();
+                // Follows symlinks, as reading the file does.
+                let metadata = std::fs::metadata(&path).ok()?;
+                metadata.is_file().then(|| (path, FileStat::of(&metadata)))
+            })
             .collect();
-        files.sort();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
         files
     }
 
@@ -420,15 +439,9 @@ impl FileSource {
         loop {
             if !self.unchanged() {
                 let (pods, errors) = self.scan(Timestamp::now());
-                if last.changed(&pods, &errors) {
-                    let update = PodUpdate::Snapshot {
-                        source: SourceKind::File,
-                        pods,
-                        errors,
-                    };
-                    if tx.send(update).await.is_err() {
-                        return;
-                    }
+                let sent = last.send_if_changed(&tx, SourceKind::File, pods, errors);
+                if sent.await.is_err() {
+                    return;
                 }
             }
             tokio::select! {
@@ -561,15 +574,9 @@ impl HttpSource {
                 () = cancel.cancelled() => return,
                 fetched = self.fetch_once(Timestamp::now()) => fetched,
             };
-            if last.changed(&pods, &errors) {
-                let update = PodUpdate::Snapshot {
-                    source: SourceKind::Http,
-                    pods,
-                    errors,
-                };
-                if tx.send(update).await.is_err() {
-                    return;
-                }
+            let sent = last.send_if_changed(&tx, SourceKind::Http, pods, errors);
+            if sent.await.is_err() {
+                return;
             }
         }
     }

@@ -5,7 +5,7 @@
 //! and spec updates arriving during a sync coalesce into one more sync.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use super::observe::{Images, ObserveCache, observe_pod, observe_pod_cached};
 use super::plan::{self, ObservedPod, PodActions};
 use super::volumes::PodVolumes;
 use super::{format_pod, pod_uid};
+use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
 use crate::eviction::{self, Eviction, NodeCondition};
 use crate::pleg::facts::{self, KernelFacts};
@@ -34,6 +35,8 @@ use crate::status::{self, StatusContext};
 /// What every worker shares.
 pub struct PodContext<R> {
     pub runtime: Arc<R>,
+    /// The watched cgroup hierarchy (to read a process's cgroup).
+    pub hierarchy: Hierarchy,
     pub tree: Arc<QosTree>,
     /// `<root-dir>/pods`: volumes and per-pod state.
     pub pods_dir: PathBuf,
@@ -440,7 +443,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             return;
         }
         match self.ctx.runtime.container_pid(id).await {
-            Ok(Some(pid)) if pid_in_container(pid, id) => {
+            Ok(Some(pid)) if pid_in_container(&self.ctx.hierarchy, Path::new("/proc"), pid, id) => {
                 debug!(pod = %format_pod(pod), %container, %id, pid, "main process of the container");
                 self.ctx.facts.record_main_pid(id, pid);
             }
@@ -1060,22 +1063,15 @@ pub fn termination_grace(pod: &Pod) -> Duration {
 static MAIN_PID_MISMATCH_WARNED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// Whether `pid`, as this agent's `/proc` sees it, is a process in the cgroup of container
-/// `id` (or below it).
-fn pid_in_container(pid: u32, id: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .is_ok_and(|cgroups| cgroups_name_container(&cgroups, id))
-}
-
-/// Whether a `/proc/<pid>/cgroup` text puts the process in container `id`'s cgroup, by the
-/// Kubernetes cgroup naming the attributor uses.
-fn cgroups_name_container(cgroups: &str, id: &str) -> bool {
-    cgroups.lines().any(|line| {
-        let path = line.splitn(3, ':').nth(2).unwrap_or_default();
-        crate::cgroups::naming::parse_pod(path)
-            .and_then(|p| p.container_id)
-            .is_some_and(|c| c == id)
-    })
+/// Whether `pid`, as `proc_root` sees it, is a process in the cgroup of container `id` (or
+/// below it), by the Kubernetes cgroup naming the attributor uses.
+fn pid_in_container(hierarchy: &Hierarchy, proc_root: &Path, pid: u32, id: &str) -> bool {
+    hierarchy
+        .cgroup_of_pid(proc_root, pid)
+        .ok()
+        .and_then(|cgroup| crate::cgroups::naming::parse_pod(&cgroup))
+        .and_then(|pod| pod.container_id)
+        .is_some_and(|container| container == id)
 }
 
 #[cfg(test)]
@@ -1166,23 +1162,38 @@ mod tests {
         let id = "3f1b9a2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
         let other = "4f1b9a2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
         let pod = "/bpflet/kubepods/besteffort/pod8dbc5577-d0e2-4706-8787-57d52c03ddf2";
-        let v1 = format!("12:pids:{pod}/{id}\n4:memory:{pod}/{id}/child\n");
-        assert!(cgroups_name_container(&v1, id));
-        assert!(!cgroups_name_container(&v1, other));
-        let systemd = format!(
-            "0::/kubepods.slice/kubepods-besteffort.slice/\
-             kubepods-besteffort-pod8dbc5577_d0e2_4706_8787_57d52c03ddf2.slice/\
-             cri-containerd-{id}.scope\n"
+        let proc_root = tempfile::tempdir().expect("tempdir");
+        let pid_with = |pid: u32, cgroups: &str| {
+            let dir = proc_root.path().join(pid.to_string());
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("cgroup"), cgroups).expect("write");
+            pid
+        };
+        let v1 = Hierarchy::v1("/sys/fs/cgroup/memory", 4);
+        let v2 = Hierarchy::v2("/sys/fs/cgroup");
+        let in_container = |h: &Hierarchy, pid, id| pid_in_container(h, proc_root.path(), pid, id);
+
+        let app = pid_with(
+            10,
+            &format!("12:pids:{pod}/{id}\n4:memory:{pod}/{id}/child\n"),
         );
-        assert!(cgroups_name_container(&systemd, id));
-        assert!(
-            !cgroups_name_container(&format!("0::{pod}\n"), id),
-            "the pod's own cgroup"
+        assert!(in_container(&v1, app, id));
+        assert!(!in_container(&v1, app, other));
+        let systemd = pid_with(
+            11,
+            &format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/\
+                 kubepods-besteffort-pod8dbc5577_d0e2_4706_8787_57d52c03ddf2.slice/\
+                 cri-containerd-{id}.scope\n"
+            ),
         );
+        assert!(in_container(&v2, systemd, id));
+        let pod_itself = pid_with(12, &format!("0::{pod}\n"));
+        assert!(!in_container(&v2, pod_itself, id), "the pod's own cgroup");
         assert!(
-            !pid_in_container(std::process::id(), id),
+            !pid_in_container(&v1, Path::new("/proc"), std::process::id(), id),
             "this test is in no container of that id"
         );
-        assert!(!pid_in_container(u32::MAX, id), "no such process");
+        assert!(!in_container(&v1, 13, id), "no such process");
     }
 }

@@ -225,6 +225,25 @@ impl CriRuntime {
             field,
         }
     }
+
+    /// One `ContainerStatus` call; `verbose` adds the runtime's `info` map.
+    async fn container_status_response(
+        &self,
+        container_id: &str,
+        verbose: bool,
+    ) -> Result<api::ContainerStatusResponse> {
+        let message = api::ContainerStatusRequest {
+            container_id: container_id.to_owned(),
+            verbose,
+        };
+        self.call(
+            Method::ContainerStatus,
+            self.request_timeout,
+            message,
+            |ch, req| async move { runtime_client(ch).container_status(req).await },
+        )
+        .await
+    }
 }
 
 fn runtime_client(channel: Channel) -> RuntimeServiceClient<Channel> {
@@ -575,37 +594,16 @@ impl ContainerRuntime for CriRuntime {
     }
 
     async fn container_status(&self, container_id: &str) -> Result<ContainerStatus> {
-        let message = api::ContainerStatusRequest {
-            container_id: container_id.to_owned(),
-            verbose: false,
-        };
-        let r = self
-            .call(
-                Method::ContainerStatus,
-                self.request_timeout,
-                message,
-                |ch, req| async move { runtime_client(ch).container_status(req).await },
-            )
-            .await?;
-        let status = r
+        let status = self
+            .container_status_response(container_id, false)
+            .await?
             .status
             .ok_or_else(|| self.malformed(Method::ContainerStatus, "status"))?;
         Ok(convert_container_status(status))
     }
 
     async fn container_pid(&self, container_id: &str) -> Result<Option<u32>> {
-        let message = api::ContainerStatusRequest {
-            container_id: container_id.to_owned(),
-            verbose: true,
-        };
-        let r = self
-            .call(
-                Method::ContainerStatus,
-                self.request_timeout,
-                message,
-                |ch, req| async move { runtime_client(ch).container_status(req).await },
-            )
-            .await?;
+        let r = self.container_status_response(container_id, true).await?;
         Ok(pid_from_verbose_info(&r.info))
     }
 

@@ -45,11 +45,12 @@ pub struct EventLog {
 }
 
 /// The kept events, oldest first, and where the latest event of each kind (object, reason,
-/// message, type) sits, so a repeat is found without a scan: at 500 failing probes a second
-/// a scan of the whole ring per record showed.
+/// message, type) sits, so a repeat is found without scanning up to 1,000 events (500
+/// failing probes record 500 times a second).
 #[derive(Default)]
 struct Ring {
-    events: VecDeque<Event>,
+    /// Each event with the hash of its kind.
+    events: VecDeque<(u64, Event)>,
     /// Sequence number of `events[0]`; the event at index `i` has `first + i`.
     first: u64,
     /// Hash of an event's kind -> sequence number of its latest event. A hash collision
@@ -74,7 +75,7 @@ impl Ring {
     ) -> Option<&mut Event> {
         let seq = *self.latest.get(&key)?;
         let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
-        self.events.get_mut(index).filter(|e| {
+        self.events.get_mut(index).map(|(_, e)| e).filter(|e| {
             e.involved_object.uid.as_deref() == uid
                 && e.reason.as_deref() == Some(reason)
                 && e.message.as_deref() == Some(message)
@@ -84,21 +85,15 @@ impl Ring {
 
     fn push(&mut self, key: u64, event: Event) {
         if self.events.len() == EVENT_CAPACITY
-            && let Some(old) = self.events.pop_front()
+            && let Some((old_key, _)) = self.events.pop_front()
         {
-            let old_key = self.key(
-                old.involved_object.uid.as_deref(),
-                old.reason.as_deref().unwrap_or_default(),
-                old.message.as_deref().unwrap_or_default(),
-                old.type_.as_deref().unwrap_or_default(),
-            );
             if self.latest.get(&old_key) == Some(&self.first) {
                 self.latest.remove(&old_key);
             }
             self.first += 1;
         }
         let seq = self.first + self.events.len() as u64;
-        self.events.push_back(event);
+        self.events.push_back((key, event));
         self.latest.insert(key, seq);
     }
 }
@@ -199,7 +194,7 @@ impl EventLog {
             .unwrap_or_else(PoisonError::into_inner)
             .events
             .iter()
-            .cloned()
+            .map(|(_, e)| e.clone())
             .collect()
     }
 }

@@ -733,6 +733,19 @@ impl Shell {
         }
     }
 
+    /// Kubepods' usage goes past the allocatable threshold.
+    fn press(&self) {
+        write(
+            &self.kubepods.join("memory.current"),
+            &(280 * MI).to_string(),
+        );
+    }
+
+    /// A kernel pressure event.
+    async fn kernel_trigger(&self) {
+        self.trigger_tx.send(Trigger::now()).await.expect("trigger");
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task)
@@ -802,18 +815,11 @@ async fn the_shell_evicts_on_kernel_triggers_and_after_cleanup() {
 #[tokio::test]
 async fn a_kernel_trigger_without_pressure_is_watched_for_a_moment() {
     let mut shell = Shell::start().await;
-    shell
-        .trigger_tx
-        .send(Trigger::now())
-        .await
-        .expect("trigger");
+    shell.kernel_trigger().await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(shell.evictions.try_recv().is_err(), "no pressure yet");
     // The signal crosses its threshold with no further kernel event.
-    write(
-        &shell.kubepods.join("memory.current"),
-        &(280 * MI).to_string(),
-    );
+    shell.press();
     let e = next_eviction(&mut shell.evictions).await;
     assert_eq!(e.pod_uid, "be");
     assert_eq!(e.trigger, Some(TriggerKind::Watch));
@@ -825,18 +831,11 @@ async fn a_kernel_trigger_without_pressure_is_watched_for_a_moment() {
 #[tokio::test]
 async fn pods_are_looked_at_only_under_pressure() {
     let mut shell = Shell::start().await;
-    shell
-        .trigger_tx
-        .send(Trigger::now())
-        .await
-        .expect("trigger");
+    shell.kernel_trigger().await;
     // The trigger and the watch's evaluations every 100 ms, all without pressure.
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(shell.pods.asked(), 0, "no threshold met, no pods read");
-    write(
-        &shell.kubepods.join("memory.current"),
-        &(280 * MI).to_string(),
-    );
+    shell.press();
     let e = next_eviction(&mut shell.evictions).await;
     assert_eq!(e.pod_uid, "be");
     assert!(shell.pods.asked() > 0);

@@ -30,11 +30,7 @@ fn now() -> Timestamp {
 #[test]
 fn scan_add_edit_remove() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_secs(20),
-    );
+    let mut source = file_source(dir.path(), Duration::from_secs(20));
     let (pods, errors) = source.scan(now());
     assert!(pods.is_empty() && errors.is_empty());
 
@@ -90,11 +86,7 @@ fn malformed_beside_healthy_hidden_ignored_and_fixing_later() {
     fs::create_dir(dir.path().join("subdir")).expect("mkdir");
     write(&dir.path().join("subdir/e.yaml"), &manifest("e", "busybox"));
 
-    let mut source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_secs(20),
-    );
+    let mut source = file_source(dir.path(), Duration::from_secs(20));
     let (pods, errors) = source.scan(now());
     assert_eq!(
         names(&pods),
@@ -149,11 +141,7 @@ fn single_file_missing_path_and_duplicates() {
         &dir.path().join("zz-copy.yaml"),
         &manifest("only", "busybox:2"),
     );
-    let mut source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_secs(20),
-    );
+    let mut source = file_source(dir.path(), Duration::from_secs(20));
     let (pods, errors) = source.scan(now());
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].origin, ManifestOrigin::File(file));
@@ -178,26 +166,47 @@ async fn next_snapshot(rx: &mut mpsc::Receiver<PodUpdate>) -> (Vec<StaticPod>, V
     }
 }
 
+/// A file source on `dir` running in the background, past its (empty) initial snapshot.
+struct Running {
+    rx: mpsc::Receiver<PodUpdate>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(source: FileSource) -> Self {
+        let (tx, mut rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(source.run(tx, cancel.clone()));
+        assert!(
+            next_snapshot(&mut rx).await.0.is_empty(),
+            "initial snapshot"
+        );
+        Self { rx, cancel, task }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("stops on cancel")
+            .expect("task");
+    }
+}
+
+fn file_source(dir: &Path, rescan: Duration) -> FileSource {
+    FileSource::new(dir.to_owned(), NODE.to_owned(), rescan)
+}
+
 #[tokio::test]
 async fn inotify_notices_changes_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A rescan period far beyond the test: only inotify can explain the snapshots.
-    let source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_secs(3600),
-    );
-    let (tx, mut rx) = mpsc::channel(8);
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(source.run(tx, cancel.clone()));
-
-    assert!(
-        next_snapshot(&mut rx).await.0.is_empty(),
-        "initial snapshot"
-    );
+    let mut running = Running::start(file_source(dir.path(), Duration::from_secs(3600))).await;
+    let rx = &mut running.rx;
 
     write(&dir.path().join("web.yaml"), &manifest("web", "busybox"));
-    let (pods, errors) = next_snapshot(&mut rx).await;
+    let (pods, errors) = next_snapshot(rx).await;
     assert_eq!(names(&pods), ["web-node-a"]);
     assert!(
         errors.is_empty(),
@@ -208,17 +217,13 @@ async fn inotify_notices_changes_at_once() {
     let tmp = dir.path().join(".web.yaml.tmp");
     write(&tmp, &manifest("web", "busybox:2"));
     fs::rename(&tmp, dir.path().join("web.yaml")).expect("rename");
-    let (edited, _) = next_snapshot(&mut rx).await;
+    let (edited, _) = next_snapshot(rx).await;
     assert_ne!(edited[0].uid, pods[0].uid);
 
     fs::remove_file(dir.path().join("web.yaml")).expect("remove");
-    assert!(next_snapshot(&mut rx).await.0.is_empty());
+    assert!(next_snapshot(rx).await.0.is_empty());
 
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("stops on cancel")
-        .expect("task");
+    running.stop().await;
 }
 
 /// A file still open for writing holds the rescan until it is closed (or quiet for the
@@ -227,15 +232,7 @@ async fn inotify_notices_changes_at_once() {
 async fn a_file_being_written_is_read_once_closed() {
     use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_secs(3600),
-    );
-    let (tx, mut rx) = mpsc::channel(8);
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(source.run(tx, cancel.clone()));
-    assert!(next_snapshot(&mut rx).await.0.is_empty());
+    let mut running = Running::start(file_source(dir.path(), Duration::from_secs(3600))).await;
 
     let text = manifest("web", "busybox");
     let (head, tail) = text.split_at(text.len() / 2);
@@ -246,12 +243,11 @@ async fn a_file_being_written_is_read_once_closed() {
     tokio::time::sleep(DEBOUNCE / 2).await;
     file.write_all(tail.as_bytes()).expect("write");
     drop(file);
-    let (pods, errors) = next_snapshot(&mut rx).await;
+    let (pods, errors) = next_snapshot(&mut running.rx).await;
     assert!(errors.is_empty(), "read half-written: {errors:?}");
     assert_eq!(names(&pods), ["web-node-a"]);
 
-    cancel.cancel();
-    task.await.expect("task");
+    running.stop().await;
 }
 
 #[test]
@@ -278,26 +274,20 @@ fn open_writes_follow_create_modify_and_close() {
 #[tokio::test]
 async fn rescan_is_the_backstop_without_inotify() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_millis(100),
-    )
-    .with_inotify(false);
-    let (tx, mut rx) = mpsc::channel(8);
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(source.run(tx, cancel.clone()));
-    assert!(next_snapshot(&mut rx).await.0.is_empty());
+    let source = file_source(dir.path(), Duration::from_millis(100)).with_inotify(false);
+    let mut running = Running::start(source).await;
     write(&dir.path().join("web.yaml"), &manifest("web", "busybox"));
-    assert_eq!(names(&next_snapshot(&mut rx).await.0), ["web-node-a"]);
+    assert_eq!(
+        names(&next_snapshot(&mut running.rx).await.0),
+        ["web-node-a"]
+    );
     // Nothing changes: no more snapshots.
     assert!(
-        tokio::time::timeout(Duration::from_millis(400), rx.recv())
+        tokio::time::timeout(Duration::from_millis(400), running.rx.recv())
             .await
             .is_err()
     );
-    cancel.cancel();
-    task.await.expect("task");
+    running.stop().await;
 }
 
 /// Serves `responses` in order, one per connection, on 127.0.0.1; returns the URL.
@@ -444,11 +434,7 @@ fn unsupported_urls() {
 #[test]
 fn unchanged_directory_is_known_from_stats_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut source = FileSource::new(
-        dir.path().to_owned(),
-        NODE.to_owned(),
-        Duration::from_secs(20),
-    );
+    let mut source = file_source(dir.path(), Duration::from_secs(20));
     // Scans "later": the files' stats have settled.
     let later = || now() + jiff::SignedDuration::from_secs(30);
     assert!(!source.unchanged(), "nothing scanned yet");

@@ -388,8 +388,58 @@ impl KernelProbe {
     }
 }
 
-/// How often the reader checks the kernel's drop counters.
+/// How often the reader drains the ring without a wakeup and checks the kernel's drop
+/// counters while records flow.
 const LOSS_CHECK: Duration = Duration::from_millis(250);
+/// After this long without a record the ring counts as quiet: nothing can be left in it
+/// by a lazy wakeup (see [`Backstop`]), so the backstop slows to [`IDLE_CHECK`].
+const QUIET_AFTER: Duration = Duration::from_secs(2);
+/// The backstop's period on a quiet ring: a guard against a wakeup lost all the same, kept
+/// under the PLEG's safety relist.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// When the reader next drains the ring on its own (no wakeup) and checks the drop counters.
+///
+/// An exit record submitted without a wakeup follows, within `wakeup_interval`, a record
+/// that woke the reader; the straggler timer collects it. The backstop covers what a timer
+/// cannot: a record reserved before a drain and committed just after it. A record left so
+/// would also hold back every later wakeup (the kernel wakes a reader only once it has
+/// caught up), so while records flow the backstop runs every [`LOSS_CHECK`]. A BPF program
+/// runs for microseconds between reserve and commit, so once no record has come for
+/// [`QUIET_AFTER`] nothing can be pending, and the next record wakes the reader: at idle
+/// the backstop only runs every [`IDLE_CHECK`], which keeps an idle agent from waking four
+/// times a second for nothing.
+#[derive(Debug, Clone, Copy)]
+struct Backstop {
+    last_records: tokio::time::Instant,
+    next: tokio::time::Instant,
+}
+
+impl Backstop {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            last_records: now,
+            next: now + LOSS_CHECK,
+        }
+    }
+
+    /// A drain found records: back to the fast period.
+    fn records(&mut self, now: tokio::time::Instant) {
+        self.last_records = now;
+        self.next = self.next.min(now + LOSS_CHECK);
+    }
+
+    /// The backstop ran at `now`; `busy` when a loss is still to be reported.
+    fn ran(&mut self, now: tokio::time::Instant, busy: bool) {
+        let quiet = now.saturating_duration_since(self.last_records) >= QUIET_AFTER;
+        self.next = now
+            + if quiet && !busy {
+                IDLE_CHECK
+            } else {
+                LOSS_CHECK
+            };
+    }
+}
 
 impl EventReader {
     pub fn losses(&self) -> Arc<LossCounters> {
@@ -421,8 +471,7 @@ impl EventReader {
         let mut fd =
             unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }
                 .map_err(|e| BpfError::Poll(e.into()))?;
-        let mut tick = tokio::time::interval(LOSS_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backstop = Backstop::new(tokio::time::Instant::now());
         let mut pending_user_loss = 0u64;
         // The kernel drops a record only when the ring is full, so only after records came
         // in is there anything to read from the drop counters (8 per-CPU lookups, each a
@@ -448,33 +497,39 @@ impl EventReader {
                     straggler = None;
                     drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
                 }
-                _ = tick.tick() => {
-                    // A backstop for any wakeup lost all the same: the ring never waits
-                    // longer than one loss check.
-                    match drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss) {
+                () = tokio::time::sleep_until(backstop.next) => {
+                    let drained =
+                        drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss);
+                    let now = tokio::time::Instant::now();
+                    match drained {
                         Drained::Closed => return Ok(()),
-                        Drained::Records(n) => records_since_check |= n > 0,
-                    }
-                    if !records_since_check && pending_user_loss == 0 {
-                        continue;
-                    }
-                    records_since_check = false;
-                    let kernel_total = drops_reader.total();
-                    losses.kernel.store(kernel_total, Ordering::Relaxed);
-                    let kernel_new = kernel_total - drops_reader.reported;
-                    if kernel_new == 0 && pending_user_loss == 0 {
-                        continue;
-                    }
-                    let ev = events_lost(kernel_new, pending_user_loss);
-                    match tx.try_send(ev) {
-                        Ok(()) => {
-                            drops_reader.reported = kernel_total;
-                            pending_user_loss = 0;
+                        Drained::Records(0) => {}
+                        Drained::Records(_) => {
+                            records_since_check = true;
+                            backstop.records(now);
                         }
-                        // Report on the next tick.
-                        Err(mpsc::error::TrySendError::Full(_)) => records_since_check = true,
-                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                     }
+                    if records_since_check || pending_user_loss > 0 {
+                        records_since_check = false;
+                        let kernel_total = drops_reader.total();
+                        losses.kernel.store(kernel_total, Ordering::Relaxed);
+                        let kernel_new = kernel_total - drops_reader.reported;
+                        if kernel_new > 0 || pending_user_loss > 0 {
+                            let ev = events_lost(kernel_new, pending_user_loss);
+                            match tx.try_send(ev) {
+                                Ok(()) => {
+                                    drops_reader.reported = kernel_total;
+                                    pending_user_loss = 0;
+                                }
+                                // Report at the next check.
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    records_since_check = true;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                            }
+                        }
+                    }
+                    backstop.ran(now, records_since_check || pending_user_loss > 0);
                     continue;
                 }
             };
@@ -483,6 +538,7 @@ impl EventReader {
                 Drained::Records(0) => {}
                 Drained::Records(_) => {
                     records_since_check = true;
+                    backstop.records(tokio::time::Instant::now());
                     if !self.wakeup_interval.is_zero() {
                         straggler = Some(tokio::time::Instant::now() + self.wakeup_interval);
                     }
@@ -563,5 +619,53 @@ pub fn events_lost(kernel: u64, userspace: u64) -> Event {
         cgroup: String::new(),
         pod: None,
         detail: Detail::EventsLost { kernel, userspace },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn backstop_is_fast_while_records_flow() {
+        let t0 = Instant::now();
+        let mut b = Backstop::new(t0);
+        assert_eq!(b.next, t0 + LOSS_CHECK);
+        // Records a moment ago: the next drain one loss check later.
+        let t1 = t0 + Duration::from_millis(300);
+        b.records(t1);
+        b.ran(t1, false);
+        assert_eq!(b.next, t1 + LOSS_CHECK);
+        // Still within QUIET_AFTER of the last records.
+        let t2 = t1 + QUIET_AFTER - Duration::from_millis(1);
+        b.ran(t2, false);
+        assert_eq!(b.next, t2 + LOSS_CHECK);
+    }
+
+    #[test]
+    fn backstop_slows_on_a_quiet_ring_and_speeds_up_with_records() {
+        let t0 = Instant::now();
+        let mut b = Backstop::new(t0);
+        let quiet = t0 + QUIET_AFTER;
+        b.ran(quiet, false);
+        assert_eq!(b.next, quiet + IDLE_CHECK);
+        // A wakeup brings records: the backstop is due one loss check later, not in 5 s.
+        let woke = quiet + Duration::from_secs(1);
+        b.records(woke);
+        assert_eq!(b.next, woke + LOSS_CHECK);
+        // A record never pushes a due backstop later.
+        let again = woke + Duration::from_millis(100);
+        b.records(again);
+        assert_eq!(b.next, woke + LOSS_CHECK);
+    }
+
+    #[test]
+    fn backstop_stays_fast_while_a_loss_is_unreported() {
+        let t0 = Instant::now();
+        let mut b = Backstop::new(t0);
+        let late = t0 + QUIET_AFTER * 3;
+        b.ran(late, true);
+        assert_eq!(b.next, late + LOSS_CHECK);
     }
 }

@@ -332,6 +332,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         },
         memory_capacity: memory,
         sync_frequency: config.sync_frequency,
+        resync_epoch: tokio::time::Instant::now(),
         runtime_changes_poke: pleg_mode == PlegMode::Event,
         store: store.clone(),
         facts,

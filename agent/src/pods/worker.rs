@@ -48,6 +48,9 @@ pub struct PodContext<R> {
     pub allocatable: NodeAllocatable,
     pub memory_capacity: u64,
     pub sync_frequency: Duration,
+    /// Where the grid of periodic resyncs starts (see [`resync_deadline`]): one instant for
+    /// every worker, so their resyncs fall together.
+    pub resync_epoch: tokio::time::Instant,
     /// Event PLEG: every runtime change of a pod reaches its worker as a poke (kernel
     /// events, and the safety relist's diff for what the kernel cannot see), so a sync that
     /// only the `sync_frequency` timer asked for plans against the last observation instead
@@ -64,6 +67,29 @@ pub struct PodContext<R> {
     /// Liveness, readiness and startup probes of every pod.
     pub probes: crate::probes::ProbeManager,
     pub metrics: crate::metrics::Metrics,
+}
+
+/// Parts of `sync_frequency` in one step of the resync grid.
+const RESYNC_GRID_STEPS: u32 = 6;
+
+/// When a periodic resync falls due: `period` after `now`, rounded up to the grid of
+/// `period / 6` steps counted from `epoch`. Every worker uses the same grid, so at idle the
+/// pods' resyncs wake the agent together a few times a period instead of one pod at a time
+/// (110 pods at the default 1 min: 6 wakeups a minute instead of 110). A resync comes at
+/// most a sixth of the period late; upstream spreads its resyncs over 1 to 1.5 periods.
+fn resync_deadline(
+    epoch: tokio::time::Instant,
+    now: tokio::time::Instant,
+    period: Duration,
+) -> tokio::time::Instant {
+    let due = now + period;
+    let step = (period / RESYNC_GRID_STEPS).as_nanos();
+    if step == 0 || due < epoch {
+        return due;
+    }
+    let since = due.duration_since(epoch).as_nanos();
+    let on_grid = since.div_ceil(step) * step;
+    u64::try_from(on_grid).map_or(due, |n| epoch + Duration::from_nanos(n))
 }
 
 /// Why a sync could not finish; the worker logs it and tries again later.
@@ -281,13 +307,19 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 .unwrap_or(self.ctx.sync_frequency)
                 .min(self.ctx.sync_frequency)
                 .min(recheck.unwrap_or(Duration::MAX));
+            let now = tokio::time::Instant::now();
+            let deadline = if periodic {
+                resync_deadline(self.ctx.resync_epoch, now, self.ctx.sync_frequency)
+            } else {
+                now + wait
+            };
             timer_only = false;
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = self.terminate.cancelled() => {}
                 _ = self.spec.changed() => {}
                 () = self.poke.notified() => {}
-                () = tokio::time::sleep(wait) => timer_only = periodic,
+                () = tokio::time::sleep_until(deadline) => timer_only = periodic,
             }
         }
     }
@@ -1094,6 +1126,39 @@ mod tests {
             liveness: Default::default(),
             startup: Default::default(),
         }
+    }
+
+    #[test]
+    fn resyncs_land_on_a_shared_grid_at_most_a_step_late() {
+        let epoch = tokio::time::Instant::now();
+        let period = Duration::from_secs(60);
+        let step = Duration::from_secs(10);
+        // Workers that went to sleep at different moments resync together.
+        let a = resync_deadline(epoch, epoch + Duration::from_millis(1_300), period);
+        let b = resync_deadline(epoch, epoch + Duration::from_millis(7_900), period);
+        assert_eq!(a, epoch + Duration::from_secs(70));
+        assert_eq!(a, b);
+        // Never early, never more than one step late.
+        for ms in [0, 1, 9_999, 10_000, 10_001, 123_456] {
+            let now = epoch + Duration::from_millis(ms);
+            let d = resync_deadline(epoch, now, period);
+            assert!(
+                d >= now + period && d < now + period + step,
+                "{ms} ms: {d:?}"
+            );
+            assert_eq!(d.duration_since(epoch).as_nanos() % step.as_nanos(), 0);
+        }
+        // On the grid already: no added delay.
+        let on = epoch + Duration::from_secs(20);
+        assert_eq!(resync_deadline(epoch, on, period), on + period);
+    }
+
+    #[test]
+    fn tiny_periods_are_not_rounded() {
+        let epoch = tokio::time::Instant::now();
+        let now = epoch + Duration::from_nanos(7);
+        let period = Duration::from_nanos(5);
+        assert_eq!(resync_deadline(epoch, now, period), now + period);
     }
 
     fn end(id: &str, exit_code: Option<i32>) -> KernelEnd {

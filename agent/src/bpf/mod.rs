@@ -538,9 +538,10 @@ impl EventReader {
                 Drained::Records(0) => {}
                 Drained::Records(_) => {
                     records_since_check = true;
-                    backstop.records(tokio::time::Instant::now());
+                    let now = tokio::time::Instant::now();
+                    backstop.records(now);
                     if !self.wakeup_interval.is_zero() {
-                        straggler = Some(tokio::time::Instant::now() + self.wakeup_interval);
+                        straggler = Some(now + self.wakeup_interval);
                     }
                 }
             }

@@ -212,6 +212,12 @@ pub struct FileSource {
     must_rescan: bool,
 }
 
+/// The manifest files found, sorted, each with its stat, and why any could not be listed.
+struct Listing {
+    files: Vec<(PathBuf, FileStat)>,
+    errors: Vec<ManifestError>,
+}
+
 struct Parsed {
     stat: FileStat,
     /// The stat was [settled](FileStat::settled) when taken: it alone says the file is
@@ -282,9 +288,18 @@ impl FileSource {
 
     /// Reads every manifest now: the pods and the errors of the files that did not parse.
     pub fn scan(&mut self, now: Timestamp) -> (Vec<StaticPod>, Vec<ManifestError>) {
+        let listing = self.list();
+        self.scan_listing(listing, now)
+    }
+
+    /// [`FileSource::scan`] of the files `listing` found.
+    fn scan_listing(
+        &mut self,
+        listing: Listing,
+        now: Timestamp,
+    ) -> (Vec<StaticPod>, Vec<ManifestError>) {
+        let Listing { files, mut errors } = listing;
         let mut pods = Vec::new();
-        let mut errors = Vec::new();
-        let files = self.manifest_files(&mut errors);
         self.parsed
             .retain(|path, _| files.binary_search_by(|(f, _)| f.cmp(path)).is_ok());
         for (file, stat) in files {
@@ -336,22 +351,24 @@ impl FileSource {
         (pods, errors)
     }
 
-    /// Whether a scan now would find what the last one found: it found every file usable,
-    /// and the same files are there with the same stat. Costs a directory read and a stat
-    /// per file, no reads, parses or copies.
-    fn unchanged(&self) -> bool {
-        if self.must_rescan {
-            return false;
-        }
-        let mut errors = Vec::new();
-        let files = self.manifest_files(&mut errors);
-        errors.is_empty()
-            && files.len() == self.parsed.len()
-            && files.iter().all(|(f, stat)| {
+    /// Whether a scan of `listing` would find what the last scan found: it found every file
+    /// usable, and the same files are there with the same stat. No reads, parses or copies.
+    fn unchanged(&self, listing: &Listing) -> bool {
+        !self.must_rescan
+            && listing.errors.is_empty()
+            && listing.files.len() == self.parsed.len()
+            && listing.files.iter().all(|(f, stat)| {
                 self.parsed
                     .get(f)
                     .is_some_and(|p| p.settled && *stat == p.stat)
             })
+    }
+
+    /// The manifest files now, with their stat: a directory read and a stat per file.
+    fn list(&self) -> Listing {
+        let mut errors = Vec::new();
+        let files = self.manifest_files(&mut errors);
+        Listing { files, errors }
     }
 
     /// The files to read, sorted, with their stat (one `stat` each): the path itself, or the
@@ -437,8 +454,9 @@ impl FileSource {
         );
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if !self.unchanged() {
-                let (pods, errors) = self.scan(Timestamp::now());
+            let listing = self.list();
+            if !self.unchanged(&listing) {
+                let (pods, errors) = self.scan_listing(listing, Timestamp::now());
                 let sent = last.send_if_changed(&tx, SourceKind::File, pods, errors);
                 if sent.await.is_err() {
                     return;

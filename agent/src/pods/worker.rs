@@ -446,17 +446,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             crate::probes::pod_ip(pod, &observed, &ctx.node_ips),
         );
         self.publish(pod, &observed, images, &actions);
-        if pod
-            .spec
-            .as_ref()
-            .is_some_and(cri_config::shares_pid_namespace)
-        {
-            // Containers started here were asked about at their start; this finds those
-            // the worker adopted (started before an agent restart).
-            for c in &observed.containers {
-                if c.state == plan::ContainerState::Running {
-                    self.learn_main_pid(pod, &c.name, &c.id).await;
-                }
+        // Containers started here were asked about at their start; this finds those the
+        // worker adopted (started before an agent restart).
+        for c in &observed.containers {
+            if c.state == plan::ContainerState::Running {
+                self.learn_main_pid(pod, &c.name, &c.id).await;
             }
         }
         self.pids_asked
@@ -470,8 +464,14 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     /// kernel router knows that process's exit as the container's end (with its code).
     /// Without it, the container's end is still seen, later and without a code, when its
     /// cgroup empties.
+    ///
+    /// Other pods' containers are namespace inits, which the kernel flags: nothing to ask.
     async fn learn_main_pid(&mut self, pod: &Pod, container: &str, id: &str) {
-        if !self.pids_asked.insert(id.to_owned()) {
+        let shares = pod
+            .spec
+            .as_ref()
+            .is_some_and(cri_config::shares_pid_namespace);
+        if !shares || !self.pids_asked.insert(id.to_owned()) {
             return;
         }
         match self.ctx.runtime.container_pid(id).await {
@@ -678,13 +678,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .await
             .map_err(rt_err)?;
         ctx.runtime.start_container(&id).await.map_err(rt_err)?;
-        if pod
-            .spec
-            .as_ref()
-            .is_some_and(cri_config::shares_pid_namespace)
-        {
-            self.learn_main_pid(pod, &container.name, &id).await;
-        }
+        self.learn_main_pid(pod, &container.name, &id).await;
         let pod_ip = if pod
             .spec
             .as_ref()

@@ -8,6 +8,8 @@
 //!
 //! Like the tests themselves, the harness panics with context instead of returning errors.
 
+pub mod node;
+
 use std::ffi::CString;
 use std::fs;
 use std::io;

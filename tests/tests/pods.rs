@@ -5,322 +5,14 @@
 //! Each test gets its own containerd, cgroup root, manifest directory and agent; pod state
 //! is read from the agent's read-only `/pods` endpoint on 127.0.0.1.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bpflet_tests::{bpflet_bin, require_root};
+use bpflet_tests::node::{
+    IMAGE, Node, NodeConfig, container_status, phase, pod_yaml, restarts, running, sleeping_pod,
+    uid,
+};
 use serde_json::Value;
-use tempfile::TempDir;
-use xtask::containerd::PrivateContainerd;
-
-/// Upper bound for anything the agent must achieve; never a timing claim.
-const WAIT: Duration = Duration::from_secs(90);
-
-/// A node: private containerd + bpflet. Field order matters: the agent stops first, then
-/// containerd tears every pod down, then the directory goes.
-struct Node {
-    agent: Option<Child>,
-    ctd: PrivateContainerd,
-    dir: TempDir,
-    port: u16,
-    pleg_mode: &'static str,
-    /// Extra KubeletConfiguration lines.
-    extra: String,
-    /// Extra BpfletConfiguration lines.
-    bpflet_extra: String,
-    sync_frequency: &'static str,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
-}
-
-impl Node {
-    fn start(pleg_mode: &'static str) -> Self {
-        Self::start_with(pleg_mode, String::new())
-    }
-
-    fn start_with(pleg_mode: &'static str, extra: String) -> Self {
-        Self::start_full(pleg_mode, extra, String::new(), "10s")
-    }
-
-    fn start_full(
-        pleg_mode: &'static str,
-        extra: String,
-        bpflet_extra: String,
-        sync_frequency: &'static str,
-    ) -> Self {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("bpflet-node-")
-            .tempdir()
-            .expect("temp dir");
-        let ctd = PrivateContainerd::start(&dir.path().join("ctd"))
-            .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
-        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
-        let mut node = Node {
-            agent: None,
-            ctd,
-            dir,
-            port: free_port(),
-            pleg_mode,
-            extra,
-            bpflet_extra,
-            sync_frequency,
-        };
-        node.start_agent();
-        node
-    }
-
-    fn manifests(&self) -> PathBuf {
-        self.dir.path().join("manifests")
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("config.yaml")
-    }
-
-    fn start_agent(&mut self) {
-        let config = format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-staticPodPath: {manifests}
-fileCheckFrequency: 2s
-syncFrequency: {sync}
-cgroupRoot: {cgroup_root}
-containerRuntimeEndpoint: unix://{socket}
-readOnlyPort: {port}
-address: 127.0.0.1
-healthzPort: 0
-{extra}---
-apiVersion: bpflet.io/v1alpha1
-kind: BpfletConfiguration
-plegMode: {pleg}
-{bpflet_extra}",
-            manifests = self.manifests().display(),
-            cgroup_root = self.ctd.cgroup_parent,
-            socket = self.ctd.socket.display(),
-            port = self.port,
-            pleg = self.pleg_mode,
-            extra = self.extra,
-            bpflet_extra = self.bpflet_extra,
-            sync = self.sync_frequency,
-        );
-        std::fs::write(self.config_path(), config).unwrap();
-        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
-        let child = Command::new(bpflet_bin())
-            .arg("--config")
-            .arg(self.config_path())
-            .arg("--root-dir")
-            .arg(self.dir.path().join("root"))
-            .arg("--hostname-override")
-            .arg("testnode")
-            .arg("--v=2")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bpflet");
-        self.agent = Some(child);
-        self.wait_until("the agent to serve /pods", |n| n.try_pods().is_some());
-    }
-
-    fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn kill_agent(&mut self, signal: i32) {
-        if let Some(mut child) = self.agent.take() {
-            let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, signal) };
-            let _ = child.wait();
-        }
-    }
-
-    fn write_manifest(&self, file: &str, yaml: &str) {
-        let tmp = self.manifests().join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.manifests().join(file)).unwrap();
-    }
-
-    fn remove_manifest(&self, file: &str) {
-        std::fs::remove_file(self.manifests().join(file)).unwrap();
-    }
-
-    fn try_pods(&self) -> Option<Vec<Value>> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /pods HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        let body = buf.split_once("\r\n\r\n")?.1;
-        let list: Value = serde_json::from_str(body).ok()?;
-        assert_eq!(list["kind"], "PodList", "{list}");
-        list["items"].as_array().cloned()
-    }
-
-    fn get_json(&self, path: &str) -> Option<Value> {
-        serde_json::from_str(&self.get_text(path)?).ok()
-    }
-
-    /// The body of `GET path` on the read-only port.
-    fn get_text(&self, path: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        Some(buf.split_once("\r\n\r\n")?.1.to_owned())
-    }
-
-    /// Events the agent recorded about pod `uid` (from `/events`).
-    fn events_of(&self, uid: &str) -> Vec<Value> {
-        let list = self.get_json("/events").unwrap_or(Value::Null);
-        list["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter(|e| e["involvedObject"]["uid"] == uid)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The pod whose static name starts with `name-` (static pods get `-<node>` appended).
-    fn pod(&self, name: &str) -> Option<Value> {
-        let full = format!("{name}-testnode");
-        self.try_pods()?
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == full.as_str())
-    }
-
-    fn wait_until(&self, what: &str, cond: impl Fn(&Node) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if cond(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "timed out waiting for {what}\n--- agent log (tail) ---\n{}",
-            tail(&self.agent_log(), 60)
-        );
-    }
-
-    /// Waits until `pred` holds for pod `name` and returns it.
-    fn wait_pod(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(p) = self.pod(name) {
-                if pred(&p) {
-                    return p;
-                }
-                last = Some(p);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "pod {name}: timed out waiting for {what}; last seen:\n{:#}\n--- agent log (tail) ---\n{}",
-            last.unwrap_or(Value::Null),
-            tail(&self.agent_log(), 60)
-        );
-    }
-
-    /// Sandbox and container ids the runtime has for `uid`, straight from containerd.
-    fn runtime_ids(&self, uid: &str) -> (Vec<String>, Vec<String>) {
-        let ctr = |args: &[&str]| -> String {
-            let out = Command::new("ctr")
-                .arg("--address")
-                .arg(&self.ctd.socket)
-                .args(["-n", "k8s.io"])
-                .args(args)
-                .output()
-                .expect("run ctr");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        let label = format!("labels.\"io.kubernetes.pod.uid\"=={uid}");
-        let containers: Vec<String> = ctr(&["containers", "ls", "-q", &label])
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect();
-        (Vec::new(), containers)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill_agent(libc::SIGTERM);
-        if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", tail(&self.agent_log(), 200));
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn phase(p: &Value) -> &str {
-    p["status"]["phase"].as_str().unwrap_or("")
-}
-
-fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
-    p["status"]["containerStatuses"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .unwrap_or(&Value::Null)
-}
-
-fn running(p: &Value, name: &str) -> bool {
-    !container_status(p, name)["state"]["running"].is_null()
-}
-
-fn restarts(p: &Value, name: &str) -> u64 {
-    container_status(p, name)["restartCount"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-fn uid(p: &Value) -> String {
-    p["metadata"]["uid"].as_str().unwrap_or_default().to_owned()
-}
-
-const IMAGE: &str = "bpflet.local/busybox:latest";
-
-/// A pod whose one container `c` sleeps for an hour, `restartPolicy: Always`.
-fn sleeping_pod(name: &str) -> String {
-    pod_yaml(
-        name,
-        "Always",
-        &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"),
-    )
-}
-
-fn pod_yaml(name: &str, policy: &str, body: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  hostNetwork: true
-  restartPolicy: {policy}
-  terminationGracePeriodSeconds: 2
-{body}"
-    )
-}
 
 #[test]
 fn init_and_two_containers_reach_running() {
@@ -474,12 +166,11 @@ fn restart_policies_never_and_onfailure_end_in_the_right_phase() {
 /// show, and the agent logs that a kernel trigger found them.
 #[test]
 fn event_mode_sees_exits_and_oom_kills_through_the_kernel() {
-    let node = Node::start_full(
-        "event",
-        String::new(),
-        "plegSafetyRelistPeriod: 1h\n".to_owned(),
-        "1h",
-    );
+    let node = Node::start_with(NodeConfig {
+        bpflet_extra: "plegSafetyRelistPeriod: 1h\n".to_owned(),
+        sync_frequency: "1h",
+        ..NodeConfig::pleg("event")
+    });
     node.write_manifest(
         "exits.yaml",
         &pod_yaml(
@@ -519,12 +210,11 @@ fn event_mode_sees_exits_and_oom_kills_through_the_kernel() {
 /// neither the cgroup emptying nor its removal can know the code.
 #[test]
 fn event_mode_sees_the_main_process_exit_of_a_container_without_its_own_pid_namespace() {
-    let node = Node::start_full(
-        "event",
-        String::new(),
-        "plegSafetyRelistPeriod: 1h\n".to_owned(),
-        "1h",
-    );
+    let node = Node::start_with(NodeConfig {
+        bpflet_extra: "plegSafetyRelistPeriod: 1h\n".to_owned(),
+        sync_frequency: "1h",
+        ..NodeConfig::pleg("event")
+    });
     let pods = [
         ("shared-pid", "shareProcessNamespace"),
         ("host-pid", "hostPID"),
@@ -595,12 +285,11 @@ fn runtime_reads(node: &Node) -> u64 {
 #[test]
 fn steady_pods_cost_no_runtime_calls_in_event_mode() {
     for (mode, expect_calls) in [("event", false), ("generic", true)] {
-        let node = Node::start_full(
-            mode,
-            String::new(),
-            "plegSafetyRelistPeriod: 1h\n".to_owned(),
-            "1s",
-        );
+        let node = Node::start_with(NodeConfig {
+            bpflet_extra: "plegSafetyRelistPeriod: 1h\n".to_owned(),
+            sync_frequency: "1s",
+            ..NodeConfig::pleg(mode)
+        });
         node.write_manifest("steady.yaml", &sleeping_pod("steady"));
         node.wait_pod("steady", "running", |p| running(p, "c"));
         // Let the start settle (the worker observes once more after acting).
@@ -776,18 +465,21 @@ fn removing_a_manifest_leaves_no_sandbox_container_or_cgroup() {
     node.write_manifest("gone.yaml", &sleeping_pod("gone"));
     let p = node.wait_pod("gone", "running", |p| running(p, "c"));
     let uid = uid(&p);
-    assert!(
-        !node.runtime_ids(&uid).1.is_empty(),
-        "the runtime has the container"
+    let (sandboxes, containers) = node.runtime_ids(&uid);
+    assert_eq!(
+        (sandboxes.len(), containers.len()),
+        (1, 1),
+        "the runtime has the sandbox and the container"
     );
     let cgroup =
         find_pod_cgroup(&node.ctd.cgroup_parent, &uid).expect("a pod cgroup exists while it runs");
 
     node.remove_manifest("gone.yaml");
     node.wait_until("the pod to leave /pods", |n| n.pod("gone").is_none());
-    node.wait_until("the runtime to forget the pod", |n| {
-        n.runtime_ids(&uid).1.is_empty()
-    });
+    node.wait_until(
+        "the runtime to forget the pod's sandbox and container",
+        |n| n.runtime_ids(&uid) == (Vec::new(), Vec::new()),
+    );
     assert!(
         !cgroup.exists(),
         "pod cgroup {} still exists",
@@ -872,12 +564,21 @@ fn sigterm_stops_the_agent_and_leaves_pods_running() {
     node.write_manifest("stay.yaml", &sleeping_pod("stay"));
     let p = node.wait_pod("stay", "running", |p| running(p, "c"));
     let uid = uid(&p);
-    node.kill_agent(libc::SIGTERM);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        !node.runtime_ids(&uid).1.is_empty(),
-        "the container outlives the agent"
+    let (sandboxes, containers) = node.runtime_ids(&uid);
+    assert_eq!(
+        (sandboxes.len(), containers.len()),
+        (1, 1),
+        "one sandbox, one container"
     );
+    node.kill_agent(libc::SIGTERM);
+    // The agent has exited: whatever it did on the way out is done.
+    for id in sandboxes.iter().chain(&containers) {
+        assert_eq!(
+            node.task_status(id).as_deref(),
+            Some("RUNNING"),
+            "{id} still runs after the agent stopped"
+        );
+    }
 }
 
 #[test]
@@ -989,12 +690,12 @@ fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
     // kubepods gets 400 MiB (capacity minus systemReserved); with evictionHard
     // memory.available<100Mi, eviction starts when the pods use 300 MiB.
     let reserved_mib = mem_total() / (1 << 20) - 400;
-    let node = Node::start_with(
-        "event",
-        format!(
+    let node = Node::start_with(NodeConfig {
+        kubelet_extra: format!(
             "systemReserved: {{memory: {reserved_mib}Mi}}\nevictionHard: {{memory.available: 100Mi}}\n"
         ),
-    );
+        ..NodeConfig::pleg("event")
+    });
     let limit: u64 = std::fs::read_to_string(
         Path::new("/sys/fs/cgroup/memory")
             .join(node.ctd.cgroup_parent.trim_start_matches('/'))

@@ -6,226 +6,32 @@
 //! a pod's health through files in a hostPath directory (`/ctl` in the container), and
 //! records HTTP hooks with a small server of its own on 127.0.0.1.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bpflet_tests::{bpflet_bin, require_root};
+use bpflet_tests::node::{
+    IMAGE, Node, NodeConfig, WAIT, container_status, free_port, restarts, running, tail,
+};
 use serde_json::Value;
-use tempfile::TempDir;
-use xtask::containerd::PrivateContainerd;
 
-/// Upper bound for anything the agent must achieve; never a timing claim.
-const WAIT: Duration = Duration::from_secs(90);
-
-const IMAGE: &str = "bpflet.local/busybox:latest";
-
-/// A node: private containerd + bpflet. Field order matters: the agent stops first, then
-/// containerd tears every pod down, then the directory goes.
-struct Node {
-    agent: Option<Child>,
-    ctd: PrivateContainerd,
-    dir: TempDir,
-    port: u16,
+/// A node whose pods can mount `/ctl`, the host directory [`ctl`] names.
+fn start_node() -> Node {
+    let node = Node::start_with(NodeConfig {
+        dir_prefix: "bpflet-probes-",
+        ..NodeConfig::default()
+    });
+    std::fs::create_dir_all(ctl(&node)).expect("create ctl dir");
+    node
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
-}
-
-impl Node {
-    fn start() -> Self {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("bpflet-probes-")
-            .tempdir()
-            .expect("temp dir");
-        let ctd = PrivateContainerd::start(&dir.path().join("ctd"))
-            .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
-        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
-        std::fs::create_dir_all(dir.path().join("ctl")).unwrap();
-        let mut node = Node {
-            agent: None,
-            ctd,
-            dir,
-            port: free_port(),
-        };
-        node.start_agent();
-        node
-    }
-
-    fn manifests(&self) -> PathBuf {
-        self.dir.path().join("manifests")
-    }
-
-    /// The host side of every pod's `/ctl`.
-    fn ctl(&self) -> PathBuf {
-        self.dir.path().join("ctl")
-    }
-
-    fn start_agent(&mut self) {
-        let config = format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-staticPodPath: {manifests}
-fileCheckFrequency: 2s
-syncFrequency: 10s
-cgroupRoot: {cgroup_root}
-containerRuntimeEndpoint: unix://{socket}
-readOnlyPort: {port}
-address: 127.0.0.1
-healthzPort: 0
-",
-            manifests = self.manifests().display(),
-            cgroup_root = self.ctd.cgroup_parent,
-            socket = self.ctd.socket.display(),
-            port = self.port,
-        );
-        let config_path = self.dir.path().join("config.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
-        let child = Command::new(bpflet_bin())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--root-dir")
-            .arg(self.dir.path().join("root"))
-            .arg("--hostname-override")
-            .arg("testnode")
-            .arg("--v=2")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bpflet");
-        self.agent = Some(child);
-        self.wait_until("the agent to serve /pods", |n| n.try_pods().is_some());
-    }
-
-    fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn write_manifest(&self, file: &str, yaml: &str) {
-        let tmp = self.manifests().join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.manifests().join(file)).unwrap();
-    }
-
-    fn remove_manifest(&self, file: &str) {
-        std::fs::remove_file(self.manifests().join(file)).unwrap();
-    }
-
-    fn try_pods(&self) -> Option<Vec<Value>> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /pods HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        let body = buf.split_once("\r\n\r\n")?.1;
-        let list: Value = serde_json::from_str(body).ok()?;
-        assert_eq!(list["kind"], "PodList", "{list}");
-        list["items"].as_array().cloned()
-    }
-
-    /// The pod whose static name starts with `name-` (static pods get `-<node>` appended).
-    fn pod(&self, name: &str) -> Option<Value> {
-        let full = format!("{name}-testnode");
-        self.try_pods()?
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == full.as_str())
-    }
-
-    fn wait_until(&self, what: &str, cond: impl Fn(&Node) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if cond(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "timed out waiting for {what}\n--- agent log (tail) ---\n{}",
-            tail(&self.agent_log(), 60)
-        );
-    }
-
-    /// Waits until `pred` holds for pod `name` and returns it.
-    fn wait_pod(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(p) = self.pod(name) {
-                if pred(&p) {
-                    return p;
-                }
-                last = Some(p);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "pod {name}: timed out waiting for {what}; last seen:\n{:#}\n--- agent log (tail) ---\n{}",
-            last.unwrap_or(Value::Null),
-            tail(&self.agent_log(), 60)
-        );
-    }
-
-    /// Asserts that `pred` holds for pod `name` at every look during `period`.
-    fn holds_for(&self, name: &str, what: &str, period: Duration, pred: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + period;
-        while Instant::now() < deadline {
-            let p = self
-                .pod(name)
-                .unwrap_or_else(|| panic!("pod {name} is not listed"));
-            assert!(
-                pred(&p),
-                "pod {name}: expected {what} throughout; saw:\n{p:#}\n--- agent log (tail) ---\n{}",
-                tail(&self.agent_log(), 60)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", tail(&self.agent_log(), 200));
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
-    p["status"]["containerStatuses"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .unwrap_or(&Value::Null)
-}
-
-fn running(p: &Value, name: &str) -> bool {
-    !container_status(p, name)["state"]["running"].is_null()
-}
-
-fn restarts(p: &Value, name: &str) -> u64 {
-    container_status(p, name)["restartCount"]
-        .as_u64()
-        .unwrap_or(0)
+/// The host side of every pod's `/ctl`.
+fn ctl(node: &Node) -> PathBuf {
+    node.dir.path().join("ctl")
 }
 
 fn ready(p: &Value, name: &str) -> bool {
@@ -269,7 +75,7 @@ spec:
   - name: ctl
     hostPath: {{path: {ctl}, type: Directory}}
 ",
-        ctl = node.ctl().display()
+        ctl = ctl(node).display()
     )
 }
 
@@ -295,9 +101,9 @@ fn remove(path: &Path) {
 
 #[test]
 fn failing_liveness_probe_restarts_the_container() {
-    let node = Node::start();
+    let node = start_node();
     let port = free_port();
-    touch(&node.ctl().join("healthz"));
+    touch(&ctl(&node).join("healthz"));
     node.write_manifest(
         "live.yaml",
         &pod_yaml(
@@ -327,7 +133,7 @@ fn failing_liveness_probe_restarts_the_container() {
         |p| restarts(p, "web") == 0 && running(p, "web"),
     );
 
-    remove(&node.ctl().join("healthz"));
+    remove(&ctl(&node).join("healthz"));
     let p = node.wait_pod("live", "a restart after failed liveness", |p| {
         restarts(p, "web") >= 1
     });
@@ -340,7 +146,7 @@ fn failing_liveness_probe_restarts_the_container() {
         "the failure is logged"
     );
     assert!(
-        node.ctl().join("prestop-ran").exists(),
+        ctl(&node).join("prestop-ran").exists(),
         "a liveness kill runs the preStop hook first"
     );
     let log = node.agent_log();
@@ -352,9 +158,9 @@ fn failing_liveness_probe_restarts_the_container() {
 
 #[test]
 fn readiness_probe_flips_ready_both_ways() {
-    let node = Node::start();
+    let node = start_node();
     let port = free_port();
-    let flag = node.ctl().join("ready");
+    let flag = ctl(&node).join("ready");
     node.write_manifest(
         "ready.yaml",
         &pod_yaml(
@@ -394,7 +200,7 @@ fn readiness_probe_flips_ready_both_ways() {
 
 #[test]
 fn tcp_socket_readiness_follows_a_listener() {
-    let node = Node::start();
+    let node = start_node();
     let port = free_port();
     let containers = format!(
         "  - name: nc
@@ -415,13 +221,13 @@ fn tcp_socket_readiness_follows_a_listener() {
         Duration::from_secs(3),
         |p| !ready(p, "nc"),
     );
-    touch(&node.ctl().join("listen"));
+    touch(&ctl(&node).join("listen"));
     node.wait_pod("tcp", "Ready once nc listens", |p| pod_ready(p, "nc"));
 }
 
 #[test]
 fn startup_probe_holds_liveness_back() {
-    let node = Node::start();
+    let node = start_node();
     let containers = format!(
         "  - name: slow
     image: {IMAGE}
@@ -446,7 +252,7 @@ fn startup_probe_holds_liveness_back() {
         Duration::from_secs(6),
         |p| restarts(p, "slow") == 0 && container_status(p, "slow")["started"] != true,
     );
-    touch(&node.ctl().join("started"));
+    touch(&ctl(&node).join("started"));
     node.wait_pod("slow", "liveness kills it once started", |p| {
         restarts(p, "slow") >= 1
     });
@@ -454,7 +260,7 @@ fn startup_probe_holds_liveness_back() {
 
 #[test]
 fn exec_probe_that_outlives_its_timeout_fails() {
-    let node = Node::start();
+    let node = start_node();
     let containers = format!(
         "  - name: stuck
     image: {IMAGE}
@@ -558,7 +364,7 @@ impl Drop for Recorder {
 
 #[test]
 fn post_start_hooks_run_and_a_failed_one_kills_the_container() {
-    let node = Node::start();
+    let node = start_node();
     let recorder = Recorder::start(None);
     let containers = format!(
         "  - name: ok
@@ -582,7 +388,7 @@ fn post_start_hooks_run_and_a_failed_one_kills_the_container() {
         running(p, "ok") && running(p, "http")
     });
     assert_eq!(
-        std::fs::read_to_string(node.ctl().join("post-start")).unwrap_or_default(),
+        std::fs::read_to_string(ctl(&node).join("post-start")).unwrap_or_default(),
         "hooked\n",
         "the exec hook ran once"
     );
@@ -610,8 +416,8 @@ fn post_start_hooks_run_and_a_failed_one_kills_the_container() {
 
 #[test]
 fn http_pre_stop_hook_runs_before_sigterm() {
-    let node = Node::start();
-    let log = node.ctl().join("log");
+    let node = start_node();
+    let log = ctl(&node).join("log");
     let recorder = Recorder::start(Some(log.clone()));
     let containers = format!(
         "  - name: c

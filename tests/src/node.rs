@@ -1,0 +1,510 @@
+//! The one node harness of the root tests: a private containerd 1.6 with runc and the offline
+//! busybox image, plus the `bpflet` binary as a static-pod agent on it. Pod state is read from
+//! the agent's read-only API on 127.0.0.1; runtime state straight from containerd with `ctr`.
+//!
+//! Every wait is a wait for a condition, bounded by [`WAIT`]; on timeout the test panics with
+//! the tail of the agent's log.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use xtask::containerd::PrivateContainerd;
+
+use crate::{bpflet_bin, require_root};
+
+/// Upper bound for anything the agent must achieve; never a timing claim.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// The offline image every test pod runs.
+pub const IMAGE: &str = "bpflet.local/busybox:latest";
+
+/// How a [`Node`]'s agent is configured.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `plegMode` of the `BpfletConfiguration`.
+    pub pleg_mode: &'static str,
+    /// Extra `KubeletConfiguration` lines (each ending in a newline).
+    pub kubelet_extra: String,
+    /// Extra `BpfletConfiguration` lines.
+    pub bpflet_extra: String,
+    /// `syncFrequency`.
+    pub sync_frequency: &'static str,
+    /// `healthzPort` (0: off).
+    pub healthz_port: u16,
+    /// Extra command-line arguments for the agent.
+    pub args: Vec<String>,
+    /// Prefix of the node's temporary directory.
+    pub dir_prefix: &'static str,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            pleg_mode: "event",
+            kubelet_extra: String::new(),
+            bpflet_extra: String::new(),
+            sync_frequency: "10s",
+            healthz_port: 0,
+            args: Vec::new(),
+            dir_prefix: "bpflet-node-",
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The default configuration with `plegMode: mode`.
+    #[must_use]
+    pub fn pleg(mode: &'static str) -> Self {
+        Self {
+            pleg_mode: mode,
+            ..Self::default()
+        }
+    }
+}
+
+/// A node: private containerd + bpflet. Field order matters: the agent stops first, then
+/// containerd tears every pod down, then the directory goes.
+pub struct Node {
+    agent: Option<Child>,
+    pub ctd: PrivateContainerd,
+    pub dir: TempDir,
+    /// The read-only port on 127.0.0.1.
+    pub port: u16,
+    pub config: NodeConfig,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+#[must_use]
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("bound address").port()
+}
+
+impl Node {
+    /// A node in `plegMode: pleg_mode` with the default configuration.
+    #[must_use]
+    pub fn start(pleg_mode: &'static str) -> Self {
+        Self::start_with(NodeConfig::pleg(pleg_mode))
+    }
+
+    /// A node with `config`; returns once the agent serves `/pods`.
+    #[must_use]
+    pub fn start_with(config: NodeConfig) -> Self {
+        let mut node = Self::prepare(config);
+        node.start_agent();
+        node
+    }
+
+    /// Containerd and the directories, without the agent (see [`Self::start_agent`]).
+    #[must_use]
+    pub fn prepare(config: NodeConfig) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix(config.dir_prefix)
+            .tempdir()
+            .expect("temp dir");
+        let ctd = PrivateContainerd::start(&dir.path().join("ctd"))
+            .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
+        std::fs::create_dir_all(dir.path().join("manifests")).expect("create manifests dir");
+        Node {
+            agent: None,
+            ctd,
+            dir,
+            port: free_port(),
+            config,
+        }
+    }
+
+    /// The static pod directory.
+    #[must_use]
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    /// The agent's `--root-dir`.
+    #[must_use]
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The agent's configuration file.
+    #[must_use]
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// The configuration file `start_agent` writes.
+    #[must_use]
+    pub fn config_text(&self) -> String {
+        let c = &self.config;
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: {manifests}
+fileCheckFrequency: 2s
+syncFrequency: {sync}
+cgroupRoot: {cgroup_root}
+containerRuntimeEndpoint: unix://{socket}
+readOnlyPort: {port}
+address: 127.0.0.1
+healthzBindAddress: 127.0.0.1
+healthzPort: {healthz}
+{extra}---
+apiVersion: bpflet.io/v1alpha1
+kind: BpfletConfiguration
+plegMode: {pleg}
+{bpflet_extra}",
+            manifests = self.manifests().display(),
+            cgroup_root = self.ctd.cgroup_parent,
+            socket = self.ctd.socket.display(),
+            port = self.port,
+            healthz = c.healthz_port,
+            pleg = c.pleg_mode,
+            extra = c.kubelet_extra,
+            bpflet_extra = c.bpflet_extra,
+            sync = c.sync_frequency,
+        )
+    }
+
+    /// The agent's command line (without spawning it).
+    #[must_use]
+    pub fn agent_command(&self) -> Command {
+        let mut cmd = Command::new(bpflet_bin());
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("--root-dir")
+            .arg(self.root_dir())
+            .arg("--hostname-override")
+            .arg("testnode")
+            .arg("--v=2")
+            .args(&self.config.args);
+        cmd
+    }
+
+    /// Writes the configuration and starts the agent; returns once it serves `/pods`.
+    pub fn start_agent(&mut self) {
+        self.spawn_agent();
+        self.wait_until("the agent to serve /pods", |n| n.try_pods().is_some());
+    }
+
+    /// Writes the configuration and starts the agent without waiting for it.
+    pub fn spawn_agent(&mut self) {
+        std::fs::write(self.config_path(), self.config_text()).expect("write agent config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log_path())
+            .expect("open agent log");
+        let child = self
+            .agent_command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bpflet");
+        self.agent = Some(child);
+    }
+
+    /// The agent process, while it runs.
+    pub fn agent(&mut self) -> Option<&mut Child> {
+        self.agent.as_mut()
+    }
+
+    /// True while the agent process has not exited.
+    pub fn agent_alive(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    #[must_use]
+    pub fn agent_log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    #[must_use]
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.agent_log_path()).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the agent and waits for it to exit.
+    pub fn kill_agent(&mut self, signal: i32) {
+        if let Some(mut child) = self.agent.take() {
+            let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Writes a manifest atomically (a hidden temporary file renamed into place).
+    pub fn write_manifest(&self, file: &str, yaml: &str) {
+        let tmp = self.manifests().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests().join(file)).expect("rename manifest");
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifests().join(file)).expect("remove manifest");
+    }
+
+    /// The items of `GET /pods`, or `None` when the agent does not answer.
+    #[must_use]
+    pub fn try_pods(&self) -> Option<Vec<Value>> {
+        let list = self.get_json("/pods")?;
+        assert_eq!(list["kind"], "PodList", "{list}");
+        list["items"].as_array().cloned()
+    }
+
+    #[must_use]
+    pub fn get_json(&self, path: &str) -> Option<Value> {
+        serde_json::from_str(&self.get_text(path)?).ok()
+    }
+
+    /// The body of `GET path` on the read-only port.
+    #[must_use]
+    pub fn get_text(&self, path: &str) -> Option<String> {
+        http_get(self.port, path).map(|(_, body)| body)
+    }
+
+    /// Events the agent recorded about pod `uid` (from `/events`).
+    #[must_use]
+    pub fn events_of(&self, uid: &str) -> Vec<Value> {
+        let list = self.get_json("/events").unwrap_or(Value::Null);
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|e| e["involvedObject"]["uid"] == uid)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The pod whose static name is `name-testnode` (static pods get `-<node>` appended).
+    #[must_use]
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        let full = format!("{name}-testnode");
+        self.try_pods()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == full.as_str())
+    }
+
+    /// Waits until `cond` holds, panicking with the agent's log after [`WAIT`].
+    pub fn wait_until(&self, what: &str, cond: impl Fn(&Node) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}\n--- agent log (tail) ---\n{}",
+            tail(&self.agent_log(), 60)
+        );
+    }
+
+    /// Waits until `pred` holds for pod `name` and returns it.
+    pub fn wait_pod(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(p) = self.pod(name) {
+                if pred(&p) {
+                    return p;
+                }
+                last = Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "pod {name}: timed out waiting for {what}; last seen:\n{:#}\n--- agent log (tail) ---\n{}",
+            last.unwrap_or(Value::Null),
+            tail(&self.agent_log(), 60)
+        );
+    }
+
+    /// Panics if `pred` stops holding for pod `name` at any check during `period`.
+    pub fn holds_for(
+        &self,
+        name: &str,
+        what: &str,
+        period: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let end = Instant::now() + period;
+        while Instant::now() < end {
+            let p = self
+                .pod(name)
+                .unwrap_or_else(|| panic!("pod {name} vanished while {what} should hold"));
+            assert!(
+                pred(&p),
+                "pod {name}: {what} stopped holding:\n{p:#}\n--- agent log (tail) ---\n{}",
+                tail(&self.agent_log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `ctr -n k8s.io ARGS` against the node's containerd; its standard output.
+    #[must_use]
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.ctd.socket)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sandbox and container ids containerd has for pod `uid` (CRI's containers carry the
+    /// pod uid label and `io.cri-containerd.kind` = `sandbox` or `container`).
+    #[must_use]
+    pub fn runtime_ids(&self, uid: &str) -> (Vec<String>, Vec<String>) {
+        let ids = |kind: &str| -> Vec<String> {
+            let filter = format!(
+                "labels.\"io.kubernetes.pod.uid\"=={uid},labels.\"io.cri-containerd.kind\"=={kind}"
+            );
+            self.ctr(&["containers", "ls", "-q", &filter])
+                .lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty())
+                .collect()
+        };
+        (ids("sandbox"), ids("container"))
+    }
+
+    /// Every container (sandboxes included) containerd holds, in any state.
+    #[must_use]
+    pub fn all_runtime_containers(&self) -> Vec<String> {
+        self.ctr(&["containers", "ls", "-q"])
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The task status containerd reports for container `id` (`RUNNING`, `STOPPED`, ...),
+    /// `None` when it has no task.
+    #[must_use]
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        self.ctr(&["tasks", "ls"]).lines().skip(1).find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(id)).then(|| fields.nth(1).unwrap_or_default().to_owned())
+        })
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent(libc::SIGTERM);
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", tail(&self.agent_log(), 200));
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0): the status code and the body.
+#[must_use]
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// The last `n` lines of `s`.
+#[must_use]
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[must_use]
+pub fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// The status of container `name` (app containers), or `Null`.
+#[must_use]
+pub fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[must_use]
+pub fn running(p: &Value, name: &str) -> bool {
+    !container_status(p, name)["state"]["running"].is_null()
+}
+
+/// The waiting reason of container `name`, if it waits.
+#[must_use]
+pub fn waiting_reason<'a>(p: &'a Value, name: &str) -> Option<&'a str> {
+    container_status(p, name)["state"]["waiting"]["reason"].as_str()
+}
+
+#[must_use]
+pub fn restarts(p: &Value, name: &str) -> u64 {
+    container_status(p, name)["restartCount"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[must_use]
+pub fn uid(p: &Value) -> String {
+    p["metadata"]["uid"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A pod whose one container `c` sleeps for an hour, `restartPolicy: Always`.
+#[must_use]
+pub fn sleeping_pod(name: &str) -> String {
+    pod_yaml(
+        name,
+        "Always",
+        &format!("  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n"),
+    )
+}
+
+/// A host-network pod named `name` with `restartPolicy: policy` and the spec lines `body`
+/// (indented two spaces, under `spec:`).
+#[must_use]
+pub fn pod_yaml(name: &str, policy: &str, body: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  hostNetwork: true
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 2
+{body}"
+    )
+}
+
+/// True when `path` exists (without following a final symbolic link).
+#[must_use]
+pub fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}

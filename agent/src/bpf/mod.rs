@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use bpflet_common::{Config, DROP_SLOTS, MAX_WATCH_ROOTS, WatchRoot, feature};
@@ -178,7 +178,6 @@ pub struct LossCounters {
 pub struct KernelProbe {
     _ebpf: Ebpf,
     roots: Array<MapData, WatchRoot>,
-    pids: HashMap<MapData, u32, u32>,
     /// Optional tracepoints that could not be attached, with the reason.
     pub degraded: Vec<String>,
 }
@@ -251,11 +250,6 @@ pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
             map: "WATCH_ROOTS",
             source,
         })?;
-    let pids =
-        HashMap::try_from(take_map(&mut ebpf, "WATCH_PIDS")?).map_err(|source| BpfError::Map {
-            map: "WATCH_PIDS",
-            source,
-        })?;
 
     // Parsing vmlinux BTF peaks at tens of MiB of heap that is garbage by now; hand it back
     // to the kernel instead of keeping it resident for the agent's lifetime.
@@ -266,7 +260,6 @@ pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
     let mut probe = KernelProbe {
         _ebpf: ebpf,
         roots,
-        pids,
         degraded,
     };
     probe.set_roots(&spec.roots)?;
@@ -365,26 +358,6 @@ impl KernelProbe {
                 .map_err(map_err)?;
         }
         Ok(())
-    }
-
-    /// Reports this thread group's exits wherever it lives.
-    pub fn watch_pid(&mut self, tgid: u32) -> Result<(), BpfError> {
-        self.pids
-            .insert(tgid, 1, 0)
-            .map_err(|source| BpfError::Map {
-                map: "WATCH_PIDS",
-                source,
-            })
-    }
-
-    pub fn unwatch_pid(&mut self, tgid: u32) -> Result<(), BpfError> {
-        match self.pids.remove(&tgid) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(BpfError::Map {
-                map: "WATCH_PIDS",
-                source,
-            }),
-        }
     }
 }
 

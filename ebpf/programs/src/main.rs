@@ -27,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use bpflet_common::{
@@ -114,10 +114,6 @@ static WATCH_ROOTS: Array<WatchRoot> = Array::with_max_entries(MAX_WATCH_ROOTS, 
 /// CPUs may both wake the reader once; that only costs one extra wakeup.
 #[map]
 static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Thread groups the agent asked to hear about wherever they live.
-#[map]
-static WATCH_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Reclaim counters per memory cgroup, aggregated until the window ends.
 #[map]
@@ -232,12 +228,6 @@ fn watched(cgrp: Ptr) -> bool {
     false
 }
 
-#[inline(always)]
-fn pid_watched(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence.
-    unsafe { WATCH_PIDS.get(tgid) }.is_some()
-}
-
 // ---------------------------------------------------------------------------------------
 // Process exit: sched_process_exit(struct task_struct *p, bool group_dead)
 
@@ -276,7 +266,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), u32> {
     let task: Ptr = ctx.arg(0);
     let tgid: u32 = read(task, cfg!(task_tgid))?;
     let cgrp = task_cgroup(task)?;
-    if !watched(cgrp) && !pid_watched(tgid) {
+    if !watched(cgrp) {
         return Ok(());
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {

@@ -488,8 +488,8 @@ fn sub_path_escapes_are_refused() {
             "{sub_path}: {msg:?}"
         );
     }
-    // Refused when the container starts, before anything is mounted: what the volume
-    // holds then.
+    // Refused when the container starts, before anything is mounted (so this runs without
+    // root, and mounts nothing with it): what the volume holds then.
     let cases = [
         ("out", "out leads out of the volume"),
         ("out/x", "out leads out of the volume"),
@@ -497,10 +497,7 @@ fn sub_path_escapes_are_refused() {
     ];
     for (sub_path, expected) in cases {
         let msg = volumes
-            .pin_sub_paths(&app(vec![
-                sub_path_mount("cache", "fine"),
-                sub_path_mount("cache", sub_path),
-            ]))
+            .pin_sub_paths(&app(vec![sub_path_mount("cache", sub_path)]))
             .expect_err(sub_path)
             .to_string();
         assert!(

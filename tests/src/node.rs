@@ -409,9 +409,35 @@ plegMode: {pleg}
     }
 }
 
+impl Node {
+    /// Detaches every mount the agent left below its root directory (tmpfs volumes, pinned
+    /// subPaths), deepest first: a stopped agent leaves pods (and so their mounts) as they
+    /// are, and the directory is deleted next. Containers keep their own copies.
+    fn detach_agent_mounts(&self) {
+        let Ok(root) = std::fs::canonicalize(self.root_dir()) else {
+            return;
+        };
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // mountinfo field 5; the harness's temporary paths hold nothing it escapes.
+        let mut points: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = nix::mount::umount2(
+                &p,
+                nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+            );
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill_agent(libc::SIGTERM);
+        self.detach_agent_mounts();
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", tail(&self.agent_log(), 200));
         }

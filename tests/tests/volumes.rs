@@ -1,7 +1,8 @@
 //! Pod volumes against the real kernel (root): `emptyDir` with `medium: Memory` mounts a tmpfs,
-//! preparing again after an agent restart mounts nothing twice, and teardown unmounts (lazily
-//! when busy) and deletes. Every mount is made under a temporary directory the test created;
-//! a guard detaches whatever is left there if an assertion fails.
+//! preparing again after an agent restart mounts nothing twice, a `subPath` is pinned by a
+//! bind mount that a later swap cannot redirect, and teardown unmounts (lazily when busy) and
+//! deletes. Every mount is made under a temporary directory the test created; a guard
+//! detaches whatever is left there if an assertion fails.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -9,6 +10,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use bpflet::pods::manifest::parse_pod_manifest;
+use bpflet::pods::subpath::SUBPATHS_DIR;
 use bpflet::pods::volumes::{EMPTY_DIR_PLUGIN_DIR, PodVolumes, VolumeError, VolumeKind};
 use bpflet::pods::{ManifestOrigin, StaticPod};
 use bpflet_tests::require_root;
@@ -266,4 +268,164 @@ fn teardown_refuses_to_delete_below_a_foreign_mount() {
     PodVolumes::teardown("uid-foreign", pods.path()).expect("teardown after cleanup");
     assert_eq!(pods.mounts(), Vec::new());
     assert!(!pods.real.join("uid-foreign").exists());
+}
+
+/// A static pod whose container `app` mounts the emptyDir `shared` (`emptyDir: {empty_dir}`)
+/// twice: `subPath: d` at `/d` (`volumeMounts[0]`) and `subPath: conf/app.ini` at
+/// `/app.ini` (`volumeMounts[1]`).
+fn sub_path_pod(uid: &str, empty_dir: &str) -> StaticPod {
+    let manifest = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: sub
+  uid: {uid}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    volumeMounts:
+    - {{name: shared, mountPath: /d, subPath: d}}
+    - {{name: shared, mountPath: /app.ini, subPath: conf/app.ini}}
+  volumes:
+  - name: shared
+    emptyDir: {empty_dir}
+"
+    );
+    let origin = ManifestOrigin::File(PathBuf::from("/etc/bpflet/manifests/sub.yaml"));
+    parse_pod_manifest(manifest.as_bytes(), &origin, "node1", Timestamp::now())
+        .unwrap_or_else(|e| panic!("manifest {manifest}: {e}"))
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_pinned_sub_path_stays_on_the_checked_directory() {
+    require_root();
+    let pods = PodsDir::new();
+    let outside = tempfile::tempdir().expect("outside directory");
+    fs::write(outside.path().join("secret"), "host").expect("write");
+    let pod = sub_path_pod("uid-sub", "{}");
+    let app = &pod.pod.spec.as_ref().expect("spec").containers[0];
+    let volumes = PodVolumes::prepare(&pod.pod, pods.path()).expect("prepare");
+    let shared = volume_dir(&pods, "uid-sub", "shared");
+    fs::create_dir(shared.join("d")).expect("mkdir d");
+    fs::write(shared.join("d/inside"), "volume").expect("write");
+    fs::create_dir(shared.join("conf")).expect("mkdir conf");
+    fs::write(shared.join("conf/app.ini"), "ini").expect("write");
+
+    let pinned = volumes.pin_sub_paths(app).expect("pin");
+    let pins = pods
+        .real
+        .join("uid-sub")
+        .join(SUBPATHS_DIR)
+        .join("shared/app");
+    let (dir_point, file_point) = (pins.join("0"), pins.join("1"));
+    assert_eq!(pinned.get(0), Some(dir_point.as_path()));
+    assert_eq!(pinned.get(1), Some(file_point.as_path()));
+    let points: Vec<PathBuf> = pods.mounts().into_iter().map(|m| m.point).collect();
+    assert_eq!(
+        points,
+        [dir_point.clone(), file_point.clone()],
+        "one bind mount each"
+    );
+    assert_eq!(
+        names(&dir_point),
+        ["inside"],
+        "the directory that was checked"
+    );
+    assert_eq!(fs::read_to_string(&file_point).expect("read"), "ini");
+
+    // The container swaps `d` for a link to the host: the pinned mount does not follow.
+    fs::rename(shared.join("d"), shared.join("d.old")).expect("rename");
+    std::os::unix::fs::symlink(outside.path(), shared.join("d")).expect("symlink");
+    assert_eq!(names(&dir_point), ["inside"], "still the checked directory");
+    fs::write(dir_point.join("written"), "x").expect("write through the pin");
+    assert!(
+        shared.join("d.old/written").exists(),
+        "landed in the volume"
+    );
+    assert_eq!(
+        names(outside.path()),
+        ["secret"],
+        "nothing reached the host"
+    );
+
+    // The next start checks again and refuses; the earlier pin is left as it was.
+    let err = volumes
+        .pin_sub_paths(app)
+        .expect_err("a link out of the volume");
+    assert!(
+        matches!(&err, VolumeError::SubPath { reason, .. } if reason.contains("leads out of the volume")),
+        "{err}"
+    );
+    assert_eq!(names(outside.path()), ["secret"]);
+
+    // A fresh directory: pinned again, replacing the earlier mount, not stacking on it.
+    fs::remove_file(shared.join("d")).expect("remove link");
+    fs::create_dir(shared.join("d")).expect("mkdir d");
+    fs::write(shared.join("d/fresh"), "new").expect("write");
+    let again = volumes.pin_sub_paths(app).expect("pin again");
+    assert_eq!(again, pinned);
+    assert_eq!(
+        pods.mounts().len(),
+        2,
+        "replaced, not stacked: {:?}",
+        pods.mounts()
+    );
+    assert_eq!(names(&dir_point), ["fresh"]);
+
+    // An agent restart: preparing again keeps the pins.
+    assert_eq!(
+        PodVolumes::prepare(&pod.pod, pods.path()).expect("prepare again"),
+        volumes
+    );
+    assert_eq!(pods.mounts().len(), 2);
+
+    PodVolumes::teardown("uid-sub", pods.path()).expect("teardown");
+    assert_eq!(pods.mounts(), Vec::new(), "the pins are unmounted");
+    assert!(
+        !pods.real.join("uid-sub").exists(),
+        "the pod directory is gone"
+    );
+    assert_eq!(names(outside.path()), ["secret"], "the host is untouched");
+}
+
+#[test]
+fn missing_sub_paths_are_created_and_pinned_on_a_memory_volume() {
+    require_root();
+    let pods = PodsDir::new();
+    let pod = sub_path_pod("uid-mem-sub", "{medium: Memory, sizeLimit: 8Mi}");
+    let app = &pod.pod.spec.as_ref().expect("spec").containers[0];
+    let volumes = PodVolumes::prepare(&pod.pod, pods.path()).expect("prepare");
+    let pinned = volumes.pin_sub_paths(app).expect("pin");
+    let shared = volume_dir(&pods, "uid-mem-sub", "shared");
+    for created in ["d", "conf/app.ini"] {
+        assert!(
+            shared.join(created).is_dir(),
+            "{created} created as a directory inside the tmpfs"
+        );
+    }
+    let point = pinned.get(0).expect("pinned").to_owned();
+    fs::write(point.join("log"), "x").expect("write through the pin");
+    assert!(shared.join("d/log").exists(), "landed in the volume");
+    let mounts = pods.mounts();
+    assert_eq!(mounts.len(), 3, "the tmpfs and two pins: {mounts:?}");
+    assert_eq!(mounts[1].point, point);
+    assert!(
+        mounts.iter().all(|m| m.fstype == "tmpfs"),
+        "the pins are bind mounts of the tmpfs: {mounts:?}"
+    );
+
+    PodVolumes::teardown("uid-mem-sub", pods.path()).expect("teardown");
+    assert_eq!(pods.mounts(), Vec::new());
+    assert!(!pods.real.join("uid-mem-sub").exists());
 }

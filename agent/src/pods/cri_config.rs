@@ -36,7 +36,7 @@ use k8s_openapi::api::core::v1::{
 
 use super::labels::{self, LabelError};
 use super::qos::{container_resource_config, is_restartable_init_container, pod_resource_config};
-use super::volumes::PodVolumes;
+use super::volumes::{PodVolumes, SubPathMounts};
 use super::{format_pod, pod_uid};
 use crate::config::quantity::{QuantityValue, parse_quantity};
 use crate::runtime::api;
@@ -198,6 +198,9 @@ pub struct NodeAllocatable {
 pub struct ContainerContext<'a> {
     /// The pod's prepared volumes; `None`: none (a volume mount is then an error).
     pub volumes: Option<&'a PodVolumes>,
+    /// Where this container's `subPath` mounts are pinned
+    /// ([`PodVolumes::pin_sub_paths`]); `None`: none (a `subPath` is then an error).
+    pub sub_paths: Option<&'a SubPathMounts>,
     /// `spec.nodeName` when the pod does not set it.
     pub node_name: String,
     /// The sandbox's IPs, primary first; for a host-network pod, empty means the host's.
@@ -670,7 +673,7 @@ pub fn container_config(
         command: expand_all(&container.command),
         args: expand_all(&container.args),
         working_dir: container.working_dir.clone().unwrap_or_default(),
-        mounts: mounts(container, ctx.volumes, err)?,
+        mounts: mounts(container, ctx.volumes, ctx.sub_paths, err)?,
         envs,
         labels: labels::container_labels(pod, container),
         annotations,
@@ -693,21 +696,23 @@ pub fn container_config(
     })
 }
 
+/// The CRI mounts: a volume's node path, or for a `subPath` the mount point it is pinned on
+/// (never a path inside the volume, which a container could swap for a link).
 fn mounts(
     container: &Container,
     volumes: Option<&PodVolumes>,
+    sub_paths: Option<&SubPathMounts>,
     err: impl Fn(&str, String) -> ConfigBuildError,
 ) -> Result<Vec<api::Mount>, ConfigBuildError> {
     let mut out = Vec::new();
     for (i, m) in container.volume_mounts.iter().flatten().enumerate() {
         let field = format!("volumeMounts[{i}]");
-        let Some((volumes, volume_path)) = volumes.and_then(|v| Some((v, v.host_path(&m.name)?)))
-        else {
+        let Some(volume_path) = volumes.and_then(|v| v.host_path(&m.name)) else {
             return Err(err(&field, format!("volume {:?} was not prepared", m.name)));
         };
         let host_path = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             None => volume_path,
-            Some(sub_path) => volumes.sub_path(&m.name, sub_path).ok_or_else(|| {
+            Some(sub_path) => sub_paths.and_then(|s| s.get(i)).ok_or_else(|| {
                 err(
                     &format!("{field}.subPath"),
                     format!("{sub_path:?} of volume {:?} was not prepared", m.name),

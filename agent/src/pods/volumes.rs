@@ -17,19 +17,21 @@
 //!   The path must be absolute and free of `..`. Symbolic links are followed, as a bind
 //!   mount would.
 //! - A volume without any source is an `emptyDir` (the API server's default).
-//! - `subPath` of a volume mount: resolved inside the volume when the volumes are
-//!   prepared, missing directories created with the volume's mode; a symbolic link that
-//!   leads out of the volume is refused. `subPathExpr` is not supported.
+//! - `subPath` of a volume mount: [`PodVolumes::prepare`] only checks that it is relative,
+//!   without `..`, and names a volume of the pod (`subPathExpr` is not supported). Just
+//!   before each container start, [`PodVolumes::pin_sub_paths`] opens it beneath the
+//!   volume root (missing directories created with the root's mode; symbolic links
+//!   followed only while they stay inside the volume) and bind-mounts what it opened onto
+//!   `<pods_dir>/<uid>/volume-subpaths/<volume>/<container>/<index>`, the path the runtime
+//!   gets; see [`super::subpath`]. A container that swaps the subPath for a link to a host
+//!   path after the check cannot redirect that mount. A refused subPath is logged as a
+//!   warning and fails that container's start.
 //!
 //! [`PodVolumes::prepare`] is idempotent: after an agent restart it finds the directories
 //! and, through `/proc/self/mountinfo`, the tmpfs mounts it made before. Call it on every
-//! sync. [`PodVolumes::teardown`] unmounts the tmpfs volumes and deletes the pod's
-//! directory without following symbolic links out of it; hostPath sources live outside it
-//! and are never deleted.
-//!
-//! Known gap: a container that swaps a `subPath` directory for a symbolic link between
-//! [`PodVolumes::prepare`] and the runtime's bind mount can still escape; upstream closes
-//! that by bind-mounting an `O_PATH` descriptor of the resolved directory.
+//! sync. [`PodVolumes::teardown`] unmounts the pinned subPaths and the tmpfs volumes and
+//! deletes the pod's directory without following symbolic links out of it; hostPath
+//! sources live outside it and are never deleted.
 
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
@@ -120,7 +122,15 @@ pub enum VolumeError {
         #[source]
         source: Errno,
     },
-    #[error("{} is still mounted (not a tmpfs volume of the agent's); not deleting {}", mount_point.display(), pod_dir.display())]
+    #[error("cannot bind-mount a subPath onto {}", mount_point.display())]
+    Pin {
+        mount_point: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("{name:?} cannot name a subPath mount point: must be one non-empty path component")]
+    PinName { name: String },
+    #[error("{} is still mounted (not a tmpfs volume or a pinned subPath of the agent's); not deleting {}", mount_point.display(), pod_dir.display())]
     StillMounted {
         pod_dir: PathBuf,
         mount_point: PathBuf,
@@ -157,15 +167,34 @@ pub struct PreparedVolume {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodVolumes {
     uid: String,
+    /// The pod as errors name it.
+    pod: String,
     pod_dir: PathBuf,
     volumes: BTreeMap<String, PreparedVolume>,
-    /// (volume name, subPath as written) -> the resolved directory or file on the node.
-    sub_paths: BTreeMap<(String, String), PathBuf>,
+}
+
+/// Where the `subPath` mounts of one container are pinned: the mount point the runtime
+/// mounts, by the mount's index in the container's `volumeMounts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubPathMounts(BTreeMap<usize, PathBuf>);
+
+impl SubPathMounts {
+    /// The mount point of `volumeMounts[index]`, if it has a pinned subPath.
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<&Path> {
+        self.0.get(&index).map(PathBuf::as_path)
+    }
+}
+
+impl FromIterator<(usize, PathBuf)> for SubPathMounts {
+    fn from_iter<I: IntoIterator<Item = (usize, PathBuf)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
 }
 
 impl PodVolumes {
     /// Creates (or finds again) every volume of `pod` under `pods_dir` (`<root-dir>/pods`),
-    /// and resolves the `subPath`s its containers mount.
+    /// and checks the `subPath`s its containers mount (see [`Self::pin_sub_paths`]).
     ///
     /// # Errors
     /// [`VolumeError`] naming the pod and volume for a spec this agent cannot serve, a
@@ -225,12 +254,12 @@ impl PodVolumes {
             };
             prepared.insert(volume.name.clone(), prepared_volume);
         }
-        let sub_paths = resolve_sub_paths(pod, &pod_name, &prepared)?;
+        check_sub_paths(pod, &pod_name, &prepared)?;
         Ok(Self {
             uid: uid.to_owned(),
+            pod: pod_name,
             pod_dir,
             volumes: prepared,
-            sub_paths,
         })
     }
 
@@ -252,13 +281,41 @@ impl PodVolumes {
         self.volumes.get(volume_name).map(|v| v.path.as_path())
     }
 
-    /// The resolved node path of `sub_path` (as written in the volume mount) inside
-    /// `volume_name`; `None` unless [`Self::prepare`] resolved it.
-    #[must_use]
-    pub fn sub_path(&self, volume_name: &str, sub_path: &str) -> Option<&Path> {
-        self.sub_paths
-            .get(&(volume_name.to_owned(), sub_path.to_owned()))
-            .map(PathBuf::as_path)
+    /// Opens every `subPath` that `container` mounts beneath its volume and bind-mounts it
+    /// onto the container's mount point for it (replacing the mount of an earlier start);
+    /// see [`super::subpath`]. Call it just before creating the container, and hand the
+    /// result to the runtime config. A refusal is logged as a warning.
+    ///
+    /// # Errors
+    /// [`VolumeError::SubPath`] naming pod, container, volume, subPath and the reason for a
+    /// subPath that leads out of its volume (or through something not a directory); other
+    /// [`VolumeError`]s for file-system and mount failures.
+    pub fn pin_sub_paths(&self, container: &Container) -> Result<SubPathMounts, VolumeError> {
+        let mut pinned = BTreeMap::new();
+        for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
+            let Some(sub_path) = m.sub_path.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let refuse = |reason: String| {
+                let e = VolumeError::SubPath {
+                    pod: self.pod.clone(),
+                    container: container.name.clone(),
+                    volume: m.name.clone(),
+                    sub_path: sub_path.to_owned(),
+                    reason,
+                };
+                tracing::warn!(error = %e, "refusing a subPath");
+                e
+            };
+            let Some(volume) = self.volumes.get(&m.name) else {
+                return Err(refuse("no volume of that name in the pod".to_owned()));
+            };
+            let opened = super::subpath::open_beneath(&volume.path, sub_path, &refuse)?;
+            let mount_point =
+                super::subpath::pin(&opened, &self.pod_dir, &m.name, &container.name, index)?;
+            pinned.insert(index, mount_point);
+        }
+        Ok(SubPathMounts(pinned))
     }
 
     /// The prepared volumes, by name.
@@ -266,9 +323,10 @@ impl PodVolumes {
         self.volumes.values()
     }
 
-    /// Unmounts the pod's tmpfs volumes (lazily, with a warning, when busy) and deletes
-    /// `<pods_dir>/<uid>`. Symbolic links inside are removed, never followed. If anything
-    /// else is still mounted below the pod's directory, nothing is deleted. A pod without a
+    /// Unmounts the pod's pinned subPaths and tmpfs volumes (deepest first; lazily, with a
+    /// warning, when busy) and deletes `<pods_dir>/<uid>`. Symbolic links inside are
+    /// removed, never followed. If anything else is still mounted below the pod's
+    /// directory, nothing is unmounted or deleted. A pod without a
     /// directory is not an error.
     ///
     /// # Errors
@@ -286,6 +344,7 @@ impl PodVolumes {
         }
         let real_dir = fs::canonicalize(&pod_dir).map_err(io_err("resolve", &pod_dir))?;
         let empty_dirs = real_dir.join("volumes").join(EMPTY_DIR_PLUGIN_DIR);
+        let pins = real_dir.join(super::subpath::SUBPATHS_DIR);
         let mut below: Vec<MountEntry> = read_mounts()?
             .into_iter()
             .filter(|m| m.mount_point.starts_with(&real_dir))
@@ -294,8 +353,9 @@ impl PodVolumes {
         below.reverse();
         below.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
         for mount in &below {
-            let ours =
-                mount.fstype == "tmpfs" && mount.mount_point.parent() == Some(empty_dirs.as_path());
+            let ours = mount.mount_point.starts_with(&pins)
+                || (mount.fstype == "tmpfs"
+                    && mount.mount_point.parent() == Some(empty_dirs.as_path()));
             if !ours {
                 return Err(VolumeError::StillMounted {
                     pod_dir,
@@ -581,12 +641,13 @@ fn pod_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     })
 }
 
-fn resolve_sub_paths(
+/// Checks what can be checked before a container starts: every `subPath` is relative,
+/// without `..`, and names a volume of the pod; `subPathExpr` is refused.
+fn check_sub_paths(
     pod: &Pod,
     pod_name: &str,
     volumes: &BTreeMap<String, PreparedVolume>,
-) -> Result<BTreeMap<(String, String), PathBuf>, VolumeError> {
-    let mut resolved = BTreeMap::new();
+) -> Result<(), VolumeError> {
     for c in pod_containers(pod) {
         for m in c.volume_mounts.iter().flatten() {
             let err = |sub_path: &str, reason: String| VolumeError::SubPath {
@@ -602,82 +663,35 @@ fn resolve_sub_paths(
             let Some(sub_path) = m.sub_path.as_deref().filter(|s| !s.is_empty()) else {
                 continue;
             };
-            let key = (m.name.clone(), sub_path.to_owned());
-            if resolved.contains_key(&key) {
-                continue;
-            }
-            let Some(volume) = volumes.get(&m.name) else {
+            if !volumes.contains_key(&m.name) {
                 return Err(err(
                     sub_path,
                     "no volume of that name in the pod".to_owned(),
                 ));
-            };
-            let path = resolve_sub_path(&volume.path, sub_path, |reason| err(sub_path, reason))?;
-            resolved.insert(key, path);
+            }
+            super::subpath::components(sub_path).map_err(|reason| err(sub_path, reason))?;
         }
     }
-    Ok(resolved)
-}
-
-/// Walks `sub_path` inside `root`, creating missing directories with `root`'s mode and
-/// refusing symbolic links that lead out of `root`. Returns the resolved path.
-fn resolve_sub_path(
-    root: &Path,
-    sub_path: &str,
-    refuse: impl Fn(String) -> VolumeError,
-) -> Result<PathBuf, VolumeError> {
-    let parts: Vec<_> = Path::new(sub_path)
-        .components()
-        .filter(|c| *c != Component::CurDir)
-        .collect();
-    if parts.is_empty() || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(refuse(
-            "must be a relative path inside the volume, without \"..\"".to_owned(),
-        ));
-    }
-    let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
-    let mode = fs::metadata(&root)
-        .map_err(io_err("inspect", &root))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    let mut current = root.clone();
-    for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        let next = current.join(part);
-        match fs::symlink_metadata(&next) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                ensure_dir(&next, mode)?;
-                current = next;
-            }
-            Err(e) => return Err(io_err("inspect", &next)(e)),
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::canonicalize(&next).map_err(io_err("resolve", &next))?;
-                if !target.starts_with(&root) {
-                    return Err(refuse(format!(
-                        "{} is a symbolic link leading out of the volume",
-                        next.display()
-                    )));
-                }
-                current = target;
-            }
-            Ok(meta) if meta.is_dir() || last => current = next,
-            Ok(meta) => {
-                return Err(refuse(format!(
-                    "{} is {}, not a directory",
-                    next.display(),
-                    describe(meta.file_type())
-                )));
-            }
-        }
-    }
-    Ok(current)
+    Ok(())
 }
 
 fn read_mounts() -> Result<Vec<MountEntry>, VolumeError> {
     let path = Path::new(MOUNTINFO_PATH);
     let text = fs::read(path).map_err(io_err("read", path))?;
     Ok(crate::mountinfo::parse(&text))
+}
+
+/// Unmounts every mount stacked on `mount_point` (a canonical path), as mountinfo lists
+/// them, without following a symbolic link.
+pub(super) fn unmount_all_at(mount_point: &Path) -> Result<(), VolumeError> {
+    let stacked = read_mounts()?
+        .into_iter()
+        .filter(|m| m.mount_point == mount_point)
+        .count();
+    for _ in 0..stacked {
+        unmount(mount_point)?;
+    }
+    Ok(())
 }
 
 /// Unmounts without following a symbolic link; detaches lazily, with a warning, when busy.
@@ -687,7 +701,7 @@ fn unmount(path: &Path) -> Result<(), VolumeError> {
         Err(Errno::EBUSY) => {
             tracing::warn!(
                 path = %path.display(),
-                "tmpfs volume is busy; detaching it lazily"
+                "mount is busy; detaching it lazily"
             );
             nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH).map_err(
                 |source| VolumeError::Unmount {

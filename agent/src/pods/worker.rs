@@ -656,8 +656,23 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             pod: name.clone(),
             source,
         };
+        // Pinned now, just before the runtime mounts them: see `pods::subpath`.
+        let sub_paths = volumes.pin_sub_paths(container).map_err(|source| {
+            ctx.store.events().record(
+                &Subject::Pod(pod),
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {source}"),
+                &ctx.node_name,
+            );
+            SyncError::Volume {
+                pod: name.clone(),
+                source,
+            }
+        })?;
         let cctx = ContainerContext {
             volumes: Some(volumes),
+            sub_paths: Some(&sub_paths),
             node_name: ctx.node_name.clone(),
             pod_ips: sandbox.pod_ips.clone(),
             host_ips: ctx.node_ips.iter().map(ToString::to_string).collect(),

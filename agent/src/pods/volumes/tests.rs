@@ -426,7 +426,7 @@ fn invalid_names_and_uids() {
 }
 
 #[test]
-fn sub_paths_are_created_inside_the_volume() {
+fn prepare_checks_sub_paths_without_touching_the_volume() {
     let pods = tempfile::tempdir().expect("tempdir");
     let p = pod(
         vec![empty_dir("cache")],
@@ -436,41 +436,25 @@ fn sub_paths_are_created_inside_the_volume() {
         ],
     );
     let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
-    let root = fs::canonicalize(volumes.host_path("cache").expect("cache")).expect("canonical");
-    let resolved = volumes.sub_path("cache", "logs/app").expect("resolved");
-    assert_eq!(resolved, root.join("logs/app"));
-    assert_eq!(mode(resolved), 0o777, "created with the volume's mode");
-    assert_eq!(volumes.sub_path("cache", "./logs/app"), Some(resolved));
-    assert_eq!(volumes.sub_path("cache", "other"), None);
+    let root = volumes.host_path("cache").expect("cache");
+    assert!(
+        !root.join("logs").exists(),
+        "subPaths are opened (and created) only when a container starts"
+    );
+    assert!(
+        !volumes
+            .pod_dir()
+            .join(crate::pods::subpath::SUBPATHS_DIR)
+            .exists()
+    );
 }
 
-#[test]
-fn sub_path_may_name_a_file_or_an_inner_link() {
-    let pods = tempfile::tempdir().expect("tempdir");
-    let p = pod(vec![empty_dir("cache")], vec![]);
-    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
-    let root = fs::canonicalize(volumes.host_path("cache").expect("cache")).expect("canonical");
-    fs::create_dir(root.join("real")).expect("mkdir");
-    fs::write(root.join("real/config"), "x").expect("write");
-    symlink("real", root.join("alias")).expect("symlink");
-
-    let p = pod(
-        vec![empty_dir("cache")],
-        vec![
-            sub_path_mount("cache", "real/config"),
-            sub_path_mount("cache", "alias/new"),
-        ],
-    );
-    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
-    assert_eq!(
-        volumes.sub_path("cache", "real/config"),
-        Some(root.join("real/config").as_path())
-    );
-    assert_eq!(
-        volumes.sub_path("cache", "alias/new"),
-        Some(root.join("real/new").as_path())
-    );
-    assert!(root.join("real/new").is_dir());
+fn app(mounts: Vec<VolumeMount>) -> Container {
+    Container {
+        name: "app".to_owned(),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
 }
 
 #[test]
@@ -482,32 +466,48 @@ fn sub_path_escapes_are_refused() {
     let root = volumes.host_path("cache").expect("cache").to_owned();
     symlink(outside.path(), root.join("out")).expect("symlink");
     fs::write(root.join("file"), "x").expect("write");
+    let prefix = |sub_path: &str| {
+        format!(
+            "pod web-node1_default(uid-1): container \"app\": volume mount \"cache\": \
+             subPath {sub_path:?}: "
+        )
+    };
 
-    let cases = [
-        ("../../etc", "must be a relative path inside the volume"),
-        ("/etc", "must be a relative path inside the volume"),
-        ("a/../../b", "must be a relative path inside the volume"),
-        ("out", "is a symbolic link leading out of the volume"),
-        ("out/x", "is a symbolic link leading out of the volume"),
-        ("file/x", "is a regular file, not a directory"),
-    ];
-    for (sub_path, expected) in cases {
+    // Refused by prepare: the spec alone says it.
+    for sub_path in ["../../etc", "/etc", "a/../../b"] {
         let p = pod(
             vec![empty_dir("cache")],
             vec![sub_path_mount("cache", sub_path)],
         );
-        let err = PodVolumes::prepare(&p, pods.path()).expect_err(sub_path);
-        let msg = err.to_string();
+        let msg = PodVolumes::prepare(&p, pods.path())
+            .expect_err(sub_path)
+            .to_string();
         assert!(
-            msg.starts_with(&format!(
-                "pod web-node1_default(uid-1): container \"app\": volume mount \"cache\": \
-                 subPath {sub_path:?}: "
-            )) && msg.contains(expected),
+            msg.starts_with(&prefix(sub_path))
+                && msg.contains("must be a relative path inside the volume"),
+            "{sub_path}: {msg:?}"
+        );
+    }
+    // Refused when the container starts, before anything is mounted (so this runs without
+    // root, and mounts nothing with it): what the volume holds then.
+    let cases = [
+        ("out", "out leads out of the volume"),
+        ("out/x", "out leads out of the volume"),
+        ("file/x", "file is not a directory"),
+    ];
+    for (sub_path, expected) in cases {
+        let msg = volumes
+            .pin_sub_paths(&app(vec![sub_path_mount("cache", sub_path)]))
+            .expect_err(sub_path)
+            .to_string();
+        assert!(
+            msg.starts_with(&prefix(sub_path)) && msg.contains(expected),
             "{sub_path}: {msg:?} lacks {expected:?}"
         );
     }
-    assert!(
-        !outside.path().join("x").exists(),
+    assert_eq!(
+        fs::read_dir(outside.path()).expect("read").count(),
+        0,
         "nothing created outside"
     );
 
@@ -530,6 +530,34 @@ fn sub_path_escapes_are_refused() {
             .ends_with("no volume of that name in the pod"),
         "{err}"
     );
+    let err = volumes
+        .pin_sub_paths(&app(vec![sub_path_mount("ghost", "x")]))
+        .expect_err("unknown volume at start");
+    assert!(
+        err.to_string()
+            .ends_with("no volume of that name in the pod"),
+        "{err}"
+    );
+}
+
+#[test]
+fn containers_without_sub_paths_pin_nothing() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let p = pod(vec![empty_dir("cache")], vec![]);
+    let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
+    let plain = VolumeMount {
+        name: "cache".to_owned(),
+        mount_path: "/cache".to_owned(),
+        ..VolumeMount::default()
+    };
+    let pinned = volumes.pin_sub_paths(&app(vec![plain])).expect("pin");
+    assert_eq!(pinned, SubPathMounts::default());
+    assert!(
+        !volumes
+            .pod_dir()
+            .join(crate::pods::subpath::SUBPATHS_DIR)
+            .exists()
+    );
 }
 
 #[test]
@@ -543,6 +571,7 @@ fn teardown_removes_everything_and_spares_host_paths() {
     );
     let volumes = PodVolumes::prepare(&p, pods.path()).expect("prepare");
     let cache = volumes.host_path("cache").expect("cache").to_owned();
+    fs::create_dir_all(cache.join("deep/er")).expect("mkdir");
     fs::write(cache.join("deep/er/file"), "x").expect("write");
     // A container left links to the host path and to the host's root: not followed.
     symlink(host.path(), cache.join("to-host")).expect("symlink");

@@ -518,11 +518,27 @@ pub struct ServeBody {
 }
 
 impl ServeBody {
-    /// Starts serving `body`.
+    /// Starts serving `body` on a free port.
     #[must_use]
     pub fn start(body: &[u8]) -> Self {
+        Self::start_on(0, body)
+    }
+
+    /// Starts serving `body` on `port` (0: a free one), waiting (up to [`WAIT`]) for a
+    /// previous server on it to let go.
+    #[must_use]
+    pub fn start_on(port: u16, body: &[u8]) -> Self {
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let deadline = Instant::now() + WAIT;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+            }
+        };
         let port = listener.local_addr().expect("bound address").port();
         let shared = std::sync::Arc::new(std::sync::Mutex::new(body.to_vec()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -272,6 +272,110 @@ fn unreadable_manifest_dir_keeps_pods_until_it_returns() {
     });
 }
 
+/// File-descriptor exhaustion (EMFILE) makes the manifest directory unlistable: the pods
+/// stay (same container, task running) and the agent takes the directory up again once it
+/// has descriptors. The agent's soft `RLIMIT_NOFILE` is lowered to 1 from outside, so every
+/// new descriptor fails while the ones it holds keep working; pod state is read with `ctr`
+/// meanwhile (the agent cannot accept connections either).
+#[test]
+fn fd_exhaustion_keeps_pods() {
+    let mut node = Node::start_with(config(NodeConfig::default()));
+    node.write_manifest("keep.yaml", &sleeping_pod("keep"));
+    let pod = node.wait_pod("keep", "running", |p| running(p, "c"));
+    let pod_uid = uid(&pod);
+    let before = container_id(&node, "keep");
+    let pid = libc::pid_t::try_from(node.agent().expect("agent").id()).expect("pid");
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child with valid pointers.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "read the agent's RLIMIT_NOFILE");
+    let starved = libc::rlimit {
+        rlim_cur: 1,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &starved, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "lower the agent's RLIMIT_NOFILE");
+    // A change in the directory makes the agent look (and fail to open it).
+    std::fs::write(node.manifests().join(".poke"), "").expect("poke the directory");
+    node.wait_until("the agent to fail to list the directory", |n| {
+        !log_lines(n, "cannot read the static pod path; keeping its pods").is_empty()
+            || n.runtime_ids(&pod_uid).1.is_empty()
+    });
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        assert_eq!(
+            node.task_status(&before).as_deref(),
+            Some("RUNNING"),
+            "keep's container stopped while the agent had no descriptors\n{}",
+            tail(&node.agent_log(), 40)
+        );
+        assert_eq!(node.runtime_ids(&pod_uid).1, vec![before.clone()]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "restore the agent's RLIMIT_NOFILE");
+    node.write_manifest("new.yaml", &sleeping_pod("new"));
+    node.wait_pod("new", "running", |p| running(p, "c"));
+    assert_eq!(container_id(&node, "keep"), before, "keep was restarted");
+    assert!(
+        log_lines(&node, "static pod path readable again").len() == 1,
+        "the recovery is logged"
+    );
+}
+
+/// A `--manifest-url` that fails (garbage, then nobody listening) says nothing about its
+/// pods: they keep running, untouched, and follow the URL again once it serves pods.
+#[test]
+fn unusable_manifest_url_keeps_its_pods() {
+    let server = ServeBody::start(sleeping_pod("remote").as_bytes());
+    let port = server.port;
+    let mut cfg = config(NodeConfig {
+        kubelet_extra: "httpCheckFrequency: 1s\n".to_owned(),
+        ..NodeConfig::default()
+    });
+    cfg.args
+        .extend(["--manifest-url".to_owned(), server.url("/pods")]);
+    let node = Node::start_with(cfg);
+    node.wait_pod("remote", "running", |p| running(p, "c"));
+    let before = container_id(&node, "remote");
+
+    server.set(b"kind: [");
+    node.wait_until("the agent to find the body unusable", |n| {
+        !log_lines(n, "cannot use the manifest URL; keeping its pods").is_empty()
+            || n.pod("remote").is_none()
+    });
+    let same = |p: &Value| {
+        running(p, "c")
+            && container_status(p, "c")["containerID"]
+                .as_str()
+                .is_some_and(|id| id.ends_with(&before))
+    };
+    node.holds_for(
+        "remote",
+        "running with the same container",
+        Duration::from_secs(4),
+        same,
+    );
+    drop(server);
+    node.holds_for(
+        "remote",
+        "running with the same container",
+        Duration::from_secs(4),
+        same,
+    );
+    assert_eq!(node.task_status(&before).as_deref(), Some("RUNNING"));
+
+    // Back, without the pod: it goes.
+    let server = ServeBody::start_on(port, b"");
+    node.wait_until("remote to be removed", |n| n.pod("remote").is_none());
+    drop(server);
+}
+
 /// Manifests built to exhaust the parser (deep flow nesting, which costs the YAML scanner
 /// quadratic time, deep block nesting, and sheer size) are refused with errors naming the
 /// file and the limit, while the healthz port answers, other pods run, a good manifest

@@ -702,8 +702,8 @@ impl FileSource {
                             }
                         }
                     } else {
-                        // The stream broke (or the directory went away): rewatch on the next
-                        // rescan.
+                        // The stream broke (or the directory went away): rewatched after
+                        // the next scan.
                         events = None;
                     }
                 }

@@ -654,3 +654,41 @@ fn outage_is_logged_at_once_then_every_period() {
         "a new outage logs at once"
     );
 }
+
+/// A `--manifest-url` body over the limit is refused whether its length is announced or
+/// not (read until the limit, then dropped), and the fetch fails as a whole: pods unknown.
+#[tokio::test]
+async fn http_bodies_over_the_limit_are_refused() {
+    let too_big = "#".repeat(usize::try_from(MAX_MANIFEST_BYTES).expect("fits") + 1);
+    let announced = serve(vec![(200, too_big.clone())]).await;
+    // No Content-Length: the body ends when the server closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let streamed = format!("http://{}/pods", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut request = vec![0; 4096];
+        let _ = stream.read(&mut request).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .await;
+        let _ = stream.write_all(too_big.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+    for url in [announced, streamed] {
+        let mut source = HttpSource::new(
+            url.clone(),
+            NODE.to_owned(),
+            Duration::from_secs(20),
+            Duration::from_secs(5),
+        );
+        let err = source.fetch_once(now()).await.expect_err("too large");
+        assert_eq!(
+            error_text(&err),
+            format!("{url}: cannot fetch: the body is larger than the limit of 3145728 bytes")
+        );
+    }
+}

@@ -743,8 +743,9 @@ mod depth {
         }
         let mut parser = Parser(parser);
         // SAFETY: initialized; `data` outlives the parser (dropped at the end of this
-        // function) and the length is its own.
+        // function) and the length is its own. UTF-8, as yaml_serde reads it.
         unsafe {
+            sys::yaml_parser_set_encoding(parser.0.as_mut_ptr(), sys::YAML_UTF8_ENCODING);
             sys::yaml_parser_set_input_string(
                 parser.0.as_mut_ptr(),
                 data.as_ptr(),

@@ -11,10 +11,12 @@
 //! Limits (upstream has none; a node agent reading files anyone with write access to the
 //! manifest directory or URL controls should): a manifest is at most [`MAX_MANIFEST_BYTES`]
 //! (3 MiB, the API server's request size limit, so anything the API server would take fits)
-//! and nests collections at most [`MAX_MANIFEST_DEPTH`] deep, checked by a streaming pass
-//! over the YAML events before the manifest is decoded: the YAML scanner's cost grows with
-//! the square of the flow-collection depth (100,000 nested `{a: ` take minutes), and a pod
-//! nests about ten levels.
+//! nests collections at most [`MAX_MANIFEST_DEPTH`] deep and holds at most
+//! [`MAX_MANIFEST_NODES`] nodes (scalars, aliases, collections), checked by a streaming
+//! pass over the YAML events before the manifest is decoded: the YAML scanner's cost grows
+//! with the square of the flow-collection depth (100,000 nested `{a: ` take minutes; a pod
+//! nests about ten levels), and decoding costs about 250 bytes of memory per node (3 MiB of
+//! `x, ` decode to a million nodes, 240 MB).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -38,6 +40,10 @@ pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
 
 /// The deepest nesting of YAML/JSON collections a manifest may have.
 pub const MAX_MANIFEST_DEPTH: usize = 64;
+
+/// The most nodes (scalars, aliases, collections) a manifest may have: a pod with a
+/// hundred containers of a hundred environment variables each has about 40,000.
+pub const MAX_MANIFEST_NODES: usize = 100_000;
 
 /// The longest `metadata.uid` accepted (a UUID has 36 characters, a derived UID 32).
 pub const MAX_UID_LEN: usize = 64;
@@ -110,6 +116,15 @@ pub enum ManifestError {
         line: u64,
         column: u64,
     },
+    #[error(
+        "{origin}: more than the limit of {limit} YAML/JSON nodes (at line {line} column {column})"
+    )]
+    TooManyNodes {
+        origin: ManifestOrigin,
+        limit: usize,
+        line: u64,
+        column: u64,
+    },
     #[error("{origin}: invalid YAML or JSON")]
     Syntax {
         origin: ManifestOrigin,
@@ -160,6 +175,7 @@ impl ManifestError {
             | Self::NotRegular { origin, .. }
             | Self::TooLarge { origin, .. }
             | Self::TooDeep { origin, .. }
+            | Self::TooManyNodes { origin, .. }
             | Self::Syntax { origin, .. }
             | Self::WrongKind { origin, .. }
             | Self::Decode { origin, .. }
@@ -247,13 +263,24 @@ fn parse_value(data: &[u8], origin: &ManifestOrigin) -> Result<yaml_serde::Value
             limit: MAX_MANIFEST_BYTES,
         });
     }
-    if let Some((line, column)) = depth::first_too_deep(data, MAX_MANIFEST_DEPTH) {
-        return Err(ManifestError::TooDeep {
-            origin: origin.clone(),
-            limit: MAX_MANIFEST_DEPTH,
-            line,
-            column,
-        });
+    match shape::check(data, MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES) {
+        Ok(()) => {}
+        Err(shape::Exceeded::Depth { line, column }) => {
+            return Err(ManifestError::TooDeep {
+                origin: origin.clone(),
+                limit: MAX_MANIFEST_DEPTH,
+                line,
+                column,
+            });
+        }
+        Err(shape::Exceeded::Nodes { line, column }) => {
+            return Err(ManifestError::TooManyNodes {
+                origin: origin.clone(),
+                limit: MAX_MANIFEST_NODES,
+                line,
+                column,
+            });
+        }
     }
     yaml_serde::from_slice(data).map_err(|source| ManifestError::Syntax {
         origin: origin.clone(),
@@ -714,8 +741,8 @@ pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The nesting check that runs before decoding.
-mod depth {
+/// The nesting and size check that runs before decoding.
+mod shape {
     use std::mem::MaybeUninit;
 
     use libyaml_rs as sys;
@@ -730,16 +757,23 @@ mod depth {
         }
     }
 
-    /// Where (1-based line and column) `data`'s collections first nest deeper than
-    /// `limit`, streaming libyaml's events and stopping there, so the scan costs at most
-    /// `limit` per token. `None` when they do not, or when the YAML is invalid before
-    /// that point (decoding reports that).
-    pub(super) fn first_too_deep(data: &[u8], limit: usize) -> Option<(u64, u64)> {
+    /// A limit `data` exceeds, and where (1-based line and column).
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Exceeded {
+        Depth { line: u64, column: u64 },
+        Nodes { line: u64, column: u64 },
+    }
+
+    /// Whether `data`'s collections nest at most `max_depth` deep and it has at most
+    /// `max_nodes` nodes, streaming libyaml's events and stopping at the first excess, so
+    /// the scan costs at most `max_depth` per token and no memory per node. `Ok` also
+    /// when the YAML is invalid before any excess (decoding reports that).
+    pub(super) fn check(data: &[u8], max_depth: usize, max_nodes: usize) -> Result<(), Exceeded> {
         let mut parser = Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit());
         // SAFETY: `parser` points to writable memory for a parser; libyaml-rs aborts on
         // allocation failure, so a failed initialization only means nothing to free.
         if unsafe { sys::yaml_parser_initialize(parser.as_mut_ptr()) }.fail {
-            return None;
+            return Ok(());
         }
         let mut parser = Parser(parser);
         // SAFETY: initialized; `data` outlives the parser (dropped at the end of this
@@ -752,12 +786,12 @@ mod depth {
                 data.len() as u64,
             );
         }
-        let mut depth = 0usize;
+        let (mut depth, mut nodes) = (0usize, 0usize);
         loop {
             let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
             // SAFETY: the parser is initialized with its input; `event` is writable.
             if unsafe { sys::yaml_parser_parse(parser.0.as_mut_ptr(), event.as_mut_ptr()) }.fail {
-                return None;
+                return Ok(());
             }
             // SAFETY: a successful parse filled the event.
             let (kind, mark) = unsafe {
@@ -766,18 +800,31 @@ mod depth {
             };
             // SAFETY: the event was filled by the parser and is deleted once.
             unsafe { sys::yaml_event_delete(event.as_mut_ptr()) };
+            let (line, column) = (mark.line + 1, mark.column + 1);
             match kind {
                 sys::YAML_SEQUENCE_START_EVENT | sys::YAML_MAPPING_START_EVENT => {
                     depth += 1;
-                    if depth > limit {
-                        return Some((mark.line + 1, mark.column + 1));
+                    if depth > max_depth {
+                        return Err(Exceeded::Depth { line, column });
                     }
                 }
                 sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => {
                     depth = depth.saturating_sub(1);
                 }
-                sys::YAML_STREAM_END_EVENT => return None,
+                sys::YAML_STREAM_END_EVENT => return Ok(()),
                 _ => {}
+            }
+            if matches!(
+                kind,
+                sys::YAML_SEQUENCE_START_EVENT
+                    | sys::YAML_MAPPING_START_EVENT
+                    | sys::YAML_SCALAR_EVENT
+                    | sys::YAML_ALIAS_EVENT
+            ) {
+                nodes += 1;
+                if nodes > max_nodes {
+                    return Err(Exceeded::Nodes { line, column });
+                }
             }
         }
     }

@@ -378,8 +378,8 @@ fn nesting_is_bounded_before_decoding() {
         "]".repeat(MAX_MANIFEST_DEPTH)
     );
     assert_eq!(
-        depth::first_too_deep(at_limit.as_bytes(), MAX_MANIFEST_DEPTH),
-        None
+        shape::check(at_limit.as_bytes(), MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES),
+        Ok(())
     );
     for (text, line, column) in [
         ("[".repeat(100_000), 1, 65),
@@ -406,6 +406,32 @@ fn nesting_is_bounded_before_decoding() {
     // Invalid YAML before the limit is the decoder's to report, with its position.
     let err = parse("a: [1, 2\nb: }").expect_err("syntax");
     assert!(matches!(err, ManifestError::Syntax { .. }), "{err}");
+}
+
+/// Node count is bounded before decoding (decoding costs memory per node); a real pod is
+/// far below the limit.
+#[test]
+fn node_count_is_bounded_before_decoding() {
+    let list = format!("a: [{}]", "x, ".repeat(MAX_MANIFEST_NODES));
+    let err = parse(&list).expect_err("too many nodes");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "/etc/bpflet/manifests/web.yaml: more than the limit of 100000 YAML/JSON nodes (at line 1 column {})",
+            4 + 3 * (MAX_MANIFEST_NODES - 3) + 1
+        )
+    );
+    let env: String = (0..1000)
+        .map(|i| format!("    - {{name: VAR{i}, value: v}}\n"))
+        .collect();
+    let big_pod = WEB.replace(
+        "    command: [sleep, '3600']\n",
+        &format!("    command: [sleep, '3600']\n    env:\n{env}"),
+    );
+    assert!(
+        parse(&big_pod).is_ok(),
+        "a pod with 1000 environment variables"
+    );
 }
 
 #[test]

@@ -339,6 +339,7 @@ fn kill_all(dir: &Path, deadline: Instant) -> Result<(), String> {
 ///
 /// The first call runs `cargo build -p bpflet` (once per test binary, whether or not the
 /// binary exists, so a test never runs a stale agent); a failed build fails every caller.
+/// `BPFLET_TEST_BIN=<path>` runs that binary instead, without building.
 pub fn bpflet_bin() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -354,7 +355,17 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds the agent, unless `BPFLET_TEST_BIN` names a binary to test instead (an older
+/// build, to show a new test fails without a fix).
 fn build_bpflet() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("BPFLET_TEST_BIN") {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("BPFLET_TEST_BIN={} is not a file", bin.display()))
+        };
+    }
     let root = workspace_root();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);

@@ -534,3 +534,93 @@ spec:
 pub fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
+
+/// A tiny HTTP server on 127.0.0.1 answering every request with `200` and the current body,
+/// for `--manifest-url` tests. One thread per connection; stops accepting when dropped.
+pub struct ServeBody {
+    pub port: u16,
+    body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ServeBody {
+    /// Starts serving `body` on a free port.
+    #[must_use]
+    pub fn start(body: &[u8]) -> Self {
+        Self::start_on(0, body)
+    }
+
+    /// Starts serving `body` on `port` (0: a free one), waiting (up to [`WAIT`]) for a
+    /// previous server on it to let go.
+    #[must_use]
+    pub fn start_on(port: u16, body: &[u8]) -> Self {
+        use std::sync::atomic::Ordering;
+        let deadline = Instant::now() + WAIT;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+            }
+        };
+        let port = listener.local_addr().expect("bound address").port();
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(body.to_vec()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (body, stopped) = (std::sync::Arc::clone(&shared), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let body = body.lock().expect("body lock").clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+                    // The request head, up to its blank line (bounded).
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while head.len() < 16 * 1024 && !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    // The client may hang up early (a body over its limit): ignored.
+                    let _ = conn.write_all(answer.as_bytes());
+                    let _ = conn.write_all(&body);
+                });
+            }
+        });
+        Self {
+            port,
+            body: shared,
+            stop,
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Serves `body` from now on.
+    pub fn set(&self, body: &[u8]) {
+        *self.body.lock().expect("body lock") = body.to_vec();
+    }
+}
+
+impl Drop for ServeBody {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

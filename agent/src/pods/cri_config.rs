@@ -227,13 +227,76 @@ fn is_host_network(spec: &PodSpec) -> bool {
 /// `<pod_logs_dir>/<namespace>_<name>_<uid>`: the pod's log directory.
 #[must_use]
 pub fn pod_log_dir(pod_logs_dir: &Path, pod: &Pod) -> PathBuf {
+    pod_logs_dir.join(pod_log_dir_name(pod))
+}
+
+fn pod_log_dir_name(pod: &Pod) -> String {
     let meta = &pod.metadata;
-    pod_logs_dir.join(format!(
+    format!(
         "{}_{}_{}",
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default(),
         meta.uid.as_deref().unwrap_or_default()
-    ))
+    )
+}
+
+/// Why a pod's log directory was not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogDirError {
+    #[error("{name:?} is not one entry of {}: not removing it", logs_dir.display())]
+    NotAnEntry { logs_dir: PathBuf, name: String },
+    #[error("{}: not a directory (a {kind}): not removing it", path.display())]
+    NotADirectory { path: PathBuf, kind: &'static str },
+    #[error("cannot remove {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Removes the pod's log directory ([`pod_log_dir`]) with everything in it, and never
+/// anything else: its name must be one plain entry of `pod_logs_dir` (no `/`, not `.` or
+/// `..`, whatever the pod's fields hold) and the entry must be a directory, not a symbolic
+/// link. The removal does not follow symbolic links (a link swapped in after the check is
+/// removed itself, not its target). A missing directory is not an error.
+///
+/// # Errors
+/// [`LogDirError`] naming the entry and why it was left alone, or the removal failure.
+pub fn remove_pod_log_dir(pod_logs_dir: &Path, pod: &Pod) -> Result<(), LogDirError> {
+    let name = pod_log_dir_name(pod);
+    let mut components = Path::new(&name).components();
+    let one_entry = matches!(
+        (components.next(), components.next()),
+        (Some(std::path::Component::Normal(c)), None) if c == name.as_str()
+    );
+    if !one_entry {
+        return Err(LogDirError::NotAnEntry {
+            logs_dir: pod_logs_dir.to_owned(),
+            name,
+        });
+    }
+    let path = pod_logs_dir.join(&name);
+    let metadata = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(LogDirError::Remove { path, source }),
+    };
+    let file_type = metadata.file_type();
+    if !file_type.is_dir() {
+        let kind = if file_type.is_symlink() {
+            "symbolic link"
+        } else {
+            "file"
+        };
+        return Err(LogDirError::NotADirectory { path, kind });
+    }
+    match fs::remove_dir_all(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(LogDirError::Remove { path, source: e })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The container's log file, relative to the pod's log directory.

@@ -2,6 +2,11 @@
 //! remove pods; PLEG pokes reach the worker of the pod they name; runtime pods that no
 //! source wants (a manifest removed while the agent was down) are torn down once every
 //! configured source has reported.
+//!
+//! A source that cannot be read sends nothing, so its pods stay as they are. Two sources
+//! that define the same UID or namespace/name conflict: the pod already running keeps it,
+//! the other source's manifest is refused (logged with both origins) until the first lets
+//! go of it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::manifest::{ManifestError, StaticPod};
 use super::observe::runtime_pod_uids;
 use super::source::{PodUpdate, SourceKind};
 use super::worker::{self, PodContext, WorkerHandle};
@@ -25,6 +31,10 @@ pub struct PodManager<R> {
     workers: HashMap<String, WorkerHandle>,
     /// Pods each source wants, by uid.
     desired: HashMap<SourceKind, HashSet<String>>,
+    /// The pods each source sent last, conflicts included.
+    latest: HashMap<SourceKind, Vec<StaticPod>>,
+    /// The cross-source conflicts logged, to log each once.
+    conflicts: HashSet<String>,
     /// Sources that must report once before orphans are cleaned up.
     expected_sources: HashSet<SourceKind>,
     orphans_checked: bool,
@@ -42,6 +52,8 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             ctx,
             workers: HashMap::new(),
             desired: HashMap::new(),
+            latest: HashMap::new(),
+            conflicts: HashSet::new(),
             expected_sources,
             orphans_checked: false,
             tracker: TaskTracker::new(),
@@ -90,21 +102,32 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             errors,
         } = update;
         for e in &errors {
-            warn!(source = ?source, error = %e, "pod manifest rejected");
+            warn!(source = ?source, error = %e.full_text(), "pod manifest rejected");
         }
-        let wanted: HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
-        let previous = self
-            .desired
-            .insert(source, wanted.clone())
-            .unwrap_or_default();
-        for gone in previous.difference(&wanted) {
-            if !self.wanted_elsewhere(gone, source) {
-                self.terminate(gone);
-            }
+        self.latest.insert(source, pods);
+        let (accepted, conflicts) = self.resolve();
+        let conflicts: HashSet<String> = conflicts.iter().map(ManifestError::full_text).collect();
+        for text in conflicts.difference(&self.conflicts) {
+            warn!(error = %text, "pod manifest rejected");
         }
-        for sp in pods {
-            let pod = Arc::new(sp.pod);
-            self.upsert(pod);
+        self.conflicts = conflicts;
+        // A pod one source let go of may pass to another: only what no source wants goes.
+        let before: HashSet<String> = self.desired.values().flatten().cloned().collect();
+        self.desired = accepted
+            .iter()
+            .map(|(source, pods)| (*source, pods.iter().map(|p| p.uid.clone()).collect()))
+            .collect();
+        let after: HashSet<&String> = self.desired.values().flatten().collect();
+        let gone: Vec<String> = before
+            .iter()
+            .filter(|uid| !after.contains(uid))
+            .cloned()
+            .collect();
+        for uid in &gone {
+            self.terminate(uid);
+        }
+        for sp in accepted.into_iter().flat_map(|(_, pods)| pods) {
+            self.upsert(Arc::new(sp.pod));
         }
         self.update_qos_shares();
         self.expected_sources.remove(&source);
@@ -114,10 +137,67 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         self.reap_finished();
     }
 
-    fn wanted_elsewhere(&self, uid: &str, except: SourceKind) -> bool {
-        self.desired
+    /// The pods of every source, with cross-source conflicts taken out: a pod whose UID or
+    /// namespace/name another source's pod holds is refused. Pods some source already runs
+    /// claim first, then the rest in source order.
+    fn resolve(&self) -> (Vec<(SourceKind, Vec<StaticPod>)>, Vec<ManifestError>) {
+        let mut sources: Vec<SourceKind> = self.latest.keys().copied().collect();
+        sources.sort();
+        let held = |source: SourceKind, sp: &StaticPod| {
+            self.desired
+                .get(&source)
+                .is_some_and(|uids| uids.contains(&sp.uid))
+        };
+        let mut all: Vec<(SourceKind, &StaticPod)> = sources
             .iter()
-            .any(|(s, uids)| *s != except && uids.contains(uid))
+            .flat_map(|s| self.latest[s].iter().map(move |sp| (*s, sp)))
+            .collect();
+        all.sort_by_key(|(s, sp)| !held(*s, sp));
+        let mut by_uid: HashMap<&str, (SourceKind, &StaticPod)> = HashMap::new();
+        let mut by_name: HashMap<(&str, &str), (SourceKind, &StaticPod)> = HashMap::new();
+        let mut conflicts = Vec::new();
+        let mut accepted: HashMap<SourceKind, HashSet<&str>> = HashMap::new();
+        for (source, sp) in all {
+            let name = (
+                sp.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                sp.pod.metadata.name.as_deref().unwrap_or_default(),
+            );
+            match (by_uid.get(sp.uid.as_str()), by_name.get(&name)) {
+                (Some((other, first)), _) if *other != source => {
+                    conflicts.push(ManifestError::DuplicateUid {
+                        origin: sp.origin.clone(),
+                        uid: sp.uid.clone(),
+                        other: first.origin.clone(),
+                    });
+                }
+                (_, Some((other, first))) if *other != source => {
+                    conflicts.push(ManifestError::Duplicate {
+                        origin: sp.origin.clone(),
+                        namespace: name.0.to_owned(),
+                        name: name.1.to_owned(),
+                        other: first.origin.clone(),
+                    });
+                }
+                _ => {
+                    by_uid.insert(&sp.uid, (source, sp));
+                    by_name.insert(name, (source, sp));
+                    accepted.entry(source).or_default().insert(&sp.uid);
+                }
+            }
+        }
+        let accepted = sources
+            .iter()
+            .map(|s| {
+                let uids = accepted.get(s);
+                let pods = self.latest[s]
+                    .iter()
+                    .filter(|sp| uids.is_some_and(|u| u.contains(sp.uid.as_str())))
+                    .cloned()
+                    .collect();
+                (*s, pods)
+            })
+            .collect();
+        (accepted, conflicts)
     }
 
     fn upsert(&mut self, pod: Arc<Pod>) {

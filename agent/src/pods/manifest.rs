@@ -5,7 +5,18 @@
 //! `sha256(canonical JSON of the decoded Pod, "host:<node>", "file:<path>")` (or
 //! `"url:<url>"`), in hex: 32 characters like upstream's md5-based UIDs. Hashing the decoded
 //! object, not the bytes, means reformatting or commenting a manifest keeps the pod, while
-//! any change to its content makes a new pod, as upstream.
+//! any change to its content makes a new pod, as upstream. A UID the manifest sets must be
+//! usable as one path component (see [`validate_uid`]).
+//!
+//! Limits (upstream has none; a node agent reading files anyone with write access to the
+//! manifest directory or URL controls should): a manifest is at most [`MAX_MANIFEST_BYTES`]
+//! (3 MiB, the API server's request size limit, so anything the API server would take fits)
+//! nests collections at most [`MAX_MANIFEST_DEPTH`] deep and holds at most
+//! [`MAX_MANIFEST_NODES`] nodes (scalars, aliases, collections), checked by a streaming
+//! pass over the YAML events before the manifest is decoded: the YAML scanner's cost grows
+//! with the square of the flow-collection depth (100,000 nested `{a: ` take minutes; a pod
+//! nests about ten levels), and decoding costs about 250 bytes of memory per node (3 MiB of
+//! `x, ` decode to a million nodes, 240 MB).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,6 +33,20 @@ use crate::config::quantity::{QuantityValue, parse_quantity};
 pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
 pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
 pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
+
+/// The largest manifest file or `--manifest-url` body read: 3 MiB, the API server's limit
+/// on a request body.
+pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
+
+/// The deepest nesting of YAML/JSON collections a manifest may have.
+pub const MAX_MANIFEST_DEPTH: usize = 64;
+
+/// The most nodes (scalars, aliases, collections) a manifest may have: a pod with a
+/// hundred containers of a hundred environment variables each has about 40,000.
+pub const MAX_MANIFEST_NODES: usize = 100_000;
+
+/// The longest `metadata.uid` accepted (a UUID has 36 characters, a derived UID 32).
+pub const MAX_UID_LEN: usize = 64;
 
 /// Where a static pod came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +100,31 @@ pub enum ManifestError {
         #[source]
         source: super::source::FetchError,
     },
+    #[error("{origin}: not a regular file ({kind})")]
+    NotRegular {
+        origin: ManifestOrigin,
+        kind: &'static str,
+    },
+    #[error("{origin}: larger than the limit of {limit} bytes")]
+    TooLarge { origin: ManifestOrigin, limit: u64 },
+    #[error(
+        "{origin}: collections nest deeper than the limit of {limit} levels (nesting level {}, at line {line} column {column})", limit + 1
+    )]
+    TooDeep {
+        origin: ManifestOrigin,
+        limit: usize,
+        line: u64,
+        column: u64,
+    },
+    #[error(
+        "{origin}: more than the limit of {limit} YAML/JSON nodes (at line {line} column {column})"
+    )]
+    TooManyNodes {
+        origin: ManifestOrigin,
+        limit: usize,
+        line: u64,
+        column: u64,
+    },
     #[error("{origin}: invalid YAML or JSON")]
     Syntax {
         origin: ManifestOrigin,
@@ -108,6 +158,12 @@ pub enum ManifestError {
         namespace: String,
         other: ManifestOrigin,
     },
+    #[error("{origin}: pod UID {uid:?} is already used by {other}")]
+    DuplicateUid {
+        origin: ManifestOrigin,
+        uid: String,
+        other: ManifestOrigin,
+    },
 }
 
 impl ManifestError {
@@ -116,12 +172,31 @@ impl ManifestError {
         match self {
             Self::Read { origin, .. }
             | Self::Fetch { origin, .. }
+            | Self::NotRegular { origin, .. }
+            | Self::TooLarge { origin, .. }
+            | Self::TooDeep { origin, .. }
+            | Self::TooManyNodes { origin, .. }
             | Self::Syntax { origin, .. }
             | Self::WrongKind { origin, .. }
             | Self::Decode { origin, .. }
             | Self::Invalid { origin, .. }
-            | Self::Duplicate { origin, .. } => origin,
+            | Self::Duplicate { origin, .. }
+            | Self::DuplicateUid { origin, .. } => origin,
         }
+    }
+
+    /// The message with every cause after it (`a: b: c`), so a log line carries the
+    /// parser's own words, line and column included.
+    #[must_use]
+    pub fn full_text(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
     }
 }
 
@@ -140,19 +215,19 @@ pub fn parse_pod_manifest(
 }
 
 /// Parses what `--manifest-url` serves: a Pod, a PodList or a List of Pods. A bad item
-/// yields an error for that item only; a bad document yields one error.
-#[must_use]
+/// yields an error for that item only.
+///
+/// # Errors
+/// A document that is not YAML/JSON, too large or too deep: nothing can be said about
+/// its pods.
 pub fn parse_url_manifest(
     data: &[u8],
     url: &str,
     node_name: &str,
     seen: jiff::Timestamp,
-) -> Vec<Result<StaticPod, ManifestError>> {
+) -> Result<Vec<Result<StaticPod, ManifestError>>, ManifestError> {
     let origin = ManifestOrigin::Url(url.to_owned());
-    let value = match parse_value(data, &origin) {
-        Ok(value) => value,
-        Err(e) => return vec![Err(e)],
-    };
+    let value = parse_value(data, &origin)?;
     let (api_version, kind) = type_meta(&value);
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "PodList" | "List") => {
@@ -160,27 +235,53 @@ pub fn parse_url_manifest(
                 None | Some(yaml_serde::Value::Null) => Vec::new(),
                 Some(yaml_serde::Value::Sequence(items)) => items.clone(),
                 Some(_) => {
-                    return vec![Err(ManifestError::Invalid {
+                    return Err(ManifestError::Invalid {
                         origin,
                         field: "items".to_owned(),
                         reason: "must be a list".to_owned(),
-                    })];
+                    });
                 }
             };
-            items
+            Ok(items
                 .into_iter()
                 .enumerate()
                 .map(|(i, item)| {
                     let origin = ManifestOrigin::Url(format!("{url}#items[{i}]"));
                     static_pod(item, origin, node_name, seen)
                 })
-                .collect()
+                .collect())
         }
-        _ => vec![static_pod(value, origin, node_name, seen)],
+        _ => Ok(vec![static_pod(value, origin, node_name, seen)]),
     }
 }
 
+/// Decodes YAML or JSON within the size and depth limits.
 fn parse_value(data: &[u8], origin: &ManifestOrigin) -> Result<yaml_serde::Value, ManifestError> {
+    if u64::try_from(data.len()).map_or(true, |len| len > MAX_MANIFEST_BYTES) {
+        return Err(ManifestError::TooLarge {
+            origin: origin.clone(),
+            limit: MAX_MANIFEST_BYTES,
+        });
+    }
+    match shape::check(data, MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES) {
+        Ok(()) => {}
+        Err(shape::Exceeded::Depth { line, column }) => {
+            return Err(ManifestError::TooDeep {
+                origin: origin.clone(),
+                limit: MAX_MANIFEST_DEPTH,
+                line,
+                column,
+            });
+        }
+        Err(shape::Exceeded::Nodes { line, column }) => {
+            return Err(ManifestError::TooManyNodes {
+                origin: origin.clone(),
+                limit: MAX_MANIFEST_NODES,
+                line,
+                column,
+            });
+        }
+    }
     yaml_serde::from_slice(data).map_err(|source| ManifestError::Syntax {
         origin: origin.clone(),
         source,
@@ -229,7 +330,11 @@ fn static_pod(
         reason,
     };
     let uid = match pod.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
-        Some(uid) => uid.to_owned(),
+        Some(uid) => {
+            validate_uid(uid)
+                .map_err(|reason| invalid("metadata.uid", format!("{uid:?}: {reason}")))?;
+            uid.to_owned()
+        }
         None => static_pod_uid(&pod, &origin, node_name)
             .map_err(|e| invalid("metadata", format!("cannot hash the pod: {e}")))?,
     };
@@ -562,6 +667,38 @@ fn validate_resources(path: &str, resources: &ResourceRequirements) -> Result<()
     Ok(())
 }
 
+/// A UID set in a manifest names directories (the pod's log directory
+/// `<logs>/<namespace>_<name>_<uid>`, its volumes `<pods>/<uid>`) and its cgroup
+/// (`pod<uid>`), so it must be one harmless path component: 1 to [`MAX_UID_LEN`] ASCII
+/// letters, digits, `-` and `.`, starting and ending with a letter or digit (never `.` or
+/// `..`). No `/`, and no `_`: `_` separates the parts of a log directory's name, so without
+/// it no UID can spell another pod's log directory. UUIDs and derived UIDs pass.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn validate_uid(uid: &str) -> Result<(), String> {
+    if uid.is_empty() || uid.len() > MAX_UID_LEN {
+        return Err(format!(
+            "must be 1 to {MAX_UID_LEN} characters, not {}",
+            uid.len()
+        ));
+    }
+    let bytes = uid.as_bytes();
+    let ok_end = |b: u8| b.is_ascii_alphanumeric();
+    if !bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        || !ok_end(bytes[0])
+        || !ok_end(bytes[bytes.len() - 1])
+    {
+        return Err(
+            "must consist of ASCII letters, digits, '-' and '.', and start and end with a letter or digit (it names directories)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// A DNS-1123 label: at most 63 characters, lowercase alphanumerics and '-', starting and
 /// ending with an alphanumeric.
 ///
@@ -602,6 +739,95 @@ pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
         })?;
     }
     Ok(())
+}
+
+/// The nesting and size check that runs before decoding.
+mod shape {
+    use std::mem::MaybeUninit;
+
+    use libyaml_rs as sys;
+
+    /// libyaml's parser, freed on drop. Boxed: it must not move once initialized.
+    struct Parser(Box<MaybeUninit<sys::yaml_parser_t>>);
+
+    impl Drop for Parser {
+        fn drop(&mut self) {
+            // SAFETY: initialized by `first_too_deep` before the value was built.
+            unsafe { sys::yaml_parser_delete(self.0.as_mut_ptr()) };
+        }
+    }
+
+    /// A limit `data` exceeds, and where (1-based line and column).
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Exceeded {
+        Depth { line: u64, column: u64 },
+        Nodes { line: u64, column: u64 },
+    }
+
+    /// Whether `data`'s collections nest at most `max_depth` deep and it has at most
+    /// `max_nodes` nodes, streaming libyaml's events and stopping at the first excess, so
+    /// the scan costs at most `max_depth` per token and no memory per node. `Ok` also
+    /// when the YAML is invalid before any excess (decoding reports that).
+    pub(super) fn check(data: &[u8], max_depth: usize, max_nodes: usize) -> Result<(), Exceeded> {
+        let mut parser = Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit());
+        // SAFETY: `parser` points to writable memory for a parser; libyaml-rs aborts on
+        // allocation failure, so a failed initialization only means nothing to free.
+        if unsafe { sys::yaml_parser_initialize(parser.as_mut_ptr()) }.fail {
+            return Ok(());
+        }
+        let mut parser = Parser(parser);
+        // SAFETY: initialized; `data` outlives the parser (dropped at the end of this
+        // function) and the length is its own. UTF-8, as yaml_serde reads it.
+        unsafe {
+            sys::yaml_parser_set_encoding(parser.0.as_mut_ptr(), sys::YAML_UTF8_ENCODING);
+            sys::yaml_parser_set_input_string(
+                parser.0.as_mut_ptr(),
+                data.as_ptr(),
+                data.len() as u64,
+            );
+        }
+        let (mut depth, mut nodes) = (0usize, 0usize);
+        loop {
+            let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+            // SAFETY: the parser is initialized with its input; `event` is writable.
+            if unsafe { sys::yaml_parser_parse(parser.0.as_mut_ptr(), event.as_mut_ptr()) }.fail {
+                return Ok(());
+            }
+            // SAFETY: a successful parse filled the event.
+            let (kind, mark) = unsafe {
+                let e = event.assume_init_ref();
+                (e.type_, e.start_mark)
+            };
+            // SAFETY: the event was filled by the parser and is deleted once.
+            unsafe { sys::yaml_event_delete(event.as_mut_ptr()) };
+            let (line, column) = (mark.line + 1, mark.column + 1);
+            match kind {
+                sys::YAML_SEQUENCE_START_EVENT | sys::YAML_MAPPING_START_EVENT => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return Err(Exceeded::Depth { line, column });
+                    }
+                }
+                sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => {
+                    depth = depth.saturating_sub(1);
+                }
+                sys::YAML_STREAM_END_EVENT => return Ok(()),
+                _ => {}
+            }
+            if matches!(
+                kind,
+                sys::YAML_SEQUENCE_START_EVENT
+                    | sys::YAML_MAPPING_START_EVENT
+                    | sys::YAML_SCALAR_EVENT
+                    | sys::YAML_ALIAS_EVENT
+            ) {
+                nodes += 1;
+                if nodes > max_nodes {
+                    return Err(Exceeded::Nodes { line, column });
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,25 @@
 //! (`--manifest-url`) polled every `httpCheckFrequency`.
 //!
 //! Each source sends a full [`PodUpdate::Snapshot`] whenever its pods or errors changed
-//! (and once at start). A malformed manifest yields a [`ManifestError`] for that file only;
-//! when an HTTP fetch fails the snapshot keeps the last pods fetched, so a flaky server does
-//! not stop running pods.
+//! (and once at start). A malformed manifest yields a [`ManifestError`] for that file only.
+//!
+//! A source that cannot be read says nothing about its pods, so it sends nothing: the
+//! manager keeps what it has (and, before a first snapshot, cleans up no orphans), the
+//! source logs the failure (at once, then every [`OUTAGE_LOG_EVERY`] while it lasts) and
+//! picks up again when it can read. For the file source that is a manifest directory that
+//! cannot be listed (gone after it was seen, EMFILE, EACCES, EIO...); a file that cannot be
+//! read (an I/O error, not its content) keeps the pod it last yielded. A path that never
+//! existed, or a single manifest file removed from its directory, means no pods, as upstream.
+//! For the URL source it is a failed fetch, or a body that cannot be parsed as a whole (too
+//! large, not YAML/JSON, too deep), as upstream's HTTP source.
+//!
+//! Manifest files are opened without blocking and refused unless they are regular files
+//! (a FIFO would block the reader), read up to [`MAX_MANIFEST_BYTES`], and parsed off the
+//! async threads, as are `--manifest-url` bodies (read up to the same limit).
+//!
+//! Two manifests of one source with the same UID, or the same namespace/name, are a
+//! conflict: the pod that was already running keeps it (else the first in file order), the
+//! other manifest is refused with an error naming both.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -22,9 +38,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::manifest::{
-    CONFIG_SEEN_ANNOTATION, ManifestError, ManifestOrigin, StaticPod, parse_pod_manifest,
-    parse_url_manifest,
+    CONFIG_SEEN_ANNOTATION, MAX_MANIFEST_BYTES, ManifestError, ManifestOrigin, StaticPod,
+    parse_pod_manifest, parse_url_manifest,
 };
+
+/// How often a source that stays unreadable is logged again.
+pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Which source a snapshot comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +93,10 @@ pub enum FetchError {
     Http(#[source] hyper::Error),
     #[error("server answered {status}")]
     Status { status: hyper::StatusCode },
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("cannot read the body")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -145,14 +168,35 @@ impl Last {
 }
 
 fn error_text(e: &ManifestError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    e.full_text()
+}
+
+/// A source that cannot be read: when to log it (at once, then every
+/// [`OUTAGE_LOG_EVERY`]) and how long it lasted.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<tokio::time::Instant>,
+    logged: Option<tokio::time::Instant>,
+}
+
+impl Outage {
+    /// Notes a failure at `now`; true when it should be logged.
+    fn failed(&mut self, now: tokio::time::Instant) -> bool {
+        self.since.get_or_insert(now);
+        let due = self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= OUTAGE_LOG_EVERY);
+        if due {
+            self.logged = Some(now);
+        }
+        due
     }
-    text
+
+    /// Notes a success; how long the outage it ends lasted, if there was one.
+    fn recovered(&mut self, now: tokio::time::Instant) -> Option<Duration> {
+        self.logged = None;
+        self.since.take().map(|since| now.duration_since(since))
+    }
 }
 
 /// Keeps `kubernetes.io/config.seen` at the time a UID was first seen, so rescans of an
@@ -173,28 +217,76 @@ impl SeenTimes {
     }
 }
 
-/// Drops later pods whose namespace/name an earlier one already has (upstream keeps the first).
-fn dedupe(pods: Vec<StaticPod>, errors: &mut Vec<ManifestError>) -> Vec<StaticPod> {
-    let mut by_name: HashMap<(String, String), ManifestOrigin> = HashMap::new();
-    let mut kept = Vec::with_capacity(pods.len());
-    for sp in pods {
-        let key = (
+/// Keeps one pod per UID and per namespace/name; refuses the others with an error naming
+/// both manifests. The pods `previous` held (what the source sent last, by origin) keep
+/// their claim; among the rest the first in order wins (upstream keeps the first).
+pub(crate) fn dedupe(
+    pods: Vec<StaticPod>,
+    previous: &HashMap<ManifestOrigin, String>,
+    errors: &mut Vec<ManifestError>,
+) -> Vec<StaticPod> {
+    let key = |sp: &StaticPod| {
+        (
             sp.pod.metadata.namespace.clone().unwrap_or_default(),
             sp.pod.metadata.name.clone().unwrap_or_default(),
-        );
-        if let Some(first) = by_name.get(&key) {
-            errors.push(ManifestError::Duplicate {
+        )
+    };
+    let held = |sp: &StaticPod| previous.get(&sp.origin) == Some(&sp.uid);
+    let mut by_uid: HashMap<String, ManifestOrigin> = HashMap::new();
+    let mut by_name: HashMap<(String, String), ManifestOrigin> = HashMap::new();
+    let mut keep = vec![false; pods.len()];
+    // Pods already running claim first, then the rest in order.
+    let order = (0..pods.len())
+        .filter(|&i| held(&pods[i]))
+        .chain((0..pods.len()).filter(|&i| !held(&pods[i])));
+    for i in order.collect::<Vec<_>>() {
+        let sp = &pods[i];
+        let name = key(sp);
+        if let Some(first) = by_uid.get(&sp.uid) {
+            errors.push(ManifestError::DuplicateUid {
                 origin: sp.origin.clone(),
-                name: key.1,
-                namespace: key.0,
+                uid: sp.uid.clone(),
                 other: first.clone(),
             });
-            continue;
+        } else if let Some(first) = by_name.get(&name) {
+            errors.push(ManifestError::Duplicate {
+                origin: sp.origin.clone(),
+                namespace: name.0,
+                name: name.1,
+                other: first.clone(),
+            });
+        } else {
+            by_uid.insert(sp.uid.clone(), sp.origin.clone());
+            by_name.insert(name, sp.origin.clone());
+            keep[i] = true;
         }
-        by_name.insert(key, sp.origin.clone());
-        kept.push(sp);
     }
-    kept
+    pods.into_iter()
+        .zip(keep)
+        .filter_map(|(sp, keep)| keep.then_some(sp))
+        .collect()
+}
+
+/// What a source sent last, by origin, for [`dedupe`].
+fn origins(pods: &[StaticPod]) -> HashMap<ManifestOrigin, String> {
+    pods.iter()
+        .map(|sp| (sp.origin.clone(), sp.uid.clone()))
+        .collect()
+}
+
+/// What a file source's look at its path found.
+#[derive(Debug)]
+pub enum Scan {
+    /// Every manifest there, read: the pods, and the errors of the files that gave none
+    /// (or kept their last pod, for a file that could not be read).
+    Complete {
+        pods: Vec<StaticPod>,
+        errors: Vec<ManifestError>,
+    },
+    /// Nothing to compare with the last scan: nothing sent.
+    Unchanged,
+    /// The path could not be listed: its pods are unknown.
+    Unavailable(ManifestError),
 }
 
 /// The `--pod-manifest-path` source.
@@ -210,11 +302,17 @@ pub struct FileSource {
     parsed: HashMap<PathBuf, Parsed>,
     /// Whether the last scan found a file it could not use (or there was none yet).
     must_rescan: bool,
+    /// The path was once listed as a directory: if it goes, its pods are unknown, not gone.
+    was_dir: bool,
+    /// The pods of the last complete scan, by origin, for [`dedupe`].
+    sent: HashMap<ManifestOrigin, String>,
 }
 
-/// The manifest files found, sorted, each with its stat, and why any could not be listed.
+/// The manifest files found, sorted, each with its stat, the entries whose stat failed
+/// (they keep the pod they last gave), and the entries refused (their errors included).
 struct Listing {
     files: Vec<(PathBuf, FileStat)>,
+    unreadable: Vec<PathBuf>,
     errors: Vec<ManifestError>,
 }
 
@@ -276,6 +374,8 @@ impl FileSource {
             seen: SeenTimes::default(),
             parsed: HashMap::new(),
             must_rescan: true,
+            was_dir: false,
+            sent: HashMap::new(),
         }
     }
 
@@ -287,9 +387,31 @@ impl FileSource {
     }
 
     /// Reads every manifest now: the pods and the errors of the files that did not parse.
-    pub fn scan(&mut self, now: Timestamp) -> (Vec<StaticPod>, Vec<ManifestError>) {
-        let listing = self.list();
-        self.scan_listing(listing, now)
+    ///
+    /// # Errors
+    /// The path could not be listed: its pods are unknown.
+    pub fn scan(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<(Vec<StaticPod>, Vec<ManifestError>), ManifestError> {
+        let listing = self.list()?;
+        Ok(self.scan_listing(listing, now))
+    }
+
+    /// One look at the path: a listing and, when it differs from the last scan, a scan.
+    /// Blocking (directory reads, file reads, parsing): run off the async threads.
+    pub fn step(&mut self, now: Timestamp) -> Scan {
+        match self.list() {
+            Err(e) => {
+                self.must_rescan = true;
+                Scan::Unavailable(e)
+            }
+            Ok(listing) if self.unchanged(&listing) => Scan::Unchanged,
+            Ok(listing) => {
+                let (pods, errors) = self.scan_listing(listing, now);
+                Scan::Complete { pods, errors }
+            }
+        }
     }
 
     /// [`FileSource::scan`] of the files `listing` found.
@@ -298,10 +420,21 @@ impl FileSource {
         listing: Listing,
         now: Timestamp,
     ) -> (Vec<StaticPod>, Vec<ManifestError>) {
-        let Listing { files, mut errors } = listing;
+        let Listing {
+            files,
+            unreadable,
+            mut errors,
+        } = listing;
         let mut pods = Vec::new();
-        self.parsed
-            .retain(|path, _| files.binary_search_by(|(f, _)| f.cmp(path)).is_ok());
+        self.parsed.retain(|path, _| {
+            files.binary_search_by(|(f, _)| f.cmp(path)).is_ok() || unreadable.contains(path)
+        });
+        // An entry that could not be stat'ed says nothing about its content.
+        pods.extend(
+            unreadable
+                .iter()
+                .filter_map(|path| self.parsed.get(path).map(|p| p.pod.clone())),
+        );
         for (file, stat) in files {
             if let Some(p) = self.parsed.get(&file)
                 && p.settled
@@ -311,11 +444,24 @@ impl FileSource {
                 continue;
             }
             let origin = ManifestOrigin::File(file.clone());
-            let data = match std::fs::read(&file) {
-                Ok(data) => data,
-                Err(source) => {
+            let data = match read_manifest(&file, &origin) {
+                Ok(Some(data)) => data,
+                Ok(None) => {
+                    // Removed since the listing.
                     self.parsed.remove(&file);
-                    errors.push(ManifestError::Read { origin, source });
+                    continue;
+                }
+                Err(e @ ManifestError::Read { .. }) => {
+                    // Says nothing about the content: the pod it last gave stays.
+                    if let Some(p) = self.parsed.get(&file) {
+                        pods.push(p.pod.clone());
+                    }
+                    errors.push(e);
+                    continue;
+                }
+                Err(e) => {
+                    self.parsed.remove(&file);
+                    errors.push(e);
                     continue;
                 }
             };
@@ -345,9 +491,10 @@ impl FileSource {
                 }
             }
         }
-        let mut pods = dedupe(pods, &mut errors);
+        let mut pods = dedupe(pods, &self.sent, &mut errors);
         self.must_rescan = !errors.is_empty();
         self.seen.stamp(&mut pods, now);
+        self.sent = origins(&pods);
         (pods, errors)
     }
 
@@ -364,46 +511,86 @@ impl FileSource {
             })
     }
 
-    /// The manifest files now, with their stat: a directory read and a stat per file.
-    fn list(&self) -> Listing {
-        let mut errors = Vec::new();
-        let files = self.manifest_files(&mut errors);
-        Listing { files, errors }
-    }
-
-    /// The files to read, sorted, with their stat (one `stat` each): the path itself, or the
-    /// directory's visible regular files.
-    fn manifest_files(&self, errors: &mut Vec<ManifestError>) -> Vec<(PathBuf, FileStat)> {
+    /// The manifest files now, sorted, with their stat (one `stat` each): the path itself,
+    /// or the directory's visible entries (directories in it are skipped; other entries
+    /// that are not regular files are refused by name).
+    ///
+    /// # Errors
+    /// The path cannot be listed in full: what it holds is unknown. A path that does not
+    /// exist lists as empty while it has never been a directory, or when it names a file
+    /// whose directory is there (the file was removed).
+    fn list(&mut self) -> Result<Listing, ManifestError> {
         let origin = ManifestOrigin::File(self.path.clone());
+        let unavailable = |source| ManifestError::Read {
+            origin: origin.clone(),
+            source,
+        };
+        let mut errors = Vec::new();
         let metadata = match std::fs::metadata(&self.path) {
             Ok(m) => m,
-            Err(source) => {
-                errors.push(ManifestError::Read { origin, source });
-                return Vec::new();
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.was_dir => {
+                let parent = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+                return match parent.map(std::fs::metadata) {
+                    Some(Err(e)) => Err(unavailable(e)),
+                    _ => Ok(Listing {
+                        files: Vec::new(),
+                        unreadable: Vec::new(),
+                        errors,
+                    }),
+                };
             }
+            Err(e) => return Err(unavailable(e)),
         };
         if !metadata.is_dir() {
-            return vec![(self.path.clone(), FileStat::of(&metadata))];
-        }
-        let entries = match std::fs::read_dir(&self.path) {
-            Ok(entries) => entries,
-            Err(source) => {
-                errors.push(ManifestError::Read { origin, source });
-                return Vec::new();
+            if let Some(kind) = not_regular(&metadata.file_type()) {
+                errors.push(ManifestError::NotRegular { origin, kind });
+                return Ok(Listing {
+                    files: Vec::new(),
+                    unreadable: Vec::new(),
+                    errors,
+                });
             }
-        };
-        let mut files: Vec<(PathBuf, FileStat)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| {
-                let path = e.path();
-                // Follows symlinks, as reading the file does.
-                let metadata = std::fs::metadata(&path).ok()?;
-                metadata.is_file().then(|| (path, FileStat::of(&metadata)))
-            })
-            .collect();
+            return Ok(Listing {
+                files: vec![(self.path.clone(), FileStat::of(&metadata))],
+                unreadable: Vec::new(),
+                errors,
+            });
+        }
+        self.was_dir = true;
+        let mut files = Vec::new();
+        let mut unreadable = Vec::new();
+        for entry in std::fs::read_dir(&self.path).map_err(unavailable)? {
+            let entry = entry.map_err(unavailable)?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Follows symlinks, as reading the file does.
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => files.push((path, FileStat::of(&m))),
+                Ok(m) if m.is_dir() => {}
+                Ok(m) => errors.push(ManifestError::NotRegular {
+                    origin: ManifestOrigin::File(path),
+                    kind: not_regular(&m.file_type()).unwrap_or("unknown"),
+                }),
+                // Removed since the directory was read, or a dangling symlink.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    unreadable.push(path.clone());
+                    errors.push(ManifestError::Read {
+                        origin: ManifestOrigin::File(path),
+                        source,
+                    });
+                }
+            }
+        }
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        files
+        unreadable.sort();
+        Ok(Listing {
+            files,
+            unreadable,
+            errors,
+        })
     }
 
     /// The directory to watch: the path itself, or a single file's parent (so an editor's
@@ -444,32 +631,58 @@ impl FileSource {
     }
 
     /// Sends a snapshot at start and whenever something changed, until `cancel`.
-    pub async fn run(mut self, tx: mpsc::Sender<PodUpdate>, cancel: CancellationToken) {
+    pub async fn run(self, tx: mpsc::Sender<PodUpdate>, cancel: CancellationToken) {
+        let mut source = self;
         let mut last = Last::default();
-        let mut events = self.watch();
+        let mut outage = Outage::default();
+        let mut watched = source.watch_dir().to_owned();
+        let mut events = source.watch();
         // The first scan is the loop's own; rescans follow one period later.
         let mut rescan = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.rescan_period,
-            self.rescan_period,
+            tokio::time::Instant::now() + source.rescan_period,
+            source.rescan_period,
         );
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let listing = self.list();
-            if !self.unchanged(&listing) {
-                let (pods, errors) = self.scan_listing(listing, Timestamp::now());
-                let sent = last.send_if_changed(&tx, SourceKind::File, pods, errors);
-                if sent.await.is_err() {
-                    return;
+            // Reading and parsing block (a slow filesystem, a large manifest): off the
+            // async threads, so health, signals and other sources are served meanwhile.
+            let task = tokio::task::spawn_blocking(move || {
+                let scan = source.step(Timestamp::now());
+                (source, scan)
+            });
+            let scan;
+            (source, scan) = tokio::select! {
+                () = cancel.cancelled() => return,
+                joined = task => match joined {
+                    Ok(done) => done,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
+            };
+            match scan {
+                Scan::Unchanged => {}
+                Scan::Complete { pods, errors } => {
+                    if let Some(lasted) = outage.recovered(tokio::time::Instant::now()) {
+                        tracing::info!(path = %source.path.display(), after = ?lasted, "static pod path readable again");
+                    }
+                    let sent = last.send_if_changed(&tx, SourceKind::File, pods, errors);
+                    if sent.await.is_err() {
+                        return;
+                    }
                 }
+                Scan::Unavailable(e) => {
+                    if outage.failed(tokio::time::Instant::now()) {
+                        tracing::warn!(path = %source.path.display(), error = %e.full_text(), "cannot read the static pod path; keeping its pods");
+                    }
+                }
+            }
+            // A directory that reappeared (or replaced a file) is watched anew.
+            if source.inotify && (events.is_none() || watched != source.watch_dir()) {
+                watched = source.watch_dir().to_owned();
+                events = source.watch();
             }
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = rescan.tick() => {
-                    // The watched directory may have appeared or been replaced.
-                    if self.inotify && events.is_none() {
-                        events = self.watch();
-                    }
-                }
+                _ = rescan.tick() => {}
                 event = next_event(&mut events) => {
                     if let Some(Ok(first)) = event {
                         // Take every event already queued; while a file is still being
@@ -489,14 +702,83 @@ impl FileSource {
                             }
                         }
                     } else {
-                        // The stream broke (or the directory went away): rewatch on the next
-                        // rescan.
+                        // The stream broke (or the directory went away): rewatched after
+                        // the next scan.
                         events = None;
                     }
                 }
             }
         }
     }
+}
+
+/// What a file type is when it is not a regular file; `None` for a regular file.
+fn not_regular(t: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("directory")
+    } else if t.is_fifo() {
+        Some("FIFO")
+    } else if t.is_socket() {
+        Some("socket")
+    } else if t.is_char_device() {
+        Some("character device")
+    } else if t.is_block_device() {
+        Some("block device")
+    } else {
+        Some("unknown file type")
+    }
+}
+
+/// Reads one manifest file: opened without blocking (opening a FIFO for reading would wait
+/// for a writer) and without becoming a controlling terminal, refused unless the opened
+/// file is a regular file (checked on the open file, so a swap after the listing's stat
+/// is caught), and read up to [`MAX_MANIFEST_BYTES`]. `Ok(None)`: the file is gone.
+///
+/// # Errors
+/// [`ManifestError::Read`] for I/O errors (nothing known about the content),
+/// [`ManifestError::NotRegular`] and [`ManifestError::TooLarge`] otherwise.
+fn read_manifest(path: &Path, origin: &ManifestOrigin) -> Result<Option<Vec<u8>>, ManifestError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let read_error = |source| ManifestError::Read {
+        origin: origin.clone(),
+        source,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    };
+    let metadata = file.metadata().map_err(read_error)?;
+    if let Some(kind) = not_regular(&metadata.file_type()) {
+        return Err(ManifestError::NotRegular {
+            origin: origin.clone(),
+            kind,
+        });
+    }
+    let too_large = || ManifestError::TooLarge {
+        origin: origin.clone(),
+        limit: MAX_MANIFEST_BYTES,
+    };
+    if metadata.len() > MAX_MANIFEST_BYTES {
+        return Err(too_large());
+    }
+    // The file may grow after the stat: read one byte past the limit to know.
+    let mut data = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(read_error)?;
+    if data.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_large());
+    }
+    Ok(Some(data))
 }
 
 async fn next_event(
@@ -527,7 +809,8 @@ pub struct HttpSource {
     period: Duration,
     timeout: Duration,
     seen: SeenTimes,
-    last_pods: Vec<StaticPod>,
+    /// The pods of the last fetch, by origin, for [`dedupe`].
+    sent: HashMap<ManifestOrigin, String>,
 }
 
 impl HttpSource {
@@ -539,48 +822,57 @@ impl HttpSource {
             period,
             timeout,
             seen: SeenTimes::default(),
-            last_pods: Vec::new(),
+            sent: HashMap::new(),
         }
     }
 
-    /// Fetches once: the pods and errors. A failed fetch keeps the previous pods.
-    pub async fn fetch_once(&mut self, now: Timestamp) -> (Vec<StaticPod>, Vec<ManifestError>) {
+    /// Fetches once: the pods and the errors of the items that gave none. The body is
+    /// parsed off the async threads.
+    ///
+    /// # Errors
+    /// The fetch failed, or the body cannot be used as a whole (too large, not YAML/JSON,
+    /// too deep): its pods are unknown.
+    pub async fn fetch_once(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<(Vec<StaticPod>, Vec<ManifestError>), ManifestError> {
         let origin = ManifestOrigin::Url(self.url.clone());
         let body = match tokio::time::timeout(self.timeout, get(&self.url)).await {
             Ok(Ok(body)) => body,
-            Ok(Err(source)) => {
-                return (
-                    self.last_pods.clone(),
-                    vec![ManifestError::Fetch { origin, source }],
-                );
-            }
+            Ok(Err(source)) => return Err(ManifestError::Fetch { origin, source }),
             Err(_) => {
                 let source = FetchError::Timeout(self.timeout);
-                return (
-                    self.last_pods.clone(),
-                    vec![ManifestError::Fetch { origin, source }],
-                );
+                return Err(ManifestError::Fetch { origin, source });
             }
         };
         let mut pods = Vec::new();
         let mut errors = Vec::new();
         if !body.iter().all(u8::is_ascii_whitespace) {
-            for result in parse_url_manifest(&body, &self.url, &self.node_name, now) {
+            let (url, node_name) = (self.url.clone(), self.node_name.clone());
+            let parse = tokio::task::spawn_blocking(move || {
+                parse_url_manifest(&body, &url, &node_name, now)
+            });
+            let results = match parse.await {
+                Ok(results) => results?,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            for result in results {
                 match result {
                     Ok(pod) => pods.push(pod),
                     Err(e) => errors.push(e),
                 }
             }
         }
-        let mut pods = dedupe(pods, &mut errors);
+        let mut pods = dedupe(pods, &self.sent, &mut errors);
         self.seen.stamp(&mut pods, now);
-        self.last_pods.clone_from(&pods);
-        (pods, errors)
+        self.sent = origins(&pods);
+        Ok((pods, errors))
     }
 
     /// Polls every period and sends a snapshot at start and whenever something changed.
     pub async fn run(mut self, tx: mpsc::Sender<PodUpdate>, cancel: CancellationToken) {
         let mut last = Last::default();
+        let mut outage = Outage::default();
         let mut poll = tokio::time::interval(self.period);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -588,13 +880,25 @@ impl HttpSource {
                 () = cancel.cancelled() => return,
                 _ = poll.tick() => {}
             }
-            let (pods, errors) = tokio::select! {
+            let fetched = tokio::select! {
                 () = cancel.cancelled() => return,
                 fetched = self.fetch_once(Timestamp::now()) => fetched,
             };
-            let sent = last.send_if_changed(&tx, SourceKind::Http, pods, errors);
-            if sent.await.is_err() {
-                return;
+            match fetched {
+                Ok((pods, errors)) => {
+                    if let Some(lasted) = outage.recovered(tokio::time::Instant::now()) {
+                        tracing::info!(url = %self.url, after = ?lasted, "manifest URL usable again");
+                    }
+                    let sent = last.send_if_changed(&tx, SourceKind::Http, pods, errors);
+                    if sent.await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if outage.failed(tokio::time::Instant::now()) {
+                        tracing::warn!(url = %self.url, error = %e.full_text(), "cannot use the manifest URL; keeping its pods");
+                    }
+                }
             }
         }
     }
@@ -637,11 +941,27 @@ async fn get(url: &str) -> Result<Bytes, FetchError> {
         if !status.is_success() {
             return Err(FetchError::Status { status });
         }
-        let body = response
-            .into_body()
+        let too_large = FetchError::TooLarge {
+            limit: MAX_MANIFEST_BYTES,
+        };
+        let announced = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|len| len > MAX_MANIFEST_BYTES) {
+            return Err(too_large);
+        }
+        let limit = usize::try_from(MAX_MANIFEST_BYTES).unwrap_or(usize::MAX);
+        let body = http_body_util::Limited::new(response.into_body(), limit)
             .collect()
             .await
-            .map_err(FetchError::Http)?;
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large
+                } else {
+                    FetchError::Body(e)
+                }
+            })?;
         Ok(body.to_bytes())
     }
     .await;

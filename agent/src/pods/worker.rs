@@ -961,11 +961,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         if let Err(e) = PodVolumes::teardown(&uid, &ctx.pods_dir) {
             warn!(pod = %name, error = %e, "removing the pod's volumes failed");
         }
-        let logs = cri_config::pod_log_dir(&ctx.logs_dir, pod);
-        if let Err(e) = std::fs::remove_dir_all(&logs)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(pod = %name, path = %logs.display(), error = %e, "removing the pod's logs failed");
+        if let Err(e) = cri_config::remove_pod_log_dir(&ctx.logs_dir, pod) {
+            warn!(pod = %name, error = %e, "removing the pod's logs failed");
         }
         ctx.store.remove(&uid);
         ctx.probes.remove_pod(&uid);

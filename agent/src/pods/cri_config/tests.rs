@@ -1245,3 +1245,75 @@ fn seccomp_profiles() {
         }
     }
 }
+
+fn pod_named(namespace: &str, name: &str, uid: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            uid: Some(uid.to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Pod::default()
+    }
+}
+
+/// Removal of a pod's log directory stays inside the logs directory whatever the pod's
+/// fields hold: a UID with `..` or `/`, a symbolic link in the directory's place or inside
+/// it. Only the pod's own directory goes.
+#[test]
+fn removing_pod_log_dirs_never_leaves_the_logs_dir() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let logs = root.path().join("logs");
+    let outside = root.path().join("outside");
+    fs::create_dir_all(&logs).expect("logs");
+    fs::create_dir_all(outside.join("victim")).expect("outside");
+    fs::write(outside.join("victim/precious"), "x").expect("precious");
+
+    // A UID that climbs out: the directory it names even exists, through a real entry.
+    let escape = pod_named("default", "web", "z/../../outside/victim");
+    fs::create_dir_all(logs.join("default_web_z")).expect("entry to climb through");
+    let err = remove_pod_log_dir(&logs, &escape).expect_err("refused");
+    assert!(matches!(err, LogDirError::NotAnEntry { .. }), "{err}");
+    assert!(err.to_string().contains("z/../../outside/victim"), "{err}");
+    for uid in ["a/b", "/abs", "x/."] {
+        let err = remove_pod_log_dir(&logs, &pod_named("default", "web", uid)).expect_err(uid);
+        assert!(
+            matches!(err, LogDirError::NotAnEntry { .. }),
+            "{uid:?}: {err}"
+        );
+    }
+
+    // A symbolic link in the directory's place: left alone, its target too.
+    let linked = pod_named("default", "linked", "1");
+    std::os::unix::fs::symlink(outside.join("victim"), pod_log_dir(&logs, &linked))
+        .expect("symlink");
+    let err = remove_pod_log_dir(&logs, &linked).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            LogDirError::NotADirectory {
+                kind: "symbolic link",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // The pod's real directory, with a link inside: the directory goes, the target stays.
+    let real = pod_named("default", "real", "2");
+    let dir = pod_log_dir(&logs, &real);
+    fs::create_dir_all(dir.join("c")).expect("log dir");
+    fs::write(dir.join("c/0.log"), "log").expect("log");
+    std::os::unix::fs::symlink(outside.join("victim"), dir.join("c/escape")).expect("symlink");
+    remove_pod_log_dir(&logs, &real).expect("removed");
+    assert!(!dir.exists());
+    assert!(outside.join("victim/precious").exists());
+    // Gone already: fine.
+    remove_pod_log_dir(&logs, &real).expect("missing is not an error");
+    assert!(outside.join("victim/precious").exists());
+    assert!(
+        logs.join("default_web_z").exists(),
+        "only the pod's own entry is removed"
+    );
+}

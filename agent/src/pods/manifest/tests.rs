@@ -259,7 +259,7 @@ fn long_name_with_node_suffix_is_rejected() {
 #[test]
 fn url_manifests_single_pod_and_lists() {
     let url = "http://127.0.0.1:8080/pods";
-    let single = parse_url_manifest(WEB.as_bytes(), url, NODE, seen());
+    let single = parse_url_manifest(WEB.as_bytes(), url, NODE, seen()).expect("a document");
     assert_eq!(single.len(), 1);
     let sp = single.into_iter().next().expect("one").expect("valid");
     assert_eq!(sp.origin, ManifestOrigin::Url(url.to_owned()));
@@ -270,7 +270,7 @@ fn url_manifests_single_pod_and_lists() {
                 - {apiVersion: v1, kind: Pod, metadata: {name: a}, spec: {containers: [{name: c, image: busybox}]}}\n\
                 - {apiVersion: v1, kind: Pod, metadata: {name: b}, spec: {containers: []}}\n\
                 - {apiVersion: v1, kind: Pod, metadata: {name: c}, spec: {containers: [{name: c, image: busybox}]}}\n";
-    let results = parse_url_manifest(list.as_bytes(), url, NODE, seen());
+    let results = parse_url_manifest(list.as_bytes(), url, NODE, seen()).expect("a document");
     assert_eq!(results.len(), 3);
     assert_eq!(
         results[0]
@@ -288,11 +288,17 @@ fn url_manifests_single_pod_and_lists() {
 
     let generic = list.replace("kind: PodList", "kind: List");
     assert_eq!(
-        parse_url_manifest(generic.as_bytes(), url, NODE, seen()).len(),
+        parse_url_manifest(generic.as_bytes(), url, NODE, seen())
+            .expect("a document")
+            .len(),
         3
     );
     let empty = "apiVersion: v1\nkind: PodList\nitems: []\n";
-    assert!(parse_url_manifest(empty.as_bytes(), url, NODE, seen()).is_empty());
+    assert!(
+        parse_url_manifest(empty.as_bytes(), url, NODE, seen())
+            .expect("a document")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -309,4 +315,159 @@ fn dns_names() {
     for bad in ["", "a..b", ".a", "Node", &"a".repeat(254)] {
         assert!(validate_dns_subdomain(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn uids_must_be_one_harmless_path_component() {
+    for ok in [
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "c07e29c8cc27187642de1b71621f4f5a",
+        "Z",
+        "a.b-c",
+        &"a".repeat(MAX_UID_LEN),
+    ] {
+        assert_eq!(validate_uid(ok), Ok(()), "{ok:?}");
+    }
+    for bad in [
+        "",
+        ".",
+        "..",
+        "z/../../etc",
+        "/abs",
+        "a_b",
+        ".hidden",
+        "trailing-",
+        "sp ace",
+        "nul\0",
+        "é",
+        &"a".repeat(MAX_UID_LEN + 1),
+    ] {
+        assert!(validate_uid(bad).is_err(), "{bad:?} accepted");
+    }
+    let with_uid = WEB.replace(
+        "  name: web\n",
+        "  name: web\n  uid: z/../../../tmp/victim\n",
+    );
+    let err = parse(&with_uid).expect_err("escaping uid");
+    assert!(
+        matches!(&err, ManifestError::Invalid { field, .. } if field == "metadata.uid"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("metadata.uid: \"z/../../../tmp/victim\""),
+        "{err}"
+    );
+    let with_uid = WEB.replace(
+        "  name: web\n",
+        "  name: web\n  uid: 0f8fad5b-d9cb-469f-a165-70867728950e\n",
+    );
+    assert_eq!(
+        parse(&with_uid).expect("a UUID").uid,
+        "0f8fad5b-d9cb-469f-a165-70867728950e"
+    );
+}
+
+/// Nesting past the limit is refused before decoding, naming the limit and where; within
+/// it, decoding goes on. Deep flow nesting is what costs the scanner quadratic time.
+#[test]
+fn nesting_is_bounded_before_decoding() {
+    let at_limit = format!(
+        "{}{}",
+        "[".repeat(MAX_MANIFEST_DEPTH),
+        "]".repeat(MAX_MANIFEST_DEPTH)
+    );
+    assert_eq!(
+        shape::check(at_limit.as_bytes(), MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES),
+        Ok(())
+    );
+    for (text, line, column) in [
+        ("[".repeat(100_000), 1, 65),
+        ("{a: ".repeat(100_000), 1, 4 * 64 + 1),
+        ("- ".repeat(100_000), 1, 2 * 64 + 1),
+        (
+            (0..100)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect::<String>(),
+            65,
+            65,
+        ),
+    ] {
+        let err = parse(&text).expect_err("too deep");
+        assert_eq!(
+            err.full_text(),
+            format!(
+                "/etc/bpflet/manifests/web.yaml: collections nest deeper than the limit of 64 levels (nesting level 65, at line {line} column {column})"
+            ),
+            "{}",
+            &text[..20]
+        );
+    }
+    // Invalid YAML before the limit is the decoder's to report, with its position.
+    let err = parse("a: [1, 2\nb: }").expect_err("syntax");
+    assert!(matches!(err, ManifestError::Syntax { .. }), "{err}");
+}
+
+/// Node count is bounded before decoding (decoding costs memory per node); a real pod is
+/// far below the limit.
+#[test]
+fn node_count_is_bounded_before_decoding() {
+    let list = format!("a: [{}]", "x, ".repeat(MAX_MANIFEST_NODES));
+    let err = parse(&list).expect_err("too many nodes");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "/etc/bpflet/manifests/web.yaml: more than the limit of 100000 YAML/JSON nodes (at line 1 column {})",
+            4 + 3 * (MAX_MANIFEST_NODES - 3) + 1
+        )
+    );
+    let env: String = (0..1000)
+        .map(|i| format!("    - {{name: VAR{i}, value: v}}\n"))
+        .collect();
+    let big_pod = WEB.replace(
+        "    command: [sleep, '3600']\n",
+        &format!("    command: [sleep, '3600']\n    env:\n{env}"),
+    );
+    assert!(
+        parse(&big_pod).is_ok(),
+        "a pod with 1000 environment variables"
+    );
+}
+
+#[test]
+fn manifests_over_the_size_limit_are_refused_before_parsing() {
+    let mut text = WEB.to_owned();
+    text.push_str(&"#".repeat(usize::try_from(MAX_MANIFEST_BYTES).expect("fits")));
+    let err = parse(&text).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        "/etc/bpflet/manifests/web.yaml: larger than the limit of 3145728 bytes"
+    );
+}
+
+/// The full text carries the parser's cause with its line and column (the log line of a
+/// rejected manifest is this text).
+#[test]
+fn full_text_keeps_the_parsers_line_and_column() {
+    let err = parse("apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\n   bad: [\n")
+        .expect_err("syntax");
+    assert_eq!(
+        err.to_string(),
+        "/etc/bpflet/manifests/web.yaml: invalid YAML or JSON"
+    );
+    let full = err.full_text();
+    assert!(
+        full.starts_with("/etc/bpflet/manifests/web.yaml: invalid YAML or JSON: ")
+            && full.contains("at line 5 column"),
+        "{full}"
+    );
+}
+
+#[test]
+fn url_documents_that_cannot_be_parsed_are_errors_of_the_whole() {
+    let url = "http://127.0.0.1:8080/pods";
+    let err = parse_url_manifest(b"kind: [", url, NODE, seen()).expect_err("syntax");
+    assert!(matches!(err, ManifestError::Syntax { .. }), "{err}");
+    let err = parse_url_manifest("[".repeat(1000).as_bytes(), url, NODE, seen()).expect_err("deep");
+    assert!(matches!(err, ManifestError::TooDeep { .. }), "{err}");
 }

@@ -31,12 +31,12 @@ fn now() -> Timestamp {
 fn scan_add_edit_remove() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut source = file_source(dir.path(), Duration::from_secs(20));
-    let (pods, errors) = source.scan(now());
+    let (pods, errors) = source.scan(now()).expect("listed");
     assert!(pods.is_empty() && errors.is_empty());
 
     let web = dir.path().join("web.yaml");
     write(&web, &manifest("web", "busybox:1"));
-    let (pods, errors) = source.scan(now());
+    let (pods, errors) = source.scan(now()).expect("listed");
     assert_eq!(names(&pods), ["web-node-a"]);
     assert!(errors.is_empty(), "{errors:?}");
     let uid = pods[0].uid.clone();
@@ -50,11 +50,11 @@ fn scan_add_edit_remove() {
 
     // Rescanning an unchanged file yields the identical pod (same seen time).
     let later = now() + jiff::SignedDuration::from_secs(30);
-    let (again, _) = source.scan(later);
+    let (again, _) = source.scan(later).expect("listed");
     assert_eq!(again, pods);
 
     write(&web, &manifest("web", "busybox:2"));
-    let (pods, _) = source.scan(later);
+    let (pods, _) = source.scan(later).expect("listed");
     assert_eq!(names(&pods), ["web-node-a"]);
     assert_ne!(pods[0].uid, uid, "an edited manifest is a new pod");
     assert_ne!(
@@ -68,7 +68,7 @@ fn scan_add_edit_remove() {
     );
 
     fs::remove_file(&web).expect("remove");
-    let (pods, errors) = source.scan(now());
+    let (pods, errors) = source.scan(now()).expect("listed");
     assert!(pods.is_empty() && errors.is_empty());
 }
 
@@ -87,7 +87,7 @@ fn malformed_beside_healthy_hidden_ignored_and_fixing_later() {
     write(&dir.path().join("subdir/e.yaml"), &manifest("e", "busybox"));
 
     let mut source = file_source(dir.path(), Duration::from_secs(20));
-    let (pods, errors) = source.scan(now());
+    let (pods, errors) = source.scan(now()).expect("listed");
     assert_eq!(
         names(&pods),
         ["a-node-a"],
@@ -108,7 +108,7 @@ fn malformed_beside_healthy_hidden_ignored_and_fixing_later() {
     );
 
     write(&dir.path().join("b.yaml"), &manifest("b", "busybox"));
-    let (pods, errors) = source.scan(now());
+    let (pods, errors) = source.scan(now()).expect("listed");
     assert_eq!(
         names(&pods),
         ["a-node-a", "b-node-a"],
@@ -123,26 +123,33 @@ fn single_file_missing_path_and_duplicates() {
     let file = dir.path().join("only.yaml");
     write(&file, &manifest("only", "busybox"));
     let mut source = FileSource::new(file.clone(), NODE.to_owned(), Duration::from_secs(20));
-    assert_eq!(names(&source.scan(now()).0), ["only-node-a"]);
+    assert_eq!(
+        names(&source.scan(now()).expect("listed").0),
+        ["only-node-a"]
+    );
 
     let mut missing = FileSource::new(
         dir.path().join("nope"),
         NODE.to_owned(),
         Duration::from_secs(20),
     );
-    let (pods, errors) = missing.scan(now());
-    assert!(pods.is_empty());
+    let (pods, errors) = missing.scan(now()).expect("listed");
     assert!(
-        matches!(&errors[..], [ManifestError::Read { .. }]),
-        "{errors:?}"
+        pods.is_empty() && errors.is_empty(),
+        "a path that never existed has no pods, as upstream: {errors:?}"
     );
+    // A single file removed from its directory: its pod is gone.
+    fs::remove_file(&file).expect("remove");
+    let (pods, errors) = source.scan(now()).expect("listed");
+    assert!(pods.is_empty() && errors.is_empty(), "{errors:?}");
+    write(&file, &manifest("only", "busybox"));
 
     write(
         &dir.path().join("zz-copy.yaml"),
         &manifest("only", "busybox:2"),
     );
     let mut source = file_source(dir.path(), Duration::from_secs(20));
-    let (pods, errors) = source.scan(now());
+    let (pods, errors) = source.scan(now()).expect("listed");
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].origin, ManifestOrigin::File(file));
     assert!(
@@ -337,7 +344,7 @@ async fn http_fetches_pods_and_keeps_them_when_the_server_fails() {
         Duration::from_secs(5),
     );
 
-    let (pods, errors) = source.fetch_once(now()).await;
+    let (pods, errors) = source.fetch_once(now()).await.expect("fetched");
     assert_eq!(names(&pods), ["web-node-a"]);
     let annotations = pods[0]
         .pod
@@ -352,28 +359,27 @@ async fn http_fetches_pods_and_keeps_them_when_the_server_fails() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].origin().to_string().ends_with("#items[1]"));
 
-    let (kept, errors) = source.fetch_once(now()).await;
-    assert_eq!(kept, pods, "a failed fetch keeps the last pods");
-    let text = error_text(&errors[0]);
+    let failed = source.fetch_once(now()).await.expect_err("500");
+    let text = error_text(&failed);
     assert!(text.contains(&url) && text.contains("500"), "{text}");
 
-    let (pods, errors) = source.fetch_once(now()).await;
+    let (pods, errors) = source.fetch_once(now()).await.expect("fetched");
     assert!(
         pods.is_empty() && errors.is_empty(),
         "an empty answer means no pods"
     );
 
     // Nobody listens any more.
-    let (_, errors) = source.fetch_once(now()).await;
+    let failed = source.fetch_once(now()).await.expect_err("nobody listens");
     assert!(
         matches!(
-            &errors[..],
-            [ManifestError::Fetch {
+            failed,
+            ManifestError::Fetch {
                 source: FetchError::Connect { .. },
                 ..
-            }]
+            }
         ),
-        "{errors:?}"
+        "{failed:?}"
     );
 }
 
@@ -428,8 +434,9 @@ fn unsupported_urls() {
     }
 }
 
-fn unchanged(source: &FileSource) -> bool {
-    source.unchanged(&source.list())
+fn unchanged(source: &mut FileSource) -> bool {
+    let listing = source.list().expect("listed");
+    source.unchanged(&listing)
 }
 
 /// A rescan that would find what the last one found is skipped on a stat per file; any
@@ -441,22 +448,22 @@ fn unchanged_directory_is_known_from_stats_alone() {
     let mut source = file_source(dir.path(), Duration::from_secs(20));
     // Scans "later": the files' stats have settled.
     let later = || now() + jiff::SignedDuration::from_secs(30);
-    assert!(!unchanged(&source), "nothing scanned yet");
+    assert!(!unchanged(&mut source), "nothing scanned yet");
     let web = dir.path().join("web.yaml");
     write(&web, &manifest("web", "busybox:1"));
-    source.scan(now());
+    source.scan(now()).expect("listed");
     assert!(
-        !unchanged(&source),
+        !unchanged(&mut source),
         "written just now: a same-size write could keep the stat"
     );
-    source.scan(later());
-    assert!(unchanged(&source));
+    source.scan(later()).expect("listed");
+    assert!(unchanged(&mut source));
 
     // Same size, other bytes: the write moves ctime (and mtime).
     write(&web, &manifest("web", "busybox:2"));
-    assert!(!unchanged(&source), "rewritten in place");
-    let (pods, _) = source.scan(later());
-    assert!(unchanged(&source));
+    assert!(!unchanged(&mut source), "rewritten in place");
+    let (pods, _) = source.scan(later()).expect("listed");
+    assert!(unchanged(&mut source));
     assert_eq!(
         pods[0].pod.spec.as_ref().expect("spec").containers[0]
             .image
@@ -466,22 +473,222 @@ fn unchanged_directory_is_known_from_stats_alone() {
 
     let db = dir.path().join("db.yaml");
     write(&db, &manifest("db", "busybox:1"));
-    assert!(!unchanged(&source), "file added");
-    source.scan(later());
-    assert!(unchanged(&source));
+    assert!(!unchanged(&mut source), "file added");
+    source.scan(later()).expect("listed");
+    assert!(unchanged(&mut source));
 
     fs::remove_file(&db).expect("remove");
-    assert!(!unchanged(&source), "file removed");
-    source.scan(later());
-    assert!(unchanged(&source));
+    assert!(!unchanged(&mut source), "file removed");
+    source.scan(later()).expect("listed");
+    assert!(unchanged(&mut source));
 
     let bad = dir.path().join("bad.yaml");
     write(&bad, "kind: [");
-    assert!(!unchanged(&source), "file added");
-    let (_, errors) = source.scan(later());
+    assert!(!unchanged(&mut source), "file added");
+    let (_, errors) = source.scan(later()).expect("listed");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        !unchanged(&source),
+        !unchanged(&mut source),
         "an unusable file is read on every rescan"
     );
+}
+
+/// A directory that cannot be listed says nothing about its pods: `step` reports it
+/// unavailable (the run loop then sends nothing) and picks up once it is back. Removing
+/// files (or every file) is what removes pods.
+#[test]
+fn unlistable_directory_is_unavailable_not_empty() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("manifests");
+    fs::create_dir(&dir).expect("mkdir");
+    write(&dir.join("web.yaml"), &manifest("web", "busybox"));
+    let mut source = file_source(&dir, Duration::from_secs(20));
+    assert!(matches!(source.step(now()), Scan::Complete { pods, .. } if pods.len() == 1));
+
+    let away = root.path().join("away");
+    fs::rename(&dir, &away).expect("rename away");
+    match source.step(now()) {
+        Scan::Unavailable(e) => assert!(
+            error_text(&e).contains("manifests: cannot read"),
+            "{}",
+            error_text(&e)
+        ),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    fs::rename(&away, &dir).expect("rename back");
+    assert!(matches!(source.step(now()), Scan::Complete { pods, .. } if pods.len() == 1));
+    fs::remove_file(dir.join("web.yaml")).expect("remove");
+    assert!(
+        matches!(source.step(now()), Scan::Complete { pods, errors } if pods.is_empty() && errors.is_empty())
+    );
+}
+
+/// A file that cannot be read (not its content: the I/O) keeps the pod it gave; one whose
+/// content became invalid, or that turned into something else than a regular file, does
+/// not.
+#[test]
+fn unreadable_file_keeps_its_pod_broken_or_replaced_file_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yaml");
+    write(&web, &manifest("web", "busybox"));
+    let mut source = file_source(dir.path(), Duration::from_secs(20));
+    let (pods, _) = source.scan(now()).expect("listed");
+    assert_eq!(names(&pods), ["web-node-a"]);
+
+    // A name that cannot be resolved (ELOOP): an I/O error, not content.
+    fs::remove_file(&web).expect("remove");
+    std::os::unix::fs::symlink(&web, &web).expect("self-referencing symlink");
+    let (pods, errors) = source.scan(now()).expect("listed");
+    assert_eq!(names(&pods), ["web-node-a"], "kept: {errors:?}");
+    assert!(
+        matches!(&errors[..], [ManifestError::Read { .. }]),
+        "{errors:?}"
+    );
+
+    fs::remove_file(&web).expect("remove link");
+    nix::unistd::mkfifo(&web, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (pods, errors) = source.scan(now()).expect("listed");
+    assert!(pods.is_empty(), "a FIFO is no manifest");
+    let text = error_text(&errors[0]);
+    assert!(
+        text.contains("web.yaml: not a regular file (FIFO)"),
+        "{text}"
+    );
+}
+
+/// Opening a FIFO would wait for a writer: the reader opens without blocking and refuses
+/// anything that is not a regular file, as the single manifest path too.
+#[test]
+fn fifo_as_the_manifest_path_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("pod.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let origin = ManifestOrigin::File(fifo.clone());
+    let err = read_manifest(&fifo, &origin).expect_err("a FIFO");
+    assert!(
+        matches!(err, ManifestError::NotRegular { kind: "FIFO", .. }),
+        "{err}"
+    );
+    let mut source = FileSource::new(fifo, NODE.to_owned(), Duration::from_secs(20));
+    let (pods, errors) = source.scan(now()).expect("listed");
+    assert!(pods.is_empty());
+    assert!(
+        error_text(&errors[0]).contains("not a regular file (FIFO)"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn manifests_over_the_size_limit_are_refused_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.yaml");
+    let file = fs::File::create(&big).expect("create");
+    file.set_len(MAX_MANIFEST_BYTES + 1).expect("sparse file");
+    let origin = ManifestOrigin::File(big.clone());
+    let err = read_manifest(&big, &origin).expect_err("too large");
+    assert_eq!(
+        error_text(&err),
+        format!("{}: larger than the limit of 3145728 bytes", big.display())
+    );
+    file.set_len(MAX_MANIFEST_BYTES).expect("shrink");
+    assert_eq!(
+        read_manifest(&big, &origin)
+            .expect("at the limit")
+            .map(|d| d.len() as u64),
+        Some(MAX_MANIFEST_BYTES)
+    );
+}
+
+/// Two manifests with one UID: the one already running keeps it even when the other sorts
+/// first; the other is refused naming both files. With no pod running yet, the first in
+/// order wins.
+#[test]
+fn same_uid_twice_keeps_the_running_pod() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with_uid = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, uid: shared-1}}\nspec: {{containers: [{{name: c, image: busybox}}]}}\n"
+        )
+    };
+    write(&dir.path().join("b-first.yaml"), &with_uid("first"));
+    let mut source = file_source(dir.path(), Duration::from_secs(20));
+    let (pods, _) = source.scan(now()).expect("listed");
+    assert_eq!(names(&pods), ["first-node-a"]);
+
+    write(&dir.path().join("a-second.yaml"), &with_uid("second"));
+    let (pods, errors) = source.scan(now()).expect("listed");
+    assert_eq!(
+        names(&pods),
+        ["first-node-a"],
+        "the running pod keeps its UID"
+    );
+    let text = error_text(&errors[0]);
+    assert!(
+        text.contains("a-second.yaml: pod UID \"shared-1\" is already used by")
+            && text.contains("b-first.yaml"),
+        "{text}"
+    );
+
+    // A fresh source (the agent restarted): the first in file order.
+    let mut fresh = file_source(dir.path(), Duration::from_secs(20));
+    let (pods, errors) = fresh.scan(now()).expect("listed");
+    assert_eq!(names(&pods), ["second-node-a"]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}
+
+#[test]
+fn outage_is_logged_at_once_then_every_period() {
+    let start = tokio::time::Instant::now();
+    let mut outage = Outage::default();
+    assert_eq!(outage.recovered(start), None, "no outage to end");
+    assert!(outage.failed(start));
+    assert!(!outage.failed(start + Duration::from_secs(1)));
+    assert!(!outage.failed(start + OUTAGE_LOG_EVERY - Duration::from_millis(1)));
+    assert!(outage.failed(start + OUTAGE_LOG_EVERY));
+    assert_eq!(
+        outage.recovered(start + Duration::from_secs(90)),
+        Some(Duration::from_secs(90))
+    );
+    assert!(
+        outage.failed(start + Duration::from_secs(91)),
+        "a new outage logs at once"
+    );
+}
+
+/// A `--manifest-url` body over the limit is refused whether its length is announced or
+/// not (read until the limit, then dropped), and the fetch fails as a whole: pods unknown.
+#[tokio::test]
+async fn http_bodies_over_the_limit_are_refused() {
+    let too_big = "#".repeat(usize::try_from(MAX_MANIFEST_BYTES).expect("fits") + 1);
+    let announced = serve(vec![(200, too_big.clone())]).await;
+    // No Content-Length: the body ends when the server closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let streamed = format!("http://{}/pods", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut request = vec![0; 4096];
+        let _ = stream.read(&mut request).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .await;
+        let _ = stream.write_all(too_big.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+    for url in [announced, streamed] {
+        let mut source = HttpSource::new(
+            url.clone(),
+            NODE.to_owned(),
+            Duration::from_secs(20),
+            Duration::from_secs(5),
+        );
+        let err = source.fetch_once(now()).await.expect_err("too large");
+        assert_eq!(
+            error_text(&err),
+            format!("{url}: cannot fetch: the body is larger than the limit of 3145728 bytes")
+        );
+    }
 }

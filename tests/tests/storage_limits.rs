@@ -46,9 +46,9 @@ fn assert_evicted(node: &Node, name: &str, message: &str) -> Value {
     assert_eq!(pod["status"]["message"], message, "{pod:#}");
     let events = node.events_of(&uid(&pod));
     assert!(
-        events.iter().any(|e| e["reason"] == "Evicted"
-            && e["type"] == "Warning"
-            && e["message"] == message),
+        events
+            .iter()
+            .any(|e| e["reason"] == "Evicted" && e["type"] == "Warning" && e["message"] == message),
         "an Evicted warning event: {events:#?}"
     );
     let (_, containers) = node.runtime_ids(&uid(&pod));

@@ -111,6 +111,9 @@ fn empty_dir_over_its_size_limit_is_evicted_and_others_run_on() {
         "hog",
         "Usage of EmptyDir volume \"data\" exceeds the limit \"10Mi\". ",
     );
+    // What it wrote is freed (its volumes are torn down, as upstream's for a terminated pod).
+    let hog_data = empty_dir(&node, &hog, "data");
+    node.wait_until("hog's emptyDir to be removed", |_| !hog_data.exists());
     // Terminal: the evicted pod is not started again.
     node.holds_for("hog", "evicted and down", PAST_A_PASS, |p| {
         evicted(p) && !running(p, "c")

@@ -862,6 +862,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the evicted pod's sandbox failed");
             }
         }
+        // Evicted for good (a local storage limit): free its volumes, as upstream tears down
+        // a terminated pod's.
+        if e.is_terminal()
+            && let Err(err) = PodVolumes::teardown(pod_uid(pod), &self.ctx.pods_dir)
+        {
+            warn!(pod = %name, error = %err, "removing the evicted pod's volumes failed");
+        }
         let mut status = self.status.clone().unwrap_or_default();
         crate::status::mark_evicted(&mut status, &e.message, Timestamp::now());
         self.status = Some(status);

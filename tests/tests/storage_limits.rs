@@ -201,3 +201,38 @@ fn container_over_its_ephemeral_storage_limit_is_evicted() {
     );
     assert!(node.agent_alive(), "the agent runs on");
 }
+
+#[test]
+fn local_storage_capacity_isolation_false_turns_enforcement_off() {
+    let mut node = Node::start_with(NodeConfig {
+        kubelet_extra:
+            "evictionHard: {memory.available: 100Mi}\nlocalStorageCapacityIsolation: false\n"
+                .to_owned(),
+        ..NodeConfig::default()
+    });
+    node.write_manifest(
+        "hog.yaml",
+        &pod_yaml(
+            "hog",
+            "Always",
+            &format!(
+                "  containers:
+  - name: c
+    image: {IMAGE}
+    command: [sh, -c, 'dd if=/dev/zero of=/data/f bs=1M count=30 && touch /data/done && exec sleep 3600']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    emptyDir: {{sizeLimit: 10Mi}}
+"
+            ),
+        ),
+    );
+    let hog = node.wait_pod("hog", "running", |p| running(p, "c"));
+    let done = empty_dir(&node, &hog, "data").join("done");
+    node.wait_until("hog to finish writing", |_| done.exists());
+    node.holds_for("hog", "running, not evicted", PAST_A_PASS, |p| {
+        running(p, "c") && !evicted(p)
+    });
+    assert!(node.agent_alive(), "the agent runs on");
+}

@@ -468,4 +468,36 @@ mod tests {
         images.sort();
         assert_eq!(images, ["app:v1", "batch:v1", "init:v1"]);
     }
+
+    #[test]
+    fn store_pods_lists_only_running_pods_with_storage_limits() {
+        let store = StatusStore::default();
+        let plain = pod(vec![container("app", &[], &[])], vec![]);
+        let mut limited = pod(
+            vec![container("app", &[], &[("ephemeral-storage", "10Mi")])],
+            vec![],
+        );
+        limited.metadata.uid = Some("u2".into());
+        let mut done = limited.clone();
+        done.metadata.uid = Some("u3".into());
+        done.status = Some(PodStatus {
+            phase: Some("Failed".into()),
+            ..PodStatus::default()
+        });
+        store.upsert("u1", plain);
+        store.upsert("u2", limited);
+        store.upsert("u3", done);
+        let pods = StorePods {
+            store,
+            pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
+            logs_dir: PathBuf::from("/var/log/pods"),
+        };
+        let got = pods.storage_limited_pods();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].uid, "u2");
+        assert_eq!(
+            got[0].containers[0].log_dir,
+            PathBuf::from("/var/log/pods/default_web_u2/app")
+        );
+    }
 }

@@ -28,7 +28,7 @@
 //! [`check`] is pure: which limit a measured pod exceeds, with upstream's message.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
@@ -37,6 +37,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, fstat, fstatat};
 
 use crate::cgroups::QosTree;
 use crate::cgroups::driver::CgroupManager as _;
@@ -389,6 +392,11 @@ pub struct TreeUsage {
 /// entries. A missing root counts nothing; entries that vanish or cannot be read during the
 /// walk are skipped.
 ///
+/// The walk goes from directory descriptor to directory descriptor (`openat`, `fstatat`,
+/// `..` checked against the parent it left), never through a path: a tree deeper than
+/// `PATH_MAX` is counted whole, with two descriptors open at a time. A parent that changed
+/// under the walk (a directory renamed meanwhile) ends it, marked truncated.
+///
 /// # Errors
 /// [`EvictionError::Read`] when `root` exists but cannot be examined.
 pub fn walk(root: &Path, budget: u64) -> Result<TreeUsage, EvictionError> {
@@ -403,39 +411,108 @@ pub fn walk(root: &Path, budget: u64) -> Result<TreeUsage, EvictionError> {
         }
     };
     let device = meta.dev();
-    let mut usage = TreeUsage::default();
+    let mut usage = TreeUsage {
+        bytes: meta.blocks().saturating_mul(512),
+        inodes: 1,
+        ..TreeUsage::default()
+    };
+    if !meta.is_dir() {
+        return Ok(usage);
+    }
+    let Ok(mut dir) = Dir::open(root, DIR_FLAGS, Mode::empty()) else {
+        return Ok(usage);
+    };
+    if !same_inode(&dir, device, meta.ino()) {
+        return Ok(usage);
+    }
     let mut linked: HashSet<u64> = HashSet::new();
-    let mut stack = vec![(root.to_path_buf(), meta)];
-    while let Some((path, meta)) = stack.pop() {
+    // The directories from the root down to `dir`: their identity and the names still to
+    // look at in each.
+    let mut stack = vec![Frame {
+        ino: meta.ino(),
+        names: read_names(&mut dir, budget, &mut usage),
+    }];
+    while let Some(frame) = stack.last_mut() {
+        let Some(name) = frame.names.pop() else {
+            stack.pop();
+            let Some(parent) = stack.last() else {
+                break;
+            };
+            match Dir::openat(&dir, c"..", DIR_FLAGS, Mode::empty()) {
+                Ok(up) if same_inode(&up, device, parent.ino) => dir = up,
+                _ => {
+                    usage.truncated = true;
+                    break;
+                }
+            }
+            continue;
+        };
+        let Ok(st) = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if st.st_dev != device {
+            continue;
+        }
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         // Several names of one inode (hard links) count once; directories cannot have any.
-        if meta.nlink() > 1 && !meta.is_dir() && !linked.insert(meta.ino()) {
+        if st.st_nlink > 1 && !is_dir && !linked.insert(st.st_ino) {
             continue;
         }
         usage.bytes = usage
             .bytes
-            .saturating_add(meta.blocks().saturating_mul(512));
+            .saturating_add(u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512));
         usage.inodes += 1;
-        if !meta.is_dir() {
+        if !is_dir {
             continue;
         }
-        let Ok(entries) = fs::read_dir(&path) else {
+        let Ok(mut child) = Dir::openat(&dir, name.as_c_str(), DIR_FLAGS, Mode::empty()) else {
             continue;
         };
-        for entry in entries.flatten() {
-            if usage.entries >= budget {
-                usage.truncated = true;
-                return Ok(usage);
-            }
-            usage.entries += 1;
-            let child = entry.path();
-            if let Ok(m) = fs::symlink_metadata(&child)
-                && m.dev() == device
-            {
-                stack.push((child, m));
-            }
+        if !same_inode(&child, device, st.st_ino) {
+            continue;
         }
+        let names = read_names(&mut child, budget, &mut usage);
+        stack.push(Frame {
+            ino: st.st_ino,
+            names,
+        });
+        dir = child;
     }
     Ok(usage)
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// A directory being walked.
+struct Frame {
+    ino: u64,
+    names: Vec<CString>,
+}
+
+/// Whether `dir` is the inode `ino` on `device` (what was stat'ed is what was opened).
+fn same_inode(dir: &Dir, device: u64, ino: u64) -> bool {
+    fstat(dir).is_ok_and(|st| st.st_dev == device && st.st_ino == ino)
+}
+
+/// The names in `dir` (not `.` and `..`), counted in `usage.entries` up to `budget`.
+fn read_names(dir: &mut Dir, budget: u64, usage: &mut TreeUsage) -> Vec<CString> {
+    let mut names = Vec::new();
+    for entry in dir.iter().flatten() {
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        if usage.entries >= budget {
+            usage.truncated = true;
+            break;
+        }
+        usage.entries += 1;
+        names.push(name.to_owned());
+    }
+    names
 }
 
 /// Measures limited pods; remembers each container's writable layer by container id (found

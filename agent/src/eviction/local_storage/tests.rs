@@ -453,6 +453,40 @@ fn walk_counts_allocated_blocks_once_per_inode() {
 }
 
 #[test]
+fn walk_counts_trees_deeper_than_path_max() {
+    use std::io::Write as _;
+
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+
+    const DEPTH: usize = 2100; // "/d" per level: 4200 bytes of path, over PATH_MAX (4096).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("vol");
+    fs::create_dir(&root).expect("mkdir");
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = openat(nix::fcntl::AT_FDCWD, &root, flags, Mode::empty()).expect("open root");
+    for _ in 0..DEPTH {
+        mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).expect("mkdirat");
+        fd = openat(&fd, "d", flags, Mode::empty()).expect("openat");
+    }
+    let file = openat(
+        &fd,
+        "deep",
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .expect("create deep file");
+    fs::File::from(file)
+        .write_all(&vec![b'x'; 200_000])
+        .expect("write");
+
+    let u = walk(&root, MAX_WALK_ENTRIES).expect("walk");
+    assert!(!u.truncated, "{u:?}");
+    assert_eq!(u.inodes, 1 + DEPTH as u64 + 1, "{u:?}");
+    assert!(u.bytes >= 200_000, "the file at the bottom counts: {u:?}");
+}
+
+#[test]
 fn the_root_overlay_names_the_writable_layer() {
     let upper = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs";
     let text = format!(

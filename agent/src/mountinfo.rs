@@ -32,7 +32,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape_octal(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

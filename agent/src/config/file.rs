@@ -100,6 +100,9 @@ pub struct KubeletConfiguration {
     pub max_pods: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_pids_limit: Option<i64>,
+    /// Enforce `emptyDir` `sizeLimit` and `ephemeral-storage` limits (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_storage_capacity_isolation: Option<bool>,
 }
 
 /// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).

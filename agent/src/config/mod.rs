@@ -224,6 +224,9 @@ pub struct EvictionConfig {
     /// Cap on a pod's grace period for soft evictions; `None` when unset or 0.
     pub max_pod_grace_period: Option<Duration>,
     pub ranking: EvictionRanking,
+    /// `localStorageCapacityIsolation` (default true): pods are evicted when an `emptyDir`
+    /// outgrows its `sizeLimit` or their local storage their `ephemeral-storage` limits.
+    pub local_storage_capacity_isolation: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -979,6 +982,7 @@ impl Typed<'_> {
             )?,
             max_pod_grace_period,
             ranking,
+            local_storage_capacity_isolation: kc.local_storage_capacity_isolation.unwrap_or(true),
         })
     }
 }

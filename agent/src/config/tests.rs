@@ -93,6 +93,7 @@ fn defaults() {
     );
     assert_eq!(c.eviction.max_pod_grace_period, None);
     assert_eq!(c.eviction.ranking, EvictionRanking::Qos);
+    assert!(c.eviction.local_storage_capacity_isolation, "on by default");
     assert_eq!(
         c.server,
         ServerConfig {
@@ -151,6 +152,7 @@ healthzPort: 0
 healthzBindAddress: 0.0.0.0
 maxPods: 20
 podPidsLimit: 512
+localStorageCapacityIsolation: false
 ---
 apiVersion: bpflet.io/v1alpha1
 kind: BpfletConfiguration
@@ -219,6 +221,7 @@ evictionRanking: upstream
         Some(Duration::from_secs(60))
     );
     assert_eq!(c.eviction.ranking, EvictionRanking::Upstream);
+    assert!(!c.eviction.local_storage_capacity_isolation);
     assert_eq!(
         c.runtime.endpoint,
         PathBuf::from("/run/private/containerd.sock")

@@ -13,8 +13,16 @@
 //! - otherwise the first pod in [`rank`] order that is not system-critical is evicted, with
 //!   grace 0 for a hard threshold and `min(pod grace, evictionMaxPodGracePeriod)` for a
 //!   soft one, reason `Evicted` and upstream's message. One pod per evaluation.
+//!
+//! Before that, on the periodic pass only, local storage limits
+//! ([`EvictionManager::decide_local_storage`], upstream's `localStorageEviction`): every
+//! running pod with an `emptyDir` `sizeLimit` or an `ephemeral-storage` limit is measured
+//! (a blocking thread walks its volumes, logs and writable layers), and each that exceeds a
+//! limit is evicted, with grace [`super::local_storage::LIMIT_EVICTION_GRACE`], whatever the
+//! node's pressure. A pass that evicts for local storage evicts nothing else. A node
+//! without such pods reads nothing for it (the pod list is scanned in place).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +39,9 @@ use crate::pods::qos::{self, QosClass};
 use crate::runtime::ContainerRuntime;
 use crate::status::REASON_EVICTED;
 
+use super::local_storage::{
+    LIMIT_EVICTION_GRACE, LimitSignal, LimitedPod, StorageMeter, StorageUsage, check,
+};
 use super::message::{Offender, eviction_message};
 use super::pod::{PodProvider, PodUsage, is_critical};
 use super::rank::{Resource, rank};
@@ -93,9 +104,9 @@ pub struct Eviction {
     pub pod_name: String,
     pub qos: QosClass,
     pub grace_period: Duration,
-    /// The signal whose threshold was crossed (the `eviction_signal` of
-    /// `kubelet_evictions`).
-    pub signal: Signal,
+    /// The signal whose threshold was crossed, or the local storage limit exceeded (the
+    /// `eviction_signal` of `kubelet_evictions`).
+    pub signal: EvictionSignal,
     pub resource: Resource,
     /// The threshold was a hard one.
     pub hard: bool,
@@ -109,6 +120,58 @@ pub struct Eviction {
     pub trigger: Option<TriggerKind>,
     /// From the trigger to the decision (set by [`EvictionManager::run`]).
     pub latency: Option<Duration>,
+}
+
+/// Why a pod is evicted: a node-pressure threshold, or a local storage limit of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionSignal {
+    Threshold(Signal),
+    Limit(LimitSignal),
+}
+
+impl EvictionSignal {
+    /// The `eviction_signal` label: `memory.available`, ..., `emptydirfs.limit`, ...
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Threshold(s) => s.as_str(),
+            Self::Limit(l) => l.as_str(),
+        }
+    }
+}
+
+impl From<Signal> for EvictionSignal {
+    fn from(signal: Signal) -> Self {
+        Self::Threshold(signal)
+    }
+}
+
+impl PartialEq<Signal> for EvictionSignal {
+    fn eq(&self, other: &Signal) -> bool {
+        *self == Self::Threshold(*other)
+    }
+}
+
+impl std::fmt::Display for EvictionSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Eviction {
+    /// A local storage eviction is final for the pod: it is not started again (upstream's
+    /// pod is `Failed`; a static pod comes back only as a new pod, when its manifest
+    /// changes). A node-pressure eviction holds while [`admit`] refuses the pod.
+    #[must_use]
+    pub const fn is_terminal(&self) -> bool {
+        matches!(self.signal, EvictionSignal::Limit(_))
+    }
+
+    /// Whether the evicted pod must stay down under `conditions`.
+    #[must_use]
+    pub fn keeps_down(&self, conditions: &[NodeCondition], pod: &Pod) -> bool {
+        self.is_terminal() || admit(conditions, pod).is_err()
+    }
 }
 
 /// What one evaluation concluded.
@@ -328,7 +391,7 @@ impl EvictionManager {
             pod_name: victim.name.clone(),
             qos: victim.qos,
             grace_period,
-            signal: threshold.signal,
+            signal: threshold.signal.into(),
             resource,
             hard,
             reason: REASON_EVICTED,
@@ -360,6 +423,54 @@ impl EvictionManager {
         Some(eviction)
     }
 
+    /// Local storage limits (upstream's `localStorageEviction`), independent of node
+    /// pressure: every pod of `pods` that exceeds one of its limits ([`check`]), in the
+    /// order given, with grace [`LIMIT_EVICTION_GRACE`]. Critical pods and pods already
+    /// evicted are left alone (upstream refuses to evict critical pods too). Each eviction is
+    /// recorded as any other, so a node-pressure eviction waits for its cleanup. Nothing
+    /// with `localStorageCapacityIsolation: false`.
+    pub fn decide_local_storage(
+        &mut self,
+        pods: &[(LimitedPod, StorageUsage)],
+        now: Timestamp,
+    ) -> Vec<Eviction> {
+        if !self.config.local_storage_capacity_isolation {
+            return Vec::new();
+        }
+        let mut evictions = Vec::new();
+        for (pod, usage) in pods {
+            if pod.critical || self.evicted.contains_key(&pod.uid) {
+                continue;
+            }
+            let Some(violation) = check(pod, usage) else {
+                continue;
+            };
+            let eviction = Eviction {
+                pod_uid: pod.uid.clone(),
+                pod_name: pod.name.clone(),
+                qos: pod.qos,
+                grace_period: LIMIT_EVICTION_GRACE,
+                signal: EvictionSignal::Limit(violation.signal),
+                resource: Resource::EphemeralStorage,
+                hard: true,
+                reason: REASON_EVICTED,
+                message: violation.message,
+                offenders: Vec::new(),
+                trigger: None,
+                latency: None,
+            };
+            self.record(&eviction, now);
+            evictions.push(eviction);
+        }
+        evictions
+    }
+
+    /// Whether local storage limits are enforced (`localStorageCapacityIsolation`).
+    #[must_use]
+    pub fn enforces_local_storage(&self) -> bool {
+        self.config.local_storage_capacity_isolation
+    }
+
     fn record(&mut self, eviction: &Eviction, now: Timestamp) {
         self.evicted.insert(eviction.pod_uid.clone(), now);
         self.pending.insert(
@@ -385,7 +496,14 @@ impl EvictionManager {
         R: ContainerRuntime + 'static,
         P: PodProvider,
     {
+        let meter = StorageMeter::new(
+            io.observer.roots().proc_root.clone(),
+            io.observer.tree().clone(),
+        );
         let mut shell = Shell {
+            meter: Some(meter),
+            storage_reported: Vec::new(),
+            truncated_reported: BTreeSet::new(),
             observer: Arc::new(io.observer),
             reclaimer: DiskReclaimer::new(Arc::clone(&io.runtime)),
             runtime: io.runtime,
@@ -459,11 +577,20 @@ impl EvictionManager {
         R: ContainerRuntime + 'static,
         P: PodProvider,
     {
+        // Local storage limits are measured on the periodic pass only: kernel triggers and
+        // the short polls after them are about memory, and must not wait for a disk walk.
+        let measured = if kind == TriggerKind::Periodic {
+            self.measure_local_storage(shell).await
+        } else {
+            Vec::new()
+        };
         let Some((obs, usages, errors)) = self.observe(shell).await else {
             return false;
         };
         report_errors(&mut shell.reported, &errors);
-        let mut decision = self.decide(&obs, &usages, Timestamp::now());
+        let now = Timestamp::now();
+        let storage_evictions = self.decide_local_storage(&measured, now);
+        let mut decision = self.decide(&obs, &usages, now);
         decision.trigger = Some(kind);
         decision.latency = Some(at.elapsed());
         if decision.evaluation.conditions_changed {
@@ -480,6 +607,25 @@ impl EvictionManager {
                 .send_replace(decision.evaluation.conditions.clone());
         }
         debug!(trigger = ?kind, outcome = ?decision.outcome, latency = ?decision.latency, "eviction evaluation");
+        if !storage_evictions.is_empty() {
+            // As upstream: a pass that evicts for local storage evicts nothing else.
+            for mut eviction in storage_evictions {
+                eviction.trigger = Some(kind);
+                eviction.latency = Some(at.elapsed());
+                info!(
+                    pod = %eviction.pod_name,
+                    pod_uid = %eviction.pod_uid,
+                    signal = %eviction.signal,
+                    grace = ?eviction.grace_period,
+                    message = %eviction.message,
+                    "evicting pod over its local storage limit"
+                );
+                if shell.evictions.send(eviction).await.is_err() {
+                    warn!("nobody carries out evictions any more");
+                }
+            }
+            return true;
+        }
         let Some(mut eviction) = decision.eviction.take() else {
             return false;
         };
@@ -554,6 +700,58 @@ impl EvictionManager {
         }
     }
 
+    /// Measures the running pods that have a local storage limit, on a blocking thread.
+    /// Nothing is read (not even the pod list) with `localStorageCapacityIsolation: false`;
+    /// with no limited pod, only the pod list is looked at.
+    async fn measure_local_storage<R, P: PodProvider>(
+        &self,
+        shell: &mut Shell<R, P>,
+    ) -> Vec<(LimitedPod, StorageUsage)> {
+        if !self.config.local_storage_capacity_isolation {
+            return Vec::new();
+        }
+        let pods = shell.pods.storage_limited_pods();
+        if pods.is_empty() {
+            return Vec::new();
+        }
+        let mut meter = shell.meter.take().unwrap_or_else(|| {
+            StorageMeter::new(
+                shell.observer.roots().proc_root.clone(),
+                shell.observer.tree().clone(),
+            )
+        });
+        // Writable layers live in the runtime's snapshots, on its image filesystem.
+        meter.set_layer_root(shell.imagefs.path.clone());
+        let measured = tokio::task::spawn_blocking(move || {
+            let (usages, errors) = meter.measure(&pods);
+            (meter, pods, usages, errors)
+        })
+        .await;
+        let (meter, pods, usages, errors) = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "measuring local storage failed");
+                return Vec::new();
+            }
+        };
+        shell.meter = Some(meter);
+        report_errors(&mut shell.storage_reported, &errors);
+        shell
+            .truncated_reported
+            .retain(|uid| pods.iter().any(|p| &p.uid == uid));
+        for (pod, usage) in pods.iter().zip(&usages) {
+            if usage.truncated && shell.truncated_reported.insert(pod.uid.clone()) {
+                warn!(
+                    pod = %pod.name,
+                    entries = super::local_storage::MAX_WALK_ENTRIES,
+                    "this pod's local storage has more entries than one pass looks at; its usage is a lower bound"
+                );
+            }
+        }
+        debug!(pods = pods.len(), "local storage measured");
+        pods.into_iter().zip(usages).collect()
+    }
+
     /// Node-level disk reclaim, then the eviction if still needed.
     async fn reclaim_disk<R: ContainerRuntime, P: PodProvider>(
         &mut self,
@@ -594,6 +792,12 @@ struct Shell<R, P> {
     imagefs: ImageFs,
     /// The observation errors last logged.
     reported: Vec<String>,
+    /// Measures local storage; taken while a blocking thread uses it.
+    meter: Option<StorageMeter>,
+    /// The local storage errors last logged.
+    storage_reported: Vec<String>,
+    /// Pods whose too large trees were reported.
+    truncated_reported: BTreeSet<String>,
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -69,15 +69,20 @@ pub fn canonical(quantity: &str) -> String {
     let Ok(parsed) = parse_quantity(quantity) else {
         return quantity.to_owned();
     };
+    format_quantity(parsed.units(), quantity_format(quantity))
+}
+
+/// The format a quantity string is written in, from its suffix (as apimachinery keeps it).
+#[must_use]
+pub fn quantity_format(quantity: &str) -> Format {
     let suffix = quantity.trim_start_matches(|c: char| c.is_ascii_digit() || "+-.".contains(c));
-    let format = if BINARY_SUFFIXES[1..].contains(&suffix) {
+    if BINARY_SUFFIXES[1..].contains(&suffix) {
         Format::BinarySi
     } else if suffix.starts_with(['e', 'E']) {
         Format::DecimalExponent
     } else {
         Format::DecimalSi
-    };
-    format_quantity(parsed.units(), format)
+    }
 }
 
 /// The resource a threshold's quantities are in decides their format.

@@ -11,6 +11,9 @@
 //! - [`message`]: pure: upstream's eviction message and quantity formatting.
 //! - [`reclaim`]: node-level disk reclaim (dead containers, unused images) before any pod
 //!   is evicted for disk pressure.
+//! - [`local_storage`]: local storage limits (`emptyDir` `sizeLimit`, container and pod
+//!   `ephemeral-storage` limits), measured on the file system, and [`local_storage::check`]
+//!   (pure: which limit a pod exceeds, upstream's message).
 //! - [`manager`]: [`EvictionManager::decide`] (pure: one evaluation) and
 //!   [`EvictionManager::run`] (the async shell: observe on triggers and on a periodic floor,
 //!   decide, hand evictions and conditions to the agent).
@@ -34,7 +37,15 @@
 //!   pods). Only pods with a system-critical priority (class) are never evicted.
 //! - A pressure condition is reported while its threshold is met even with
 //!   `evictionPressureTransitionPeriod: 0` (upstream then never reports it).
+//! - A pod evicted for a local storage limit stays down for good (its phase is `Failed`, as
+//!   upstream's; upstream never evicts static pods at all). An edited manifest is a new pod,
+//!   which starts. An agent restart forgets the eviction: the pod starts again, and is
+//!   evicted again at the next periodic pass if its volumes still hold too much.
+//! - Writable layers are measured from the overlay's `upperdir` and logs from the log
+//!   directory at every periodic pass, not from CRI statistics (containerd 1.6 refreshes
+//!   those every `stats_collect_period`).
 
+pub mod local_storage;
 pub mod manager;
 pub mod message;
 pub mod notify;
@@ -47,9 +58,10 @@ pub mod thresholds;
 use std::io;
 use std::path::PathBuf;
 
+pub use local_storage::{LimitSignal, LimitedPod, StorageMeter, StorageUsage};
 pub use manager::{
-    DEFAULT_MONITORING_INTERVAL, Decision, Eviction, EvictionIo, EvictionManager, Outcome,
-    Rejection, Trigger, TriggerKind, admit, stats_needed,
+    DEFAULT_MONITORING_INTERVAL, Decision, Eviction, EvictionIo, EvictionManager, EvictionSignal,
+    Outcome, Rejection, Trigger, TriggerKind, admit, stats_needed,
 };
 pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, StorePods};
 pub use rank::Resource;

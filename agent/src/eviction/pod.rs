@@ -13,6 +13,8 @@ use crate::pods::qos::{self, QosClass};
 use crate::pods::worker::termination_grace;
 use crate::server::StatusStore;
 
+use super::local_storage::LimitedPod;
+
 /// Priority at or above which a pod is system-critical and never evicted
 /// (`system-cluster-critical` is 2000000000, `system-node-critical` 2000001000).
 pub const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
@@ -244,6 +246,12 @@ pub trait PodProvider: Send + Sync + 'static {
     /// The images the node's pods still need, terminated ones included (an evicted static
     /// pod comes back when the pressure is over). Disk reclaim never removes them.
     fn wanted_images(&self) -> Vec<String>;
+
+    /// The running pods with a local storage limit ([`LimitedPod::from_pod`]), measured at
+    /// every periodic evaluation. None by default.
+    fn storage_limited_pods(&self) -> Vec<LimitedPod> {
+        Vec::new()
+    }
 }
 
 /// The pods the agent publishes (its [`StatusStore`]), charged for their volumes
@@ -273,6 +281,12 @@ impl PodProvider for StorePods {
 
     fn wanted_images(&self) -> Vec<String> {
         self.store.list().iter().flat_map(pod_images).collect()
+    }
+
+    fn storage_limited_pods(&self) -> Vec<LimitedPod> {
+        // Looks at every pod in place: no copy of a pod without limits.
+        self.store
+            .filter_map(|pod| LimitedPod::from_pod(pod, &self.pods_dir, &self.logs_dir))
     }
 }
 
@@ -453,5 +467,37 @@ mod tests {
         let mut images = pods.wanted_images();
         images.sort();
         assert_eq!(images, ["app:v1", "batch:v1", "init:v1"]);
+    }
+
+    #[test]
+    fn store_pods_lists_only_running_pods_with_storage_limits() {
+        let store = StatusStore::default();
+        let plain = pod(vec![container("app", &[], &[])], vec![]);
+        let mut limited = pod(
+            vec![container("app", &[], &[("ephemeral-storage", "10Mi")])],
+            vec![],
+        );
+        limited.metadata.uid = Some("u2".into());
+        let mut done = limited.clone();
+        done.metadata.uid = Some("u3".into());
+        done.status = Some(PodStatus {
+            phase: Some("Failed".into()),
+            ..PodStatus::default()
+        });
+        store.upsert("u1", plain);
+        store.upsert("u2", limited);
+        store.upsert("u3", done);
+        let pods = StorePods {
+            store,
+            pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
+            logs_dir: PathBuf::from("/var/log/pods"),
+        };
+        let got = pods.storage_limited_pods();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].uid, "u2");
+        assert_eq!(
+            got[0].containers[0].log_dir,
+            PathBuf::from("/var/log/pods/default_web_u2/app")
+        );
     }
 }

@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::cgroups::driver::CgroupManager as _;
@@ -132,6 +131,12 @@ impl Observer {
     #[must_use]
     pub fn roots(&self) -> &SignalRoots {
         &self.roots
+    }
+
+    /// The pod cgroup tree observed.
+    #[must_use]
+    pub fn tree(&self) -> &QosTree {
+        &self.tree
     }
 
     /// The node signals. A signal that cannot be read is left out and its error returned;
@@ -488,47 +493,19 @@ pub struct DiskUsage {
     pub inodes: u64,
 }
 
-/// Walks `dirs` without following symlinks or leaving each root's filesystem (a tmpfs
-/// `emptyDir` is memory, not disk). A root that does not exist counts nothing; entries that
-/// vanish during the walk are skipped.
+/// Walks `dirs` as [`super::local_storage::walk`] does (symlinks not followed, other file
+/// systems not entered, so a tmpfs `emptyDir` is memory, not disk; each inode once), at
+/// most [`super::local_storage::MAX_WALK_ENTRIES`] entries per directory. A root that does
+/// not exist counts nothing; entries that vanish during the walk are skipped.
 ///
 /// # Errors
 /// [`EvictionError::Read`] when a root exists but cannot be read.
 pub fn disk_usage(dirs: &[PathBuf]) -> Result<DiskUsage, EvictionError> {
     let mut total = DiskUsage::default();
     for root in dirs {
-        let meta = match fs::symlink_metadata(root) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(EvictionError::Read {
-                    path: root.clone(),
-                    source,
-                });
-            }
-        };
-        let device = meta.dev();
-        let mut stack = vec![(root.clone(), meta)];
-        while let Some((path, meta)) = stack.pop() {
-            total.bytes = total
-                .bytes
-                .saturating_add(meta.blocks().saturating_mul(512));
-            total.inodes += 1;
-            if !meta.is_dir() {
-                continue;
-            }
-            let Ok(entries) = fs::read_dir(&path) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let child = entry.path();
-                if let Ok(m) = fs::symlink_metadata(&child)
-                    && m.dev() == device
-                {
-                    stack.push((child, m));
-                }
-            }
-        }
+        let tree = super::local_storage::walk(root, super::local_storage::MAX_WALK_ENTRIES)?;
+        total.bytes = total.bytes.saturating_add(tree.bytes);
+        total.inodes = total.inodes.saturating_add(tree.inodes);
     }
     Ok(total)
 }

@@ -432,6 +432,7 @@ mod tests {
             pressure_transition_period: Duration::from_secs(300),
             max_pod_grace_period: None,
             ranking: EvictionRanking::Qos,
+            local_storage_capacity_isolation: true,
         }
     }
 

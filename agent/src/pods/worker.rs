@@ -24,7 +24,7 @@ use super::volumes::PodVolumes;
 use super::{format_pod, pod_uid};
 use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
-use crate::eviction::{self, Eviction, NodeCondition};
+use crate::eviction::{Eviction, NodeCondition};
 use crate::pleg::facts::{self, KernelFacts};
 use crate::pleg::{KernelEnd, Trigger};
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -62,7 +62,7 @@ pub struct PodContext<R> {
     /// The kubepods cgroup (to name allocatable OOMs).
     pub kubepods: String,
     /// Node pressure conditions from the eviction manager: an evicted pod stays down while
-    /// `eviction::admit` refuses it.
+    /// `Eviction::keeps_down` says so.
     pub conditions: watch::Receiver<Vec<NodeCondition>>,
     /// Liveness, readiness and startup probes of every pod.
     pub probes: crate::probes::ProbeManager,
@@ -264,9 +264,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             if let Some(e) = requested {
                 self.evict(&pod, e).await;
             }
-            if self.evicted.is_some() {
-                if eviction::admit(&self.ctx.conditions.borrow(), &pod).is_err() {
-                    // Still under pressure: stay down, wake on pokes or at the next sync.
+            if let Some(evicted) = &self.evicted {
+                if evicted.keeps_down(&self.ctx.conditions.borrow(), &pod) {
+                    // Still under pressure (or evicted for good): stay down, wake on pokes or at the next sync.
                     tokio::select! {
                         () = self.cancel.cancelled() => return,
                         () = self.terminate.cancelled() => {}
@@ -876,6 +876,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             if let Err(err) = self.ctx.runtime.stop_pod_sandbox(&sb.id).await {
                 warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the evicted pod's sandbox failed");
             }
+        }
+        // Evicted for good (a local storage limit): free its volumes, as upstream tears down
+        // a terminated pod's.
+        if e.is_terminal()
+            && let Err(err) = PodVolumes::teardown(pod_uid(pod), &self.ctx.pods_dir)
+        {
+            warn!(pod = %name, error = %err, "removing the evicted pod's volumes failed");
         }
         let mut status = self.status.clone().unwrap_or_default();
         crate::status::mark_evicted(&mut status, &e.message, Timestamp::now());

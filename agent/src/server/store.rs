@@ -103,6 +103,11 @@ impl StatusStore {
         self.read().values().cloned().collect()
     }
 
+    /// `f` of every pod (by UID) where it gives something, without copying the others.
+    pub fn filter_map<T>(&self, f: impl FnMut(&Pod) -> Option<T>) -> Vec<T> {
+        self.read().values().filter_map(f).collect()
+    }
+
     #[must_use]
     pub fn len(&self) -> usize {
         self.read().len()

@@ -10,6 +10,7 @@ use super::*;
 use crate::cgroups::{CgroupDriver, QosTree};
 use crate::config::eviction::ThresholdValue;
 use crate::config::quantity::QuantityValue;
+use crate::eviction::local_storage::{ContainerStorage, Limit, LimitedContainer};
 use crate::eviction::pod::{ContainerInfo, ContainerUsage, PodInfo};
 use crate::eviction::signals::{Remnant, SignalRoots};
 use crate::runtime::FakeRuntime;
@@ -42,6 +43,7 @@ fn config(
         pressure_transition_period: Duration::from_secs(300),
         max_pod_grace_period: max_grace.map(Duration::from_secs),
         ranking,
+        local_storage_capacity_isolation: true,
     }
 }
 
@@ -114,7 +116,7 @@ fn hard_memory_threshold_evicts_one_pod_at_once() {
             pod_name: "default/besteffort".into(),
             qos: QosClass::BestEffort,
             grace_period: Duration::ZERO,
-            signal: Signal::MemoryAvailable,
+            signal: Signal::MemoryAvailable.into(),
             resource: Resource::Memory,
             hard: true,
             reason: "Evicted",
@@ -575,6 +577,7 @@ fn admission_under_pressure() {
 struct TestPods(
     Arc<Mutex<Vec<PodInfo>>>,
     Arc<std::sync::atomic::AtomicUsize>,
+    Arc<Mutex<Vec<LimitedPod>>>,
 );
 
 impl TestPods {
@@ -590,6 +593,9 @@ impl PodProvider for TestPods {
     }
     fn wanted_images(&self) -> Vec<String> {
         Vec::new()
+    }
+    fn storage_limited_pods(&self) -> Vec<LimitedPod> {
+        self.2.lock().expect("lock").clone()
     }
 }
 
@@ -840,4 +846,191 @@ async fn pods_are_looked_at_only_under_pressure() {
     assert_eq!(e.pod_uid, "be");
     assert!(shell.pods.asked() > 0);
     shell.stop().await;
+}
+
+/// A pod `uid` whose emptyDir `data` may hold 10Mi, whose container `app` may use 10Mi,
+/// and whose total may be 20Mi.
+fn limited(uid: &str, root: &Path) -> LimitedPod {
+    let limit = |bytes: u64| Limit {
+        bytes,
+        text: format!("{}Mi", bytes / MI),
+    };
+    LimitedPod {
+        uid: uid.into(),
+        name: format!("default/{uid}"),
+        qos: QosClass::BestEffort,
+        critical: false,
+        empty_dir_root: root.join(uid).join("volumes/kubernetes.io~empty-dir"),
+        empty_dir_limits: vec![("data".into(), limit(10 * MI))],
+        memory_volumes: Vec::new(),
+        containers: vec![LimitedContainer {
+            name: "app".into(),
+            id: None,
+            log_dir: root.join("logs").join(uid).join("app"),
+            limit: Some(limit(10 * MI)),
+        }],
+        pod_limit: Some(limit(20 * MI)),
+    }
+}
+
+fn storage(data: u64, app: u64) -> StorageUsage {
+    StorageUsage {
+        empty_dirs: BTreeMap::from([("data".to_owned(), data)]),
+        containers: BTreeMap::from([(
+            "app".to_owned(),
+            ContainerStorage {
+                rootfs: Some(app),
+                logs: 0,
+            },
+        )]),
+        inodes: 0,
+        truncated: false,
+    }
+}
+
+#[test]
+fn local_storage_limits_evict_every_offender_once() {
+    let root = Path::new("/r");
+    let mut m = EvictionManager::new(
+        config(
+            vec![threshold(Signal::MemoryAvailable, bytes(100 * MI), 0)],
+            None,
+            EvictionRanking::Qos,
+        ),
+        false,
+    );
+    let mut critical = limited("critical", root);
+    critical.critical = true;
+    let pods = vec![
+        (limited("fine", root), storage(MI, MI)),
+        (limited("volume", root), storage(30 * MI, 0)),
+        (limited("layer", root), storage(0, 11 * MI)),
+        (critical, storage(30 * MI, 0)),
+    ];
+    let evictions = m.decide_local_storage(&pods, at(0));
+    let got: Vec<(&str, EvictionSignal, &str)> = evictions
+        .iter()
+        .map(|e| (e.pod_uid.as_str(), e.signal, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "volume",
+                EvictionSignal::Limit(LimitSignal::EmptyDirFs),
+                "Usage of EmptyDir volume \"data\" exceeds the limit \"10Mi\". "
+            ),
+            (
+                "layer",
+                EvictionSignal::Limit(LimitSignal::EphemeralContainerFs),
+                "Container app exceeded its local ephemeral storage limit \"10Mi\". "
+            ),
+        ],
+        "every pod over a limit, the critical one left alone"
+    );
+    let e = &evictions[0];
+    assert_eq!(e.grace_period, LIMIT_EVICTION_GRACE);
+    assert_eq!(e.reason, "Evicted");
+    assert_eq!(e.resource, Resource::EphemeralStorage);
+    assert_eq!(e.signal.as_str(), "emptydirfs.limit");
+    assert!(e.is_terminal());
+    assert!(
+        e.keeps_down(&[], &Pod::default()),
+        "down without any pressure"
+    );
+
+    // Not evicted twice; and a pressure eviction waits for their cleanup.
+    assert!(m.decide_local_storage(&pods, at(1)).is_empty());
+    let d = m.decide(&memory(50 * MI), &the_ramp(), at(1));
+    assert!(
+        matches!(d.outcome, Outcome::WaitingForCleanup { .. }),
+        "{:?}",
+        d.outcome
+    );
+}
+
+#[test]
+fn local_storage_isolation_off_evicts_nothing() {
+    let mut c = config(Vec::new(), None, EvictionRanking::Qos);
+    c.local_storage_capacity_isolation = false;
+    let mut m = EvictionManager::new(c, false);
+    assert!(!m.enforces_local_storage());
+    let pods = vec![(limited("volume", Path::new("/r")), storage(30 * MI, 0))];
+    assert!(m.decide_local_storage(&pods, at(0)).is_empty());
+}
+
+#[test]
+fn pressure_evictions_are_not_terminal() {
+    let mut m = EvictionManager::new(
+        config(
+            vec![threshold(Signal::MemoryAvailable, bytes(100 * MI), 0)],
+            None,
+            EvictionRanking::Qos,
+        ),
+        false,
+    );
+    let e = m
+        .decide(&memory(50 * MI), &the_ramp(), at(0))
+        .eviction
+        .expect("eviction");
+    assert!(!e.is_terminal());
+    assert!(!e.keeps_down(&[], &Pod::default()), "no pressure: back up");
+}
+
+#[tokio::test]
+async fn the_periodic_pass_measures_and_evicts_limited_pods() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proc_root = dir.path().join("proc");
+    write(
+        &proc_root.join("meminfo"),
+        "MemTotal: 8388608 kB\nMemFree: 4194304 kB\nInactive(file): 0 kB\n",
+    );
+    write(&proc_root.join("sys/kernel/pid_max"), "32768\n");
+    write(&proc_root.join("loadavg"), "0 0 0 1/100 1\n");
+    let cg = dir.path().join("cgroup2");
+    write(&cg.join("memory.stat"), "anon 0\nfile 0\ninactive_file 0\n");
+    let pods_dir = dir.path().join("pods");
+    let hog = limited("hog", &pods_dir);
+    let calm = limited("calm", &pods_dir);
+    fs::create_dir_all(hog.empty_dir_root.join("data")).expect("mkdir");
+    fs::write(hog.empty_dir_root.join("data/f"), vec![1u8; 11 << 20]).expect("write");
+    fs::create_dir_all(calm.empty_dir_root.join("data")).expect("mkdir");
+    fs::write(calm.empty_dir_root.join("data/f"), vec![1u8; 1 << 20]).expect("write");
+    let pods = TestPods::default();
+    *pods.2.lock().expect("lock") = vec![calm, hog];
+    let (eviction_tx, mut evictions) = mpsc::channel(4);
+    let (conditions_tx, _conditions) = watch::channel(Vec::new());
+    let (_trigger_tx, triggers) = mpsc::channel(1);
+    let cancel = CancellationToken::new();
+    let manager = EvictionManager::new(config(Vec::new(), None, EvictionRanking::Qos), false)
+        .with_monitoring_interval(Duration::from_millis(50));
+    let task = tokio::spawn(manager.run(
+        EvictionIo {
+            observer: Observer::new(
+                SignalRoots {
+                    proc_root,
+                    nodefs: dir.path().to_path_buf(),
+                },
+                QosTree::new(CgroupDriver::v2(&cg), "/"),
+            ),
+            runtime: Arc::new(FakeRuntime::new()),
+            pods: pods.clone(),
+            evictions: eviction_tx,
+            conditions: conditions_tx,
+        },
+        triggers,
+        cancel.clone(),
+    ));
+    let e = next_eviction(&mut evictions).await;
+    assert_eq!(e.pod_uid, "hog");
+    assert_eq!(e.trigger, Some(TriggerKind::Periodic));
+    assert_eq!(
+        e.message,
+        "Usage of EmptyDir volume \"data\" exceeds the limit \"10Mi\". "
+    );
+    // The pod still listed (its status lags) is not evicted again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(evictions.try_recv().is_err());
+    cancel.cancel();
+    task.await.expect("no panic");
 }

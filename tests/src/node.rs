@@ -23,12 +23,21 @@ pub const WAIT: Duration = Duration::from_secs(90);
 /// The offline image every test pod runs.
 pub const IMAGE: &str = "bpflet.local/busybox:latest";
 
+/// The eviction thresholds of a test node unless its `kubelet_extra` sets its own: upstream's
+/// memory default without its disk ones. The test machines share a disk whose free share
+/// varies with what else runs (it has been seen below 15 %), and upstream's default
+/// `imagefs.available<15%` would then evict every test pod for DiskPressure. Tests about
+/// disk pressure set their own thresholds.
+pub const DEFAULT_EVICTION_HARD: &str = "evictionHard: {memory.available: 100Mi}\n";
+
 /// How a [`Node`]'s agent is configured.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// `plegMode` of the `BpfletConfiguration`.
     pub pleg_mode: &'static str,
-    /// Extra `KubeletConfiguration` lines (each ending in a newline).
+    /// Extra `KubeletConfiguration` lines (each ending in a newline). Unless they set
+    /// `evictionHard`, the node gets `evictionHard: {memory.available: 100Mi}` (see
+    /// [`DEFAULT_EVICTION_HARD`]).
     pub kubelet_extra: String,
     /// Extra `BpfletConfiguration` lines.
     pub bpflet_extra: String,
@@ -142,6 +151,11 @@ impl Node {
     #[must_use]
     pub fn config_text(&self) -> String {
         let c = &self.config;
+        let eviction = if c.kubelet_extra.contains("evictionHard:") {
+            ""
+        } else {
+            DEFAULT_EVICTION_HARD
+        };
         format!(
             "apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -154,7 +168,7 @@ readOnlyPort: {port}
 address: 127.0.0.1
 healthzBindAddress: 127.0.0.1
 healthzPort: {healthz}
-{extra}---
+{eviction}{extra}---
 apiVersion: bpflet.io/v1alpha1
 kind: BpfletConfiguration
 plegMode: {pleg}

@@ -14,16 +14,11 @@ use bpflet_tests::node::{
 };
 use serde_json::Value;
 
-/// A node whose agent logs JSON lines, with only a memory eviction threshold (the shared
-/// test machine's disk may be below the default `imagefs.available` threshold, and a disk
-/// eviction would remove the pods these tests watch).
+/// A node whose agent logs JSON lines.
 fn config(mut config: NodeConfig) -> NodeConfig {
     config
         .args
         .extend(["--log-format".to_owned(), "json".to_owned()]);
-    config
-        .kubelet_extra
-        .push_str("evictionHard: {memory.available: 100Mi}\n");
     config
 }
 

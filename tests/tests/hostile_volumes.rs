@@ -8,19 +8,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bpflet_tests::node::{IMAGE, Node, NodeConfig, pod_yaml, running, sleeping_pod, uid};
+use bpflet_tests::node::{IMAGE, Node, pod_yaml, running, sleeping_pod, uid};
 use serde_json::Value;
 
 /// Containers that start with the contested `subPath`.
 const VICTIMS: usize = 8;
 
-/// A node whose agent evicts on memory only: the shared test machine's disk may be below the
-/// default `imagefs.available<15%`, and an eviction is not what these tests are about.
 fn node() -> Node {
-    Node::start_with(NodeConfig {
-        kubelet_extra: "evictionHard: {memory.available: 100Mi}\n".to_owned(),
-        ..NodeConfig::default()
-    })
+    Node::start("event")
 }
 
 /// Starts the pod `bystander` and waits until it runs.

@@ -16,13 +16,10 @@ use serde_json::Value;
 /// Longer than one eviction pass (10 s) plus the time to measure.
 const PAST_A_PASS: Duration = Duration::from_secs(15);
 
-/// A node whose only threshold is memory: the disk-pressure defaults (`nodefs.available<10%`,
-/// `imagefs.available<15%`) would evict every pod on a fuller disk than this test's.
+/// A node with the harness's memory-only thresholds ([`DEFAULT_EVICTION_HARD`]): limit
+/// evictions happen without any node pressure.
 fn node() -> Node {
-    Node::start_with(NodeConfig {
-        kubelet_extra: "evictionHard: {memory.available: 100Mi}\n".to_owned(),
-        ..NodeConfig::default()
-    })
+    Node::start("event")
 }
 
 fn evicted(p: &Value) -> bool {
@@ -205,9 +202,7 @@ fn container_over_its_ephemeral_storage_limit_is_evicted() {
 #[test]
 fn local_storage_capacity_isolation_false_turns_enforcement_off() {
     let mut node = Node::start_with(NodeConfig {
-        kubelet_extra:
-            "evictionHard: {memory.available: 100Mi}\nlocalStorageCapacityIsolation: false\n"
-                .to_owned(),
+        kubelet_extra: "localStorageCapacityIsolation: false\n".to_owned(),
         ..NodeConfig::default()
     });
     node.write_manifest(

@@ -10,6 +10,7 @@ pub mod observe;
 pub mod plan;
 pub mod qos;
 pub mod source;
+pub mod sysctls;
 pub mod volumes;
 pub mod worker;
 

@@ -100,6 +100,8 @@ pub struct KubeletConfiguration {
     pub max_pods: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_pids_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
 }
 
 /// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).

@@ -65,11 +65,26 @@ pub enum ServerError {
     },
 }
 
+/// Connections the kernel queues for [`serve`] to accept (clamped by `net.core.somaxconn`).
+/// Tokio's default of 128 overflowed under a burst of connections on a loaded node, and a
+/// dropped SYN costs a client a 1 s retransmit; Go servers (the kubelet) use somaxconn.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds a TCP listener (port 0 picks a free port; read it with `local_addr`).
+///
+/// # Errors
+/// [`ServerError::Bind`] naming the address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// What one listener allows its clients.

@@ -317,9 +317,6 @@ mod minimums {
     /// `plegSafetyRelistPeriod`: two CRI list calls per period; the generic PLEG's 1 s is
     /// the most frequent relist bpflet makes.
     pub const PLEG_SAFETY_RELIST_PERIOD: Duration = Duration::from_secs(1);
-    /// The generic PLEG's relist period, below which `plegUnhealthyThreshold` would call
-    /// a healthy PLEG unhealthy.
-    pub const GENERIC_RELIST_PERIOD: Duration = Duration::from_secs(1);
 }
 
 /// Loads, merges and validates the configuration. Reads files only: no other side effect.
@@ -973,23 +970,11 @@ impl Typed<'_> {
             defaults::PLEG_SAFETY_RELIST_PERIOD,
             minimums::PLEG_SAFETY_RELIST_PERIOD,
         )?;
-        let relist = match mode {
-            PlegMode::Event => safety_relist_period,
-            PlegMode::Generic => minimums::GENERIC_RELIST_PERIOD,
-        };
         let unhealthy_threshold = self.positive_duration(
             "plegUnhealthyThreshold",
             bc.pleg_unhealthy_threshold.as_deref(),
             defaults::PLEG_UNHEALTHY_THRESHOLD,
         )?;
-        if unhealthy_threshold <= relist {
-            return Err(self.invalid(
-                "plegUnhealthyThreshold",
-                format!(
-                    "{unhealthy_threshold:?} must be longer than the relist period ({relist:?}), or a healthy PLEG reports itself unhealthy"
-                ),
-            ));
-        }
         Ok(PlegConfig {
             mode,
             safety_relist_period,

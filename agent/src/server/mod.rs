@@ -57,12 +57,6 @@ pub enum ServerError {
     },
     #[error("cannot read the address of a listening socket")]
     LocalAddr(#[source] io::Error),
-    #[error("HTTP server on {addr} failed")]
-    Serve {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// Connections the kernel queues for [`serve`] to accept (clamped by `net.core.somaxconn`).

@@ -405,11 +405,12 @@ fn assert_rejected(node: &Node, name: &str, sysctl: &str, why: &str) {
         "{p:#}"
     );
     let events = node.events_of(&uid(&p));
+    let event_message = format!("forbidden sysctl: \"{sysctl}\" {why}");
     assert!(
-        events
-            .iter()
-            .any(|e| e["reason"] == "SysctlForbidden" && e["type"] == "Warning"),
-        "no SysctlForbidden event: {events:#?}"
+        events.iter().any(|e| e["reason"] == "SysctlForbidden"
+            && e["type"] == "Warning"
+            && e["message"] == event_message.as_str()),
+        "no SysctlForbidden event saying {event_message:?}: {events:#?}"
     );
     let (sandboxes, containers) = node.runtime_ids(&uid(&p));
     assert!(

@@ -888,20 +888,21 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         self.evicted = Some(e);
     }
 
-    /// Rejects the pod at admission, as upstream's `rejectPod`: a warning event, and status
-    /// phase `Failed` with `reason` and `Pod was rejected: <message>`. A pod that an agent
-    /// with another configuration admitted may be running: it is stopped.
+    /// Rejects the pod at admission, as upstream's `rejectPod`: a warning event with
+    /// `reason` and `message`, and status phase `Failed` with `reason` and `Pod was
+    /// rejected: <message>`. A pod that an agent with another configuration admitted may
+    /// be running: it is stopped.
     async fn reject(&mut self, pod: &Pod, reason: &str, message: &str) {
         let name = format_pod(pod);
-        let message = format!("Pod was rejected: {message}");
-        warn!(pod = %name, reason, message = %message, "pod rejected at admission");
+        warn!(pod = %name, reason, message, "pod rejected at admission");
         self.ctx.store.events().record(
             &Subject::Pod(pod),
             EventType::Warning,
             reason,
-            &message,
+            message,
             &self.ctx.node_name,
         );
+        let message = format!("Pod was rejected: {message}");
         match observe_pod(&*self.ctx.runtime, pod_uid(pod)).await {
             Ok((observed, _)) => {
                 self.kill_containers(pod, &observed, termination_grace(pod))

@@ -64,13 +64,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let proc_root = PathBuf::from("/proc");
     let tracker = TaskTracker::new();
     protect_from_oom_killer(&proc_root);
+    raise_open_files_limit(&proc_root);
     let memory = tree::memory_capacity(&proc_root).map_err(AgentError::Hierarchy)?;
 
-    let pods_dir = config.root_dir.join("pods");
-    std::fs::create_dir_all(&pods_dir).map_err(|source| AgentError::RootDir {
-        path: pods_dir.clone(),
-        source,
-    })?;
+    let pods_dir = setup_data_dirs(&config.root_dir)?;
 
     // cgroups: the QoS tree under the configured root.
     let hierarchy = Hierarchy::detect(&proc_root).map_err(AgentError::Hierarchy)?;
@@ -340,6 +337,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         conditions: conditions_rx,
         probes,
         metrics: metrics.clone(),
+        sysctls: config.sysctls.clone(),
     });
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
@@ -360,6 +358,84 @@ fn protect_from_oom_killer(proc_root: &Path) {
     let path = proc_root.join("self/oom_score_adj");
     if let Err(e) = std::fs::write(&path, AGENT_OOM_SCORE_ADJ.to_string()) {
         warn!(path = %path.display(), error = %e, "cannot set bpflet's oom_score_adj to {AGENT_OOM_SCORE_ADJ}; the OOM killer may pick bpflet");
+    }
+}
+
+/// Mode of the root directory and `pods/` (upstream's `setupDataDirs`: 0750). Pod volumes,
+/// secrets among them one day, live below.
+const DATA_DIR_MODE: u32 = 0o750;
+
+/// Creates `<root>` and `<root>/pods` with [`DATA_DIR_MODE`] and returns the latter. Existing
+/// directories that grant more than that are tightened (and logged); stricter ones are kept.
+fn setup_data_dirs(root: &Path) -> Result<PathBuf, AgentError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let pods = root.join("pods");
+    for dir in [root, pods.as_path()] {
+        let err = |source| AgentError::RootDir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(dir)
+            .map_err(err)?;
+        let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o7777;
+        if let Some(tight) = tightened_mode(mode, DATA_DIR_MODE) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(tight)).map_err(err)?;
+            info!(path = %dir.display(), from = format!("{mode:04o}"), to = format!("{tight:04o}"), "tightened the mode of a data directory");
+        }
+    }
+    Ok(pods)
+}
+
+/// `mode` with every permission outside `allowed` removed, or `None` when it has none.
+/// (The umask may have left a new directory stricter than `allowed`: that is kept.)
+fn tightened_mode(mode: u32, allowed: u32) -> Option<u32> {
+    (mode & !allowed != 0).then_some(mode & allowed)
+}
+
+/// Raises the soft limit of open files to the hard limit (at most `fs.nr_open`), as Go
+/// programs such as the kubelet do at start: every connection, pod source and runtime call
+/// needs descriptors, and the usual soft limit of 1024 is small for a node agent. Failure
+/// is a warning.
+fn raise_open_files_limit(proc_root: &Path) {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            warn!(error = %e, "cannot read the open files limit");
+            return;
+        }
+    };
+    let mut target = hard;
+    if hard == RLIM_INFINITY {
+        let nr_open = std::fs::read_to_string(proc_root.join("sys/fs/nr_open"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        match nr_open {
+            Some(n) => target = n,
+            None => {
+                warn!(
+                    soft,
+                    "hard open files limit is unlimited and fs.nr_open is unreadable; soft limit left as is"
+                );
+                return;
+            }
+        }
+    }
+    if soft >= target {
+        info!(soft, hard, "open files limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => info!(
+            from = soft,
+            to = target,
+            hard,
+            "raised the open files soft limit"
+        ),
+        Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files soft limit"),
     }
 }
 
@@ -466,5 +542,39 @@ async fn wait_for_runtime<R: ContainerRuntime>(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn modes_are_tightened_never_loosened() {
+        assert_eq!(tightened_mode(0o755, 0o750), Some(0o750));
+        assert_eq!(tightened_mode(0o777, 0o750), Some(0o750));
+        assert_eq!(tightened_mode(0o1777, 0o750), Some(0o750));
+        assert_eq!(tightened_mode(0o750, 0o750), None);
+        assert_eq!(tightened_mode(0o700, 0o750), None);
+    }
+
+    #[test]
+    fn data_dirs_are_created_0750_and_loose_ones_tightened() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        let root = tmp.path().join("a/root");
+        let pods = setup_data_dirs(&root).expect("create");
+        assert_eq!(pods, root.join("pods"));
+        // The umask can only take bits away.
+        assert_eq!(mode(&root) & !0o750, 0, "{:o}", mode(&root));
+        assert_eq!(mode(&pods) & !0o750, 0, "{:o}", mode(&pods));
+
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        std::fs::set_permissions(&pods, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        setup_data_dirs(&root).expect("again");
+        assert_eq!(mode(&root), 0o750);
+        assert_eq!(mode(&pods), 0o700, "a stricter mode is kept");
     }
 }

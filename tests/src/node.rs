@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub healthz_port: u16,
     /// Extra command-line arguments for the agent.
     pub args: Vec<String>,
+    /// A command the agent runs under: the agent's command line is appended to it (e.g.
+    /// `prlimit --nofile=1024:1024 --`, which execs the agent with the same pid).
+    pub wrapper: Option<Vec<String>>,
     /// Prefix of the node's temporary directory.
     pub dir_prefix: &'static str,
 }
@@ -60,6 +63,7 @@ impl Default for NodeConfig {
             sync_frequency: "10s",
             healthz_port: 0,
             args: Vec::new(),
+            wrapper: None,
             dir_prefix: "bpflet-node-",
         }
     }
@@ -188,7 +192,14 @@ plegMode: {pleg}
     /// The agent's command line (without spawning it).
     #[must_use]
     pub fn agent_command(&self) -> Command {
-        let mut cmd = Command::new(bpflet_bin());
+        let mut cmd = match self.config.wrapper.as_deref() {
+            Some([program, args @ ..]) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bpflet_bin());
+                cmd
+            }
+            _ => Command::new(bpflet_bin()),
+        };
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("--root-dir")

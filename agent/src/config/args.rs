@@ -84,6 +84,11 @@ pub struct AgentArgs {
     #[arg(long = "enforce-node-allocatable", value_name = "LEVELS")]
     pub enforce_node_allocatable: Option<String>,
 
+    /// Unsafe sysctls pods may set besides the safe set, comma-separated names or prefix
+    /// patterns ending in `*` (e.g. `kernel.msg*,net.core.somaxconn`); each must be namespaced.
+    #[arg(long = "allowed-unsafe-sysctls", value_name = "SYSCTLS")]
+    pub allowed_unsafe_sysctls: Option<String>,
+
     /// Log verbosity (klog-style levels: 0 is info, 4 is debug, 6+ is trace).
     #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
     pub verbosity: u8,

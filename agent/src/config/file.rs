@@ -103,6 +103,8 @@ pub struct KubeletConfiguration {
     /// Enforce `emptyDir` `sizeLimit` and `ephemeral-storage` limits (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_storage_capacity_isolation: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
 }
 
 /// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).

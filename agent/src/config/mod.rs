@@ -26,7 +26,7 @@ pub mod quantity;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -39,6 +39,7 @@ use self::eviction::{
 };
 pub use self::file::{BpfletConfiguration, KubeletConfiguration};
 use self::quantity::parse_quantity;
+use crate::pods::sysctls::SysctlPolicy;
 
 /// The process exit code for a configuration error (`EX_USAGE`).
 #[must_use]
@@ -159,6 +160,38 @@ pub struct Config {
     /// `None`: unlimited.
     pub pod_pids_limit: Option<u64>,
     pub pleg: PlegConfig,
+    /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls`.
+    pub sysctls: SysctlPolicy,
+}
+
+/// What the node has, for the settings that must fit it; read by [`load`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `MemTotal`, when readable.
+    pub memory_bytes: Option<u64>,
+    /// Online CPUs in millicores, when known.
+    pub cpu_millis: Option<u64>,
+    /// The kernel's `major.minor`, when readable.
+    pub kernel: Option<(u32, u32)>,
+}
+
+impl NodeFacts {
+    /// Reads the node's memory, CPUs and kernel version under `proc_root`; what cannot be
+    /// read stays `None` (and its checks are skipped).
+    #[must_use]
+    pub fn detect(proc_root: &Path) -> Self {
+        let kernel = std::fs::read_to_string(proc_root.join("sys/kernel/osrelease"))
+            .ok()
+            .and_then(|r| crate::pods::sysctls::parse_kernel_release(r.trim()));
+        Self {
+            memory_bytes: crate::cgroups::tree::memory_capacity(proc_root).ok(),
+            cpu_millis: std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u64::try_from(n.get()).ok())
+                .map(|n| n * 1000),
+            kernel,
+        }
+    }
 }
 
 /// Static pod sources.
@@ -272,11 +305,36 @@ mod defaults {
     pub const EVICTION_RANKING: &str = "qos";
 }
 
+/// Lower bounds of the periods that drive loops: below these an agent spins for nothing
+/// (`fileCheckFrequency: 1ns` rescanned the manifest directory nonstop). Upstream only
+/// refuses negative values; these bounds are bpflet's.
+mod minimums {
+    use std::time::Duration;
+
+    /// `fileCheckFrequency`: the manifest directory rescan (inotify reports changes sooner).
+    pub const FILE_CHECK_FREQUENCY: Duration = Duration::from_secs(1);
+    /// `httpCheckFrequency`: one HTTP request per period.
+    pub const HTTP_CHECK_FREQUENCY: Duration = Duration::from_secs(1);
+    /// `syncFrequency`: every pod worker's periodic resync.
+    pub const SYNC_FREQUENCY: Duration = Duration::from_secs(1);
+    /// `plegSafetyRelistPeriod`: two CRI list calls per period; the generic PLEG's 1 s is
+    /// the most frequent relist bpflet makes.
+    pub const PLEG_SAFETY_RELIST_PERIOD: Duration = Duration::from_secs(1);
+}
+
 /// Loads, merges and validates the configuration. Reads files only: no other side effect.
 ///
 /// # Errors
 /// [`ConfigError`] naming the file, flag or field at fault.
 pub fn load(args: &AgentArgs) -> Result<Config, ConfigError> {
+    load_on(args, &NodeFacts::detect(Path::new("/proc")))
+}
+
+/// [`load`], with the node's capacity and kernel given.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, flag or field at fault.
+pub fn load_on(args: &AgentArgs, node: &NodeFacts) -> Result<Config, ConfigError> {
     let mut kubelet = Layers::default();
     let mut bpflet = Layers::default();
     let mut config_files = Vec::new();
@@ -308,12 +366,12 @@ pub fn load(args: &AgentArgs) -> Result<Config, ConfigError> {
         ("config-dir", args.config_dir.as_ref()),
     ] {
         if let Some(path) = path
-            && !path.is_absolute()
+            && let Err(reason) = clean_absolute(&path.to_string_lossy())
         {
             return Err(ConfigError::Invalid {
                 field: format!("--{flag}"),
                 origin: Origin::Flag(flag),
-                reason: format!("path {} must be absolute", path.display()),
+                reason,
             });
         }
     }
@@ -323,8 +381,26 @@ pub fn load(args: &AgentArgs) -> Result<Config, ConfigError> {
     let typed = Typed {
         kubelet: &kubelet.origins,
         bpflet: &bpflet.origins,
+        node,
     };
     typed.build(&kc, &bc, node_name, node_ips, args, config_files)
+}
+
+/// An absolute path of normal components only: no `.` or `..` (which would let a value
+/// reach outside the tree it names, e.g. `cgroupRoot: /../..`).
+fn clean_absolute(value: &str) -> Result<PathBuf, String> {
+    if !value.starts_with('/') {
+        return Err(format!("path {value:?} must be absolute"));
+    }
+    if value.contains('\0') {
+        return Err(format!("path {value:?} contains a NUL byte"));
+    }
+    if let Some(bad) = value.split('/').find(|c| *c == "." || *c == "..") {
+        return Err(format!(
+            "path {value:?} must not contain {bad:?} components"
+        ));
+    }
+    Ok(PathBuf::from(value))
 }
 
 /// Map handling when a layer is applied.
@@ -476,6 +552,19 @@ fn apply_flags(
             Value::Array(levels),
         );
     }
+    if let Some(v) = &args.allowed_unsafe_sysctls {
+        let patterns: Vec<Value> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::String(s.to_owned()))
+            .collect();
+        flag(
+            "allowed-unsafe-sysctls",
+            "allowedUnsafeSysctls",
+            Value::Array(patterns),
+        );
+    }
     if let Some(mode) = args.pleg_mode {
         let mut layer = Map::new();
         let value = serde_json::to_value(mode).map_err(|source| ConfigError::Merge { source })?;
@@ -546,6 +635,8 @@ fn node_ips(flag: Option<&str>) -> Result<Vec<IpAddr>, ConfigError> {
 struct Typed<'a> {
     kubelet: &'a BTreeMap<String, Origin>,
     bpflet: &'a BTreeMap<String, Origin>,
+    /// What the node has, for the settings that must fit it.
+    node: &'a NodeFacts,
 }
 
 impl Typed<'_> {
@@ -588,6 +679,75 @@ impl Typed<'_> {
         Ok(d)
     }
 
+    /// A duration of at least `min`.
+    fn duration_at_least(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        default: &str,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, value, default)?;
+        if d < min {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "{} is below the minimum of {min:?}",
+                    value.unwrap_or(default)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// `systemReserved` + `kubeReserved` must fit the node's capacity (upstream refuses to
+    /// start otherwise). Checked for memory and cpu, the capacities bpflet reads.
+    fn within_capacity(
+        &self,
+        system: &Reservation,
+        kube: &Reservation,
+        node: &NodeFacts,
+    ) -> Result<(), ConfigError> {
+        let checks = [
+            (
+                "memory",
+                system.memory_bytes,
+                kube.memory_bytes,
+                node.memory_bytes,
+                ("bytes", "MemTotal"),
+            ),
+            (
+                "cpu",
+                system.cpu_millis,
+                kube.cpu_millis,
+                node.cpu_millis,
+                ("millicores", "online CPUs"),
+            ),
+        ];
+        for (resource, sys, kube, capacity, (unit, source)) in checks {
+            let Some(capacity) = capacity else { continue };
+            let reserved = sys.unwrap_or(0).saturating_add(kube.unwrap_or(0));
+            if reserved <= capacity {
+                continue;
+            }
+            let mut fields = Vec::new();
+            if sys.is_some() {
+                fields.push(entry_path("systemReserved", resource));
+            }
+            if kube.is_some() {
+                fields.push(entry_path("kubeReserved", resource));
+            }
+            let field = fields.join(" + ");
+            return Err(self.invalid(
+                &field,
+                format!(
+                    "reserves {reserved} {unit} of {resource}, more than the node's capacity of {capacity} {unit} ({source}); capacity must be at least systemReserved + kubeReserved"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn absolute_path(&self, field: &str, value: &str) -> Result<PathBuf, ConfigError> {
         let path = PathBuf::from(value);
         if !path.is_absolute() {
@@ -624,6 +784,7 @@ impl Typed<'_> {
         args: &AgentArgs,
         config_files: Vec<PathBuf>,
     ) -> Result<Config, ConfigError> {
+        let node = self.node;
         let static_pod_path = kc
             .static_pod_path
             .as_deref()
@@ -639,21 +800,24 @@ impl Typed<'_> {
         let sources = SourceConfig {
             static_pod_path,
             static_pod_url,
-            file_check_frequency: self.positive_duration(
+            file_check_frequency: self.duration_at_least(
                 "fileCheckFrequency",
                 kc.file_check_frequency.as_deref(),
                 defaults::FILE_CHECK_FREQUENCY,
+                minimums::FILE_CHECK_FREQUENCY,
             )?,
-            http_check_frequency: self.positive_duration(
+            http_check_frequency: self.duration_at_least(
                 "httpCheckFrequency",
                 kc.http_check_frequency.as_deref(),
                 defaults::HTTP_CHECK_FREQUENCY,
+                minimums::HTTP_CHECK_FREQUENCY,
             )?,
         };
-        let sync_frequency = self.positive_duration(
+        let sync_frequency = self.duration_at_least(
             "syncFrequency",
             kc.sync_frequency.as_deref(),
             defaults::SYNC_FREQUENCY,
+            minimums::SYNC_FREQUENCY,
         )?;
 
         let runtime = RuntimeConfig {
@@ -728,10 +892,8 @@ impl Typed<'_> {
             ));
         }
         let cgroups = CgroupConfig {
-            root: self.absolute_path(
-                "cgroupRoot",
-                kc.cgroup_root.as_deref().unwrap_or(defaults::CGROUP_ROOT),
-            )?,
+            root: clean_absolute(kc.cgroup_root.as_deref().unwrap_or(defaults::CGROUP_ROOT))
+                .map_err(|reason| self.invalid("cgroupRoot", reason))?,
             driver,
             per_qos,
             enforce_pods_allocatable,
@@ -739,6 +901,7 @@ impl Typed<'_> {
 
         let system_reserved = self.reservation("systemReserved", kc.system_reserved.as_ref())?;
         let kube_reserved = self.reservation("kubeReserved", kc.kube_reserved.as_ref())?;
+        self.within_capacity(&system_reserved, &kube_reserved, node)?;
         let eviction = self.eviction(kc, bc)?;
 
         let server = ServerConfig {
@@ -773,19 +936,12 @@ impl Typed<'_> {
             })?),
         };
 
-        let pleg = PlegConfig {
-            mode: bc.pleg_mode.unwrap_or(PlegMode::Event),
-            safety_relist_period: self.positive_duration(
-                "plegSafetyRelistPeriod",
-                bc.pleg_safety_relist_period.as_deref(),
-                defaults::PLEG_SAFETY_RELIST_PERIOD,
-            )?,
-            unhealthy_threshold: self.positive_duration(
-                "plegUnhealthyThreshold",
-                bc.pleg_unhealthy_threshold.as_deref(),
-                defaults::PLEG_UNHEALTHY_THRESHOLD,
-            )?,
-        };
+        let pleg = self.pleg(bc)?;
+        let sysctls = SysctlPolicy::new(
+            node.kernel,
+            kc.allowed_unsafe_sysctls.as_deref().unwrap_or_default(),
+        )
+        .map_err(|(i, e)| self.invalid(&format!("allowedUnsafeSysctls[{i}]"), e))?;
 
         Ok(Config {
             node_name,
@@ -805,6 +961,27 @@ impl Typed<'_> {
             max_pods,
             pod_pids_limit,
             pleg,
+            sysctls,
+        })
+    }
+
+    fn pleg(&self, bc: &BpfletConfiguration) -> Result<PlegConfig, ConfigError> {
+        let mode = bc.pleg_mode.unwrap_or(PlegMode::Event);
+        let safety_relist_period = self.duration_at_least(
+            "plegSafetyRelistPeriod",
+            bc.pleg_safety_relist_period.as_deref(),
+            defaults::PLEG_SAFETY_RELIST_PERIOD,
+            minimums::PLEG_SAFETY_RELIST_PERIOD,
+        )?;
+        let unhealthy_threshold = self.positive_duration(
+            "plegUnhealthyThreshold",
+            bc.pleg_unhealthy_threshold.as_deref(),
+            defaults::PLEG_UNHEALTHY_THRESHOLD,
+        )?;
+        Ok(PlegConfig {
+            mode,
+            safety_relist_period,
+            unhealthy_threshold,
         })
     }
 

@@ -431,7 +431,67 @@ fn bad_input_names_the_culprit() {
         (
             "syncFrequency: 0s",
             &[],
-            &["syncFrequency: must be greater than 0"],
+            &["syncFrequency: 0s is below the minimum of 1s"],
+        ),
+        (
+            "fileCheckFrequency: 1ns",
+            &[],
+            &[
+                "fileCheckFrequency: 1ns is below the minimum of 1s",
+                "config.yaml",
+            ],
+        ),
+        (
+            "httpCheckFrequency: 999ms",
+            &[],
+            &["httpCheckFrequency: 999ms is below the minimum of 1s"],
+        ),
+        (
+            "---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nplegSafetyRelistPeriod: 10ms",
+            &[],
+            &["plegSafetyRelistPeriod: 10ms is below the minimum of 1s"],
+        ),
+        (
+            "cgroupRoot: /../../sys/fs/cgroup",
+            &[],
+            &["cgroupRoot: path \"/../../sys/fs/cgroup\" must not contain \"..\" components"],
+        ),
+        (
+            "cgroupRoot: /kubepods/..",
+            &[],
+            &["cgroupRoot", "\"..\" components"],
+        ),
+        (
+            "cgroupRoot: /a/./b",
+            &[],
+            &["cgroupRoot", "\".\" components"],
+        ),
+        (
+            "allowedUnsafeSysctls: [kernel.msg*, vm.swappiness]",
+            &[],
+            &["allowedUnsafeSysctls[1]: \"vm.swappiness\" is not known to be namespaced"],
+        ),
+        (
+            "allowedUnsafeSysctls: [Kernel.msgmax]",
+            &[],
+            &["allowedUnsafeSysctls[0]: \"Kernel.msgmax\" is not a sysctl name or pattern"],
+        ),
+        (
+            "",
+            &["--allowed-unsafe-sysctls", "net.*,kernel.*"],
+            &[
+                "allowedUnsafeSysctls[1]: \"kernel.*\" is not known to be namespaced",
+                "(from flag --allowed-unsafe-sysctls)",
+            ],
+        ),
+        (
+            "systemReserved: {memory: 100Ti}",
+            &[],
+            &[
+                "systemReserved[\"memory\"]: reserves",
+                "bytes of memory, more than the node's capacity of",
+                "bytes (MemTotal)",
+            ],
         ),
         (
             "runtimeRequestTimeout: -1s",
@@ -586,7 +646,12 @@ fn bad_input_names_the_culprit() {
         (
             "",
             &["--root-dir", "relative"],
-            &["--root-dir: path relative must be absolute"],
+            &["--root-dir: path \"relative\" must be absolute"],
+        ),
+        (
+            "",
+            &["--root-dir", "/var/lib/../../etc"],
+            &["--root-dir: path \"/var/lib/../../etc\" must not contain \"..\" components"],
         ),
         (
             "",
@@ -711,4 +776,96 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     message
+}
+
+fn node(memory_gib: u64, cpus: u64) -> NodeFacts {
+    NodeFacts {
+        memory_bytes: Some(memory_gib << 30),
+        cpu_millis: Some(cpus * 1000),
+        kernel: Some((6, 18)),
+    }
+}
+
+fn load_on_node(text: &str, node: &NodeFacts) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "config.yaml", &format!("{HEADER}{text}\n"));
+    let path = path.to_string_lossy().into_owned();
+    load_on(&args(&["--config", path.as_str()]), node)
+}
+
+#[test]
+fn reservations_must_fit_the_node() {
+    let n = node(4, 2);
+    let ok = load_on_node(
+        "systemReserved: {memory: 3Gi, cpu: 1}\nkubeReserved: {memory: 1Gi, cpu: 1}",
+        &n,
+    )
+    .expect("exactly the capacity fits");
+    assert_eq!(ok.system_reserved.memory_bytes, Some(3 << 30));
+    for (text, field, resource) in [
+        (
+            "systemReserved: {memory: 100Ti}",
+            r#"systemReserved["memory"]"#,
+            "capacity of 4294967296 bytes (MemTotal)",
+        ),
+        (
+            "kubeReserved: {cpu: 2500m}",
+            r#"kubeReserved["cpu"]"#,
+            "capacity of 2000 millicores (online CPUs)",
+        ),
+        (
+            "systemReserved: {memory: 3Gi}\nkubeReserved: {memory: 2Gi}",
+            r#"systemReserved["memory"] + kubeReserved["memory"]"#,
+            "reserves 5368709120 bytes of memory",
+        ),
+    ] {
+        let err = load_on_node(text, &n).expect_err(text);
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("{field}: reserves")),
+            "{message}"
+        );
+        assert!(message.contains(resource), "{message}");
+        assert_eq!(err.exit_code(), 64);
+    }
+    // Unknown capacity: nothing to check against.
+    load_on_node("systemReserved: {memory: 100Ti}", &NodeFacts::default())
+        .expect("no capacity, no check");
+}
+
+#[test]
+fn allowed_unsafe_sysctls_extend_the_safe_set() {
+    let c = load_on_node("", &node(4, 2)).expect("defaults");
+    assert!(
+        c.sysctls
+            .check("net.ipv4.tcp_syncookies", false, false)
+            .is_ok()
+    );
+    assert!(c.sysctls.check("kernel.msgmax", false, false).is_err());
+    let c = load_on_node(
+        "allowedUnsafeSysctls: [\"kernel.msg*\", net.core.somaxconn]",
+        &node(4, 2),
+    )
+    .expect("namespaced patterns");
+    assert!(c.sysctls.check("kernel.msgmax", false, false).is_ok());
+    assert!(c.sysctls.check("net.core.somaxconn", false, false).is_ok());
+    assert!(c.sysctls.check("net.core.somaxconn", true, false).is_err());
+    let flags = load_on(
+        &args(&["--allowed-unsafe-sysctls", "kernel.msg*, kernel.sem"]),
+        &node(4, 2),
+    )
+    .expect("flag");
+    assert!(flags.sysctls.check("kernel.sem", false, false).is_ok());
+    assert!(flags.sysctls.check("kernel.msgmnb", false, false).is_ok());
+}
+
+#[test]
+fn loop_periods_at_their_minimum_are_accepted() {
+    let c = load_on_node(
+        "fileCheckFrequency: 1s\nhttpCheckFrequency: 1s\nsyncFrequency: 1s\n---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nplegSafetyRelistPeriod: 1s\nplegUnhealthyThreshold: 2s",
+        &node(4, 2),
+    )
+    .expect("minimums");
+    assert_eq!(c.sources.file_check_frequency, Duration::from_secs(1));
+    assert_eq!(c.pleg.safety_relist_period, Duration::from_secs(1));
 }

@@ -658,29 +658,14 @@ fn sandbox_security_context(
     })
 }
 
-/// `spec.securityContext.sysctls`, names with `/` separators turned into `.` ones.
+/// `spec.securityContext.sysctls`, names with `/` separators turned into `.` ones. Which
+/// sysctls a pod may set is decided at admission ([`super::sysctls`]), before any sandbox.
 fn sysctls(spec: &PodSpec) -> HashMap<String, String> {
     spec.security_context
         .iter()
         .flat_map(|s| s.sysctls.iter().flatten())
-        .map(|s| (normalize_sysctl(&s.name), s.value.clone()))
+        .map(|s| (super::sysctls::normalize(&s.name), s.value.clone()))
         .collect()
-}
-
-/// `kernel/shm_rmid_forced` -> `kernel.shm_rmid_forced`; `net/ipv4/conf/eth0.100/x` ->
-/// `net.ipv4.conf.eth0/100.x` (a name whose first separator is `/` has `/` and `.` swapped).
-fn normalize_sysctl(name: &str) -> String {
-    match name.find(['.', '/']) {
-        Some(i) if name.as_bytes()[i] == b'/' => name
-            .chars()
-            .map(|c| match c {
-                '/' => '.',
-                '.' => '/',
-                c => c,
-            })
-            .collect(),
-        _ => name.to_owned(),
-    }
 }
 
 /// The CRI config of `container` of `pod`, attempt `attempt` (its restart count).

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod qos;
 pub mod source;
 pub mod subpath;
+pub mod sysctls;
 pub mod volumes;
 pub mod worker;
 

@@ -66,6 +66,8 @@ pub struct PodContext<R> {
     pub conditions: watch::Receiver<Vec<NodeCondition>>,
     /// Liveness, readiness and startup probes of every pod.
     pub probes: crate::probes::ProbeManager,
+    /// Which sysctls a pod may set; a pod setting another is rejected at admission.
+    pub sysctls: super::sysctls::SysctlPolicy,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -247,6 +249,19 @@ struct Worker<R> {
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
     async fn run(mut self) {
+        // Admission: a rejected pod is never started; it shows as Failed until it is gone.
+        let first = Arc::clone(&self.spec.borrow());
+        if let Err(message) = self.ctx.sysctls.admit(&first) {
+            self.reject(&first, super::sysctls::REASON_FORBIDDEN, &message)
+                .await;
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.terminate.cancelled() => {}
+            }
+            let pod = Arc::clone(&self.spec.borrow());
+            self.terminate_pod(&pod).await;
+            return;
+        }
         // Whether the last wait ended by the `sync_frequency` timer alone.
         let mut timer_only = false;
         loop {
@@ -893,6 +908,48 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .unwrap_or(observed);
         self.publish(pod, &observed, Images::new(), &PodActions::default());
         self.evicted = Some(e);
+    }
+
+    /// Rejects the pod at admission, as upstream's `rejectPod`: a warning event with
+    /// `reason` and `message`, and status phase `Failed` with `reason` and `Pod was
+    /// rejected: <message>`. A pod that an agent with another configuration admitted may
+    /// be running: it is stopped.
+    async fn reject(&mut self, pod: &Pod, reason: &str, message: &str) {
+        let name = format_pod(pod);
+        warn!(pod = %name, reason, message, "pod rejected at admission");
+        self.ctx.store.events().record(
+            &Subject::Pod(pod),
+            EventType::Warning,
+            reason,
+            message,
+            &self.ctx.node_name,
+        );
+        let message = format!("Pod was rejected: {message}");
+        match observe_pod(&*self.ctx.runtime, pod_uid(pod)).await {
+            Ok((observed, _)) => {
+                self.kill_containers(pod, &observed, termination_grace(pod))
+                    .await;
+                for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+                    if let Err(err) = self.ctx.runtime.stop_pod_sandbox(&sb.id).await {
+                        warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the rejected pod's sandbox failed");
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(pod = %name, error = %err, "cannot list the rejected pod's containers");
+            }
+        }
+        let status = PodStatus {
+            phase: Some("Failed".to_owned()),
+            reason: Some(reason.to_owned()),
+            message: Some(message),
+            qos_class: Some(super::qos::qos_class(pod).as_str().to_owned()),
+            ..PodStatus::default()
+        };
+        let mut published = pod.clone();
+        published.status = Some(status.clone());
+        self.ctx.store.upsert(pod_uid(pod), published);
+        self.status = Some(status);
     }
 
     /// Records one event per OOM kill, once it is clear what the kill did: `OOMKilled` when

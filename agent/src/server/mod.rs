@@ -14,21 +14,36 @@
 //!
 //! [`bind`] first (it names the address when it fails), then [`serve_read_only`] or
 //! [`serve_healthz`] until the cancellation token fires; in-flight requests finish.
+//!
+//! Hostile clients ([`ConnectionLimits`]): each listener serves at most 64 connections at
+//! once; a connection accepted beyond that is closed at once (the agent's open files stay
+//! bounded whatever the clients do, and the kernel's backlog does not fill up). A connection
+//! that has not sent a complete request head within 10 s of opening, or of its last
+//! response (an idle keep-alive), is closed. A connection is served for at most 60 s: then
+//! it is asked to close after its request in flight, and is dropped 10 s later whatever
+//! state it is in, which bounds every request, including one whose client reads the
+//! response slowly. Request heads are read into at most 16 KiB.
 
 pub mod events;
 mod store;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use self::store::{CheckResult, HealthState, PING, StatusStore};
 
@@ -42,19 +57,57 @@ pub enum ServerError {
     },
     #[error("cannot read the address of a listening socket")]
     LocalAddr(#[source] io::Error),
-    #[error("HTTP server on {addr} failed")]
-    Serve {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
 }
 
+/// Connections the kernel queues for [`serve`] to accept (clamped by `net.core.somaxconn`).
+/// Tokio's default of 128 overflowed under a burst of connections on a loaded node, and a
+/// dropped SYN costs a client a 1 s retransmit; Go servers (the kubelet) use somaxconn.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds a TCP listener (port 0 picks a free port; read it with `local_addr`).
+///
+/// # Errors
+/// [`ServerError::Bind`] naming the address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
+}
+
+/// What one listener allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections served at once; one accepted beyond this is closed at once.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head, counted from its opening
+    /// and from the end of each response (the keep-alive idle timeout).
+    pub header_read_timeout: Duration,
+    /// How long a connection is served before it is asked to close after its request in
+    /// flight.
+    pub max_connection_age: Duration,
+    /// How long a connection asked to close (age, shutdown) may take before it is dropped.
+    pub close_grace: Duration,
+    /// Read buffer of a connection, which bounds a request head.
+    pub max_buf_size: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(60),
+            close_grace: Duration::from_secs(10),
+            max_buf_size: 16 * 1024,
+        }
+    }
 }
 
 /// Serves `/pods` and `/healthz` on `listener` until `cancel` fires.
@@ -63,7 +116,13 @@ pub async fn serve_read_only(
     store: StatusStore,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
-    serve(listener, read_only_router(store), cancel).await
+    serve(
+        listener,
+        read_only_router(store),
+        ConnectionLimits::default(),
+        cancel,
+    )
+    .await
 }
 
 /// Serves only `/healthz` on `listener` until `cancel` fires.
@@ -72,7 +131,13 @@ pub async fn serve_healthz(
     store: StatusStore,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
-    serve(listener, healthz_router(store), cancel).await
+    serve(
+        listener,
+        healthz_router(store),
+        ConnectionLimits::default(),
+        cancel,
+    )
+    .await
 }
 
 /// The read-only API's routes.
@@ -177,19 +242,140 @@ pub fn healthz_router(store: StatusStore) -> Router {
         .with_state(store)
 }
 
-async fn serve(
+/// Serves `router` on `listener` within `limits` until `cancel` fires, then lets every
+/// connection finish its request in flight (each within `limits.close_grace`).
+///
+/// # Errors
+/// [`ServerError::LocalAddr`] when the listener has no address; accept errors are logged
+/// and retried (running out of file descriptors must not stop the server for good).
+pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
-    tracing::debug!(%addr, "HTTP server listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-        .map_err(|source| ServerError::Serve { addr, source })?;
+    tracing::debug!(%addr, ?limits, "HTTP server listening");
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut refused = Throttled::default();
+    let mut accept_errors = Throttled::default();
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if let Some(more) = accept_errors.tick(Instant::now()) {
+                    tracing::warn!(%addr, error = %e, repeated = more, "cannot accept a connection");
+                }
+                // EMFILE and the like: give the node a moment instead of spinning.
+                if !is_connection_error(&e) {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            drop(stream);
+            if let Some(more) = refused.tick(Instant::now()) {
+                tracing::warn!(
+                    %addr,
+                    max = limits.max_connections,
+                    repeated = more,
+                    "too many connections: closing new ones at once"
+                );
+            }
+            continue;
+        };
+        connections.spawn(serve_connection(
+            stream,
+            router.clone(),
+            limits,
+            cancel.clone(),
+            permit,
+        ));
+    }
+    connections.close();
+    connections.wait().await;
     tracing::debug!(%addr, "HTTP server stopped");
     Ok(())
+}
+
+/// One connection, HTTP/1 with keep-alive, within `limits`; the permit is its place under
+/// `limits.max_connections`.
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    limits: ConnectionLimits,
+    cancel: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_buf_size)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            return;
+        }
+        () = cancel.cancelled() => {}
+        () = tokio::time::sleep(limits.max_connection_age) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    match tokio::time::timeout(limits.close_grace, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
+        Err(_) => tracing::debug!("HTTP connection dropped: it did not close in time"),
+    }
+}
+
+/// Errors of one connection (the peer gave up before it was accepted), not of the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A warning that repeats at most once per [`Throttled::PERIOD`].
+#[derive(Debug, Default)]
+struct Throttled {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// `Some(occurrences suppressed since the last warning)` when a warning is due now.
+    fn tick(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < Self::PERIOD => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
 }
 
 /// `v1.PodList` in the kubelet's shape.

@@ -312,6 +312,187 @@ async fn shutdown_stops_an_idle_server() {
     server.stop().await;
 }
 
+/// A healthz server with `limits` on 127.0.0.1.
+async fn start_limited(limits: ConnectionLimits) -> Running {
+    let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let cancel = CancellationToken::new();
+    let router = healthz_router(StatusStore::new());
+    let task = tokio::spawn(serve(listener, router, limits, cancel.clone()));
+    Running { addr, cancel, task }
+}
+
+/// Reads until the server closes the connection; what it sent before.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    out
+}
+
+/// Sends one keep-alive request and reads exactly its response (`ok`, 2 bytes of body).
+async fn healthz_keep_alive(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    let mut buf = [0_u8; 512];
+    while !raw.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(raw).expect("UTF-8")
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let server = start_limited(ConnectionLimits {
+        max_connections: 2,
+        header_read_timeout: Duration::from_secs(60),
+        ..ConnectionLimits::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.addr).await.expect("connect");
+    let mut second = TcpStream::connect(server.addr).await.expect("connect");
+    // Both are served (accepted in order, before the third).
+    assert!(
+        healthz_keep_alive(&mut first)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        healthz_keep_alive(&mut second)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // The third is closed without a byte, long before any timeout.
+    let mut third = TcpStream::connect(server.addr).await.expect("connect");
+    assert_eq!(read_until_closed(&mut third).await, b"");
+    // A freed place serves the next connection.
+    drop(first);
+    let reply = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let mut next = TcpStream::connect(server.addr).await.expect("connect");
+            next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send");
+            let raw = read_until_closed(&mut next).await;
+            if !raw.is_empty() {
+                return String::from_utf8(raw).expect("UTF-8");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a place frees up once the first connection is gone");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    drop(second);
+    server.stop().await;
+}
+
+/// Connections beyond the cap are accepted and closed as fast as they come: the listener's
+/// backlog does not overflow and new clients are not left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_cap_keeps_being_accepted() {
+    let server = start_limited(ConnectionLimits {
+        max_connections: 4,
+        ..ConnectionLimits::default()
+    })
+    .await;
+    let addr = server.addr;
+    let opened = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        for i in 0..1100 {
+            // A SYN the kernel dropped is sent again after 1 s: a few may be.
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(s) => held.push(s),
+                Err(e) => panic!("connection {i}: {e}"),
+            }
+        }
+        held.len()
+    })
+    .await
+    .expect("connect task");
+    assert_eq!(opened, 1100);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed() {
+    let server = start_limited(ConnectionLimits {
+        header_read_timeout: Duration::from_millis(200),
+        ..ConnectionLimits::default()
+    })
+    .await;
+    // Opened, never used.
+    let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+    // A request head that never ends (slowloris).
+    let mut slow = TcpStream::connect(server.addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send");
+    // Kept alive after one response, then idle.
+    let mut kept = TcpStream::connect(server.addr).await.expect("connect");
+    assert!(
+        healthz_keep_alive(&mut kept)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    assert_eq!(read_until_closed(&mut silent).await, b"");
+    let slow_reply = read_until_closed(&mut slow).await;
+    assert!(
+        slow_reply.is_empty() || slow_reply.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&slow_reply)
+    );
+    assert_eq!(read_until_closed(&mut kept).await, b"");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_is_served_for_a_bounded_time() {
+    let server = start_limited(ConnectionLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connection_age: Duration::from_millis(200),
+        close_grace: Duration::from_millis(200),
+        ..ConnectionLimits::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    assert!(
+        healthz_keep_alive(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert_eq!(read_until_closed(&mut stream).await, b"");
+    server.stop().await;
+}
+
+#[test]
+fn repeated_warnings_are_throttled() {
+    let start = std::time::Instant::now();
+    let mut t = Throttled::default();
+    assert_eq!(t.tick(start), Some(0));
+    assert_eq!(t.tick(start + Duration::from_secs(1)), None);
+    assert_eq!(t.tick(start + Duration::from_secs(9)), None);
+    assert_eq!(t.tick(start + Duration::from_secs(10)), Some(2));
+    assert_eq!(t.tick(start + Duration::from_secs(11)), None);
+}
+
 #[test]
 fn healthz_query_parsing() {
     assert_eq!(HealthzQuery::parse(None), HealthzQuery::default());

@@ -273,13 +273,19 @@ fn runtime_message(e: &RuntimeError) -> String {
 const SYNC_RETRY_INITIAL: Duration = Duration::from_secs(2);
 /// Longest wait between retries of a failing sync (upstream's crash-loop cap).
 const SYNC_RETRY_MAX: Duration = Duration::from_secs(300);
+/// Longest wait when the runtime itself failed (down, restarting): that is not the pod's
+/// fault, and the pod should be back soon after the runtime (upstream's fixed retry).
+const SYNC_RETRY_MAX_RUNTIME: Duration = Duration::from_secs(10);
 
-/// When to retry after `failures` syncs in a row failed: 2 s, 4 s, ... 5 min.
-fn sync_retry_delay(failures: u32) -> Duration {
+/// When to retry after `failures` syncs in a row failed, the last with `e`: 2 s, 4 s, ...
+/// 5 min; at most 10 s when the runtime call failed.
+fn sync_retry_delay(e: &SyncError, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    SYNC_RETRY_INITIAL
-        .saturating_mul(1 << doublings)
-        .min(SYNC_RETRY_MAX)
+    let max = match e {
+        SyncError::Runtime { .. } => SYNC_RETRY_MAX_RUNTIME,
+        _ => SYNC_RETRY_MAX,
+    };
+    SYNC_RETRY_INITIAL.saturating_mul(1 << doublings).min(max)
 }
 
 /// What applying a plan did besides changing the runtime.
@@ -1000,7 +1006,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let name = format_pod(pod);
         let cause = crate::bpf::error_chain(e);
         self.sync_failures = self.sync_failures.saturating_add(1);
-        let retry_in = sync_retry_delay(self.sync_failures);
+        let retry_in = sync_retry_delay(e, self.sync_failures);
         let text = format!("{e}: {cause}");
         if self.last_sync_error.as_deref() == Some(text.as_str()) {
             debug!(pod = %name, error = %e, %cause, ?retry_in, "sync failed again");
@@ -1566,9 +1572,30 @@ mod tests {
 
     #[test]
     fn failing_syncs_retry_at_doubling_intervals_up_to_five_minutes() {
-        let secs: Vec<u64> = (1..=10).map(|n| sync_retry_delay(n).as_secs()).collect();
+        let volume = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::InvalidUid {
+                uid: "..".to_owned(),
+            },
+        };
+        let secs: Vec<u64> = (1..=10)
+            .map(|n| sync_retry_delay(&volume, n).as_secs())
+            .collect();
         assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(sync_retry_delay(u32::MAX), SYNC_RETRY_MAX);
+        assert_eq!(sync_retry_delay(&volume, u32::MAX), SYNC_RETRY_MAX);
+        // The runtime's trouble is not the pod's: back soon after the runtime is.
+        let runtime = SyncError::Runtime {
+            pod: "p".to_owned(),
+            source: RuntimeError::Timeout {
+                method: crate::runtime::Method::ListContainers,
+                socket: PathBuf::from("/s"),
+                timeout: Duration::from_secs(2),
+            },
+        };
+        let secs: Vec<u64> = (1..=5)
+            .map(|n| sync_retry_delay(&runtime, n).as_secs())
+            .collect();
+        assert_eq!(secs, [2, 4, 8, 10, 10]);
     }
 
     #[test]

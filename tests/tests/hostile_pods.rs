@@ -226,6 +226,62 @@ fn a_volume_that_cannot_be_prepared_shows_why_without_flooding_the_log() {
 }
 
 #[test]
+fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
+    let mut node = node();
+    with_bystander(&node);
+    // runc refuses a sysctl that is not namespaced: the sandbox cannot be created.
+    node.write_manifest(
+        "nosandbox.yaml",
+        &pod_yaml(
+            "nosandbox",
+            "Always",
+            &format!(
+                "  securityContext:
+    sysctls: [{{name: kernel.no_such_sysctl, value: '1'}}]
+  containers:
+  - name: c
+    image: {IMAGE}
+    command: [sleep, '3600']
+"
+            ),
+        ),
+    );
+    let pod = node.wait_pod("nosandbox", "the sandbox failure shown", |p| {
+        waiting_reason(p, "c") == Some("ContainerCreating")
+            && waiting_message(p, "c").contains("kernel.no_such_sysctl")
+    });
+    let uid = uid(&pod);
+    let attempts = |n: &Node| {
+        n.agent_log()
+            .lines()
+            .filter(|l| l.contains("creating sandbox") && l.contains("nosandbox-testnode"))
+            .count()
+    };
+    let before = attempts(&node);
+    node.holds_for(
+        "nosandbox",
+        "the failure shown",
+        Duration::from_secs(20),
+        |p| waiting_message(p, "c").contains("kernel.no_such_sysctl"),
+    );
+    let during = attempts(&node) - before;
+    eprintln!("nosandbox: {during} sandbox attempts in 20 s");
+    // 2 s, 4 s, 8 s, 16 s: at most four retries in 20 s (every 2 s before).
+    assert!(during <= 4, "{during} sandbox attempts in 20 s");
+    let (sandboxes, _) = node.runtime_ids(&uid);
+    assert!(
+        sandboxes.len() <= 1,
+        "failed sandboxes pile up: {sandboxes:?}"
+    );
+    let events = warning_reasons(&node, &uid);
+    assert!(
+        events.iter().any(|r| r == "FailedCreatePodSandBox"),
+        "a FailedCreatePodSandBox warning: {events:?}"
+    );
+    assert_bystander_untouched(&mut node);
+}
+
+#[test]
 fn a_pod_name_too_long_for_the_node_is_refused_naming_the_field() {
     let mut node = node();
     with_bystander(&node);

@@ -150,6 +150,17 @@ impl SyncError {
         }
     }
 
+    /// The message the waiting containers and the event show: the runtime's own words for a
+    /// runtime failure, the cause's otherwise.
+    fn status_message(&self) -> String {
+        match self {
+            SyncError::Runtime { source, .. } | SyncError::CreateSandbox { source, .. } => {
+                runtime_message(source)
+            }
+            other => crate::bpf::error_chain(other),
+        }
+    }
+
     /// What the pod's containers that wait to be created show. Upstream shows
     /// `ContainerCreating` without a message for every pod-level failure; bpflet names a
     /// volume, cgroup or config failure `CreateContainerConfigError` (the containers' config
@@ -1014,12 +1025,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             warn!(pod = %name, error = %e, %cause, ?retry_in, "sync failed; retrying");
             self.last_sync_error = Some(text);
         }
+        let message = e.status_message();
         if let Some(reason) = e.event_reason() {
             self.ctx.store.events().record(
                 &Subject::Pod(pod),
                 EventType::Warning,
                 reason,
-                &cause,
+                &message,
                 &self.ctx.node_name,
             );
         }
@@ -1035,7 +1047,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 .filter(|w| w.reason == WaitingReason::ContainerCreating);
             for w in creating {
                 w.reason = reason;
-                w.message = Some(cause.clone());
+                w.message = Some(message.clone());
             }
         }
         self.publish(pod, &observed, Images::new(), &actions);
@@ -1666,6 +1678,34 @@ mod tests {
                 timeout: Duration::from_secs(2),
             },
         };
+        let sandbox = SyncError::CreateSandbox {
+            pod: "p".to_owned(),
+            source: runtime(crate::runtime::Method::RunPodSandbox),
+        };
+        assert_eq!(
+            sandbox.status_message(),
+            "exec: \"/no/such/binary\": no such file"
+        );
+        assert_eq!(sandbox.event_reason(), Some("FailedCreatePodSandBox"));
+        assert_eq!(
+            sandbox.waiting_reason(),
+            Some(WaitingReason::ContainerCreating)
+        );
+        let volume = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::InvalidUid {
+                uid: "..".to_owned(),
+            },
+        };
+        assert_eq!(
+            volume.status_message(),
+            "invalid pod UID \"..\": must be one non-empty path component"
+        );
+        assert_eq!(volume.event_reason(), Some("FailedMount"));
+        assert_eq!(
+            volume.waiting_reason(),
+            Some(WaitingReason::CreateContainerConfigError)
+        );
         assert_eq!(create.reason(), WaitingReason::CreateContainerError);
         assert!(
             create.status_message().contains("no answer within 2s"),

@@ -413,6 +413,19 @@ plegMode: {pleg}
         (ids("sandbox"), ids("container"))
     }
 
+    /// Ids of the containers (any state) containerd holds for container `name` of pod `uid`.
+    #[must_use]
+    pub fn containers_named(&self, uid: &str, name: &str) -> Vec<String> {
+        let filter = format!(
+            "labels.\"io.kubernetes.pod.uid\"=={uid},labels.\"io.kubernetes.container.name\"=={name}"
+        );
+        self.ctr(&["containers", "ls", "-q", &filter])
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
     /// Every container (sandboxes included) containerd holds, in any state.
     #[must_use]
     pub fn all_runtime_containers(&self) -> Vec<String> {

@@ -8,11 +8,19 @@
 //!   fine: its window starts again at 10s.
 //!
 //! Upstream also adds jitter to the first window; bpflet does not.
+//!
+//! A start that fails before the container runs (its config cannot be built, its image is
+//! missing, the runtime refuses to create or start it) is recorded with
+//! [`Backoff::record_failure`]: it counts as an exit at the moment of the failure, so the
+//! container backs off exactly as if it had crashed (10s, 20s, ... 300s), and the planner can
+//! say why it waits. A successful start clears it ([`Backoff::clear_failure`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+
+use super::plan::WaitingReason;
 
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -54,6 +62,16 @@ pub enum BackoffState {
     },
 }
 
+/// Why the last attempt to start a container failed before it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    pub at: Timestamp,
+    /// `CreateContainerConfigError`, `ErrImageNeverPull`, `RunContainerError`, ...
+    pub reason: WaitingReason,
+    /// What failed, in the words of the layer that failed (the runtime's message, ...).
+    pub message: String,
+}
+
 /// Backoff windows for every container that has been restarted.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -61,6 +79,8 @@ pub struct Backoff {
     max: Duration,
     reset_after: Duration,
     entries: HashMap<BackoffKey, Entry>,
+    /// The last failed start of each container, until one succeeds.
+    failures: HashMap<BackoffKey, StartFailure>,
 }
 
 impl Default for Backoff {
@@ -77,6 +97,7 @@ impl Backoff {
             max,
             reset_after,
             entries: HashMap::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -122,6 +143,38 @@ impl Backoff {
         delay
     }
 
+    /// Records a start of the container that failed before it ran; the failure counts as
+    /// an exit at `failure.at`. A container that never restarted before gets its first
+    /// window here, so the next attempt waits it out (a window armed by
+    /// [`Self::record_restart`] for this attempt stays as it is).
+    pub fn record_failure(&mut self, key: &BackoffKey, failure: StartFailure) {
+        if self
+            .entries
+            .get(key)
+            .is_none_or(|e| self.ran_fine(e, failure.at))
+        {
+            self.entries.insert(
+                key.clone(),
+                Entry {
+                    delay: self.initial,
+                    last_restart: failure.at,
+                },
+            );
+        }
+        self.failures.insert(key.clone(), failure);
+    }
+
+    /// The container's last failed start, if no start succeeded since.
+    #[must_use]
+    pub fn failure(&self, key: &BackoffKey) -> Option<&StartFailure> {
+        self.failures.get(key)
+    }
+
+    /// The container started: its earlier failure no longer says anything.
+    pub fn clear_failure(&mut self, key: &BackoffKey) {
+        self.failures.remove(key);
+    }
+
     /// The current window of a container, if it has one.
     #[must_use]
     pub fn delay(&self, key: &BackoffKey) -> Option<Duration> {
@@ -131,6 +184,7 @@ impl Backoff {
     /// Forgets every container of a pod (the pod is gone).
     pub fn forget_pod(&mut self, pod_uid: &str) {
         self.entries.retain(|k, _| k.pod_uid != pod_uid);
+        self.failures.retain(|k, _| k.pod_uid != pod_uid);
     }
 
     /// Drops entries whose last restart is so old that they would reset anyway.
@@ -138,6 +192,8 @@ impl Backoff {
         let reset_after = self.reset_after;
         self.entries
             .retain(|_, e| duration_between(e.last_restart, now) <= reset_after);
+        let entries = &self.entries;
+        self.failures.retain(|k, _| entries.contains_key(k));
     }
 
     fn ran_fine(&self, entry: &Entry, finished_at: Timestamp) -> bool {
@@ -237,6 +293,49 @@ mod tests {
             b.check(&k, t(1309), t(1310)),
             BackoffState::Waiting { .. }
         ));
+    }
+
+    fn failure(secs: i64) -> StartFailure {
+        StartFailure {
+            at: t(secs),
+            reason: WaitingReason::RunContainerError,
+            message: "exec: no such file".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_failed_start_backs_off_like_a_crash() {
+        let mut b = Backoff::default();
+        let k = key();
+        // Never started: the failure arms the first window at once.
+        b.record_failure(&k, failure(0));
+        assert_eq!(b.failure(&k), Some(&failure(0)));
+        assert_eq!(
+            b.check(&k, t(0), t(4)),
+            BackoffState::Waiting {
+                delay: Duration::from_secs(10),
+                remaining: Duration::from_secs(6)
+            }
+        );
+        // Each later attempt is recorded as a restart before it runs, so the windows double.
+        assert_eq!(b.check(&k, t(0), t(10)), BackoffState::Ready);
+        assert_eq!(b.record_restart(&k, t(0), t(10)), Duration::from_secs(20));
+        b.record_failure(&k, failure(10));
+        assert_eq!(b.delay(&k), Some(Duration::from_secs(20)), "kept");
+        assert!(matches!(
+            b.check(&k, t(10), t(29)),
+            BackoffState::Waiting { .. }
+        ));
+        // A start that works clears the failure, not the window.
+        b.clear_failure(&k);
+        assert_eq!(b.failure(&k), None);
+        assert_eq!(b.delay(&k), Some(Duration::from_secs(20)));
+        b.record_failure(&k, failure(40));
+        b.forget_pod("uid-1");
+        assert_eq!((b.failure(&k), b.delay(&k)), (None, None));
+        b.record_failure(&k, failure(40));
+        b.gc(t(641));
+        assert_eq!((b.failure(&k), b.delay(&k)), (None, None), "gc drops both");
     }
 
     #[test]

@@ -497,6 +497,9 @@ fn image_tag_is_latest(image: &str) -> bool {
     }
 }
 
+/// The longest file name Linux file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
 fn validate(pod: &Pod) -> Result<(), FieldError> {
     let err = |field: &str, reason: String| Err((field.to_owned(), reason));
     let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -509,6 +512,21 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     if let Err(reason) = validate_dns_label(namespace) {
         return err("metadata.namespace", format!("{namespace:?}: {reason}"));
+    }
+    // The pod's log directory `<namespace>_<name>_<uid>` is one file name: past NAME_MAX
+    // the runtime cannot create a container's log file, and no container could ever start.
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let log_dir = namespace.len() + name.len() + uid.len() + 2;
+    if log_dir > NAME_MAX {
+        return err(
+            "metadata.name",
+            format!(
+                "{name:?} (with the node name appended) is too long for this node: the pod's log \
+                 directory {namespace}_{name}_{uid} would be a {log_dir}-byte file name, and file \
+                 names have at most {NAME_MAX} bytes (names of at most {} characters fit)",
+                NAME_MAX - (log_dir - name.len())
+            ),
+        );
     }
     let Some(spec) = pod.spec.as_ref() else {
         return err("spec", "is required".to_owned());

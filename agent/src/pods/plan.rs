@@ -13,6 +13,13 @@
 //! Deliberate differences from upstream: the restart backoff is decided here, not when the
 //! container is started, so the planner can report `CrashLoopBackOff` itself; ephemeral
 //! containers and in-place resize are not modelled.
+//!
+//! A start that failed before the container ran (recorded in the [`Backoff`]) backs off like
+//! a crash. While it waits, the container shows: `CrashLoopBackOff` after the runtime refused
+//! to create or start it, with upstream's back-off sentence followed by the runtime's
+//! message; `ImagePullBackOff` after an image could not be pulled; and the failure's own
+//! reason and message otherwise (`CreateContainerConfigError`, `ErrImageNeverPull`, which
+//! upstream repeats at every sync).
 
 use std::fmt;
 use std::time::Duration;
@@ -151,11 +158,13 @@ pub enum StartReason {
     NewSandbox,
 }
 
-/// The container is in CrashLoopBackOff: do not start it before `remaining` has passed.
+/// The container is in back-off: do not start it before `remaining` has passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackoffWait {
     pub delay: Duration,
     pub remaining: Duration,
+    /// `CrashLoopBackOff`, or why the last start failed (see the module docs).
+    pub reason: WaitingReason,
     /// `back-off 20s restarting failed container=app pod=web-node_default(uid)`.
     pub message: String,
 }
@@ -170,6 +179,10 @@ pub struct ContainerStart {
     pub reason: StartReason,
     /// Set when the start must wait (CrashLoopBackOff).
     pub backoff: Option<BackoffWait>,
+    /// When the previous attempt ended (its exit, or its failed start): a start that goes
+    /// ahead records itself with [`Backoff::record_restart`] from this, which arms the next
+    /// window. `None` for a first start.
+    pub backoff_since: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +206,20 @@ pub enum WaitingReason {
     ContainerCreating,
     PodInitializing,
     CrashLoopBackOff,
+    /// The container's config could not be built (a volume, an env source, ...).
+    CreateContainerConfigError,
+    /// The runtime refused to create the container.
+    CreateContainerError,
+    /// The runtime created the container but could not start it.
+    RunContainerError,
+    /// The image is missing and `imagePullPolicy` is `Never`.
+    ErrImageNeverPull,
+    /// The image is missing and could not be pulled.
+    ErrImagePull,
+    /// Backing off after [`Self::ErrImagePull`].
+    ImagePullBackOff,
+    /// The runtime could not say whether it has the image.
+    ImageInspectError,
 }
 
 impl WaitingReason {
@@ -202,6 +229,23 @@ impl WaitingReason {
             Self::ContainerCreating => "ContainerCreating",
             Self::PodInitializing => "PodInitializing",
             Self::CrashLoopBackOff => "CrashLoopBackOff",
+            Self::CreateContainerConfigError => "CreateContainerConfigError",
+            Self::CreateContainerError => "CreateContainerError",
+            Self::RunContainerError => "RunContainerError",
+            Self::ErrImageNeverPull => "ErrImageNeverPull",
+            Self::ErrImagePull => "ErrImagePull",
+            Self::ImagePullBackOff => "ImagePullBackOff",
+            Self::ImageInspectError => "ImageInspectError",
+        }
+    }
+
+    /// The reason a container shows while it backs off after a start that failed this way.
+    #[must_use]
+    pub const fn while_backing_off(self) -> Self {
+        match self {
+            Self::CreateContainerError | Self::RunContainerError => Self::CrashLoopBackOff,
+            Self::ErrImagePull => Self::ImagePullBackOff,
+            other => other,
         }
     }
 }
@@ -276,31 +320,59 @@ impl Planner<'_> {
     fn start(&self, index: usize, c: &Container, reason: StartReason) -> ContainerStart {
         let latest = self.observed.latest(&c.name);
         let attempt = latest.map_or(0, |s| s.restart_count + 1);
-        let backoff = latest
+        let key = BackoffKey::new(pod_uid(self.pod), c.name.clone());
+        let exited = latest
             .filter(|s| s.state == ContainerState::Exited)
-            .and_then(|s| s.finished_at)
-            .and_then(|finished| {
-                let key = BackoffKey::new(pod_uid(self.pod), c.name.clone());
-                match self.backoff.check(&key, finished, self.now) {
-                    BackoffState::Ready => None,
-                    BackoffState::Waiting { delay, remaining } => Some(BackoffWait {
-                        delay,
-                        remaining,
-                        message: format!(
-                            "back-off {} restarting failed container={} pod={}",
-                            format_duration(delay),
-                            c.name,
-                            format_pod(self.pod)
-                        ),
-                    }),
-                }
-            });
+            .and_then(|s| s.finished_at);
+        // A failed start newer than the last exit is the previous attempt.
+        let failure = self
+            .backoff
+            .failure(&key)
+            .filter(|f| exited.is_none_or(|e| f.at >= e));
+        let since = failure.map(|f| f.at).or(exited);
+        let backoff = since.and_then(|since| match self.backoff.check(&key, since, self.now) {
+            BackoffState::Ready => None,
+            BackoffState::Waiting { delay, remaining } => {
+                let crash_loop = format!(
+                    "back-off {} restarting failed container={} pod={}",
+                    format_duration(delay),
+                    c.name,
+                    format_pod(self.pod)
+                );
+                let (reason, message) = match failure {
+                    None => (WaitingReason::CrashLoopBackOff, crash_loop),
+                    Some(f) => {
+                        let shown = f.reason.while_backing_off();
+                        let message = match shown {
+                            WaitingReason::CrashLoopBackOff => {
+                                format!("{crash_loop}: {}: {}", f.reason, f.message)
+                            }
+                            WaitingReason::ImagePullBackOff => format!(
+                                "Back-off pulling image {:?}: {}: {}",
+                                c.image.as_deref().unwrap_or_default(),
+                                f.reason,
+                                f.message
+                            ),
+                            _ => f.message.clone(),
+                        };
+                        (shown, message)
+                    }
+                };
+                Some(BackoffWait {
+                    delay,
+                    remaining,
+                    reason,
+                    message,
+                })
+            }
+        });
         ContainerStart {
             index,
             name: c.name.clone(),
             attempt,
             reason,
             backoff,
+            backoff_since: since,
         }
     }
 
@@ -670,7 +742,7 @@ impl Planner<'_> {
             .map(|s| match &s.backoff {
                 Some(b) => Waiting {
                     container: s.name.clone(),
-                    reason: WaitingReason::CrashLoopBackOff,
+                    reason: b.reason,
                     message: Some(b.message.clone()),
                 },
                 None => Waiting {

@@ -2,7 +2,16 @@
 //! when the spec changes, when a backoff expires, and at least every `syncFrequency`.
 //!
 //! Only the worker touches its pod in the runtime, so syncs of one pod never overlap; pokes
-//! and spec updates arriving during a sync coalesce into one more sync.
+//! and spec updates arriving during a sync coalesce into one more sync. The pod's removal
+//! (or the agent's shutdown) drops a sync in progress.
+//!
+//! Failures stay as small as they are: a container whose start fails (config, image,
+//! create, start) waits with upstream's reason and the failing layer's message, gets a
+//! `Failed` (or `ErrImageNeverPull`) warning event, and backs off like a crash while its
+//! siblings start; at most one dead container per container name is kept. A pod-level
+//! failure (volumes, pod cgroup, sandbox) fails the sync: the containers it blocks show why,
+//! a warning event names it (`FailedMount`, `FailedCreatePodSandBox`, ...), and the sync is
+//! retried after 2 s, doubling to 5 min, logged at warn once per distinct error.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,11 +25,11 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::backoff::{Backoff, BackoffKey};
+use super::backoff::{Backoff, BackoffKey, StartFailure};
 use super::cri_config::{self, ContainerContext, DnsSettings, NodeAllocatable, SandboxContext};
 use super::observe::{Images, ObserveCache, observe_pod, observe_pod_cached};
-use super::plan::{self, ObservedPod, PodActions};
-use super::volumes::PodVolumes;
+use super::plan::{self, ObservedPod, PodActions, Waiting, WaitingReason};
+use super::volumes::{PodVolumes, VolumeError};
 use super::{format_pod, pod_uid};
 use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
@@ -113,7 +122,7 @@ pub enum SyncError {
     Volume {
         pod: String,
         #[source]
-        source: super::volumes::VolumeError,
+        source: VolumeError,
     },
     #[error("CRI config for pod {pod}")]
     Config {
@@ -121,6 +130,199 @@ pub enum SyncError {
         #[source]
         source: cri_config::ConfigBuildError,
     },
+    #[error("creating the sandbox of pod {pod}")]
+    CreateSandbox {
+        pod: String,
+        #[source]
+        source: RuntimeError,
+    },
+}
+
+impl SyncError {
+    /// The warning event upstream records for this failure, if any (a failed runtime
+    /// listing or stop is the runtime's trouble, not the pod's).
+    fn event_reason(&self) -> Option<&'static str> {
+        match self {
+            SyncError::Volume { .. } => Some("FailedMount"),
+            SyncError::Cgroup { .. } => Some("FailedCreatePodContainer"),
+            SyncError::Config { .. } | SyncError::CreateSandbox { .. } => {
+                Some("FailedCreatePodSandBox")
+            }
+            SyncError::Runtime { .. } => None,
+        }
+    }
+
+    /// The message the waiting containers and the event show: the runtime's own words for a
+    /// runtime failure, the cause's otherwise.
+    fn status_message(&self) -> String {
+        match self {
+            SyncError::Runtime { source, .. } | SyncError::CreateSandbox { source, .. } => {
+                runtime_message(source)
+            }
+            other => crate::bpf::error_chain(other),
+        }
+    }
+
+    /// What the pod's containers that wait to be created show. Upstream shows
+    /// `ContainerCreating` without a message for every pod-level failure; bpflet names a
+    /// volume, cgroup or config failure `CreateContainerConfigError` (the containers' config
+    /// cannot be prepared) and gives every one its cause as the message.
+    fn waiting_reason(&self) -> Option<WaitingReason> {
+        match self {
+            SyncError::Volume { .. } | SyncError::Cgroup { .. } | SyncError::Config { .. } => {
+                Some(WaitingReason::CreateContainerConfigError)
+            }
+            SyncError::CreateSandbox { .. } => Some(WaitingReason::ContainerCreating),
+            SyncError::Runtime { .. } => None,
+        }
+    }
+}
+
+/// Why one container could not be started. The worker shows it in the container's status,
+/// records a warning event, and backs the container off; the pod's other containers go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("container {container:?}: building its CRI config")]
+    Config {
+        container: String,
+        #[source]
+        source: cri_config::ConfigBuildError,
+    },
+    #[error("container {container:?}: pinning a subPath")]
+    SubPath {
+        container: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("container {container:?}: image {image:?} is not present with pull policy of Never")]
+    ImageNeverPull { container: String, image: String },
+    #[error(
+        "container {container:?}: image {image:?} is not present, and bpflet does not pull \
+         images yet (imagePullPolicy {policy})"
+    )]
+    ImageMissing {
+        container: String,
+        image: String,
+        policy: String,
+    },
+    #[error("container {container:?}: asking the runtime for image {image:?}")]
+    ImageInspect {
+        container: String,
+        image: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("container {container:?}: creating it")]
+    Create {
+        container: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("container {container:?}: starting it")]
+    Start {
+        container: String,
+        #[source]
+        source: RuntimeError,
+    },
+}
+
+impl StartError {
+    /// The container's waiting reason, as upstream names these failures.
+    fn reason(&self) -> WaitingReason {
+        match self {
+            StartError::Config { .. } | StartError::SubPath { .. } => {
+                WaitingReason::CreateContainerConfigError
+            }
+            StartError::ImageNeverPull { .. } => WaitingReason::ErrImageNeverPull,
+            StartError::ImageMissing { .. } => WaitingReason::ErrImagePull,
+            StartError::ImageInspect { .. } => WaitingReason::ImageInspectError,
+            StartError::Create { .. } => WaitingReason::CreateContainerError,
+            StartError::Start { .. } => WaitingReason::RunContainerError,
+        }
+    }
+
+    /// The status message: what failed, in the words of the layer that failed (the
+    /// runtime's own message where it gave one, as upstream shows it).
+    fn status_message(&self) -> String {
+        match self {
+            StartError::Config { source, .. } => describe(source),
+            StartError::SubPath { source, .. } => describe(source),
+            StartError::ImageNeverPull { image, .. } => {
+                format!("Container image {image:?} is not present with pull policy of Never")
+            }
+            StartError::ImageMissing { image, policy, .. } => format!(
+                "Container image {image:?} is not present, and pulling images is not \
+                 implemented by bpflet yet (imagePullPolicy {policy})"
+            ),
+            StartError::ImageInspect { source, .. }
+            | StartError::Create { source, .. }
+            | StartError::Start { source, .. } => runtime_message(source),
+        }
+    }
+
+    /// The warning event upstream records (the status message is its message).
+    fn event_reason(&self) -> &'static str {
+        match self {
+            StartError::ImageNeverPull { .. } => "ErrImageNeverPull",
+            StartError::ImageInspect { .. } => "InspectFailed",
+            _ => "Failed",
+        }
+    }
+}
+
+/// `e` and its causes, one sentence.
+fn describe(e: &dyn std::error::Error) -> String {
+    let chain = crate::bpf::error_chain(e);
+    if chain.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {chain}")
+    }
+}
+
+/// The runtime's own message for a failed call (containerd's `failed to create containerd
+/// task: ... exec: "/no/such/binary": ...`), or the whole error when it gave none.
+fn runtime_message(e: &RuntimeError) -> String {
+    match e {
+        RuntimeError::Call { source, .. } if !source.message().is_empty() => {
+            source.message().to_owned()
+        }
+        other => describe(other),
+    }
+}
+
+/// First retry of a pod whose sync failed; each further failure doubles it.
+const SYNC_RETRY_INITIAL: Duration = Duration::from_secs(2);
+/// Longest wait between retries of a failing sync (upstream's crash-loop cap).
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(300);
+/// Longest wait when the runtime itself failed (down, restarting): that is not the pod's
+/// fault, and the pod should be back soon after the runtime (upstream's fixed retry).
+const SYNC_RETRY_MAX_RUNTIME: Duration = Duration::from_secs(10);
+
+/// When to retry after `failures` syncs in a row failed, the last with `e`: 2 s, 4 s, ...
+/// 5 min; at most 10 s when the runtime call failed.
+fn sync_retry_delay(e: &SyncError, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let max = match e {
+        SyncError::Runtime { .. } => SYNC_RETRY_MAX_RUNTIME,
+        _ => SYNC_RETRY_MAX,
+    };
+    SYNC_RETRY_INITIAL.saturating_mul(1 << doublings).min(max)
+}
+
+/// What applying a plan did besides changing the runtime.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Come back this early (a back-off ends).
+    requeue: Option<Duration>,
+    /// Containers whose start failed, with why (for status).
+    failed: Vec<Waiting>,
+}
+
+impl Applied {
+    fn come_back_within(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
 }
 
 /// Messages to a worker. The spec travels on a watch channel (latest wins); pokes coalesce
@@ -206,6 +408,8 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         oom_reported: HashMap::new(),
         pids_asked: HashSet::new(),
         recheck: None,
+        sync_failures: 0,
+        last_sync_error: None,
     };
     let done = tracker.spawn(worker.run());
     WorkerHandle {
@@ -245,6 +449,10 @@ struct Worker<R> {
     pids_asked: HashSet<String>,
     /// Publishing found something to look at again soon (an undecided OOM kill).
     recheck: Option<Duration>,
+    /// Syncs that failed in a row (see [`sync_retry_delay`]).
+    sync_failures: u32,
+    /// The last sync error logged at warn; the same error again is logged at debug.
+    last_sync_error: Option<String>,
 }
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
@@ -302,19 +510,33 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
             let quiet = timer_only && waits.is_empty() && self.ctx.runtime_changes_poke;
-            let next = match if quiet {
-                self.sync_from_last_observation(&pod).await
-            } else {
-                self.sync(&pod, &waits).await
-            } {
-                Ok(next) => next,
-                Err(e) => {
-                    warn!(pod = %format_pod(&pod), error = %e, cause = %crate::bpf::error_chain(&e), "sync failed; retrying");
-                    // The pod still shows (Pending, or as last observed) while it cannot sync.
-                    let observed = self.last_observed.clone().unwrap_or_default();
-                    self.publish(&pod, &observed, Images::new(), &PodActions::default());
-                    Some(Duration::from_secs(2))
+            // The pod's removal (or the agent's shutdown) drops a sync in progress: a large
+            // pod's first sync starts containers for minutes, none of which is wanted once
+            // the pod is gone. Every await in a sync is a runtime call or a short sleep, and
+            // `terminate_pod` observes the runtime afresh, so dropping one loses nothing.
+            let (terminate, cancel) = (self.terminate.clone(), self.cancel.clone());
+            let synced = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = terminate.cancelled() => {
+                    info!(pod = %format_pod(&pod), "pod removed during its sync: dropping the rest of the sync");
+                    continue;
                 }
+                synced = async {
+                    if quiet {
+                        self.sync_from_last_observation(&pod).await
+                    } else {
+                        self.sync(&pod, &waits).await
+                    }
+                } => synced,
+            };
+            let next = match synced {
+                Ok(next) => {
+                    self.sync_failures = 0;
+                    self.last_sync_error = None;
+                    next
+                }
+                Err(e) => Some(self.sync_failed(&pod, &e)),
             };
             let recheck = self.recheck.take();
             let periodic = next.is_none() && recheck.is_none();
@@ -447,11 +669,18 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             // sandbox, restarting a container) takes tens of ms or more.
             self.publish(pod, &observed, images.clone(), &actions);
         }
-        let requeue = self.apply(pod, &observed, &actions, &volumes).await?;
+        let applied = self.apply(pod, &observed, &actions, &volumes).await?;
+        let requeue = applied.requeue;
+        let mut actions = actions;
+        for failed in applied.failed {
+            actions.waiting.retain(|w| w.container != failed.container);
+            actions.waiting.push(failed);
+        }
         if changed {
             (observed, images) = observe_pod_cached(&*ctx.runtime, &uid, &mut self.observe_cache)
                 .await
                 .map_err(rt_err)?;
+            self.remove_dead_attempts(pod, &mut observed).await;
             self.last_runtime = Some(observed.clone());
             ctx.probes.annotate(&uid, &mut observed);
         }
@@ -518,7 +747,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         observed: &ObservedPod,
         actions: &PodActions,
         volumes: &PodVolumes,
-    ) -> Result<Option<Duration>, SyncError> {
+    ) -> Result<Applied, SyncError> {
         let ctx = Arc::clone(&self.ctx);
         let name = format_pod(pod);
         let rt_err = |source| SyncError::Runtime {
@@ -587,7 +816,10 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     .runtime
                     .run_pod_sandbox(&config, "")
                     .await
-                    .map_err(rt_err)?;
+                    .map_err(|source| SyncError::CreateSandbox {
+                        pod: name.clone(),
+                        source,
+                    })?;
                 (id, config)
             }
             (None, Some(id)) => {
@@ -605,10 +837,10 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     })?;
                 (id.clone(), config)
             }
-            (None, None) => return Ok(None),
+            (None, None) => return Ok(Applied::default()),
         };
 
-        let mut requeue: Option<Duration> = None;
+        let mut applied = Applied::default();
         let spec = pod.spec.as_ref();
         let inits = spec
             .and_then(|s| s.init_containers.as_deref())
@@ -628,10 +860,15 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             let Some(container) = container else { continue };
             if let Some(wait) = &start.backoff {
                 debug!(pod = %name, container = %start.name, remaining = ?wait.remaining, "in back-off");
-                requeue = Some(requeue.map_or(wait.remaining, |r| r.min(wait.remaining)));
+                applied.come_back_within(wait.remaining);
                 continue;
             }
-            let previous_exit = observed.latest(&start.name).and_then(|c| c.finished_at);
+            // Upstream arms the next window when it lets a restart go ahead, so a start that
+            // fails backs off like one that crashes.
+            let key = BackoffKey::new(pod_uid(pod), &start.name);
+            if let Some(since) = start.backoff_since {
+                self.backoff.record_restart(&key, since, Timestamp::now());
+            }
             let pod_ips = observed
                 .sandboxes
                 .iter()
@@ -644,17 +881,44 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 config: &sandbox_config,
                 pod_ips,
             };
-            self.start_container(pod, container, start.attempt, &sandbox, volumes)
-                .await?;
-            if let Some(finished) = previous_exit {
-                self.backoff.record_restart(
-                    &BackoffKey::new(pod_uid(pod), &start.name),
-                    finished,
-                    Timestamp::now(),
-                );
+            match self
+                .start_container(pod, container, start.attempt, &sandbox, volumes)
+                .await
+            {
+                Ok(()) => self.backoff.clear_failure(&key),
+                Err(e) => {
+                    let failure = StartFailure {
+                        at: Timestamp::now(),
+                        reason: e.reason(),
+                        message: e.status_message(),
+                    };
+                    warn!(pod = %name, container = %start.name, reason = %failure.reason, error = %e, cause = %crate::bpf::error_chain(&e), "container start failed; backing off");
+                    let event = match &e {
+                        StartError::ImageNeverPull { .. } | StartError::ImageMissing { .. } => {
+                            failure.message.clone()
+                        }
+                        _ => format!("Error: {}", failure.message),
+                    };
+                    ctx.store.events().record(
+                        &Subject::Pod(pod),
+                        EventType::Warning,
+                        e.event_reason(),
+                        &event,
+                        &ctx.node_name,
+                    );
+                    applied.failed.push(Waiting {
+                        container: start.name.clone(),
+                        reason: failure.reason,
+                        message: Some(failure.message.clone()),
+                    });
+                    self.backoff.record_failure(&key, failure);
+                    if let Some(window) = self.backoff.delay(&key) {
+                        applied.come_back_within(window);
+                    }
+                }
             }
         }
-        Ok(requeue)
+        Ok(applied)
     }
 
     async fn start_container(
@@ -664,27 +928,17 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         attempt: u32,
         sandbox: &SandboxRef<'_>,
         volumes: &PodVolumes,
-    ) -> Result<(), SyncError> {
+    ) -> Result<(), StartError> {
         let ctx = Arc::clone(&self.ctx);
         let name = format_pod(pod);
-        let rt_err = |source| SyncError::Runtime {
-            pod: name.clone(),
-            source,
-        };
+        let cname = || container.name.clone();
         // Pinned now, just before the runtime mounts them: see `pods::subpath`.
-        let sub_paths = volumes.pin_sub_paths(container).map_err(|source| {
-            ctx.store.events().record(
-                &Subject::Pod(pod),
-                EventType::Warning,
-                "Failed",
-                &format!("Error: {source}"),
-                &ctx.node_name,
-            );
-            SyncError::Volume {
-                pod: name.clone(),
+        let sub_paths = volumes
+            .pin_sub_paths(container)
+            .map_err(|source| StartError::SubPath {
+                container: cname(),
                 source,
-            }
-        })?;
+            })?;
         let cctx = ContainerContext {
             volumes: Some(volumes),
             sub_paths: Some(&sub_paths),
@@ -696,18 +950,33 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let config =
             cri_config::container_config(pod, container, attempt, &cctx).map_err(|source| {
-                SyncError::Config {
-                    pod: name.clone(),
+                StartError::Config {
+                    container: cname(),
                     source,
                 }
             })?;
+        let image = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        ensure_image(&*ctx.runtime, container, &image).await?;
         info!(pod = %name, container = %container.name, attempt, "starting container");
         let id = ctx
             .runtime
             .create_container(sandbox.id, &config, sandbox.config)
             .await
-            .map_err(rt_err)?;
-        ctx.runtime.start_container(&id).await.map_err(rt_err)?;
+            .map_err(|source| StartError::Create {
+                container: cname(),
+                source,
+            })?;
+        ctx.runtime
+            .start_container(&id)
+            .await
+            .map_err(|source| StartError::Start {
+                container: cname(),
+                source,
+            })?;
         self.learn_main_pid(pod, &container.name, &id).await;
         let pod_ip = if pod
             .spec
@@ -735,12 +1004,86 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 &e.to_string(),
                 &ctx.node_name,
             );
-            ctx.runtime
+            if let Err(e) = ctx
+                .runtime
                 .stop_container(&id, termination_grace(pod))
                 .await
-                .map_err(rt_err)?;
+            {
+                warn!(pod = %name, container = %container.name, error = %e, "stopping the container after its failed postStart hook failed");
+            }
         }
         Ok(())
+    }
+
+    /// Removes dead containers of the pod beyond the one per container name that status
+    /// needs (see [`dead_attempts`]), and drops them from `observed`.
+    async fn remove_dead_attempts(&mut self, pod: &Pod, observed: &mut ObservedPod) {
+        let dead: Vec<String> = dead_attempts(observed)
+            .into_iter()
+            .map(|c| c.id.clone())
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let mut removed = Vec::new();
+        for id in dead {
+            match self.ctx.runtime.remove_container(&id).await {
+                Ok(()) => removed.push(id),
+                Err(e) => {
+                    debug!(pod = %format_pod(pod), %id, error = %e, "removing a dead container failed");
+                }
+            }
+        }
+        debug!(pod = %format_pod(pod), removed = removed.len(), "removed dead containers");
+        observed.containers.retain(|c| !removed.contains(&c.id));
+        self.ctx.facts.forget(removed.iter().map(String::as_str));
+        for id in &removed {
+            self.oom_reported.remove(id);
+        }
+    }
+
+    /// A sync that failed: says why (at warn once per distinct error, then at debug), shows
+    /// it in the pod's status and events, and returns when to try again: 2 s, doubling up
+    /// to 5 min while the pod keeps failing.
+    fn sync_failed(&mut self, pod: &Pod, e: &SyncError) -> Duration {
+        let name = format_pod(pod);
+        let cause = crate::bpf::error_chain(e);
+        self.sync_failures = self.sync_failures.saturating_add(1);
+        let retry_in = sync_retry_delay(e, self.sync_failures);
+        let text = format!("{e}: {cause}");
+        if self.last_sync_error.as_deref() == Some(text.as_str()) {
+            debug!(pod = %name, error = %e, %cause, ?retry_in, "sync failed again");
+        } else {
+            warn!(pod = %name, error = %e, %cause, ?retry_in, "sync failed; retrying");
+            self.last_sync_error = Some(text);
+        }
+        let message = e.status_message();
+        if let Some(reason) = e.event_reason() {
+            self.ctx.store.events().record(
+                &Subject::Pod(pod),
+                EventType::Warning,
+                reason,
+                &message,
+                &self.ctx.node_name,
+            );
+        }
+        // The pod still shows (as last observed), with the containers it could not get to
+        // waiting for the reason.
+        let observed = self.last_observed.clone().unwrap_or_default();
+        let mut actions =
+            plan::compute_pod_actions(pod, &observed, &self.backoff, Timestamp::now());
+        if let Some(reason) = e.waiting_reason() {
+            let creating = actions
+                .waiting
+                .iter_mut()
+                .filter(|w| w.reason == WaitingReason::ContainerCreating);
+            for w in creating {
+                w.reason = reason;
+                w.message = Some(message.clone());
+            }
+        }
+        self.publish(pod, &observed, Images::new(), &actions);
+        retry_in
     }
 
     /// Stops every running container of the pod, all at once: each runs its preStop hook,
@@ -1014,6 +1357,24 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 warn!(pod = %name, sandbox = %sb.id, error = %e, "removing sandbox failed");
             }
         }
+        // A sandbox or container create the termination interrupted may have completed in
+        // the runtime after the listing above.
+        if let Ok((stray, _)) = observe_pod(&*ctx.runtime, &uid).await {
+            for c in &stray.containers {
+                if let Err(e) = ctx.runtime.remove_container(&c.id).await {
+                    warn!(pod = %name, id = %c.id, error = %e, "removing a container failed");
+                }
+            }
+            for sb in &stray.sandboxes {
+                let removed = match ctx.runtime.stop_pod_sandbox(&sb.id).await {
+                    Ok(()) => ctx.runtime.remove_pod_sandbox(&sb.id).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = removed {
+                    warn!(pod = %name, sandbox = %sb.id, error = %e, "removing sandbox failed");
+                }
+            }
+        }
         // Removal waits (briefly) for the kernel to release the cgroups: off the runtime.
         let tree = Arc::clone(&ctx.tree);
         let removal_uid = uid.clone();
@@ -1110,6 +1471,82 @@ fn actions_are_empty(a: &PodActions) -> bool {
             .all(|s| s.backoff.is_some())
         && a.containers_to_start.iter().all(|s| s.backoff.is_some())
         && a.containers_to_kill.is_empty()
+}
+
+/// Checks that the runtime has `image` for `container` before it is created (upstream's
+/// `EnsureImageExists`). bpflet does not pull yet: a present image is used whatever the
+/// pull policy; a missing one is `ErrImageNeverPull` under `Never` and `ErrImagePull`
+/// otherwise.
+async fn ensure_image<R: ContainerRuntime>(
+    rt: &R,
+    container: &Container,
+    image: &str,
+) -> Result<(), StartError> {
+    match rt.image_status(image).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let policy = container.image_pull_policy.as_deref().unwrap_or_default();
+            Err(if policy == "Never" {
+                StartError::ImageNeverPull {
+                    container: container.name.clone(),
+                    image: image.to_owned(),
+                }
+            } else {
+                StartError::ImageMissing {
+                    container: container.name.clone(),
+                    image: image.to_owned(),
+                    policy: policy.to_owned(),
+                }
+            })
+        }
+        Err(source) => Err(StartError::ImageInspect {
+            container: container.name.clone(),
+            image: image.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Dead containers of a pod beyond what status needs: for each container name, the latest
+/// container stays, and so does the newest exited one (its `lastState`); every other exited
+/// or never-started container goes. Upstream's container GC keeps `maxPerPodContainer` = 1
+/// dead container per container the same way; without it a failing container would leave
+/// one dead container per attempt in the runtime.
+fn dead_attempts(observed: &ObservedPod) -> Vec<&plan::ObservedContainer> {
+    let mut names: Vec<&str> = observed
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(latest) = observed.latest(name) else {
+            continue;
+        };
+        let mut dead: Vec<&plan::ObservedContainer> = observed
+            .containers
+            .iter()
+            .filter(|c| c.name == name && c.id != latest.id)
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    plan::ContainerState::Exited | plan::ContainerState::Created
+                )
+            })
+            .collect();
+        // Newest first.
+        dead.sort_by_key(|c| std::cmp::Reverse((c.created, c.restart_count)));
+        let keep = usize::from(
+            latest.state != plan::ContainerState::Exited
+                && dead
+                    .first()
+                    .is_some_and(|c| c.state == plan::ContainerState::Exited),
+        );
+        out.extend(dead.into_iter().skip(keep));
+    }
+    out
 }
 
 /// The sandbox a container is started in.
@@ -1221,6 +1658,138 @@ mod tests {
         // On the grid already: no added delay.
         let on = epoch + Duration::from_secs(20);
         assert_eq!(resync_deadline(epoch, on, period), on + period);
+    }
+
+    #[test]
+    fn failing_syncs_retry_at_doubling_intervals_up_to_five_minutes() {
+        let volume = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::InvalidUid {
+                uid: "..".to_owned(),
+            },
+        };
+        let secs: Vec<u64> = (1..=10)
+            .map(|n| sync_retry_delay(&volume, n).as_secs())
+            .collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(sync_retry_delay(&volume, u32::MAX), SYNC_RETRY_MAX);
+        // The runtime's trouble is not the pod's: back soon after the runtime is.
+        let runtime = SyncError::Runtime {
+            pod: "p".to_owned(),
+            source: RuntimeError::Timeout {
+                method: crate::runtime::Method::ListContainers,
+                socket: PathBuf::from("/s"),
+                timeout: Duration::from_secs(2),
+            },
+        };
+        let secs: Vec<u64> = (1..=5)
+            .map(|n| sync_retry_delay(&runtime, n).as_secs())
+            .collect();
+        assert_eq!(secs, [2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn one_dead_container_per_name_is_kept() {
+        let attempt = |id: &str, name: &str, state: State, n: u32| ObservedContainer {
+            name: name.to_owned(),
+            created: Timestamp::from_second(i64::from(n)).unwrap(),
+            restart_count: n,
+            ..container(id, state)
+        };
+        let observed = ObservedPod {
+            sandboxes: vec![],
+            containers: vec![
+                // A crash loop, now running: its newest exit stays for lastState.
+                attempt("a0", "a", State::Exited, 0),
+                attempt("a1", "a", State::Exited, 1),
+                attempt("a2", "a", State::Running, 2),
+                // Failed starts: the latest stays, a never-started one goes.
+                attempt("b0", "b", State::Exited, 0),
+                attempt("b1", "b", State::Created, 1),
+                attempt("b2", "b", State::Exited, 2),
+                // One attempt, and an unknown one, untouched.
+                attempt("c0", "c", State::Exited, 0),
+                attempt("d0", "d", State::Unknown, 0),
+                attempt("d1", "d", State::Exited, 1),
+            ],
+        };
+        let mut dead: Vec<&str> = dead_attempts(&observed)
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        dead.sort_unstable();
+        assert_eq!(dead, ["a0", "b0", "b1"]);
+    }
+
+    #[test]
+    fn start_errors_name_their_reason_and_the_runtimes_message() {
+        let runtime = |method| RuntimeError::Call {
+            method,
+            socket: PathBuf::from("/run/containerd.sock"),
+            source: tonic::Status::unknown("exec: \"/no/such/binary\": no such file"),
+        };
+        let start = StartError::Start {
+            container: "bad".to_owned(),
+            source: runtime(crate::runtime::Method::StartContainer),
+        };
+        assert_eq!(start.reason(), WaitingReason::RunContainerError);
+        assert_eq!(
+            start.status_message(),
+            "exec: \"/no/such/binary\": no such file"
+        );
+        assert_eq!(start.event_reason(), "Failed");
+        let never = StartError::ImageNeverPull {
+            container: "c".to_owned(),
+            image: "x:1".to_owned(),
+        };
+        assert_eq!(never.reason(), WaitingReason::ErrImageNeverPull);
+        assert_eq!(
+            never.status_message(),
+            "Container image \"x:1\" is not present with pull policy of Never"
+        );
+        assert_eq!(never.event_reason(), "ErrImageNeverPull");
+        let create = StartError::Create {
+            container: "c".to_owned(),
+            source: RuntimeError::Timeout {
+                method: crate::runtime::Method::CreateContainer,
+                socket: PathBuf::from("/s"),
+                timeout: Duration::from_secs(2),
+            },
+        };
+        let sandbox = SyncError::CreateSandbox {
+            pod: "p".to_owned(),
+            source: runtime(crate::runtime::Method::RunPodSandbox),
+        };
+        assert_eq!(
+            sandbox.status_message(),
+            "exec: \"/no/such/binary\": no such file"
+        );
+        assert_eq!(sandbox.event_reason(), Some("FailedCreatePodSandBox"));
+        assert_eq!(
+            sandbox.waiting_reason(),
+            Some(WaitingReason::ContainerCreating)
+        );
+        let volume = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::InvalidUid {
+                uid: "..".to_owned(),
+            },
+        };
+        assert_eq!(
+            volume.status_message(),
+            "invalid pod UID \"..\": must be one non-empty path component"
+        );
+        assert_eq!(volume.event_reason(), Some("FailedMount"));
+        assert_eq!(
+            volume.waiting_reason(),
+            Some(WaitingReason::CreateContainerConfigError)
+        );
+        assert_eq!(create.reason(), WaitingReason::CreateContainerError);
+        assert!(
+            create.status_message().contains("no answer within 2s"),
+            "{}",
+            create.status_message()
+        );
     }
 
     #[test]

@@ -226,22 +226,24 @@ fn not_in_runtime(
     status
 }
 
-/// The planner's verdict: `CrashLoopBackOff` replaces a terminated state (which becomes the
-/// last state); `ContainerCreating` / `PodInitializing` only name why a container the
-/// runtime does not have yet is waiting.
+/// The planner's (or the worker's) verdict: `CrashLoopBackOff` and the failure reasons
+/// (`RunContainerError`, `ErrImageNeverPull`, ...) replace a state that is not running (a
+/// terminated one becomes the last state); `ContainerCreating` / `PodInitializing` only name
+/// why a container the runtime does not have yet is waiting.
 fn apply_waiting(status: &mut ContainerStatus, w: &Waiting, not_created: bool) {
     let state = status.state.get_or_insert_with(ContainerState::default);
     match w.reason {
-        WaitingReason::CrashLoopBackOff => {
-            if state.terminated.is_some() {
-                status.last_state = Some(state.clone());
-            }
-            *state = waiting_state(w.reason.as_str(), w.message.clone());
-        }
         WaitingReason::ContainerCreating | WaitingReason::PodInitializing => {
             if not_created && state.waiting.is_some() {
                 *state = waiting_state(w.reason.as_str(), w.message.clone());
             }
+        }
+        _ if state.running.is_some() => {}
+        _ => {
+            if state.terminated.is_some() {
+                status.last_state = Some(state.clone());
+            }
+            *state = waiting_state(w.reason.as_str(), w.message.clone());
         }
     }
 }

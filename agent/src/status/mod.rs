@@ -8,7 +8,10 @@
 //!   container the runtime never created is waiting (`ContainerCreating`, or
 //!   `PodInitializing` for app containers of a pod with init containers); the latest
 //!   container gives `state`, the one before it `lastState`; a container held in backoff is
-//!   waiting `CrashLoopBackOff` with the planner's message and its exit in `lastState`;
+//!   waiting `CrashLoopBackOff` with the planner's message and its exit in `lastState`; a
+//!   container that is not running and whose start failed is waiting with the failure's
+//!   reason and message (`CreateContainerConfigError`, `RunContainerError`,
+//!   `ErrImageNeverPull`, ...), as upstream's reason cache shows them;
 //! - a container that was running in the previous status and is gone from the runtime gets
 //!   `lastState.terminated` `ContainerStatusUnknown`/137 (and one more restart unless the pod
 //!   is being deleted); a terminated container the runtime garbage-collected keeps its

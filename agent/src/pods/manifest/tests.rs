@@ -257,6 +257,34 @@ fn long_name_with_node_suffix_is_rejected() {
 }
 
 #[test]
+fn a_name_too_long_for_the_pod_log_directory_is_rejected() {
+    let manifest = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - {{name: app, image: busybox}}\n"
+        )
+    };
+    // `default_<name>-node-a_<32-hex uid>`: 255 bytes for a 214-character name.
+    let label = "n".repeat(63);
+    let fits = format!("{label}.{label}.{label}.{}", "n".repeat(15));
+    assert_eq!(fits.len() + "-node-a".len(), 214);
+    let sp = parse(&manifest(&fits)).expect("fits");
+    assert_eq!(
+        crate::pods::cri_config::pod_log_dir(std::path::Path::new(""), &sp.pod)
+            .as_os_str()
+            .len(),
+        255
+    );
+    let err = parse(&manifest(&format!("{fits}n"))).expect_err("a byte too long");
+    let text = err.to_string();
+    assert!(
+        text.contains("metadata.name")
+            && text.contains("log directory")
+            && text.contains("names of at most 214 characters fit"),
+        "{text}"
+    );
+}
+
+#[test]
 fn url_manifests_single_pod_and_lists() {
     let url = "http://127.0.0.1:8080/pods";
     let single = parse_url_manifest(WEB.as_bytes(), url, NODE, seen()).expect("a document");

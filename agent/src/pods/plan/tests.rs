@@ -896,3 +896,118 @@ fn phases() {
         assert_eq!(got, want, "{what}");
     }
 }
+
+fn failed_start(
+    at: i64,
+    reason: WaitingReason,
+    message: &str,
+) -> crate::pods::backoff::StartFailure {
+    crate::pods::backoff::StartFailure {
+        at: t(at),
+        reason,
+        message: message.to_owned(),
+    }
+}
+
+#[test]
+fn a_failed_start_backs_off_and_says_why_while_its_sibling_starts() {
+    let p = pod("Always", &[], &["bad", "good"]);
+    let key = BackoffKey::new(UID, "bad");
+    let mut backoff = Backoff::default();
+    // Never created (its image is missing): nothing in the runtime, only the failure.
+    let message = "Container image \"busybox\" is not present with pull policy of Never";
+    backoff.record_failure(
+        &key,
+        failed_start(0, WaitingReason::ErrImageNeverPull, message),
+    );
+    let observed = ready(vec![]);
+    let a = compute_pod_actions(&p, &observed, &backoff, t(3));
+    let (bad, good) = (&a.containers_to_start[0], &a.containers_to_start[1]);
+    let wait = bad.backoff.as_ref().expect("bad waits");
+    assert_eq!(
+        (wait.delay, wait.remaining),
+        (Duration::from_secs(10), Duration::from_secs(7))
+    );
+    assert_eq!(bad.backoff_since, Some(t(0)));
+    assert_eq!((good.backoff.as_ref(), good.backoff_since), (None, None));
+    assert_eq!(
+        a.waiting[0],
+        Waiting {
+            container: "bad".to_owned(),
+            reason: WaitingReason::ErrImageNeverPull,
+            message: Some(message.to_owned()),
+        },
+        "upstream repeats ErrImageNeverPull while it retries"
+    );
+    // The window over, the start goes ahead and arms the next window from the failure.
+    let a = compute_pod_actions(&p, &observed, &backoff, t(10));
+    assert_eq!(a.containers_to_start[0].backoff, None);
+    assert_eq!(a.containers_to_start[0].backoff_since, Some(t(0)));
+}
+
+#[test]
+fn a_container_the_runtime_could_not_start_is_in_crash_loop_back_off() {
+    let p = pod("Always", &[], &["app"]);
+    let key = BackoffKey::new(UID, "app");
+    let mut backoff = Backoff::default();
+    // containerd keeps a failed start as an exited container (128, StartError).
+    let failed = ObservedContainer {
+        finished_at: Some(t(20)),
+        reason: Some("StartError".to_owned()),
+        ..exited(&p, "app", 128)
+    };
+    let runc = "exec: \"/no/such/binary\": stat /no/such/binary: no such file or directory";
+    backoff.record_failure(
+        &key,
+        failed_start(21, WaitingReason::RunContainerError, runc),
+    );
+    let a = compute_pod_actions(&p, &ready(vec![failed.clone()]), &backoff, t(25));
+    let wait = a.containers_to_start[0].backoff.as_ref().expect("waits");
+    assert_eq!(wait.reason, WaitingReason::CrashLoopBackOff);
+    assert_eq!(
+        wait.message,
+        format!(
+            "back-off 10s restarting failed container=app pod=web-node-a_default({UID}): \
+             RunContainerError: {runc}"
+        )
+    );
+    assert_eq!(a.containers_to_start[0].backoff_since, Some(t(21)));
+    // An exit newer than the failure (the container started and crashed since) is the
+    // previous attempt: a plain crash loop.
+    let crashed = ObservedContainer {
+        finished_at: Some(t(30)),
+        restart_count: 1,
+        ..exited(&p, "app", 1)
+    };
+    let a = compute_pod_actions(&p, &ready(vec![failed, crashed]), &backoff, t(31));
+    let wait = a.containers_to_start[0].backoff.as_ref().expect("waits");
+    assert_eq!(wait.reason, WaitingReason::CrashLoopBackOff);
+    assert!(
+        !wait.message.contains("RunContainerError"),
+        "{}",
+        wait.message
+    );
+    assert_eq!(a.containers_to_start[0].backoff_since, Some(t(30)));
+}
+
+#[test]
+fn an_image_that_could_not_be_pulled_is_in_image_pull_back_off() {
+    let p = pod("Always", &[], &["app"]);
+    let key = BackoffKey::new(UID, "app");
+    let mut backoff = Backoff::default();
+    backoff.record_failure(
+        &key,
+        failed_start(0, WaitingReason::ErrImagePull, "not pulled"),
+    );
+    let a = compute_pod_actions(&p, &ready(vec![]), &backoff, t(1));
+    assert_eq!(
+        a.waiting[0],
+        Waiting {
+            container: "app".to_owned(),
+            reason: WaitingReason::ImagePullBackOff,
+            message: Some(
+                "Back-off pulling image \"busybox\": ErrImagePull: not pulled".to_owned()
+            ),
+        }
+    );
+}

@@ -65,7 +65,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let tracker = TaskTracker::new();
     protect_from_oom_killer(&proc_root);
     raise_open_files_limit(&proc_root);
-    let memory = tree::memory_capacity(&proc_root).map_err(AgentError::Hierarchy)?;
+    let capacity = tree::NodeCapacity::detect(&proc_root).map_err(AgentError::Hierarchy)?;
+    let memory = capacity.memory_bytes;
 
     let pods_dir = setup_data_dirs(&config.root_dir)?;
 
@@ -73,11 +74,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let hierarchy = Hierarchy::detect(&proc_root).map_err(AgentError::Hierarchy)?;
     let cgroup_root = config.cgroups.root.to_string_lossy().into_owned();
     let driver = CgroupDriver::for_hierarchy(&hierarchy);
-    let tree =
-        QosTree::from_config(driver, &config, memory).map_err(|source| AgentError::CgroupTree {
+    let tree = QosTree::from_config(driver, &config, &capacity).map_err(|source| {
+        AgentError::CgroupTree {
             root: cgroup_root.clone(),
             source,
-        })?;
+        }
+    })?;
     tree.ensure().map_err(|source| AgentError::CgroupTree {
         root: cgroup_root.clone(),
         source,

@@ -16,10 +16,7 @@ use serde_json::Value;
 /// default `imagefs.available<15%`, and an eviction would end these tests for the wrong
 /// reason.
 fn node() -> Node {
-    Node::start_with(NodeConfig {
-        kubelet_extra: "evictionHard: {memory.available: 100Mi}\n".to_owned(),
-        ..NodeConfig::default()
-    })
+    Node::start("event")
 }
 
 /// The waiting message of container `name`, or "".
@@ -227,9 +224,13 @@ fn a_volume_that_cannot_be_prepared_shows_why_without_flooding_the_log() {
 
 #[test]
 fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
-    let mut node = node();
+    // Admission lets `kernel.msgmax` through (allowed), but runc cannot write "x" to it: the
+    // sandbox cannot be created.
+    let mut node = Node::start_with(NodeConfig {
+        kubelet_extra: "allowedUnsafeSysctls: [kernel.msgmax]\n".to_owned(),
+        ..NodeConfig::default()
+    });
     with_bystander(&node);
-    // runc refuses a sysctl that is not namespaced: the sandbox cannot be created.
     node.write_manifest(
         "nosandbox.yaml",
         &pod_yaml(
@@ -237,7 +238,7 @@ fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
             "Always",
             &format!(
                 "  securityContext:
-    sysctls: [{{name: kernel.no_such_sysctl, value: '1'}}]
+    sysctls: [{{name: kernel.msgmax, value: x}}]
   containers:
   - name: c
     image: {IMAGE}
@@ -248,7 +249,7 @@ fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
     );
     let pod = node.wait_pod("nosandbox", "the sandbox failure shown", |p| {
         waiting_reason(p, "c") == Some("ContainerCreating")
-            && waiting_message(p, "c").contains("kernel.no_such_sysctl")
+            && waiting_message(p, "c").contains("kernel.msgmax")
     });
     let uid = uid(&pod);
     let attempts = |n: &Node| {
@@ -262,7 +263,7 @@ fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
         "nosandbox",
         "the failure shown",
         Duration::from_secs(20),
-        |p| waiting_message(p, "c").contains("kernel.no_such_sysctl"),
+        |p| waiting_message(p, "c").contains("kernel.msgmax"),
     );
     let during = attempts(&node) - before;
     eprintln!("nosandbox: {during} sandbox attempts in 20 s");

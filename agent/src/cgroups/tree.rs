@@ -2,7 +2,8 @@
 //! cgroupfs naming):
 //!
 //! ```text
-//! <cgroupRoot>/kubepods                  memory limit = allocatable when enforced
+//! <cgroupRoot>/kubepods                  cpu shares = capacity (allocatable when enforced);
+//!                                        memory and pids limits = allocatable when enforced
 //! <cgroupRoot>/kubepods/pod<uid>         Guaranteed pods
 //! <cgroupRoot>/kubepods/burstable        cpu shares = sum of Burstable pods' cpu requests
 //! <cgroupRoot>/kubepods/burstable/pod<uid>
@@ -14,9 +15,12 @@
 //! places and writes them. Containers go below their pod's cgroup: the runtime creates them
 //! from the cgroup parent handed over in the sandbox config ([`QosTree::cri_cgroup_parent`]).
 //!
-//! Not done (as upstream with these settings, or left for later): cpu shares and pids limit
-//! on `kubepods` itself, memory reservations for the QoS cgroups (`qosReserved`), and
-//! `cgroupsPerQOS: false` (this type always builds the per-QoS tree).
+//! With `enforceNodeAllocatable: [pods]` (the default), `kubepods` gets what upstream's node
+//! allocatable enforcement writes: cpu shares for capacity minus `systemReserved` and
+//! `kubeReserved` cpu, a memory limit of capacity minus the reserved memory, and a pids limit
+//! of `kernel.pid_max` minus the reserved pids. Without it, cpu shares for the whole capacity
+//! and no limits. Not done: memory reservations for the QoS cgroups (`qosReserved`, refused by
+//! the config); `cgroupsPerQOS: false` is refused by the config.
 
 use std::fs;
 use std::path::Path;
@@ -42,6 +46,8 @@ pub struct QosTree {
     /// Normalized: `/` or `/a/b`.
     root: String,
     kubepods_memory_limit: Option<u64>,
+    kubepods_cpu_shares: Option<u64>,
+    kubepods_pids_limit: Option<u64>,
     pod_pids_limit: Option<u64>,
 }
 
@@ -53,33 +59,48 @@ impl QosTree {
             driver,
             root: normalize(cgroup_root),
             kubepods_memory_limit: None,
+            kubepods_cpu_shares: None,
+            kubepods_pids_limit: None,
             pod_pids_limit: None,
         }
     }
 
-    /// The tree as the config asks for it: `cgroupRoot`, `podPidsLimit`, and with
-    /// `enforceNodeAllocatable: [pods]` a `kubepods` memory limit of `memory_capacity`
-    /// minus `systemReserved` and `kubeReserved` memory.
+    /// The tree as the config asks for it: `cgroupRoot`, `podPidsLimit`, and `kubepods`'s
+    /// cpu shares, memory and pids limits from `capacity` and (with
+    /// `enforceNodeAllocatable: [pods]`) the reservations (see the module docs).
     ///
     /// # Errors
     /// [`CgroupError::ReservationExceedsCapacity`].
     pub fn from_config(
         driver: CgroupDriver,
         config: &Config,
-        memory_capacity: u64,
+        capacity: &NodeCapacity,
     ) -> Result<Self, CgroupError> {
-        let limit = if config.cgroups.enforce_pods_allocatable {
-            Some(allocatable_memory(
-                memory_capacity,
-                &config.system_reserved,
-                &config.kube_reserved,
-            )?)
-        } else {
-            None
-        };
+        let k = kubepods_settings(
+            config.cgroups.enforce_pods_allocatable,
+            &config.system_reserved,
+            &config.kube_reserved,
+            capacity,
+        )?;
         Ok(Self::new(driver, &config.cgroups.root.to_string_lossy())
-            .with_kubepods_memory_limit(limit)
+            .with_kubepods_memory_limit(k.memory_limit)
+            .with_kubepods_cpu_shares(Some(k.cpu_shares))
+            .with_kubepods_pids_limit(k.pids_limit)
             .with_pod_pids_limit(config.pod_pids_limit))
+    }
+
+    /// Gives all pods together this cpu weight (`None`: leave it).
+    #[must_use]
+    pub fn with_kubepods_cpu_shares(mut self, shares: Option<u64>) -> Self {
+        self.kubepods_cpu_shares = shares;
+        self
+    }
+
+    /// Limits the tasks of all pods together (`None`: no limit).
+    #[must_use]
+    pub fn with_kubepods_pids_limit(mut self, limit: Option<u64>) -> Self {
+        self.kubepods_pids_limit = limit;
+        self
     }
 
     /// Limits the memory of all pods together (`None`: no limit).
@@ -129,6 +150,12 @@ impl QosTree {
         self.driver.create(&kubepods)?;
         if let Some(limit) = self.kubepods_memory_limit {
             self.driver.set_memory_limit(&kubepods, Some(limit))?;
+        }
+        if let Some(shares) = self.kubepods_cpu_shares {
+            self.driver.set_cpu_shares(&kubepods, shares)?;
+        }
+        if let Some(limit) = self.kubepods_pids_limit {
+            self.driver.set_pids_limit(&kubepods, Some(limit))?;
         }
         self.driver.create(&self.qos_cgroup(QosClass::Burstable))?;
         let best_effort = self.qos_cgroup(QosClass::BestEffort);
@@ -295,6 +322,84 @@ fn check_uid(uid: &str) -> Result<(), CgroupError> {
             uid: uid.to_owned(),
         })
     }
+}
+
+/// What the node has, for `kubepods`'s settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCapacity {
+    /// `MemTotal`.
+    pub memory_bytes: u64,
+    /// Online CPUs, in millicores.
+    pub cpu_millis: u64,
+    /// `kernel.pid_max`, when readable.
+    pub pid_max: Option<u64>,
+}
+
+impl NodeCapacity {
+    /// The node's memory (`<proc_root>/meminfo`), online CPUs and `kernel.pid_max`.
+    ///
+    /// # Errors
+    /// [`CgroupError::Read`] or [`CgroupError::Malformed`] for the memory.
+    pub fn detect(proc_root: &Path) -> Result<Self, CgroupError> {
+        Ok(Self {
+            memory_bytes: memory_capacity(proc_root)?,
+            cpu_millis: std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u64::try_from(n.get()).ok())
+                .map_or(1000, |n| n * 1000),
+            pid_max: fs::read_to_string(proc_root.join("sys/kernel/pid_max"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+        })
+    }
+}
+
+/// What `kubepods` gets: see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubepodsSettings {
+    pub memory_limit: Option<u64>,
+    pub cpu_shares: u64,
+    pub pids_limit: Option<u64>,
+}
+
+/// `kubepods`'s settings from the node's capacity and, when `enforce` (`enforceNodeAllocatable`
+/// has `pods`), the reservations subtracted, as upstream's node allocatable enforcement.
+///
+/// # Errors
+/// [`CgroupError::ReservationExceedsCapacity`] for memory.
+pub fn kubepods_settings(
+    enforce: bool,
+    system_reserved: &Reservation,
+    kube_reserved: &Reservation,
+    capacity: &NodeCapacity,
+) -> Result<KubepodsSettings, CgroupError> {
+    if !enforce {
+        return Ok(KubepodsSettings {
+            memory_limit: None,
+            cpu_shares: qos::cpu_shares(capacity.cpu_millis),
+            pids_limit: None,
+        });
+    }
+    let reserved = |f: fn(&Reservation) -> Option<u64>| {
+        f(system_reserved)
+            .unwrap_or(0)
+            .saturating_add(f(kube_reserved).unwrap_or(0))
+    };
+    Ok(KubepodsSettings {
+        memory_limit: Some(allocatable_memory(
+            capacity.memory_bytes,
+            system_reserved,
+            kube_reserved,
+        )?),
+        cpu_shares: qos::cpu_shares(
+            capacity
+                .cpu_millis
+                .saturating_sub(reserved(|r| r.cpu_millis)),
+        ),
+        pids_limit: capacity
+            .pid_max
+            .map(|max| max.saturating_sub(reserved(|r| r.pids))),
+    })
 }
 
 /// Node allocatable memory: `capacity - systemReserved - kubeReserved` (the hard eviction
@@ -467,6 +572,67 @@ mod tests {
             t.qos_cgroup(QosClass::Guaranteed),
             "/bpflet-test-123/kubepods"
         );
+    }
+
+    #[test]
+    fn kubepods_gets_capacity_minus_reservations_when_pods_are_enforced() {
+        let capacity = NodeCapacity {
+            memory_bytes: 4096 * MI,
+            cpu_millis: 2000,
+            pid_max: Some(4_194_304),
+        };
+        let system = Reservation {
+            cpu_millis: Some(500),
+            memory_bytes: Some(1024 * MI),
+            pids: Some(1000),
+            ..Reservation::default()
+        };
+        let kube = Reservation {
+            cpu_millis: Some(250),
+            pids: Some(24),
+            ..Reservation::default()
+        };
+        assert_eq!(
+            kubepods_settings(true, &system, &kube, &capacity).expect("fits"),
+            KubepodsSettings {
+                memory_limit: Some(3072 * MI),
+                cpu_shares: 1280, // 1250m
+                pids_limit: Some(4_194_304 - 1024),
+            }
+        );
+        // Not enforced: the whole capacity's weight, no limits (as upstream).
+        assert_eq!(
+            kubepods_settings(false, &system, &kube, &capacity).expect("fits"),
+            KubepodsSettings {
+                memory_limit: None,
+                cpu_shares: 2048,
+                pids_limit: None,
+            }
+        );
+        // Unknown pid_max: no pids limit.
+        let capacity = NodeCapacity {
+            pid_max: None,
+            ..capacity
+        };
+        assert_eq!(
+            kubepods_settings(true, &system, &kube, &capacity)
+                .expect("fits")
+                .pids_limit,
+            None
+        );
+    }
+
+    #[test]
+    fn v1_ensure_writes_kubepods_cpu_shares_and_pids_limit() {
+        let f = V1::new("/");
+        let tree = f
+            .tree
+            .clone()
+            .with_kubepods_cpu_shares(Some(1280))
+            .with_kubepods_pids_limit(Some(4096));
+        tree.ensure().expect("ensure");
+        assert_eq!(f.at("cpu", "/kubepods", "cpu.shares"), "1280");
+        assert_eq!(f.at("pids", "/kubepods", "pids.max"), "4096");
     }
 
     #[test]

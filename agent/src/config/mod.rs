@@ -222,7 +222,6 @@ pub struct CgroupConfig {
     /// Absolute path inside the cgroup hierarchy (`/` by default).
     pub root: PathBuf,
     pub driver: CgroupDriver,
-    pub per_qos: bool,
     /// `enforceNodeAllocatable` contains `pods`: limit the kubepods cgroup to allocatable.
     pub enforce_pods_allocatable: bool,
 }
@@ -884,18 +883,19 @@ impl Typed<'_> {
                 }
             }
         }
-        let per_qos = kc.cgroups_per_qos.unwrap_or(true);
-        if enforce_pods_allocatable && !per_qos {
+        if kc.cgroups_per_qos == Some(false) {
+            // Upstream then puts every pod straight under the cgroup root; bpflet's tree,
+            // eviction and kernel filter all assume kubepods/<qos>/pod<uid>.
             return Err(self.invalid(
-                "enforceNodeAllocatable",
-                "enforcing \"pods\" requires cgroupsPerQOS: true",
+                "cgroupsPerQOS",
+                "false is not supported: bpflet always builds the QoS cgroup tree \
+                 (kubepods/burstable, kubepods/besteffort)",
             ));
         }
         let cgroups = CgroupConfig {
             root: clean_absolute(kc.cgroup_root.as_deref().unwrap_or(defaults::CGROUP_ROOT))
                 .map_err(|reason| self.invalid("cgroupRoot", reason))?,
             driver,
-            per_qos,
             enforce_pods_allocatable,
         };
 

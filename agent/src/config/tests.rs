@@ -66,7 +66,6 @@ fn defaults() {
         CgroupConfig {
             root: PathBuf::from("/"),
             driver: CgroupDriver::Cgroupfs,
-            per_qos: true,
             enforce_pods_allocatable: true,
         }
     );
@@ -573,7 +572,7 @@ fn bad_input_names_the_culprit() {
         (
             "cgroupsPerQOS: false",
             &[],
-            &["enforceNodeAllocatable", "requires cgroupsPerQOS"],
+            &["cgroupsPerQOS", "false is not supported"],
         ),
         (
             "evictionSoft: {memory.available: 1Gi}",

@@ -340,6 +340,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         probes,
         metrics: metrics.clone(),
         sysctls: config.sysctls.clone(),
+        max_pods: config.max_pods,
     });
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));

@@ -789,3 +789,77 @@ fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
     let again = node.pod("besteffort").expect("listed");
     assert_eq!(again["status"]["reason"], "Evicted", "{again:#}");
 }
+
+/// `maxPods`: a pod past the node's capacity is rejected at admission as upstream does
+/// (`Failed`, `OutOfpods`, never a sandbox) and the admitted pods run on.
+#[test]
+fn pods_past_max_pods_are_rejected_out_of_pods() {
+    let node = Node::start_with(NodeConfig {
+        kubelet_extra: "maxPods: 2\n".to_owned(),
+        ..NodeConfig::pleg("event")
+    });
+    for name in ["first", "second"] {
+        node.write_manifest(&format!("{name}.yaml"), &sleeping_pod(name));
+        node.wait_pod(name, "running", |p| running(p, "c"));
+    }
+    node.write_manifest("third.yaml", &sleeping_pod("third"));
+    let third = node.wait_pod("third", "rejected", |p| phase(p) == "Failed");
+    assert_eq!(third["status"]["reason"], "OutOfpods", "{third:#}");
+    assert_eq!(
+        third["status"]["message"],
+        "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: 2, \
+         capacity: 2",
+        "{third:#}"
+    );
+    assert_eq!(
+        node.runtime_ids(&uid(&third)),
+        (Vec::new(), Vec::new()),
+        "the rejected pod never reaches the runtime"
+    );
+    let events = node.events_of(&uid(&third));
+    assert!(
+        events.iter().any(|e| e["reason"] == "OutOfpods"),
+        "an OutOfpods event: {events:#?}"
+    );
+    for name in ["first", "second"] {
+        let p = node.pod(name).expect("admitted pod listed");
+        assert!(running(&p, "c"), "{name} runs on: {p:#}");
+    }
+}
+
+/// The reservations reach `kubepods` as upstream's node allocatable enforcement writes
+/// them: cpu shares for capacity minus reserved cpu, pids.max of pid_max minus reserved
+/// pids, the memory limit of capacity minus reserved memory.
+#[test]
+fn reservations_limit_kubepods() {
+    let node = Node::start_with(NodeConfig {
+        kubelet_extra: "systemReserved: {cpu: 500m, memory: 256Mi, pid: '1000'}\n\
+                        kubeReserved: {cpu: 250m, pid: '24'}\n"
+            .to_owned(),
+        ..NodeConfig::pleg("event")
+    });
+    let kubepods = |controller: &str, file: &str| -> String {
+        let path = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(node.ctd.cgroup_parent.trim_start_matches('/'))
+            .join("kubepods")
+            .join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    let cpus = std::thread::available_parallelism().expect("cpus").get() as u64;
+    let shares = ((cpus * 1000 - 750) * 1024 / 1000).max(2);
+    assert_eq!(kubepods("cpu", "cpu.shares"), shares.to_string());
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    assert_eq!(kubepods("pids", "pids.max"), (pid_max - 1024).to_string());
+    let limit: u64 = kubepods("memory", "memory.limit_in_bytes")
+        .parse()
+        .expect("limit is a number");
+    assert_eq!(limit, (mem_total() - (256 << 20)) / 4096 * 4096);
+}

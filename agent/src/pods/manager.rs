@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::admission;
 use super::manifest::{ManifestError, StaticPod};
 use super::observe::runtime_pod_uids;
 use super::source::{PodUpdate, SourceKind};
@@ -210,11 +211,22 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             }
             _ => {
                 info!(pod = %format_pod(&pod), "new pod");
+                let node = admission::NodeState {
+                    sysctls: &self.ctx.sysctls,
+                    max_pods: self.ctx.max_pods,
+                    admitted: self
+                        .workers
+                        .values()
+                        .filter(|w| w.admitted && !w.terminate.is_cancelled())
+                        .count(),
+                };
+                let admission = admission::admit(&pod, &node);
                 let handle = worker::spawn(
                     Arc::clone(&self.ctx),
                     pod,
                     self.cancel.clone(),
                     &self.tracker,
+                    admission,
                 );
                 self.workers.insert(uid, handle);
             }
@@ -234,7 +246,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         let pods: Vec<Arc<Pod>> = self
             .workers
             .values()
-            .filter(|w| !w.terminate.is_cancelled())
+            .filter(|w| w.admitted && !w.terminate.is_cancelled())
             .map(|w| Arc::clone(&w.spec.borrow()))
             .collect();
         if let Err(e) = self.ctx.tree.update_qos_shares(pods.iter().map(|p| &**p)) {
@@ -269,11 +281,13 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             let mut pod = Pod::default();
             pod.metadata.uid = Some(uid.clone());
             pod.metadata.name = Some(format!("orphan-{uid}"));
+            // Admitted: an orphan is only torn down.
             let handle = worker::spawn(
                 Arc::clone(&self.ctx),
                 Arc::new(pod),
                 self.cancel.clone(),
                 &self.tracker,
+                Ok(()),
             );
             handle.terminate.cancel();
             handle.poke(Trigger::Relist);

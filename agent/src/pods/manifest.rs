@@ -537,6 +537,28 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
             "at least one container is required".to_owned(),
         );
     }
+    if spec
+        .ephemeral_containers
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        // The API server refuses them on create too: they are added to a running pod
+        // through its `ephemeralcontainers` subresource, which a static pod does not have.
+        return err(
+            "spec.ephemeralContainers",
+            "cannot be set in a pod manifest (ephemeral containers are added to a running pod \
+             through the API server)"
+                .to_owned(),
+        );
+    }
+    if spec.host_users == Some(false) {
+        return err(
+            "spec.hostUsers",
+            "false is not supported: bpflet does not run pods in user namespaces (remove the \
+             field or set it to true)"
+                .to_owned(),
+        );
+    }
     match spec.restart_policy.as_deref() {
         Some("Always" | "OnFailure" | "Never") => {}
         other => {

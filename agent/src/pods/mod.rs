@@ -1,6 +1,7 @@
 //! Pods: the static pod model and its sources, QoS arithmetic, CrashLoopBackOff, and the
 //! pure lifecycle planner that turns (desired spec, observed runtime state) into actions.
 
+pub mod admission;
 pub mod backoff;
 pub mod cri_config;
 pub mod labels;

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::admission::Rejection;
 use super::backoff::{Backoff, BackoffKey, StartFailure};
 use super::cri_config::{self, ContainerContext, DnsSettings, NodeAllocatable, SandboxContext};
 use super::observe::{Images, ObserveCache, observe_pod, observe_pod_cached};
@@ -77,6 +78,8 @@ pub struct PodContext<R> {
     pub probes: crate::probes::ProbeManager,
     /// Which sysctls a pod may set; a pod setting another is rejected at admission.
     pub sysctls: super::sysctls::SysctlPolicy,
+    /// `maxPods`: admission rejects pods past it (`OutOfpods`).
+    pub max_pods: u32,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -329,6 +332,8 @@ impl Applied {
 /// in a `Notify`; termination is a token.
 pub struct WorkerHandle {
     pub spec: watch::Sender<Arc<Pod>>,
+    /// The pod passed admission (see [`super::admission`]).
+    pub admitted: bool,
     poke: Arc<Notify>,
     kernel_waits: Arc<std::sync::Mutex<Vec<KernelEnd>>>,
     pub terminate: CancellationToken,
@@ -384,7 +389,9 @@ pub fn spawn<R: ContainerRuntime + 'static>(
     pod: Arc<Pod>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
+    admission: Result<(), Rejection>,
 ) -> WorkerHandle {
+    let admitted = admission.is_ok();
     let (spec, spec_rx) = watch::channel(pod);
     let poke = Arc::new(Notify::new());
     let kernel_waits = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -411,9 +418,10 @@ pub fn spawn<R: ContainerRuntime + 'static>(
         sync_failures: 0,
         last_sync_error: None,
     };
-    let done = tracker.spawn(worker.run());
+    let done = tracker.spawn(worker.run(admission));
     WorkerHandle {
         spec,
+        admitted,
         poke,
         kernel_waits,
         terminate,
@@ -456,11 +464,12 @@ struct Worker<R> {
 }
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
-    async fn run(mut self) {
-        // Admission: a rejected pod is never started; it shows as Failed until it is gone.
-        let first = Arc::clone(&self.spec.borrow());
-        if let Err(message) = self.ctx.sysctls.admit(&first) {
-            self.reject(&first, super::sysctls::REASON_FORBIDDEN, &message)
+    async fn run(mut self, admission: Result<(), Rejection>) {
+        // Admission (decided by the manager): a rejected pod is never started; it shows as
+        // Failed until it is gone.
+        if let Err(rejection) = admission {
+            let first = Arc::clone(&self.spec.borrow());
+            self.reject(&first, rejection.reason, &rejection.message)
                 .await;
             tokio::select! {
                 () = self.cancel.cancelled() => return,

@@ -193,6 +193,12 @@ fn invalid_manifests_name_file_and_field() {
         ("bad container name", ok.replace("name: app", "name: App"), &["spec.containers[0].name"]),
         ("no image", ok.replace(", image: busybox", ""), &["spec.containers[0].image: is required"]),
         ("bad restart policy", ok.replace("spec:\n", "spec:\n  restartPolicy: Sometimes\n"), &["spec.restartPolicy", "Sometimes"]),
+        ("user namespaces", ok.replace("spec:\n", "spec:\n  hostUsers: false\n"), &["spec.hostUsers", "not supported"]),
+        (
+            "ephemeral containers",
+            ok.replace("spec:\n", "spec:\n  ephemeralContainers: [{name: dbg, image: busybox}]\n"),
+            &["spec.ephemeralContainers", "cannot be set"],
+        ),
         (
             "bad quantity",
             ok.replace("image: busybox}", "image: busybox, resources: {limits: {memory: 10Zi}}}"),

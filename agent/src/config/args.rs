@@ -89,7 +89,8 @@ pub struct AgentArgs {
     #[arg(long = "allowed-unsafe-sysctls", value_name = "SYSCTLS")]
     pub allowed_unsafe_sysctls: Option<String>,
 
-    /// Log verbosity (klog-style levels: 0 is info, 4 is debug, 6+ is trace).
+    /// Log verbosity: 0 and 1 log at info, 2 adds bpflet's debug messages, 3 and more its
+    /// trace messages (klog's level numbers are not mapped one to one).
     #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
     pub verbosity: u8,
 

@@ -249,7 +249,7 @@ fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
     );
     let pod = node.wait_pod("nosandbox", "the sandbox failure shown", |p| {
         waiting_reason(p, "c") == Some("ContainerCreating")
-            && waiting_message(p, "c").contains("kernel.msgmax")
+            && waiting_message(p, "c").contains("msgmax")
     });
     let uid = uid(&pod);
     let attempts = |n: &Node| {
@@ -263,7 +263,7 @@ fn a_sandbox_the_runtime_refuses_backs_off_and_says_why() {
         "nosandbox",
         "the failure shown",
         Duration::from_secs(20),
-        |p| waiting_message(p, "c").contains("kernel.msgmax"),
+        |p| waiting_message(p, "c").contains("msgmax"),
     );
     let during = attempts(&node) - before;
     eprintln!("nosandbox: {during} sandbox attempts in 20 s");

@@ -560,14 +560,34 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 now + wait
             };
             timer_only = false;
-            tokio::select! {
-                () = self.cancel.cancelled() => return,
-                () = self.terminate.cancelled() => {}
-                _ = self.spec.changed() => {}
-                () = self.poke.notified() => {}
-                () = tokio::time::sleep_until(deadline) => timer_only = periodic,
+            // After a failed sync, pokes (the PLEG, probes) wait for the retry: a sandbox
+            // that fails to start leaves exits of its own in the pod's cgroup, and those
+            // must not bring the retry forward. An eviction, a spec change or the pod's
+            // removal still wake the worker at once.
+            let hold_pokes = self.sync_failures > 0;
+            loop {
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    () = self.terminate.cancelled() => {}
+                    _ = self.spec.changed() => {}
+                    () = self.poke.notified() => {
+                        if hold_pokes && !self.eviction_pending() {
+                            continue;
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => timer_only = periodic,
+                }
+                break;
             }
         }
+    }
+
+    /// The eviction manager asked for an eviction not carried out yet.
+    fn eviction_pending(&self) -> bool {
+        self.eviction
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// A periodic sync under the event PLEG: plan against the last observation (kept

@@ -28,6 +28,7 @@ use crate::pods::cri_config::{DnsSettings, NodeAllocatable, ResolvConf};
 use crate::pods::manager::PodManager;
 use crate::pods::source::{FileSource, HttpSource, SourceKind};
 use crate::pods::worker::PodContext;
+use crate::record::Recorder;
 use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
 use crate::server::{self, StatusStore};
 
@@ -85,7 +86,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let kubepods = tree.kubepods();
     info!(root = %cgroup_root, kubepods = %kubepods, "pod cgroup tree ready");
 
-    let store = StatusStore::default();
+    // Events about pods and the node; the local API serves them on `/events`.
+    let recorder = Recorder::new(&config.node_name);
+    let store = StatusStore::with_events(recorder.events());
     let metrics = Metrics::new().map_err(AgentError::Metrics)?;
     store.set_metrics(metrics.clone());
 
@@ -235,7 +238,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let router = KernelRouter {
             attributor,
             facts: facts.clone(),
-            store: store.clone(),
+            recorder: recorder.clone(),
             node_name: config.node_name.clone(),
             relist_all: Arc::clone(&relist_all),
             pressure: Some(trigger_tx.clone()),
@@ -252,7 +255,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         probe_tx,
         probe_metrics.clone(),
         &crate::probes::ProbeOptions {
-            events: Some((store.clone(), config.node_name.clone())),
+            recorder: Some(recorder.clone()),
             ..crate::probes::ProbeOptions::default()
         },
     );
@@ -332,6 +335,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         resync_epoch: tokio::time::Instant::now(),
         runtime_changes_poke: pleg_mode == PlegMode::Event,
         store: store.clone(),
+        recorder,
         facts,
         kubepods: kubepods.clone(),
         conditions: conditions_rx,

@@ -12,6 +12,7 @@ pub mod mountinfo;
 pub mod pleg;
 pub mod pods;
 pub mod probes;
+pub mod record;
 pub mod runtime;
 pub mod server;
 pub mod status;

@@ -24,7 +24,6 @@
 //! state it is in, which bounds every request, including one whose client reads the
 //! response slowly. Request heads are read into at most 16 KiB.
 
-pub mod events;
 mod store;
 
 use std::io;

@@ -23,7 +23,7 @@ pub struct StatusStore {
 struct Inner {
     pods: RwLock<BTreeMap<String, Pod>>,
     health: HealthState,
-    events: super::events::EventLog,
+    events: crate::record::Events,
     node_conditions: RwLock<Vec<k8s_openapi::api::core::v1::NodeCondition>>,
     metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
@@ -48,9 +48,20 @@ impl StatusStore {
         Self::default()
     }
 
+    /// A store that serves these events on `/events`.
+    #[must_use]
+    pub fn with_events(events: crate::record::Events) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                events,
+                ..Inner::default()
+            }),
+        }
+    }
+
     /// Events recorded about pods and the node (served on `/events`).
     #[must_use]
-    pub fn events(&self) -> &super::events::EventLog {
+    pub fn events(&self) -> &crate::record::Events {
         &self.inner.events
     }
 

@@ -31,6 +31,7 @@ use crate::pods::worker::PodContext;
 use crate::record::Recorder;
 use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
 use crate::server::{self, StatusStore};
+use crate::status::manager::StatusManager;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -88,7 +89,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
 
     // Events about pods and the node; the local API serves them on `/events`.
     let recorder = Recorder::new(&config.node_name);
-    let store = StatusStore::with_events(recorder.events());
+    // Pod status: workers publish through the status manager to the local pod list, which
+    // the local API and eviction read.
+    let (pod_list_sink, published) = crate::status::manager::pod_list();
+    let statuses = StatusManager::new(vec![pod_list_sink]);
+    let store = StatusStore::with(published.clone(), recorder.events());
     let metrics = Metrics::new().map_err(AgentError::Metrics)?;
     store.set_metrics(metrics.clone());
 
@@ -190,7 +195,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             observer,
             runtime: Arc::clone(&runtime),
             pods: StorePods {
-                store: store.clone(),
+                pods: published,
                 pods_dir: pods_dir.clone(),
                 logs_dir: pods_dir.clone(),
             },
@@ -334,7 +339,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         sync_frequency: config.sync_frequency,
         resync_epoch: tokio::time::Instant::now(),
         runtime_changes_poke: pleg_mode == PlegMode::Event,
-        store: store.clone(),
+        statuses,
         recorder,
         facts,
         kubepods: kubepods.clone(),

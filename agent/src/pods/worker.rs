@@ -38,7 +38,7 @@ use crate::pleg::facts::{self, KernelFacts};
 use crate::pleg::{KernelEnd, Trigger};
 use crate::record::{EventType, Recorder, pod_reference};
 use crate::runtime::{ContainerRuntime, RuntimeError};
-use crate::server::StatusStore;
+use crate::status::manager::StatusManager;
 use crate::status::{self, StatusContext};
 
 /// What every worker shares.
@@ -65,7 +65,8 @@ pub struct PodContext<R> {
     /// only the `sync_frequency` timer asked for plans against the last observation instead
     /// of asking the runtime again. Generic PLEG: every sync observes.
     pub runtime_changes_poke: bool,
-    pub store: StatusStore,
+    /// Where the pod's status goes.
+    pub statuses: StatusManager,
     /// Where the pod's events go.
     pub recorder: Recorder,
     /// OOM kills the kernel reported, by container id.
@@ -1196,7 +1197,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 .get_or_insert_with(BTreeMap::new)
                 .extend(annotations);
         }
-        self.ctx.store.upsert(pod_uid(pod), published);
+        self.ctx.statuses.publish(pod_uid(pod), published);
         self.status = Some(status);
     }
 
@@ -1281,7 +1282,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let mut published = pod.clone();
         published.status = Some(status.clone());
-        self.ctx.store.upsert(pod_uid(pod), published);
+        self.ctx.statuses.publish(pod_uid(pod), published);
         self.status = Some(status);
     }
 
@@ -1375,7 +1376,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         if let Err(e) = cri_config::remove_pod_log_dir(&ctx.logs_dir, pod) {
             warn!(pod = %name, error = %e, "removing the pod's logs failed");
         }
-        ctx.store.remove(&uid);
+        ctx.statuses.remove(&uid);
         ctx.probes.remove_pod(&uid);
         ctx.facts
             .forget(observed.containers.iter().map(|c| c.id.as_str()));

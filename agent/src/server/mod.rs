@@ -173,8 +173,8 @@ async fn metrics(State(store): State<StatusStore>) -> Response {
     let Some(m) = store.metrics() else {
         return text(StatusCode::NOT_FOUND, "no metrics registered\n".to_owned());
     };
-    let pods = store.list();
-    let running = |p: &&k8s_openapi::api::core::v1::Pod| {
+    let pods = store.pods().list();
+    let running = |p: &&Arc<k8s_openapi::api::core::v1::Pod>| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     };
     m.running_pods
@@ -402,10 +402,11 @@ async fn pods(State(store): State<StatusStore>) -> Response {
 
 fn pod_list_json(store: &StatusStore) -> Result<Vec<u8>, serde_json::Error> {
     let items = store
+        .pods()
         .list()
         .iter()
         .map(|pod| {
-            let mut item = serde_json::to_value(pod)?;
+            let mut item = serde_json::to_value(&**pod)?;
             if let Some(obj) = item.as_object_mut() {
                 // List items carry no type meta of their own.
                 obj.remove("apiVersion");

@@ -1,11 +1,11 @@
-//! What the local API serves: the pods with their latest status, and the agent's health
-//! checks. Writers (pod workers, the PLEG) and the HTTP handlers share one cheap handle.
+//! What the local API serves: the published pods (read from the status manager's pod list),
+//! the recorded events, the agent's health checks, the node's conditions and the metrics.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::status::manager::PodList;
 
 /// The name of the check that is always there and always healthy (as upstream's `ping`).
 pub const PING: &str = "ping";
@@ -21,7 +21,7 @@ pub struct StatusStore {
 
 #[derive(Default)]
 struct Inner {
-    pods: RwLock<BTreeMap<String, Pod>>,
+    pods: PodList,
     health: HealthState,
     events: crate::record::Events,
     node_conditions: RwLock<Vec<k8s_openapi::api::core::v1::NodeCondition>>,
@@ -30,13 +30,8 @@ struct Inner {
 
 impl fmt::Debug for StatusStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pods = self
-            .inner
-            .pods
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("StatusStore")
-            .field("pods", &pods.keys().collect::<Vec<_>>())
+            .field("pods", &self.inner.pods)
             .field("health", &self.inner.health)
             .finish()
     }
@@ -48,11 +43,12 @@ impl StatusStore {
         Self::default()
     }
 
-    /// A store that serves these events on `/events`.
+    /// A store that serves these pods on `/pods` and these events on `/events`.
     #[must_use]
-    pub fn with_events(events: crate::record::Events) -> Self {
+    pub fn with(pods: PodList, events: crate::record::Events) -> Self {
         Self {
             inner: Arc::new(Inner {
+                pods,
                 events,
                 ..Inner::default()
             }),
@@ -93,62 +89,16 @@ impl StatusStore {
             .clone()
     }
 
-    /// Inserts or replaces the pod (spec, metadata and `status`) with this UID.
-    pub fn upsert(&self, uid: impl Into<String>, pod: Pod) {
-        self.write().insert(uid.into(), pod);
-    }
-
-    /// Removes the pod; returns what was stored.
-    pub fn remove(&self, uid: &str) -> Option<Pod> {
-        self.write().remove(uid)
-    }
-
+    /// The published pods (served on `/pods`, counted on `/metrics`).
     #[must_use]
-    pub fn get(&self, uid: &str) -> Option<Pod> {
-        self.read().get(uid).cloned()
-    }
-
-    /// Every pod, by UID.
-    #[must_use]
-    pub fn list(&self) -> Vec<Pod> {
-        self.read().values().cloned().collect()
-    }
-
-    /// `f` of every pod (by UID) where it gives something, without copying the others.
-    pub fn filter_map<T>(&self, f: impl FnMut(&Pod) -> Option<T>) -> Vec<T> {
-        self.read().values().filter_map(f).collect()
-    }
-
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+    pub fn pods(&self) -> &PodList {
+        &self.inner.pods
     }
 
     /// The agent's health checks (`/healthz`).
     #[must_use]
     pub fn health(&self) -> &HealthState {
         &self.inner.health
-    }
-
-    // A panic while holding the lock cannot leave the map half-updated (every write is one
-    // insert or remove), so a poisoned lock is still good to use.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Pod>> {
-        self.inner
-            .pods
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Pod>> {
-        self.inner
-            .pods
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -25,6 +25,15 @@ fn pod(name: &str, uid: &str) -> Pod {
     .expect("valid pod")
 }
 
+/// A store serving the pods published through the returned status manager.
+fn published_pods() -> (crate::status::manager::StatusManager, StatusStore) {
+    let (sink, pods) = crate::status::manager::pod_list();
+    (
+        crate::status::manager::StatusManager::new(vec![sink]),
+        StatusStore::with(pods, crate::record::Events::default()),
+    )
+}
+
 /// A server on 127.0.0.1 with a free port.
 struct Running {
     addr: SocketAddr,
@@ -97,9 +106,9 @@ async fn get(addr: SocketAddr, path: &str) -> Reply {
 
 #[tokio::test]
 async fn pods_is_a_pod_list() {
-    let store = StatusStore::new();
-    store.upsert("uid-b", pod("web-b", "uid-b"));
-    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let (statuses, store) = published_pods();
+    statuses.publish("uid-b", pod("web-b", "uid-b"));
+    statuses.publish("uid-a", pod("web-a", "uid-a"));
     let server = Running::start(&store, true).await;
 
     let reply = get(server.addr, "/pods").await;
@@ -134,13 +143,13 @@ async fn pods_is_a_pod_list() {
     );
 
     // Updates show up; removed pods go.
-    store.remove("uid-a");
+    statuses.remove("uid-a");
     let mut b = pod("web-b", "uid-b");
     b.status = Some(PodStatus {
         phase: Some("Succeeded".to_owned()),
         ..PodStatus::default()
     });
-    store.upsert("uid-b", b);
+    statuses.publish("uid-b", b);
     let list: List<Pod> =
         serde_json::from_str(&get(server.addr, "/pods").await.body).expect("PodList");
     assert_eq!(list.items.len(), 1);
@@ -248,14 +257,14 @@ async fn unknown_path_is_404() {
 
 #[tokio::test]
 async fn metrics_are_served_with_pod_counts_from_the_store() {
-    let store = StatusStore::new();
-    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let (statuses, store) = published_pods();
+    statuses.publish("uid-a", pod("web-a", "uid-a"));
     let mut pending = pod("web-b", "uid-b");
     pending.status = Some(k8s_openapi::api::core::v1::PodStatus {
         phase: Some("Pending".into()),
         ..Default::default()
     });
-    store.upsert("uid-b", pending);
+    statuses.publish("uid-b", pending);
     store.set_metrics(crate::metrics::Metrics::new().expect("metrics"));
     let server = Running::start(&store, true).await;
     let reply = get(server.addr, "/metrics").await;
@@ -275,8 +284,8 @@ async fn metrics_are_served_with_pod_counts_from_the_store() {
 
 #[tokio::test]
 async fn healthz_listener_serves_only_healthz() {
-    let store = StatusStore::new();
-    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let (statuses, store) = published_pods();
+    statuses.publish("uid-a", pod("web-a", "uid-a"));
     let server = Running::start(&store, false).await;
     assert_eq!(get(server.addr, "/healthz").await.body, "ok");
     assert_eq!(get(server.addr, "/pods").await.status, 404);
@@ -523,24 +532,6 @@ fn healthz_excluding_an_unknown_check_warns() {
          warn: some health checks cannot be excluded: no matches for \"nope\"\n\
          healthz check passed\n"
     );
-}
-
-#[test]
-fn store_basics() {
-    let store = StatusStore::new();
-    assert!(store.is_empty());
-    store.upsert("uid-a", pod("web-a", "uid-a"));
-    let clone = store.clone();
-    clone.upsert("uid-a".to_owned(), pod("web-a2", "uid-a"));
-    assert_eq!(store.len(), 1, "clones share the state");
-    assert_eq!(
-        store.get("uid-a").and_then(|p| p.metadata.name),
-        Some("web-a2".to_owned())
-    );
-    assert_eq!(store.get("uid-b"), None);
-    assert!(store.remove("uid-a").is_some());
-    assert!(store.remove("uid-a").is_none());
-    assert!(store.list().is_empty());
 }
 
 #[test]

@@ -20,6 +20,7 @@ use crate::config::{Config, PlegMode};
 use crate::events::Source;
 use crate::events::source::{self, SourceChoice, SourceSpec};
 use crate::eviction::{self, EvictionIo, EvictionManager, Observer, SignalRoots, StorePods};
+use crate::health::HealthState;
 use crate::metrics::Metrics;
 use crate::pleg::facts::KernelFacts;
 use crate::pleg::router::KernelRouter;
@@ -30,7 +31,7 @@ use crate::pods::source::{FileSource, HttpSource, SourceKind};
 use crate::pods::worker::PodContext;
 use crate::record::Recorder;
 use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
-use crate::server::{self, StatusStore};
+use crate::server;
 use crate::status::manager::StatusManager;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +94,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     // the local API and eviction read.
     let (pod_list_sink, published) = crate::status::manager::pod_list();
     let statuses = StatusManager::new(vec![pod_list_sink]);
-    let store = StatusStore::with(published.clone(), recorder.events());
     let metrics = Metrics::new().map_err(AgentError::Metrics)?;
-    store.set_metrics(metrics.clone());
+    let health_checks = HealthState::default();
+    // The node's pressure conditions, published once the eviction manager runs.
+    let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
+    let (publish_conditions, node_conditions) =
+        crate::status::node::publish_conditions(conditions_rx.clone(), cancel.clone());
+    tracker.spawn(publish_conditions);
+    let api = server::ApiState {
+        pods: published.clone(),
+        events: recorder.events(),
+        node: node_conditions,
+        health: health_checks.clone(),
+        metrics: Some(metrics.clone()),
+    };
 
     // The container runtime.
     let runtime = Arc::new(
@@ -110,9 +122,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let addr = SocketAddr::new(config.server.address, port);
         let listener = server::bind(addr).await.map_err(AgentError::Server)?;
         info!(%addr, "read-only API: /pods, /healthz");
-        let (store, cancel) = (store.clone(), cancel.clone());
+        let cancel = cancel.clone();
         tracker.spawn(async move {
-            if let Err(e) = server::serve_read_only(listener, store, cancel).await {
+            if let Err(e) = server::serve_read_only(listener, api, cancel).await {
                 warn!(error = %e, "read-only API stopped");
             }
         });
@@ -121,9 +133,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let addr = SocketAddr::new(config.server.healthz_bind_address, port);
         match server::bind(addr).await {
             Ok(listener) => {
-                let (store, cancel) = (store.clone(), cancel.clone());
+                let (checks, cancel) = (health_checks.clone(), cancel.clone());
                 tracker.spawn(async move {
-                    if let Err(e) = server::serve_healthz(listener, store, cancel).await {
+                    if let Err(e) = server::serve_healthz(listener, checks, cancel).await {
                         warn!(error = %e, "healthz endpoint stopped");
                     }
                 });
@@ -166,19 +178,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     }
     info!(mode = ?pleg_mode, "PLEG");
     // The mode in use shows on `/healthz?verbose` as `[+]pleg-mode-event ok` (or -generic).
-    store.health().set_healthy(match pleg_mode {
+    health_checks.set_healthy(match pleg_mode {
         PlegMode::Event => "pleg-mode-event",
         PlegMode::Generic => "pleg-mode-generic",
     });
     let health = Arc::new(PlegHealth::new(pleg_mode, config.pleg.unhealthy_threshold));
     {
         let health = Arc::clone(&health);
-        store.health().register("pleg", move || health.check());
+        health_checks.register("pleg", move || health.check());
     }
     // Eviction: evaluated at once on kernel pressure in the pod tree, every 10s at least.
     let (trigger_tx, trigger_rx) = mpsc::channel::<eviction::Trigger>(1);
     let (eviction_tx, eviction_rx) = mpsc::channel::<eviction::Eviction>(8);
-    let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
     {
         let manager = EvictionManager::new(
             config.eviction.clone(),
@@ -212,24 +223,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             &cancel,
             &tracker,
         );
-        // The pressure conditions on the local API (`/node`).
-        let (store, mut conditions, cancel) =
-            (store.clone(), conditions_rx.clone(), cancel.clone());
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    changed = conditions.changed() => if changed.is_err() { return },
-                }
-                let now = jiff::Timestamp::now();
-                let api = conditions
-                    .borrow_and_update()
-                    .iter()
-                    .map(|c| c.to_api(now))
-                    .collect();
-                store.set_node_conditions(api);
-            }
-        });
     }
 
     let facts = KernelFacts::default();

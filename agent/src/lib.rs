@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod config;
 pub mod events;
 pub mod eviction;
+pub mod health;
 pub mod metrics;
 pub mod mountinfo;
 pub mod pleg;

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::health::PING;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,12 +26,15 @@ fn pod(name: &str, uid: &str) -> Pod {
     .expect("valid pod")
 }
 
-/// A store serving the pods published through the returned status manager.
-fn published_pods() -> (crate::status::manager::StatusManager, StatusStore) {
+/// An API serving the pods published through the returned status manager.
+fn published_pods() -> (crate::status::manager::StatusManager, ApiState) {
     let (sink, pods) = crate::status::manager::pod_list();
     (
         crate::status::manager::StatusManager::new(vec![sink]),
-        StatusStore::with(pods, crate::record::Events::default()),
+        ApiState {
+            pods,
+            ..ApiState::default()
+        },
     )
 }
 
@@ -42,7 +46,7 @@ struct Running {
 }
 
 impl Running {
-    async fn start(store: &StatusStore, read_only: bool) -> Self {
+    async fn start(store: &ApiState, read_only: bool) -> Self {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .expect("bind 127.0.0.1:0");
@@ -51,7 +55,11 @@ impl Running {
         let task = if read_only {
             tokio::spawn(serve_read_only(listener, store.clone(), cancel.clone()))
         } else {
-            tokio::spawn(serve_healthz(listener, store.clone(), cancel.clone()))
+            tokio::spawn(serve_healthz(
+                listener,
+                store.health.clone(),
+                cancel.clone(),
+            ))
         };
         Self { addr, cancel, task }
     }
@@ -165,7 +173,7 @@ async fn pods_is_a_pod_list() {
 
 #[tokio::test]
 async fn empty_pod_list() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let server = Running::start(&store, true).await;
     let reply = get(server.addr, "/pods").await;
     assert_eq!(reply.status, 200);
@@ -178,11 +186,11 @@ async fn empty_pod_list() {
 
 #[tokio::test]
 async fn healthz_ok_and_failing() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let pleg_ok = Arc::new(AtomicBool::new(true));
     {
         let pleg_ok = Arc::clone(&pleg_ok);
-        store.health().register("pleg", move || {
+        store.health.register("pleg", move || {
             if pleg_ok.load(Ordering::SeqCst) {
                 Ok(())
             } else {
@@ -190,7 +198,7 @@ async fn healthz_ok_and_failing() {
             }
         });
     }
-    store.health().set_healthy("runtime");
+    store.health.set_healthy("runtime");
     let server = Running::start(&store, true).await;
 
     let reply = get(server.addr, "/healthz").await;
@@ -211,7 +219,7 @@ async fn healthz_ok_and_failing() {
 
     pleg_ok.store(false, Ordering::SeqCst);
     store
-        .health()
+        .health
         .set_unhealthy("runtime", "container runtime is down");
     let reply = get(server.addr, "/healthz").await;
     assert_eq!(reply.status, 500);
@@ -237,7 +245,7 @@ async fn healthz_ok_and_failing() {
     let reply = get(server.addr, "/healthz?exclude=pleg&exclude=runtime").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
 
-    store.health().set_healthy("runtime");
+    store.health.set_healthy("runtime");
     pleg_ok.store(true, Ordering::SeqCst);
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     server.stop().await;
@@ -245,7 +253,7 @@ async fn healthz_ok_and_failing() {
 
 #[tokio::test]
 async fn unknown_path_is_404() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let server = Running::start(&store, true).await;
     for path in ["/", "/nope", "/pods/extra"] {
         let reply = get(server.addr, path).await;
@@ -265,7 +273,10 @@ async fn metrics_are_served_with_pod_counts_from_the_store() {
         ..Default::default()
     });
     statuses.publish("uid-b", pending);
-    store.set_metrics(crate::metrics::Metrics::new().expect("metrics"));
+    let store = ApiState {
+        metrics: Some(crate::metrics::Metrics::new().expect("metrics")),
+        ..store
+    };
     let server = Running::start(&store, true).await;
     let reply = get(server.addr, "/metrics").await;
     assert_eq!(reply.status, 200);
@@ -308,7 +319,7 @@ async fn bind_error_names_the_address() {
 
 #[tokio::test]
 async fn shutdown_stops_an_idle_server() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let server = Running::start(&store, true).await;
     // A keep-alive connection left open must not hold the shutdown.
     let mut idle = TcpStream::connect(server.addr).await.expect("connect");
@@ -328,7 +339,7 @@ async fn start_limited(limits: ConnectionLimits) -> Running {
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let cancel = CancellationToken::new();
-    let router = healthz_router(StatusStore::new());
+    let router = healthz_router(HealthState::default());
     let task = tokio::spawn(serve(listener, router, limits, cancel.clone()));
     Running { addr, cancel, task }
 }
@@ -532,22 +543,4 @@ fn healthz_excluding_an_unknown_check_warns() {
          warn: some health checks cannot be excluded: no matches for \"nope\"\n\
          healthz check passed\n"
     );
-}
-
-#[test]
-fn health_checks_ping_first_then_by_name_and_replaceable() {
-    let health = HealthState::default();
-    health.set_unhealthy("syncloop", "sync loop stalled");
-    health.set_healthy("pleg");
-    health.set_healthy(PING); // cannot be overridden
-    let names: Vec<String> = health.evaluate().into_iter().map(|r| r.name).collect();
-    assert_eq!(names, ["ping", "pleg", "syncloop"]);
-    assert_eq!(
-        health.evaluate_one("syncloop").map(|r| r.result),
-        Some(Err("sync loop stalled".to_owned()))
-    );
-    health.register("syncloop", || Ok(()));
-    assert!(health.evaluate().iter().all(CheckResult::healthy));
-    health.remove("syncloop");
-    assert_eq!(health.evaluate_one("syncloop"), None);
 }

@@ -43,6 +43,7 @@
 mod conditions;
 mod containers;
 pub mod manager;
+pub mod node;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

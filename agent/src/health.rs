@@ -1,106 +1,13 @@
-//! What the local API serves: the published pods (read from the status manager's pod list),
-//! the recorded events, the agent's health checks, the node's conditions and the metrics.
+//! The agent's health checks, served on `/healthz` (upstream's healthz format, see
+//! [`crate::server`]). Their owners (the PLEG, the agent's wiring) register or set them; the
+//! local API only evaluates them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::status::manager::PodList;
-
 /// The name of the check that is always there and always healthy (as upstream's `ping`).
 pub const PING: &str = "ping";
-
-/// Pods by UID, each with its latest published status, plus the health checks.
-///
-/// Cloning is cheap and clones share the state. Every method holds a lock only for a map
-/// operation (and a clone), never across an `.await` or a health check's callback.
-#[derive(Clone, Default)]
-pub struct StatusStore {
-    inner: Arc<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    pods: PodList,
-    health: HealthState,
-    events: crate::record::Events,
-    node_conditions: RwLock<Vec<k8s_openapi::api::core::v1::NodeCondition>>,
-    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
-}
-
-impl fmt::Debug for StatusStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StatusStore")
-            .field("pods", &self.inner.pods)
-            .field("health", &self.inner.health)
-            .finish()
-    }
-}
-
-impl StatusStore {
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A store that serves these pods on `/pods` and these events on `/events`.
-    #[must_use]
-    pub fn with(pods: PodList, events: crate::record::Events) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pods,
-                events,
-                ..Inner::default()
-            }),
-        }
-    }
-
-    /// Events recorded about pods and the node (served on `/events`).
-    #[must_use]
-    pub fn events(&self) -> &crate::record::Events {
-        &self.inner.events
-    }
-
-    /// Makes `/metrics` serve these metrics (the first call wins).
-    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
-        let _ = self.inner.metrics.set(metrics);
-    }
-
-    #[must_use]
-    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
-        self.inner.metrics.get()
-    }
-
-    /// Replaces the node's conditions (MemoryPressure, DiskPressure, PIDPressure).
-    pub fn set_node_conditions(&self, conditions: Vec<k8s_openapi::api::core::v1::NodeCondition>) {
-        *self
-            .inner
-            .node_conditions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = conditions;
-    }
-
-    #[must_use]
-    pub fn node_conditions(&self) -> Vec<k8s_openapi::api::core::v1::NodeCondition> {
-        self.inner
-            .node_conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The published pods (served on `/pods`, counted on `/metrics`).
-    #[must_use]
-    pub fn pods(&self) -> &PodList {
-        &self.inner.pods
-    }
-
-    /// The agent's health checks (`/healthz`).
-    #[must_use]
-    pub fn health(&self) -> &HealthState {
-        &self.inner.health
-    }
-}
 
 type CheckFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -129,9 +36,12 @@ impl CheckResult {
 /// Named health checks, e.g. `pleg` (last relist within the threshold), `runtime`,
 /// `syncloop`. A check is either a callback evaluated on each request ([`Self::register`])
 /// or a verdict its owner pushes ([`Self::set`]). [`PING`] is always present and healthy.
-#[derive(Default)]
+///
+/// Cloning is cheap and clones share the checks: owners register and set checks, the local
+/// API evaluates them.
+#[derive(Clone, Default)]
 pub struct HealthState {
-    checks: RwLock<BTreeMap<String, Check>>,
+    checks: Arc<RwLock<BTreeMap<String, Check>>>,
 }
 
 impl fmt::Debug for HealthState {
@@ -232,5 +142,28 @@ fn run(check: &Check) -> Result<(), String> {
     match check {
         Check::Probe(f) => f(),
         Check::Fixed(r) => r.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_ping_first_then_by_name_and_replaceable() {
+        let health = HealthState::default();
+        health.set_unhealthy("syncloop", "sync loop stalled");
+        health.set_healthy("pleg");
+        health.set_healthy(PING); // cannot be overridden
+        let names: Vec<String> = health.evaluate().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["ping", "pleg", "syncloop"]);
+        assert_eq!(
+            health.evaluate_one("syncloop").map(|r| r.result),
+            Some(Err("sync loop stalled".to_owned()))
+        );
+        health.register("syncloop", || Ok(()));
+        assert!(health.evaluate().iter().all(CheckResult::healthy));
+        health.remove("syncloop");
+        assert_eq!(health.evaluate_one("syncloop"), None);
     }
 }

@@ -20,6 +20,7 @@ use crate::config::{Config, PlegMode};
 use crate::events::Source;
 use crate::events::source::{self, SourceChoice, SourceSpec};
 use crate::eviction::{self, EvictionIo, EvictionManager, Observer, SignalRoots, StorePods};
+use crate::health::HealthState;
 use crate::metrics::Metrics;
 use crate::pleg::facts::KernelFacts;
 use crate::pleg::router::KernelRouter;
@@ -28,8 +29,10 @@ use crate::pods::cri_config::{DnsSettings, NodeAllocatable, ResolvConf};
 use crate::pods::manager::PodManager;
 use crate::pods::source::{FileSource, HttpSource, SourceKind};
 use crate::pods::worker::PodContext;
+use crate::record::Recorder;
 use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
-use crate::server::{self, StatusStore};
+use crate::server;
+use crate::status::manager::StatusManager;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -87,9 +90,26 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let kubepods = tree.kubepods();
     info!(root = %cgroup_root, kubepods = %kubepods, "pod cgroup tree ready");
 
-    let store = StatusStore::default();
+    // Events about pods and the node; the local API serves them on `/events`.
+    let recorder = Recorder::new(&config.node_name);
+    // Pod status: workers publish through the status manager to the local pod list, which
+    // the local API and eviction read.
+    let (pod_list_sink, published) = crate::status::manager::pod_list();
+    let statuses = StatusManager::new(vec![pod_list_sink]);
     let metrics = Metrics::new().map_err(AgentError::Metrics)?;
-    store.set_metrics(metrics.clone());
+    let health_checks = HealthState::default();
+    // The node's pressure conditions, published once the eviction manager runs.
+    let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
+    let (publish_conditions, node_conditions) =
+        crate::status::node::publish_conditions(conditions_rx.clone(), cancel.clone());
+    tracker.spawn(publish_conditions);
+    let api = server::ApiState {
+        pods: published.clone(),
+        events: recorder.events(),
+        node: node_conditions,
+        health: health_checks.clone(),
+        metrics: Some(metrics.clone()),
+    };
 
     // The container runtime.
     let runtime = Arc::new(
@@ -104,9 +124,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let addr = SocketAddr::new(config.server.address, port);
         let listener = server::bind(addr).await.map_err(AgentError::Server)?;
         info!(%addr, "read-only API: /pods, /healthz");
-        let (store, cancel) = (store.clone(), cancel.clone());
+        let cancel = cancel.clone();
         tracker.spawn(async move {
-            if let Err(e) = server::serve_read_only(listener, store, cancel).await {
+            if let Err(e) = server::serve_read_only(listener, api, cancel).await {
                 warn!(error = %e, "read-only API stopped");
             }
         });
@@ -115,9 +135,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let addr = SocketAddr::new(config.server.healthz_bind_address, port);
         match server::bind(addr).await {
             Ok(listener) => {
-                let (store, cancel) = (store.clone(), cancel.clone());
+                let (checks, cancel) = (health_checks.clone(), cancel.clone());
                 tracker.spawn(async move {
-                    if let Err(e) = server::serve_healthz(listener, store, cancel).await {
+                    if let Err(e) = server::serve_healthz(listener, checks, cancel).await {
                         warn!(error = %e, "healthz endpoint stopped");
                     }
                 });
@@ -160,19 +180,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     }
     info!(mode = ?pleg_mode, "PLEG");
     // The mode in use shows on `/healthz?verbose` as `[+]pleg-mode-event ok` (or -generic).
-    store.health().set_healthy(match pleg_mode {
+    health_checks.set_healthy(match pleg_mode {
         PlegMode::Event => "pleg-mode-event",
         PlegMode::Generic => "pleg-mode-generic",
     });
     let health = Arc::new(PlegHealth::new(pleg_mode, config.pleg.unhealthy_threshold));
     {
         let health = Arc::clone(&health);
-        store.health().register("pleg", move || health.check());
+        health_checks.register("pleg", move || health.check());
     }
     // Eviction: evaluated at once on kernel pressure in the pod tree, every 10s at least.
     let (trigger_tx, trigger_rx) = mpsc::channel::<eviction::Trigger>(1);
     let (eviction_tx, eviction_rx) = mpsc::channel::<eviction::Eviction>(8);
-    let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
     {
         let manager = EvictionManager::new(
             config.eviction.clone(),
@@ -189,7 +208,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             observer,
             runtime: Arc::clone(&runtime),
             pods: StorePods {
-                store: store.clone(),
+                pods: published,
                 pods_dir: pods_dir.clone(),
                 logs_dir: pods_dir.clone(),
             },
@@ -206,24 +225,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             &cancel,
             &tracker,
         );
-        // The pressure conditions on the local API (`/node`).
-        let (store, mut conditions, cancel) =
-            (store.clone(), conditions_rx.clone(), cancel.clone());
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    changed = conditions.changed() => if changed.is_err() { return },
-                }
-                let now = jiff::Timestamp::now();
-                let api = conditions
-                    .borrow_and_update()
-                    .iter()
-                    .map(|c| c.to_api(now))
-                    .collect();
-                store.set_node_conditions(api);
-            }
-        });
     }
 
     let facts = KernelFacts::default();
@@ -237,7 +238,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let router = KernelRouter {
             attributor,
             facts: facts.clone(),
-            store: store.clone(),
+            recorder: recorder.clone(),
             node_name: config.node_name.clone(),
             relist_all: Arc::clone(&relist_all),
             pressure: Some(trigger_tx.clone()),
@@ -254,7 +255,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         probe_tx,
         probe_metrics.clone(),
         &crate::probes::ProbeOptions {
-            events: Some((store.clone(), config.node_name.clone())),
+            recorder: Some(recorder.clone()),
             ..crate::probes::ProbeOptions::default()
         },
     );
@@ -333,7 +334,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         sync_frequency: config.sync_frequency,
         resync_epoch: tokio::time::Instant::now(),
         runtime_changes_poke: pleg_mode == PlegMode::Event,
-        store: store.clone(),
+        statuses,
+        recorder,
         facts,
         kubepods: kubepods.clone(),
         conditions: conditions_rx,

@@ -11,7 +11,7 @@ use crate::config::quantity::{QuantityValue, parse_quantity};
 use crate::pods::cri_config::pod_log_dir;
 use crate::pods::qos::{self, QosClass};
 use crate::pods::worker::termination_grace;
-use crate::server::StatusStore;
+use crate::status::manager::PodList;
 
 use super::local_storage::LimitedPod;
 
@@ -254,18 +254,18 @@ pub trait PodProvider: Send + Sync + 'static {
     }
 }
 
-/// The pods the agent publishes (its [`StatusStore`]), charged for their volumes
+/// The pods the agent publishes (the status manager's [`PodList`]), charged for their volumes
 /// (`<pods_dir>/<uid>/volumes`) and logs (`<logs_dir>/<namespace>_<name>_<uid>`).
 #[derive(Clone)]
 pub struct StorePods {
-    pub store: StatusStore,
+    pub pods: PodList,
     pub pods_dir: PathBuf,
     pub logs_dir: PathBuf,
 }
 
 impl PodProvider for StorePods {
     fn active_pods(&self) -> Vec<PodInfo> {
-        self.store
+        self.pods
             .list()
             .iter()
             .filter_map(|pod| {
@@ -280,12 +280,16 @@ impl PodProvider for StorePods {
     }
 
     fn wanted_images(&self) -> Vec<String> {
-        self.store.list().iter().flat_map(pod_images).collect()
+        self.pods
+            .list()
+            .iter()
+            .flat_map(|pod| pod_images(pod))
+            .collect()
     }
 
     fn storage_limited_pods(&self) -> Vec<LimitedPod> {
         // Looks at every pod in place: no copy of a pod without limits.
-        self.store
+        self.pods
             .filter_map(|pod| LimitedPod::from_pod(pod, &self.pods_dir, &self.logs_dir))
     }
 }
@@ -431,7 +435,8 @@ mod tests {
     }
     #[test]
     fn store_pods_lists_active_pods_and_every_wanted_image() {
-        let store = StatusStore::default();
+        let (sink, pods) = crate::status::manager::pod_list();
+        let statuses = crate::status::manager::StatusManager::new(vec![sink]);
         let mut running = pod(vec![container("app", &[], &[])], vec![]);
         running.spec.as_mut().expect("spec").containers[0].image = Some("app:v1".into());
         let mut evicted = running.clone();
@@ -448,10 +453,10 @@ mod tests {
             phase: Some("Failed".into()),
             ..PodStatus::default()
         });
-        store.upsert("u1", running);
-        store.upsert("u2", evicted);
+        statuses.publish("u1", running);
+        statuses.publish("u2", evicted);
         let pods = StorePods {
-            store,
+            pods,
             pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
             logs_dir: PathBuf::from("/var/log/pods"),
         };
@@ -471,7 +476,8 @@ mod tests {
 
     #[test]
     fn store_pods_lists_only_running_pods_with_storage_limits() {
-        let store = StatusStore::default();
+        let (sink, pods) = crate::status::manager::pod_list();
+        let statuses = crate::status::manager::StatusManager::new(vec![sink]);
         let plain = pod(vec![container("app", &[], &[])], vec![]);
         let mut limited = pod(
             vec![container("app", &[], &[("ephemeral-storage", "10Mi")])],
@@ -484,11 +490,11 @@ mod tests {
             phase: Some("Failed".into()),
             ..PodStatus::default()
         });
-        store.upsert("u1", plain);
-        store.upsert("u2", limited);
-        store.upsert("u3", done);
+        statuses.publish("u1", plain);
+        statuses.publish("u2", limited);
+        statuses.publish("u3", done);
         let pods = StorePods {
-            store,
+            pods,
             pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
             logs_dir: PathBuf::from("/var/log/pods"),
         };

@@ -13,13 +13,13 @@ use super::facts::{KernelFacts, OomRecord};
 use super::{KernelEnd, PodPoke, Trigger};
 use crate::cgroups::{Attributor, naming};
 use crate::events::{Detail, Event, ExitStatus, OomScope};
-use crate::server::StatusStore;
-use crate::server::events::{EventType, Subject};
+use crate::record::{EventType, Recorder, node_reference};
 
 pub struct KernelRouter {
     pub attributor: Attributor,
     pub facts: KernelFacts,
-    pub store: StatusStore,
+    /// Where node events go.
+    pub recorder: Recorder,
     pub node_name: String,
     /// Asks the PLEG for a full relist (after lost events).
     pub relist_all: Arc<Notify>,
@@ -66,12 +66,11 @@ impl KernelRouter {
                     "System OOM encountered, victim process: {}, pid: {}",
                     ev.comm, ev.pid
                 );
-                self.store.events().record(
-                    &Subject::Node(&self.node_name),
+                self.recorder.record(
+                    &node_reference(&self.node_name),
                     EventType::Warning,
                     "SystemOOM",
                     &message,
-                    &self.node_name,
                 );
             }
             if let Some(container) = ev.pod.as_ref().and_then(|p| p.container_id.as_deref()) {
@@ -190,7 +189,7 @@ mod tests {
         KernelRouter {
             attributor: Attributor::new(Hierarchy::v2(root)),
             facts,
-            store: StatusStore::new(),
+            recorder: Recorder::new("node1"),
             node_name: "node1".into(),
             relist_all: Arc::new(Notify::new()),
             pressure: None,

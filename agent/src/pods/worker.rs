@@ -37,9 +37,9 @@ use crate::cgroups::tree::QosTree;
 use crate::eviction::{Eviction, NodeCondition};
 use crate::pleg::facts::{self, KernelFacts};
 use crate::pleg::{KernelEnd, Trigger};
+use crate::record::{EventType, Recorder, pod_reference};
 use crate::runtime::{ContainerRuntime, RuntimeError};
-use crate::server::StatusStore;
-use crate::server::events::{EventType, Subject};
+use crate::status::manager::StatusManager;
 use crate::status::{self, StatusContext};
 
 /// What every worker shares.
@@ -66,7 +66,10 @@ pub struct PodContext<R> {
     /// only the `sync_frequency` timer asked for plans against the last observation instead
     /// of asking the runtime again. Generic PLEG: every sync observes.
     pub runtime_changes_poke: bool,
-    pub store: StatusStore,
+    /// Where the pod's status goes.
+    pub statuses: StatusManager,
+    /// Where the pod's events go.
+    pub recorder: Recorder,
     /// OOM kills the kernel reported, by container id.
     pub facts: KernelFacts,
     /// The kubepods cgroup (to name allocatable OOMs).
@@ -799,12 +802,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 kill.reason,
                 plan::KillReason::LivenessProbe | plan::KillReason::StartupProbe
             ) {
-                ctx.store.events().record(
-                    &Subject::Pod(pod),
+                ctx.recorder.record(
+                    &pod_reference(pod),
                     EventType::Normal,
                     "Killing",
                     &format!("{}, will be restarted", kill.message),
-                    &ctx.node_name,
                 );
             }
             // Upstream runs preStop before every kill, a probe's included.
@@ -928,12 +930,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                         }
                         _ => format!("Error: {}", failure.message),
                     };
-                    ctx.store.events().record(
-                        &Subject::Pod(pod),
+                    ctx.recorder.record(
+                        &pod_reference(pod),
                         EventType::Warning,
                         e.event_reason(),
                         &event,
-                        &ctx.node_name,
                     );
                     applied.failed.push(Waiting {
                         container: start.name.clone(),
@@ -1026,12 +1027,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             crate::probes::run_post_start(&*ctx.runtime, pod, container, &id, pod_ip, None).await
         {
             warn!(pod = %name, container = %container.name, error = %e, cause = %crate::bpf::error_chain(&e), "FailedPostStartHook");
-            ctx.store.events().record(
-                &Subject::Pod(pod),
+            ctx.recorder.record(
+                &pod_reference(pod),
                 EventType::Warning,
                 "FailedPostStartHook",
                 &e.to_string(),
-                &ctx.node_name,
             );
             if let Err(e) = ctx
                 .runtime
@@ -1088,13 +1088,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         let message = e.status_message();
         if let Some(reason) = e.event_reason() {
-            self.ctx.store.events().record(
-                &Subject::Pod(pod),
-                EventType::Warning,
-                reason,
-                &message,
-                &self.ctx.node_name,
-            );
+            self.ctx
+                .recorder
+                .record(&pod_reference(pod), EventType::Warning, reason, &message);
         }
         // The pod still shows (as last observed), with the containers it could not get to
         // waiting for the reason.
@@ -1230,7 +1226,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 .get_or_insert_with(BTreeMap::new)
                 .extend(annotations);
         }
-        self.ctx.store.upsert(pod_uid(pod), published);
+        self.ctx.statuses.publish(pod_uid(pod), published);
         self.status = Some(status);
     }
 
@@ -1238,12 +1234,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     /// eviction's grace period, the sandbox stopped, and the status marked `Evicted`.
     async fn evict(&mut self, pod: &Pod, e: Eviction) {
         let name = format_pod(pod);
-        self.ctx.store.events().record(
-            &Subject::Pod(pod),
+        self.ctx.recorder.record(
+            &pod_reference(pod),
             EventType::Warning,
             e.reason,
             &e.message,
-            &self.ctx.node_name,
         );
         info!(pod = %name, signal = %e.signal.as_str(), grace = ?e.grace_period, latency = ?e.latency, "evicting pod");
         self.ctx
@@ -1289,13 +1284,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     async fn reject(&mut self, pod: &Pod, reason: &str, message: &str) {
         let name = format_pod(pod);
         warn!(pod = %name, reason, message, "pod rejected at admission");
-        self.ctx.store.events().record(
-            &Subject::Pod(pod),
-            EventType::Warning,
-            reason,
-            message,
-            &self.ctx.node_name,
-        );
+        self.ctx
+            .recorder
+            .record(&pod_reference(pod), EventType::Warning, reason, message);
         let message = format!("Pod was rejected: {message}");
         match observe_pod(&*self.ctx.runtime, pod_uid(pod)).await {
             Ok((observed, _)) => {
@@ -1320,7 +1311,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let mut published = pod.clone();
         published.status = Some(status.clone());
-        self.ctx.store.upsert(pod_uid(pod), published);
+        self.ctx.statuses.publish(pod_uid(pod), published);
         self.status = Some(status);
     }
 
@@ -1350,13 +1341,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 "ProcessOOMKilled"
             };
             let message = kill.describe(&c.name, &self.ctx.kubepods);
-            self.ctx.store.events().record(
-                &Subject::Pod(pod),
-                EventType::Warning,
-                reason,
-                &message,
-                &self.ctx.node_name,
-            );
+            self.ctx
+                .recorder
+                .record(&pod_reference(pod), EventType::Warning, reason, &message);
             *reported += 1;
         }
         None
@@ -1418,7 +1405,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         if let Err(e) = cri_config::remove_pod_log_dir(&ctx.logs_dir, pod) {
             warn!(pod = %name, error = %e, "removing the pod's logs failed");
         }
-        ctx.store.remove(&uid);
+        ctx.statuses.remove(&uid);
         ctx.probes.remove_pod(&uid);
         ctx.facts
             .forget(observed.containers.iter().map(|c| c.id.as_str()));

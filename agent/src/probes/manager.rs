@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, ObjectReference, Pod};
 use tokio::sync::mpsc;
 use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::Instant;
@@ -22,8 +22,8 @@ use super::{ContainerProbeResults, ProbeFailure, run_action};
 use crate::pods::plan::{ContainerState, ObservedPod, ProbeVerdict};
 use crate::pods::qos::is_restartable_init_container;
 use crate::pods::{format_pod, pod_uid};
+use crate::record::{EventType, Recorder, pod_reference};
 use crate::runtime::ContainerRuntime;
-use crate::server::events::{EventType, Subject};
 
 /// Tuning of the prober.
 #[derive(Debug, Clone)]
@@ -33,8 +33,8 @@ pub struct ProbeOptions {
     /// Seed of the first-run jitter; `None`: random. Tests fix it.
     pub jitter_seed: Option<u64>,
     /// Where each failed run is recorded as an `Unhealthy` Warning (repeats count on one
-    /// event), with the node name the events name as their source.
-    pub events: Option<(crate::server::StatusStore, String)>,
+    /// event).
+    pub recorder: Option<Recorder>,
 }
 
 impl Default for ProbeOptions {
@@ -42,7 +42,7 @@ impl Default for ProbeOptions {
         Self {
             max_concurrent: 100,
             jitter_seed: None,
-            events: None,
+            recorder: None,
         }
     }
 }
@@ -95,7 +95,7 @@ impl ProbeManager {
             .jitter_seed
             .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         let runner = ProbeRunner {
-            events: options.events.clone(),
+            recorder: options.recorder.clone(),
             runtime,
             commands: rx,
             notify,
@@ -243,6 +243,8 @@ struct Probe {
 struct PodEntry {
     name: String,
     namespace: String,
+    /// What the pod's events name.
+    reference: ObjectReference,
     ip: Option<IpAddr>,
     containers: HashMap<String, ContainerEntry>,
 }
@@ -262,7 +264,7 @@ pub struct ProbeRunner<R> {
     max_concurrent: usize,
     results: Arc<RwLock<ResultsMap>>,
     pods: HashMap<String, PodEntry>,
-    events: Option<(crate::server::StatusStore, String)>,
+    recorder: Option<Recorder>,
     probes: HashMap<u64, Probe>,
     next_id: u64,
     schedule: Schedule,
@@ -339,15 +341,23 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
     }
 
     fn sync_pod(&mut self, uid: &str, pod: &Pod, running: Vec<Running>, ip: Option<IpAddr>) {
-        let entry = self.pods.entry(uid.to_owned()).or_insert_with(|| PodEntry {
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            namespace: pod
+        let entry = self.pods.entry(uid.to_owned()).or_insert_with(|| {
+            let namespace = pod
                 .metadata
                 .namespace
                 .clone()
-                .unwrap_or_else(|| "default".to_owned()),
-            ip,
-            containers: HashMap::new(),
+                .unwrap_or_else(|| "default".to_owned());
+            PodEntry {
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                // The namespace its metrics name too (`default` when unset).
+                reference: ObjectReference {
+                    namespace: Some(namespace.clone()),
+                    ..pod_reference(pod)
+                },
+                namespace,
+                ip,
+                containers: HashMap::new(),
+            }
         });
         entry.ip = ip;
         let keep: HashSet<&str> = running.iter().map(|r| r.id.as_str()).collect();
@@ -562,25 +572,16 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
         if failure.is_none() && change.is_none() {
             return;
         }
-        {
+        let unhealthy = {
             let mut results = self.write_results();
             let Some(r) = results.get_mut(&*uid).and_then(|c| c.get_mut(&*cid)) else {
                 return;
             };
+            let unhealthy = failure
+                .as_ref()
+                .filter(|_| self.recorder.is_some())
+                .map(ToString::to_string);
             if let Some(f) = failure {
-                if let Some((store, node)) = &self.events {
-                    let mut subject = Pod::default();
-                    subject.metadata.name = Some(pod.name.clone());
-                    subject.metadata.namespace = Some(pod.namespace.clone());
-                    subject.metadata.uid = Some(uid.to_string());
-                    store.events().record(
-                        &Subject::Pod(&subject),
-                        EventType::Warning,
-                        "Unhealthy",
-                        &f.to_string(),
-                        node,
-                    );
-                }
                 r.last_failure = Some(f);
             }
             if let Some(passed) = change {
@@ -595,6 +596,11 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
                     ProbeKind::Readiness => r.readiness = Some(passed),
                 }
             }
+            unhealthy
+        };
+        // Recorded after the results lock is released: readers never wait on the event sink.
+        if let (Some(message), Some(recorder)) = (unhealthy, &self.recorder) {
+            recorder.record(&pod.reference, EventType::Warning, "Unhealthy", &message);
         }
         let Some(passed) = change else {
             return;

@@ -24,9 +24,6 @@
 //! state it is in, which bounds every request, including one whose client reads the
 //! response slowly. Request heads are read into at most 16 KiB.
 
-pub mod events;
-mod store;
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,7 +42,31 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::store::{CheckResult, HealthState, PING, StatusStore};
+use crate::health::{CheckResult, HealthState};
+use crate::record::Events;
+use crate::status::manager;
+use crate::status::node::NodeConditions;
+
+/// What the read-only API serves: read handles on what their owners publish.
+#[derive(Clone, Default)]
+pub struct ApiState {
+    /// The pods the status manager published (`/pods`, counted on `/metrics`).
+    pub pods: manager::PodList,
+    /// The recorded events (`/events`).
+    pub events: Events,
+    /// The node's conditions (`/node`).
+    pub node: NodeConditions,
+    /// The agent's health checks (`/healthz`).
+    pub health: HealthState,
+    /// `/metrics` (404 without).
+    pub metrics: Option<crate::metrics::Metrics>,
+}
+
+impl axum::extract::FromRef<ApiState> for HealthState {
+    fn from_ref(state: &ApiState) -> Self {
+        state.health.clone()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -113,12 +134,12 @@ impl Default for ConnectionLimits {
 /// Serves `/pods` and `/healthz` on `listener` until `cancel` fires.
 pub async fn serve_read_only(
     listener: TcpListener,
-    store: StatusStore,
+    state: ApiState,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
     serve(
         listener,
-        read_only_router(store),
+        read_only_router(state),
         ConnectionLimits::default(),
         cancel,
     )
@@ -128,12 +149,12 @@ pub async fn serve_read_only(
 /// Serves only `/healthz` on `listener` until `cancel` fires.
 pub async fn serve_healthz(
     listener: TcpListener,
-    store: StatusStore,
+    health: HealthState,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
     serve(
         listener,
-        healthz_router(store),
+        healthz_router(health),
         ConnectionLimits::default(),
         cancel,
     )
@@ -141,7 +162,7 @@ pub async fn serve_healthz(
 }
 
 /// The read-only API's routes.
-pub fn read_only_router(store: StatusStore) -> Router {
+pub fn read_only_router(state: ApiState) -> Router {
     Router::new()
         .route("/pods", get(pods))
         .route("/events", get(events))
@@ -150,16 +171,16 @@ pub fn read_only_router(store: StatusStore) -> Router {
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
-        .with_state(store)
+        .with_state(state)
 }
 
 /// `/events`: a `v1.EventList` of the events the agent recorded.
-async fn events(State(store): State<StatusStore>) -> Response {
+async fn events(State(state): State<ApiState>) -> Response {
     let list = serde_json::json!({
         "kind": "EventList",
         "apiVersion": "v1",
         "metadata": {},
-        "items": store.events().list(),
+        "items": state.events.list(),
     });
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -170,12 +191,12 @@ async fn events(State(store): State<StatusStore>) -> Response {
 
 /// `/metrics`: Prometheus text format. Pod and container counts are taken from the
 /// published pods at scrape time.
-async fn metrics(State(store): State<StatusStore>) -> Response {
-    let Some(m) = store.metrics() else {
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let Some(m) = &state.metrics else {
         return text(StatusCode::NOT_FOUND, "no metrics registered\n".to_owned());
     };
-    let pods = store.list();
-    let running = |p: &&k8s_openapi::api::core::v1::Pod| {
+    let pods = state.pods.list();
+    let running = |p: &&Arc<k8s_openapi::api::core::v1::Pod>| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     };
     m.running_pods
@@ -219,12 +240,12 @@ async fn metrics(State(store): State<StatusStore>) -> Response {
 
 /// `/node`: the node's pressure conditions, as a `v1.Node` with only `status.conditions`,
 /// until cluster mode posts them to an API server.
-async fn node(State(store): State<StatusStore>) -> Response {
+async fn node(State(state): State<ApiState>) -> Response {
     let node = serde_json::json!({
         "kind": "Node",
         "apiVersion": "v1",
         "metadata": {},
-        "status": { "conditions": store.node_conditions() },
+        "status": { "conditions": state.node.get() },
     });
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -234,12 +255,12 @@ async fn node(State(store): State<StatusStore>) -> Response {
 }
 
 /// The healthz listener's routes.
-pub fn healthz_router(store: StatusStore) -> Router {
+pub fn healthz_router(health: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
-        .with_state(store)
+        .with_state(health)
 }
 
 /// Serves `router` on `listener` within `limits` until `cancel` fires, then lets every
@@ -388,8 +409,8 @@ struct PodList {
     items: Vec<serde_json::Value>,
 }
 
-async fn pods(State(store): State<StatusStore>) -> Response {
-    match pod_list_json(&store) {
+async fn pods(State(state): State<ApiState>) -> Response {
+    match pod_list_json(&state.pods) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode the pod list");
@@ -401,12 +422,12 @@ async fn pods(State(store): State<StatusStore>) -> Response {
     }
 }
 
-fn pod_list_json(store: &StatusStore) -> Result<Vec<u8>, serde_json::Error> {
-    let items = store
+fn pod_list_json(pods: &manager::PodList) -> Result<Vec<u8>, serde_json::Error> {
+    let items = pods
         .list()
         .iter()
         .map(|pod| {
-            let mut item = serde_json::to_value(pod)?;
+            let mut item = serde_json::to_value(&**pod)?;
             if let Some(obj) = item.as_object_mut() {
                 // List items carry no type meta of their own.
                 obj.remove("apiVersion");
@@ -489,9 +510,9 @@ fn render_healthz(results: &[CheckResult], query: &HealthzQuery) -> (StatusCode,
     }
 }
 
-async fn healthz(State(store): State<StatusStore>, RawQuery(query): RawQuery) -> Response {
+async fn healthz(State(health): State<HealthState>, RawQuery(query): RawQuery) -> Response {
     let query = HealthzQuery::parse(query.as_deref());
-    let results = store.health().evaluate();
+    let results = health.evaluate();
     for r in &results {
         if let Err(message) = &r.result {
             tracing::debug!(check = %r.name, %message, "health check failed");
@@ -501,8 +522,8 @@ async fn healthz(State(store): State<StatusStore>, RawQuery(query): RawQuery) ->
     text(status, body)
 }
 
-async fn healthz_check(State(store): State<StatusStore>, Path(name): Path<String>) -> Response {
-    match store.health().evaluate_one(&name) {
+async fn healthz_check(State(health): State<HealthState>, Path(name): Path<String>) -> Response {
+    match health.evaluate_one(&name) {
         None => not_found().await,
         Some(CheckResult { result: Ok(()), .. }) => text(StatusCode::OK, "ok".to_owned()),
         Some(CheckResult {

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::health::PING;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,6 +26,18 @@ fn pod(name: &str, uid: &str) -> Pod {
     .expect("valid pod")
 }
 
+/// An API serving the pods published through the returned status manager.
+fn published_pods() -> (crate::status::manager::StatusManager, ApiState) {
+    let (sink, pods) = crate::status::manager::pod_list();
+    (
+        crate::status::manager::StatusManager::new(vec![sink]),
+        ApiState {
+            pods,
+            ..ApiState::default()
+        },
+    )
+}
+
 /// A server on 127.0.0.1 with a free port.
 struct Running {
     addr: SocketAddr,
@@ -33,7 +46,7 @@ struct Running {
 }
 
 impl Running {
-    async fn start(store: &StatusStore, read_only: bool) -> Self {
+    async fn start(store: &ApiState, read_only: bool) -> Self {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .expect("bind 127.0.0.1:0");
@@ -42,7 +55,11 @@ impl Running {
         let task = if read_only {
             tokio::spawn(serve_read_only(listener, store.clone(), cancel.clone()))
         } else {
-            tokio::spawn(serve_healthz(listener, store.clone(), cancel.clone()))
+            tokio::spawn(serve_healthz(
+                listener,
+                store.health.clone(),
+                cancel.clone(),
+            ))
         };
         Self { addr, cancel, task }
     }
@@ -97,9 +114,9 @@ async fn get(addr: SocketAddr, path: &str) -> Reply {
 
 #[tokio::test]
 async fn pods_is_a_pod_list() {
-    let store = StatusStore::new();
-    store.upsert("uid-b", pod("web-b", "uid-b"));
-    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let (statuses, store) = published_pods();
+    statuses.publish("uid-b", pod("web-b", "uid-b"));
+    statuses.publish("uid-a", pod("web-a", "uid-a"));
     let server = Running::start(&store, true).await;
 
     let reply = get(server.addr, "/pods").await;
@@ -134,13 +151,13 @@ async fn pods_is_a_pod_list() {
     );
 
     // Updates show up; removed pods go.
-    store.remove("uid-a");
+    statuses.remove("uid-a");
     let mut b = pod("web-b", "uid-b");
     b.status = Some(PodStatus {
         phase: Some("Succeeded".to_owned()),
         ..PodStatus::default()
     });
-    store.upsert("uid-b", b);
+    statuses.publish("uid-b", b);
     let list: List<Pod> =
         serde_json::from_str(&get(server.addr, "/pods").await.body).expect("PodList");
     assert_eq!(list.items.len(), 1);
@@ -156,7 +173,7 @@ async fn pods_is_a_pod_list() {
 
 #[tokio::test]
 async fn empty_pod_list() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let server = Running::start(&store, true).await;
     let reply = get(server.addr, "/pods").await;
     assert_eq!(reply.status, 200);
@@ -169,11 +186,11 @@ async fn empty_pod_list() {
 
 #[tokio::test]
 async fn healthz_ok_and_failing() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let pleg_ok = Arc::new(AtomicBool::new(true));
     {
         let pleg_ok = Arc::clone(&pleg_ok);
-        store.health().register("pleg", move || {
+        store.health.register("pleg", move || {
             if pleg_ok.load(Ordering::SeqCst) {
                 Ok(())
             } else {
@@ -181,7 +198,7 @@ async fn healthz_ok_and_failing() {
             }
         });
     }
-    store.health().set_healthy("runtime");
+    store.health.set_healthy("runtime");
     let server = Running::start(&store, true).await;
 
     let reply = get(server.addr, "/healthz").await;
@@ -202,7 +219,7 @@ async fn healthz_ok_and_failing() {
 
     pleg_ok.store(false, Ordering::SeqCst);
     store
-        .health()
+        .health
         .set_unhealthy("runtime", "container runtime is down");
     let reply = get(server.addr, "/healthz").await;
     assert_eq!(reply.status, 500);
@@ -228,7 +245,7 @@ async fn healthz_ok_and_failing() {
     let reply = get(server.addr, "/healthz?exclude=pleg&exclude=runtime").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
 
-    store.health().set_healthy("runtime");
+    store.health.set_healthy("runtime");
     pleg_ok.store(true, Ordering::SeqCst);
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     server.stop().await;
@@ -236,7 +253,7 @@ async fn healthz_ok_and_failing() {
 
 #[tokio::test]
 async fn unknown_path_is_404() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let server = Running::start(&store, true).await;
     for path in ["/", "/nope", "/pods/extra"] {
         let reply = get(server.addr, path).await;
@@ -248,15 +265,18 @@ async fn unknown_path_is_404() {
 
 #[tokio::test]
 async fn metrics_are_served_with_pod_counts_from_the_store() {
-    let store = StatusStore::new();
-    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let (statuses, store) = published_pods();
+    statuses.publish("uid-a", pod("web-a", "uid-a"));
     let mut pending = pod("web-b", "uid-b");
     pending.status = Some(k8s_openapi::api::core::v1::PodStatus {
         phase: Some("Pending".into()),
         ..Default::default()
     });
-    store.upsert("uid-b", pending);
-    store.set_metrics(crate::metrics::Metrics::new().expect("metrics"));
+    statuses.publish("uid-b", pending);
+    let store = ApiState {
+        metrics: Some(crate::metrics::Metrics::new().expect("metrics")),
+        ..store
+    };
     let server = Running::start(&store, true).await;
     let reply = get(server.addr, "/metrics").await;
     assert_eq!(reply.status, 200);
@@ -275,8 +295,8 @@ async fn metrics_are_served_with_pod_counts_from_the_store() {
 
 #[tokio::test]
 async fn healthz_listener_serves_only_healthz() {
-    let store = StatusStore::new();
-    store.upsert("uid-a", pod("web-a", "uid-a"));
+    let (statuses, store) = published_pods();
+    statuses.publish("uid-a", pod("web-a", "uid-a"));
     let server = Running::start(&store, false).await;
     assert_eq!(get(server.addr, "/healthz").await.body, "ok");
     assert_eq!(get(server.addr, "/pods").await.status, 404);
@@ -299,7 +319,7 @@ async fn bind_error_names_the_address() {
 
 #[tokio::test]
 async fn shutdown_stops_an_idle_server() {
-    let store = StatusStore::new();
+    let store = ApiState::default();
     let server = Running::start(&store, true).await;
     // A keep-alive connection left open must not hold the shutdown.
     let mut idle = TcpStream::connect(server.addr).await.expect("connect");
@@ -319,7 +339,7 @@ async fn start_limited(limits: ConnectionLimits) -> Running {
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let cancel = CancellationToken::new();
-    let router = healthz_router(StatusStore::new());
+    let router = healthz_router(HealthState::default());
     let task = tokio::spawn(serve(listener, router, limits, cancel.clone()));
     Running { addr, cancel, task }
 }
@@ -523,40 +543,4 @@ fn healthz_excluding_an_unknown_check_warns() {
          warn: some health checks cannot be excluded: no matches for \"nope\"\n\
          healthz check passed\n"
     );
-}
-
-#[test]
-fn store_basics() {
-    let store = StatusStore::new();
-    assert!(store.is_empty());
-    store.upsert("uid-a", pod("web-a", "uid-a"));
-    let clone = store.clone();
-    clone.upsert("uid-a".to_owned(), pod("web-a2", "uid-a"));
-    assert_eq!(store.len(), 1, "clones share the state");
-    assert_eq!(
-        store.get("uid-a").and_then(|p| p.metadata.name),
-        Some("web-a2".to_owned())
-    );
-    assert_eq!(store.get("uid-b"), None);
-    assert!(store.remove("uid-a").is_some());
-    assert!(store.remove("uid-a").is_none());
-    assert!(store.list().is_empty());
-}
-
-#[test]
-fn health_checks_ping_first_then_by_name_and_replaceable() {
-    let health = HealthState::default();
-    health.set_unhealthy("syncloop", "sync loop stalled");
-    health.set_healthy("pleg");
-    health.set_healthy(PING); // cannot be overridden
-    let names: Vec<String> = health.evaluate().into_iter().map(|r| r.name).collect();
-    assert_eq!(names, ["ping", "pleg", "syncloop"]);
-    assert_eq!(
-        health.evaluate_one("syncloop").map(|r| r.result),
-        Some(Err("sync loop stalled".to_owned()))
-    );
-    health.register("syncloop", || Ok(()));
-    assert!(health.evaluate().iter().all(CheckResult::healthy));
-    health.remove("syncloop");
-    assert_eq!(health.evaluate_one("syncloop"), None);
 }

@@ -1,6 +1,6 @@
 //! Pod status: (pod, observed runtime state, the planner's waiting reasons, kernel and probe
 //! facts, the previous status) -> `v1.PodStatus`. Pure; the pod worker calls it after each
-//! sync and publishes the result (see [`crate::server::StatusStore`]).
+//! sync and publishes the result through the [`manager::StatusManager`].
 //!
 //! What follows upstream (`generateAPIPodStatus`, `convertToAPIContainerStatuses`, the
 //! status manager's transition-time rule):
@@ -42,6 +42,8 @@
 
 mod conditions;
 mod containers;
+pub mod manager;
+pub mod node;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -22,7 +22,7 @@ struct Harness {
     pokes: mpsc::Receiver<String>,
     metrics: ProbeMetrics,
     /// Where the prober records `Unhealthy` events.
-    store: crate::server::StatusStore,
+    events: crate::record::Events,
     exit: Arc<Mutex<HashMap<String, i32>>>,
     calls: Arc<Mutex<Vec<String>>>,
     cancel: CancellationToken,
@@ -44,11 +44,12 @@ impl Harness {
         }));
         let (tx, pokes) = mpsc::channel(16);
         let metrics = ProbeMetrics::new();
-        let store = crate::server::StatusStore::default();
+        let recorder = crate::record::Recorder::new("node");
+        let events = recorder.events();
         let options = ProbeOptions {
             max_concurrent,
             jitter_seed: Some(42),
-            events: Some((store.clone(), "node".to_owned())),
+            recorder: Some(recorder),
         };
         let (manager, runner) =
             ProbeManager::new(Arc::new(rt.clone()), tx, metrics.clone(), &options);
@@ -59,7 +60,7 @@ impl Harness {
             manager,
             pokes,
             metrics,
-            store,
+            events,
             exit,
             calls,
             cancel,
@@ -204,7 +205,7 @@ async fn failing_liveness_concludes_after_the_threshold_pokes_and_holds() {
         pod_uid: UID,
     };
     assert_eq!(h.metrics.count(labels, "failed"), 3);
-    let events = h.store.events().list();
+    let events = h.events.list();
     assert_eq!(
         events.len(),
         1,

@@ -1,42 +1,21 @@
-//! Kubernetes-style events (`v1.Event`) the agent records about pods and the node, kept in a
-//! bounded ring and served on `/events` until cluster mode posts them to an API server.
+//! The bounded ring of events the [`super::Recorder`] writes and `/events` serves (until
+//! cluster mode posts events to an API server), with upstream's repeat counting.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, PoisonError};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+
+use super::EventType;
 
 /// How many events are kept (oldest dropped first).
 pub const EVENT_CAPACITY: usize = 1000;
 /// Repeats of an event within this long of its last occurrence count on it (upstream's
 /// correlator uses 10 minutes).
 const AGGREGATE_WITHIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
-
-/// `Normal` or `Warning`, as upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
-
-/// What an event is about.
-#[derive(Clone, Debug)]
-pub enum Subject<'a> {
-    Pod(&'a Pod),
-    Node(&'a str),
-}
 
 #[derive(Default)]
 pub struct EventLog {
@@ -99,37 +78,16 @@ impl Ring {
 }
 
 impl EventLog {
-    /// Records an event and logs it.
+    /// Records an event about `involved` and logs it; `node` is the reporting instance.
     pub fn record(
         &self,
-        subject: &Subject<'_>,
+        involved: &ObjectReference,
         kind: EventType,
         reason: &str,
         message: &str,
         node: &str,
     ) {
-        let (involved, name_base) = match subject {
-            Subject::Pod(pod) => (
-                ObjectReference {
-                    kind: Some("Pod".into()),
-                    api_version: Some("v1".into()),
-                    name: pod.metadata.name.clone(),
-                    namespace: pod.metadata.namespace.clone(),
-                    uid: pod.metadata.uid.clone(),
-                    ..ObjectReference::default()
-                },
-                pod.metadata.name.clone().unwrap_or_default(),
-            ),
-            Subject::Node(name) => (
-                ObjectReference {
-                    kind: Some("Node".into()),
-                    name: Some((*name).to_owned()),
-                    uid: Some((*name).to_owned()),
-                    ..ObjectReference::default()
-                },
-                (*name).to_owned(),
-            ),
-        };
+        let name_base = involved.name.as_deref().unwrap_or_default();
         let now = Timestamp::now();
         // The same event again (a probe failing every period): one event whose count and
         // last timestamp grow, as upstream's event correlator does; logged once.
@@ -165,7 +123,7 @@ impl EventLog {
                     .or_else(|| Some("default".into())),
                 ..ObjectMeta::default()
             },
-            involved_object: involved,
+            involved_object: involved.clone(),
             reason: Some(reason.to_owned()),
             message: Some(message.to_owned()),
             type_: Some(kind.as_str().to_owned()),
@@ -188,6 +146,7 @@ impl EventLog {
     }
 
     /// Every kept event, oldest first.
+    #[must_use]
     pub fn list(&self) -> Vec<Event> {
         self.ring
             .lock()
@@ -201,7 +160,10 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
     use super::*;
+    use crate::record::{node_reference, pod_reference};
 
     #[test]
     fn records_pod_and_node_events_in_a_bounded_ring() {
@@ -211,14 +173,14 @@ mod tests {
         pod.metadata.namespace = Some("default".into());
         pod.metadata.uid = Some("u1".into());
         log.record(
-            &Subject::Pod(&pod),
+            &pod_reference(&pod),
             EventType::Warning,
             "ProcessOOMKilled",
             "pid 7 (dd) killed",
             "n1",
         );
         log.record(
-            &Subject::Node("n1"),
+            &node_reference("n1"),
             EventType::Warning,
             "SystemOOM",
             "System OOM encountered",
@@ -232,7 +194,7 @@ mod tests {
         assert_eq!(events[1].involved_object.kind.as_deref(), Some("Node"));
         for i in 0..EVENT_CAPACITY {
             log.record(
-                &Subject::Node("n1"),
+                &node_reference("n1"),
                 EventType::Normal,
                 "Tick",
                 &i.to_string(),
@@ -256,7 +218,7 @@ mod tests {
         pod.metadata.uid = Some("u1".into());
         let failed = |message: &str| {
             log.record(
-                &Subject::Pod(&pod),
+                &pod_reference(&pod),
                 EventType::Warning,
                 "Unhealthy",
                 message,
@@ -281,7 +243,7 @@ mod tests {
         let log = EventLog::default();
         let node = |message: &str| {
             log.record(
-                &Subject::Node("n1"),
+                &node_reference("n1"),
                 EventType::Warning,
                 "Test",
                 message,

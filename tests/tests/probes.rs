@@ -154,6 +154,18 @@ fn failing_liveness_probe_restarts_the_container() {
         log.contains("reason=\"Unhealthy\"") && log.contains("reason=\"Killing\""),
         "Unhealthy and Killing events: {log}"
     );
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let killing: Vec<String> = node
+        .events_of(&uid)
+        .iter()
+        .filter(|e| e["reason"] == "Killing")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        killing,
+        ["Container web failed liveness probe, will be restarted"],
+        "one Killing event, said once"
+    );
 }
 
 #[test]

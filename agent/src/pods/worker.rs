@@ -806,7 +806,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     &pod_reference(pod),
                     EventType::Normal,
                     "Killing",
-                    &format!("{}, will be restarted", kill.message),
+                    &kill.message,
                 );
             }
             // Upstream runs preStop before every kill, a probe's included.

@@ -325,11 +325,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             host: host_resolv_conf(),
             ..DnsSettings::default()
         },
-        allocatable: NodeAllocatable {
-            cpu_millis: cpu_millis(),
-            memory_bytes: memory,
-            ..NodeAllocatable::default()
-        },
+        // The downward API's default for a limit a container does not set.
+        allocatable: NodeAllocatable::from_capacity(
+            capacity.cpu_millis,
+            memory,
+            nix::sys::statvfs::statvfs(&config.root_dir)
+                .ok()
+                .map(|v| u64::from(v.blocks()).saturating_mul(v.fragment_size())),
+            &config.system_reserved,
+            &config.kube_reserved,
+        ),
         memory_capacity: memory,
         sync_frequency: config.sync_frequency,
         resync_epoch: tokio::time::Instant::now(),
@@ -509,11 +514,6 @@ fn spawn_allocatable_notifier(
 }
 
 /// The node's CPU capacity in millicores (online CPUs).
-fn cpu_millis() -> u64 {
-    std::thread::available_parallelism()
-        .map_or(1000, |n| u64::try_from(n.get()).unwrap_or(1) * 1000)
-}
-
 /// The host's resolver settings, for host-network pods and `dnsPolicy: Default`.
 fn host_resolv_conf() -> ResolvConf {
     ResolvConf::read(Path::new("/etc/resolv.conf")).unwrap_or_else(|e| {

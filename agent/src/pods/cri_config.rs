@@ -193,6 +193,31 @@ pub struct NodeAllocatable {
     pub ephemeral_storage_bytes: u64,
 }
 
+impl NodeAllocatable {
+    /// Upstream's node allocatable: each resource's capacity minus `systemReserved` and
+    /// `kubeReserved` (never below zero). `nodefs_bytes` is the size of the file system
+    /// that holds the agent's root directory; unknown counts as zero.
+    #[must_use]
+    pub fn from_capacity(
+        cpu_millis: u64,
+        memory_bytes: u64,
+        nodefs_bytes: Option<u64>,
+        system: &crate::config::Reservation,
+        kube: &crate::config::Reservation,
+    ) -> Self {
+        let left = |capacity: u64, f: fn(&crate::config::Reservation) -> Option<u64>| {
+            capacity
+                .saturating_sub(f(system).unwrap_or(0))
+                .saturating_sub(f(kube).unwrap_or(0))
+        };
+        Self {
+            cpu_millis: left(cpu_millis, |r| r.cpu_millis),
+            memory_bytes: left(memory_bytes, |r| r.memory_bytes),
+            ephemeral_storage_bytes: left(nodefs_bytes.unwrap_or(0), |r| r.ephemeral_storage_bytes),
+        }
+    }
+}
+
 /// What [`container_config`] needs from the node and the pod's sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerContext<'a> {

@@ -1317,3 +1317,31 @@ fn removing_pod_log_dirs_never_leaves_the_logs_dir() {
         "only the pod's own entry is removed"
     );
 }
+
+#[test]
+fn node_allocatable_is_capacity_minus_both_reservations() {
+    let system = crate::config::Reservation {
+        cpu_millis: Some(500),
+        memory_bytes: Some(1 << 30),
+        ephemeral_storage_bytes: Some(10 << 30),
+        pids: None,
+    };
+    let kube = crate::config::Reservation {
+        cpu_millis: Some(250),
+        ephemeral_storage_bytes: Some(5 << 30),
+        ..crate::config::Reservation::default()
+    };
+    assert_eq!(
+        NodeAllocatable::from_capacity(2000, 4 << 30, Some(100 << 30), &system, &kube),
+        NodeAllocatable {
+            cpu_millis: 1250,
+            memory_bytes: 3 << 30,
+            ephemeral_storage_bytes: 85 << 30,
+        }
+    );
+    // An unknown file system and reservations past capacity give zero, never a wrap.
+    assert_eq!(
+        NodeAllocatable::from_capacity(500, 1 << 29, None, &system, &kube),
+        NodeAllocatable::default()
+    );
+}

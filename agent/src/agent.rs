@@ -331,7 +331,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             memory,
             nix::sys::statvfs::statvfs(&config.root_dir)
                 .ok()
-                .map(|v| u64::from(v.blocks()).saturating_mul(v.fragment_size())),
+                .map(|v| v.blocks().saturating_mul(v.fragment_size())),
             &config.system_reserved,
             &config.kube_reserved,
         ),

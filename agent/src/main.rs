@@ -40,6 +40,9 @@ struct TraceCommand {
     /// Log verbosity on stderr: 0 warnings, 1 info, 2 debug, 3+ trace.
     #[arg(short = 'v', long = "v", default_value_t = 1, value_name = "LEVEL")]
     verbosity: u8,
+    /// Log format on stderr (the events themselves go to stdout).
+    #[arg(long = "log-format", value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// EX_USAGE: bad flags, a bad config field.
@@ -104,7 +107,7 @@ fn main() -> ExitCode {
     };
     // Configuration before side effects: everything is parsed and validated first.
     let (verbosity, format, agent_config) = match &cli.command {
-        Some(Command::Trace(t)) => (t.verbosity, LogFormat::Text, None),
+        Some(Command::Trace(t)) => (t.verbosity, t.log_format, None),
         None => match config::load(&cli.agent) {
             Ok(c) => (c.verbosity.max(1), c.log_format, Some(c)),
             Err(e) => {

@@ -617,7 +617,7 @@ impl EvictionManager {
                     pod_uid = %eviction.pod_uid,
                     signal = %eviction.signal,
                     grace = ?eviction.grace_period,
-                    message = %eviction.message,
+                    eviction_message = %eviction.message,
                     "evicting pod over its local storage limit"
                 );
                 if shell.evictions.send(eviction).await.is_err() {
@@ -642,9 +642,10 @@ impl EvictionManager {
             pod_uid = %eviction.pod_uid,
             signal = %eviction.signal,
             grace = ?eviction.grace_period,
-            trigger = ?eviction.trigger,
+            trigger = eviction.trigger.map(tracing::field::debug),
             latency = ?eviction.latency,
-            message = %eviction.message,
+            latency_us = eviction.latency.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            eviction_message = %eviction.message,
             "evicting pod"
         );
         if shell.evictions.send(eviction).await.is_err() {

@@ -3,7 +3,12 @@
 //! Each bench is a module with `pub fn run(ctx: &Ctx) -> anyhow::Result<()>`; register it in
 //! [`ALL`] and in the `match` in [`dispatch`]. Benches print Markdown tables (see
 //! [`util::Table`]) and save them with [`Ctx::save`]. Timing belongs here, never in tests.
+//!
+//! The agent and `bpflet trace` run with `--log-format json`; what a bench takes from their
+//! logs it reads as records and fields through [`agent_log`], and what the agent serves
+//! (`/pods`, `/events`, `/metrics`) it reads from there.
 
+pub mod agent_log;
 pub mod pleg;
 pub mod pods;
 pub mod probes;

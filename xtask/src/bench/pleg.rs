@@ -26,7 +26,7 @@
 //!    every [`RAMP_PAUSE`] s (~40 MiB/s) until it is evicted or OOM-killed. Pressure onset is the
 //!    moment kubepods' usage crosses the threshold: the bench arms its own eventfd on
 //!    kubepods' `memory.usage_in_bytes` (the kernel check the agent's notifier uses, so
-//!    both fire together). The decision is the agent's `evicting pod` log line; kernel OOM
+//!    both fire together). The decision is the agent's `evicting pod` log record; kernel OOM
 //!    kills are the trace's `oom_kill` events during the ramp.
 //!
 //! Whatever happens, the agent and the trace are stopped and `up`'s teardown removes every
@@ -44,7 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
@@ -54,9 +54,10 @@ use xtask::containerd::PrivateContainerd;
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
+use super::agent_log::{self, LogRecord};
 use super::pods::{
-    Machine, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node, parse_log_time,
-    quick_mode, sleep_checked,
+    Machine, NODE, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node, quick_mode,
+    sleep_checked,
 };
 use super::util::{Summary, Table};
 use crate::is_root;
@@ -229,7 +230,7 @@ fn measure(
     node: &mut Node,
     ctd: &PrivateContainerd,
 ) -> Result<Vec<Session>> {
-    let mut rng = Rng::seeded();
+    let mut rng = fastrand::Rng::new();
     let mut sessions = vec![];
     for variant in Variant::ALL {
         node.agent_env = if variant.notifier() {
@@ -322,7 +323,7 @@ fn session(
     plan: &Plan,
     node: &mut Node,
     variant: Variant,
-    rng: &mut Rng,
+    rng: &mut fastrand::Rng,
 ) -> Result<Session> {
     check_notifier(node, variant)?;
     let kubepods = format!("{}/kubepods", node.cgroup_root);
@@ -355,8 +356,7 @@ fn session(
     let (runs, companions_hurt) = ramps(node, variant, plan.ramps, rng)?;
     let api_ooms = api_oom_events(node)?;
     let events = trace.stop()?;
-    let log = fs::read_to_string(&node.agent_log)
-        .with_context(|| format!("reading {}", node.agent_log.display()))?;
+    let log = agent_log::read(&node.agent_log)?;
 
     let exits = exits
         .iter()
@@ -387,13 +387,23 @@ fn session(
     })
 }
 
+/// Whether the agent's log says it armed the usage-threshold notifier, and whether it says
+/// [`NOTIFIER_ENV`] left it out.
+fn notifier_logged(log: &[LogRecord]) -> (bool, bool) {
+    let disabled_by_env = format!("{NOTIFIER_ENV}=1:");
+    (
+        log.iter()
+            .any(|r| r.message == "memory threshold notifier armed"),
+        log.iter().any(|r| r.message.starts_with(&disabled_by_env)),
+    )
+}
+
 /// The agent's log says whether the usage-threshold notifier runs; it must match the variant.
 fn check_notifier(node: &Node, variant: Variant) -> Result<()> {
     let deadline = Instant::now() + NOTIFIER_LOG_TIMEOUT;
     loop {
-        let log = fs::read_to_string(&node.agent_log).unwrap_or_default();
-        let armed = log.contains("memory threshold notifier armed");
-        let disabled = log.contains(&format!("{NOTIFIER_ENV}=1"));
+        let log = agent_log::read(&node.agent_log).unwrap_or_default();
+        let (armed, disabled) = notifier_logged(&log);
         if armed || disabled {
             ensure!(
                 armed == variant.notifier(),
@@ -437,7 +447,7 @@ impl Watched {
     fn sample(
         &self,
         events: &[TraceEvent],
-        log: &str,
+        log: &[LogRecord],
         is_it: impl Fn(&TraceEvent) -> bool,
     ) -> Sample {
         let Some(uid) = &self.uid else {
@@ -473,14 +483,14 @@ fn exit_batch(
     variant: Variant,
     batch: usize,
     size: usize,
-    rng: &mut Rng,
+    rng: &mut fastrand::Rng,
 ) -> Result<Vec<Watched>> {
     let pods: Vec<(String, i32, String)> = (0..size)
         .map(|j| {
             let n = batch * size + j;
             // Distinct, non-zero, below the shell's 126+ and the signal codes.
             let code = i32::try_from(1 + n % 120).unwrap_or(1);
-            let sleep = 2.0 + rng.below(200) as f64 / 100.0;
+            let sleep = 2.0 + f64::from(rng.u32(0..200)) / 100.0;
             let command = format!("sleep {sleep:.2}; exit {code}");
             (format!("exit-{}-{n:02}", variant.tag()), code, command)
         })
@@ -505,12 +515,12 @@ fn oom_batch(
     variant: Variant,
     batch: usize,
     size: usize,
-    rng: &mut Rng,
+    rng: &mut fastrand::Rng,
 ) -> Result<Vec<Watched>> {
     let manifests: Vec<(String, String)> = (0..size)
         .map(|j| {
             let name = format!("oom-{}-{:02}", variant.tag(), batch * size + j);
-            let sleep = 2.0 + rng.below(200) as f64 / 100.0;
+            let sleep = 2.0 + f64::from(rng.u32(0..200)) / 100.0;
             // awk becomes the container's init; it allocates 1 MiB strings until killed.
             let command = format!(
                 "sleep {sleep:.2}; exec awk 'BEGIN {{ while (1) a[i++] = sprintf(\"%1048576s\", \"\") }}'"
@@ -594,7 +604,7 @@ fn ramps(
     node: &mut Node,
     variant: Variant,
     count: usize,
-    rng: &mut Rng,
+    rng: &mut fastrand::Rng,
 ) -> Result<(Vec<RampRun>, Option<String>)> {
     let kubepods = Path::new(MEMORY_V1)
         .join(node.cgroup_root.trim_start_matches('/'))
@@ -645,7 +655,7 @@ fn ramps(
         );
         // A random pause, so that ramps meet the agent's 10 s loop at random phases (a
         // ramp takes about as long as the loop's period).
-        sleep_checked(Duration::from_millis(rng.below(RAMP_PHASE_MS)))?;
+        sleep_checked(Duration::from_millis(rng.u64(0..RAMP_PHASE_MS)))?;
         let start = SystemTime::now();
         write_manifest(node, &name, &manifest(&name, "Never", &command, ""))?;
         let (uid, end_state) = wait_ramp_end(node, &name)?;
@@ -730,7 +740,7 @@ fn wait_usage_below(kubepods: &Path, bytes: u64) -> Result<u64> {
 }
 
 impl RampRun {
-    fn evaluate(&self, events: &[TraceEvent], log: &str) -> Ramp {
+    fn evaluate(&self, events: &[TraceEvent], log: &[LogRecord]) -> Ramp {
         let during = |e: &&TraceEvent| e.ts >= self.start && e.ts <= self.end;
         let onset = self.crossings.first().copied();
         let ooms: Vec<&TraceEvent> = events
@@ -776,62 +786,33 @@ fn growth(usage: &[(SystemTime, u64)], onset: SystemTime) -> Option<f64> {
     (secs >= 0.2).then(|| (last.1 as f64 - first.1 as f64) / f64::from(1 << 20) / secs)
 }
 
-/// The PLEG event for manifest `name`: the worker's `PLEG: container state changed ...
-/// state=Exited` line, written when it sees the exit through the runtime.
-fn pleg_event_logged(log: &str, name: &str) -> Option<SystemTime> {
-    let tag = format!(" pod=\"{name}-");
-    log.lines()
-        .find(|l| {
-            l.contains("PLEG: container state changed")
-                && l.contains("state=Exited")
-                && l.contains(&tag)
+/// The PLEG event for manifest `name`: the worker's `PLEG: container state changed` record
+/// with `state` `Exited`, written when it sees the exit through the runtime.
+fn pleg_event_logged(log: &[LogRecord], name: &str) -> Option<SystemTime> {
+    let pod = format!("{name}-{NODE}");
+    log.iter()
+        .find(|r| {
+            r.message == "PLEG: container state changed"
+                && r.str("state") == Some("Exited")
+                && r.is_about_pod(&pod)
         })
-        .and_then(parse_log_time)
+        .map(|r| r.at)
 }
 
-/// The eviction manager's `evicting pod` line for manifest `name`: when, what triggered the
-/// evaluation, and the agent's own trigger-to-decision latency.
-fn eviction_logged(log: &str, name: &str) -> Option<Decision> {
-    let tag = format!(" pod=default/{name}-");
-    let line = log.lines().find(|l| {
-        l.contains("bpflet::eviction::manager") && l.contains(" evicting pod ") && l.contains(&tag)
+/// The eviction manager's `evicting pod` record for manifest `name`: when, what triggered
+/// the evaluation, and the agent's own trigger-to-decision latency (`latency_us`).
+fn eviction_logged(log: &[LogRecord], name: &str) -> Option<Decision> {
+    let pod = format!("default/{name}-{NODE}");
+    let r = log.iter().find(|r| {
+        r.target == "bpflet::eviction::manager"
+            && r.message == "evicting pod"
+            && r.str("pod") == Some(pod.as_str())
     })?;
-    let field = |key: &str| {
-        let rest = &line[line.find(&format!(" {key}="))? + key.len() + 2..];
-        Some(rest.split_whitespace().next().unwrap_or_default())
-    };
     Some(Decision {
-        at: parse_log_time(line)?,
-        trigger: field("trigger")
-            .map(|t| unwrap_some(t).to_owned())
-            .unwrap_or_default(),
-        latency_ms: field("latency")
-            .and_then(|l| parse_debug_duration(unwrap_some(l)))
-            .map(|d| d.as_secs_f64() * 1e3),
+        at: r.at,
+        trigger: r.str("trigger").unwrap_or_default().to_owned(),
+        latency_ms: r.u64("latency_us").map(|us| us as f64 / 1e3),
     })
-}
-
-/// `Some(x)` -> `x`.
-fn unwrap_some(s: &str) -> &str {
-    s.strip_prefix("Some(")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or(s)
-}
-
-/// A `Duration`'s `Debug` form: `1.5ms`, `12.3µs`, `800ns`, `2.1s`.
-fn parse_debug_duration(s: &str) -> Option<Duration> {
-    let units = [
-        ("ns", 1e-9),
-        ("µs", 1e-6),
-        ("us", 1e-6),
-        ("ms", 1e-3),
-        ("s", 1.0),
-    ];
-    let (number, scale) = units
-        .iter()
-        .find_map(|(unit, scale)| s.strip_suffix(unit).map(|n| (n, *scale)))?;
-    let value: f64 = number.parse().ok()?;
-    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * scale))
 }
 
 /// OOM-kill events on the agent's `/events` about ramp pods or the node.
@@ -925,7 +906,7 @@ impl TraceEvent {
         let v: Value = serde_json::from_str(line).ok()?;
         let int = |k: &str| v[k].as_i64().and_then(|n| i32::try_from(n).ok());
         Some(Self {
-            ts: parse_log_time(v["ts"].as_str()?)?,
+            ts: agent_log::parse_time(v["ts"].as_str()?)?,
             kind: v["kind"].as_str()?.to_owned(),
             pod_uid: v["pod_uid"].as_str().map(str::to_owned),
             exit_code: int("exit_code"),
@@ -950,6 +931,7 @@ impl Trace {
         cmd.args(["trace", "--json", "--cgroup", kubepods])
             .args(["--kind", "exit", "--kind", "oom_kill"])
             .args(["--kind", "memory_pressure", "--kind", "events_lost"])
+            .args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
             .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?)
@@ -970,10 +952,10 @@ impl Trace {
         loop {
             check_interrupted()?;
             let text = fs::read_to_string(&err).unwrap_or_default();
-            if text.contains(" tracing") {
+            if let Some(source) = agent_log::tracing_source(&agent_log::parse(&text)) {
                 ensure!(
-                    text.contains("Bpf"),
-                    "bpflet trace is not using BPF: {}",
+                    source == "Bpf",
+                    "bpflet trace is not using BPF (source {source:?}): {}",
                     text.trim()
                 );
                 return Ok(trace);
@@ -1449,63 +1431,63 @@ fn ratio(num: f64, den: f64) -> String {
     }
 }
 
-/// xorshift64*: random sleeps without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos());
-        #[expect(clippy::cast_possible_truncation, reason = "any 64 bits make a seed")]
-        Self((nanos as u64) | 1)
-    }
-
-    /// Uniform-ish in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
+    /// The records the bench reads, as the agent writes them with `--log-format json`.
+    const LOG: &str = r#"{"timestamp":"2026-11-23T20:01:00.000001Z","level":"INFO","fields":{"message":"memory threshold notifier armed","cgroup":"/sys/fs/cgroup/memory/x/kubepods","usage_threshold":429916160},"target":"bpflet::agent"}
+{"timestamp":"2026-11-23T20:01:02.100000Z","level":"INFO","fields":{"message":"PLEG: container state changed","pod":"exit-ev-01-benchnode_default(u1)","container":"c","id":"abc","state":"Running","trigger":"kernel","waited":"1.2ms"},"target":"bpflet::pods::worker"}
+{"timestamp":"2026-11-23T20:01:02.200000Z","level":"INFO","fields":{"message":"PLEG: container state changed","pod":"exit-ev-01-benchnode_default(u1)","container":"c","id":"abc","state":"Exited","exit_code":"Some(7)","trigger":"kernel","waited":"1.2ms"},"target":"bpflet::pods::worker"}
+{"timestamp":"2026-11-23T20:01:02.500000Z","level":"INFO","fields":{"message":"evicting pod","pod":"ramp-ev-01-benchnode_default(1)","signal":"x","grace":"0ns","latency":"Some(3ms)"},"target":"bpflet::pods::worker"}
+{"timestamp":"2026-11-23T20:01:02.400000Z","level":"INFO","fields":{"message":"evicting pod","pod":"default/ramp-ev-01-benchnode","pod_uid":"abc","signal":"allocatableMemory.available","grace":"0ns","trigger":"Kernel","latency":"Some(2.5ms)","latency_us":2500,"eviction_message":"The node was low"},"target":"bpflet::eviction::manager"}
+{"timestamp":"2026-11-23T20:01:03Z","level":"INFO","fields":{"message":"evicting pod","pod":"default/ramp-ev-02-benchnode","pod_uid":"abd","signal":"allocatableMemory.available","grace":"0ns","eviction_message":"The node was low"},"target":"bpflet::eviction::manager"}
+"#;
+
     #[test]
-    fn eviction_lines_parse() {
-        let log = "2026-11-23T20:01:02.500000Z  INFO bpflet::pods::worker: evicting pod \
-                   pod=ramp-ev-01-benchnode_default(1) signal=x grace=0ns latency=Some(3ms)\n\
-                   2026-11-23T20:01:02.400000Z  INFO bpflet::eviction::manager: evicting pod \
-                   pod=default/ramp-ev-01-benchnode pod_uid=abc signal=allocatableMemory.available \
-                   grace=0ns trigger=Some(Kernel) latency=Some(2.5ms) message=The node was low\n";
-        let d = eviction_logged(log, "ramp-ev-01").unwrap();
+    fn eviction_records_parse() {
+        let log = agent_log::parse(LOG);
+        let d = eviction_logged(&log, "ramp-ev-01").unwrap();
         assert_eq!(d.trigger, "Kernel");
         assert!((d.latency_ms.unwrap() - 2.5).abs() < 1e-9, "{d:?}");
         assert_eq!(d.at, UNIX_EPOCH + Duration::new(1_795_464_062, 400_000_000));
-        assert_eq!(eviction_logged(log, "ramp-ev-0"), None);
-        assert_eq!(eviction_logged(log, "ramp-ev-1"), None);
+        // A decision without a trigger or a latency still counts, without them.
+        let d = eviction_logged(&log, "ramp-ev-02").unwrap();
+        assert_eq!((d.trigger.as_str(), d.latency_ms), ("", None));
+        assert_eq!(eviction_logged(&log, "ramp-ev-0"), None);
+        assert_eq!(eviction_logged(&log, "ramp-ev-1"), None);
     }
 
     #[test]
-    fn debug_durations_parse() {
+    fn pleg_exit_records_parse() {
+        let log = agent_log::parse(LOG);
         assert_eq!(
-            parse_debug_duration("800ns"),
-            Some(Duration::from_nanos(800))
+            pleg_event_logged(&log, "exit-ev-01"),
+            Some(UNIX_EPOCH + Duration::new(1_795_464_062, 200_000_000))
         );
-        assert_eq!(
-            parse_debug_duration("12.5µs"),
-            Some(Duration::from_nanos(12_500))
+        assert_eq!(pleg_event_logged(&log, "exit-ev-0"), None);
+        assert_eq!(pleg_event_logged(&log, "ramp-ev-01"), None);
+    }
+
+    #[test]
+    fn notifier_records_parse() {
+        assert_eq!(notifier_logged(&agent_log::parse(LOG)), (true, false));
+        let disabled = agent_log::parse(
+            r#"{"timestamp":"2026-11-23T20:01:00Z","level":"WARN","fields":{"message":"BPFLET_DISABLE_MEMCG_NOTIFIER=1: no memory threshold notifier; eviction relies on pressure events and the periodic check"},"target":"bpflet::agent"}"#,
         );
-        assert_eq!(
-            parse_debug_duration("1.5ms"),
-            Some(Duration::from_micros(1_500))
+        assert_eq!(notifier_logged(&disabled), (false, true));
+        assert_eq!(notifier_logged(&[]), (false, false));
+    }
+
+    #[test]
+    fn the_trace_source_is_read_from_its_start_record() {
+        let log = agent_log::parse(
+            r#"{"timestamp":"2026-11-23T20:01:00Z","level":"INFO","fields":{"message":"tracing","source":"Bpf"},"target":"bpflet::trace"}"#,
         );
-        assert_eq!(parse_debug_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_debug_duration("None"), None);
-        assert_eq!(parse_debug_duration("-1ms"), None);
+        assert_eq!(agent_log::tracing_source(&log), Some("Bpf"));
+        assert_eq!(agent_log::tracing_source(&[]), None);
     }
 
     #[test]
@@ -1566,11 +1548,5 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(10);
         assert!((ms_between(t, t + Duration::from_millis(5)) - 5.0).abs() < 1e-9);
         assert!((ms_between(t + Duration::from_millis(5), t) + 5.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn rng_stays_below() {
-        let mut r = Rng(12345);
-        assert!((0..1000).all(|_| r.below(200) < 200));
     }
 }

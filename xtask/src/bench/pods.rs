@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
@@ -37,6 +37,7 @@ use xtask::containerd::{self, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
+use super::agent_log::{self, LogRecord};
 use super::util::{ProcSnapshot, ProcUsage, Summary, Table};
 use crate::up::{self, ConfigParams, PlegMode, PodView};
 use crate::{is_root, output, workspace_root};
@@ -53,7 +54,7 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(120);
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
 /// The node name the agent gets (pods are named `<manifest name>-<node>`).
-const NODE: &str = "benchnode";
+pub(crate) const NODE: &str = "benchnode";
 /// This bench's CNI bridge and subnet: apart from `up`'s and the tests'. Host-network pods
 /// never create the bridge.
 const BRIDGE: &str = "bpflet-bench0";
@@ -340,41 +341,19 @@ struct Latency {
     seen_ms: Option<f64>,
 }
 
-/// When the agent logged manifest `name` as a new pod (`INFO ... new pod pod=<name>-<node>_...`).
-fn new_pod_logged(log: &str, name: &str) -> Option<SystemTime> {
-    let tag = format!("pod={name}-{NODE}_");
-    log.lines()
-        .find(|l| l.contains(" new pod ") && l.contains(&tag))
-        .and_then(parse_log_time)
+/// When the agent logged manifest `name` as a new pod (its pod manager's `new pod` record).
+fn new_pod_logged(log: &[LogRecord], name: &str) -> Option<SystemTime> {
+    let pod = format!("{name}-{NODE}");
+    log.iter()
+        .find(|r| r.message == "new pod" && r.is_about_pod(&pod))
+        .map(|r| r.at)
 }
 
-/// The timestamp that starts an agent log line: `2026-11-23T19:08:59.391182Z` (UTC).
-pub(crate) fn parse_log_time(line: &str) -> Option<SystemTime> {
-    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut hms = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (h, min, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
-    let days = u64::try_from(days_from_civil(y, m, d)).ok()?;
-    let secs = days * 86_400 + h * 3_600 + min * 60 + sec;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The PLEG mode the agent said it runs (its `PLEG` record's `mode`: `Event` or `Generic`).
+fn pleg_mode_logged(log: &[LogRecord]) -> Option<&str> {
+    log.iter()
+        .find(|r| r.message == "PLEG")
+        .and_then(|r| r.str("mode"))
 }
 
 /// One idle window.
@@ -611,6 +590,7 @@ impl Node {
             .arg("--root-dir")
             .arg(&self.agent_root)
             .args(["--hostname-override", NODE])
+            .args(["--log-format", "json"])
             .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
@@ -632,7 +612,7 @@ impl Node {
         // The API is bound before the PLEG starts: wait for both, then check the mode (an
         // event PLEG without BPF falls back to generic).
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        let pleg_line = loop {
+        let mode_logged = loop {
             check_interrupted()?;
             if let Some(status) = self
                 .agent
@@ -648,15 +628,11 @@ impl Node {
                     self.log_tail(20)
                 );
             }
-            let log = fs::read_to_string(&self.agent_log).unwrap_or_default();
-            let pleg = log
-                .lines()
-                .find(|l| l.contains(" PLEG") && l.contains("mode="))
-                .map(str::to_owned);
-            if let Some(pleg) = pleg
+            let log = agent_log::read(&self.agent_log).unwrap_or_default();
+            if let Some(logged) = pleg_mode_logged(&log)
                 && self.pods().is_ok()
             {
-                break pleg;
+                break logged.to_owned();
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -669,12 +645,13 @@ impl Node {
             thread::sleep(Duration::from_millis(50));
         };
         let want = match mode {
-            PlegMode::Event => "mode=Event",
-            PlegMode::Generic => "mode=Generic",
+            PlegMode::Event => "Event",
+            PlegMode::Generic => "Generic",
         };
         ensure!(
-            pleg_line.contains(want),
-            "bpflet did not start the {} PLEG: {pleg_line:?}; last lines of {}:\n{}",
+            mode_logged == want,
+            "bpflet did not start the {} PLEG: its log says mode {mode_logged:?}; last lines \
+             of {}:\n{}",
             mode.as_str(),
             self.agent_log.display(),
             self.log_tail(20)
@@ -822,7 +799,7 @@ impl Node {
             self.remove_pod(name)?;
         }
         self.wait_gone(names)?;
-        let log = fs::read_to_string(&self.agent_log).unwrap_or_default();
+        let log = agent_log::read(&self.agent_log)?;
         Ok(names
             .iter()
             .zip(&written)
@@ -1088,6 +1065,8 @@ impl Drop for Interrupts {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::up::ContainerView;
 
@@ -1146,28 +1125,25 @@ mod tests {
     }
 
     #[test]
-    fn log_times_parse_as_utc() {
-        let line = "2026-11-23T19:08:59.391182Z  INFO bpflet::pods::manager: new pod \
-                    pod=lat1-event-3-benchnode_default(4be5)";
+    fn new_pods_and_the_pleg_mode_are_read_from_json_records() {
+        let log = agent_log::parse(
+            r#"{"timestamp":"2026-11-23T19:08:58.5Z","level":"INFO","fields":{"message":"PLEG","mode":"Event"},"target":"bpflet::agent"}
+{"timestamp":"2026-11-23T19:08:59.391182Z","level":"INFO","fields":{"message":"new pod","pod":"lat1-event-3-benchnode_default(4be5)"},"target":"bpflet::pods::manager"}
+{"timestamp":"2026-11-23T19:09:00Z","level":"INFO","fields":{"message":"new pod","pod":"lat1-event-30-benchnode_default(9)"},"target":"bpflet::pods::manager"}
+"#,
+        );
+        assert_eq!(log.len(), 3);
         assert_eq!(
-            parse_log_time(line),
+            new_pod_logged(&log, "lat1-event-3"),
             Some(UNIX_EPOCH + Duration::new(1_795_460_939, 391_182_000))
         );
         assert_eq!(
-            parse_log_time("2000-02-29T00:00:00Z x"),
-            Some(UNIX_EPOCH + Duration::from_secs(951_782_400))
+            new_pod_logged(&log, "lat1-event-30"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_795_460_940))
         );
-        assert_eq!(
-            parse_log_time("1970-01-01T00:00:00.1234567891Z"),
-            Some(UNIX_EPOCH + Duration::new(0, 123_456_789))
-        );
-        assert_eq!(parse_log_time("garbage"), None);
-        assert_eq!(parse_log_time("2026-11-23T19:08:59.x1Z"), None);
-        let log = format!(
-            "{line}\n2026-11-23T19:09:00Z  INFO new pod pod=lat1-event-30-benchnode_default(9)\n"
-        );
-        assert_eq!(new_pod_logged(&log, "lat1-event-3"), parse_log_time(line));
         assert_eq!(new_pod_logged(&log, "lat1-event"), None);
+        assert_eq!(pleg_mode_logged(&log), Some("Event"));
+        assert_eq!(pleg_mode_logged(&log[1..]), None);
     }
 
     #[test]

@@ -46,6 +46,7 @@ use xtask::containerd::PrivateContainerd;
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
+use super::agent_log::{self, LogRecord};
 use super::pods::{
     Machine, Node, QUICK_ENV, RUNNING_TIMEOUT, SAMPLE_EVERY, SETTLE, check_interrupted, find,
     is_up, mib, not_up, on_bench_node, quick_mode, sample_pair, sleep_checked,
@@ -71,8 +72,8 @@ const READY_POLL: Duration = Duration::from_millis(500);
 const TARGET_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// The path [`Target`] answers with 200 and the httpGet probes ask for.
 const HEALTH_PATH: &str = "/healthz";
-/// The agent's log line for lost kernel events (each makes the PLEG relist every pod).
-const EVENTS_LOST_LINE: &str = "kernel events were lost";
+/// The agent's log record for lost kernel events (each makes the PLEG relist every pod).
+const EVENTS_LOST_MESSAGE: &str = "kernel events were lost: relisting every pod";
 
 /// How much of everything.
 #[derive(Debug, Clone)]
@@ -281,18 +282,15 @@ fn measure_variant(
     }
     let log = fs::read(&node.agent_log)
         .with_context(|| format!("reading {}", node.agent_log.display()))?;
-    let window_log = String::from_utf8_lossy(
+    let window_log = agent_log::parse(&String::from_utf8_lossy(
         log.get(usize::try_from(log_before).unwrap_or(usize::MAX)..)
             .unwrap_or_default(),
-    );
-    let lost: Vec<&str> = window_log
-        .lines()
-        .filter(|l| l.contains(EVENTS_LOST_LINE))
-        .collect();
+    ));
+    let lost = events_lost(&window_log);
     ensure!(
         lost.is_empty(),
         "the agent lost kernel events {} time(s) during the window, relisting every pod each \
-         time, so its CPU time is not the probes' alone; the first:\n{}",
+         time, so its CPU time is not the probes' alone; the first: {}",
         lost.len(),
         lost[0]
     );
@@ -327,6 +325,23 @@ fn measure_variant(
         agent,
         containerd,
     })
+}
+
+/// The agent's records of lost kernel events, each as `<time>: <kernel> lost in the kernel,
+/// <userspace> in the agent`.
+fn events_lost(log: &[LogRecord]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.message == EVENTS_LOST_MESSAGE)
+        .map(|r| {
+            let count = |k: &str| r.u64(k).map_or_else(|| "?".to_owned(), |n| n.to_string());
+            format!(
+                "{}: {} lost in the kernel, {} in the agent",
+                jiff::Timestamp::try_from(r.at).map_or_else(|_| "?".to_owned(), |t| t.to_string()),
+                count("kernel"),
+                count("userspace")
+            )
+        })
+        .collect()
 }
 
 /// The machine's CPU time so far, every CPU together, in clock ticks (`/proc/stat`).
@@ -862,6 +877,20 @@ fn ratio(a: f64, b: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_kernel_events_are_read_from_json_records() {
+        let log = agent_log::parse(
+            r#"{"timestamp":"2026-11-23T20:01:02.5Z","level":"WARN","fields":{"message":"kernel events were lost: relisting every pod","kernel":3,"userspace":0},"target":"bpflet::pleg::router"}
+{"timestamp":"2026-11-23T20:01:03Z","level":"INFO","fields":{"message":"new pod","pod":"prb-p-000-benchnode_default(1)"},"target":"bpflet::pods::manager"}
+"#,
+        );
+        assert_eq!(
+            events_lost(&log),
+            ["2026-11-23T20:01:02.5Z: 3 lost in the kernel, 0 in the agent"]
+        );
+        assert!(events_lost(&log[1..]).is_empty());
+    }
 
     #[test]
     fn probe_runs_sum_every_series_by_result() {

@@ -7,6 +7,7 @@
 //! - kernel time per program run (`kernel.bpf_stats_enabled`),
 //! - the tracer's CPU and RSS, and the events received and lost.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -18,9 +19,10 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::Ctx;
+use super::agent_log::{LogRecord, tracing_source};
 use super::util::{BpfStatsEnabled, Table, bpf_prog_stats, sample_process};
 
 /// Length of each measured scenario.
@@ -115,6 +117,7 @@ fn scenario(
         ])
         .args(["--kind", "exit", "--kind", "events_lost"])
         .args(["--wakeup-interval-us", &wakeup_us.to_string()])
+        .args(["--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -123,20 +126,33 @@ fn scenario(
     let (ready_tx, ready_rx) = mpsc::channel();
     let (summary_tx, summary_rx) = mpsc::channel();
     thread::spawn(move || {
-        let mut last_json = None;
+        let mut summary = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" tracing") {
-                let _ = ready_tx.send(());
-            }
-            if line.starts_with('{') {
-                last_json = Some(line);
+            match StderrLine::parse(&line) {
+                Some(StderrLine::Log(record)) => {
+                    if let Some(source) = tracing_source(std::slice::from_ref(&record)) {
+                        let _ = ready_tx.send(source.to_owned());
+                    }
+                }
+                Some(StderrLine::Summary(s)) => summary = Some(s),
+                None => {}
             }
         }
-        let _ = summary_tx.send(last_json);
+        let _ = summary_tx.send(summary);
     });
-    ready_rx
+    let started_source = ready_rx
         .recv_timeout(Duration::from_secs(30))
         .context("bpflet trace did not start tracing")?;
+    let want_source = match source {
+        "bpf" => "Bpf",
+        "poll" => "Poll",
+        other => bail!("unknown trace source {other:?}"),
+    };
+    if started_source != want_source {
+        nix_kill(tracer.id(), libc::SIGINT);
+        let _ = tracer.wait();
+        bail!("bpflet trace --source {source} traces with {started_source:?}");
+    }
 
     let stats_guard = if source == "bpf" {
         Some(BpfStatsEnabled::enable()?)
@@ -179,20 +195,54 @@ fn scenario(
         .ok()
         .flatten()
         .context("bpflet trace printed no summary")?;
-    let summary: Value = serde_json::from_str(&summary).context("parsing the tracer summary")?;
-    let lat = |k: &str| summary["latency_us"][k].as_f64();
     Ok(ScenarioResult {
         achieved_rate: produced as f64 / SCENARIO.as_secs_f64(),
-        exits_received: summary["events"]["exit"].as_u64().unwrap_or(0),
-        lost: summary["lost_kernel"].as_u64().unwrap_or(0)
-            + summary["lost_userspace"].as_u64().unwrap_or(0),
-        p50_us: lat("p50"),
-        p99_us: lat("p99"),
-        max_us: lat("max"),
+        exits_received: summary.events.get("exit").copied().unwrap_or(0),
+        lost: summary.lost_kernel + summary.lost_userspace,
+        p50_us: summary.latency_us.p50,
+        p99_us: summary.latency_us.p99,
+        max_us: summary.latency_us.max,
         kernel_ns_per_run,
         cpu_percent: usage.cpu_percent,
         rss_max_mib: usage.rss_max_bytes as f64 / (1024.0 * 1024.0),
     })
+}
+
+/// What `bpflet trace --summary --log-format json` writes to stderr, line by line.
+#[derive(Debug, PartialEq)]
+enum StderrLine {
+    /// A log record.
+    Log(LogRecord),
+    /// The `--summary` object, written last.
+    Summary(TraceSummary),
+}
+
+impl StderrLine {
+    fn parse(line: &str) -> Option<Self> {
+        LogRecord::parse(line).map(Self::Log).or_else(|| {
+            serde_json::from_str(line)
+                .ok()
+                .map(|s: TraceSummary| Self::Summary(s))
+        })
+    }
+}
+
+/// The fields of `bpflet trace --summary` this bench reads.
+#[derive(Debug, PartialEq, Deserialize)]
+struct TraceSummary {
+    /// Events received, by kind.
+    events: BTreeMap<String, u64>,
+    latency_us: LatencySummary,
+    lost_kernel: u64,
+    lost_userspace: u64,
+}
+
+/// Kernel-to-userspace latency of the events received, µs; `None` when none came.
+#[derive(Debug, PartialEq, Deserialize)]
+struct LatencySummary {
+    p50: Option<f64>,
+    p99: Option<f64>,
+    max: Option<f64>,
 }
 
 fn nix_kill(pid: u32, sig: i32) {
@@ -320,5 +370,48 @@ unsafe fn exit_load_child(procs: &CString, per_ms: f64, total_ms: u64) -> ! {
         }
         while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
         libc::_exit(i32::try_from(made / 1000).unwrap_or(255).min(255))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_holds_json_log_records_then_the_summary() {
+        let start = r#"{"timestamp":"2026-11-23T20:01:00Z","level":"INFO","fields":{"message":"tracing","source":"Bpf"},"target":"bpflet::trace"}"#;
+        let Some(StderrLine::Log(record)) = StderrLine::parse(start) else {
+            panic!("not a log record: {start}");
+        };
+        assert_eq!(tracing_source(&[record]), Some("Bpf"));
+
+        let summary = r#"{"events":{"events_lost":1,"exit":9980},"latency_us":{"max":812.5,"n":9980,"p50":17.25,"p90":30.0,"p99":95.0},"lost_kernel":2,"lost_userspace":3}"#;
+        assert_eq!(
+            StderrLine::parse(summary),
+            Some(StderrLine::Summary(TraceSummary {
+                events: BTreeMap::from([("events_lost".to_owned(), 1), ("exit".to_owned(), 9980)]),
+                latency_us: LatencySummary {
+                    p50: Some(17.25),
+                    p99: Some(95.0),
+                    max: Some(812.5),
+                },
+                lost_kernel: 2,
+                lost_userspace: 3,
+            }))
+        );
+        // Nothing received: no percentiles.
+        let Some(StderrLine::Summary(empty)) = StderrLine::parse(
+            r#"{"events":{},"latency_us":{"max":null,"n":0,"p50":null,"p90":null,"p99":null},"lost_kernel":0,"lost_userspace":0}"#,
+        ) else {
+            panic!("an empty summary did not parse");
+        };
+        assert_eq!(
+            (empty.latency_us.p50, empty.events.get("exit")),
+            (None, None)
+        );
+        assert_eq!(
+            StderrLine::parse("bpflet trace: cannot start the event source"),
+            None
+        );
     }
 }

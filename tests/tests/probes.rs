@@ -60,22 +60,18 @@ fn pod_not_ready(p: &Value, name: &str) -> bool {
 
 /// A host-network pod with `/ctl` mounted from the node's control directory.
 fn pod_yaml(node: &Node, name: &str, containers: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  hostNetwork: true
-  restartPolicy: Always
-  terminationGracePeriodSeconds: 2
-  containers:
+    bpflet_tests::node::pod_yaml(
+        name,
+        "Always",
+        &format!(
+            "  containers:
 {containers}
   volumes:
   - name: ctl
     hostPath: {{path: {ctl}, type: Directory}}
 ",
-        ctl = ctl(node).display()
+            ctl = ctl(node).display()
+        ),
     )
 }
 

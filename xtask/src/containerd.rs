@@ -603,7 +603,13 @@ disabled_plugins = ["io.containerd.internal.v1.restart"]
             let tasks = self.ctr(&["-n", ns, "tasks", "ls", "-q"])?;
             for task in tasks.lines().map(str::trim).filter(|s| !s.is_empty()) {
                 eprintln!("private containerd: killing leftover task {ns}/{task}");
-                self.ctr(&["-n", ns, "tasks", "delete", "--force", task])?;
+                match self.ctr(&["-n", ns, "tasks", "delete", "--force", task]) {
+                    // It ended between the listing and the delete: nothing left to do.
+                    Err(e) if format!("{e:#}").contains("not found") => {}
+                    other => {
+                        other?;
+                    }
+                }
             }
             let containers = self.ctr(&["-n", ns, "containers", "ls", "-q"])?;
             for container in containers.lines().map(str::trim).filter(|s| !s.is_empty()) {
@@ -1149,15 +1155,38 @@ async fn remove_all_pods(socket: &Path) -> Result<usize> {
         let request = || cri::PodSandboxIdRequest {
             pod_sandbox_id: sandbox.id.clone(),
         };
-        let _: cri::Empty = client
-            .call(cri::STOP_POD_SANDBOX, request(), CRI_CALL_TIMEOUT)
-            .await?;
-        let _: cri::Empty = client
-            .call(cri::REMOVE_POD_SANDBOX, request(), CRI_CALL_TIMEOUT)
-            .await?;
+        // A container an agent was starting when it stopped is briefly in containerd's
+        // "starting" state, and its sandbox cannot be removed until that ends: retry.
+        let deadline = Instant::now() + SANDBOX_REMOVAL_PATIENCE;
+        loop {
+            let removed = async {
+                let _: cri::Empty = client
+                    .call(cri::STOP_POD_SANDBOX, request(), CRI_CALL_TIMEOUT)
+                    .await?;
+                let _: cri::Empty = client
+                    .call(cri::REMOVE_POD_SANDBOX, request(), CRI_CALL_TIMEOUT)
+                    .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            match removed {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "private containerd: removing sandbox {} failed, retrying: {e:#}",
+                        sandbox.id
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(list.items.len())
 }
+
+/// How long teardown retries removing a sandbox whose container is still starting.
+const SANDBOX_REMOVAL_PATIENCE: Duration = Duration::from_secs(15);
 
 #[cfg(test)]
 mod tests {

@@ -538,31 +538,28 @@ fn apply_flags(
             flag(name, key, Value::Object(map));
         }
     }
-    if let Some(v) = &args.enforce_node_allocatable {
-        let levels: Vec<Value> = v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| Value::String(s.to_owned()))
-            .collect();
-        flag(
+    // Comma-separated list flags.
+    for (name, key, value) in [
+        (
             "enforce-node-allocatable",
             "enforceNodeAllocatable",
-            Value::Array(levels),
-        );
-    }
-    if let Some(v) = &args.allowed_unsafe_sysctls {
-        let patterns: Vec<Value> = v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| Value::String(s.to_owned()))
-            .collect();
-        flag(
+            &args.enforce_node_allocatable,
+        ),
+        (
             "allowed-unsafe-sysctls",
             "allowedUnsafeSysctls",
-            Value::Array(patterns),
-        );
+            &args.allowed_unsafe_sysctls,
+        ),
+    ] {
+        if let Some(v) = value {
+            let items: Vec<Value> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect();
+            flag(name, key, Value::Array(items));
+        }
     }
     if let Some(mode) = args.pleg_mode {
         let mut layer = Map::new();

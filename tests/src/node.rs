@@ -7,7 +7,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -565,12 +565,6 @@ spec:
   terminationGracePeriodSeconds: 2
 {body}"
     )
-}
-
-/// True when `path` exists (without following a final symbolic link).
-#[must_use]
-pub fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// A tiny HTTP server on 127.0.0.1 answering every request with `200` and the current body,

@@ -455,11 +455,7 @@ mod tests {
         });
         statuses.publish("u1", running);
         statuses.publish("u2", evicted);
-        let pods = StorePods {
-            pods,
-            pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
-            logs_dir: PathBuf::from("/var/log/pods"),
-        };
+        let pods = store_pods(pods);
         let active = pods.active_pods();
         assert_eq!(active.len(), 1);
         assert_eq!(
@@ -472,6 +468,15 @@ mod tests {
         let mut images = pods.wanted_images();
         images.sort();
         assert_eq!(images, ["app:v1", "batch:v1", "init:v1"]);
+    }
+
+    /// The eviction manager's view of `pods`, with upstream's directories.
+    fn store_pods(pods: crate::status::manager::PodList) -> StorePods {
+        StorePods {
+            pods,
+            pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
+            logs_dir: PathBuf::from("/var/log/pods"),
+        }
     }
 
     #[test]
@@ -493,11 +498,7 @@ mod tests {
         statuses.publish("u1", plain);
         statuses.publish("u2", limited);
         statuses.publish("u3", done);
-        let pods = StorePods {
-            pods,
-            pods_dir: PathBuf::from("/var/lib/bpflet/pods"),
-            logs_dir: PathBuf::from("/var/log/pods"),
-        };
+        let pods = store_pods(pods);
         let got = pods.storage_limited_pods();
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].uid, "u2");

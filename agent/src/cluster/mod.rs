@@ -1,0 +1,5 @@
+//! Cluster mode: bpflet as a node of a Kubernetes API server. The pure parts (what the Node
+//! object and its status look like) live here; the adapters that talk to the API server
+//! use `kube` and stay in this folder.
+
+pub mod node;

@@ -386,7 +386,7 @@ fn allocatable(resources: &NodeResources, reserved: &Reserved) -> BTreeMap<Strin
 
 /// Whole cores as a plain number, else millicores (`1500m`), as apimachinery prints them.
 fn cpu(millis: u64) -> Quantity {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         Quantity((millis / 1000).to_string())
     } else {
         Quantity(format!("{millis}m"))
@@ -406,7 +406,7 @@ fn bytes(n: u64) -> Quantity {
     if n == 0 {
         return Quantity("0".to_owned());
     }
-    UNITS.iter().find(|(_, size)| n % size == 0).map_or_else(
+    UNITS.iter().find(|(_, size)| n.is_multiple_of(*size)).map_or_else(
         || Quantity(n.to_string()),
         |(unit, size)| Quantity(format!("{}{unit}", n / size)),
     )

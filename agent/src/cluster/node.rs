@@ -268,26 +268,44 @@ pub fn status(
     }
 }
 
-/// Upstream's change detection: `sent` and `now_status` differ in anything but condition
-/// heartbeats, or `report_frequency` passed since the last report.
+/// Upstream's change detection: `reported` (the status the API holds) and `now_status`
+/// differ in a field bpflet owns (anything but condition heartbeats, and nothing other
+/// writers own, such as `volumesAttached` or another component's conditions), or
+/// `report_frequency` passed since bpflet's last report.
 #[must_use]
 pub fn needs_report(
-    sent: Option<&NodeStatus>,
+    reported: Option<&NodeStatus>,
     now_status: &NodeStatus,
     since_last_report: Duration,
     report_frequency: Duration,
 ) -> bool {
-    let Some(sent) = sent else { return true };
-    since_last_report >= report_frequency
-        || without_heartbeats(sent) != without_heartbeats(now_status)
+    let Some(reported) = reported else {
+        return true;
+    };
+    since_last_report >= report_frequency || owned(reported) != owned(now_status)
 }
 
-fn without_heartbeats(status: &NodeStatus) -> NodeStatus {
-    let mut status = status.clone();
-    for condition in status.conditions.iter_mut().flatten() {
-        condition.last_heartbeat_time = None;
+/// The part of a status bpflet writes, heartbeats left out.
+fn owned(status: &NodeStatus) -> NodeStatus {
+    let conditions = status
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| CONDITION_ORDER.contains(&c.type_.as_str()))
+        .map(|c| NodeCondition {
+            last_heartbeat_time: None,
+            ..c.clone()
+        })
+        .collect();
+    NodeStatus {
+        capacity: status.capacity.clone(),
+        allocatable: status.allocatable.clone(),
+        addresses: status.addresses.clone(),
+        conditions: Some(conditions),
+        daemon_endpoints: status.daemon_endpoints.clone(),
+        node_info: status.node_info.clone(),
+        ..NodeStatus::default()
     }
-    status
 }
 
 /// `previous`'s transition time when the status did not change, else `now`; heartbeat `now`.
@@ -406,10 +424,13 @@ fn bytes(n: u64) -> Quantity {
     if n == 0 {
         return Quantity("0".to_owned());
     }
-    UNITS.iter().find(|(_, size)| n.is_multiple_of(*size)).map_or_else(
-        || Quantity(n.to_string()),
-        |(unit, size)| Quantity(format!("{}{unit}", n / size)),
-    )
+    UNITS
+        .iter()
+        .find(|(_, size)| n.is_multiple_of(*size))
+        .map_or_else(
+            || Quantity(n.to_string()),
+            |(unit, size)| Quantity(format!("{}{unit}", n / size)),
+        )
 }
 
 /// The architecture as Go (and so Kubernetes) names it.

@@ -268,6 +268,26 @@ fn only_a_change_or_the_report_period_sends_a_status() {
     ));
     assert!(needs_report(Some(&sent), &heartbeat_only, period, period));
 
+    let mut with_others = heartbeat_only.clone();
+    with_others.volumes_in_use = Some(vec!["kubernetes.io/csi/x".to_owned()]);
+    with_others
+        .conditions
+        .get_or_insert_default()
+        .push(NodeCondition {
+            type_: "NetworkUnavailable".to_owned(),
+            status: "False".to_owned(),
+            ..NodeCondition::default()
+        });
+    assert!(
+        !needs_report(
+            Some(&with_others),
+            &heartbeat_only,
+            Duration::from_secs(10),
+            period
+        ),
+        "fields other writers own are not bpflet's to report"
+    );
+
     let mut fewer_pods = inputs.clone();
     fewer_pods.resources.max_pods = 50;
     let changed = status(&fewer_pods, Some(&sent), at(10));

@@ -4,4 +4,5 @@
 
 pub mod heartbeat;
 pub mod node;
+pub mod pods;
 pub mod status;

@@ -2,6 +2,7 @@
 //! object and its status look like) live here; the adapters that talk to the API server
 //! use `kube` and stay in this folder.
 
+pub mod events;
 pub mod heartbeat;
 pub mod node;
 pub mod pods;

@@ -427,6 +427,8 @@ struct CertSpec<'a> {
     sans: &'a [&'a str],
     client: bool,
     server: bool,
+    /// Issued by the front-proxy CA instead of the cluster CA.
+    front_proxy: bool,
 }
 
 /// The certificates of a run, as (file stem, CN, O, SANs, client, server). One certificate
@@ -435,12 +437,22 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
     const LOCAL: &[&str] = &["127.0.0.1", "localhost"];
     vec![
         CertSpec {
+            file: "front-proxy-client",
+            common_name: "front-proxy-client",
+            organization: None,
+            sans: &[],
+            client: true,
+            server: false,
+            front_proxy: true,
+        },
+        CertSpec {
             file: "apiserver",
             common_name: "kube-apiserver",
             organization: None,
             sans: apiserver_sans,
             client: false,
             server: true,
+            front_proxy: false,
         },
         CertSpec {
             file: "apiserver-kubelet-client",
@@ -449,6 +461,7 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
             sans: &[],
             client: true,
             server: false,
+            front_proxy: false,
         },
         CertSpec {
             file: "admin",
@@ -457,6 +470,7 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
             sans: &[],
             client: true,
             server: false,
+            front_proxy: false,
         },
         CertSpec {
             file: "kube-controller-manager",
@@ -465,6 +479,7 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
             sans: LOCAL,
             client: true,
             server: true,
+            front_proxy: false,
         },
         CertSpec {
             file: "kube-scheduler",
@@ -473,6 +488,7 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
             sans: LOCAL,
             client: true,
             server: true,
+            front_proxy: false,
         },
         CertSpec {
             file: "node",
@@ -481,11 +497,38 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
             sans: &[],
             client: true,
             server: false,
+            front_proxy: false,
         },
     ]
 }
 
-/// Writes the CA, every certificate and key, and the service-account signing key pair
+/// A self-signed CA, written as `pki/<file>.crt` and `.key`.
+fn new_ca(layout: &Layout, file: &str, common_name: &str) -> Result<Issuer<'static, KeyPair>> {
+    let key = KeyPair::generate().with_context(|| format!("generating the {file} key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .with_context(|| format!("{file} parameters"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params
+        .self_signed(&key)
+        .with_context(|| format!("signing the {file} certificate"))?;
+    for (path, text) in [
+        (layout.cert(file), cert.pem()),
+        (layout.key(file), key.serialize_pem()),
+    ] {
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(Issuer::new(params, key))
+}
+
+/// Writes the CAs, every certificate and key, and the service-account signing key pair
 /// (ECDSA P-256 throughout) under `layout.pki`.
 fn write_pki(layout: &Layout, node_name: &str) -> Result<()> {
     fs::create_dir_all(&layout.pki)
@@ -494,23 +537,9 @@ fn write_pki(layout: &Layout, node_name: &str) -> Result<()> {
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
 
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "bpflet-test-cluster-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .context("signing the CA certificate")?;
-    write(layout.cert("ca"), ca_cert.pem())?;
-    write(layout.key("ca"), ca_key.serialize_pem())?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    let ca = new_ca(layout, "ca", "bpflet-test-cluster-ca")?;
+    // The API server trusts requests its aggregation proxy forwards on this CA's word only.
+    let front_proxy_ca = new_ca(layout, "front-proxy-ca", "bpflet-test-front-proxy-ca")?;
 
     let node_cn = format!("system:node:{node_name}");
     let apiserver_sans = [
@@ -550,7 +579,14 @@ fn write_pki(layout: &Layout, node_name: &str) -> Result<()> {
         }
         params.use_authority_key_identifier_extension = true;
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(
+                &key,
+                if spec.front_proxy {
+                    &front_proxy_ca
+                } else {
+                    &ca
+                },
+            )
             .with_context(|| format!("signing {}'s certificate", spec.file))?;
         write(layout.cert(spec.file), cert.pem())?;
         write(layout.key(spec.file), key.serialize_pem())?;
@@ -936,6 +972,21 @@ impl ControlPlane {
                 p(l.key("apiserver-kubelet-client"))
             ),
             format!("--kubelet-certificate-authority={}", p(l.cert("ca"))),
+            // The aggregation layer's front proxy, as a kubeadm cluster configures it; the
+            // controllers read this CA to authenticate proxied requests.
+            format!(
+                "--requestheader-client-ca-file={}",
+                p(l.cert("front-proxy-ca"))
+            ),
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!(
+                "--proxy-client-cert-file={}",
+                p(l.cert("front-proxy-client"))
+            ),
+            format!("--proxy-client-key-file={}", p(l.key("front-proxy-client"))),
             "--authorization-mode=Node,RBAC".into(),
             "--enable-admission-plugins=NodeRestriction".into(),
             "--allow-privileged=true".into(),
@@ -1288,7 +1339,9 @@ fn leftover_pids(bin_dir: &Path, work_dir: &Path) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return vec![];
     };
-    let work = work_dir.to_string_lossy();
+    // A path below the work directory, in an argument (not argv[0]: the binary's own path
+    // is below target/cluster, the default work directory).
+    let below = format!("{}/", work_dir.display());
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -1296,10 +1349,18 @@ fn leftover_pids(bin_dir: &Path, work_dir: &Path) -> Vec<i32> {
             let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             exe.is_some_and(|exe| exe.starts_with(bin_dir))
-                && String::from_utf8_lossy(&cmdline).contains(work.as_ref())
+                && names_dir(&cmdline, &below)
                 && kill(Pid::from_raw(*pid), None) != Err(Errno::ESRCH)
         })
         .collect()
+}
+
+/// True when an argument after argv\[0\] of a NUL-separated `cmdline` contains `dir`.
+fn names_dir(cmdline: &[u8], dir: &str) -> bool {
+    cmdline
+        .split(|&b| b == 0)
+        .skip(1)
+        .any(|arg| String::from_utf8_lossy(arg).contains(dir))
 }
 
 fn remove_path(path: &Path) -> Result<()> {
@@ -1462,6 +1523,16 @@ mod tests {
         let node = node_specs.iter().find(|s| s.file == "node").unwrap();
         assert_eq!(node.common_name, "system:node:n1");
         assert_eq!(node.organization, Some("system:nodes"));
+    }
+
+    #[test]
+    fn leftovers_are_matched_on_arguments_below_the_work_dir_only() {
+        let cmdline = b"/r/target/cluster/bin/etcd\0--data-dir=/tmp/w1/etcd\0";
+        assert!(names_dir(cmdline, "/tmp/w1/"));
+        // The binary's own path is below the default work directory: not a match.
+        assert!(!names_dir(cmdline, "/r/target/cluster/"));
+        // A sibling whose name starts the same is not below.
+        assert!(!names_dir(cmdline, "/tmp/w/"));
     }
 
     #[test]

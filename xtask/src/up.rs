@@ -105,7 +105,7 @@ pub struct Options {
     /// Bring up the real Kubernetes control plane on 127.0.0.1 instead (etcd, API server,
     /// controller manager, scheduler; work directory default `target/cluster/`). `--check`
     /// runs its smoke check; bpflet does not join it yet.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["pleg_mode", "no_build", "release", "check_timeout"])]
     pub cluster: bool,
     /// With `--cluster`: the node `node.kubeconfig`'s credential is for [default: the host
     /// name].

@@ -1,8 +1,8 @@
 //! The Kubernetes test bed (`xtask::cluster`, the code behind `cargo xtask up --cluster`):
 //! the real control plane built from tests/k8s comes up on 127.0.0.1, reports the pinned
 //! release, passes the smoke check (readiness, namespaces, the controllers and the scheduler
-//! at work, the node credential under the Node authorizer), and its teardown leaves no
-//! process and frees its ports.
+//! at work, the node credential under the Node authorizer and NodeRestriction), and its
+//! teardown leaves no process and frees its ports.
 //!
 //! The binaries come from `cargo xtask setup` (or `cargo xtask build-cluster`); this test
 //! builds them itself only when they are missing or stale.

@@ -1199,7 +1199,42 @@ impl ControlPlane {
                 )
             },
         )?;
+        // NodeRestriction (admission, which can-i does not reach): a node may create its own
+        // Node object and no other.
+        let other = format!("{}-other", self.node_name);
+        step(
+            &format!("as the node: create Node {} -> allowed", self.node_name),
+            &|| self.create_node_as_node(&self.node_name).map(drop),
+        )?;
+        step(
+            &format!("as the node: create Node {other} -> refused by NodeRestriction"),
+            &|| match self.create_node_as_node(&other) {
+                Ok(_) => {
+                    let _ = self.kubectl_admin(&["delete", "node", &other, "--wait=false"]);
+                    bail!("the node created Node {other}")
+                }
+                Err(e) if e.to_string().contains("is not allowed to modify node") => Ok(()),
+                Err(e) => Err(e),
+            },
+        )?;
+        step("delete the Node (admin)", &|| {
+            self.kubectl_admin(&["delete", "node", &self.node_name])
+                .map(drop)
+        })?;
         Ok(())
+    }
+
+    /// `kubectl create` of a bare Node named `name`, with the node's credential.
+    fn create_node_as_node(&self, name: &str) -> Result<String> {
+        let manifest = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name},
+        })
+        .to_string();
+        let path = self.layout.work_dir.join(format!("smoke-node-{name}.json"));
+        fs::write(&path, manifest).with_context(|| format!("writing {}", path.display()))?;
+        self.kubectl_node(&["create", "-f", &path.to_string_lossy()])
     }
 
     /// `kubectl auth can-i` answers yes (exit 0) or no (exit 1, "no" on stdout).

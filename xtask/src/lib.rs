@@ -5,5 +5,6 @@
 //! Nothing here may need `protoc` or the agent crate: `cargo xtask setup` builds this on
 //! a fresh machine before anything is installed.
 
+pub mod cluster;
 pub mod containerd;
 pub mod images;

@@ -2,6 +2,7 @@
 //! module, a variant to [`Command`] and an arm to the `match` in [`main`].
 
 mod bench;
+mod cluster_up;
 mod ebpf;
 mod setup;
 mod test;
@@ -27,8 +28,11 @@ enum Chore {
     Setup,
     /// Build the BPF programs (nightly, bpfel-unknown-none) for the agent to embed.
     BuildEbpf(ebpf::Options),
-    /// Bring bpflet up with the static pods in examples/, kernel tracing beside it;
-    /// Ctrl-C tears everything down.
+    /// Build the Kubernetes test bed (tests/k8s: control plane, etcd, kubectl) into
+    /// target/cluster/bin, unless it is up to date.
+    BuildCluster,
+    /// Bring bpflet up with the static pods in examples/, kernel tracing beside it (or,
+    /// with --cluster, the real Kubernetes control plane); Ctrl-C tears everything down.
     Up(up::Options),
     /// Run every check: setup, build-ebpf, fmt, clippy, unit tests, root integration tests.
     Test(test::Options),
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Chore::Setup => setup::run(),
         Chore::BuildEbpf(opts) => ebpf::run(&opts).map(drop),
+        Chore::BuildCluster => cluster_up::build(),
         Chore::Up(opts) => up::run(&opts),
         Chore::Test(opts) => test::run(&opts),
         Chore::Bench(opts) => bench::run(&opts),

@@ -89,6 +89,16 @@ pub fn run() -> Result<()> {
         );
     }
 
+    // Last: the long one on a fresh machine (the Go build of the control plane).
+    report.item(
+        &format!(
+            "Kubernetes test bed {} (tests/k8s)",
+            xtask::cluster::KUBERNETES_VERSION
+        ),
+        xtask::cluster::is_built,
+        || xtask::cluster::build().map(drop),
+    );
+
     report.finish()
 }
 

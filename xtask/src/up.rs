@@ -102,6 +102,15 @@ pub struct Options {
     /// Build and run the release agent.
     #[arg(long)]
     pub release: bool,
+    /// Bring up the real Kubernetes control plane on 127.0.0.1 instead (etcd, API server,
+    /// controller manager, scheduler; work directory default `target/cluster/`). `--check`
+    /// runs its smoke check; bpflet does not join it yet.
+    #[arg(long, conflicts_with_all = ["pleg_mode", "no_build", "release", "check_timeout"])]
+    pub cluster: bool,
+    /// With `--cluster`: the node `node.kubeconfig`'s credential is for [default: the host
+    /// name].
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -135,6 +144,9 @@ struct Ctx {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    if opts.cluster {
+        return crate::cluster_up::run(opts);
+    }
     if !is_root() {
         bail!("`cargo xtask up` needs root (BPF, cgroups, containerd): run it as root");
     }

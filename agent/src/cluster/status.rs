@@ -10,8 +10,10 @@
 //! - Static pods get a mirror pod (upstream's `kubernetes.io/config.mirror` annotation, owned
 //!   by the Node), created when first published and replaced when the manifest's hash
 //!   changes; its status is the static pod's.
-//! - When a worker is done with a pod (`remove`): an API pod that was being deleted is deleted
-//!   for good (grace 0, UID precondition), a mirror pod is deleted.
+//! - When a worker is done with a pod (`remove`; the manager terminates an API pod only when
+//!   the API server deletes it or it left the node's pods): its final status is written and
+//!   the object deleted for good (grace 0, UID precondition; gone already is fine); a static
+//!   pod's mirror is deleted. Orphans (pods of no source) have nothing in the API.
 //! - Failed writes retry after 1 s doubling to 1 min per pod; an unreachable API server holds
 //!   the latest status of every pod until it answers. Nothing here stops a pod.
 
@@ -235,10 +237,11 @@ impl StatusWriter {
             .unwrap_or("default")
             .to_owned();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let api_uid = if is_api_pod(pod) {
-            uid.to_owned()
-        } else {
-            self.ensure_mirror(uid, pod).await?
+        let api_uid = match source_of(pod) {
+            Source::Api => uid.to_owned(),
+            Source::Static => self.ensure_mirror(uid, pod).await?,
+            // A pod no source wants (an orphan being torn down): nothing in the API.
+            Source::None => return Ok(()),
         };
         let written = self.written.entry(uid.to_owned()).or_default();
         let status = guard_terminal(
@@ -374,15 +377,15 @@ impl StatusWriter {
             .unwrap_or("default")
             .to_owned();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let target_uid = if is_api_pod(pod) {
-            if pod.metadata.deletion_timestamp.is_none() {
-                return Ok(());
+        let target_uid = match source_of(pod) {
+            // Only a pod being deleted, or gone from the API server, is terminated: its
+            // final status first (upstream writes it before the deletion), then the object.
+            Source::Api => {
+                self.write(uid, pod).await?;
+                Some(uid.to_owned())
             }
-            // Its final status first (upstream writes it before the deletion).
-            self.write(uid, pod).await?;
-            Some(uid.to_owned())
-        } else {
-            self.written.get(uid).and_then(|w| w.api_uid.clone())
+            Source::Static => self.written.get(uid).and_then(|w| w.api_uid.clone()),
+            Source::None => None,
         };
         let Some(target_uid) = target_uid else {
             return Ok(());
@@ -410,14 +413,28 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The pod came from the API server (not a static source).
-#[must_use]
-pub fn is_api_pod(pod: &Pod) -> bool {
-    pod.metadata
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// From the API server: its own object.
+    Api,
+    /// A static pod (`file`, `http`): mirrored.
+    Static,
+    /// Neither (an orphan found in the runtime): not in the API at all.
+    None,
+}
+
+fn source_of(pod: &Pod) -> Source {
+    match pod
+        .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(SOURCE_ANNOTATION))
-        .is_some_and(|s| s == API_SOURCE)
+        .map(String::as_str)
+    {
+        Some(API_SOURCE) => Source::Api,
+        Some("file" | "http") => Source::Static,
+        _ => Source::None,
+    }
 }
 
 /// The hash a mirror pod mirrors, if it is one.
@@ -497,8 +514,16 @@ mod tests {
 
     #[test]
     fn pods_are_told_apart_by_their_source() {
-        assert!(is_api_pod(&pod("api")));
-        assert!(!is_api_pod(&pod("file")));
+        assert_eq!(source_of(&pod("api")), Source::Api);
+        assert_eq!(source_of(&pod("file")), Source::Static);
+        assert_eq!(source_of(&pod("http")), Source::Static);
+        let mut orphan = pod("file");
+        orphan.metadata.annotations = None;
+        assert_eq!(
+            source_of(&orphan),
+            Source::None,
+            "an orphan has no API object"
+        );
     }
 
     #[test]

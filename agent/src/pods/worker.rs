@@ -1604,12 +1604,17 @@ fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
     None
 }
 
+/// The API server's `metadata.deletionGracePeriodSeconds` of a pod being deleted, else
 /// `terminationGracePeriodSeconds`, default 30s.
 pub fn termination_grace(pod: &Pod) -> Duration {
     let secs = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }

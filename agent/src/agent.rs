@@ -172,7 +172,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             Err(e) => {
                 warn!(
                     "event-driven PLEG unavailable ({e}: {}); using generic PLEG (relist every 1s)",
-                    crate::bpf::error_chain(&e)
+                    crate::error::error_chain(&e)
                 );
                 pleg_mode = PlegMode::Generic;
             }
@@ -491,7 +491,7 @@ fn spawn_allocatable_notifier(
     let mut notifier = match eviction::notify::UsageThreshold::register(&dir, usage_threshold) {
         Ok(n) => n,
         Err(e) => {
-            warn!(error = %e, cause = %crate::bpf::error_chain(&e), "no memory threshold notifier; eviction relies on pressure events and the periodic check");
+            warn!(error = %e, cause = %crate::error::error_chain(&e), "no memory threshold notifier; eviction relies on pressure events and the periodic check");
             return;
         }
     };

@@ -455,11 +455,10 @@ impl Node {
         let Ok(root) = std::fs::canonicalize(self.root_dir()) else {
             return;
         };
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        // mountinfo field 5; the harness's temporary paths hold nothing it escapes.
-        let mut points: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        let text = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<PathBuf> = bpflet::mountinfo::parse(&text)
+            .into_iter()
+            .map(|m| m.mount_point)
             .filter(|p| p.starts_with(&root))
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

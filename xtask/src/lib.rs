@@ -7,3 +7,8 @@
 
 pub mod containerd;
 pub mod images;
+/// `/proc/<pid>/mountinfo`: the agent's own parser. The file needs nothing but std, so it
+/// is compiled here too rather than written a second time (xtask cannot depend on the agent
+/// crate, see above).
+#[path = "../../agent/src/mountinfo.rs"]
+pub mod mountinfo;

@@ -668,7 +668,7 @@ fn bad_input_names_the_culprit() {
             Ok(_) => panic!("{body:?} {flags:?}: accepted"),
             Err(e) => e,
         };
-        let message = error_chain(&err);
+        let message = crate::error::full_text(&err);
         for part in want {
             assert!(
                 message.contains(part),
@@ -710,7 +710,7 @@ fn bad_documents_name_the_file() {
         let err = with_config(body, &[])
             .err()
             .unwrap_or_else(|| panic!("{body:?}: accepted"));
-        let message = error_chain(&err);
+        let message = crate::error::full_text(&err);
         assert!(
             message.contains("config.yaml"),
             "{body:?}: {message:?} lacks the file"
@@ -764,17 +764,6 @@ fn zero_thresholds_disable() {
     )
     .expect("valid");
     assert!(c.eviction.hard.is_empty());
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        source = e.source();
-    }
-    message
 }
 
 fn node(memory_gib: u64, cpus: u64) -> NodeFacts {

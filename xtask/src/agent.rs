@@ -162,9 +162,35 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to exit by itself (a refused configuration, a fatal start-up
+    /// error): its exit status.
+    ///
+    /// # Errors
+    /// When it still runs after `timeout` (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "bpflet still runs after {timeout:?}; last lines of {}:\n{}",
+                    self.log.display(),
+                    self.log_tail(40)
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
     /// Sends `signal` and waits up to `grace` for the agent to exit, then kills it. Its exit
-    /// status, when it exited by itself.
+    /// status, when it exited by itself. An agent that has already exited gets no signal
+    /// (its pid may belong to another process by now).
     pub fn stop(mut self, signal: Signal, grace: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = kill(Pid::from_raw(pid), signal);
         }
@@ -301,6 +327,18 @@ mod tests {
             text.contains("exit status: 3") && text.contains("gone"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn stopping_an_agent_that_exited_reports_its_own_exit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = Agent::spawn(&shell_agent(dir.path(), "exit 7")).expect("spawn");
+        let exited = agent.wait_exit(Duration::from_secs(60)).expect("exits");
+        assert_eq!(exited.code(), Some(7));
+        let status = agent
+            .stop(Signal::SIGKILL, Duration::from_secs(60))
+            .expect("no signal: it had exited");
+        assert_eq!(status.code(), Some(7));
     }
 
     #[test]

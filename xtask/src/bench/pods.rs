@@ -613,7 +613,8 @@ impl Node {
         // event PLEG without BPF falls back to generic).
         let mut mode_logged = None;
         let (log_path, port) = (&self.agent_log, self.port);
-        let started = agent.wait_ready(
+        // On failure the agent is left to `stop_agent`, as always.
+        agent.wait_ready(
             "serve /pods and start its PLEG",
             AGENT_START_TIMEOUT,
             || {
@@ -622,13 +623,7 @@ impl Node {
                 mode_logged = pleg_mode_logged(&log).map(str::to_owned);
                 Ok(mode_logged.is_some() && agent::serves_pods(port))
             },
-        );
-        if let Err(e) = started {
-            if let Some(agent) = self.agent.take() {
-                agent.stop(Signal::SIGTERM, AGENT_STOP_GRACE);
-            }
-            return Err(e);
-        }
+        )?;
         let want = match mode {
             PlegMode::Event => "Event",
             PlegMode::Generic => "Generic",

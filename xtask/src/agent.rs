@@ -139,27 +139,16 @@ impl Agent {
         timeout: Duration,
         mut ready: impl FnMut() -> Result<bool>,
     ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited()? {
+        self.poll(what, timeout, |agent| {
+            if let Some(status) = agent.exited()? {
                 bail!(
-                    "bpflet exited ({status}) before {what}; last lines of {}:\n{}",
-                    self.log.display(),
-                    self.log_tail(40)
+                    "bpflet exited ({status}) before it would {what}; last lines of {}:\n{}",
+                    agent.log.display(),
+                    agent.log_tail(40)
                 );
             }
-            if ready()? {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "bpflet did not {what} within {timeout:?}; last lines of {}:\n{}",
-                    self.log.display(),
-                    self.log_tail(40)
-                );
-            }
-            thread::sleep(POLL);
-        }
+            Ok(ready()?.then_some(()))
+        })
     }
 
     /// Waits for the agent to exit by itself (a refused configuration, a fatal start-up
@@ -168,14 +157,24 @@ impl Agent {
     /// # Errors
     /// When it still runs after `timeout` (it is left running).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.poll("exit", timeout, Self::exited)
+    }
+
+    /// Looks every 50 ms until `step` gives a value.
+    fn poll<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut step: impl FnMut(&mut Self) -> Result<Option<T>>,
+    ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.exited()? {
-                return Ok(status);
+            if let Some(value) = step(self)? {
+                return Ok(value);
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "bpflet still runs after {timeout:?}; last lines of {}:\n{}",
+                    "bpflet did not {what} within {timeout:?}; last lines of {}:\n{}",
                     self.log.display(),
                     self.log_tail(40)
                 );

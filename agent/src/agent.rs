@@ -56,6 +56,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the node's memory is unknown: no MemTotal could be read from {path}")]
+    NodeMemoryUnknown { path: PathBuf },
     #[error("metrics")]
     Metrics(#[source] crate::metrics::MetricsError),
     #[error("local API")]
@@ -70,7 +72,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let tracker = TaskTracker::new();
     protect_from_oom_killer(&proc_root);
     raise_open_files_limit(&proc_root);
-    let capacity = tree::NodeCapacity::detect(&proc_root).map_err(AgentError::Hierarchy)?;
+    // The node as the configuration was checked against it: no second read that could
+    // disagree.
+    let capacity = tree::NodeCapacity::from_facts(&config.node).ok_or_else(|| {
+        AgentError::NodeMemoryUnknown {
+            path: proc_root.join("meminfo"),
+        }
+    })?;
     let memory = capacity.memory_bytes;
 
     let pods_dir = setup_data_dirs(&config.root_dir)?;
@@ -194,7 +202,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             Err(e) => {
                 warn!(
                     "event-driven PLEG unavailable ({e}: {}); using generic PLEG (relist every 1s)",
-                    crate::bpf::error_chain(&e)
+                    crate::error::error_chain(&e)
                 );
                 pleg_mode = PlegMode::Generic;
             }
@@ -658,7 +666,7 @@ fn spawn_allocatable_notifier(
     let mut notifier = match eviction::notify::UsageThreshold::register(&dir, usage_threshold) {
         Ok(n) => n,
         Err(e) => {
-            warn!(error = %e, cause = %crate::bpf::error_chain(&e), "no memory threshold notifier; eviction relies on pressure events and the periodic check");
+            warn!(error = %e, cause = %crate::error::error_chain(&e), "no memory threshold notifier; eviction relies on pressure events and the periodic check");
             return;
         }
     };
@@ -680,7 +688,6 @@ fn spawn_allocatable_notifier(
     });
 }
 
-/// The node's CPU capacity in millicores (online CPUs).
 /// The host's resolver settings, for host-network pods and `dnsPolicy: Default`.
 fn host_resolv_conf() -> ResolvConf {
     ResolvConf::read(Path::new("/etc/resolv.conf")).unwrap_or_else(|e| {

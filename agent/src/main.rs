@@ -84,7 +84,7 @@ fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
 }
 
 fn cause_suffix(e: &dyn std::error::Error) -> String {
-    let chain = bpflet::bpf::error_chain(e);
+    let chain = bpflet::error::error_chain(e);
     if chain.is_empty() {
         String::new()
     } else {

@@ -1,5 +1,6 @@
 //! `/proc/<pid>/mountinfo` (proc(5)), the parts bpflet uses: where each file system is
-//! mounted, its type and its super options.
+//! mounted, its type and its super options. It needs nothing but std: xtask compiles this
+//! same file as `xtask::mountinfo` (one parser for the agent, the harness and the chores).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;

@@ -1,6 +1,8 @@
 //! The one node harness of the root tests: a private containerd 1.6 with runc and the offline
 //! busybox image, plus the `bpflet` binary as a static-pod agent on it. Pod state is read from
 //! the agent's read-only API on 127.0.0.1; runtime state straight from containerd with `ctr`.
+//! The agent process (command line, log, readiness, stop) is `xtask::agent`'s, which the
+//! benches' node uses too; the configuration and the assertions are the tests' own.
 //!
 //! Every wait is a wait for a condition, bounded by [`WAIT`]; on timeout the test panics with
 //! the tail of the agent's log.
@@ -8,12 +10,16 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
+use xtask::agent::{Agent, AgentSpec};
 use xtask::containerd::PrivateContainerd;
+
+pub use xtask::agent::{http_get, tail};
 
 use crate::{bpflet_bin, require_root};
 
@@ -83,7 +89,7 @@ impl NodeConfig {
 /// A node: private containerd + bpflet. Field order matters: the agent stops first, then
 /// containerd tears every pod down, then the directory goes.
 pub struct Node {
-    agent: Option<Child>,
+    agent: Option<Agent>,
     pub ctd: PrivateContainerd,
     pub dir: TempDir,
     /// The read-only port on 127.0.0.1.
@@ -94,8 +100,7 @@ pub struct Node {
 /// A free TCP port on 127.0.0.1 (bound, then released).
 #[must_use]
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("bound address").port()
+    xtask::agent::free_port().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl Node {
@@ -189,61 +194,65 @@ plegMode: {pleg}
         )
     }
 
+    /// How the agent runs: `--v=2`, the node name `testnode`, the log in the node's
+    /// directory.
+    #[must_use]
+    pub fn agent_spec(&self) -> AgentSpec {
+        let mut args = vec!["--v=2".into()];
+        args.extend(self.config.args.iter().map(Into::into));
+        AgentSpec {
+            bin: bpflet_bin(),
+            config: self.config_path(),
+            root_dir: self.root_dir(),
+            node_name: "testnode".to_owned(),
+            log: self.agent_log_path(),
+            args,
+            env: Vec::new(),
+            wrapper: self
+                .config
+                .wrapper
+                .iter()
+                .flatten()
+                .map(Into::into)
+                .collect(),
+        }
+    }
+
     /// The agent's command line (without spawning it).
     #[must_use]
     pub fn agent_command(&self) -> Command {
-        let mut cmd = match self.config.wrapper.as_deref() {
-            Some([program, args @ ..]) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(bpflet_bin());
-                cmd
-            }
-            _ => Command::new(bpflet_bin()),
-        };
-        cmd.arg("--config")
-            .arg(self.config_path())
-            .arg("--root-dir")
-            .arg(self.root_dir())
-            .arg("--hostname-override")
-            .arg("testnode")
-            .arg("--v=2")
-            .args(&self.config.args);
-        cmd
+        self.agent_spec().command()
     }
 
-    /// Writes the configuration and starts the agent; returns once it serves `/pods`.
+    /// Writes the configuration and starts the agent; returns once it serves `/pods`
+    /// (panics with its log when it exits first).
     pub fn start_agent(&mut self) {
         self.spawn_agent();
-        self.wait_until("the agent to serve /pods", |n| n.try_pods().is_some());
+        let port = self.port;
+        self.agent
+            .as_mut()
+            .expect("just spawned")
+            .wait_ready("serve /pods", WAIT, || Ok(xtask::agent::serves_pods(port)))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Writes the configuration and starts the agent without waiting for it.
     pub fn spawn_agent(&mut self) {
         std::fs::write(self.config_path(), self.config_text()).expect("write agent config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.agent_log_path())
-            .expect("open agent log");
-        let child = self
-            .agent_command()
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bpflet");
-        self.agent = Some(child);
+        let agent = Agent::spawn(&self.agent_spec()).unwrap_or_else(|e| panic!("{e:#}"));
+        self.agent = Some(agent);
     }
 
     /// The agent process, while it runs.
     pub fn agent(&mut self) -> Option<&mut Child> {
-        self.agent.as_mut()
+        self.agent.as_mut().map(Agent::child)
     }
 
     /// True while the agent process has not exited.
     pub fn agent_alive(&mut self) -> bool {
         self.agent
             .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            .is_some_and(|a| matches!(a.exited(), Ok(None)))
     }
 
     #[must_use]
@@ -256,13 +265,11 @@ plegMode: {pleg}
         std::fs::read_to_string(self.agent_log_path()).unwrap_or_default()
     }
 
-    /// Sends `signal` to the agent and waits for it to exit.
+    /// Sends `signal` to the agent and waits for it to exit (SIGKILL after [`WAIT`]).
     pub fn kill_agent(&mut self, signal: i32) {
-        if let Some(mut child) = self.agent.take() {
-            let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, signal) };
-            let _ = child.wait();
+        if let Some(agent) = self.agent.take() {
+            let signal = Signal::try_from(signal).expect("a valid signal number");
+            agent.stop(signal, WAIT);
         }
     }
 
@@ -455,11 +462,10 @@ impl Node {
         let Ok(root) = std::fs::canonicalize(self.root_dir()) else {
             return;
         };
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        // mountinfo field 5; the harness's temporary paths hold nothing it escapes.
-        let mut points: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        let text = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<PathBuf> = bpflet::mountinfo::parse(&text)
+            .into_iter()
+            .map(|m| m.mount_point)
             .filter(|p| p.starts_with(&root))
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -480,27 +486,6 @@ impl Drop for Node {
             eprintln!("--- agent log ---\n{}", tail(&self.agent_log(), 200));
         }
     }
-}
-
-/// `GET path` on 127.0.0.1:`port` (HTTP/1.0): the status code and the body.
-#[must_use]
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
-}
-
-/// The last `n` lines of `s`.
-#[must_use]
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[must_use]

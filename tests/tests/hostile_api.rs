@@ -8,15 +8,14 @@ use std::io::{ErrorKind, Read as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bpflet_tests::bpflet_bin;
 use bpflet_tests::node::{
     IMAGE, Node, NodeConfig, WAIT, free_port, http_get, phase, pod_yaml, restarts, running,
     sleeping_pod, tail, uid,
 };
 use serde_json::Value;
+use xtask::agent::{Agent, AgentSpec};
 
 /// Hard eviction on memory only: this shared machine's disk can be under the default
 /// `nodefs.available<10%`, which would evict the test pods.
@@ -213,8 +212,8 @@ fn idle_connection_flood_with_a_higher_hard_limit_leaves_pods_running() {
 }
 
 /// Runs the agent on `config` (a KubeletConfiguration body, and a BpfletConfiguration
-/// body) and returns its exit code and standard error; panics if it is still running
-/// after 20 s (a configuration error must stop it before it does anything).
+/// body) and returns its exit code and output (standard error and output); panics if it is
+/// still running after 20 s (a configuration error must stop it before it does anything).
 fn run_with_config(node: &Node, kubelet: &str, bpflet: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.yaml");
@@ -236,41 +235,22 @@ kind: BpfletConfiguration
         socket = node.ctd.socket.display(),
     );
     std::fs::write(&path, &text).expect("write config");
-    let mut child = Command::new(bpflet_bin())
-        .arg("--config")
-        .arg(&path)
-        .arg("--root-dir")
-        .arg(&root)
-        .args(["--hostname-override", "testnode"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpflet");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
-            let _ = child.wait();
-            panic!("the agent was still running after 20 s with:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let spec = AgentSpec {
+        config: path,
+        root_dir: root.clone(),
+        log: dir.path().join("agent.log"),
+        ..node.agent_spec()
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    let mut agent = Agent::spawn(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\nwith:\n{text}"));
+    let output = std::fs::read_to_string(&spec.log).expect("read the agent's output");
     assert!(
         !root.exists(),
         "a refused configuration created the root directory"
     );
-    (status.code(), stderr)
+    (status.code(), output)
 }
 
 #[test]

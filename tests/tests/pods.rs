@@ -514,7 +514,10 @@ fn malformed_manifest_does_not_disturb_a_healthy_pod() {
     node.wait_until("the agent to report the bad manifest", |n| {
         n.agent_log().contains("bad.yaml")
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // A later manifest runs: the source has read the directory again since (the bad file
+    // with it) and the agent has acted on that read, where a lost healthy pod would show.
+    node.write_manifest("later.yaml", &sleeping_pod("later"));
+    node.wait_pod("later", "running", |p| running(p, "c"));
     let after = node.pod("ok").expect("healthy pod still listed");
     assert!(running(&after, "c"));
     assert_eq!(restarts(&after, "c"), 0);
@@ -751,11 +754,13 @@ fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
     assert_eq!(disruption["status"], "True", "{evicted:#}");
     assert_eq!(disruption["reason"], "TerminationByKubelet", "{evicted:#}");
 
-    std::thread::sleep(Duration::from_secs(2));
     for name in ["guaranteed", "burstable"] {
-        let p = node.pod(name).expect("listed");
-        assert!(running(&p, "c"), "{name} keeps running: {p:#}");
-        assert_eq!(restarts(&p, "c"), 0, "{name}: {p:#}");
+        node.holds_for(
+            name,
+            "running without restarts",
+            Duration::from_secs(2),
+            |p| running(p, "c") && restarts(p, "c") == 0,
+        );
     }
     let node_json = node.get_json("/node").unwrap_or(Value::Null);
     let pressure = node_json["status"]["conditions"]
@@ -785,9 +790,9 @@ fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
         .unwrap_or_default();
     assert!(ooms.is_empty(), "the kernel OOM killer acted: {ooms:#?}");
     // The evicted static pod stays down while the pressure lasts.
-    std::thread::sleep(Duration::from_secs(3));
-    let again = node.pod("besteffort").expect("listed");
-    assert_eq!(again["status"]["reason"], "Evicted", "{again:#}");
+    node.holds_for("besteffort", "Evicted", Duration::from_secs(3), |p| {
+        p["status"]["reason"] == "Evicted"
+    });
 }
 
 /// `maxPods`: a pod past the node's capacity is rejected at admission as upstream does

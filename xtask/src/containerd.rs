@@ -792,50 +792,9 @@ fn processes() -> Result<Vec<(i32, Vec<String>)>> {
     Ok(out)
 }
 
-/// One line of /proc/self/mountinfo, reduced to what teardown needs.
-struct MountInfo {
-    mount_point: PathBuf,
-    fs_type: String,
-}
-
-fn mountinfo() -> Result<Vec<MountInfo>> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
-}
-
-/// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw` -> (/mnt2, ext3).
-fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
-    let (left, right) = line.split_once(" - ")?;
-    let mount_point = left.split(' ').nth(4)?;
-    let fs_type = right.split(' ').next()?;
-    Some(MountInfo {
-        mount_point: PathBuf::from(unescape_mount_path(mount_point)),
-        fs_type: fs_type.to_owned(),
-    })
-}
-
-/// The kernel escapes space, tab, newline and backslash in mount paths as `\ooo`.
-fn unescape_mount_path(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn mountinfo() -> Result<Vec<crate::mountinfo::MountEntry>> {
+    let text = fs::read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(crate::mountinfo::parse(&text))
 }
 
 /// Mount points strictly below `dir`, deepest (and latest) first.
@@ -887,7 +846,7 @@ fn remove_cgroup_tree(cgroup_parent: &str) -> Result<()> {
     }
     let roots: Vec<PathBuf> = mountinfo()?
         .into_iter()
-        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
         .map(|m| m.mount_point.join(relative))
         .filter(|p| p.is_dir())
         .collect();
@@ -1191,26 +1150,6 @@ const SANDBOX_REMOVAL_PATIENCE: Duration = Duration::from_secs(15);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines_parse_with_escaped_paths() {
-        let m = parse_mountinfo_line(
-            "36 35 98:0 / /tmp/a\\040b/rootfs rw,relatime shared:1 - overlay overlay rw,lowerdir=x",
-        )
-        .unwrap();
-        assert_eq!(m.mount_point, Path::new("/tmp/a b/rootfs"));
-        assert_eq!(m.fs_type, "overlay");
-        let m =
-            parse_mountinfo_line("30 1 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory")
-                .unwrap();
-        assert_eq!(
-            (m.mount_point.to_str(), m.fs_type.as_str()),
-            (Some("/sys/fs/cgroup/memory"), "cgroup")
-        );
-        assert!(parse_mountinfo_line("garbage").is_none());
-        assert_eq!(unescape_mount_path(r"a\134b\011c"), "a\\b\tc");
-        assert_eq!(unescape_mount_path(r"trailing\04"), r"trailing\04");
-    }
 
     #[test]
     fn toml_strings_are_quoted_and_escaped() {

@@ -44,6 +44,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use xtask::containerd::{self, PrivateContainerd};
+use xtask::mountinfo::MountEntry;
 
 use crate::{cargo, ebpf, is_root, run as run_cmd, setup, target_dir, workspace_root};
 
@@ -1303,8 +1304,8 @@ fn leftovers(work_dir: &Path, cgroup_root: &str, bridge: &str) -> Result<Vec<Str
     let mut left = vec![];
     let all_mounts = mounts()?;
     for m in &all_mounts {
-        if m.point.starts_with(work_dir) {
-            left.push(format!("mount {}", m.point.display()));
+        if m.mount_point.starts_with(work_dir) {
+            left.push(format!("mount {}", m.mount_point.display()));
         }
     }
     for dir in cgroup_paths(&all_mounts, cgroup_root) {
@@ -1356,68 +1357,27 @@ fn leftovers(work_dir: &Path, cgroup_root: &str, bridge: &str) -> Result<Vec<Str
     Ok(left)
 }
 
-/// One line of /proc/self/mountinfo, reduced to what this module needs.
-#[derive(Debug, PartialEq)]
-struct Mount {
-    point: PathBuf,
-    fs_type: String,
-    super_options: String,
-}
-
-fn mounts() -> Result<Vec<Mount>> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(text.lines().filter_map(parse_mount_line).collect())
-}
-
-/// `36 35 98:0 /a /mnt rw,noatime shared:1 - cgroup cgroup rw,memory`.
-fn parse_mount_line(line: &str) -> Option<Mount> {
-    let (left, right) = line.split_once(" - ")?;
-    let point = left.split(' ').nth(4)?;
-    let mut right = right.split(' ');
-    let fs_type = right.next()?.to_owned();
-    let super_options = right.nth(1).unwrap_or_default().to_owned();
-    Some(Mount {
-        point: PathBuf::from(unescape_octal(point)),
-        fs_type,
-        super_options,
-    })
-}
-
-/// The kernel writes space, tab, newline and backslash in mount paths as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = |j: usize| b.get(j).is_some_and(|c| (b'0'..=b'7').contains(c));
-        if b[i] == b'\\' && octal(i + 1) && octal(i + 2) && octal(i + 3) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn mounts() -> Result<Vec<MountEntry>> {
+    let text = fs::read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(xtask::mountinfo::parse(&text))
 }
 
 /// The memory controller's mount: a v1 hierarchy with `memory`, else the v2 mount.
-fn memory_hierarchy(mounts: &[Mount]) -> Option<PathBuf> {
+fn memory_hierarchy(mounts: &[MountEntry]) -> Option<PathBuf> {
     let v1 = mounts
         .iter()
-        .find(|m| m.fs_type == "cgroup" && m.super_options.split(',').any(|o| o == "memory"));
-    v1.or_else(|| mounts.iter().find(|m| m.fs_type == "cgroup2"))
-        .map(|m| m.point.clone())
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"));
+    v1.or_else(|| mounts.iter().find(|m| m.fstype == "cgroup2"))
+        .map(|m| m.mount_point.clone())
 }
 
 /// `cgroup_root` in every cgroup hierarchy (v1 controllers, named ones, v2).
-fn cgroup_paths(mounts: &[Mount], cgroup_root: &str) -> Vec<PathBuf> {
+fn cgroup_paths(mounts: &[MountEntry], cgroup_root: &str) -> Vec<PathBuf> {
     let relative = cgroup_root.trim_start_matches('/');
     mounts
         .iter()
-        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
-        .map(|m| m.point.join(relative))
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| m.mount_point.join(relative))
         .collect()
 }
 
@@ -1486,7 +1446,7 @@ pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
     for _pass in 0..5 {
         let mut below: Vec<PathBuf> = mounts()?
             .into_iter()
-            .map(|m| m.point)
+            .map(|m| m.mount_point)
             .filter(|p| p.starts_with(dir) && p != dir)
             .collect();
         if below.is_empty() {
@@ -1724,23 +1684,15 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_lines_parse() {
-        let m = parse_mount_line(
-            "30 1 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory",
-        )
-        .unwrap();
-        assert_eq!(m.point, Path::new("/sys/fs/cgroup/memory"));
-        assert_eq!(
-            (m.fs_type.as_str(), m.super_options.as_str()),
-            ("cgroup", "rw,memory")
+    fn memory_hierarchy_and_cgroup_paths_from_mounts() {
+        let parsed = xtask::mountinfo::parse(
+            b"40 1 0:30 / /w/a\\040b rw - tmpfs tmpfs rw
+31 1 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+30 1 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+",
         );
-        let tmpfs = parse_mount_line("40 1 0:30 / /w/a\\040b rw - tmpfs tmpfs rw").unwrap();
-        assert_eq!(tmpfs.point, Path::new("/w/a b"));
-        let v2 =
-            parse_mount_line("31 1 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw").unwrap();
-        assert!(parse_mount_line("garbage").is_none());
-        assert_eq!(unescape_octal(r"a\134b\011c\04"), "a\\b\tc\\04");
-
+        let [tmpfs, v2, m] = <[MountEntry; 3]>::try_from(parsed).expect("three mounts");
+        assert_eq!(tmpfs.mount_point, Path::new("/w/a b"));
         let all = vec![tmpfs, v2, m];
         assert_eq!(
             memory_hierarchy(&all).as_deref(),

@@ -227,7 +227,7 @@ pub fn load(spec: &WatchSpec) -> Result<(KernelProbe, EventReader), BpfError> {
         match attach(&mut ebpf, a) {
             Ok(()) => debug!(program = a.program, tracepoint = a.tracepoint, "attached"),
             Err(e) if !a.required => {
-                let reason = format!("{}: {}", e, error_chain(&e));
+                let reason = crate::error::full_text(&e);
                 warn!("{reason}; memory pressure reporting is incomplete");
                 degraded.push(reason);
             }
@@ -300,17 +300,6 @@ fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), BpfError> {
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::MissingMap(name))
-}
-
-/// Formats an error's sources, for one-line logs ("a: b: c").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }
 
 /// BPF maps are charged to the memory cgroup on current kernels; on older ones they count
@@ -466,7 +455,7 @@ impl EventReader {
                     guard.clear_ready();
                     drain(guard.get_inner_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
                 }
-                () = sleep_until(straggler) => {
+                () = crate::timer::sleep_until(straggler) => {
                     straggler = None;
                     drain(fd.get_mut(), &tx, &clock, page, &losses, &mut pending_user_loss)
                 }
@@ -526,13 +515,6 @@ enum Drained {
     Records(usize),
     /// The consumer went away.
     Closed,
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Reads every record in the ring buffer and hands the events on without blocking.

@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::Pod;
 use super::CgroupError;
 use super::driver::{CgroupDriver, CgroupManager, MemoryUsage};
 use super::hierarchy::{join, normalize};
-use crate::config::{Config, Reservation};
+use crate::config::{Config, NodeFacts, Reservation};
 use crate::pods::qos::{self, QosClass};
 
 pub const KUBEPODS: &str = "kubepods";
@@ -336,20 +336,15 @@ pub struct NodeCapacity {
 }
 
 impl NodeCapacity {
-    /// The node's memory (`<proc_root>/meminfo`), online CPUs and `kernel.pid_max`.
-    ///
-    /// # Errors
-    /// [`CgroupError::Read`] or [`CgroupError::Malformed`] for the memory.
-    pub fn detect(proc_root: &Path) -> Result<Self, CgroupError> {
-        Ok(Self {
-            memory_bytes: memory_capacity(proc_root)?,
-            cpu_millis: std::thread::available_parallelism()
-                .ok()
-                .and_then(|n| u64::try_from(n.get()).ok())
-                .map_or(1000, |n| n * 1000),
-            pid_max: fs::read_to_string(proc_root.join("sys/kernel/pid_max"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok()),
+    /// The capacity from what the configuration was checked against (read once, at load):
+    /// one CPU when the count is unknown. `None` when the memory is unknown: no limit can be
+    /// sized without it.
+    #[must_use]
+    pub fn from_facts(node: &NodeFacts) -> Option<Self> {
+        Some(Self {
+            memory_bytes: node.memory_bytes?,
+            cpu_millis: node.cpu_millis.unwrap_or(1000),
+            pid_max: node.pid_max,
         })
     }
 }

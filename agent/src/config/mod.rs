@@ -162,6 +162,9 @@ pub struct Config {
     pub pleg: PlegConfig,
     /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls`.
     pub sysctls: SysctlPolicy,
+    /// The node as read once at load: the settings above were checked against it, and the
+    /// agent sizes the pod cgroup tree from it.
+    pub node: NodeFacts,
     /// Cluster mode (`--kubeconfig`); `None`: standalone, static pods only.
     pub cluster: Option<ClusterConfig>,
 }
@@ -183,32 +186,36 @@ pub struct ClusterConfig {
     pub node_lease_duration: Duration,
 }
 
-/// What the node has, for the settings that must fit it; read by [`load`].
+/// What the node has, read once by [`load`]: the settings that must fit it are checked
+/// against it, and the agent sizes `kubepods` from the same values
+/// ([`crate::cgroups::tree::NodeCapacity::from_facts`]), so the two cannot disagree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     /// `MemTotal`, when readable.
     pub memory_bytes: Option<u64>,
     /// Online CPUs in millicores, when known.
     pub cpu_millis: Option<u64>,
+    /// `kernel.pid_max`, when readable.
+    pub pid_max: Option<u64>,
     /// The kernel's `major.minor`, when readable.
     pub kernel: Option<(u32, u32)>,
 }
 
 impl NodeFacts {
-    /// Reads the node's memory, CPUs and kernel version under `proc_root`; what cannot be
-    /// read stays `None` (and its checks are skipped).
+    /// Reads the node's memory, CPUs, `pid_max` and kernel version under `proc_root`; what
+    /// cannot be read stays `None` (and its checks are skipped).
     #[must_use]
     pub fn detect(proc_root: &Path) -> Self {
-        let kernel = std::fs::read_to_string(proc_root.join("sys/kernel/osrelease"))
-            .ok()
-            .and_then(|r| crate::pods::sysctls::parse_kernel_release(r.trim()));
+        let read = |path: &str| std::fs::read_to_string(proc_root.join(path)).ok();
         Self {
             memory_bytes: crate::cgroups::tree::memory_capacity(proc_root).ok(),
             cpu_millis: std::thread::available_parallelism()
                 .ok()
                 .and_then(|n| u64::try_from(n.get()).ok())
                 .map(|n| n * 1000),
-            kernel,
+            pid_max: read("sys/kernel/pid_max").and_then(|s| s.trim().parse().ok()),
+            kernel: read("sys/kernel/osrelease")
+                .and_then(|r| crate::pods::sysctls::parse_kernel_release(r.trim())),
         }
     }
 }
@@ -1085,6 +1092,7 @@ impl Typed<'_> {
             pod_pids_limit,
             pleg,
             sysctls,
+            node: *node,
             cluster: self.cluster(kc, args)?,
         })
     }

@@ -668,7 +668,7 @@ fn bad_input_names_the_culprit() {
             Ok(_) => panic!("{body:?} {flags:?}: accepted"),
             Err(e) => e,
         };
-        let message = error_chain(&err);
+        let message = crate::error::full_text(&err);
         for part in want {
             assert!(
                 message.contains(part),
@@ -710,7 +710,7 @@ fn bad_documents_name_the_file() {
         let err = with_config(body, &[])
             .err()
             .unwrap_or_else(|| panic!("{body:?}: accepted"));
-        let message = error_chain(&err);
+        let message = crate::error::full_text(&err);
         assert!(
             message.contains("config.yaml"),
             "{body:?}: {message:?} lacks the file"
@@ -766,21 +766,11 @@ fn zero_thresholds_disable() {
     assert!(c.eviction.hard.is_empty());
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        source = e.source();
-    }
-    message
-}
-
 fn node(memory_gib: u64, cpus: u64) -> NodeFacts {
     NodeFacts {
         memory_bytes: Some(memory_gib << 30),
         cpu_millis: Some(cpus * 1000),
+        pid_max: Some(4_194_304),
         kernel: Some((6, 18)),
     }
 }
@@ -867,4 +857,49 @@ fn loop_periods_at_their_minimum_are_accepted() {
     .expect("minimums");
     assert_eq!(c.sources.file_check_frequency, Duration::from_secs(1));
     assert_eq!(c.pleg.safety_relist_period, Duration::from_secs(1));
+}
+
+/// The node the settings were checked against is the node `kubepods` is sized from: one
+/// read at load, kept in the config, so an allocatable that fits at validation is the
+/// limit the cgroup tree gets.
+#[test]
+fn kubepods_is_sized_from_the_node_the_config_was_checked_against() {
+    use crate::cgroups::tree::{NodeCapacity, kubepods_settings};
+    let n = node(4, 2);
+    let c = load_on_node(
+        "enforceNodeAllocatable: [pods]\nsystemReserved: {memory: 3Gi, cpu: 1500m, pid: 1000}",
+        &n,
+    )
+    .expect("fits the node");
+    assert_eq!(c.node, n);
+    let capacity = NodeCapacity::from_facts(&c.node).expect("memory known");
+    let k = kubepods_settings(
+        c.cgroups.enforce_pods_allocatable,
+        &c.system_reserved,
+        &c.kube_reserved,
+        &capacity,
+    )
+    .expect("what validation accepted fits");
+    assert_eq!(k.memory_limit, Some(1 << 30));
+    assert_eq!(k.cpu_shares, crate::pods::qos::cpu_shares(500));
+    assert_eq!(k.pids_limit, Some(4_194_304 - 1000));
+
+    let unknown = NodeFacts {
+        memory_bytes: None,
+        ..n
+    };
+    assert_eq!(
+        NodeCapacity::from_facts(&unknown),
+        None,
+        "no memory, no sizing"
+    );
+    let no_cpus = NodeFacts {
+        cpu_millis: None,
+        ..n
+    };
+    assert_eq!(
+        NodeCapacity::from_facts(&no_cpus).map(|c| c.cpu_millis),
+        Some(1000),
+        "one CPU when the count is unknown"
+    );
 }

@@ -79,7 +79,7 @@ pub fn start(
             match start_bpf(spec, tx.clone(), cancel, tracker) {
                 Ok(running) => return Ok(running),
                 Err(SourceError::Bpf(e)) if choice == SourceChoice::Auto => {
-                    let reason = format!("{e}: {}", bpf::error_chain(&e));
+                    let reason = crate::error::full_text(&e);
                     warn!(
                         "BPF event source unavailable ({reason}); falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
                         spec.poll_interval
@@ -104,7 +104,7 @@ pub fn start(
     let cancel = cancel.clone();
     tracker.spawn(async move {
         if let Err(e) = poll.run(tx, cancel).await {
-            warn!(error = %e, cause = %bpf::error_chain(&e), "polling event source stopped");
+            warn!(error = %e, cause = %crate::error::error_chain(&e), "polling event source stopped");
         }
     });
     Ok(RunningSource {
@@ -155,7 +155,7 @@ fn start_bpf(
     let cancel = cancel.clone();
     tracker.spawn(async move {
         if let Err(e) = reader.run(tx, cancel).await {
-            warn!(error = %e, cause = %bpf::error_chain(&e), "kernel event reader stopped");
+            warn!(error = %e, cause = %crate::error::error_chain(&e), "kernel event reader stopped");
         }
     });
     Ok(RunningSource {

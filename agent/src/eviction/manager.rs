@@ -541,7 +541,7 @@ impl EvictionManager {
                         continue;
                     }
                 },
-                () = sleep_until(cleanup_at), if cleanup_at.is_some() => {
+                () = crate::timer::sleep_until(cleanup_at), if cleanup_at.is_some() => {
                     (TriggerKind::Cleanup, Instant::now())
                 }
                 // The cleanup poll looks as often while an eviction is pending.
@@ -767,7 +767,7 @@ impl EvictionManager {
             "reclaimed disk before evicting"
         );
         for e in &report.errors {
-            warn!(error = %e, cause = %error_chain(e), "disk reclaim");
+            warn!(error = %e, cause = %crate::error::error_chain(e), "disk reclaim");
         }
         let observer = Arc::clone(&shell.observer);
         let imagefs = shell.imagefs.path.clone();
@@ -799,13 +799,6 @@ struct Shell<R, P> {
     storage_reported: Vec<String>,
     /// Pods whose too large trees were reported.
     truncated_reported: BTreeSet<String>,
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The runtime's image filesystem, asked for now and then.
@@ -847,26 +840,13 @@ impl ImageFs {
 
 /// Logs observation errors when they differ from the last ones (no spam at 10 Hz).
 fn report_errors(reported: &mut Vec<String>, errors: &[super::EvictionError]) {
-    let now: Vec<String> = errors
-        .iter()
-        .map(|e| format!("{e}: {}", error_chain(e)))
-        .collect();
+    let now: Vec<String> = errors.iter().map(|e| crate::error::full_text(e)).collect();
     if now != *reported {
         for e in &now {
             warn!(error = %e, "eviction signal unavailable");
         }
         *reported = now;
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push(c.to_string());
-        cause = c.source();
-    }
-    out.join(": ")
 }
 
 /// Why a pod is refused while the node is under pressure (upstream's eviction admit

@@ -193,14 +193,7 @@ impl ManifestError {
     /// parser's own words, line and column included.
     #[must_use]
     pub fn full_text(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        crate::error::full_text(self)
     }
 }
 

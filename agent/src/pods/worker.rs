@@ -165,7 +165,7 @@ impl SyncError {
             SyncError::Runtime { source, .. } | SyncError::CreateSandbox { source, .. } => {
                 runtime_message(source)
             }
-            other => crate::bpf::error_chain(other),
+            other => crate::error::error_chain(other),
         }
     }
 
@@ -278,7 +278,7 @@ impl StartError {
 
 /// `e` and its causes, one sentence.
 fn describe(e: &dyn std::error::Error) -> String {
-    let chain = crate::bpf::error_chain(e);
+    let chain = crate::error::error_chain(e);
     if chain.is_empty() {
         e.to_string()
     } else {
@@ -923,7 +923,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                         reason: e.reason(),
                         message: e.status_message(),
                     };
-                    warn!(pod = %name, container = %start.name, reason = %failure.reason, error = %e, cause = %crate::bpf::error_chain(&e), "container start failed; backing off");
+                    warn!(pod = %name, container = %start.name, reason = %failure.reason, error = %e, cause = %crate::error::error_chain(&e), "container start failed; backing off");
                     let event = match &e {
                         StartError::ImageNeverPull { .. } | StartError::ImageMissing { .. } => {
                             failure.message.clone()
@@ -1026,7 +1026,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         if let Err(e) =
             crate::probes::run_post_start(&*ctx.runtime, pod, container, &id, pod_ip, None).await
         {
-            warn!(pod = %name, container = %container.name, error = %e, cause = %crate::bpf::error_chain(&e), "FailedPostStartHook");
+            warn!(pod = %name, container = %container.name, error = %e, cause = %crate::error::error_chain(&e), "FailedPostStartHook");
             ctx.recorder.record(
                 &pod_reference(pod),
                 EventType::Warning,
@@ -1076,7 +1076,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     /// to 5 min while the pod keeps failing.
     fn sync_failed(&mut self, pod: &Pod, e: &SyncError) -> Duration {
         let name = format_pod(pod);
-        let cause = crate::bpf::error_chain(e);
+        let cause = crate::error::error_chain(e);
         self.sync_failures = self.sync_failures.saturating_add(1);
         let retry_in = sync_retry_delay(e, self.sync_failures);
         let text = format!("{e}: {cause}");
@@ -1160,7 +1160,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 if let Err(e) =
                     crate::probes::run_http_hook(&action, pod, &spec, pod_ip, grace).await
                 {
-                    warn!(pod = %pod_name, %container, error = %e, cause = %crate::bpf::error_chain(&e), "preStop hook failed");
+                    warn!(pod = %pod_name, %container, error = %e, cause = %crate::error::error_chain(&e), "preStop hook failed");
                 }
             }
             None => {}

@@ -308,7 +308,7 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
                     }
                     Wakeup::Timer
                 }
-                () = sleep_until(wake), if wake.is_some() => Wakeup::Timer,
+                () = crate::timer::sleep_until(wake), if wake.is_some() => Wakeup::Timer,
             };
             match wakeup {
                 Wakeup::Command(c) => self.apply(c),
@@ -673,13 +673,6 @@ enum Wakeup {
     Finished(Result<(TaskId, (u64, Outcome)), tokio::task::JoinError>),
     /// A deadline passed (or a poke went out): start what is due.
     Timer,
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -156,14 +156,7 @@ pub async fn run_action<R: ContainerRuntime>(
 
 /// An error and its causes on one line.
 fn describe(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+    crate::error::full_text(e)
 }
 
 #[cfg(test)]

@@ -21,18 +21,18 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt as _;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::time::ClockId;
 use nix::unistd::Pid;
+use xtask::agent::{self, Agent, AgentSpec};
 use xtask::containerd::{self, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
 
@@ -523,7 +523,7 @@ pub(crate) struct Node {
     pub(crate) cgroup_root: String,
     pub(crate) port: u16,
     pub(crate) rt: tokio::runtime::Runtime,
-    pub(crate) agent: Option<Child>,
+    pub(crate) agent: Option<Agent>,
     pub(crate) agent_log: PathBuf,
     /// Extra environment of the agent.
     pub(crate) agent_env: Vec<(String, String)>,
@@ -542,7 +542,7 @@ impl Node {
             staging: work_dir.join("staging"),
             agent_root: work_dir.join("root"),
             cgroup_root: cgroup_root.to_owned(),
-            port: free_port()?,
+            port: agent::free_port()?,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -582,74 +582,54 @@ impl Node {
         fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
         self.agent_log = self.work_dir.join(format!("agent-{}.log", mode.as_str()));
-        let log = fs::File::create(&self.agent_log)
-            .with_context(|| format!("creating {}", self.agent_log.display()))?;
-        let mut cmd = Command::new(&self.bpflet);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--root-dir")
-            .arg(&self.agent_root)
-            .args(["--hostname-override", NODE])
-            .args(["--log-format", "json"])
-            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log file handle")?)
-            .stderr(log)
-            // Ctrl-C reaches only us; we stop the agent in order.
-            .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and makes one
-        // async-signal-safe system call (prctl), touching no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                // If the bench dies without tearing down, the agent still stops.
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-            });
+        // The log is appended to: a new run starts a new one.
+        match fs::remove_file(&self.agent_log) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", self.agent_log.display()));
+            }
+            _ => {}
         }
-        let line = crate::describe(&cmd);
+        let spec = AgentSpec {
+            bin: self.bpflet.clone(),
+            config: config_path,
+            root_dir: self.agent_root.clone(),
+            node_name: NODE.to_owned(),
+            log: self.agent_log.clone(),
+            args: vec!["--log-format".into(), "json".into()],
+            env: self
+                .agent_env
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            wrapper: vec![],
+        };
+        let line = crate::describe(&spec.command());
         eprintln!("bench pods: {line}");
-        self.agent = Some(cmd.spawn().with_context(|| format!("starting `{line}`"))?);
+        let agent = self
+            .agent
+            .insert(Agent::spawn(&spec).with_context(|| format!("starting `{line}`"))?);
 
         // The API is bound before the PLEG starts: wait for both, then check the mode (an
         // event PLEG without BPF falls back to generic).
-        let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        let mode_logged = loop {
-            check_interrupted()?;
-            if let Some(status) = self
-                .agent
-                .as_mut()
-                .and_then(|c| c.try_wait().transpose())
-                .transpose()
-                .context("checking on bpflet")?
-            {
-                self.agent = None;
-                bail!(
-                    "bpflet exited during start-up ({status}); last lines of {}:\n{}",
-                    self.agent_log.display(),
-                    self.log_tail(20)
-                );
-            }
-            let log = agent_log::read(&self.agent_log).unwrap_or_default();
-            if let Some(logged) = pleg_mode_logged(&log)
-                && self.pods().is_ok()
-            {
-                break logged.to_owned();
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "bpflet did not serve /pods and start its PLEG within {AGENT_START_TIMEOUT:?}; \
-                     last lines of {}:\n{}",
-                    self.agent_log.display(),
-                    self.log_tail(20)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
+        let mut mode_logged = None;
+        let (log_path, port) = (&self.agent_log, self.port);
+        // On failure the agent is left to `stop_agent`, as always.
+        agent.wait_ready(
+            "serve /pods and start its PLEG",
+            AGENT_START_TIMEOUT,
+            || {
+                check_interrupted()?;
+                let log = agent_log::read(log_path).unwrap_or_default();
+                mode_logged = pleg_mode_logged(&log).map(str::to_owned);
+                Ok(mode_logged.is_some() && agent::serves_pods(port))
+            },
+        )?;
         let want = match mode {
             PlegMode::Event => "Event",
             PlegMode::Generic => "Generic",
         };
         ensure!(
-            mode_logged == want,
+            mode_logged.as_deref() == Some(want),
             "bpflet did not start the {} PLEG: its log says mode {mode_logged:?}; last lines \
              of {}:\n{}",
             mode.as_str(),
@@ -661,28 +641,16 @@ impl Node {
 
     /// SIGTERM to the agent (pods keep running), SIGKILL after a grace period.
     pub(crate) fn stop_agent(&mut self) {
-        let Some(mut child) = self.agent.take() else {
-            return;
-        };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if let Some(agent) = self.agent.take() {
+            agent.stop(Signal::SIGTERM, AGENT_STOP_GRACE);
         }
-        let deadline = Instant::now() + AGENT_STOP_GRACE;
-        while Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("bench pods: bpflet ignored SIGTERM for {AGENT_STOP_GRACE:?}; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     pub(crate) fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(&self.agent_log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        agent::tail(
+            &fs::read_to_string(&self.agent_log).unwrap_or_default(),
+            lines,
+        )
     }
 
     /// One GET /pods, timed.
@@ -825,7 +793,7 @@ impl Node {
         let agent_pid = self
             .agent
             .as_ref()
-            .map(Child::id)
+            .map(Agent::id)
             .context("bpflet is not running")?;
         let mut names: Vec<String> = vec![];
         let mut rows = vec![];
@@ -892,11 +860,6 @@ impl Node {
         self.wait_gone(&names)?;
         Ok(rows)
     }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// A host-network busybox pod sleeping for an hour, with tiny requests.

@@ -35,13 +35,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use xtask::agent::Agent;
 use xtask::containerd::PrivateContainerd;
 use xtask::images::BUSYBOX_IMAGE;
 
@@ -216,7 +216,7 @@ fn measure_variant(
     let agent_pid = node
         .agent
         .as_ref()
-        .map(Child::id)
+        .map(Agent::id)
         .context("bpflet is not running")?;
     let names: Vec<String> = (0..plan.pods)
         .map(|i| format!("prb-{}-{i:03}", variant.tag()))

@@ -719,7 +719,10 @@ fn pressure_v2_one_event_per_cgroup() {
     assert_eq!(events[0].cgroup, ctr());
 }
 
-#[tokio::test]
+/// On tokio's paused clock, time moves only when every task waits and no blocking read
+/// runs: a virtual sleep shorter than the interval returns once the first poll (taken at
+/// once) has finished.
+#[tokio::test(start_paused = true)]
 async fn run_reports_from_fixture_files() {
     let f = Fixture::new(false);
     f.cgroup(&ctr());
@@ -736,8 +739,8 @@ async fn run_reports_from_fixture_files() {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(PollSource::new(cfg).run(tx, cancel.clone()));
 
-    // Wait for the first poll, then change things.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first poll has recorded the state; then change things.
+    tokio::time::sleep(Duration::from_millis(10)).await;
     f.cgroup(&ctr2());
     let mut lines = report(2, &pod(), &ctr(), 10, "new").join("\n");
     lines.push('\n');
@@ -786,8 +789,9 @@ async fn run_rejects_bad_config() {
 }
 
 /// Against the real hierarchy and /proc: a child of this test process exits and the
-/// source reports it. Needs no privileges (only reads this process's own cgroup).
-#[tokio::test]
+/// source reports it. Needs no privileges (only reads this process's own cgroup). On the
+/// paused clock, as above.
+#[tokio::test(start_paused = true)]
 async fn real_exit_in_own_cgroup() {
     let proc_root = PathBuf::from("/proc");
     let h = Hierarchy::detect(&proc_root).expect("detect the host's memory hierarchy");
@@ -808,8 +812,8 @@ async fn real_exit_in_own_cgroup() {
     let (tx, mut rx) = mpsc::channel(1024);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(PollSource::new(cfg).run(tx, cancel.clone()));
-    // Let the first poll see the child.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Half an interval of virtual time: the first poll has seen the child.
+    tokio::time::sleep(Duration::from_millis(25)).await;
     child.kill().expect("kill sleep");
     child.wait().expect("reap sleep");
 

@@ -761,7 +761,7 @@ impl Shell {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_shell_evicts_on_kernel_triggers_and_after_cleanup() {
     let Shell {
         _dir,
@@ -796,9 +796,11 @@ async fn the_shell_evicts_on_kernel_triggers_and_after_cleanup() {
             .any(|c| c.kind == PressureCondition::MemoryPressure && c.status)
     );
 
-    // More kernel events while the pod dies: nothing else is evicted.
+    // More kernel events while the pod dies: nothing else is evicted, neither on the
+    // trigger nor on the three cleanup polls that follow (virtual time: the evaluations
+    // due in these 300 ms have all run when the sleep returns).
     trigger_tx.send(Trigger::now()).await.expect("trigger");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(3 * CLEANUP_POLL).await;
     assert!(evictions.try_recv().is_err(), "one eviction at a time");
 
     // The agent killed it: no tasks left. Still under pressure: the cleanup poll evicts the
@@ -818,11 +820,12 @@ async fn the_shell_evicts_on_kernel_triggers_and_after_cleanup() {
 
 /// A kernel trigger that finds no pressure yet (usage crossed the notifier's threshold,
 /// the signal not yet its own) keeps the manager looking for a moment.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_kernel_trigger_without_pressure_is_watched_for_a_moment() {
     let mut shell = Shell::start().await;
     shell.kernel_trigger().await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The trigger's evaluation and two watch polls, without pressure.
+    tokio::time::sleep(WATCH_POLL * 5 / 2).await;
     assert!(shell.evictions.try_recv().is_err(), "no pressure yet");
     // The signal crosses its threshold with no further kernel event.
     shell.press();
@@ -834,12 +837,13 @@ async fn a_kernel_trigger_without_pressure_is_watched_for_a_moment() {
 
 /// Evaluations that find no threshold met look at the node's signals only: the pods (a copy
 /// of every pod's status in the agent) are asked for once there is pressure.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn pods_are_looked_at_only_under_pressure() {
     let mut shell = Shell::start().await;
     shell.kernel_trigger().await;
-    // The trigger and the watch's evaluations every 100 ms, all without pressure.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // The trigger and the watch's evaluations every 100 ms, all without pressure
+    // (virtual time: the three polls have run when the sleep returns).
+    tokio::time::sleep(WATCH_POLL * 7 / 2).await;
     assert_eq!(shell.pods.asked(), 0, "no threshold met, no pods read");
     shell.press();
     let e = next_eviction(&mut shell.evictions).await;
@@ -977,7 +981,7 @@ fn pressure_evictions_are_not_terminal() {
     assert!(!e.keeps_down(&[], &Pod::default()), "no pressure: back up");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_periodic_pass_measures_and_evicts_limited_pods() {
     let dir = tempfile::tempdir().expect("tempdir");
     let proc_root = dir.path().join("proc");
@@ -1028,7 +1032,8 @@ async fn the_periodic_pass_measures_and_evicts_limited_pods() {
         e.message,
         "Usage of EmptyDir volume \"data\" exceeds the limit \"10Mi\". "
     );
-    // The pod still listed (its status lags) is not evicted again.
+    // The pod still listed (its status lags) is not evicted again by the four periodic
+    // passes that follow (virtual time).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(evictions.try_recv().is_err());
     cancel.cancel();

@@ -234,8 +234,9 @@ async fn inotify_notices_changes_at_once() {
 }
 
 /// A file still open for writing holds the rescan until it is closed (or quiet for the
-/// debounce), so a writer that pauses mid-file is not reported as malformed.
-#[tokio::test]
+/// debounce), so a writer that pauses mid-file is not reported as malformed. On the paused
+/// clock, so the writer's pause is exactly half the debounce however busy the machine is.
+#[tokio::test(start_paused = true)]
 async fn a_file_being_written_is_read_once_closed() {
     use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -246,8 +247,12 @@ async fn a_file_being_written_is_read_once_closed() {
     let mut file = fs::File::create(dir.path().join("web.yaml")).expect("create");
     file.write_all(head.as_bytes()).expect("write");
     file.flush().expect("flush");
-    // Shorter than the debounce: the writer is still at it.
-    tokio::time::sleep(DEBOUNCE / 2).await;
+    // Shorter than the debounce: the writer is still at it. Virtual time moves only when
+    // every task waits, and the inotify events are already queued, so the first step lets
+    // the source take them (and, were there no debounce, read the half-written file: its
+    // blocking read holds the clock) before the second step ends the pause.
+    tokio::time::sleep(DEBOUNCE / 4).await;
+    tokio::time::sleep(DEBOUNCE / 4).await;
     file.write_all(tail.as_bytes()).expect("write");
     drop(file);
     let (pods, errors) = next_snapshot(&mut running.rx).await;
@@ -278,7 +283,8 @@ fn open_writes_follow_create_modify_and_close() {
     assert!(writes.is_empty(), "an event on the directory itself");
 }
 
-#[tokio::test]
+/// On the paused clock: the quiet wait below spans exactly four rescans.
+#[tokio::test(start_paused = true)]
 async fn rescan_is_the_backstop_without_inotify() {
     let dir = tempfile::tempdir().expect("tempdir");
     let source = file_source(dir.path(), Duration::from_millis(100)).with_inotify(false);
@@ -288,7 +294,7 @@ async fn rescan_is_the_backstop_without_inotify() {
         names(&next_snapshot(&mut running.rx).await.0),
         ["web-node-a"]
     );
-    // Nothing changes: no more snapshots.
+    // Nothing changes: four rescans, no more snapshots.
     assert!(
         tokio::time::timeout(Duration::from_millis(400), running.rx.recv())
             .await

@@ -11,7 +11,7 @@
 //! <cgroupRoot>/kubepods/besteffort/pod<uid>
 //! ```
 //!
-//! The pod numbers come from [`crate::pods::qos::pod_resource_config`]; this module only
+//! The pod numbers come from [`crate::model::qos::pod_resource_config`]; this module only
 //! places and writes them. Containers go below their pod's cgroup: the runtime creates them
 //! from the cgroup parent handed over in the sandbox config ([`QosTree::cri_cgroup_parent`]).
 //!
@@ -31,7 +31,7 @@ use super::CgroupError;
 use super::driver::{CgroupDriver, CgroupManager, MemoryUsage};
 use super::hierarchy::{join, normalize};
 use crate::config::{Config, Reservation};
-use crate::pods::qos::{self, QosClass};
+use crate::model::qos::{self, QosClass};
 
 pub const KUBEPODS: &str = "kubepods";
 pub const BURSTABLE: &str = "burstable";
@@ -193,7 +193,7 @@ impl QosTree {
     /// # Errors
     /// [`CgroupError::InvalidPodUid`] when the UID is missing or could leave the tree.
     pub fn pod_cgroup(&self, pod: &Pod) -> Result<String, CgroupError> {
-        let uid = crate::pods::pod_uid(pod);
+        let uid = crate::model::pod_uid(pod);
         self.pod_cgroup_of(uid, qos::qos_class(pod))
     }
 

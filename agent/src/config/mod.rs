@@ -21,7 +21,6 @@ mod args;
 pub mod duration;
 pub mod eviction;
 pub mod file;
-pub mod quantity;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,7 +37,7 @@ use self::eviction::{
     Signal, Threshold, ThresholdValue, parse_threshold_value, split_threshold_flag,
 };
 pub use self::file::{BpfletConfiguration, KubeletConfiguration};
-use self::quantity::parse_quantity;
+use crate::model::quantity::parse_quantity;
 use crate::pods::sysctls::SysctlPolicy;
 
 /// The process exit code for a configuration error (`EX_USAGE`).

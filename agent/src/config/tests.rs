@@ -43,7 +43,7 @@ fn with_config(text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
 }
 
 fn mi(n: u64) -> ThresholdValue {
-    ThresholdValue::Quantity(crate::config::quantity::QuantityValue::from_units(n << 20))
+    ThresholdValue::Quantity(crate::model::quantity::QuantityValue::from_units(n << 20))
 }
 
 #[test]

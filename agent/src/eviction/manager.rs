@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::eviction::{Signal, Threshold};
 use crate::config::{EvictionConfig, EvictionRanking};
-use crate::pods::qos::{self, QosClass};
+use crate::model::qos::{self, QosClass};
 use crate::runtime::ContainerRuntime;
 use crate::status::REASON_EVICTED;
 

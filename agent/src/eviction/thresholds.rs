@@ -312,7 +312,7 @@ mod tests {
     use super::*;
     use crate::config::EvictionRanking;
     use crate::config::eviction::ThresholdValue;
-    use crate::config::quantity::QuantityValue;
+    use crate::model::quantity::QuantityValue;
 
     const MI: u64 = 1 << 20;
     const GI: u64 = 1 << 30;

@@ -13,7 +13,7 @@
 //!   environment variables (`value` with `$(VAR)` expansion over the variables before it;
 //!   `fieldRef` and `resourceFieldRef`; limits a container does not set are the node's
 //!   allocatable, as upstream), mounts through [`PodVolumes`], log path
-//!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from [`super::qos`], and
+//!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from [`crate::model::qos`], and
 //!   the security context.
 //!
 //! Not done (each needs something this agent does not have or do): `configMapKeyRef`,
@@ -35,10 +35,12 @@ use k8s_openapi::api::core::v1::{
 };
 
 use super::labels::{self, LabelError};
-use super::qos::{container_resource_config, is_restartable_init_container, pod_resource_config};
 use super::volumes::{PodVolumes, SubPathMounts};
-use super::{format_pod, pod_uid};
-use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::model::qos::{
+    container_resource_config, is_restartable_init_container, pod_resource_config,
+};
+use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::{format_pod, pod_uid};
 use crate::runtime::api;
 
 /// Upstream's limit on nameservers in a pod's resolv.conf (glibc reads three).

@@ -28,11 +28,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use sha2::{Digest, Sha256};
 
-use crate::config::quantity::{QuantityValue, parse_quantity};
-
-pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
-pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
-pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
+use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::{CONFIG_HASH_ANNOTATION, CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
 
 /// The largest manifest file or `--manifest-url` body read: 3 MiB, the API server's limit
 /// on a request body.

@@ -29,9 +29,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use sha2::{Digest, Sha256};
 
 use super::backoff::{Backoff, BackoffKey, BackoffState};
-use super::qos::is_restartable_init_container;
-use super::{format_pod, pod_uid};
 use crate::config::duration::format_duration;
+use crate::model::qos::is_restartable_init_container;
+use crate::model::{format_pod, pod_uid};
 
 /// A sandbox as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,9 +38,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::manifest::{
-    CONFIG_SEEN_ANNOTATION, MAX_MANIFEST_BYTES, ManifestError, ManifestOrigin, StaticPod,
-    parse_pod_manifest, parse_url_manifest,
+    MAX_MANIFEST_BYTES, ManifestError, ManifestOrigin, StaticPod, parse_pod_manifest,
+    parse_url_manifest,
 };
+use crate::model::CONFIG_SEEN_ANNOTATION;
 
 /// How often a source that stays unreadable is logged again.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);

@@ -47,9 +47,9 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
 use super::manifest::validate_dns_label;
-use super::qos::pod_limits;
-use super::{format_pod, pod_uid};
-use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::model::qos::pod_limits;
+use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::{format_pod, pod_uid};
 use crate::mountinfo::MountEntry;
 
 /// The per-pod directory of emptyDir volumes, named like upstream's plugin.

@@ -1,0 +1,46 @@
+//! The Kubernetes model: what the agent knows about the API objects it is given (Pod,
+//! containers, resources, node conditions), as pure functions and types with no I/O.
+//!
+//! Everything else (pod sources, the CRI layer, cgroups, eviction, status) depends on this
+//! module, and it depends on none of them: it is where a question about the API object
+//! itself is answered (its QoS class, its totals, its grace period, whether a field is
+//! valid), whichever component asks.
+
+pub mod qos;
+pub mod quantity;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// Which source defined a static pod (`file`, `http`); also what upstream reads to tell a
+/// static pod from an API pod.
+pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+/// A static pod's UID, as its source derived it.
+pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
+/// When the source first saw this version of a static pod.
+pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
+
+/// `<name>_<namespace>`: the pod's full name, unique on a node (upstream `GetPodFullName`).
+#[must_use]
+pub fn pod_full_name(pod: &Pod) -> String {
+    format!(
+        "{}_{}",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.namespace.as_deref().unwrap_or_default()
+    )
+}
+
+/// `<name>_<namespace>(<uid>)`: how upstream names a pod in messages (`format.Pod`).
+#[must_use]
+pub fn format_pod(pod: &Pod) -> String {
+    format!(
+        "{}({})",
+        pod_full_name(pod),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// The pod's UID (empty if unset).
+#[must_use]
+pub fn pod_uid(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or_default()
+}

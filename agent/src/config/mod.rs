@@ -594,7 +594,7 @@ fn node_name(hostname_override: Option<&str>) -> Result<String, ConfigError> {
         }
     };
     let name = name.to_lowercase();
-    if let Err(reason) = crate::pods::manifest::validate_dns_subdomain(&name) {
+    if let Err(reason) = crate::model::validation::validate_dns_subdomain(&name) {
         return Err(ConfigError::Invalid {
             field: "nodeName".to_owned(),
             origin,

@@ -6,8 +6,10 @@
 //! itself is answered (its QoS class, its totals, its grace period, whether a field is
 //! valid), whichever component asks.
 
+pub mod defaults;
 pub mod qos;
 pub mod quantity;
+pub mod validation;
 
 use k8s_openapi::api::core::v1::Pod;
 

@@ -400,7 +400,8 @@ fn pod_hostname(pod: &Pod) -> Result<String, String> {
         .and_then(|s| s.hostname.as_deref())
         .filter(|h| !h.is_empty());
     if let Some(hostname) = spec_hostname {
-        super::manifest::validate_dns_label(hostname).map_err(|r| format!("{hostname:?}: {r}"))?;
+        crate::model::validation::validate_dns_label(hostname)
+            .map_err(|r| format!("{hostname:?}: {r}"))?;
         return Ok(hostname.to_owned());
     }
     let name = pod.metadata.name.as_deref().unwrap_or_default();

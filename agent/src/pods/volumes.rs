@@ -46,9 +46,9 @@ use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod, Volume};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
-use super::manifest::validate_dns_label;
 use crate::model::qos::pod_limits;
 use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::validation::validate_dns_label;
 use crate::model::{format_pod, pod_uid};
 use crate::mountinfo::MountEntry;
 

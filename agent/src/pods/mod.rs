@@ -10,10 +10,11 @@ pub mod manifest;
 pub mod observe;
 pub mod plan;
 pub mod source;
-pub mod subpath;
 pub mod sysctls;
 pub mod volumes;
 pub mod worker;
 
 pub use self::manifest::{ManifestError, ManifestOrigin, StaticPod};
 pub use self::source::{PodUpdate, SourceKind};
+/// `subPath` mounts are part of volumes; kept at this path for the root tests.
+pub use self::volumes::subpath;

@@ -427,16 +427,11 @@ pub fn allocatable_memory(
 /// [`CgroupError::Read`] or [`CgroupError::Malformed`].
 pub fn memory_capacity(proc_root: &Path) -> Result<u64, CgroupError> {
     let path = proc_root.join("meminfo");
-    let text = fs::read_to_string(&path).map_err(|source| CgroupError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix("MemTotal:")?;
-            let kib = rest.trim().strip_suffix("kB")?.trim();
-            kib.parse::<u64>().ok()?.checked_mul(1024)
-        })
+    crate::config::mem_total(proc_root)
+        .map_err(|source| CgroupError::Read {
+            path: path.clone(),
+            source,
+        })?
         .ok_or(CgroupError::Malformed {
             path,
             field: "MemTotal",

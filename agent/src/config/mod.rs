@@ -174,6 +174,20 @@ pub struct NodeFacts {
     pub kernel: Option<(u32, u32)>,
 }
 
+/// The node's memory: `MemTotal` from `<proc_root>/meminfo`, in bytes; `None` when the file
+/// has no readable `MemTotal` line.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn mem_total(proc_root: &Path) -> std::io::Result<Option<u64>> {
+    let text = std::fs::read_to_string(proc_root.join("meminfo"))?;
+    Ok(text.lines().find_map(|line| {
+        let rest = line.strip_prefix("MemTotal:")?;
+        let kib = rest.trim().strip_suffix("kB")?.trim();
+        kib.parse::<u64>().ok()?.checked_mul(1024)
+    }))
+}
+
 impl NodeFacts {
     /// Reads the node's memory, CPUs and kernel version under `proc_root`; what cannot be
     /// read stays `None` (and its checks are skipped).
@@ -183,7 +197,7 @@ impl NodeFacts {
             .ok()
             .and_then(|r| crate::pods::sysctls::parse_kernel_release(r.trim()));
         Self {
-            memory_bytes: crate::cgroups::tree::memory_capacity(proc_root).ok(),
+            memory_bytes: mem_total(proc_root).ok().flatten(),
             cpu_millis: std::thread::available_parallelism()
                 .ok()
                 .and_then(|n| u64::try_from(n.get()).ok())

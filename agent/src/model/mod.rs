@@ -6,6 +6,7 @@
 //! itself is answered (its QoS class, its totals, its grace period, whether a field is
 //! valid), whichever component asks.
 
+pub mod container;
 pub mod defaults;
 pub mod qos;
 pub mod quantity;

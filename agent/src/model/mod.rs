@@ -8,9 +8,12 @@
 
 pub mod container;
 pub mod defaults;
+pub mod node;
 pub mod qos;
 pub mod quantity;
 pub mod validation;
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -46,4 +49,15 @@ pub fn format_pod(pod: &Pod) -> String {
 #[must_use]
 pub fn pod_uid(pod: &Pod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// `terminationGracePeriodSeconds`, default 30s (a negative value counts as 0).
+#[must_use]
+pub fn termination_grace(pod: &Pod) -> Duration {
+    let secs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }

@@ -33,9 +33,10 @@ use super::plan::{self, ObservedPod, PodActions, Waiting};
 use super::volumes::{PodVolumes, VolumeError};
 use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
-use crate::eviction::{Eviction, NodeCondition};
+use crate::eviction::Eviction;
 use crate::model::container::WaitingReason;
-use crate::model::{format_pod, pod_uid};
+use crate::model::node::NodeCondition;
+use crate::model::{format_pod, pod_uid, termination_grace};
 use crate::pleg::facts::{self, KernelFacts};
 use crate::pleg::{KernelEnd, Trigger};
 use crate::record::{EventType, Recorder, pod_reference};
@@ -1603,16 +1604,6 @@ fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
         )));
     }
     None
-}
-
-/// `terminationGracePeriodSeconds`, default 30s.
-pub fn termination_grace(pod: &Pod) -> Duration {
-    let secs = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(30);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// Warned once that the runtime's pids are not the kernel's.

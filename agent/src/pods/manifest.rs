@@ -1,5 +1,6 @@
 //! Static pod manifests: decoding (YAML or JSON), upstream's static-pod rules (name, UID,
-//! annotations, node name), the API defaults the agent relies on, and validation.
+//! annotations, node name), then the API defaults ([`crate::model::defaults`]) and
+//! validation ([`crate::model::validation`]).
 //!
 //! UID: unless the manifest sets `metadata.uid`, it is the first 128 bits of
 //! `sha256(canonical JSON of the decoded Pod, "host:<node>", "file:<path>")` (or

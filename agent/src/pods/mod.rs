@@ -1,5 +1,6 @@
-//! Pods: the static pod model and its sources, QoS arithmetic, CrashLoopBackOff, and the
-//! pure lifecycle planner that turns (desired spec, observed runtime state) into actions.
+//! Pods: static pod sources and manifests, CrashLoopBackOff, the pure lifecycle planner that
+//! turns (desired spec, observed runtime state) into actions, and the workers that apply them.
+//! What is about the API object itself (QoS, validation, defaults) lives in [`crate::model`].
 
 pub mod admission;
 pub mod backoff;

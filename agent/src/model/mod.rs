@@ -1,10 +1,10 @@
 //! The Kubernetes model: what the agent knows about the API objects it is given (Pod,
 //! containers, resources, node conditions), as pure functions and types with no I/O.
 //!
-//! Everything else (pod sources, the CRI layer, cgroups, eviction, status) depends on this
-//! module, and it depends on none of them: it is where a question about the API object
-//! itself is answered (its QoS class, its totals, its grace period, whether a field is
-//! valid), whichever component asks.
+//! Everything else (pod sources, the CRI layer, cgroups, eviction, status) may depend on
+//! this module, and it depends on none of them (`agent/tests/module_graph.rs` checks): it is
+//! where a question about the API object itself is answered (its QoS class, its totals, its
+//! grace period, whether a field is valid), whichever component asks.
 
 pub mod container;
 pub mod defaults;
@@ -60,4 +60,27 @@ pub fn termination_grace(pod: &Pod) -> Duration {
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    use super::*;
+
+    #[test]
+    fn termination_grace_defaults_to_30s_and_floors_at_zero() {
+        let pod = |grace| Pod {
+            spec: Some(PodSpec {
+                termination_grace_period_seconds: grace,
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        };
+        assert_eq!(termination_grace(&pod(None)), Duration::from_secs(30));
+        assert_eq!(termination_grace(&Pod::default()), Duration::from_secs(30));
+        assert_eq!(termination_grace(&pod(Some(5))), Duration::from_secs(5));
+        assert_eq!(termination_grace(&pod(Some(0))), Duration::ZERO);
+        assert_eq!(termination_grace(&pod(Some(-1))), Duration::ZERO);
+    }
 }

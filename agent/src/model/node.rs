@@ -92,3 +92,38 @@ impl NodeCondition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_form_has_upstream_type_status_reason_and_times() {
+        let at = |s| Timestamp::from_second(s).expect("valid");
+        let c = NodeCondition::new(PressureCondition::PidPressure, true, at(10));
+        let api = c.to_api(at(20));
+        assert_eq!(api.type_, "PIDPressure");
+        assert_eq!(api.status, "True");
+        assert_eq!(api.reason.as_deref(), Some("KubeletHasInsufficientPID"));
+        assert_eq!(
+            api.message.as_deref(),
+            Some("kubelet has insufficient PID available")
+        );
+        assert_eq!(api.last_transition_time, Some(Time(at(10))));
+        assert_eq!(api.last_heartbeat_time, Some(Time(at(20))));
+        let api =
+            NodeCondition::new(PressureCondition::MemoryPressure, false, at(10)).to_api(at(20));
+        assert_eq!(
+            (
+                api.type_.as_str(),
+                api.status.as_str(),
+                api.reason.as_deref()
+            ),
+            (
+                "MemoryPressure",
+                "False",
+                Some("KubeletHasSufficientMemory")
+            )
+        );
+    }
+}

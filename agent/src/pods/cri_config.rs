@@ -13,8 +13,8 @@
 //!   environment variables (`value` with `$(VAR)` expansion over the variables before it;
 //!   `fieldRef` and `resourceFieldRef`; limits a container does not set are the node's
 //!   allocatable, as upstream), mounts through [`PodVolumes`], log path
-//!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from [`crate::model::qos`], and
-//!   the security context.
+//!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from
+//!   [`crate::model::qos`], and the security context.
 //!
 //! Not done (each needs something this agent does not have or do): `configMapKeyRef`,
 //! `secretKeyRef` and `envFrom` (an API server: refused with an error), service link

@@ -21,7 +21,6 @@ mod args;
 pub mod duration;
 pub mod eviction;
 pub mod file;
-pub mod quantity;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,7 +37,7 @@ use self::eviction::{
     Signal, Threshold, ThresholdValue, parse_threshold_value, split_threshold_flag,
 };
 pub use self::file::{BpfletConfiguration, KubeletConfiguration};
-use self::quantity::parse_quantity;
+use crate::model::quantity::parse_quantity;
 use crate::pods::sysctls::SysctlPolicy;
 
 /// The process exit code for a configuration error (`EX_USAGE`).
@@ -182,6 +181,20 @@ pub struct NodeFacts {
     pub kernel: Option<(u32, u32)>,
 }
 
+/// The node's memory: `MemTotal` from `<proc_root>/meminfo`, in bytes; `None` when the file
+/// has no readable `MemTotal` line.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn mem_total(proc_root: &Path) -> std::io::Result<Option<u64>> {
+    let text = std::fs::read_to_string(proc_root.join("meminfo"))?;
+    Ok(text.lines().find_map(|line| {
+        let rest = line.strip_prefix("MemTotal:")?;
+        let kib = rest.trim().strip_suffix("kB")?.trim();
+        kib.parse::<u64>().ok()?.checked_mul(1024)
+    }))
+}
+
 impl NodeFacts {
     /// Reads the node's memory, CPUs, `pid_max` and kernel version under `proc_root`; what
     /// cannot be read stays `None` (and its checks are skipped).
@@ -189,7 +202,7 @@ impl NodeFacts {
     pub fn detect(proc_root: &Path) -> Self {
         let read = |path: &str| std::fs::read_to_string(proc_root.join(path)).ok();
         Self {
-            memory_bytes: crate::cgroups::tree::memory_capacity(proc_root).ok(),
+            memory_bytes: mem_total(proc_root).ok().flatten(),
             cpu_millis: std::thread::available_parallelism()
                 .ok()
                 .and_then(|n| u64::try_from(n.get()).ok())
@@ -602,7 +615,7 @@ fn node_name(hostname_override: Option<&str>) -> Result<String, ConfigError> {
         }
     };
     let name = name.to_lowercase();
-    if let Err(reason) = crate::pods::manifest::validate_dns_subdomain(&name) {
+    if let Err(reason) = crate::model::validation::validate_dns_subdomain(&name) {
         return Err(ConfigError::Invalid {
             field: "nodeName".to_owned(),
             origin,

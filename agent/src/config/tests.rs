@@ -43,7 +43,7 @@ fn with_config(text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
 }
 
 fn mi(n: u64) -> ThresholdValue {
-    ThresholdValue::Quantity(crate::config::quantity::QuantityValue::from_units(n << 20))
+    ThresholdValue::Quantity(crate::model::quantity::QuantityValue::from_units(n << 20))
 }
 
 #[test]
@@ -881,7 +881,7 @@ fn kubepods_is_sized_from_the_node_the_config_was_checked_against() {
     )
     .expect("what validation accepted fits");
     assert_eq!(k.memory_limit, Some(1 << 30));
-    assert_eq!(k.cpu_shares, crate::pods::qos::cpu_shares(500));
+    assert_eq!(k.cpu_shares, crate::model::qos::cpu_shares(500));
     assert_eq!(k.pids_limit, Some(4_194_304 - 1000));
 
     let unknown = NodeFacts {
@@ -901,5 +901,28 @@ fn kubepods_is_sized_from_the_node_the_config_was_checked_against() {
         NodeCapacity::from_facts(&no_cpus).map(|c| c.cpu_millis),
         Some(1000),
         "one CPU when the count is unknown"
+    );
+}
+
+#[test]
+fn mem_total_reads_meminfo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("meminfo"),
+        "MemTotal:       24567890 kB\nMemFree:        1 kB\n",
+    )
+    .expect("meminfo");
+    assert_eq!(
+        super::mem_total(dir.path()).expect("readable"),
+        Some(24_567_890 * 1024)
+    );
+    std::fs::write(dir.path().join("meminfo"), "MemFree: 1 kB\n").expect("meminfo");
+    assert_eq!(super::mem_total(dir.path()).expect("readable"), None);
+    assert!(std::fs::read_dir(dir.path().join("missing")).is_err());
+    assert!(super::mem_total(&dir.path().join("missing")).is_err());
+    assert!(
+        super::mem_total(std::path::Path::new("/proc"))
+            .expect("this host")
+            .is_some_and(|m| m > 0)
     );
 }

@@ -22,8 +22,8 @@ use super::manifest::{ManifestError, StaticPod};
 use super::observe::runtime_pod_uids;
 use super::source::{PodUpdate, SourceKind};
 use super::worker::{self, PodContext, WorkerHandle};
-use super::{format_pod, pod_uid};
 use crate::eviction::Eviction;
+use crate::model::{format_pod, pod_uid};
 use crate::pleg::{PodPoke, Trigger};
 use crate::runtime::ContainerRuntime;
 

@@ -29,12 +29,14 @@ use super::admission::Rejection;
 use super::backoff::{Backoff, BackoffKey, StartFailure};
 use super::cri_config::{self, ContainerContext, DnsSettings, NodeAllocatable, SandboxContext};
 use super::observe::{Images, ObserveCache, observe_pod, observe_pod_cached};
-use super::plan::{self, ObservedPod, PodActions, Waiting, WaitingReason};
+use super::plan::{self, ObservedPod, PodActions, Waiting};
 use super::volumes::{PodVolumes, VolumeError};
-use super::{format_pod, pod_uid};
 use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
-use crate::eviction::{Eviction, NodeCondition};
+use crate::eviction::Eviction;
+use crate::model::container::WaitingReason;
+use crate::model::node::NodeCondition;
+use crate::model::{format_pod, pod_uid, termination_grace};
 use crate::pleg::facts::{self, KernelFacts};
 use crate::pleg::{KernelEnd, Trigger};
 use crate::record::{EventType, Recorder, pod_reference};
@@ -451,7 +453,7 @@ struct Worker<R> {
     /// The runtime's view at the last sync, before probe verdicts were added.
     last_runtime: Option<ObservedPod>,
     /// The pod cgroup settings last written.
-    cgroup_applied: Option<super::qos::PodResourceConfig>,
+    cgroup_applied: Option<crate::model::qos::PodResourceConfig>,
     /// Statuses from earlier observations (see [`ObserveCache`]).
     observe_cache: ObserveCache,
     /// OOM kills already turned into events, per container id.
@@ -676,7 +678,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
 
         // The pod cgroup is written when its settings change or it went missing, not on
         // every sync (mkdir and four writes per pod per sync were most of an idle sync).
-        let cgroup_config = super::qos::pod_resource_config(pod);
+        let cgroup_config = crate::model::qos::pod_resource_config(pod);
         if self.cgroup_applied != Some(cgroup_config) || !ctx.tree.pod_cgroup_exists(pod) {
             ctx.tree
                 .ensure_pod(pod)
@@ -1306,7 +1308,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             phase: Some("Failed".to_owned()),
             reason: Some(reason.to_owned()),
             message: Some(message),
-            qos_class: Some(super::qos::qos_class(pod).as_str().to_owned()),
+            qos_class: Some(crate::model::qos::qos_class(pod).as_str().to_owned()),
             ..PodStatus::default()
         };
         let mut published = pod.clone();
@@ -1602,16 +1604,6 @@ fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
         )));
     }
     None
-}
-
-/// `terminationGracePeriodSeconds`, default 30s.
-pub fn termination_grace(pod: &Pod) -> Duration {
-    let secs = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(30);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// Warned once that the runtime's pids are not the kernel's.

@@ -195,7 +195,7 @@ impl Signals {
 /// When workers sync.
 pub struct SyncTiming {
     pub(super) sync_frequency: Duration,
-    /// Where the grid of periodic resyncs starts (see [`super::run::resync_deadline`]): one
+    /// Where the grid of periodic resyncs starts (see `run::resync_deadline`): one
     /// instant for every worker, so their resyncs fall together.
     pub(super) resync_epoch: tokio::time::Instant,
     /// Event PLEG: every runtime change of a pod reaches its worker as a poke (kernel

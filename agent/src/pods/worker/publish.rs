@@ -169,3 +169,78 @@ fn with_status(
     }
     published
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    use super::*;
+    use crate::events::OomScope;
+
+    fn kill(at: i64, pid: u32, scope: OomScope, cgroup: &str) -> OomRecord {
+        OomRecord {
+            at: Timestamp::from_second(at).expect("timestamp"),
+            pid,
+            comm: "stress".to_owned(),
+            scope,
+            limit_cgroup: Some(cgroup.to_owned()),
+            limit_bytes: Some(64 << 20),
+            usage_bytes: Some(64 << 20),
+            anon_rss_bytes: Some(60 << 20),
+            oom_score_adj: Some(1000),
+        }
+    }
+
+    #[test]
+    fn oom_annotations_count_the_kills_and_describe_the_last() {
+        let kills = [
+            kill(100, 7, OomScope::Container, "/kubepods/pod1/c"),
+            kill(200, 9, OomScope::Cgroup, "/kubepods"),
+        ];
+        let a = oom_annotations("app", &kills, "/kubepods");
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a["bpflet.io/oom-kills.app"], "2");
+        assert_eq!(
+            a["bpflet.io/last-oom-kill.app"],
+            "1970-01-01T00:03:20Z process 9 (stress) in container app was OOM-killed: node \
+             allocatable (the kubepods cgroup's limit) was hit (64Mi of 64Mi); victim rss \
+             60Mi, oom_score_adj 1000"
+        );
+        assert_eq!(
+            oom_annotations("app", &[], "/kubepods")["bpflet.io/oom-kills.app"],
+            "0"
+        );
+    }
+
+    #[test]
+    fn the_published_pod_carries_the_status_and_both_sets_of_annotations() {
+        let mut pod = Pod::default();
+        pod.metadata.annotations =
+            Some([("kubernetes.io/config.source".to_owned(), "file".to_owned())].into());
+        let status = PodStatus {
+            phase: Some("Running".to_owned()),
+            ..PodStatus::default()
+        };
+        let plain = with_status(&pod, status.clone(), Annotations::new());
+        assert_eq!(plain.status.as_ref(), Some(&status));
+        assert_eq!(plain.metadata.annotations, pod.metadata.annotations);
+        let annotated = with_status(
+            &pod,
+            status,
+            [("bpflet.io/oom-kills.app".to_owned(), "1".to_owned())].into(),
+        );
+        let keys: Vec<&str> = annotated
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            ["bpflet.io/oom-kills.app", "kubernetes.io/config.source"]
+        );
+        assert!(pod.status.is_none(), "the spec's pod is not touched");
+    }
+}

@@ -280,3 +280,16 @@ impl AdmissionPolicy {
         Self { sysctls, max_pods }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tokio_clock_moves_with_tokio_s_paused_time() {
+        let clock = Clock::tokio();
+        let start = clock.now();
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(clock.now().duration_since(start).as_secs(), 90);
+    }
+}

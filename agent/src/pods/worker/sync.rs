@@ -500,4 +500,44 @@ mod tests {
         dead.sort_unstable();
         assert_eq!(dead, ["a0", "b0", "b1"]);
     }
+
+    #[test]
+    fn a_plan_whose_only_starts_wait_in_back_off_has_nothing_to_do() {
+        let start = |backoff: Option<plan::BackoffWait>| plan::ContainerStart {
+            index: 0,
+            name: "app".to_owned(),
+            attempt: 1,
+            reason: plan::StartReason::Exited { exit_code: 1 },
+            backoff,
+            backoff_since: None,
+        };
+        let waiting = plan::BackoffWait {
+            delay: Duration::from_secs(10),
+            remaining: Duration::from_secs(4),
+            reason: WaitingReason::CrashLoopBackOff,
+            message: String::new(),
+        };
+        assert!(actions_are_empty(&PodActions::default()));
+        let in_back_off = PodActions {
+            init_containers_to_start: vec![start(Some(waiting.clone()))],
+            containers_to_start: vec![start(Some(waiting))],
+            sandbox_id: Some("sb".to_owned()),
+            ..PodActions::default()
+        };
+        assert!(actions_are_empty(&in_back_off));
+        let due = PodActions {
+            containers_to_start: vec![start(None)],
+            ..in_back_off.clone()
+        };
+        assert!(!actions_are_empty(&due));
+        let sandbox = PodActions {
+            create_sandbox: Some(plan::CreateSandbox {
+                attempt: 0,
+                reason: plan::SandboxReason::NoSandbox,
+                message: String::new(),
+            }),
+            ..PodActions::default()
+        };
+        assert!(!actions_are_empty(&sandbox));
+    }
 }

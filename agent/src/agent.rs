@@ -28,7 +28,9 @@ use crate::pleg::{Pleg, PlegHealth};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable, ResolvConf};
 use crate::pods::manager::PodManager;
 use crate::pods::source::{FileSource, HttpSource, SourceKind};
-use crate::pods::worker::PodContext;
+use crate::pods::worker::{
+    AdmissionPolicy, NodeInfo, Outputs, PodContext, PodHost, Signals, SyncTiming,
+};
 use crate::record::Recorder;
 use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
 use crate::server;
@@ -319,44 +321,40 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     drop(update_tx);
 
     // Pod workers.
-    let ctx = Arc::new(PodContext {
-        runtime: Arc::clone(&runtime),
-        hierarchy: hierarchy.clone(),
-        tree: Arc::new(tree),
-        pods_dir: pods_dir.clone(),
+    let ctx = Arc::new(PodContext::new(
         // Kubelet layout under the root dir: pods/<uid>/volumes/... and, for logs,
         // pods/<namespace>_<name>_<uid>/<container>/<attempt>.log.
-        logs_dir: pods_dir,
-        node_name: config.node_name.clone(),
-        node_ips: config.node_ips.clone(),
-        dns: DnsSettings {
-            host: host_resolv_conf(),
-            ..DnsSettings::default()
-        },
-        // The downward API's default for a limit a container does not set.
-        allocatable: NodeAllocatable::from_capacity(
-            capacity.cpu_millis,
-            memory,
-            nix::sys::statvfs::statvfs(&config.root_dir)
-                .ok()
-                .map(|v| v.blocks().saturating_mul(v.fragment_size())),
-            &config.system_reserved,
-            &config.kube_reserved,
+        PodHost::new(
+            Arc::clone(&runtime),
+            hierarchy.clone(),
+            Arc::new(tree),
+            pods_dir.clone(),
+            pods_dir,
         ),
-        memory_capacity: memory,
-        sync_frequency: config.sync_frequency,
-        resync_epoch: tokio::time::Instant::now(),
-        runtime_changes_poke: pleg_mode == PlegMode::Event,
-        statuses,
-        recorder,
-        facts,
-        kubepods: kubepods.clone(),
-        conditions: conditions_rx,
-        probes,
-        metrics: metrics.clone(),
-        sysctls: config.sysctls.clone(),
-        max_pods: config.max_pods,
-    });
+        NodeInfo::new(
+            config.node_name.clone(),
+            config.node_ips.clone(),
+            DnsSettings {
+                host: host_resolv_conf(),
+                ..DnsSettings::default()
+            },
+            // The downward API's default for a limit a container does not set.
+            NodeAllocatable::from_capacity(
+                capacity.cpu_millis,
+                memory,
+                nix::sys::statvfs::statvfs(&config.root_dir)
+                    .ok()
+                    .map(|v| v.blocks().saturating_mul(v.fragment_size())),
+                &config.system_reserved,
+                &config.kube_reserved,
+            ),
+            memory,
+        ),
+        Outputs::new(statuses, recorder, metrics.clone()),
+        Signals::new(facts, kubepods.clone(), probes, conditions_rx),
+        SyncTiming::new(config.sync_frequency, pleg_mode == PlegMode::Event),
+        AdmissionPolicy::new(config.sysctls.clone(), config.max_pods),
+    ));
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
 

@@ -1,0 +1,183 @@
+//! The agent without BPF: `eventSource: poll` forces the polling fallback on a machine
+//! where BPF would load, as the agent runs when BPF cannot. Container ends come from the
+//! generic 1 s relist; OOM kills from the kernel log (`/dev/kmsg`), with the victim's pid,
+//! comm and the limit it hit. Needs root; run with `--test-threads=1`.
+
+use bpflet_tests::node::{
+    IMAGE, Node, NodeConfig, container_status, pod_yaml, restarts, running, uid,
+};
+use serde_json::Value;
+
+/// A node whose agent takes kernel events from the polling fallback.
+fn polling_node() -> Node {
+    Node::start_with(NodeConfig {
+        bpflet_extra: "eventSource: poll\n".to_owned(),
+        ..NodeConfig::pleg("event")
+    })
+}
+
+/// The agent says which source and PLEG it runs: on `/healthz?verbose`, in the `PLEG` log
+/// record, and with a warning naming what degrades. A container that exits is restarted
+/// (the generic relist sees the exit; the kernel log says nothing about it).
+#[test]
+fn polling_agent_says_so_and_restarts_exited_containers() {
+    let node = polling_node();
+    let health = node
+        .get_text("/healthz?verbose")
+        .expect("GET /healthz?verbose");
+    for check in ["[+]event-source-poll ok", "[+]pleg-mode-generic ok"] {
+        assert!(health.contains(check), "{check} missing from:\n{health}");
+    }
+    assert!(
+        !health.contains("pleg-mode-event") && !health.contains("event-source-bpf"),
+        "{health}"
+    );
+    let log = node.agent_log();
+    assert!(
+        log.lines().any(|l| l.contains(" PLEG ")
+            && l.contains("mode=Generic")
+            && l.contains("event_source=\"poll\"")),
+        "no PLEG record naming the poll source:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("polling fallback: DEGRADED")),
+        "no warning saying what degrades:\n{log}"
+    );
+    assert!(
+        !log.contains("BPF programs attached"),
+        "BPF was loaded: {log}"
+    );
+
+    node.write_manifest(
+        "crash.yaml",
+        &pod_yaml(
+            "crash",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 1; exit 2']\n"
+            ),
+        ),
+    );
+    let p = node.wait_pod("crash", "a restart", |p| restarts(p, "c") >= 1);
+    assert_eq!(
+        container_status(&p, "c")["lastState"]["terminated"]["exitCode"],
+        2,
+        "{p:#}"
+    );
+    node.wait_until("the exit seen by a relist", |n| {
+        n.agent_log().lines().any(|l| {
+            l.contains("PLEG: container state changed")
+                && l.contains("crash-testnode")
+                && l.contains("state=Exited")
+                && l.contains("trigger=\"relist\"")
+        })
+    });
+}
+
+/// The `reason` event the agent records about pod `uid`, once there is one.
+fn event(node: &Node, uid: &str, reason: &str) -> Value {
+    node.wait_until(&format!("a {reason} event"), |n| {
+        n.events_of(uid).iter().any(|e| e["reason"] == reason)
+    });
+    node.events_of(uid)
+        .into_iter()
+        .find(|e| e["reason"] == reason)
+        .expect("the event")
+}
+
+/// A container OOM-killed inside its own 32 MiB limit is `OOMKilled`/137 (the runtime says
+/// so too), and the kernel log's account reaches the pod: the `OOMKilled` event and the
+/// annotations name the process and the container's own limit. A kill that leaves the
+/// container running, which the runtime never sees, is a `ProcessOOMKilled` warning.
+///
+/// Each pod has a sidecar without a memory limit, so the pod cgroup has none: with one
+/// limited container the pod's limit equals the container's, the pause process's pages
+/// make the pod's counter fail first, and the kernel log names the pod's limit (the BPF
+/// source reads both levels at their limit and names the container's).
+#[test]
+fn polling_agent_attributes_oom_kills_from_the_kernel_log() {
+    let node = polling_node();
+    node.write_manifest(
+        "oom.yaml",
+        &pod_yaml(
+            "oom",
+            "Never",
+            &format!(
+                "  containers:
+  - name: hog
+    image: {IMAGE}
+    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
+    resources:
+      limits: {{memory: 32Mi}}
+  - name: side
+    image: {IMAGE}
+    command: [sleep, '3600']
+"
+            ),
+        ),
+    );
+    node.write_manifest(
+        "partial.yaml",
+        &pod_yaml(
+            "partial",
+            "Always",
+            &format!(
+                "  containers:
+  - name: c
+    image: {IMAGE}
+    command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=64M count=1; exec sleep 3600']
+    resources:
+      limits: {{memory: 32Mi}}
+  - name: side
+    image: {IMAGE}
+    command: [sleep, '3600']
+"
+            ),
+        ),
+    );
+
+    let p = node.wait_pod("oom", "terminated", |p| {
+        !container_status(p, "hog")["state"]["terminated"].is_null()
+    });
+    let t = &container_status(&p, "hog")["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{p:#}");
+    assert_eq!(t["exitCode"], 137, "{p:#}");
+    let e = event(&node, &uid(&p), "OOMKilled");
+    let msg = e["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("(dd) in container hog")
+            && msg.contains("the container's memory limit was hit")
+            && msg.contains("of 32Mi)"),
+        "{msg}"
+    );
+    assert_eq!(e["type"], "Warning");
+    let p = node.wait_pod("oom", "the kill counted", |p| {
+        p["metadata"]["annotations"]["bpflet.io/oom-kills.hog"] == "1"
+    });
+    let last = p["metadata"]["annotations"]["bpflet.io/last-oom-kill.hog"]
+        .as_str()
+        .unwrap_or("");
+    assert!(last.contains("the container's memory limit"), "{p:#}");
+
+    let p = node.wait_pod("partial", "the OOM kill counted", |p| {
+        p["metadata"]["annotations"]["bpflet.io/oom-kills.c"] == "1"
+    });
+    assert!(
+        running(&p, "c"),
+        "the container's main process survived: {p:#}"
+    );
+    assert_eq!(restarts(&p, "c"), 0, "{p:#}");
+    let e = event(&node, &uid(&p), "ProcessOOMKilled");
+    let msg = e["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("(dd) in container c") && msg.contains("the container's memory limit"),
+        "{msg}"
+    );
+    assert!(
+        node.events_of(&uid(&p))
+            .iter()
+            .all(|e| e["reason"] != "OOMKilled"),
+        "the container itself was not OOM-killed"
+    );
+}

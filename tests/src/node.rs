@@ -246,6 +246,25 @@ plegMode: {pleg}
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Waits (up to [`WAIT`]) for the agent to exit on its own and returns how it ended;
+    /// panics with its log if it keeps running.
+    pub fn wait_agent_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let child = self.agent.as_mut().expect("the agent was started");
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                self.agent = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent kept running\n--- agent log (tail) ---\n{}",
+                tail(&self.agent_log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     #[must_use]
     pub fn agent_log_path(&self) -> PathBuf {
         self.dir.path().join("agent.log")

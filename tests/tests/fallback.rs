@@ -4,7 +4,7 @@
 //! comm and the limit it hit. Needs root; run with `--test-threads=1`.
 
 use bpflet_tests::node::{
-    IMAGE, Node, NodeConfig, container_status, pod_yaml, restarts, running, uid,
+    IMAGE, Node, NodeConfig, container_status, pod_yaml, restarts, running, sleeping_pod, uid,
 };
 use serde_json::Value;
 
@@ -22,6 +22,24 @@ fn polling_node() -> Node {
 #[test]
 fn polling_agent_says_so_and_restarts_exited_containers() {
     let node = polling_node();
+    // The local API serves before the event source starts: wait for its record.
+    node.wait_until("the PLEG record naming the poll source", |n| {
+        n.agent_log().lines().any(|l| {
+            l.contains(" PLEG ")
+                && l.contains("mode=Generic")
+                && l.contains("event_source=\"poll\"")
+        })
+    });
+    let log = node.agent_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("polling fallback: DEGRADED")),
+        "no warning saying what degrades:\n{log}"
+    );
+    assert!(
+        !log.contains("BPF programs attached"),
+        "BPF was loaded: {log}"
+    );
     let health = node
         .get_text("/healthz?verbose")
         .expect("GET /healthz?verbose");
@@ -31,22 +49,6 @@ fn polling_agent_says_so_and_restarts_exited_containers() {
     assert!(
         !health.contains("pleg-mode-event") && !health.contains("event-source-bpf"),
         "{health}"
-    );
-    let log = node.agent_log();
-    assert!(
-        log.lines().any(|l| l.contains(" PLEG ")
-            && l.contains("mode=Generic")
-            && l.contains("event_source=\"poll\"")),
-        "no PLEG record naming the poll source:\n{log}"
-    );
-    assert!(
-        log.lines()
-            .any(|l| l.contains("WARN") && l.contains("polling fallback: DEGRADED")),
-        "no warning saying what degrades:\n{log}"
-    );
-    assert!(
-        !log.contains("BPF programs attached"),
-        "BPF was loaded: {log}"
     );
 
     node.write_manifest(
@@ -180,4 +182,68 @@ fn polling_agent_attributes_oom_kills_from_the_kernel_log() {
             .all(|e| e["reason"] != "OOMKilled"),
         "the container itself was not OOM-killed"
     );
+}
+
+/// Runs the agent without the capabilities BPF needs (`CAP_BPF`, `CAP_SYS_ADMIN`, dropped
+/// from its bounding set by `setpriv`): BPF fails for real, at its first map.
+fn without_bpf(bpflet_extra: &str) -> NodeConfig {
+    NodeConfig {
+        bpflet_extra: bpflet_extra.to_owned(),
+        wrapper: Some(
+            ["setpriv", "--bounding-set", "-bpf,-sys_admin", "--"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+        ..NodeConfig::pleg("event")
+    }
+}
+
+/// `eventSource: auto` (the default) on a node where BPF cannot load: the agent warns with
+/// the step that failed and its cause, polls, and runs pods.
+#[test]
+fn auto_falls_back_to_polling_when_bpf_cannot_load() {
+    let node = Node::start_with(without_bpf(""));
+    // The PLEG record (after the event source started) says why it polls.
+    node.wait_until("the PLEG record naming the poll source", |n| {
+        n.agent_log().lines().any(|l| {
+            l.contains(" PLEG ")
+                && l.contains("event_source=\"poll\"")
+                && l.contains("Operation not permitted")
+        })
+    });
+    let log = node.agent_log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("BPF event source unavailable: the kernel refused the BPF object")
+            && l.contains("Operation not permitted")
+            && l.contains("falling back to polling")),
+        "no warning naming the failed BPF step:\n{log}"
+    );
+    let health = node
+        .get_text("/healthz?verbose")
+        .expect("GET /healthz?verbose");
+    for check in ["[+]event-source-poll ok", "[+]pleg-mode-generic ok"] {
+        assert!(health.contains(check), "{check} missing from:\n{health}");
+    }
+    node.write_manifest("steady.yaml", &sleeping_pod("steady"));
+    node.wait_pod("steady", "running", |p| running(p, "c"));
+}
+
+/// `eventSource: bpf` on a node where BPF cannot load: the agent refuses to start, exits 1,
+/// and says which setting made it and why BPF failed.
+#[test]
+fn bpf_only_refuses_to_start_without_bpf() {
+    let mut node = Node::prepare(without_bpf("eventSource: bpf\n"));
+    node.spawn_agent();
+    let status = node.wait_agent_exit();
+    assert_eq!(status.code(), Some(1), "{}", node.agent_log());
+    let log = node.agent_log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("bpflet: eventSource: bpf:")
+                && l.contains("BPF event source unavailable")
+                && l.contains("Operation not permitted")),
+        "no error naming the setting and the cause:\n{log}"
+    );
+    assert!(!log.contains("bpflet running"), "{log}");
 }

@@ -151,7 +151,7 @@ pub fn start(
         } => {
             let reason = format!("{e}: {}", bpf::error_chain(&e));
             warn!(
-                "BPF event source unavailable ({reason}); falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
+                "{reason}; falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
                 spec.poll_interval
             );
             reason

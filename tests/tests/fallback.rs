@@ -247,3 +247,95 @@ fn bpf_only_refuses_to_start_without_bpf() {
     );
     assert!(!log.contains("bpflet running"), "{log}");
 }
+
+/// MemTotal in bytes.
+fn mem_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MemTotal");
+    kib * 1024
+}
+
+/// Pressure-triggered eviction without BPF: a BestEffort pod whose memory grows ~20 MiB/s
+/// in a 400 MiB kubepods is evicted on a trigger (not the 10 s periodic pass), before the
+/// kernel's OOM killer acts; the Guaranteed pod runs on. On cgroup v1 the trigger that
+/// comes early enough is the usage notifier armed at the threshold, which does not depend
+/// on the kernel event source; the polling source adds OOM kills and limit hits, which
+/// come at a limit, later than the threshold.
+#[test]
+fn polling_agent_evicts_on_memory_pressure_before_the_oom_killer() {
+    // kubepods gets 400 MiB; with memory.available<100Mi eviction starts at 300 MiB.
+    let reserved_mib = mem_total() / (1 << 20) - 400;
+    let node = Node::start_with(NodeConfig {
+        kubelet_extra: format!(
+            "systemReserved: {{memory: {reserved_mib}Mi}}\nevictionHard: {{memory.available: 100Mi}}\n"
+        ),
+        bpflet_extra: "eventSource: poll\n".to_owned(),
+        ..NodeConfig::pleg("event")
+    });
+    node.write_manifest(
+        "guaranteed.yaml",
+        &pod_yaml(
+            "guaranteed",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sleep, '3600']\n    resources:\n      limits: {{cpu: 100m, memory: 64Mi}}\n"
+            ),
+        ),
+    );
+    node.wait_pod("guaranteed", "running", |p| running(p, "c"));
+    // ~1 MiB every 50 ms, forever.
+    let grow = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#
+        .replace('\'', "''");
+    node.write_manifest(
+        "besteffort.yaml",
+        &pod_yaml(
+            "besteffort",
+            "Always",
+            &format!(
+                "  containers:\n  - name: c\n    image: {IMAGE}\n    command: [sh, -c, '{grow}']\n"
+            ),
+        ),
+    );
+    let evicted = node.wait_pod("besteffort", "evicted", |p| {
+        p["status"]["reason"] == "Evicted"
+    });
+    let msg = evicted["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.starts_with("The node was low on resource: memory."),
+        "{msg}"
+    );
+    let log = node.agent_log();
+    let eviction = log
+        .lines()
+        .find(|l| l.contains("evicting pod") && l.contains("besteffort-testnode"))
+        .unwrap_or_else(|| panic!("no eviction record:\n{log}"));
+    eprintln!("eviction record: {eviction}");
+    assert!(
+        !eviction.contains("trigger=Periodic"),
+        "the periodic pass evicted, not a trigger: {eviction}"
+    );
+    let g = node.pod("guaranteed").expect("listed");
+    assert!(running(&g, "c"), "{g:#}");
+    assert_eq!(restarts(&g, "c"), 0, "{g:#}");
+    let all = node.get_json("/events").unwrap_or(Value::Null);
+    let ooms: Vec<&Value> = all["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e["reason"].as_str(),
+                        Some("OOMKilled" | "ProcessOOMKilled" | "SystemOOM")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(ooms.is_empty(), "the kernel OOM killer acted: {ooms:#?}");
+}

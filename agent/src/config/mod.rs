@@ -5,7 +5,7 @@
 //! - `kubelet.config.k8s.io/v1beta1` `KubeletConfiguration`: the upstream fields bpflet
 //!   implements, same names, same defaults;
 //! - `bpflet.io/v1alpha1` `BpfletConfiguration`: bpflet-only settings (`plegMode`,
-//!   `plegSafetyRelistPeriod`, `plegUnhealthyThreshold`, `evictionRanking`).
+//!   `eventSource`, `plegSafetyRelistPeriod`, `plegUnhealthyThreshold`, `evictionRanking`).
 //!
 //! Merging follows upstream's drop-in rules: a later file replaces scalars and lists and
 //! merges maps key by key (JSON merge patch), so a drop-in can change one eviction threshold.
@@ -37,6 +37,7 @@ use self::eviction::{
     Signal, Threshold, ThresholdValue, parse_threshold_value, split_threshold_flag,
 };
 pub use self::file::{BpfletConfiguration, KubeletConfiguration};
+use crate::events::SourceChoice;
 use crate::model::quantity::parse_quantity;
 use crate::pods::sysctls::SysctlPolicy;
 
@@ -293,10 +294,28 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlegConfig {
+    /// The mode asked for. `event` runs on BPF; with the polling source (`eventSource: poll`,
+    /// or `auto` when BPF cannot load) the generic relist is used (see [`PlegConfig::mode_with`]).
     pub mode: PlegMode,
+    /// `eventSource`: where kernel events come from in event mode. `plegMode: generic`
+    /// reads no kernel events, so it takes only `auto`.
+    pub event_source: SourceChoice,
     /// Event mode: period of the full safety relist. Generic mode relists every second.
     pub safety_relist_period: Duration,
     pub unhealthy_threshold: Duration,
+}
+
+impl PlegConfig {
+    /// The PLEG mode in use given the kernel event source that runs: the event PLEG needs
+    /// BPF's immediate, exact exits; with the polling source (or none) the generic 1 s
+    /// relist finds container ends.
+    #[must_use]
+    pub fn mode_with(&self, source: Option<crate::events::Source>) -> PlegMode {
+        match (self.mode, source) {
+            (PlegMode::Event, Some(crate::events::Source::Bpf)) => PlegMode::Event,
+            _ => PlegMode::Generic,
+        }
+    }
 }
 
 mod defaults {
@@ -985,6 +1004,17 @@ impl Typed<'_> {
 
     fn pleg(&self, bc: &BpfletConfiguration) -> Result<PlegConfig, ConfigError> {
         let mode = bc.pleg_mode.unwrap_or(PlegMode::Event);
+        let event_source = bc.event_source.unwrap_or_default();
+        if mode == PlegMode::Generic && event_source != SourceChoice::Auto {
+            return Err(self.invalid(
+                "eventSource",
+                format!(
+                    "{} needs plegMode: event (plegMode: generic reads no kernel events; \
+                     with eventSource: poll the PLEG relists every second anyway)",
+                    event_source.as_str()
+                ),
+            ));
+        }
         let safety_relist_period = self.duration_at_least(
             "plegSafetyRelistPeriod",
             bc.pleg_safety_relist_period.as_deref(),
@@ -998,6 +1028,7 @@ impl Typed<'_> {
         )?;
         Ok(PlegConfig {
             mode,
+            event_source,
             safety_relist_period,
             unhealthy_threshold,
         })

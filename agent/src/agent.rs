@@ -18,6 +18,7 @@ use crate::cgroups::tree::{self, QosTree};
 use crate::cgroups::{Attributor, CgroupError, Hierarchy};
 use crate::config::{Config, PlegMode};
 use crate::events::Source;
+use crate::events::poll::PollConfig;
 use crate::events::source::{self, SourceChoice, SourceSpec};
 use crate::eviction::{self, EvictionIo, EvictionManager, Observer, SignalRoots, StorePods};
 use crate::health::HealthState;
@@ -28,7 +29,9 @@ use crate::pleg::{Pleg, PlegHealth};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable, ResolvConf};
 use crate::pods::manager::PodManager;
 use crate::pods::source::{FileSource, HttpSource, SourceKind};
-use crate::pods::worker::PodContext;
+use crate::pods::worker::{
+    AdmissionPolicy, NodeInfo, Outputs, PodContext, PodHost, Signals, SyncTiming,
+};
 use crate::record::Recorder;
 use crate::runtime::{ContainerRuntime, CriRuntime, RuntimeError};
 use crate::server;
@@ -64,6 +67,16 @@ pub enum AgentError {
     Server(#[source] server::ServerError),
     #[error("cluster mode")]
     Cluster(#[source] crate::cluster::ClusterError),
+    #[error(
+        "eventSource: {}: the kernel event source cannot start{}",
+        choice.as_str(),
+        if *choice == SourceChoice::Bpf { " (eventSource: auto would fall back to polling)" } else { "" }
+    )]
+    EventSource {
+        choice: SourceChoice,
+        #[source]
+        source: source::SourceError,
+    },
 }
 
 /// Runs the agent until `cancel` fires.
@@ -176,11 +189,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         }
     }
 
-    // Kernel events for the PLEG (event mode), falling back to generic relisting.
-    let mut pleg_mode = config.pleg.mode;
+    // Kernel events (event mode): BPF, or the polling fallback as `eventSource` says. Both
+    // feed the router (OOM kills, node OOMs, pressure, pod pokes); the PLEG runs in event
+    // mode on BPF only, and relists every second otherwise.
     let mut kernel_rx = None;
-    let mut _kernel_source = None;
-    if pleg_mode == PlegMode::Event {
+    let mut kernel_source = None;
+    let mut fallback_reason = None;
+    if config.pleg.mode == PlegMode::Event {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let spec = SourceSpec {
             hierarchy: hierarchy.clone(),
@@ -190,30 +205,39 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             // Containerd reports an exit ~40 ms after the kernel: 1 ms of batching costs the
             // PLEG nothing and saves the kernel an interrupt per exit.
             wakeup_interval: Duration::from_millis(1),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: PollConfig::DEFAULT_INTERVAL,
             proc_root: proc_root.clone(),
         };
-        match source::start(SourceChoice::Bpf, &spec, tx, &cancel, &tracker) {
-            Ok(running) if running.source == Source::Bpf => {
-                kernel_rx = Some(rx);
-                _kernel_source = Some(running);
-            }
-            Ok(_) => unreachable!("a BPF-only source never falls back"),
-            Err(e) => {
-                warn!(
-                    "event-driven PLEG unavailable ({e}: {}); using generic PLEG (relist every 1s)",
-                    crate::error::error_chain(&e)
-                );
-                pleg_mode = PlegMode::Generic;
-            }
+        let choice = config.pleg.event_source;
+        let running = source::start(choice, &spec, tx, &cancel, &tracker)
+            .map_err(|source| AgentError::EventSource { choice, source })?;
+        if running.source == Source::Poll {
+            warn!(
+                event_source = "poll",
+                reason = running.fallback_reason.as_deref().unwrap_or_default(),
+                "kernel events come from the polling fallback: DEGRADED. The PLEG relists every 1s (generic) to find container ends; \
+                 OOM kills come from the kernel log (/dev/kmsg) and pressure from memory-cgroup counters, \
+                 up to 1s late; exit codes come from the runtime only"
+            );
         }
+        kernel_source = Some(running.source);
+        fallback_reason.clone_from(&running.fallback_reason);
+        kernel_rx = Some((rx, running));
     }
-    info!(mode = ?pleg_mode, "PLEG");
-    // The mode in use shows on `/healthz?verbose` as `[+]pleg-mode-event ok` (or -generic).
+    let pleg_mode = config.pleg.mode_with(kernel_source);
+    let event_source = match kernel_source {
+        Some(Source::Bpf) => "bpf",
+        Some(Source::Poll) => "poll",
+        None => "none",
+    };
+    info!(mode = ?pleg_mode, event_source, fallback = fallback_reason, "PLEG");
+    // The mode and the kernel event source in use show on `/healthz?verbose` as
+    // `[+]pleg-mode-event ok` (or -generic) and `[+]event-source-bpf ok` (-poll, -none).
     health_checks.set_healthy(match pleg_mode {
         PlegMode::Event => "pleg-mode-event",
         PlegMode::Generic => "pleg-mode-generic",
     });
+    health_checks.set_healthy(format!("event-source-{event_source}"));
     let health = Arc::new(PlegHealth::new(pleg_mode, config.pleg.unhealthy_threshold));
     {
         let health = Arc::clone(&health);
@@ -296,7 +320,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let facts = KernelFacts::default();
     let relist_all = Arc::new(Notify::new());
     let (poke_tx, poke_rx) = mpsc::channel(4096);
-    if let Some(kernel_rx) = kernel_rx {
+    // Kept alive while the agent runs: dropping it detaches the BPF programs.
+    let mut _kernel_source = None;
+    if let Some((kernel_rx, running)) = kernel_rx {
+        _kernel_source = Some(running);
         let mut attributor = Attributor::new(hierarchy.clone());
         if let Err(e) = attributor.index_subtree(&kubepods) {
             warn!(error = %e, "cannot index the pod cgroups");
@@ -386,44 +413,40 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     drop(update_tx);
 
     // Pod workers.
-    let ctx = Arc::new(PodContext {
-        runtime: Arc::clone(&runtime),
-        hierarchy: hierarchy.clone(),
-        tree: Arc::new(tree),
-        pods_dir: pods_dir.clone(),
+    let ctx = Arc::new(PodContext::new(
         // Kubelet layout under the root dir: pods/<uid>/volumes/... and, for logs,
         // pods/<namespace>_<name>_<uid>/<container>/<attempt>.log.
-        logs_dir: pods_dir,
-        node_name: config.node_name.clone(),
-        node_ips: config.node_ips.clone(),
-        dns: DnsSettings {
-            host: host_resolv_conf(),
-            ..DnsSettings::default()
-        },
-        // The downward API's default for a limit a container does not set.
-        allocatable: NodeAllocatable::from_capacity(
-            capacity.cpu_millis,
-            memory,
-            nix::sys::statvfs::statvfs(&config.root_dir)
-                .ok()
-                .map(|v| v.blocks().saturating_mul(v.fragment_size())),
-            &config.system_reserved,
-            &config.kube_reserved,
+        PodHost::new(
+            Arc::clone(&runtime),
+            hierarchy.clone(),
+            Arc::new(tree),
+            pods_dir.clone(),
+            pods_dir,
         ),
-        memory_capacity: memory,
-        sync_frequency: config.sync_frequency,
-        resync_epoch: tokio::time::Instant::now(),
-        runtime_changes_poke: pleg_mode == PlegMode::Event,
-        statuses,
-        recorder,
-        facts,
-        kubepods: kubepods.clone(),
-        conditions: conditions_rx,
-        probes,
-        metrics: metrics.clone(),
-        sysctls: config.sysctls.clone(),
-        max_pods: config.max_pods,
-    });
+        NodeInfo::new(
+            config.node_name.clone(),
+            config.node_ips.clone(),
+            DnsSettings {
+                host: host_resolv_conf(),
+                ..DnsSettings::default()
+            },
+            // The downward API's default for a limit a container does not set.
+            NodeAllocatable::from_capacity(
+                capacity.cpu_millis,
+                memory,
+                nix::sys::statvfs::statvfs(&config.root_dir)
+                    .ok()
+                    .map(|v| v.blocks().saturating_mul(v.fragment_size())),
+                &config.system_reserved,
+                &config.kube_reserved,
+            ),
+            memory,
+        ),
+        Outputs::new(statuses, recorder, metrics.clone()),
+        Signals::new(facts, kubepods.clone(), probes, conditions_rx),
+        SyncTiming::new(config.sync_frequency, pleg_mode == PlegMode::Event),
+        AdmissionPolicy::new(config.sysctls.clone(), config.max_pods),
+    ));
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
 

@@ -11,6 +11,7 @@ pub mod events;
 pub mod eviction;
 pub mod health;
 pub mod metrics;
+pub mod model;
 pub mod mountinfo;
 pub mod pleg;
 pub mod pods;

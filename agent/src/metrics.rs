@@ -124,14 +124,15 @@ impl Metrics {
         })
     }
 
-    /// Counts one runtime call of `method` that took `elapsed` and failed or not.
+    /// Counts one runtime call that took `elapsed` and failed or not; `operation_type` is
+    /// the call's label (`list_containers`, ...).
     pub fn runtime_operation(
         &self,
-        method: crate::runtime::Method,
+        operation_type: &str,
         elapsed: std::time::Duration,
         failed: bool,
     ) {
-        let op = [method.operation_type()];
+        let op = [operation_type];
         self.runtime_operations.with_label_values(&op).inc();
         self.runtime_operations_duration
             .with_label_values(&op)
@@ -165,12 +166,12 @@ mod tests {
         m.running_pods.set(3);
         m.running_containers.with_label_values(&["running"]).set(4);
         m.runtime_operation(
-            crate::runtime::Method::ListContainers,
+            crate::runtime::Method::ListContainers.operation_type(),
             std::time::Duration::from_millis(2),
             false,
         );
         m.runtime_operation(
-            crate::runtime::Method::PodSandboxStatus,
+            crate::runtime::Method::PodSandboxStatus.operation_type(),
             std::time::Duration::from_millis(1),
             true,
         );

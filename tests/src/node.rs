@@ -255,6 +255,17 @@ plegMode: {pleg}
             .is_some_and(|a| matches!(a.exited(), Ok(None)))
     }
 
+    /// Waits (up to [`WAIT`]) for the agent to exit on its own and returns how it ended;
+    /// panics with its log if it keeps running.
+    pub fn wait_agent_exit(&mut self) -> std::process::ExitStatus {
+        let agent = self.agent.as_mut().expect("the agent was started");
+        let status = agent
+            .wait_exit(WAIT)
+            .unwrap_or_else(|e| panic!("the agent kept running: {e:#}"));
+        self.agent = None;
+        status
+    }
+
     #[must_use]
     pub fn agent_log_path(&self) -> PathBuf {
         self.dir.path().join("agent.log")

@@ -556,8 +556,8 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 
 fn clamp_shares(shares: u64) -> u64 {
     shares.clamp(
-        crate::pods::qos::MIN_CPU_SHARES,
-        crate::pods::qos::MAX_CPU_SHARES,
+        crate::model::qos::MIN_CPU_SHARES,
+        crate::model::qos::MAX_CPU_SHARES,
     )
 }
 

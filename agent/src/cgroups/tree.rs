@@ -11,7 +11,7 @@
 //! <cgroupRoot>/kubepods/besteffort/pod<uid>
 //! ```
 //!
-//! The pod numbers come from [`crate::pods::qos::pod_resource_config`]; this module only
+//! The pod numbers come from [`crate::model::qos::pod_resource_config`]; this module only
 //! places and writes them. Containers go below their pod's cgroup: the runtime creates them
 //! from the cgroup parent handed over in the sandbox config ([`QosTree::cri_cgroup_parent`]).
 //!
@@ -22,16 +22,13 @@
 //! and no limits. Not done: memory reservations for the QoS cgroups (`qosReserved`, refused by
 //! the config); `cgroupsPerQOS: false` is refused by the config.
 
-use std::fs;
-use std::path::Path;
-
 use k8s_openapi::api::core::v1::Pod;
 
 use super::CgroupError;
 use super::driver::{CgroupDriver, CgroupManager, MemoryUsage};
 use super::hierarchy::{join, normalize};
 use crate::config::{Config, NodeFacts, Reservation};
-use crate::pods::qos::{self, QosClass};
+use crate::model::qos::{self, QosClass};
 
 pub const KUBEPODS: &str = "kubepods";
 pub const BURSTABLE: &str = "burstable";
@@ -193,7 +190,7 @@ impl QosTree {
     /// # Errors
     /// [`CgroupError::InvalidPodUid`] when the UID is missing or could leave the tree.
     pub fn pod_cgroup(&self, pod: &Pod) -> Result<String, CgroupError> {
-        let uid = crate::pods::pod_uid(pod);
+        let uid = crate::model::pod_uid(pod);
         self.pod_cgroup_of(uid, qos::qos_class(pod))
     }
 
@@ -416,28 +413,6 @@ pub fn allocatable_memory(
         .ok_or(CgroupError::ReservationExceedsCapacity { capacity, reserved })
 }
 
-/// The node's memory capacity: `MemTotal` from `<proc_root>/meminfo`, in bytes.
-///
-/// # Errors
-/// [`CgroupError::Read`] or [`CgroupError::Malformed`].
-pub fn memory_capacity(proc_root: &Path) -> Result<u64, CgroupError> {
-    let path = proc_root.join("meminfo");
-    let text = fs::read_to_string(&path).map_err(|source| CgroupError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix("MemTotal:")?;
-            let kib = rest.trim().strip_suffix("kB")?.trim();
-            kib.parse::<u64>().ok()?.checked_mul(1024)
-        })
-        .ok_or(CgroupError::Malformed {
-            path,
-            field: "MemTotal",
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -445,6 +420,9 @@ mod tests {
     use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use std::fs;
+    use std::path::Path;
 
     use super::*;
     use crate::cgroups::driver::V1_CONTROLLERS;
@@ -854,28 +832,5 @@ mod tests {
             matches!(err, CgroupError::ReservationExceedsCapacity { capacity, reserved } if capacity == MI && reserved == MI + 1),
             "{err:?}"
         );
-    }
-
-    #[test]
-    fn memory_capacity_reads_memtotal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(
-            dir.path().join("meminfo"),
-            "MemTotal:       24567890 kB\nMemFree:        1 kB\n",
-        )
-        .expect("meminfo");
-        assert_eq!(
-            memory_capacity(dir.path()).expect("capacity"),
-            24_567_890 * 1024
-        );
-        fs::write(dir.path().join("meminfo"), "MemFree: 1 kB\n").expect("meminfo");
-        assert!(matches!(
-            memory_capacity(dir.path()).expect_err("no MemTotal"),
-            CgroupError::Malformed {
-                field: "MemTotal",
-                ..
-            }
-        ));
-        assert!(memory_capacity(Path::new("/proc")).expect("this host") > 0);
     }
 }

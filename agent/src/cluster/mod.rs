@@ -99,8 +99,8 @@ pub async fn run_pod_source(
     watch.abort();
 }
 
-/// The API server's pods as the pod manager takes them; a pod without UID or name is an
-/// error naming it.
+/// The API server's pods as the pod manager takes them; a pod bpflet cannot run (the checks
+/// static pods get: UID, names, resources) is an error naming it and the field.
 fn to_source_pods(pods: Vec<Pod>) -> (Vec<StaticPod>, Vec<ManifestError>) {
     let mut out = Vec::with_capacity(pods.len());
     let mut errors = Vec::new();
@@ -112,10 +112,13 @@ fn to_source_pods(pods: Vec<Pod>) -> (Vec<StaticPod>, Vec<ManifestError>) {
         );
         let origin = ManifestOrigin::Api(id);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if let Err(reason) = crate::pods::manifest::validate_uid(&uid) {
+        let checked = crate::model::validation::validate_uid(&uid)
+            .map_err(|reason| ("metadata.uid".to_owned(), reason))
+            .and_then(|()| crate::model::validation::validate_pod(&pod));
+        if let Err((field, reason)) = checked {
             errors.push(ManifestError::Invalid {
                 origin,
-                field: "metadata.uid".to_owned(),
+                field,
                 reason,
             });
             continue;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::quantity::{QuantityError, QuantityValue, parse_quantity};
+use crate::model::quantity::{QuantityError, QuantityValue, parse_quantity};
 
 /// An eviction signal, by its upstream name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ConfigError;
 use super::args::PlegMode;
+use crate::events::SourceChoice;
 
 pub const KUBELET_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
 pub const KUBELET_KIND: &str = "KubeletConfiguration";
@@ -130,6 +131,10 @@ pub struct BpfletConfiguration {
     /// `event` (default) or `generic`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pleg_mode: Option<PlegMode>,
+    /// Where kernel events come from in `plegMode: event`: `auto` (default: BPF, else the
+    /// polling fallback), `bpf` (BPF or refuse to start) or `poll` (the polling fallback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_source: Option<SourceChoice>,
     /// In event mode, how often every pod is relisted anyway (default 10s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pleg_safety_relist_period: Option<String>,

@@ -5,7 +5,7 @@
 //! - `kubelet.config.k8s.io/v1beta1` `KubeletConfiguration`: the upstream fields bpflet
 //!   implements, same names, same defaults;
 //! - `bpflet.io/v1alpha1` `BpfletConfiguration`: bpflet-only settings (`plegMode`,
-//!   `plegSafetyRelistPeriod`, `plegUnhealthyThreshold`, `evictionRanking`).
+//!   `eventSource`, `plegSafetyRelistPeriod`, `plegUnhealthyThreshold`, `evictionRanking`).
 //!
 //! Merging follows upstream's drop-in rules: a later file replaces scalars and lists and
 //! merges maps key by key (JSON merge patch), so a drop-in can change one eviction threshold.
@@ -21,7 +21,6 @@ mod args;
 pub mod duration;
 pub mod eviction;
 pub mod file;
-pub mod quantity;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,7 +37,8 @@ use self::eviction::{
     Signal, Threshold, ThresholdValue, parse_threshold_value, split_threshold_flag,
 };
 pub use self::file::{BpfletConfiguration, KubeletConfiguration};
-use self::quantity::parse_quantity;
+use crate::events::SourceChoice;
+use crate::model::quantity::parse_quantity;
 use crate::pods::sysctls::SysctlPolicy;
 
 /// The process exit code for a configuration error (`EX_USAGE`).
@@ -201,6 +201,20 @@ pub struct NodeFacts {
     pub kernel: Option<(u32, u32)>,
 }
 
+/// The node's memory: `MemTotal` from `<proc_root>/meminfo`, in bytes; `None` when the file
+/// has no readable `MemTotal` line.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn mem_total(proc_root: &Path) -> std::io::Result<Option<u64>> {
+    let text = std::fs::read_to_string(proc_root.join("meminfo"))?;
+    Ok(text.lines().find_map(|line| {
+        let rest = line.strip_prefix("MemTotal:")?;
+        let kib = rest.trim().strip_suffix("kB")?.trim();
+        kib.parse::<u64>().ok()?.checked_mul(1024)
+    }))
+}
+
 impl NodeFacts {
     /// Reads the node's memory, CPUs, `pid_max` and kernel version under `proc_root`; what
     /// cannot be read stays `None` (and its checks are skipped).
@@ -208,7 +222,7 @@ impl NodeFacts {
     pub fn detect(proc_root: &Path) -> Self {
         let read = |path: &str| std::fs::read_to_string(proc_root.join(path)).ok();
         Self {
-            memory_bytes: crate::cgroups::tree::memory_capacity(proc_root).ok(),
+            memory_bytes: mem_total(proc_root).ok().flatten(),
             cpu_millis: std::thread::available_parallelism()
                 .ok()
                 .and_then(|n| u64::try_from(n.get()).ok())
@@ -299,10 +313,28 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlegConfig {
+    /// The mode asked for. `event` runs on BPF; with the polling source (`eventSource: poll`,
+    /// or `auto` when BPF cannot load) the generic relist is used (see [`PlegConfig::mode_with`]).
     pub mode: PlegMode,
+    /// `eventSource`: where kernel events come from in event mode. `plegMode: generic`
+    /// reads no kernel events, so it takes only `auto`.
+    pub event_source: SourceChoice,
     /// Event mode: period of the full safety relist. Generic mode relists every second.
     pub safety_relist_period: Duration,
     pub unhealthy_threshold: Duration,
+}
+
+impl PlegConfig {
+    /// The PLEG mode in use given the kernel event source that runs: the event PLEG needs
+    /// BPF's immediate, exact exits; with the polling source (or none) the generic 1 s
+    /// relist finds container ends.
+    #[must_use]
+    pub fn mode_with(&self, source: Option<crate::events::Source>) -> PlegMode {
+        match (self.mode, source) {
+            (PlegMode::Event, Some(crate::events::Source::Bpf)) => PlegMode::Event,
+            _ => PlegMode::Generic,
+        }
+    }
 }
 
 mod defaults {
@@ -728,7 +760,7 @@ fn node_name(hostname_override: Option<&str>) -> Result<String, ConfigError> {
         }
     };
     let name = name.to_lowercase();
-    if let Err(reason) = crate::pods::manifest::validate_dns_subdomain(&name) {
+    if let Err(reason) = crate::model::validation::validate_dns_subdomain(&name) {
         return Err(ConfigError::Invalid {
             field: "nodeName".to_owned(),
             origin,
@@ -1191,6 +1223,17 @@ impl Typed<'_> {
 
     fn pleg(&self, bc: &BpfletConfiguration) -> Result<PlegConfig, ConfigError> {
         let mode = bc.pleg_mode.unwrap_or(PlegMode::Event);
+        let event_source = bc.event_source.unwrap_or_default();
+        if mode == PlegMode::Generic && event_source != SourceChoice::Auto {
+            return Err(self.invalid(
+                "eventSource",
+                format!(
+                    "{} needs plegMode: event (plegMode: generic reads no kernel events; \
+                     with eventSource: poll the PLEG relists every second anyway)",
+                    event_source.as_str()
+                ),
+            ));
+        }
         let safety_relist_period = self.duration_at_least(
             "plegSafetyRelistPeriod",
             bc.pleg_safety_relist_period.as_deref(),
@@ -1204,6 +1247,7 @@ impl Typed<'_> {
         )?;
         Ok(PlegConfig {
             mode,
+            event_source,
             safety_relist_period,
             unhealthy_threshold,
         })

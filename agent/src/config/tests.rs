@@ -43,7 +43,7 @@ fn with_config(text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
 }
 
 fn mi(n: u64) -> ThresholdValue {
-    ThresholdValue::Quantity(crate::config::quantity::QuantityValue::from_units(n << 20))
+    ThresholdValue::Quantity(crate::model::quantity::QuantityValue::from_units(n << 20))
 }
 
 #[test]
@@ -108,6 +108,7 @@ fn defaults() {
         c.pleg,
         PlegConfig {
             mode: PlegMode::Event,
+            event_source: SourceChoice::Auto,
             safety_relist_period: Duration::from_secs(10),
             unhealthy_threshold: Duration::from_secs(180),
         }
@@ -451,6 +452,16 @@ fn bad_input_names_the_culprit() {
             &["plegSafetyRelistPeriod: 10ms is below the minimum of 1s"],
         ),
         (
+            "---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nplegMode: generic\neventSource: poll",
+            &[],
+            &["eventSource: poll needs plegMode: event", "config.yaml"],
+        ),
+        (
+            "---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\neventSource: bpf",
+            &["--pleg-mode", "generic"],
+            &["eventSource: bpf needs plegMode: event"],
+        ),
+        (
             "cgroupRoot: /../../sys/fs/cgroup",
             &[],
             &["cgroupRoot: path \"/../../sys/fs/cgroup\" must not contain \"..\" components"],
@@ -697,6 +708,10 @@ fn bad_documents_name_the_file() {
             &["cannot decode plegMode", "unknown variant `fast`"],
         ),
         (
+            "apiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\neventSource: ebpf\n",
+            &["cannot decode eventSource", "unknown variant `ebpf`"],
+        ),
+        (
             "apiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nevictionRanking: random\n",
             &["evictionRanking: unknown ranking \"random\""],
         ),
@@ -881,7 +896,7 @@ fn kubepods_is_sized_from_the_node_the_config_was_checked_against() {
     )
     .expect("what validation accepted fits");
     assert_eq!(k.memory_limit, Some(1 << 30));
-    assert_eq!(k.cpu_shares, crate::pods::qos::cpu_shares(500));
+    assert_eq!(k.cpu_shares, crate::model::qos::cpu_shares(500));
     assert_eq!(k.pids_limit, Some(4_194_304 - 1000));
 
     let unknown = NodeFacts {
@@ -902,4 +917,53 @@ fn kubepods_is_sized_from_the_node_the_config_was_checked_against() {
         Some(1000),
         "one CPU when the count is unknown"
     );
+}
+
+#[test]
+fn mem_total_reads_meminfo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("meminfo"),
+        "MemTotal:       24567890 kB\nMemFree:        1 kB\n",
+    )
+    .expect("meminfo");
+    assert_eq!(
+        super::mem_total(dir.path()).expect("readable"),
+        Some(24_567_890 * 1024)
+    );
+    std::fs::write(dir.path().join("meminfo"), "MemFree: 1 kB\n").expect("meminfo");
+    assert_eq!(super::mem_total(dir.path()).expect("readable"), None);
+    assert!(std::fs::read_dir(dir.path().join("missing")).is_err());
+    assert!(super::mem_total(&dir.path().join("missing")).is_err());
+    assert!(
+        super::mem_total(std::path::Path::new("/proc"))
+            .expect("this host")
+            .is_some_and(|m| m > 0)
+    );
+}
+
+/// `eventSource` picks the kernel event source of event mode; the PLEG runs in event mode
+/// only on BPF, and generic mode reads no kernel events.
+#[test]
+fn event_source_setting_and_the_pleg_mode_in_use() {
+    use crate::events::Source;
+    let c = with_config(HEADER, &[]).expect("defaults");
+    assert_eq!(c.pleg.event_source, SourceChoice::Auto);
+    assert_eq!(c.pleg.mode_with(Some(Source::Bpf)), PlegMode::Event);
+    assert_eq!(
+        c.pleg.mode_with(Some(Source::Poll)),
+        PlegMode::Generic,
+        "the polling source finds exits a second late at best: the generic relist does it"
+    );
+    for source in ["auto", "bpf", "poll"] {
+        let text = format!(
+            "{HEADER}---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\neventSource: {source}\n"
+        );
+        let c = with_config(&text, &[]).unwrap_or_else(|e| panic!("{source}: {e}"));
+        assert_eq!(c.pleg.event_source.as_str(), source);
+        assert_eq!(c.pleg.mode, PlegMode::Event);
+    }
+    let generic = with_config(HEADER, &["--pleg-mode", "generic"]).expect("generic");
+    assert_eq!(generic.pleg.event_source, SourceChoice::Auto);
+    assert_eq!(generic.pleg.mode_with(None), PlegMode::Generic);
 }

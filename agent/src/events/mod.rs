@@ -238,3 +238,38 @@ impl Event {
         self.detail.kind()
     }
 }
+
+/// Which source to use: `bpflet trace --source` and the agent's `eventSource` setting.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceChoice {
+    /// BPF, falling back to polling (with a warning) when BPF cannot load.
+    #[default]
+    Auto,
+    /// BPF only: fail when it cannot load.
+    Bpf,
+    /// Polling only (degraded: late, exit codes unknown).
+    Poll,
+}
+
+impl SourceChoice {
+    /// As the setting and the flag spell it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceChoice::Auto => "auto",
+            SourceChoice::Bpf => "bpf",
+            SourceChoice::Poll => "poll",
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! only the kernel knows at the moment (exit codes, short-lived processes, reclaim details).
 //!
 //! - OOM kills: the kernel log (`/dev/kmsg`), read as records arrive. Without it, the memory
-//!   cgroups' `oom_kill` counters, which give the cgroup and a count but no process.
+//!   cgroups' `oom_kill` counters, which give the cgroup and a count but no process. Kills at
+//!   a cgroup limit are reported for victims in the watched subtrees; node-wide kills for
+//!   every victim (as the BPF source does).
 //! - Exits: `cgroup.procs` of every watched cgroup, per interval; a pid that left every
 //!   watched cgroup and is gone (or a zombie) exited. Status unknown, except for processes
 //!   the OOM killer was seen killing (SIGKILL).
@@ -388,7 +390,9 @@ impl Poller {
         }
         // The kernel rate-limited this kill's report: only the `Killed process` line is there.
         let victim = self.victim_cgroup(killed.pid);
-        if victim.as_ref().is_some_and(|v| !self.watched(v)) {
+        if killed.context != KillContext::Global
+            && victim.as_ref().is_some_and(|v| !self.watched(v))
+        {
             return None;
         }
         let limit = match killed.context {
@@ -437,11 +441,14 @@ impl Poller {
         report: Report,
         time: SystemTime,
     ) -> Option<Event> {
+        // Node-wide kills are reported wherever the victim ran, as the BPF source reports
+        // them: they are rare and must be seen (`SystemOOM`).
+        let node_wide = *limit == Limit::Node;
         let victim = match victim {
-            Some(v) if self.watched(&v) => v,
+            Some(v) if node_wide || self.watched(&v) => v,
             Some(_) => return None,
             // Unknown cgroup: only interesting to someone watching the whole node.
-            None if self.roots.iter().any(|r| r == "/") => String::new(),
+            None if node_wide || self.roots.iter().any(|r| r == "/") => String::new(),
             None => {
                 tracing::debug!(pid = killed.pid, "OOM kill in an unknown cgroup");
                 return None;

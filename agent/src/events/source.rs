@@ -2,6 +2,7 @@
 //! the polling fallback. The fallback is never silent: the failed step and its cause are
 //! logged as a warning, and every event it yields says `source: poll`.
 
+pub use super::SourceChoice;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,16 +16,36 @@ use super::{Event, Source};
 use crate::bpf::{self, BpfError, KernelProbe, WatchSpec};
 use crate::cgroups::{CgroupError, CgroupVersion, Hierarchy};
 
-/// Which source to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceChoice {
-    /// BPF, falling back to polling (with a warning) when BPF cannot load.
-    #[default]
-    Auto,
-    /// BPF only: fail when it cannot load.
-    Bpf,
-    /// Polling only (degraded: late, exit codes unknown).
-    Poll,
+/// What [`select`] picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Selected<T, E> {
+    /// BPF loaded: its running form.
+    Bpf(T),
+    /// The polling source; `bpf_failure` is why BPF is not used when it was tried (`auto`),
+    /// `None` when polling was asked for.
+    Poll { bpf_failure: Option<E> },
+}
+
+/// Decides the source from the choice and the outcome of loading BPF, which `load_bpf`
+/// performs and which is tried only when the choice allows BPF: `poll` never tries it,
+/// `bpf` fails with the loading error, `auto` falls back to polling with it.
+///
+/// # Errors
+/// The loading error, for [`SourceChoice::Bpf`].
+pub fn select<T, E>(
+    choice: SourceChoice,
+    load_bpf: impl FnOnce() -> Result<T, E>,
+) -> Result<Selected<T, E>, E> {
+    match choice {
+        SourceChoice::Poll => Ok(Selected::Poll { bpf_failure: None }),
+        SourceChoice::Bpf => load_bpf().map(Selected::Bpf),
+        SourceChoice::Auto => Ok(match load_bpf() {
+            Ok(t) => Selected::Bpf(t),
+            Err(e) => Selected::Poll {
+                bpf_failure: Some(e),
+            },
+        }),
+    }
 }
 
 /// What to watch.
@@ -73,21 +94,33 @@ pub fn start(
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<RunningSource, SourceError> {
-    let fallback_reason = match choice {
-        SourceChoice::Poll => Some("polling source requested".to_owned()),
-        SourceChoice::Bpf | SourceChoice::Auto => {
-            match start_bpf(spec, tx.clone(), cancel, tracker) {
-                Ok(running) => return Ok(running),
-                Err(SourceError::Bpf(e)) if choice == SourceChoice::Auto => {
-                    let reason = crate::error::full_text(&e);
-                    warn!(
-                        "BPF event source unavailable ({reason}); falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
-                        spec.poll_interval
-                    );
-                    Some(reason)
-                }
-                Err(e) => return Err(e),
-            }
+    // A watched cgroup that cannot be read is not a reason to poll instead: it fails
+    // whatever the choice.
+    let roots = if choice == SourceChoice::Poll {
+        Vec::new()
+    } else {
+        root_ids(spec)?
+    };
+    let fallback_reason = match select(choice, || {
+        start_bpf(spec, &roots, tx.clone(), cancel, tracker)
+    })? {
+        Selected::Bpf(running) => return Ok(running),
+        Selected::Poll { bpf_failure: None } => {
+            warn!(
+                "polling event source requested: polling every {:?}: DEGRADED (events late, exit codes unknown)",
+                spec.poll_interval
+            );
+            "polling source requested".to_owned()
+        }
+        Selected::Poll {
+            bpf_failure: Some(e),
+        } => {
+            let reason = crate::error::full_text(&e);
+            warn!(
+                "{reason}; falling back to polling every {:?}: DEGRADED (events late, exit codes unknown)",
+                spec.poll_interval
+            );
+            reason
         }
     };
     let poll = PollSource::new(PollConfig {
@@ -111,18 +144,13 @@ pub fn start(
         source: Source::Poll,
         probe: None,
         losses: None,
-        fallback_reason,
+        fallback_reason: Some(fallback_reason),
     })
 }
 
-fn start_bpf(
-    spec: &SourceSpec,
-    tx: mpsc::Sender<Event>,
-    cancel: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<RunningSource, SourceError> {
-    let roots = spec
-        .roots
+/// The watched roots' cgroup ids and levels.
+fn root_ids(spec: &SourceSpec) -> Result<Vec<(u64, u32)>, SourceError> {
+    spec.roots
         .iter()
         .map(|root| {
             let id = spec
@@ -134,9 +162,22 @@ fn start_bpf(
                 })?;
             Ok((id, Hierarchy::level_of(root)))
         })
-        .collect::<Result<Vec<_>, SourceError>>()?;
+        .collect()
+}
+
+fn start_bpf(
+    spec: &SourceSpec,
+    roots: &[(u64, u32)],
+    tx: mpsc::Sender<Event>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<RunningSource, SourceError> {
     let watch = WatchSpec {
-        roots: if spec.watch_all { Vec::new() } else { roots },
+        roots: if spec.watch_all {
+            Vec::new()
+        } else {
+            roots.to_vec()
+        },
         watch_all: spec.watch_all,
         hierarchy_id: spec.hierarchy.hierarchy_id,
         cgroup_v2: spec.hierarchy.version == CgroupVersion::V2,
@@ -164,4 +205,79 @@ fn start_bpf(
         losses: Some(losses),
         fallback_reason: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// `select` with a BPF load that ends as `outcome`; also whether the load was tried.
+    fn pick(
+        choice: SourceChoice,
+        outcome: Result<&'static str, &'static str>,
+    ) -> (
+        Result<Selected<&'static str, &'static str>, &'static str>,
+        bool,
+    ) {
+        let tried = Cell::new(false);
+        let got = select(choice, || {
+            tried.set(true);
+            outcome
+        });
+        (got, tried.get())
+    }
+
+    #[test]
+    fn auto_uses_bpf_and_falls_back_to_polling_with_the_failure() {
+        assert_eq!(
+            pick(SourceChoice::Auto, Ok("probe")),
+            (Ok(Selected::Bpf("probe")), true)
+        );
+        assert_eq!(
+            pick(SourceChoice::Auto, Err("loading the programs: EPERM")),
+            (
+                Ok(Selected::Poll {
+                    bpf_failure: Some("loading the programs: EPERM")
+                }),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn bpf_refuses_to_degrade() {
+        assert_eq!(
+            pick(SourceChoice::Bpf, Ok("probe")),
+            (Ok(Selected::Bpf("probe")), true)
+        );
+        assert_eq!(
+            pick(SourceChoice::Bpf, Err("loading the programs: EPERM")),
+            (Err("loading the programs: EPERM"), true)
+        );
+    }
+
+    #[test]
+    fn poll_never_loads_bpf() {
+        for outcome in [Ok("probe"), Err("EPERM")] {
+            assert_eq!(
+                pick(SourceChoice::Poll, outcome),
+                (Ok(Selected::Poll { bpf_failure: None }), false)
+            );
+        }
+    }
+
+    #[test]
+    fn choices_are_spelled_as_the_setting_and_the_flag() {
+        for c in [SourceChoice::Auto, SourceChoice::Bpf, SourceChoice::Poll] {
+            let json = serde_json::to_value(c).unwrap();
+            assert_eq!(json, c.as_str());
+            assert_eq!(serde_json::from_value::<SourceChoice>(json).unwrap(), c);
+            assert_eq!(
+                <SourceChoice as clap::ValueEnum>::from_str(c.as_str(), false).unwrap(),
+                c
+            );
+        }
+    }
 }

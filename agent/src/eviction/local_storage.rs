@@ -44,9 +44,9 @@ use nix::sys::stat::{Mode, fstat, fstatat};
 use crate::cgroups::QosTree;
 use crate::cgroups::driver::CgroupManager as _;
 use crate::cgroups::hierarchy::join;
-use crate::config::quantity::parse_quantity;
+use crate::model::qos::{self, QosClass};
+use crate::model::quantity::parse_quantity;
 use crate::pods::cri_config::pod_log_dir;
-use crate::pods::qos::{self, QosClass};
 use crate::pods::volumes::EMPTY_DIR_PLUGIN_DIR;
 
 use super::EvictionError;

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::eviction::{Signal, Threshold};
 use crate::config::{EvictionConfig, EvictionRanking};
-use crate::pods::qos::{self, QosClass};
+use crate::model::qos::{self, QosClass};
 use crate::runtime::ContainerRuntime;
 use crate::status::REASON_EVICTED;
 
@@ -48,9 +48,9 @@ use super::rank::{Resource, rank};
 use super::reclaim::DiskReclaimer;
 use super::signals::{Observations, Observer, PodStatsNeed};
 use super::thresholds::{
-    Evaluation, NodeCondition, PressureCondition, ThresholdTracker, effective_thresholds, is_hard,
-    thresholds_met,
+    Evaluation, ThresholdTracker, effective_thresholds, is_hard, thresholds_met,
 };
+use crate::model::node::{NodeCondition, PressureCondition};
 
 /// Upstream's eviction loop period: the floor under kernel-triggered evaluations.
 pub const DEFAULT_MONITORING_INTERVAL: Duration = Duration::from_secs(10);

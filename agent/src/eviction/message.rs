@@ -17,7 +17,7 @@
 //!   was written in a non-canonical way.
 
 use crate::config::eviction::{Signal, ThresholdValue};
-use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::model::quantity::{QuantityValue, parse_quantity};
 
 use super::pod::PodUsage;
 use super::rank::Resource;
@@ -174,7 +174,7 @@ mod tests {
 
     use super::*;
     use crate::eviction::pod::ContainerUsage;
-    use crate::pods::qos::QosClass;
+    use crate::model::qos::QosClass;
 
     const MI: u64 = 1 << 20;
 

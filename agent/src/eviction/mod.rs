@@ -67,7 +67,6 @@ pub use pod::{ContainerInfo, ContainerUsage, PodInfo, PodProvider, PodUsage, Sto
 pub use rank::Resource;
 pub use reclaim::{DiskReclaimer, ReclaimReport};
 pub use signals::{Observation, Observations, Observer, PodStatsNeed, Remnant, SignalRoots};
-pub use thresholds::{NodeCondition, PressureCondition};
 
 use crate::cgroups::CgroupError;
 use crate::runtime::{Method, RuntimeError};

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::model::qos::{self, QosClass};
+use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::termination_grace;
 use crate::pods::cri_config::pod_log_dir;
-use crate::pods::qos::{self, QosClass};
-use crate::pods::worker::termination_grace;
 use crate::status::manager::PodList;
 
 use super::local_storage::LimitedPod;

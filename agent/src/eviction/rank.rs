@@ -15,7 +15,7 @@ use std::cmp::Ordering;
 
 use crate::config::EvictionRanking;
 use crate::config::eviction::Signal;
-use crate::pods::qos::QosClass;
+use crate::model::qos::QosClass;
 
 use super::pod::PodUsage;
 

@@ -27,7 +27,7 @@ use crate::cgroups::driver::CgroupManager as _;
 use crate::cgroups::hierarchy::join;
 use crate::cgroups::{CgroupVersion, QosTree};
 use crate::config::eviction::Signal;
-use crate::pods::qos::QosClass;
+use crate::model::qos::QosClass;
 
 use super::EvictionError;
 use super::pod::{PodInfo, PodUsage};

@@ -21,10 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::config::EvictionConfig;
 use crate::config::eviction::{Signal, Threshold};
+use crate::model::node::{NodeCondition, PressureCondition};
 
 use super::signals::Observations;
 
@@ -92,105 +92,20 @@ pub fn thresholds_met(
         .collect()
 }
 
-/// The node conditions eviction owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PressureCondition {
-    MemoryPressure,
-    DiskPressure,
-    PidPressure,
-}
-
-impl PressureCondition {
-    pub const ALL: [Self; 3] = [Self::MemoryPressure, Self::DiskPressure, Self::PidPressure];
-
-    /// The condition type, as the API spells it.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::MemoryPressure => "MemoryPressure",
-            Self::DiskPressure => "DiskPressure",
-            Self::PidPressure => "PIDPressure",
+/// The node condition a signal's thresholds raise.
+#[must_use]
+pub const fn pressure_condition(signal: Signal) -> PressureCondition {
+    match signal {
+        Signal::MemoryAvailable | Signal::AllocatableMemoryAvailable => {
+            PressureCondition::MemoryPressure
         }
-    }
-
-    /// The condition a signal's thresholds raise.
-    #[must_use]
-    pub const fn of(signal: Signal) -> Self {
-        match signal {
-            Signal::MemoryAvailable | Signal::AllocatableMemoryAvailable => Self::MemoryPressure,
-            Signal::PidAvailable => Self::PidPressure,
-            Signal::NodeFsAvailable
-            | Signal::NodeFsInodesFree
-            | Signal::ImageFsAvailable
-            | Signal::ImageFsInodesFree
-            | Signal::ContainerFsAvailable
-            | Signal::ContainerFsInodesFree => Self::DiskPressure,
-        }
-    }
-
-    /// Upstream's reason and message (node status setters) for the status.
-    #[must_use]
-    pub const fn reason_and_message(self, pressure: bool) -> (&'static str, &'static str) {
-        match (self, pressure) {
-            (Self::MemoryPressure, true) => (
-                "KubeletHasInsufficientMemory",
-                "kubelet has insufficient memory available",
-            ),
-            (Self::MemoryPressure, false) => (
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            (Self::DiskPressure, true) => ("KubeletHasDiskPressure", "kubelet has disk pressure"),
-            (Self::DiskPressure, false) => {
-                ("KubeletHasNoDiskPressure", "kubelet has no disk pressure")
-            }
-            (Self::PidPressure, true) => (
-                "KubeletHasInsufficientPID",
-                "kubelet has insufficient PID available",
-            ),
-            (Self::PidPressure, false) => (
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-            ),
-        }
-    }
-}
-
-/// One pressure condition of the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeCondition {
-    pub kind: PressureCondition,
-    /// `True`: the node is under this pressure.
-    pub status: bool,
-    pub reason: &'static str,
-    pub message: &'static str,
-    /// When `status` last changed (the first evaluation counts as a change).
-    pub last_transition_time: Timestamp,
-}
-
-impl NodeCondition {
-    fn new(kind: PressureCondition, status: bool, now: Timestamp) -> Self {
-        let (reason, message) = kind.reason_and_message(status);
-        Self {
-            kind,
-            status,
-            reason,
-            message,
-            last_transition_time: now,
-        }
-    }
-
-    /// The API object, with `heartbeat` as `lastHeartbeatTime`.
-    #[must_use]
-    pub fn to_api(&self, heartbeat: Timestamp) -> k8s_openapi::api::core::v1::NodeCondition {
-        k8s_openapi::api::core::v1::NodeCondition {
-            type_: self.kind.as_str().to_owned(),
-            status: if self.status { "True" } else { "False" }.to_owned(),
-            reason: Some(self.reason.to_owned()),
-            message: Some(self.message.to_owned()),
-            last_heartbeat_time: Some(Time(heartbeat)),
-            last_transition_time: Some(Time(self.last_transition_time)),
-        }
+        Signal::PidAvailable => PressureCondition::PidPressure,
+        Signal::NodeFsAvailable
+        | Signal::NodeFsInodesFree
+        | Signal::ImageFsAvailable
+        | Signal::ImageFsInodesFree
+        | Signal::ContainerFsAvailable
+        | Signal::ContainerFsInodesFree => PressureCondition::DiskPressure,
     }
 }
 
@@ -254,10 +169,8 @@ impl ThresholdTracker {
             })
             .collect();
 
-        let observed: BTreeSet<PressureCondition> = met
-            .iter()
-            .map(|t| PressureCondition::of(t.signal))
-            .collect();
+        let observed: BTreeSet<PressureCondition> =
+            met.iter().map(|t| pressure_condition(t.signal)).collect();
         for &c in &observed {
             self.condition_last_observed.insert(c, now);
         }
@@ -309,10 +222,12 @@ impl ThresholdTracker {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
     use crate::config::EvictionRanking;
     use crate::config::eviction::ThresholdValue;
-    use crate::config::quantity::QuantityValue;
+    use crate::model::quantity::QuantityValue;
 
     const MI: u64 = 1 << 20;
     const GI: u64 = 1 << 30;
@@ -860,7 +775,7 @@ mod tests {
                 Signal::PidAvailable => "PIDPressure",
                 _ => "DiskPressure",
             };
-            assert_eq!(PressureCondition::of(signal).as_str(), want, "{signal}");
+            assert_eq!(pressure_condition(signal).as_str(), want, "{signal}");
         }
     }
 }

@@ -1,6 +1,13 @@
 //! Routes attributed kernel events to whoever acts on them: pod workers (a per-pod relist),
 //! the OOM fact store, node events (SystemOOM), a full relist when events were lost, and
 //! eviction (pressure).
+//!
+//! Both sources feed it. From the polling fallback ([`Source::Poll`]) it takes OOM kills
+//! (the kernel log's pid, comm and cgroups: facts, SystemOOM, a relist poke) and pressure
+//! that shows reclaim (a limit hit counted in the pod tree), but no container ends: a
+//! poll exit is a pid missing from `cgroup.procs` up to a second late, with no code and no
+//! pid-namespace-init flag, and the generic 1 s relist that runs beside that source finds
+//! the same ends from the runtime.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +19,7 @@ use tracing::warn;
 use super::facts::{KernelFacts, OomRecord};
 use super::{KernelEnd, PodPoke, Trigger};
 use crate::cgroups::{Attributor, naming};
-use crate::events::{Detail, Event, ExitStatus, OomScope};
+use crate::events::{Detail, Event, ExitStatus, MemoryPressure, OomScope, Source};
 use crate::record::{EventType, Recorder, node_reference};
 
 pub struct KernelRouter {
@@ -91,13 +98,20 @@ impl KernelRouter {
                 );
             }
         }
-        if matches!(ev.detail, Detail::MemoryPressure(_) | Detail::OomKill(_))
-            && let Some(tx) = &self.pressure
-        {
+        let evaluate = match &ev.detail {
+            Detail::OomKill(_) => true,
+            Detail::MemoryPressure(p) => ev.source == Source::Bpf || shows_reclaim(p),
+            _ => false,
+        };
+        if evaluate && let Some(tx) = &self.pressure {
             // A full channel means an evaluation is already queued: triggers merge.
             let _ = tx.try_send(crate::eviction::Trigger::now());
         }
         let pod = ev.pod.as_ref()?;
+        if ev.source == Source::Poll && !matches!(ev.detail, Detail::OomKill(_)) {
+            // Ends are the generic relist's in poll mode (see the module doc).
+            return None;
+        }
         let end = |exit_code| {
             Some(Trigger::Kernel(KernelEnd {
                 container: pod.container_id.clone()?,
@@ -149,6 +163,14 @@ impl KernelRouter {
             at,
         })
     }
+}
+
+/// Whether a polling-source pressure record counts reclaim (a memory cgroup at its limit)
+/// rather than only a PSI average: `some avg10` decays over tens of seconds, so it stays
+/// above zero long after the pressure ended, and would have eviction evaluate every
+/// second on an idle node.
+fn shows_reclaim(p: &MemoryPressure) -> bool {
+    p.memcg_reclaims > 0 || p.pages_scanned > 0 || p.direct_reclaims > 0 || p.throttled > 0
 }
 
 /// The exit code a runtime reports for a process that ended with `status`.
@@ -262,6 +284,152 @@ mod tests {
             None,
             "attributed to another container (a reused pid): not APP's end, nor SIDE's"
         );
+    }
+
+    /// `ev` as the polling fallback reports it: no pid-namespace-init flag, no kernel time.
+    fn polled(mut ev: Event) -> Event {
+        ev.source = Source::Poll;
+        ev.kernel_ns = None;
+        ev
+    }
+
+    /// The kernel log's account of an OOM kill of `pid` in `container` at its own limit.
+    fn oom_kill(container: &str, pid: u32, scope: OomScope) -> Event {
+        Event {
+            time: SystemTime::now(),
+            kernel_ns: None,
+            source: Source::Poll,
+            pid,
+            comm: "dd".into(),
+            cgroup_id: None,
+            cgroup: cgroup_of(container),
+            pod: None,
+            detail: Detail::OomKill(crate::events::OomKill {
+                scope,
+                limit_cgroup_id: None,
+                limit_cgroup: (scope != OomScope::Node).then(|| cgroup_of(container)),
+                limit_bytes: Some(32 << 20),
+                usage_bytes: Some(32 << 20),
+                anon_rss_bytes: Some(31 << 20),
+                file_rss_bytes: None,
+                shmem_rss_bytes: None,
+                total_vm_bytes: None,
+                oom_score_adj: Some(1000),
+                invoker_pid: pid,
+            }),
+        }
+    }
+
+    #[test]
+    fn polled_exits_poke_no_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = router(dir.path());
+        let killed = |pid| {
+            let mut ev = polled(exit(APP, pid, 0));
+            ev.detail = Detail::Exit {
+                status: ExitStatus::Signal {
+                    signal: 9,
+                    core_dumped: false,
+                },
+                pidns_init: false,
+            };
+            ev
+        };
+        assert!(
+            r.route(killed(MAIN_PID)).is_none(),
+            "the recorded main pid: the generic relist finds the end"
+        );
+        set_procs(dir.path(), APP, "");
+        assert!(
+            r.route(polled(exit(APP, MAIN_PID + 1, 0))).is_none(),
+            "an emptied cgroup: the generic relist finds the end"
+        );
+        let mut removed = polled(exit(APP, 0, 0));
+        removed.detail = Detail::CgroupRemoved { level: 4 };
+        assert!(r.route(removed).is_none());
+        // The same exit from BPF still ends the container at once.
+        assert_eq!(
+            ended(r.route(exit(APP, MAIN_PID + 1, 0))),
+            Some((APP.to_owned(), None))
+        );
+    }
+
+    #[test]
+    fn polled_oom_kills_become_facts_node_events_and_pokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = router(dir.path());
+        let (tx, mut triggers) = mpsc::channel(4);
+        r.pressure = Some(tx);
+        let poke = r
+            .route(oom_kill(APP, 77, OomScope::Container))
+            .expect("a poke for the pod");
+        assert_eq!(
+            (poke.uid.as_str(), poke.trigger),
+            (UID, Trigger::Relist),
+            "the worker reads the fact and decides OOMKilled or ProcessOOMKilled"
+        );
+        let facts = r.facts.ooms(APP);
+        assert_eq!(facts.len(), 1);
+        assert_eq!(
+            (facts[0].pid, facts[0].comm.as_str(), facts[0].scope),
+            (77, "dd", OomScope::Container)
+        );
+        assert_eq!(
+            facts[0].limit_cgroup.as_deref(),
+            Some(cgroup_of(APP).as_str())
+        );
+        assert!(
+            triggers.try_recv().is_ok(),
+            "an OOM kill evaluates eviction"
+        );
+        assert!(
+            r.recorder.events().list().is_empty(),
+            "a container's own limit is no SystemOOM"
+        );
+
+        r.route(oom_kill(SIDE, 78, OomScope::Node));
+        let events = r.recorder.events().list();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason.as_deref(), Some("SystemOOM"));
+        assert_eq!(
+            events[0].message.as_deref(),
+            Some("System OOM encountered, victim process: dd, pid: 78")
+        );
+    }
+
+    #[test]
+    fn polled_pressure_evaluates_eviction_only_on_reclaim() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = router(dir.path());
+        let (tx, mut triggers) = mpsc::channel(4);
+        r.pressure = Some(tx);
+        let pressure = |cgroup: &str, p: MemoryPressure| {
+            let mut ev = polled(exit(APP, 0, 0));
+            ev.cgroup = cgroup.to_owned();
+            ev.detail = Detail::MemoryPressure(p);
+            ev
+        };
+        let psi = MemoryPressure {
+            window_ms: 1000,
+            psi_some_avg10: Some(0.04),
+            ..MemoryPressure::default()
+        };
+        assert!(r.route(pressure("/", psi.clone())).is_none());
+        r.route(pressure(&cgroup_of(APP), psi));
+        assert!(
+            triggers.try_recv().is_err(),
+            "a lingering PSI average alone evaluates nothing"
+        );
+        let limit_hits = MemoryPressure {
+            window_ms: 1000,
+            memcg_reclaims: 3,
+            ..MemoryPressure::default()
+        };
+        assert!(
+            r.route(pressure(&cgroup_of(APP), limit_hits)).is_none(),
+            "pressure pokes no worker"
+        );
+        assert!(triggers.try_recv().is_ok(), "limit hits evaluate eviction");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::plan::WaitingReason;
+use crate::model::container::WaitingReason;
 
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);

@@ -13,8 +13,8 @@
 //!   environment variables (`value` with `$(VAR)` expansion over the variables before it;
 //!   `fieldRef` and `resourceFieldRef`; limits a container does not set are the node's
 //!   allocatable, as upstream), mounts through [`PodVolumes`], log path
-//!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from [`super::qos`], and
-//!   the security context.
+//!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from
+//!   [`crate::model::qos`], and the security context.
 //!
 //! Not done (each needs something this agent does not have or do): `configMapKeyRef`,
 //! `secretKeyRef` and `envFrom` (an API server: refused with an error), service link
@@ -35,10 +35,12 @@ use k8s_openapi::api::core::v1::{
 };
 
 use super::labels::{self, LabelError};
-use super::qos::{container_resource_config, is_restartable_init_container, pod_resource_config};
 use super::volumes::{PodVolumes, SubPathMounts};
-use super::{format_pod, pod_uid};
-use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::model::qos::{
+    container_resource_config, is_restartable_init_container, pod_resource_config,
+};
+use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::{format_pod, pod_uid};
 use crate::runtime::api;
 
 /// Upstream's limit on nameservers in a pod's resolv.conf (glibc reads three).
@@ -398,7 +400,8 @@ fn pod_hostname(pod: &Pod) -> Result<String, String> {
         .and_then(|s| s.hostname.as_deref())
         .filter(|h| !h.is_empty());
     if let Some(hostname) = spec_hostname {
-        super::manifest::validate_dns_label(hostname).map_err(|r| format!("{hostname:?}: {r}"))?;
+        crate::model::validation::validate_dns_label(hostname)
+            .map_err(|r| format!("{hostname:?}: {r}"))?;
         return Ok(hostname.to_owned());
     }
     let name = pod.metadata.name.as_deref().unwrap_or_default();

@@ -22,8 +22,8 @@ use super::manifest::{ManifestError, StaticPod};
 use super::observe::runtime_pod_uids;
 use super::source::{PodUpdate, SourceKind};
 use super::worker::{self, PodContext, WorkerHandle};
-use super::{format_pod, pod_uid};
 use crate::eviction::Eviction;
+use crate::model::{format_pod, pod_uid};
 use crate::pleg::{PodPoke, Trigger};
 use crate::runtime::ContainerRuntime;
 
@@ -215,16 +215,12 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             }
             _ => {
                 info!(pod = %format_pod(&pod), "new pod");
-                let node = admission::NodeState {
-                    sysctls: &self.ctx.sysctls,
-                    max_pods: self.ctx.max_pods,
-                    admitted: self
-                        .workers
-                        .values()
-                        .filter(|w| w.admitted && !w.terminate.is_cancelled())
-                        .count(),
-                };
-                let admission = admission::admit(&pod, &node);
+                let admitted = self
+                    .workers
+                    .values()
+                    .filter(|w| w.admitted && !w.terminate.is_cancelled())
+                    .count();
+                let admission = admission::admit(&pod, &self.ctx.admission_state(admitted));
                 let handle = worker::spawn(
                     Arc::clone(&self.ctx),
                     pod,
@@ -276,7 +272,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             .filter(|w| w.admitted && !w.terminate.is_cancelled())
             .map(|w| Arc::clone(&w.spec.borrow()))
             .collect();
-        if let Err(e) = self.ctx.tree.update_qos_shares(pods.iter().map(|p| &**p)) {
+        if let Err(e) = self.ctx.tree().update_qos_shares(pods.iter().map(|p| &**p)) {
             warn!(error = %e, "cannot update the QoS cgroups' cpu shares");
         }
     }
@@ -290,7 +286,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
     /// normal termination path (grace period, sandbox and cgroup removal).
     async fn cleanup_orphans(&mut self) {
         self.orphans_checked = true;
-        let uids = match runtime_pod_uids(&*self.ctx.runtime).await {
+        let uids = match runtime_pod_uids(self.ctx.runtime()).await {
             Ok(u) => u,
             Err(e) => {
                 warn!(error = %e, "cannot list runtime pods; orphans are not cleaned up");

@@ -1,5 +1,6 @@
 //! Static pod manifests: decoding (YAML or JSON), upstream's static-pod rules (name, UID,
-//! annotations, node name), the API defaults the agent relies on, and validation.
+//! annotations, node name), then the API defaults ([`crate::model::defaults`]) and
+//! validation ([`crate::model::validation`]).
 //!
 //! UID: unless the manifest sets `metadata.uid`, it is the first 128 bits of
 //! `sha256(canonical JSON of the decoded Pod, "host:<node>", "file:<path>")` (or
@@ -18,21 +19,17 @@
 //! nests about ten levels), and decoding costs about 250 bytes of memory per node (3 MiB of
 //! `x, ` decode to a million nodes, 240 MB).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{
-    Container, Pod, PodSpec, PodStatus, Probe, ResourceRequirements, Toleration,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Toleration};
 use sha2::{Digest, Sha256};
 
-use crate::config::quantity::{QuantityValue, parse_quantity};
-
-pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
-pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
-pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
+use crate::model::defaults::apply_spec_defaults;
+use crate::model::validation::{FieldError, validate_pod, validate_uid};
+use crate::model::{CONFIG_HASH_ANNOTATION, CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
 
 /// The largest manifest file or `--manifest-url` body read: 3 MiB, the API server's limit
 /// on a request body.
@@ -44,9 +41,6 @@ pub const MAX_MANIFEST_DEPTH: usize = 64;
 /// The most nodes (scalars, aliases, collections) a manifest may have: a pod with a
 /// hundred containers of a hundred environment variables each has about 40,000.
 pub const MAX_MANIFEST_NODES: usize = 100_000;
-
-/// The longest `metadata.uid` accepted (a UUID has 36 characters, a derived UID 32).
-pub const MAX_UID_LEN: usize = 64;
 
 /// Where a static pod came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,7 +96,7 @@ pub enum ManifestError {
     Fetch {
         origin: ManifestOrigin,
         #[source]
-        source: super::source::FetchError,
+        source: FetchError,
     },
     #[error("{origin}: not a regular file ({kind})")]
     NotRegular {
@@ -168,6 +162,33 @@ pub enum ManifestError {
         uid: String,
         other: ManifestOrigin,
     },
+}
+
+/// Why fetching `--manifest-url` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid URL")]
+    Url(#[source] hyper::http::uri::InvalidUri),
+    #[error("only http:// URLs with a host are supported")]
+    UnsupportedUrl,
+    #[error("cannot connect to {authority}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the request")]
+    Request(#[source] hyper::http::Error),
+    #[error("HTTP exchange failed")]
+    Http(#[source] hyper::Error),
+    #[error("server answered {status}")]
+    Status { status: hyper::StatusCode },
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("cannot read the body")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
 }
 
 impl ManifestError {
@@ -337,7 +358,7 @@ fn static_pod(
     };
     let pod = apply_static_rules(pod, &origin, node_name, &uid, seen)
         .map_err(|(field, reason)| invalid(&field, reason))?;
-    validate(&pod).map_err(|(field, reason)| invalid(&field, reason))?;
+    validate_pod(&pod).map_err(|(field, reason)| invalid(&field, reason))?;
     Ok(StaticPod { pod, uid, origin })
 }
 
@@ -368,8 +389,6 @@ pub fn static_pod_uid(
     }
     Ok(hex::encode(&hasher.finalize()[..16]))
 }
-
-type FieldError = (String, String);
 
 fn apply_static_rules(
     mut pod: Pod,
@@ -413,373 +432,6 @@ fn apply_static_rules(
     apply_spec_defaults(spec);
     pod.status.get_or_insert_with(PodStatus::default).phase = Some("Pending".to_owned());
     Ok(pod)
-}
-
-/// The API server's defaults for the fields the agent reads (`SetDefaults_Pod` and
-/// friends); static pods never pass through an API server.
-pub fn apply_spec_defaults(spec: &mut PodSpec) {
-    spec.restart_policy
-        .get_or_insert_with(|| "Always".to_owned());
-    spec.dns_policy
-        .get_or_insert_with(|| "ClusterFirst".to_owned());
-    spec.termination_grace_period_seconds.get_or_insert(30);
-    spec.scheduler_name
-        .get_or_insert_with(|| "default-scheduler".to_owned());
-    spec.enable_service_links.get_or_insert(true);
-    spec.security_context.get_or_insert_with(Default::default);
-    for c in spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-    {
-        apply_container_defaults(c);
-    }
-}
-
-fn apply_container_defaults(c: &mut Container) {
-    c.termination_message_path
-        .get_or_insert_with(|| "/dev/termination-log".to_owned());
-    c.termination_message_policy
-        .get_or_insert_with(|| "File".to_owned());
-    if c.image_pull_policy.is_none() {
-        let policy = if image_tag_is_latest(c.image.as_deref().unwrap_or_default()) {
-            "Always"
-        } else {
-            "IfNotPresent"
-        };
-        c.image_pull_policy = Some(policy.to_owned());
-    }
-    for port in c.ports.iter_mut().flatten() {
-        port.protocol.get_or_insert_with(|| "TCP".to_owned());
-    }
-    for probe in [
-        &mut c.liveness_probe,
-        &mut c.readiness_probe,
-        &mut c.startup_probe,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        apply_probe_defaults(probe);
-    }
-    // Requests default to limits for every resource that has a limit but no request.
-    if let Some(resources) = c.resources.as_mut()
-        && let Some(limits) = resources.limits.as_ref()
-    {
-        let requests = resources.requests.get_or_insert_with(BTreeMap::new);
-        for (name, limit) in limits {
-            requests
-                .entry(name.clone())
-                .or_insert_with(|| limit.clone());
-        }
-    }
-}
-
-fn apply_probe_defaults(p: &mut Probe) {
-    p.timeout_seconds.get_or_insert(1);
-    p.period_seconds.get_or_insert(10);
-    p.success_threshold.get_or_insert(1);
-    p.failure_threshold.get_or_insert(3);
-    if let Some(http) = p.http_get.as_mut() {
-        http.scheme.get_or_insert_with(|| "HTTP".to_owned());
-        http.path.get_or_insert_with(|| "/".to_owned());
-    }
-}
-
-/// An image without a tag or digest, or tagged `latest`, is pulled `Always`.
-fn image_tag_is_latest(image: &str) -> bool {
-    if image.contains('@') {
-        return false;
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    match last.rsplit_once(':') {
-        Some((_, tag)) => tag == "latest",
-        None => true,
-    }
-}
-
-/// The longest file name Linux file systems take (`NAME_MAX`).
-const NAME_MAX: usize = 255;
-
-fn validate(pod: &Pod) -> Result<(), FieldError> {
-    let err = |field: &str, reason: String| Err((field.to_owned(), reason));
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    if let Err(reason) = validate_dns_subdomain(name) {
-        return err(
-            "metadata.name",
-            format!("{name:?} (with the node name appended): {reason}"),
-        );
-    }
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    if let Err(reason) = validate_dns_label(namespace) {
-        return err("metadata.namespace", format!("{namespace:?}: {reason}"));
-    }
-    // The pod's log directory `<namespace>_<name>_<uid>` is one file name: past NAME_MAX
-    // the runtime cannot create a container's log file, and no container could ever start.
-    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let log_dir = namespace.len() + name.len() + uid.len() + 2;
-    if log_dir > NAME_MAX {
-        return err(
-            "metadata.name",
-            format!(
-                "{name:?} (with the node name appended) is too long for this node: the pod's log \
-                 directory {namespace}_{name}_{uid} would be a {log_dir}-byte file name, and file \
-                 names have at most {NAME_MAX} bytes (names of at most {} characters fit)",
-                NAME_MAX - (log_dir - name.len())
-            ),
-        );
-    }
-    let Some(spec) = pod.spec.as_ref() else {
-        return err("spec", "is required".to_owned());
-    };
-    if spec.containers.is_empty() {
-        return err(
-            "spec.containers",
-            "at least one container is required".to_owned(),
-        );
-    }
-    if spec
-        .ephemeral_containers
-        .as_ref()
-        .is_some_and(|e| !e.is_empty())
-    {
-        // The API server refuses them on create too: they are added to a running pod
-        // through its `ephemeralcontainers` subresource, which a static pod does not have.
-        return err(
-            "spec.ephemeralContainers",
-            "cannot be set in a pod manifest (ephemeral containers are added to a running pod \
-             through the API server)"
-                .to_owned(),
-        );
-    }
-    if spec.host_users == Some(false) {
-        return err(
-            "spec.hostUsers",
-            "false is not supported: bpflet does not run pods in user namespaces (remove the \
-             field or set it to true)"
-                .to_owned(),
-        );
-    }
-    match spec.restart_policy.as_deref() {
-        Some("Always" | "OnFailure" | "Never") => {}
-        other => {
-            return err(
-                "spec.restartPolicy",
-                format!("{other:?}: must be Always, OnFailure or Never"),
-            );
-        }
-    }
-    if let Some(grace) = spec.termination_grace_period_seconds
-        && grace < 0
-    {
-        return err(
-            "spec.terminationGracePeriodSeconds",
-            format!("{grace} must not be negative"),
-        );
-    }
-    let mut names = BTreeSet::new();
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c, true));
-    let app = spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("spec.containers[{i}]"), c, false));
-    for (path, c, is_init) in init.chain(app) {
-        if let Err(reason) = validate_dns_label(&c.name) {
-            return err(&format!("{path}.name"), format!("{:?}: {reason}", c.name));
-        }
-        if !names.insert(c.name.as_str()) {
-            return err(
-                &format!("{path}.name"),
-                format!("duplicate container name {:?}", c.name),
-            );
-        }
-        if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
-            return err(&format!("{path}.image"), "is required".to_owned());
-        }
-        match (is_init, c.restart_policy.as_deref()) {
-            (_, None) | (true, Some("Always")) => {}
-            (true, Some(other)) => {
-                return err(
-                    &format!("{path}.restartPolicy"),
-                    format!("{other:?}: an init container may only set \"Always\" (a sidecar)"),
-                );
-            }
-            (false, Some(_)) => {
-                return err(
-                    &format!("{path}.restartPolicy"),
-                    "may only be set on init containers".to_owned(),
-                );
-            }
-        }
-        for (i, port) in c.ports.iter().flatten().enumerate() {
-            if !(1..=65535).contains(&port.container_port) {
-                return err(
-                    &format!("{path}.ports[{i}].containerPort"),
-                    format!("{} out of range 1-65535", port.container_port),
-                );
-            }
-        }
-        if let Some(r) = c.resources.as_ref() {
-            validate_resources(&path, r)?;
-        }
-    }
-    if let Some(r) = spec.resources.as_ref() {
-        validate_resources("spec", r)?;
-        validate_pod_level_limits(spec, r)?;
-    }
-    Ok(())
-}
-
-/// With pod-level resources (KEP-2837), no container may be limited above the pod.
-fn validate_pod_level_limits(spec: &PodSpec, pod: &ResourceRequirements) -> Result<(), FieldError> {
-    let value = |m: Option<&BTreeMap<String, Quantity>>, name: &str| {
-        m.and_then(|m| m.get(name))
-            .and_then(|q| parse_quantity(&q.0).ok())
-    };
-    for name in ["cpu", "memory"] {
-        let Some(pod_limit) = value(pod.limits.as_ref(), name) else {
-            continue;
-        };
-        let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
-            spec.init_containers
-                .iter()
-                .flatten()
-                .map(|c| ("initContainers", c)),
-        );
-        for (i, (kind, c)) in containers.enumerate() {
-            let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
-            if value(limits, name).is_some_and(|l| l > pod_limit) {
-                let index = if kind == "containers" {
-                    i
-                } else {
-                    i - spec.containers.len()
-                };
-                return Err((
-                    format!("spec.{kind}[{index}].resources.limits[{name:?}]"),
-                    "must be less than or equal to the pod-level limit (spec.resources.limits)"
-                        .to_owned(),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn validate_resources(path: &str, resources: &ResourceRequirements) -> Result<(), FieldError> {
-    let parse = |kind: &str, map: Option<&BTreeMap<String, Quantity>>| {
-        let mut out = BTreeMap::new();
-        for (name, q) in map.into_iter().flatten() {
-            let field = format!("{path}.resources.{kind}[{name:?}]");
-            let value: QuantityValue = parse_quantity(&q.0).map_err(|e| (field, e.to_string()))?;
-            out.insert(name.clone(), value);
-        }
-        Ok::<_, FieldError>(out)
-    };
-    let limits = parse("limits", resources.limits.as_ref())?;
-    let requests = parse("requests", resources.requests.as_ref())?;
-    for (name, request) in &requests {
-        if let Some(limit) = limits.get(name)
-            && request > limit
-        {
-            return Err((
-                format!("{path}.resources.requests[{name:?}]"),
-                format!(
-                    "must be less than or equal to the limit ({} > {})",
-                    resources
-                        .requests
-                        .as_ref()
-                        .and_then(|r| r.get(name))
-                        .map_or("", |q| q.0.as_str()),
-                    resources
-                        .limits
-                        .as_ref()
-                        .and_then(|l| l.get(name))
-                        .map_or("", |q| q.0.as_str()),
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A UID set in a manifest names directories (the pod's log directory
-/// `<logs>/<namespace>_<name>_<uid>`, its volumes `<pods>/<uid>`) and its cgroup
-/// (`pod<uid>`), so it must be one harmless path component: 1 to [`MAX_UID_LEN`] ASCII
-/// letters, digits, `-` and `.`, starting and ending with a letter or digit (never `.` or
-/// `..`). No `/`, and no `_`: `_` separates the parts of a log directory's name, so without
-/// it no UID can spell another pod's log directory. UUIDs and derived UIDs pass.
-///
-/// # Errors
-/// A sentence saying what is wrong.
-pub fn validate_uid(uid: &str) -> Result<(), String> {
-    if uid.is_empty() || uid.len() > MAX_UID_LEN {
-        return Err(format!(
-            "must be 1 to {MAX_UID_LEN} characters, not {}",
-            uid.len()
-        ));
-    }
-    let bytes = uid.as_bytes();
-    let ok_end = |b: u8| b.is_ascii_alphanumeric();
-    if !bytes
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        || !ok_end(bytes[0])
-        || !ok_end(bytes[bytes.len() - 1])
-    {
-        return Err(
-            "must consist of ASCII letters, digits, '-' and '.', and start and end with a letter or digit (it names directories)"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// A DNS-1123 label: at most 63 characters, lowercase alphanumerics and '-', starting and
-/// ending with an alphanumeric.
-///
-/// # Errors
-/// A sentence saying what is wrong.
-pub fn validate_dns_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if s.len() > 63 {
-        return Err(format!("must be at most 63 characters, not {}", s.len()));
-    }
-    let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = s.as_bytes();
-    if !bytes.iter().all(|&b| ok_char(b) || b == b'-')
-        || !ok_char(bytes[0])
-        || !ok_char(bytes[bytes.len() - 1])
-    {
-        return Err(
-            "must consist of lowercase alphanumerics and '-', and start and end with an alphanumeric"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels.
-///
-/// # Errors
-/// A sentence saying what is wrong.
-pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
-    if s.len() > 253 {
-        return Err(format!("must be at most 253 characters, not {}", s.len()));
-    }
-    for label in s.split('.') {
-        validate_dns_label(label).map_err(|reason| {
-            format!("must be dot-separated lowercase labels ({label:?} {reason})")
-        })?;
-    }
-    Ok(())
 }
 
 /// The nesting and size check that runs before decoding.

@@ -21,7 +21,6 @@
 //! reason and message otherwise (`CreateContainerConfigError`, `ErrImageNeverPull`, which
 //! upstream repeats at every sync).
 
-use std::fmt;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -29,9 +28,10 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use sha2::{Digest, Sha256};
 
 use super::backoff::{Backoff, BackoffKey, BackoffState};
-use super::qos::is_restartable_init_container;
-use super::{format_pod, pod_uid};
 use crate::config::duration::format_duration;
+use crate::model::container::WaitingReason;
+use crate::model::qos::is_restartable_init_container;
+use crate::model::{format_pod, pod_uid};
 
 /// A sandbox as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,61 +199,6 @@ pub struct ContainerKill {
     pub name: String,
     pub reason: KillReason,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitingReason {
-    ContainerCreating,
-    PodInitializing,
-    CrashLoopBackOff,
-    /// The container's config could not be built (a volume, an env source, ...).
-    CreateContainerConfigError,
-    /// The runtime refused to create the container.
-    CreateContainerError,
-    /// The runtime created the container but could not start it.
-    RunContainerError,
-    /// The image is missing and `imagePullPolicy` is `Never`.
-    ErrImageNeverPull,
-    /// The image is missing and could not be pulled.
-    ErrImagePull,
-    /// Backing off after [`Self::ErrImagePull`].
-    ImagePullBackOff,
-    /// The runtime could not say whether it has the image.
-    ImageInspectError,
-}
-
-impl WaitingReason {
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ContainerCreating => "ContainerCreating",
-            Self::PodInitializing => "PodInitializing",
-            Self::CrashLoopBackOff => "CrashLoopBackOff",
-            Self::CreateContainerConfigError => "CreateContainerConfigError",
-            Self::CreateContainerError => "CreateContainerError",
-            Self::RunContainerError => "RunContainerError",
-            Self::ErrImageNeverPull => "ErrImageNeverPull",
-            Self::ErrImagePull => "ErrImagePull",
-            Self::ImagePullBackOff => "ImagePullBackOff",
-            Self::ImageInspectError => "ImageInspectError",
-        }
-    }
-
-    /// The reason a container shows while it backs off after a start that failed this way.
-    #[must_use]
-    pub const fn while_backing_off(self) -> Self {
-        match self {
-            Self::CreateContainerError | Self::RunContainerError => Self::CrashLoopBackOff,
-            Self::ErrImagePull => Self::ImagePullBackOff,
-            other => other,
-        }
-    }
-}
-
-impl fmt::Display for WaitingReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A container that will not be running after this sync, and why.

@@ -38,9 +38,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::manifest::{
-    CONFIG_SEEN_ANNOTATION, MAX_MANIFEST_BYTES, ManifestError, ManifestOrigin, StaticPod,
-    parse_pod_manifest, parse_url_manifest,
+    FetchError, MAX_MANIFEST_BYTES, ManifestError, ManifestOrigin, StaticPod, parse_pod_manifest,
+    parse_url_manifest,
 };
+use crate::model::CONFIG_SEEN_ANNOTATION;
 
 /// How often a source that stays unreadable is logged again.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -75,33 +76,6 @@ pub enum PodUpdate {
         pods: Vec<StaticPod>,
         errors: Vec<ManifestError>,
     },
-}
-
-/// Why fetching `--manifest-url` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("invalid URL")]
-    Url(#[source] hyper::http::uri::InvalidUri),
-    #[error("only http:// URLs with a host are supported")]
-    UnsupportedUrl,
-    #[error("cannot connect to {authority}")]
-    Connect {
-        authority: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot build the request")]
-    Request(#[source] hyper::http::Error),
-    #[error("HTTP exchange failed")]
-    Http(#[source] hyper::Error),
-    #[error("server answered {status}")]
-    Status { status: hyper::StatusCode },
-    #[error("the body is larger than the limit of {limit} bytes")]
-    TooLarge { limit: u64 },
-    #[error("cannot read the body")]
-    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
 }
 
 /// Quiet time that ends a burst of inotify events while a file is still being written.

@@ -23,7 +23,7 @@
 //!   volume root (missing directories created with the root's mode; symbolic links
 //!   followed only while they stay inside the volume) and bind-mounts what it opened onto
 //!   `<pods_dir>/<uid>/volume-subpaths/<volume>/<container>/<index>`, the path the runtime
-//!   gets; see [`super::subpath`]. A container that swaps the subPath for a link to a host
+//!   gets; see [`subpath`]. A container that swaps the subPath for a link to a host
 //!   path after the check cannot redirect that mount. A refused subPath is logged as a
 //!   warning and fails that container's start.
 //!
@@ -32,6 +32,8 @@
 //! sync. [`PodVolumes::teardown`] unmounts the pinned subPaths and the tmpfs volumes and
 //! deletes the pod's directory without following symbolic links out of it; hostPath
 //! sources live outside it and are never deleted.
+
+pub mod subpath;
 
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
@@ -46,10 +48,10 @@ use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod, Volume};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
-use super::manifest::validate_dns_label;
-use super::qos::pod_limits;
-use super::{format_pod, pod_uid};
-use crate::config::quantity::{QuantityValue, parse_quantity};
+use crate::model::qos::pod_limits;
+use crate::model::quantity::{QuantityValue, parse_quantity};
+use crate::model::validation::validate_dns_label;
+use crate::model::{format_pod, pod_uid};
 use crate::mountinfo::MountEntry;
 
 /// The per-pod directory of emptyDir volumes, named like upstream's plugin.
@@ -283,7 +285,7 @@ impl PodVolumes {
 
     /// Opens every `subPath` that `container` mounts beneath its volume and bind-mounts it
     /// onto the container's mount point for it (replacing the mount of an earlier start);
-    /// see [`super::subpath`]. Call it just before creating the container, and hand the
+    /// see [`subpath`]. Call it just before creating the container, and hand the
     /// result to the runtime config. A refusal is logged as a warning.
     ///
     /// # Errors
@@ -310,9 +312,9 @@ impl PodVolumes {
             let Some(volume) = self.volumes.get(&m.name) else {
                 return Err(refuse("no volume of that name in the pod".to_owned()));
             };
-            let opened = super::subpath::open_beneath(&volume.path, sub_path, &refuse)?;
+            let opened = subpath::open_beneath(&volume.path, sub_path, &refuse)?;
             let mount_point =
-                super::subpath::pin(&opened, &self.pod_dir, &m.name, &container.name, index)?;
+                subpath::pin(&opened, &self.pod_dir, &m.name, &container.name, index)?;
             pinned.insert(index, mount_point);
         }
         Ok(SubPathMounts(pinned))
@@ -344,7 +346,7 @@ impl PodVolumes {
         }
         let real_dir = fs::canonicalize(&pod_dir).map_err(io_err("resolve", &pod_dir))?;
         let empty_dirs = real_dir.join("volumes").join(EMPTY_DIR_PLUGIN_DIR);
-        let pins = real_dir.join(super::subpath::SUBPATHS_DIR);
+        let pins = real_dir.join(subpath::SUBPATHS_DIR);
         let mut below: Vec<MountEntry> = read_mounts()?
             .into_iter()
             .filter(|m| m.mount_point.starts_with(&real_dir))
@@ -669,7 +671,7 @@ fn check_sub_paths(
                     "no volume of that name in the pod".to_owned(),
                 ));
             }
-            super::subpath::components(sub_path).map_err(|reason| err(sub_path, reason))?;
+            subpath::components(sub_path).map_err(|reason| err(sub_path, reason))?;
         }
     }
     Ok(())

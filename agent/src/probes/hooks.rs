@@ -17,7 +17,7 @@ use super::exec::{MAX_OUTPUT, truncated};
 use super::http::{HOOK_USER_AGENT, HeaderError, HttpError, Request};
 use super::spec::{ActionError, HttpGet, expand_static};
 use crate::config::duration::format_duration;
-use crate::pods::format_pod;
+use crate::model::format_pod;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 
 /// Which hook failed.

@@ -19,9 +19,9 @@ use super::schedule::{self, Schedule};
 use super::spec::{ProbeKind, ProbeSpec};
 use super::threshold::{Outcome, Tracker};
 use super::{ContainerProbeResults, ProbeFailure, run_action};
+use crate::model::qos::is_restartable_init_container;
+use crate::model::{format_pod, pod_uid};
 use crate::pods::plan::{ContainerState, ObservedPod, ProbeVerdict};
-use crate::pods::qos::is_restartable_init_container;
-use crate::pods::{format_pod, pod_uid};
 use crate::record::{EventType, Recorder, pod_reference};
 use crate::runtime::ContainerRuntime;
 

@@ -213,7 +213,7 @@ impl CriRuntime {
                 })
             });
         if let Some(m) = &self.metrics {
-            m.runtime_operation(method, started.elapsed(), result.is_err());
+            m.runtime_operation(method.operation_type(), started.elapsed(), result.is_err());
         }
         result
     }

@@ -8,7 +8,9 @@
 //! [`FakeRuntime::exit_container`] or [`FakeRuntime::oom_kill_container`].
 //!
 //! Any method can be made to fail, time out, hang or lag with [`FakeRuntime::inject`] /
-//! [`FakeRuntime::inject_once`], and every call is recorded ([`FakeRuntime::calls`]).
+//! [`FakeRuntime::inject_once`], and every call is recorded ([`FakeRuntime::calls`], and
+//! the grace period of each stop: [`FakeRuntime::stop_graces`]). Its timestamps come from
+//! the system clock, or from one the test sets ([`FakeRuntime::set_clock`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,9 @@ pub enum Fault {
 /// Produces the result of an `ExecSync` from the container id and the command.
 pub type ExecHandler = Arc<dyn Fn(&str, &[String]) -> ExecOutput + Send + Sync>;
 
+/// The time of day, for the fake's timestamps.
+pub type FakeClock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
 /// The in-memory runtime. Cheap to clone; clones share the state.
 #[derive(Clone, Default)]
 pub struct FakeRuntime {
@@ -82,6 +87,9 @@ struct State {
     next_ip: u32,
     next_pid: u32,
     exec: Option<ExecHandler>,
+    /// Every `StopContainer` call's container id and grace period, in order.
+    stops: Vec<(String, Duration)>,
+    clock: Option<FakeClock>,
 }
 
 impl Default for State {
@@ -111,6 +119,8 @@ impl Default for State {
             next_ip: 2,
             next_pid: 1000,
             exec: None,
+            stops: Vec::new(),
+            clock: None,
         }
     }
 }
@@ -149,10 +159,10 @@ struct FakeContainer {
 }
 
 impl FakeContainer {
-    fn finish(&mut self, exit_code: i32, reason: &str) {
+    fn finish(&mut self, exit_code: i32, reason: &str, now: Timestamp) {
         self.state = ContainerState::Exited;
         self.pid = None;
-        self.finished_at = Some(Timestamp::now());
+        self.finished_at = Some(now);
         self.exit_code = exit_code;
         self.reason = reason.to_owned();
     }
@@ -188,6 +198,12 @@ fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, Str
 }
 
 impl State {
+    fn now(&self) -> Timestamp {
+        self.clock
+            .as_ref()
+            .map_or_else(Timestamp::now, |clock| clock())
+    }
+
     fn take_fault(&mut self, method: Method) -> Option<Fault> {
         let faults = self.faults.get_mut(&method)?;
         faults.once.pop_front().or_else(|| faults.always.clone())
@@ -354,6 +370,17 @@ impl FakeRuntime {
         self.lock().calls.clear();
     }
 
+    /// Every `StopContainer` call so far: the container id and the grace period asked for.
+    pub fn stop_graces(&self) -> Vec<(String, Duration)> {
+        self.lock().stops.clone()
+    }
+
+    /// Stamps sandboxes and containers (created, started, finished) with `clock`'s time
+    /// instead of the system clock's.
+    pub fn set_clock(&self, clock: FakeClock) {
+        self.lock().clock = Some(clock);
+    }
+
     /// Decides what `ExecSync` returns (by default: exit 0, no output).
     pub fn set_exec_handler(&self, handler: ExecHandler) {
         self.lock().exec = Some(handler);
@@ -377,6 +404,7 @@ impl FakeRuntime {
 
     fn end_container(&self, container_id: &str, exit_code: i32, reason: &str) {
         let mut s = self.lock();
+        let now = s.now();
         let Some(c) = s.containers.get_mut(container_id) else {
             panic!("FakeRuntime: no container {container_id} to end");
         };
@@ -385,7 +413,7 @@ impl FakeRuntime {
             ContainerState::Running,
             "FakeRuntime: container {container_id} is not running"
         );
-        c.finish(exit_code, reason);
+        c.finish(exit_code, reason, now);
     }
 
     /// The config a sandbox was run with.
@@ -464,13 +492,14 @@ impl ContainerRuntime for FakeRuntime {
             Some(format!("10.88.{}.{}", (n >> 8) & 0xff, n & 0xff))
         };
         let id = s.new_id("sandbox");
+        let created_at = s.now();
         s.sandboxes.insert(
             id.clone(),
             FakeSandbox {
                 id: id.clone(),
                 config: config.clone(),
                 state: SandboxState::Ready,
-                created_at: Timestamp::now(),
+                created_at,
                 ip,
                 runtime_handler: runtime_handler.to_owned(),
             },
@@ -482,11 +511,12 @@ impl ContainerRuntime for FakeRuntime {
         const M: Method = Method::StopPodSandbox;
         self.enter(M).await?;
         let mut s = self.lock();
+        let now = s.now();
         s.sandbox_mut(M, sandbox_id)?.state = SandboxState::NotReady;
         // containerd stops the containers with no grace period.
         for c in s.containers.values_mut() {
             if c.sandbox_id == sandbox_id && c.state == ContainerState::Running {
-                c.finish(EXIT_KILLED, REASON_ERROR);
+                c.finish(EXIT_KILLED, REASON_ERROR, now);
             }
         }
         Ok(())
@@ -618,6 +648,7 @@ impl ContainerRuntime for FakeRuntime {
                 .into_owned()
         };
         let id = s.new_id("container");
+        let created_at = s.now();
         s.containers.insert(
             id.clone(),
             FakeContainer {
@@ -626,7 +657,7 @@ impl ContainerRuntime for FakeRuntime {
                 config: config.clone(),
                 image_ref,
                 state: ContainerState::Created,
-                created_at: Timestamp::now(),
+                created_at,
                 started_at: None,
                 finished_at: None,
                 exit_code: 0,
@@ -645,6 +676,7 @@ impl ContainerRuntime for FakeRuntime {
         self.enter(M).await?;
         let mut s = self.lock();
         let pid = s.next_pid;
+        let now = s.now();
         let c = s.container_mut(M, container_id)?;
         if c.state != ContainerState::Created {
             return Err(status_error(
@@ -657,7 +689,7 @@ impl ContainerRuntime for FakeRuntime {
             ));
         }
         c.state = ContainerState::Running;
-        c.started_at = Some(Timestamp::now());
+        c.started_at = Some(now);
         c.pid = Some(pid);
         s.next_pid += 1;
         Ok(())
@@ -667,6 +699,8 @@ impl ContainerRuntime for FakeRuntime {
         const M: Method = Method::StopContainer;
         self.enter(M).await?;
         let mut s = self.lock();
+        let now = s.now();
+        s.stops.push((container_id.to_owned(), grace));
         let c = s.container_mut(M, container_id)?;
         if c.state == ContainerState::Running {
             // The fake's processes honour SIGTERM; with no grace they are killed.
@@ -675,7 +709,7 @@ impl ContainerRuntime for FakeRuntime {
             } else {
                 EXIT_TERMINATED
             };
-            c.finish(code, REASON_ERROR);
+            c.finish(code, REASON_ERROR, now);
         }
         Ok(())
     }
@@ -832,7 +866,7 @@ impl ContainerRuntime for FakeRuntime {
             mountpoint: FAKE_IMAGE_FS.to_owned(),
             used_bytes: Some(s.images.iter().map(|i| i.size_bytes).sum()),
             inodes_used: Some(u64::try_from(s.images.len()).unwrap_or(u64::MAX) * 64),
-            timestamp: Some(Timestamp::now()),
+            timestamp: Some(s.now()),
         }])
     }
 }

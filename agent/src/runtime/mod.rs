@@ -2,8 +2,9 @@
 //! runtime and image services a kubelet needs.
 //!
 //! - [`CriRuntime`] talks to a real runtime (containerd, CRI-O) over its unix socket.
-//! - [`FakeRuntime`] keeps sandboxes, containers and images in memory for unit tests, and
-//!   lets a test make containers exit, get OOM-killed, or make any call fail or hang.
+//! - `FakeRuntime` (unit tests only, not in the binary) keeps sandboxes, containers and
+//!   images in memory, and lets a test make containers exit, get OOM-killed, or make any
+//!   call fail or hang.
 //!
 //! Configuration goes in as the generated CRI messages ([`api::PodSandboxConfig`],
 //! [`api::ContainerConfig`], ...), so nothing of the CRI is re-modelled on the way in. What
@@ -15,6 +16,7 @@
 
 mod cri;
 mod error;
+#[cfg(test)]
 mod fake;
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ pub use k8s_cri::v1 as api;
 
 pub use cri::{CriRuntime, DEFAULT_REQUEST_TIMEOUT};
 pub use error::{Method, RuntimeError};
+#[cfg(test)]
 pub use fake::{ExecHandler, FakeRuntime, Fault};
 
 /// The result of a runtime call.
@@ -107,6 +110,8 @@ impl SandboxState {
         }
     }
 
+    /// The CRI state (the fake filters by it).
+    #[cfg(test)]
     pub(crate) fn to_cri(self) -> api::PodSandboxState {
         match self {
             SandboxState::Ready => api::PodSandboxState::SandboxReady,
@@ -181,6 +186,8 @@ impl ContainerState {
         }
     }
 
+    /// The CRI state (the fake filters by it).
+    #[cfg(test)]
     pub(crate) fn to_cri(self) -> api::ContainerState {
         match self {
             ContainerState::Created => api::ContainerState::ContainerCreated,

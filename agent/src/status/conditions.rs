@@ -4,8 +4,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
 
 use super::containers::{app_containers, init_containers};
 use super::{host_network, latest_sandbox};
+use crate::model::qos::is_restartable_init_container;
 use crate::pods::plan::ObservedPod;
-use crate::pods::qos::is_restartable_init_container;
 
 const POD_SCHEDULED: &str = "PodScheduled";
 const POD_READY_TO_START_CONTAINERS: &str = "PodReadyToStartContainers";

@@ -9,11 +9,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::StatusContext;
+use crate::model::container::WaitingReason;
+use crate::model::qos::is_restartable_init_container;
 use crate::pods::plan::{
     ContainerState as Observed, ObservedContainer, ObservedPod, ProbeVerdict, Waiting,
-    WaitingReason,
 };
-use crate::pods::qos::is_restartable_init_container;
 use crate::runtime::{REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED};
 
 /// `terminated.reason` of a container that was running and is gone from the runtime.

@@ -52,8 +52,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{HostIP, Pod, PodCondition, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::model::qos::qos_class;
 use crate::pods::plan::{ObservedPod, ObservedSandbox, Phase, Waiting, pod_phase};
-use crate::pods::qos::qos_class;
 
 /// `status.reason` of an evicted pod.
 pub const REASON_EVICTED: &str = "Evicted";

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::NodeCondition as ApiNodeCondition;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::eviction::NodeCondition;
+use crate::model::node::NodeCondition;
 
 /// Reads the node's latest conditions. Cheap to clone; the default reads none.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ pub fn publish_conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eviction::PressureCondition;
+    use crate::model::node::PressureCondition;
 
     #[tokio::test]
     async fn each_change_is_published_as_api_conditions() {

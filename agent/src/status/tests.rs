@@ -4,9 +4,8 @@ use k8s_openapi::api::core::v1::{ContainerState as ApiState, ContainerStatus};
 use serde_json::json;
 
 use super::*;
-use crate::pods::plan::{
-    ContainerState, ObservedContainer, ObservedSandbox, ProbeVerdict, WaitingReason,
-};
+use crate::model::container::WaitingReason;
+use crate::pods::plan::{ContainerState, ObservedContainer, ObservedSandbox, ProbeVerdict};
 
 const UID: &str = "0123456789abcdef0123456789abcdef";
 const NODE_IP: &str = "192.168.1.10";

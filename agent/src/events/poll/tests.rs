@@ -398,6 +398,26 @@ fn kmsg_kills_outside_roots_are_ignored_and_global_ooms_are_node_scope() {
         (77, ctr().as_str())
     );
     assert_eq!(o.invoker_pid, 77);
+
+    // A node-wide kill is reported wherever its victim ran (the BPF source does the same).
+    let outside = kmsg_lines(&[
+        "hog invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0, oom_score_adj=0",
+        "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/test/x,task=hog,pid=88,uid=0",
+        "Out of memory: Killed process 88 (hog) total-vm:9000kB, anon-rss:8000kB, file-rss:4kB, shmem-rss:0kB, UID:0 pgtables:40kB oom_score_adj:0",
+        // Its report rate-limited away: the victim's cgroup is unknown, the kill still counts.
+        "Out of memory: Killed process 89 (hog2) total-vm:9000kB, anon-rss:8000kB, file-rss:4kB, shmem-rss:0kB, UID:0 pgtables:40kB oom_score_adj:0",
+    ]);
+    let mut events = p.on_kmsg_lines(&outside, Instant::now());
+    // The bare kill waits one tick for counters that could place it.
+    events.extend(tick(&mut p));
+    let got: Vec<(u32, &str, OomScope)> = events
+        .iter()
+        .map(|e| (e.pid, e.cgroup.as_str(), oom(e).scope))
+        .collect();
+    assert_eq!(
+        got,
+        [(88, "/test/x", OomScope::Node), (89, "", OomScope::Node)]
+    );
 }
 
 #[test]

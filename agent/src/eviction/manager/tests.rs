@@ -9,10 +9,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use super::*;
 use crate::cgroups::{CgroupDriver, QosTree};
 use crate::config::eviction::ThresholdValue;
-use crate::config::quantity::QuantityValue;
 use crate::eviction::local_storage::{ContainerStorage, Limit, LimitedContainer};
 use crate::eviction::pod::{ContainerInfo, ContainerUsage, PodInfo};
 use crate::eviction::signals::{Remnant, SignalRoots};
+use crate::model::quantity::QuantityValue;
 use crate::runtime::FakeRuntime;
 
 const MI: u64 = 1 << 20;

@@ -358,10 +358,7 @@ async fn http_fetches_pods_and_keeps_them_when_the_server_fails() {
         .annotations
         .as_ref()
         .expect("annotations");
-    assert_eq!(
-        annotations[super::super::manifest::CONFIG_SOURCE_ANNOTATION],
-        "http"
-    );
+    assert_eq!(annotations[crate::model::CONFIG_SOURCE_ANNOTATION], "http");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].origin().to_string().ends_with("#items[1]"));
 

@@ -441,12 +441,7 @@ fn prepare_checks_sub_paths_without_touching_the_volume() {
         !root.join("logs").exists(),
         "subPaths are opened (and created) only when a container starts"
     );
-    assert!(
-        !volumes
-            .pod_dir()
-            .join(crate::pods::subpath::SUBPATHS_DIR)
-            .exists()
-    );
+    assert!(!volumes.pod_dir().join(subpath::SUBPATHS_DIR).exists());
 }
 
 fn app(mounts: Vec<VolumeMount>) -> Container {
@@ -552,12 +547,7 @@ fn containers_without_sub_paths_pin_nothing() {
     };
     let pinned = volumes.pin_sub_paths(&app(vec![plain])).expect("pin");
     assert_eq!(pinned, SubPathMounts::default());
-    assert!(
-        !volumes
-            .pod_dir()
-            .join(crate::pods::subpath::SUBPATHS_DIR)
-            .exists()
-    );
+    assert!(!volumes.pod_dir().join(subpath::SUBPATHS_DIR).exists());
 }
 
 #[test]

@@ -26,15 +26,15 @@
 //!   replaces the container total for that resource in the pod cgroup (overhead added).
 //!
 //! Quantities that do not parse count as absent: manifests are validated before they get
-//! here ([`super::manifest`]).
+//! here ([`crate::pods::manifest`]).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::manifest::CONFIG_SOURCE_ANNOTATION;
-use crate::config::quantity::parse_quantity;
+use super::CONFIG_SOURCE_ANNOTATION;
+use super::quantity::parse_quantity;
 
 pub const GUARANTEED_OOM_SCORE_ADJ: i32 = -997;
 pub const BEST_EFFORT_OOM_SCORE_ADJ: i32 = 1000;

@@ -33,7 +33,7 @@ use nix::mount::MsFlags;
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
-use super::volumes::VolumeError;
+use super::VolumeError;
 
 /// The per-pod directory of pinned subPaths, named like upstream's.
 pub const SUBPATHS_DIR: &str = "volume-subpaths";
@@ -223,7 +223,7 @@ pub fn pin(
     ]
     .iter()
     .collect();
-    super::volumes::unmount_all_at(&mount_point)?;
+    super::unmount_all_at(&mount_point)?;
 
     let mut dir = nix::fcntl::open(
         &real_pod_dir,

@@ -1,0 +1,273 @@
+//! Why a sync or a container start failed, and how each failure shows: the waiting reason,
+//! the status message (the failing layer's own words) and the warning event.
+
+use crate::model::container::WaitingReason;
+use crate::pods::cri_config;
+use crate::pods::volumes::VolumeError;
+use crate::runtime::RuntimeError;
+/// Why a sync could not finish; the worker logs it and tries again later.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("runtime call for pod {pod}")]
+    Runtime {
+        pod: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("pod cgroup for pod {pod}")]
+    Cgroup {
+        pod: String,
+        #[source]
+        source: crate::cgroups::CgroupError,
+    },
+    #[error("volumes of pod {pod}")]
+    Volume {
+        pod: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("CRI config for pod {pod}")]
+    Config {
+        pod: String,
+        #[source]
+        source: cri_config::ConfigBuildError,
+    },
+    #[error("creating the sandbox of pod {pod}")]
+    CreateSandbox {
+        pod: String,
+        #[source]
+        source: RuntimeError,
+    },
+}
+
+impl SyncError {
+    /// The warning event upstream records for this failure, if any (a failed runtime
+    /// listing or stop is the runtime's trouble, not the pod's).
+    pub(super) fn event_reason(&self) -> Option<&'static str> {
+        match self {
+            SyncError::Volume { .. } => Some("FailedMount"),
+            SyncError::Cgroup { .. } => Some("FailedCreatePodContainer"),
+            SyncError::Config { .. } | SyncError::CreateSandbox { .. } => {
+                Some("FailedCreatePodSandBox")
+            }
+            SyncError::Runtime { .. } => None,
+        }
+    }
+
+    /// The message the waiting containers and the event show: the runtime's own words for a
+    /// runtime failure, the cause's otherwise.
+    pub(super) fn status_message(&self) -> String {
+        match self {
+            SyncError::Runtime { source, .. } | SyncError::CreateSandbox { source, .. } => {
+                runtime_message(source)
+            }
+            other => crate::error::error_chain(other),
+        }
+    }
+
+    /// What the pod's containers that wait to be created show. Upstream shows
+    /// `ContainerCreating` without a message for every pod-level failure; bpflet names a
+    /// volume, cgroup or config failure `CreateContainerConfigError` (the containers' config
+    /// cannot be prepared) and gives every one its cause as the message.
+    pub(super) fn waiting_reason(&self) -> Option<WaitingReason> {
+        match self {
+            SyncError::Volume { .. } | SyncError::Cgroup { .. } | SyncError::Config { .. } => {
+                Some(WaitingReason::CreateContainerConfigError)
+            }
+            SyncError::CreateSandbox { .. } => Some(WaitingReason::ContainerCreating),
+            SyncError::Runtime { .. } => None,
+        }
+    }
+}
+
+/// Why one container could not be started. The worker shows it in the container's status,
+/// records a warning event, and backs the container off; the pod's other containers go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("container {container:?}: building its CRI config")]
+    Config {
+        container: String,
+        #[source]
+        source: cri_config::ConfigBuildError,
+    },
+    #[error("container {container:?}: pinning a subPath")]
+    SubPath {
+        container: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("container {container:?}: image {image:?} is not present with pull policy of Never")]
+    ImageNeverPull { container: String, image: String },
+    #[error(
+        "container {container:?}: image {image:?} is not present, and bpflet does not pull \
+         images yet (imagePullPolicy {policy})"
+    )]
+    ImageMissing {
+        container: String,
+        image: String,
+        policy: String,
+    },
+    #[error("container {container:?}: asking the runtime for image {image:?}")]
+    ImageInspect {
+        container: String,
+        image: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("container {container:?}: creating it")]
+    Create {
+        container: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("container {container:?}: starting it")]
+    Start {
+        container: String,
+        #[source]
+        source: RuntimeError,
+    },
+}
+
+impl StartError {
+    /// The container's waiting reason, as upstream names these failures.
+    pub(super) fn reason(&self) -> WaitingReason {
+        match self {
+            StartError::Config { .. } | StartError::SubPath { .. } => {
+                WaitingReason::CreateContainerConfigError
+            }
+            StartError::ImageNeverPull { .. } => WaitingReason::ErrImageNeverPull,
+            StartError::ImageMissing { .. } => WaitingReason::ErrImagePull,
+            StartError::ImageInspect { .. } => WaitingReason::ImageInspectError,
+            StartError::Create { .. } => WaitingReason::CreateContainerError,
+            StartError::Start { .. } => WaitingReason::RunContainerError,
+        }
+    }
+
+    /// The status message: what failed, in the words of the layer that failed (the
+    /// runtime's own message where it gave one, as upstream shows it).
+    pub(super) fn status_message(&self) -> String {
+        match self {
+            StartError::Config { source, .. } => describe(source),
+            StartError::SubPath { source, .. } => describe(source),
+            StartError::ImageNeverPull { image, .. } => {
+                format!("Container image {image:?} is not present with pull policy of Never")
+            }
+            StartError::ImageMissing { image, policy, .. } => format!(
+                "Container image {image:?} is not present, and pulling images is not \
+                 implemented by bpflet yet (imagePullPolicy {policy})"
+            ),
+            StartError::ImageInspect { source, .. }
+            | StartError::Create { source, .. }
+            | StartError::Start { source, .. } => runtime_message(source),
+        }
+    }
+
+    /// The warning event upstream records (the status message is its message).
+    pub(super) fn event_reason(&self) -> &'static str {
+        match self {
+            StartError::ImageNeverPull { .. } => "ErrImageNeverPull",
+            StartError::ImageInspect { .. } => "InspectFailed",
+            _ => "Failed",
+        }
+    }
+}
+
+/// `e` and its causes, one sentence.
+fn describe(e: &dyn std::error::Error) -> String {
+    let chain = crate::error::error_chain(e);
+    if chain.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {chain}")
+    }
+}
+
+/// The runtime's own message for a failed call (containerd's `failed to create containerd
+/// task: ... exec: "/no/such/binary": ...`), or the whole error when it gave none.
+fn runtime_message(e: &RuntimeError) -> String {
+    match e {
+        RuntimeError::Call { source, .. } if !source.message().is_empty() => {
+            source.message().to_owned()
+        }
+        other => describe(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn start_errors_name_their_reason_and_the_runtimes_message() {
+        let runtime = |method| RuntimeError::Call {
+            method,
+            socket: PathBuf::from("/run/containerd.sock"),
+            source: tonic::Status::unknown("exec: \"/no/such/binary\": no such file"),
+        };
+        let start = StartError::Start {
+            container: "bad".to_owned(),
+            source: runtime(crate::runtime::Method::StartContainer),
+        };
+        assert_eq!(start.reason(), WaitingReason::RunContainerError);
+        assert_eq!(
+            start.status_message(),
+            "exec: \"/no/such/binary\": no such file"
+        );
+        assert_eq!(start.event_reason(), "Failed");
+        let never = StartError::ImageNeverPull {
+            container: "c".to_owned(),
+            image: "x:1".to_owned(),
+        };
+        assert_eq!(never.reason(), WaitingReason::ErrImageNeverPull);
+        assert_eq!(
+            never.status_message(),
+            "Container image \"x:1\" is not present with pull policy of Never"
+        );
+        assert_eq!(never.event_reason(), "ErrImageNeverPull");
+        let create = StartError::Create {
+            container: "c".to_owned(),
+            source: RuntimeError::Timeout {
+                method: crate::runtime::Method::CreateContainer,
+                socket: PathBuf::from("/s"),
+                timeout: Duration::from_secs(2),
+            },
+        };
+        let sandbox = SyncError::CreateSandbox {
+            pod: "p".to_owned(),
+            source: runtime(crate::runtime::Method::RunPodSandbox),
+        };
+        assert_eq!(
+            sandbox.status_message(),
+            "exec: \"/no/such/binary\": no such file"
+        );
+        assert_eq!(sandbox.event_reason(), Some("FailedCreatePodSandBox"));
+        assert_eq!(
+            sandbox.waiting_reason(),
+            Some(WaitingReason::ContainerCreating)
+        );
+        let volume = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::InvalidUid {
+                uid: "..".to_owned(),
+            },
+        };
+        assert_eq!(
+            volume.status_message(),
+            "invalid pod UID \"..\": must be one non-empty path component"
+        );
+        assert_eq!(volume.event_reason(), Some("FailedMount"));
+        assert_eq!(
+            volume.waiting_reason(),
+            Some(WaitingReason::CreateContainerConfigError)
+        );
+        assert_eq!(create.reason(), WaitingReason::CreateContainerError);
+        assert!(
+            create.status_message().contains("no answer within 2s"),
+            "{}",
+            create.status_message()
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! Starting the containers a plan asks for: each in turn, in back-off or not; a start
+//! that fails shows its reason, records a warning event and backs off like a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as api;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use tracing::{debug, info, warn};
+
+use super::Worker;
+use super::error::StartError;
+use crate::model::termination_grace;
+use crate::model::{format_pod, pod_uid};
+use crate::pods::backoff::{BackoffKey, StartFailure};
+use crate::pods::cri_config::{self, ContainerContext};
+use crate::pods::plan::{PodActions, Waiting};
+use crate::pods::volumes::PodVolumes;
+use crate::record::{EventType, pod_reference};
+use crate::runtime::ContainerRuntime;
+
+/// What applying a plan did besides changing the runtime.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    /// Come back this early (a back-off ends).
+    pub(super) requeue: Option<Duration>,
+    /// Containers whose start failed, with why (for status).
+    pub(super) failed: Vec<Waiting>,
+}
+
+impl Applied {
+    fn come_back_within(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+}
+
+impl<R: ContainerRuntime + 'static> Worker<R> {
+    /// Starts the containers `actions` asks for in `sandbox`: those in back-off wait (the
+    /// worker comes back when the first window ends); a failed start backs off.
+    pub(super) async fn start_containers(
+        &mut self,
+        pod: &Pod,
+        actions: &PodActions,
+        sandbox: &SandboxRef<'_>,
+        volumes: &PodVolumes,
+    ) -> Applied {
+        let name = format_pod(pod);
+        let mut applied = Applied::default();
+        let spec = pod.spec.as_ref();
+        let inits = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default();
+        let apps = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let starts = actions
+            .init_containers_to_start
+            .iter()
+            .map(|s| (s, inits.get(s.index)))
+            .chain(
+                actions
+                    .containers_to_start
+                    .iter()
+                    .map(|s| (s, apps.get(s.index))),
+            );
+        for (start, container) in starts {
+            let Some(container) = container else { continue };
+            if let Some(wait) = &start.backoff {
+                debug!(pod = %name, container = %start.name, remaining = ?wait.remaining, "in back-off");
+                applied.come_back_within(wait.remaining);
+                continue;
+            }
+            // Upstream arms the next window when it lets a restart go ahead, so a start that
+            // fails backs off like one that crashes.
+            let key = BackoffKey::new(pod_uid(pod), &start.name);
+            if let Some(since) = start.backoff_since {
+                let now = self.ctx.now();
+                self.backoff.record_restart(&key, since, now);
+            }
+            match self
+                .start_container(pod, container, start.attempt, sandbox, volumes)
+                .await
+            {
+                Ok(()) => self.backoff.clear_failure(&key),
+                Err(e) => {
+                    let window = self.start_failed(pod, &key, &e);
+                    applied.failed.push(Waiting {
+                        container: start.name.clone(),
+                        reason: e.reason(),
+                        message: Some(e.status_message()),
+                    });
+                    if let Some(window) = window {
+                        applied.come_back_within(window);
+                    }
+                }
+            }
+        }
+        applied
+    }
+
+    /// A start that failed: logged, a warning event (the status message, `Error: `
+    /// before it unless the image is missing), and a back-off as for a crash. Returns the
+    /// back-off window.
+    fn start_failed(&mut self, pod: &Pod, key: &BackoffKey, e: &StartError) -> Option<Duration> {
+        let failure = StartFailure {
+            at: self.ctx.now(),
+            reason: e.reason(),
+            message: e.status_message(),
+        };
+        warn!(pod = %format_pod(pod), container = %key.container, reason = %failure.reason, error = %e, cause = %crate::error::error_chain(e), "container start failed; backing off");
+        let event = match e {
+            StartError::ImageNeverPull { .. } | StartError::ImageMissing { .. } => {
+                failure.message.clone()
+            }
+            _ => format!("Error: {}", failure.message),
+        };
+        self.ctx.outputs.recorder.record(
+            &pod_reference(pod),
+            EventType::Warning,
+            e.event_reason(),
+            &event,
+        );
+        self.backoff.record_failure(key, failure);
+        self.backoff.delay(key)
+    }
+
+    async fn start_container(
+        &mut self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+        sandbox: &SandboxRef<'_>,
+        volumes: &PodVolumes,
+    ) -> Result<(), StartError> {
+        let ctx = Arc::clone(&self.ctx);
+        let name = format_pod(pod);
+        let cname = || container.name.clone();
+        // Pinned now, just before the runtime mounts them: see `pods::subpath`.
+        let sub_paths = volumes
+            .pin_sub_paths(container)
+            .map_err(|source| StartError::SubPath {
+                container: cname(),
+                source,
+            })?;
+        let cctx = ContainerContext {
+            volumes: Some(volumes),
+            sub_paths: Some(&sub_paths),
+            node_name: ctx.node.name.clone(),
+            pod_ips: sandbox.pod_ips.clone(),
+            host_ips: ctx.node.ips.iter().map(ToString::to_string).collect(),
+            memory_capacity_bytes: ctx.node.memory_capacity,
+            allocatable: ctx.node.allocatable,
+        };
+        let config =
+            cri_config::container_config(pod, container, attempt, &cctx).map_err(|source| {
+                StartError::Config {
+                    container: cname(),
+                    source,
+                }
+            })?;
+        let image = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        ensure_image(&*ctx.host.runtime, container, &image).await?;
+        info!(pod = %name, container = %container.name, attempt, "starting container");
+        let id = ctx
+            .host
+            .runtime
+            .create_container(sandbox.id, &config, sandbox.config)
+            .await
+            .map_err(|source| StartError::Create {
+                container: cname(),
+                source,
+            })?;
+        ctx.host
+            .runtime
+            .start_container(&id)
+            .await
+            .map_err(|source| StartError::Start {
+                container: cname(),
+                source,
+            })?;
+        self.learn_main_pid(pod, &container.name, &id).await;
+        let pod_ip = if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+        {
+            Some(
+                ctx.node
+                    .ips
+                    .first()
+                    .copied()
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            )
+        } else {
+            sandbox.pod_ips.first().and_then(|ip| ip.parse().ok())
+        };
+        if let Err(e) =
+            crate::probes::run_post_start(&*ctx.host.runtime, pod, container, &id, pod_ip, None)
+                .await
+        {
+            warn!(pod = %name, container = %container.name, error = %e, cause = %crate::error::error_chain(&e), "FailedPostStartHook");
+            ctx.outputs.recorder.record(
+                &pod_reference(pod),
+                EventType::Warning,
+                "FailedPostStartHook",
+                &e.to_string(),
+            );
+            if let Err(e) = ctx
+                .host
+                .runtime
+                .stop_container(&id, termination_grace(pod))
+                .await
+            {
+                warn!(pod = %name, container = %container.name, error = %e, "stopping the container after its failed postStart hook failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that the runtime has `image` for `container` before it is created (upstream's
+/// `EnsureImageExists`). bpflet does not pull yet: a present image is used whatever the
+/// pull policy; a missing one is `ErrImageNeverPull` under `Never` and `ErrImagePull`
+/// otherwise.
+async fn ensure_image<R: ContainerRuntime>(
+    rt: &R,
+    container: &Container,
+    image: &str,
+) -> Result<(), StartError> {
+    match rt.image_status(image).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let policy = container.image_pull_policy.as_deref().unwrap_or_default();
+            Err(if policy == "Never" {
+                StartError::ImageNeverPull {
+                    container: container.name.clone(),
+                    image: image.to_owned(),
+                }
+            } else {
+                StartError::ImageMissing {
+                    container: container.name.clone(),
+                    image: image.to_owned(),
+                    policy: policy.to_owned(),
+                }
+            })
+        }
+        Err(source) => Err(StartError::ImageInspect {
+            container: container.name.clone(),
+            image: image.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The sandbox a container is started in.
+pub(super) struct SandboxRef<'a> {
+    pub(super) id: &'a str,
+    pub(super) config: &'a api::PodSandboxConfig,
+    pub(super) pod_ips: Vec<String>,
+}

@@ -1,0 +1,263 @@
+//! Stopping: one container (its preStop hook, then SIGTERM with what is left of the grace
+//! period), every container of the pod, and the three ways a pod goes down: eviction
+//! (with the eviction's grace, marked `Evicted`), rejection at admission, and termination
+//! when its source no longer wants it (sandboxes, cgroup, volumes and logs removed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use tracing::{info, warn};
+
+use super::Worker;
+use crate::eviction::Eviction;
+use crate::model::{format_pod, pod_uid, termination_grace};
+use crate::pods::cri_config;
+use crate::pods::observe::{Images, observe_pod};
+use crate::pods::plan::{self, ObservedPod, PodActions};
+use crate::pods::volumes::PodVolumes;
+use crate::record::{EventType, pod_reference};
+use crate::runtime::{ContainerRuntime, RuntimeError};
+
+impl<R: ContainerRuntime + 'static> Worker<R> {
+    /// Stops every running container of the pod, all at once: each runs its preStop hook,
+    /// then gets SIGTERM and whatever remains of the grace period before SIGKILL.
+    pub(super) async fn kill_containers(&self, pod: &Pod, observed: &ObservedPod, grace: Duration) {
+        let running = observed
+            .containers
+            .iter()
+            .filter(|c| c.state == plan::ContainerState::Running);
+        let stops = running.map(|c| async move {
+            if let Err(e) = self.stop_container(pod, observed, c, grace).await {
+                warn!(pod = %format_pod(pod), container = %c.name, error = %e, "stopping container failed");
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    /// Stops one container: its preStop hook, then SIGTERM with what remains of `grace`
+    /// before SIGKILL. A failed hook is logged; the container is stopped all the same.
+    pub(super) async fn stop_container(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        c: &plan::ObservedContainer,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let rt = &self.ctx.host.runtime;
+        let pod_name = format_pod(pod);
+        let container = &c.name;
+        let deadline = tokio::time::Instant::now() + grace;
+        match pre_stop(pod, container) {
+            Some(PreStop::Exec(cmd)) => {
+                match tokio::time::timeout(grace, rt.exec_sync(&c.id, &cmd, grace)).await {
+                    Ok(Ok(out)) if out.exit_code == 0 => {}
+                    Ok(Ok(out)) => {
+                        warn!(pod = %pod_name, %container, exit_code = out.exit_code, "preStop hook failed");
+                    }
+                    Ok(Err(e)) => {
+                        warn!(pod = %pod_name, %container, error = %e, "preStop hook failed");
+                    }
+                    Err(_) => {
+                        warn!(pod = %pod_name, %container, "preStop hook did not finish within the grace period");
+                    }
+                }
+            }
+            Some(PreStop::Sleep(d)) => tokio::time::sleep(d.min(grace)).await,
+            Some(PreStop::Http(action, spec)) => {
+                let pod_ip = crate::probes::pod_ip(pod, observed, &self.ctx.node.ips);
+                if let Err(e) =
+                    crate::probes::run_http_hook(&action, pod, &spec, pod_ip, grace).await
+                {
+                    warn!(pod = %pod_name, %container, error = %e, cause = %crate::error::error_chain(&e), "preStop hook failed");
+                }
+            }
+            None => {}
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        rt.stop_container(&c.id, remaining).await
+    }
+
+    /// Carries out an eviction: an `Evicted` event, every container stopped with the
+    /// eviction's grace period, the sandbox stopped, and the status marked `Evicted`.
+    pub(super) async fn evict(&mut self, pod: &Pod, e: Eviction) {
+        let name = format_pod(pod);
+        self.ctx.outputs.recorder.record(
+            &pod_reference(pod),
+            EventType::Warning,
+            e.reason,
+            &e.message,
+        );
+        info!(pod = %name, signal = %e.signal.as_str(), grace = ?e.grace_period, latency = ?e.latency, "evicting pod");
+        self.ctx
+            .outputs
+            .metrics
+            .evictions
+            .with_label_values(&[e.signal.as_str()])
+            .inc();
+        let observed = match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
+            Ok((o, _)) => o,
+            Err(err) => {
+                warn!(pod = %name, error = %err, "cannot list the pod's containers to evict it");
+                self.last_observed.clone().unwrap_or_default()
+            }
+        };
+        self.kill_containers(pod, &observed, e.grace_period).await;
+        for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+            if let Err(err) = self.ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
+                warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the evicted pod's sandbox failed");
+            }
+        }
+        // Evicted for good (a local storage limit): free its volumes, as upstream tears down
+        // a terminated pod's.
+        if e.is_terminal()
+            && let Err(err) = PodVolumes::teardown(pod_uid(pod), &self.ctx.host.pods_dir)
+        {
+            warn!(pod = %name, error = %err, "removing the evicted pod's volumes failed");
+        }
+        let mut status = self.status.clone().unwrap_or_default();
+        crate::status::mark_evicted(&mut status, &e.message, self.ctx.now());
+        self.status = Some(status);
+        let observed = observe_pod(&*self.ctx.host.runtime, pod_uid(pod))
+            .await
+            .map(|(o, _)| o)
+            .unwrap_or(observed);
+        self.publish(pod, &observed, Images::new(), &PodActions::default());
+        self.evicted = Some(e);
+    }
+
+    /// Rejects the pod at admission, as upstream's `rejectPod`: a warning event with
+    /// `reason` and `message`, and status phase `Failed` with `reason` and `Pod was
+    /// rejected: <message>`. A pod that an agent with another configuration admitted may
+    /// be running: it is stopped.
+    pub(super) async fn reject(&mut self, pod: &Pod, reason: &str, message: &str) {
+        let name = format_pod(pod);
+        warn!(pod = %name, reason, message, "pod rejected at admission");
+        self.ctx
+            .outputs
+            .recorder
+            .record(&pod_reference(pod), EventType::Warning, reason, message);
+        let message = format!("Pod was rejected: {message}");
+        match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
+            Ok((observed, _)) => {
+                self.kill_containers(pod, &observed, termination_grace(pod))
+                    .await;
+                for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+                    if let Err(err) = self.ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
+                        warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the rejected pod's sandbox failed");
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(pod = %name, error = %err, "cannot list the rejected pod's containers");
+            }
+        }
+        let status = PodStatus {
+            phase: Some("Failed".to_owned()),
+            reason: Some(reason.to_owned()),
+            message: Some(message),
+            qos_class: Some(crate::model::qos::qos_class(pod).as_str().to_owned()),
+            ..PodStatus::default()
+        };
+        let mut published = pod.clone();
+        published.status = Some(status.clone());
+        self.ctx.outputs.statuses.publish(pod_uid(pod), published);
+        self.status = Some(status);
+    }
+
+    /// The pod is gone from its source: stop it with its grace period, then remove its
+    /// sandboxes, cgroup and volumes.
+    pub(super) async fn terminate_pod(&mut self, pod: &Pod) {
+        let ctx = Arc::clone(&self.ctx);
+        let name = format_pod(pod);
+        let uid = pod_uid(pod).to_owned();
+        info!(pod = %name, "terminating pod");
+        let grace = termination_grace(pod);
+        let observed = match observe_pod(&*ctx.host.runtime, &uid).await {
+            Ok((o, _)) => o,
+            Err(e) => {
+                warn!(pod = %name, error = %e, "cannot list the pod's containers; removing its sandboxes anyway");
+                ObservedPod::default()
+            }
+        };
+        self.kill_containers(pod, &observed, grace).await;
+        for sb in &observed.sandboxes {
+            if let Err(e) = ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
+                warn!(pod = %name, sandbox = %sb.id, error = %e, "stopping sandbox failed");
+            }
+            if let Err(e) = ctx.host.runtime.remove_pod_sandbox(&sb.id).await {
+                warn!(pod = %name, sandbox = %sb.id, error = %e, "removing sandbox failed");
+            }
+        }
+        // A sandbox or container create the termination interrupted may have completed in
+        // the runtime after the listing above.
+        if let Ok((stray, _)) = observe_pod(&*ctx.host.runtime, &uid).await {
+            for c in &stray.containers {
+                if let Err(e) = ctx.host.runtime.remove_container(&c.id).await {
+                    warn!(pod = %name, id = %c.id, error = %e, "removing a container failed");
+                }
+            }
+            for sb in &stray.sandboxes {
+                let removed = match ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
+                    Ok(()) => ctx.host.runtime.remove_pod_sandbox(&sb.id).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = removed {
+                    warn!(pod = %name, sandbox = %sb.id, error = %e, "removing sandbox failed");
+                }
+            }
+        }
+        // Removal waits (briefly) for the kernel to release the cgroups: off the runtime.
+        let tree = Arc::clone(&ctx.host.tree);
+        let removal_uid = uid.clone();
+        match tokio::task::spawn_blocking(move || tree.remove_pod(&removal_uid)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(pod = %name, error = %e, "removing the pod cgroup failed"),
+            Err(e) => warn!(pod = %name, error = %e, "removing the pod cgroup panicked"),
+        }
+        if let Err(e) = PodVolumes::teardown(&uid, &ctx.host.pods_dir) {
+            warn!(pod = %name, error = %e, "removing the pod's volumes failed");
+        }
+        if let Err(e) = cri_config::remove_pod_log_dir(&ctx.host.logs_dir, pod) {
+            warn!(pod = %name, error = %e, "removing the pod's logs failed");
+        }
+        ctx.outputs.statuses.remove(&uid);
+        ctx.signals.probes.remove_pod(&uid);
+        ctx.signals
+            .facts
+            .forget(observed.containers.iter().map(|c| c.id.as_str()));
+        info!(pod = %name, "pod terminated");
+    }
+}
+
+enum PreStop {
+    Exec(Vec<String>),
+    Http(
+        Box<k8s_openapi::api::core::v1::HTTPGetAction>,
+        Box<Container>,
+    ),
+    Sleep(Duration),
+}
+
+/// The container's preStop hook, when it has one bpflet can run here (exec, sleep).
+fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
+    let spec = pod.spec.as_ref()?;
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)?;
+    let handler = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+    if let Some(exec) = &handler.exec {
+        return Some(PreStop::Exec(exec.command.clone().unwrap_or_default()));
+    }
+    if let Some(http) = &handler.http_get {
+        return Some(PreStop::Http(Box::new(http.clone()), Box::new(c.clone())));
+    }
+    if let Some(sleep) = &handler.sleep {
+        return Some(PreStop::Sleep(Duration::from_secs(
+            u64::try_from(sleep.seconds).unwrap_or(0),
+        )));
+    }
+    None
+}

@@ -1,0 +1,582 @@
+//! The worker and the pod manager driven over the fake runtime, with the real status
+//! manager and event recorder in memory, on tokio's paused clock.
+
+use jiff::Timestamp;
+
+use crate::pods::plan::{ContainerState as State, ObservedContainer};
+
+/// An observed container `id` (named `c-<id>`) in `state`, for the pure tests.
+pub(super) fn observed_container(id: &str, state: State) -> ObservedContainer {
+    ObservedContainer {
+        id: id.to_owned(),
+        name: format!("c-{id}"),
+        state,
+        created: Timestamp::UNIX_EPOCH,
+        started_at: Some(Timestamp::UNIX_EPOCH),
+        finished_at: None,
+        exit_code: None,
+        reason: None,
+        restart_count: 0,
+        spec_hash: None,
+        liveness: Default::default(),
+        startup: Default::default(),
+    }
+}
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    AdmissionPolicy, Clock, NodeInfo, Outputs, PodContext, PodHost, Signals, SyncTiming,
+    WorkerHandle, spawn,
+};
+use crate::cgroups::Hierarchy;
+use crate::cgroups::driver::CgroupDriver;
+use crate::cgroups::tree::QosTree;
+use crate::config::eviction::Signal;
+use crate::eviction::{Eviction, EvictionSignal, Resource};
+use crate::model::node::{NodeCondition, PressureCondition};
+use crate::model::qos::QosClass;
+use crate::pleg::facts::KernelFacts;
+use crate::pleg::{KernelEnd, PodPoke, Trigger};
+use crate::pods::cri_config::{DnsSettings, NodeAllocatable};
+use crate::pods::manager::PodManager;
+use crate::pods::sysctls::SysctlPolicy;
+use crate::pods::{ManifestOrigin, PodUpdate, SourceKind, StaticPod};
+use crate::probes::{ProbeManager, ProbeMetrics, ProbeOptions};
+use crate::record::{Events, Recorder};
+use crate::runtime::{
+    ContainerRuntime as _, ContainerState as RtState, ExecOutput, FakeRuntime, Method, SandboxState,
+};
+use crate::status::manager::{PodList, StatusManager, pod_list};
+
+const IMAGE: &str = "busybox:latest";
+const SYNC_FREQUENCY: Duration = Duration::from_secs(60);
+
+/// A node of one fake runtime: the context workers share, and the read side of what they
+/// publish (statuses, events). Time of day follows tokio's paused clock.
+struct Node {
+    rt: FakeRuntime,
+    ctx: Arc<PodContext<FakeRuntime>>,
+    pods: PodList,
+    events: Events,
+    conditions: watch::Sender<Vec<NodeCondition>>,
+    clock: Clock,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Clock::tokio();
+        let rt = FakeRuntime::new();
+        rt.add_image(IMAGE);
+        rt.set_clock(Arc::new(move || clock.now()));
+        let runtime = Arc::new(rt.clone());
+        // A cgroup2 root with the controllers the tree enables (plain files: nothing here
+        // is a cgroup, and nothing runs in one).
+        let cgroup = dir.path().join("cgroup");
+        std::fs::create_dir_all(&cgroup).expect("mkdir");
+        std::fs::write(cgroup.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
+        let (sink, pods) = pod_list();
+        let recorder = Recorder::new("node-a");
+        let events = recorder.events();
+        let (notify, _) = mpsc::channel(1);
+        let (probes, _runner) = ProbeManager::new(
+            Arc::clone(&runtime),
+            notify,
+            ProbeMetrics::new(),
+            &ProbeOptions::default(),
+        );
+        let (conditions, conditions_rx) = watch::channel(Vec::new());
+        let ctx = PodContext::new(
+            PodHost::new(
+                runtime,
+                Hierarchy::v2(&cgroup),
+                Arc::new(QosTree::new(CgroupDriver::v2(&cgroup), "/")),
+                dir.path().join("pods"),
+                dir.path().join("logs"),
+            ),
+            NodeInfo::new(
+                "node-a".to_owned(),
+                vec!["127.0.0.1".parse().expect("ip")],
+                DnsSettings::default(),
+                NodeAllocatable {
+                    cpu_millis: 2_000,
+                    memory_bytes: 1 << 30,
+                    ephemeral_storage_bytes: 1 << 34,
+                },
+                1 << 30,
+            ),
+            Outputs::new(
+                StatusManager::new(vec![sink]),
+                recorder,
+                crate::metrics::Metrics::new().expect("metrics"),
+            ),
+            Signals::new(
+                KernelFacts::default(),
+                "/kubepods".to_owned(),
+                probes,
+                conditions_rx,
+            ),
+            SyncTiming::new(SYNC_FREQUENCY, true).with_clock(clock),
+            AdmissionPolicy::new(SysctlPolicy::default(), 110),
+        );
+        Self {
+            rt,
+            ctx: Arc::new(ctx),
+            pods,
+            events,
+            conditions,
+            clock,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            _dir: dir,
+        }
+    }
+
+    fn spawn(&self, pod: Pod) -> WorkerHandle {
+        spawn(
+            Arc::clone(&self.ctx),
+            Arc::new(pod),
+            self.cancel.clone(),
+            &self.tracker,
+            Ok(()),
+        )
+    }
+
+    /// The status of container `name` of pod `uid` as last published.
+    fn container(&self, uid: &str, name: &str) -> Option<ContainerStatus> {
+        self.pods
+            .get(uid)?
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+    }
+
+    fn phase(&self, uid: &str) -> Option<String> {
+        self.pods.get(uid)?.status.as_ref()?.phase.clone()
+    }
+
+    /// The ids of the pod's containers the runtime reports running.
+    async fn running(&self, uid: &str) -> Vec<String> {
+        self.rt
+            .list_containers(None)
+            .await
+            .expect("list containers")
+            .into_iter()
+            .filter(|c| c.state == RtState::Running)
+            .filter(|c| crate::pods::labels::pod_uid_from_labels(&c.labels) == Some(uid))
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// The pod's sandboxes in the runtime.
+    async fn sandboxes(&self, uid: &str) -> Vec<SandboxState> {
+        self.rt
+            .list_pod_sandboxes(None)
+            .await
+            .expect("list sandboxes")
+            .into_iter()
+            .filter(|s| crate::pods::labels::pod_uid_from_labels(&s.labels) == Some(uid))
+            .map(|s| s.state)
+            .collect()
+    }
+
+    /// Warning or normal events with `reason`, by message.
+    fn events(&self, reason: &str) -> Vec<String> {
+        self.events
+            .list()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.message.unwrap_or_default())
+            .collect()
+    }
+}
+
+/// Waits (on tokio's clock, 10 ms at a time, at most 30 virtual minutes) until `f` gives
+/// something.
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(1_800) {
+        if let Some(t) = f().await {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 30 minutes");
+}
+
+/// A pod `name` with uid `uid`, one container `app`, and `extra` merged into its spec.
+fn pod(name: &str, uid: &str, extra: &serde_json::Value) -> Pod {
+    let mut spec = serde_json::json!({
+        "containers": [{"name": "app", "image": IMAGE}],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 5,
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": spec,
+    }))
+    .expect("pod")
+}
+
+const UID: &str = "0b7c1a5e-4f0d-4c51-9a53-1f6e1c2d3a4b";
+
+fn waiting(c: &ContainerStatus) -> Option<(String, String)> {
+    let w = c.state.as_ref()?.waiting.as_ref()?;
+    Some((
+        w.reason.clone().unwrap_or_default(),
+        w.message.clone().unwrap_or_default(),
+    ))
+}
+
+fn is_running(c: &ContainerStatus) -> bool {
+    c.state.as_ref().is_some_and(|s| s.running.is_some())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_starts_and_a_crashing_container_backs_off_10s_then_20s() {
+    let node = Node::new();
+    let worker = node.spawn(pod("web", UID, &serde_json::json!({})));
+    let first = until("the container runs", async || {
+        let c = node.container(UID, "app").filter(is_running)?;
+        (node.phase(UID).as_deref() == Some("Running")).then_some(c)
+    })
+    .await;
+    assert_eq!(first.restart_count, 0);
+    assert_eq!(node.sandboxes(UID).await, [SandboxState::Ready]);
+    assert_eq!(node.rt.call_count(Method::RunPodSandbox), 1);
+    assert_eq!(node.rt.call_count(Method::StartContainer), 1);
+
+    // The first exit restarts at once; the window it arms (10 s) holds the next restart,
+    // and the one after that waits 20 s.
+    let mut waited = Vec::new();
+    for restarts in 1..=3 {
+        let running = node.running(UID).await;
+        assert_eq!(running.len(), 1, "one container runs: {running:?}");
+        node.rt.exit_container(&running[0], 1);
+        let exited = tokio::time::Instant::now();
+        worker.poke(Trigger::Relist);
+        let (reason, message) = if restarts == 1 {
+            (String::new(), String::new())
+        } else {
+            until("the back-off shows", async || {
+                node.container(UID, "app").as_ref().and_then(waiting)
+            })
+            .await
+        };
+        until("the container runs again", async || {
+            let c = node.container(UID, "app").filter(is_running)?;
+            (c.restart_count == restarts).then_some(())
+        })
+        .await;
+        waited.push((exited.elapsed().as_secs(), reason, message));
+    }
+    let app = format!("container=app pod=web_default({UID})");
+    assert_eq!(waited[0].0, 0, "the first restart is immediate");
+    assert_eq!(waited[1].1, "CrashLoopBackOff");
+    assert_eq!(waited[1].2, format!("back-off 10s restarting failed {app}"));
+    assert_eq!(waited[1].0, 10, "{waited:?}");
+    assert_eq!(waited[2].2, format!("back-off 20s restarting failed {app}"));
+    assert_eq!(waited[2].0, 20, "{waited:?}");
+    assert_eq!(node.rt.call_count(Method::StartContainer), 4);
+    assert_eq!(node.rt.call_count(Method::RunPodSandbox), 1, "one sandbox");
+}
+
+/// The container's terminated state as published: (exit code, reason).
+fn terminated(c: &ContainerStatus) -> Option<(i32, String)> {
+    let t = c.state.as_ref()?.terminated.as_ref()?;
+    Some((t.exit_code, t.reason.clone().unwrap_or_default()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kernel_s_end_shows_first_and_the_restart_waits_for_the_runtime() {
+    let node = Node::new();
+    let worker = node.spawn(pod("web", UID, &serde_json::json!({})));
+    until("the container runs", async || {
+        node.container(UID, "app").filter(is_running)
+    })
+    .await;
+    let id = node.running(UID).await.remove(0);
+
+    // The kernel saw the main process exit 3; the runtime still reports it running.
+    worker.poke(Trigger::Kernel(KernelEnd {
+        container: id.clone(),
+        exit_code: Some(3),
+        at: node.clock.now(),
+    }));
+    let shown = until("the end shows", async || {
+        node.container(UID, "app").as_ref().and_then(terminated)
+    })
+    .await;
+    assert_eq!(shown, (3, "Error".to_owned()), "the kernel's exit code");
+    assert_eq!(
+        node.running(UID).await,
+        std::slice::from_ref(&id),
+        "the runtime lags"
+    );
+    // While the runtime lags, the worker relists; it plans nothing on the kernel's word.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.running(UID).await, std::slice::from_ref(&id));
+    assert_eq!(
+        node.rt.call_count(Method::StartContainer),
+        1,
+        "no restart yet"
+    );
+    assert_eq!(node.rt.call_count(Method::StopPodSandbox), 0);
+
+    // The runtime catches up within the relist budget: the restart follows, no other poke.
+    node.rt.exit_container(&id, 3);
+    let restarted = until("the container runs again", async || {
+        node.container(UID, "app")
+            .filter(|c| is_running(c) && c.restart_count == 1)
+    })
+    .await;
+    let last = restarted
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref());
+    assert_eq!(last.map(|t| t.exit_code), Some(3));
+    assert_eq!(node.rt.call_count(Method::StartContainer), 2);
+}
+
+fn memory_pressure(status: bool) -> Vec<NodeCondition> {
+    vec![NodeCondition {
+        kind: PressureCondition::MemoryPressure,
+        status,
+        reason: "KubeletHasInsufficientMemory",
+        message: "kubelet has insufficient memory available",
+        last_transition_time: jiff::Timestamp::UNIX_EPOCH,
+    }]
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_pod_stays_down_while_the_pressure_lasts_then_starts_again() {
+    let node = Node::new();
+    // BestEffort: memory pressure keeps it out.
+    let worker = node.spawn(pod("web", UID, &serde_json::json!({})));
+    until("the container runs", async || {
+        node.container(UID, "app").filter(is_running)
+    })
+    .await;
+    let id = node.running(UID).await.remove(0);
+
+    node.conditions.send_replace(memory_pressure(true));
+    let message = "The node was low on resource: memory. ";
+    worker.evict(Eviction {
+        pod_uid: UID.to_owned(),
+        pod_name: "default/web".to_owned(),
+        qos: QosClass::BestEffort,
+        grace_period: Duration::from_secs(2),
+        signal: EvictionSignal::Threshold(Signal::MemoryAvailable),
+        resource: Resource::Memory,
+        hard: false,
+        reason: "Evicted",
+        message: message.to_owned(),
+        offenders: Vec::new(),
+        trigger: None,
+        latency: None,
+    });
+    until("the pod shows evicted", async || {
+        let status = node.pods.get(UID)?.status.clone()?;
+        (status.reason.as_deref() == Some("Evicted")).then_some(())
+    })
+    .await;
+    assert_eq!(node.phase(UID).as_deref(), Some("Failed"));
+    assert_eq!(
+        node.rt.stop_graces(),
+        [(id, Duration::from_secs(2))],
+        "stopped with the eviction's grace, not the pod's 5 s"
+    );
+    assert_eq!(node.sandboxes(UID).await, [SandboxState::NotReady]);
+    assert_eq!(node.events("Evicted"), [message]);
+
+    // Held down: resyncs and pokes start nothing while the node is under pressure.
+    let starts = node.rt.call_count(Method::StartContainer);
+    for _ in 0..3 {
+        worker.poke(Trigger::Relist);
+        tokio::time::sleep(SYNC_FREQUENCY).await;
+    }
+    assert!(node.running(UID).await.is_empty(), "still down");
+    assert_eq!(node.rt.call_count(Method::StartContainer), starts);
+    assert_eq!(node.rt.call_count(Method::RunPodSandbox), 1);
+    assert_eq!(node.phase(UID).as_deref(), Some("Failed"));
+
+    // Pressure over: re-admitted at the next wakeup, in a new sandbox.
+    node.conditions.send_replace(memory_pressure(false));
+    until("the pod runs again", async || {
+        (node.phase(UID).as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    assert_eq!(node.running(UID).await.len(), 1);
+    assert_eq!(node.rt.call_count(Method::RunPodSandbox), 2);
+}
+
+/// A pod manager over `node`, expecting the file source, running until `cancel`; returns
+/// where its snapshots go and the task.
+fn run_manager(
+    node: &Node,
+    cancel: &CancellationToken,
+) -> (mpsc::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
+    let manager = PodManager::new(
+        Arc::clone(&node.ctx),
+        HashSet::from([SourceKind::File]),
+        cancel.clone(),
+    );
+    let (updates, updates_rx) = mpsc::channel(4);
+    let (_pokes, pokes_rx) = mpsc::channel::<PodPoke>(1);
+    let (_evictions, evictions_rx) = mpsc::channel::<Eviction>(1);
+    let task = tokio::spawn(async move {
+        // The senders live as long as the manager: a closed channel is not what is tested.
+        let _keep = (_pokes, _evictions);
+        manager.run(updates_rx, pokes_rx, evictions_rx).await;
+    });
+    (updates, task)
+}
+
+/// The file source's snapshot: exactly `pods`.
+fn snapshot(pods: &[&Pod]) -> PodUpdate {
+    PodUpdate::Snapshot {
+        source: SourceKind::File,
+        pods: pods
+            .iter()
+            .map(|p| StaticPod {
+                pod: (*p).clone(),
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                origin: ManifestOrigin::File(
+                    format!(
+                        "/etc/pods/{}.yaml",
+                        p.metadata.name.as_deref().unwrap_or_default()
+                    )
+                    .into(),
+                ),
+            })
+            .collect(),
+        errors: Vec::new(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_removed_from_its_source_is_stopped_with_its_grace_and_cleared_away() {
+    let node = Node::new();
+    let hooks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&hooks);
+    node.rt
+        .set_exec_handler(Arc::new(move |id: &str, cmd: &[String]| {
+            seen.lock()
+                .expect("lock")
+                .push((id.to_owned(), cmd.to_vec()));
+            ExecOutput {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                exit_code: 0,
+            }
+        }));
+    let cancel = CancellationToken::new();
+    let (updates, manager) = run_manager(&node, &cancel);
+    let web = pod(
+        "web",
+        UID,
+        &serde_json::json!({
+            "terminationGracePeriodSeconds": 7,
+            "containers": [{
+                "name": "app",
+                "image": IMAGE,
+                "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}},
+            }],
+        }),
+    );
+    updates.send(snapshot(&[&web])).await.expect("send");
+    until("the pod runs", async || {
+        (node.phase(UID).as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let id = node.running(UID).await.remove(0);
+    assert!(hooks.lock().expect("lock").is_empty());
+
+    updates.send(snapshot(&[])).await.expect("send");
+    until("the pod is gone", async || {
+        node.pods.get(UID).is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        *hooks.lock().expect("lock"),
+        [(id.clone(), vec!["/bin/drain".to_owned()])],
+        "the preStop hook ran"
+    );
+    assert_eq!(
+        node.rt.stop_graces(),
+        [(id, Duration::from_secs(7))],
+        "stopped with the pod's grace period"
+    );
+    assert!(node.sandboxes(UID).await.is_empty(), "sandbox removed");
+    assert!(
+        node.rt
+            .list_containers(None)
+            .await
+            .expect("list")
+            .is_empty(),
+        "containers removed with it"
+    );
+    cancel.cancel();
+    manager.await.expect("manager");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_pod_that_no_source_wants_is_torn_down() {
+    const ORPHAN: &str = "6f1d2c3b-0a9e-4d8c-8b7a-5e4f3d2c1b0a";
+    let node = Node::new();
+    let web = pod("web", UID, &serde_json::json!({}));
+    let gone = pod("gone", ORPHAN, &serde_json::json!({}));
+
+    // An agent ran both pods, then stopped (pods outlive it).
+    let first = CancellationToken::new();
+    let (updates, manager) = run_manager(&node, &first);
+    updates.send(snapshot(&[&web, &gone])).await.expect("send");
+    until("both pods run", async || {
+        let both = node.running(UID).await.len() + node.running(ORPHAN).await.len();
+        (both == 2).then_some(())
+    })
+    .await;
+    first.cancel();
+    manager.await.expect("manager");
+    let web_id = node.running(UID).await.remove(0);
+    assert_eq!(
+        node.running(ORPHAN).await.len(),
+        1,
+        "pods outlive the agent"
+    );
+
+    // The next agent's source no longer has `gone`: once the source reported, it goes.
+    let second = CancellationToken::new();
+    let (updates, manager) = run_manager(&node, &second);
+    updates.send(snapshot(&[&web])).await.expect("send");
+    until("the orphan is gone", async || {
+        node.sandboxes(ORPHAN).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(node.running(ORPHAN).await.is_empty());
+    assert_eq!(
+        node.running(UID).await,
+        [web_id],
+        "the wanted pod is adopted, untouched"
+    );
+    second.cancel();
+    manager.await.expect("manager");
+}

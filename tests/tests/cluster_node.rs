@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use bpflet_tests::node::{IMAGE, Node, NodeConfig};
+use bpflet_tests::node::{IMAGE, Node, NodeConfig, sleeping_pod};
 use serde_json::Value;
 use xtask::cluster::{self, ControlPlane};
 
@@ -152,6 +152,45 @@ fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
     assert_eq!(lease["spec"]["holderIdentity"], "testnode");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
     assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
+
+    // A static pod shows in the API server as its mirror pod, with the status bpflet sees.
+    node.write_manifest("static.yaml", &sleeping_pod("static"));
+    let mirror = wait_for(&node, "the static pod's mirror pod Running", || {
+        let out = cp
+            .kubectl_admin(&["get", "pod", "static-testnode", "-o", "json"])
+            .map_err(|e| format!("{e:#}"))?;
+        let p: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        if p["status"]["phase"] == "Running" {
+            Ok(p)
+        } else {
+            Err(format!("phase {}", p["status"]["phase"]))
+        }
+    });
+    let annotations = &mirror["metadata"]["annotations"];
+    assert!(
+        annotations["kubernetes.io/config.mirror"].is_string(),
+        "{annotations}"
+    );
+    assert_eq!(annotations["kubernetes.io/config.source"], "file");
+    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert_eq!(mirror["spec"]["nodeName"], "testnode");
+    node.remove_manifest("static.yaml");
+    wait_for(
+        &node,
+        "the mirror pod to go with its static pod",
+        || match cp.kubectl_admin(&[
+            "get",
+            "pod",
+            "static-testnode",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]) {
+            Ok(out) if out.trim().is_empty() => Ok(()),
+            Ok(out) => Err(out),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    );
 
     // A Deployment of 3 replicas runs on the node.
     wait_for(&node, "the default ServiceAccount", || {

@@ -144,6 +144,8 @@ enum WriteError {
         "pod {namespace}/{name} exists and is not a mirror pod: no mirror pod for the static pod"
     )]
     NameTaken { namespace: String, name: String },
+    #[error("the outdated mirror pod {namespace}/{name} was deleted; the new one follows")]
+    MirrorReplaced { namespace: String, name: String },
 }
 
 impl StatusWriter {
@@ -301,15 +303,35 @@ impl StatusWriter {
             .to_owned();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let pods = self.pods(&namespace);
-        match pods.get_opt(&name).await? {
-            Some(existing) if mirror_hash(&existing) == Some(hash.as_str()) => {
-                let api_uid = existing.metadata.uid.unwrap_or_default();
+        let node_uid = self.node_uid().await?;
+        let mirror = mirror_pod(pod, &hash, &self.node_name, &node_uid);
+        // Created first: the Node authorizer lets a node read only pods bound to it, so a
+        // pod of that name that is not (another's) can only be found by the conflict.
+        let existing = match pods.create(&PostParams::default(), &mirror).await {
+            Ok(created) => {
+                let api_uid = created.metadata.uid.unwrap_or_default();
                 self.remember_mirror(uid, &api_uid, &hash);
                 return Ok(api_uid);
             }
-            Some(existing) if mirror_hash(&existing).is_some() => {
-                // An outdated mirror (the manifest changed, or bpflet restarted with a new
-                // one): replace it.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => match pods.get(&name).await {
+                Ok(existing) => existing,
+                Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                    return Err(WriteError::NameTaken { namespace, name });
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        match mirror_hash(&existing) {
+            Some(found) if found == hash => {
+                // Ours from before (bpflet restarted, or a create that timed out).
+                let api_uid = existing.metadata.uid.unwrap_or_default();
+                self.remember_mirror(uid, &api_uid, &hash);
+                Ok(api_uid)
+            }
+            Some(_) => {
+                // An outdated mirror (the manifest changed while bpflet was away): delete it;
+                // the next try creates the new one.
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),
                     preconditions: existing.metadata.uid.map(|uid| Preconditions {
@@ -323,25 +345,12 @@ impl StatusWriter {
                     Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
                     Err(e) => return Err(e.into()),
                 }
+                Err(WriteError::MirrorReplaced { namespace, name })
             }
-            Some(_) => {
-                // A pod of the API server's own holds the name: upstream does not touch it
-                // either; the static pod runs without a mirror.
-                return Err(WriteError::NameTaken { namespace, name });
-            }
-            None => {}
+            // A pod of the API server's own holds the name: upstream leaves it alone too;
+            // the static pod runs without a mirror.
+            None => Err(WriteError::NameTaken { namespace, name }),
         }
-        let node_uid = self.node_uid().await?;
-        let mirror = mirror_pod(pod, &hash, &self.node_name, &node_uid);
-        let created = match pods.create(&PostParams::default(), &mirror).await {
-            Ok(created) => created,
-            // A concurrent create (our own earlier attempt that timed out): read it.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => pods.get(&name).await?,
-            Err(e) => return Err(e.into()),
-        };
-        let api_uid = created.metadata.uid.unwrap_or_default();
-        self.remember_mirror(uid, &api_uid, &hash);
-        Ok(api_uid)
     }
 
     fn remember_mirror(&mut self, uid: &str, api_uid: &str, hash: &str) {

@@ -1,7 +1,9 @@
 //! bpflet as a node of the real control plane (tests/k8s, the code behind `cargo xtask up
 //! --cluster`): it registers its Node and becomes Ready, keeps its Lease, runs the pods the
 //! scheduler binds to it, reports their status, and deletes them gracefully when the
-//! Deployment scales down. Judged through kubectl, as an operator would.
+//! Deployment scales down, mirrors its static pods, and reports an OOM kill as upstream
+//! writes it plus bpflet's attribution as an event. Judged through kubectl, as an operator
+//! would.
 //!
 //! Needs root (the node runs a private containerd and real pods).
 
@@ -268,6 +270,77 @@ fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
             "pod {uid} still in the runtime: {sandboxes:?} {containers:?}"
         );
     }
+    // An OOM kill looks in the API as upstream writes it, with bpflet's attribution as an
+    // event: the container's last state OOMKilled/137, and an OOMKilled event naming the
+    // process and the limit hit.
+    let oom = dir.path().join("oom.yaml");
+    std::fs::write(
+        &oom,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: hog
+  namespace: default
+spec:
+  nodeName: testnode
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: hog
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
+    resources:
+      limits: {{memory: 32Mi}}
+"
+        ),
+    )
+    .expect("write the oom pod");
+    cp.kubectl_admin(&["apply", "-f", &oom.display().to_string()])
+        .expect("kubectl apply the oom pod");
+    let hog = wait_for(&node, "the hog container OOMKilled in the API", || {
+        let p = kubectl_json(&cp, &["get", "pod", "hog"]);
+        let cs = &p["status"]["containerStatuses"][0];
+        let terminated = if cs["lastState"]["terminated"].is_object() {
+            &cs["lastState"]["terminated"]
+        } else {
+            &cs["state"]["terminated"]
+        };
+        if terminated["reason"] == "OOMKilled" {
+            Ok(terminated.clone())
+        } else {
+            Err(format!("{cs}"))
+        }
+    });
+    assert_eq!(hog["exitCode"], 137, "{hog}");
+    let event = wait_for(&node, "an OOMKilled event in the API", || {
+        let events = kubectl_json(
+            &cp,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=hog,reason=OOMKilled",
+            ],
+        );
+        events["items"]
+            .as_array()
+            .and_then(|items| items.first().cloned())
+            .ok_or_else(|| format!("{events}"))
+    });
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["source"]["component"], "bpflet", "{event}");
+    assert_eq!(event["source"]["host"], "testnode", "{event}");
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("(dd) in container hog") && message.contains("memory limit"),
+        "{message}"
+    );
+    cp.kubectl_admin(&["delete", "pod", "hog", "--wait=true", "--timeout=60s"])
+        .expect("kubectl delete the oom pod");
+
     drop(node);
     cp.stop().expect("teardown of the control plane");
 }

@@ -129,7 +129,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         }
         for sp in accepted.into_iter().flat_map(|(_, pods)| pods) {
             if sp.pod.metadata.deletion_timestamp.is_some() {
-                self.delete_gracefully(Arc::new(sp.pod));
+                self.delete_gracefully(&Arc::new(sp.pod));
             } else {
                 self.upsert(Arc::new(sp.pod));
             }
@@ -244,11 +244,11 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
     /// Graceful deletion in the API server: the pod stops with the deletion's grace (its
     /// spec, sent to the worker first, carries `deletionGracePeriodSeconds`); once nothing
     /// runs, the worker unpublishes it and the API status sink deletes the object for good.
-    fn delete_gracefully(&mut self, pod: Arc<Pod>) {
-        let uid = pod_uid(&pod).to_owned();
+    fn delete_gracefully(&mut self, pod: &Arc<Pod>) {
+        let uid = pod_uid(pod).to_owned();
         if !self.workers.contains_key(&uid) {
             // Deleted while bpflet was down, or before its worker started.
-            self.upsert(Arc::clone(&pod));
+            self.upsert(Arc::clone(pod));
         }
         let Some(w) = self.workers.get(&uid) else {
             return;
@@ -256,10 +256,10 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         if w.terminate.is_cancelled() {
             return;
         }
-        if **w.spec.borrow() != *pod {
-            let _ = w.spec.send(Arc::clone(&pod));
+        if **w.spec.borrow() != **pod {
+            let _ = w.spec.send(Arc::clone(pod));
         }
-        info!(pod = %format_pod(&pod), "pod deleted in the API server");
+        info!(pod = %format_pod(pod), "pod deleted in the API server");
         w.terminate.cancel();
         w.poke(Trigger::Relist);
     }

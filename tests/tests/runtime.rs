@@ -449,6 +449,11 @@ async fn a_container_over_its_memory_limit_is_oomkilled() {
     let sandbox = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
 
     // dd fills a 64 MiB buffer in a container limited to 32 MiB (inside our own cgroup).
+    // containerd 1.6 says `OOMKilled` only when its OOM event beats the task's exit event
+    // (on a loaded machine the exit can win, and it says `Error`: the race bpflet's kernel
+    // attribution exists to remove). What is tested here is the client's reading of the
+    // reason, so the kill is repeated until containerd reports it (at most 5 times); every
+    // attempt must end with 137.
     let mut config = container_config("hog", "dd if=/dev/zero of=/dev/null bs=64M count=1");
     config.linux = Some(api::LinuxContainerConfig {
         resources: Some(api::LinuxContainerResources {
@@ -457,12 +462,29 @@ async fn a_container_over_its_memory_limit_is_oomkilled() {
         }),
         ..Default::default()
     });
-    let id = run_container(&rt, &sandbox, &sb_config, &config).await;
-    wait_for_state(&rt, &id, ContainerState::Exited, Duration::from_secs(15)).await;
-    let status = rt.container_status(&id).await.unwrap();
-    assert_eq!(status.reason, REASON_OOM_KILLED, "{status:?}");
-    assert_eq!(status.exit_code, 137);
-    assert!(status.is_oom_killed());
+    let mut seen = Vec::new();
+    for attempt in 0..5 {
+        config.metadata = Some(api::ContainerMetadata {
+            name: "hog".into(),
+            attempt,
+        });
+        config.log_path = format!("hog/{attempt}.log");
+        let id = run_container(&rt, &sandbox, &sb_config, &config).await;
+        wait_for_state(&rt, &id, ContainerState::Exited, Duration::from_secs(15)).await;
+        let status = rt.container_status(&id).await.unwrap();
+        assert_eq!(status.exit_code, 137, "{status:?}");
+        if status.reason == REASON_OOM_KILLED {
+            assert!(status.is_oom_killed());
+            seen.clear();
+            break;
+        }
+        assert!(!status.is_oom_killed(), "{status:?}");
+        seen.push(status.reason);
+    }
+    assert!(
+        seen.is_empty(),
+        "containerd never reported OOMKilled in 5 kills (reasons {seen:?})"
+    );
 
     remove_pod(&rt, &sandbox).await;
 }

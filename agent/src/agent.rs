@@ -65,6 +65,8 @@ pub enum AgentError {
     Metrics(#[source] crate::metrics::MetricsError),
     #[error("local API")]
     Server(#[source] server::ServerError),
+    #[error("cluster mode")]
+    Cluster(#[source] crate::cluster::ClusterError),
     #[error(
         "eventSource: {}: the kernel event source cannot start{}",
         choice.as_str(),
@@ -111,12 +113,32 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let kubepods = tree.kubepods();
     info!(root = %cgroup_root, kubepods = %kubepods, "pod cgroup tree ready");
 
-    // Events about pods and the node; the local API serves them on `/events`.
-    let recorder = Recorder::new(&config.node_name);
+    // Cluster mode: the API server's client (nothing is asked of it yet).
+    let client = match &config.cluster {
+        Some(cluster) => Some(
+            crate::cluster::connect(&cluster.kubeconfig)
+                .await
+                .map_err(AgentError::Cluster)?,
+        ),
+        None => None,
+    };
+    // Events about pods and the node; the local API serves them on `/events`, and in
+    // cluster mode they are posted to the API server.
+    let mut recorder = Recorder::new(&config.node_name);
     // Pod status: workers publish through the status manager to the local pod list, which
-    // the local API and eviction read.
+    // the local API and eviction read, and in cluster mode to the API server.
     let (pod_list_sink, published) = crate::status::manager::pod_list();
-    let statuses = StatusManager::new(vec![pod_list_sink]);
+    let mut status_sinks = vec![pod_list_sink];
+    if let Some(client) = &client {
+        let (sink, writer) =
+            crate::cluster::status::api_status(client.clone(), config.node_name.clone());
+        status_sinks.push(Arc::new(sink));
+        tracker.spawn(writer.run(cancel.clone()));
+        let (sink, writer) = crate::cluster::events::api_events(client.clone());
+        recorder = recorder.with_sink(Arc::new(sink));
+        tracker.spawn(writer.run(cancel.clone()));
+    }
+    let statuses = StatusManager::new(status_sinks);
     let metrics = Metrics::new().map_err(AgentError::Metrics)?;
     let health_checks = HealthState::default();
     // The node's pressure conditions, published once the eviction manager runs.
@@ -127,7 +149,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let api = server::ApiState {
         pods: published.clone(),
         events: recorder.events(),
-        node: node_conditions,
+        node: node_conditions.clone(),
         health: health_checks.clone(),
         metrics: Some(metrics.clone()),
     };
@@ -139,7 +161,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             .with_request_timeout(config.runtime.request_timeout),
     );
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
-    info!(runtime = %version, endpoint = %config.runtime.endpoint.display(), "container runtime ready");
+    info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
     if let Some(port) = config.server.read_only_port {
         let addr = SocketAddr::new(config.server.address, port);
@@ -220,6 +242,42 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     {
         let health = Arc::clone(&health);
         health_checks.register("pleg", move || health.check());
+    }
+    if let (Some(client), Some(cluster)) = (&client, &config.cluster) {
+        let nodefs_bytes = nix::sys::statvfs::statvfs(&config.root_dir)
+            .ok()
+            .map(|v| v.blocks().saturating_mul(v.fragment_size()));
+        let heartbeat = crate::cluster::heartbeat::Heartbeat {
+            client: client.clone(),
+            identity: crate::cluster::node::NodeIdentity {
+                name: config.node_name.clone(),
+                hostname: config.node_name.clone(),
+                internal_ips: node_internal_ips(&config.node_ips),
+                labels: cluster.node_labels.clone(),
+                taints: cluster.register_with_taints.clone(),
+            },
+            resources: crate::cluster::node::NodeResources {
+                cpu_millis: capacity.cpu_millis,
+                memory_bytes: memory,
+                ephemeral_storage_bytes: nodefs_bytes,
+                max_pods: config.max_pods,
+            },
+            reserved: node_reserved(&config, capacity.memory_bytes, nodefs_bytes.unwrap_or(0)),
+            info: crate::cluster::node::NodeInfo::read(
+                Path::new("/"),
+                &version.runtime_name,
+                &version.runtime_version,
+            ),
+            conditions: node_conditions.clone(),
+            readiness: readiness_fn(Arc::clone(&runtime), Arc::clone(&health)),
+            kubelet_port: None,
+            periods: crate::cluster::heartbeat::Periods {
+                status_update: cluster.node_status_update_frequency,
+                status_report: cluster.node_status_report_frequency,
+                lease_duration: cluster.node_lease_duration,
+            },
+        };
+        tracker.spawn(heartbeat.run(cancel.clone()));
     }
     // Eviction: evaluated at once on kernel pressure in the pod tree, every 10s at least.
     let (trigger_tx, trigger_rx) = mpsc::channel::<eviction::Trigger>(1);
@@ -343,6 +401,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         );
         tracker.spawn(src.run(update_tx.clone(), cancel.clone()));
     }
+    if let Some(client) = &client {
+        expected.insert(SourceKind::Api);
+        tracker.spawn(crate::cluster::run_pod_source(
+            client.clone(),
+            config.node_name.clone(),
+            update_tx.clone(),
+            cancel.clone(),
+        ));
+    }
     drop(update_tx);
 
     // Pod workers.
@@ -389,6 +456,106 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// The node's `InternalIP`s: `--node-ip`, else the address the host would use to reach
+/// other hosts (its default route's source address; a UDP `connect` sends nothing), else none.
+fn node_internal_ips(configured: &[std::net::IpAddr]) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.iter().map(ToString::to_string).collect();
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    });
+    match probe {
+        Ok(addr) if !addr.ip().is_unspecified() => vec![addr.ip().to_string()],
+        _ => {
+            warn!("no default route: the Node reports no InternalIP (set --node-ip)");
+            Vec::new()
+        }
+    }
+}
+
+/// What the Node's allocatable holds back from capacity: the reservations and, as upstream,
+/// the hard eviction thresholds of `memory.available` and `nodefs.available`.
+fn node_reserved(
+    config: &Config,
+    memory_bytes: u64,
+    nodefs_bytes: u64,
+) -> crate::cluster::node::Reserved {
+    use crate::config::eviction::Signal;
+    let reserved = |f: fn(&crate::config::Reservation) -> Option<u64>| {
+        f(&config.system_reserved).unwrap_or(0) + f(&config.kube_reserved).unwrap_or(0)
+    };
+    let hard = |signal: Signal, capacity: u64| {
+        config
+            .eviction
+            .hard
+            .iter()
+            .filter(|t| t.signal == signal)
+            .map(|t| t.value.amount(capacity))
+            .max()
+            .unwrap_or(0)
+    };
+    crate::cluster::node::Reserved {
+        cpu_millis: reserved(|r| r.cpu_millis),
+        memory_bytes: reserved(|r| r.memory_bytes) + hard(Signal::MemoryAvailable, memory_bytes),
+        ephemeral_storage_bytes: reserved(|r| r.ephemeral_storage_bytes)
+            + hard(Signal::NodeFsAvailable, nodefs_bytes),
+    }
+}
+
+/// The node's readiness as upstream words it: the runtime's `RuntimeReady` and
+/// `NetworkReady` (CRI `Status`) and the PLEG's health.
+fn readiness_fn<R: ContainerRuntime + 'static>(
+    runtime: Arc<R>,
+    pleg: Arc<PlegHealth>,
+) -> crate::cluster::heartbeat::ReadinessFn {
+    Arc::new(move || {
+        let runtime = Arc::clone(&runtime);
+        let pleg = Arc::clone(&pleg);
+        Box::pin(async move {
+            let describe = |c: Option<&crate::runtime::RuntimeCondition>, kind: &str| match c {
+                Some(c) => format!("{kind}=false reason:{} message:{}", c.reason, c.message),
+                None => format!("{kind}=false reason:NotReported message:"),
+            };
+            let (runtime_ready, network) = match runtime.status().await {
+                Ok(status) => (
+                    if status.runtime_ready() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "container runtime not ready: {}",
+                            describe(
+                                status.condition(crate::runtime::RuntimeStatus::RUNTIME_READY),
+                                "RuntimeReady"
+                            )
+                        ))
+                    },
+                    if status.network_ready() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "container runtime network not ready: {}",
+                            describe(
+                                status.condition(crate::runtime::RuntimeStatus::NETWORK_READY),
+                                "NetworkReady"
+                            )
+                        ))
+                    },
+                ),
+                Err(e) => (Err(format!("container runtime is down: {e}")), Ok(())),
+            };
+            crate::cluster::node::Readiness {
+                runtime: runtime_ready,
+                network,
+                pleg: pleg
+                    .check()
+                    .map_err(|e| format!("PLEG is not healthy: {e}")),
+            }
+        })
+    })
 }
 
 /// The agent's own `oom_score_adj` (upstream: -999). Lowering it needs CAP_SYS_RESOURCE; a
@@ -558,12 +725,12 @@ async fn wait_for_runtime<R: ContainerRuntime>(
     rt: &R,
     endpoint: &Path,
     cancel: &CancellationToken,
-) -> Result<String, AgentError> {
+) -> Result<crate::runtime::VersionInfo, AgentError> {
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0;
     loop {
         match rt.version().await {
-            Ok(v) => return Ok(format!("{} {}", v.runtime_name, v.runtime_version)),
+            Ok(v) => return Ok(v),
             Err(source) => {
                 attempts += 1;
                 if attempts >= 20 || cancel.is_cancelled() {

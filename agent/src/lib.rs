@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod cgroups;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;

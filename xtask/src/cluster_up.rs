@@ -7,11 +7,14 @@
 //!    `target/cluster/`), logs in its `logs/`;
 //! 3. a banner saying how to drive it with kubectl from a second shell.
 //!
-//! bpflet does not join yet (the agent has no cluster mode): only the control plane runs.
+//! 4. the node of `up` (private containerd, agent, trace) joined to it: the agent runs with
+//!    `--kubeconfig node.kubeconfig`, registers its Node and mirrors its static pods.
+//!
 //! Ctrl-C, SIGTERM or SIGHUP (or the end of `--duration`, or `--check`'s smoke check) stops
 //! the daemons in reverse order and fails if any process of the run is left.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -71,30 +74,17 @@ pub fn run(opts: &Options) -> Result<()> {
         "starting the control plane in {}",
         config.work_dir.display()
     ));
-    let mut cp = ControlPlane::start(&config, &|| signalled().is_some())?;
+    let cp = ControlPlane::start(&config, &|| signalled().is_some())?;
     print_banner(&cp, started);
 
-    let outcome = if opts.check {
-        cp.smoke_check()
-    } else {
-        let until = opts
-            .duration
-            .map(|secs| Instant::now() + Duration::from_secs(secs));
-        loop {
-            if let Some(sig) = signalled() {
-                say(&format!("{sig}: tearing down"));
-                break Ok(());
-            }
-            if until.is_some_and(|t| Instant::now() >= t) {
-                say("--duration is over: tearing down");
-                break Ok(());
-            }
-            if let Err(e) = cp.check_running() {
-                break Err(e);
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    // The smoke check first: it registers (and deletes) a Node of the node's name.
+    let outcome = if opts.check { cp.smoke_check() } else { Ok(()) };
+    let outcome = outcome.and_then(|()| {
+        if signalled().is_some() {
+            return Ok(());
         }
-    };
+        join_node(opts, &cp)
+    });
     let teardown = cp.stop();
     if teardown.is_ok() {
         say("teardown done: no process of this run is left");
@@ -109,6 +99,73 @@ pub fn run(opts: &Options) -> Result<()> {
         (Err(e), Ok(())) => Err(e),
         (Ok(()), Err(t)) => Err(t),
         (Err(e), Err(t)) => Err(anyhow!("{e:#}\nand the teardown failed too: {t:#}")),
+    }
+}
+
+/// The node (`up`'s private containerd, agent and trace) joined to `cp` as `cp.node_name`,
+/// until a signal, `--duration` or `--check`'s verdict. With `--check`, the Node must also
+/// have been Ready in the API server meanwhile.
+fn join_node(opts: &Options, cp: &ControlPlane) -> Result<()> {
+    let node_name = cp.node_name.clone();
+    let args = vec![
+        "--kubeconfig".to_owned(),
+        cp.layout.node_kubeconfig.display().to_string(),
+        "--hostname-override".to_owned(),
+        node_name.clone(),
+        "--node-ip".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let mut node_opts = opts.clone();
+    node_opts.cluster = false;
+    node_opts.no_setup = true;
+    node_opts.work_dir = opts.work_dir.as_ref().map(|dir| dir.join("node"));
+    say(&format!(
+        "the node joins as {node_name}: watch it with {} --kubeconfig {} get nodes,pods -A",
+        cp.kubectl.display(),
+        cp.layout.admin_kubeconfig.display()
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = opts.check.then(|| {
+        let mut kubectl = cp.kubectl(&cp.layout.admin_kubeconfig);
+        kubectl.args([
+            "get",
+            "node",
+            &node_name,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ]);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(out) = kubectl.output()
+                    && out.status.success()
+                    && out.stdout == b"True"
+                {
+                    return Some(started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            None
+        })
+    });
+    let ran = crate::up::run_node(&node_opts, args);
+    stop.store(true, Ordering::SeqCst);
+    let ready = ready.map(|t| t.join().unwrap_or(None));
+    ran?;
+    match ready {
+        Some(Some(after)) => {
+            say(&format!(
+                "the Node {node_name} was Ready in the API server ({:.1}s after the node began to \
+                 start, its build included)",
+                after.as_secs_f64()
+            ));
+            Ok(())
+        }
+        Some(None) => Err(anyhow!(
+            "the Node {node_name} never showed Ready in the API server while the node ran"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -151,7 +208,6 @@ fn print_banner(cp: &ControlPlane, started: Instant) {
             cp.node_name
         ),
         format!("  logs:      {}/*.log", l.logs.display()),
-        "  bpflet does not join yet: the agent has no cluster mode.".to_owned(),
         "Ctrl-C (or SIGTERM) stops every daemon of this run.".to_owned(),
     ];
     for line in lines {

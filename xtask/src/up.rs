@@ -73,7 +73,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 const RMDIR_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct Options {
     /// Where containerd, the agent's root directory, the config and the logs live
     /// [default: <repo>/.work/up].
@@ -103,10 +103,12 @@ pub struct Options {
     /// Build and run the release agent.
     #[arg(long)]
     pub release: bool,
-    /// Bring up the real Kubernetes control plane on 127.0.0.1 instead (etcd, API server,
-    /// controller manager, scheduler; work directory default `target/cluster/`). `--check`
-    /// runs its smoke check; bpflet does not join it yet.
-    #[arg(long, conflicts_with_all = ["pleg_mode", "no_build", "release", "check_timeout"])]
+    /// Bring up the real Kubernetes control plane on 127.0.0.1 too (etcd, API server,
+    /// controller manager, scheduler; in `target/cluster/`), and the node joins it
+    /// (`--kubeconfig`): `kubectl get nodes` shows it Ready, the example static pods show
+    /// as mirror pods. `--check` also runs the control plane's smoke check and waits for
+    /// the Node to be Ready.
+    #[arg(long)]
     pub cluster: bool,
     /// With `--cluster`: the node `node.kubeconfig`'s credential is for [default: the host
     /// name].
@@ -142,12 +144,20 @@ struct Ctx {
     pleg_mode: PlegMode,
     duration: Option<Duration>,
     check_timeout: Option<Duration>,
+    /// Extra agent arguments (cluster mode: the kubeconfig and the node's name and IP).
+    agent_args: Vec<String>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
     if opts.cluster {
         return crate::cluster_up::run(opts);
     }
+    run_node(opts, Vec::new())
+}
+
+/// The node: a private containerd, the agent (with `agent_args`) and `bpflet trace`, until
+/// a signal, `--duration` or `--check`'s verdict; then the teardown.
+pub(crate) fn run_node(opts: &Options, agent_args: Vec<String>) -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask up` needs root (BPF, cgroups, containerd): run it as root");
     }
@@ -184,6 +194,7 @@ pub fn run(opts: &Options) -> Result<()> {
         check_timeout: opts
             .check
             .then_some(Duration::from_secs(opts.check_timeout)),
+        agent_args,
     };
     let config = render_config(&ConfigParams {
         static_pod_path: &examples_dir,
@@ -531,7 +542,8 @@ async fn supervise(
         .arg("--config")
         .arg(&ctx.config_path)
         .arg("--root-dir")
-        .arg(&ctx.agent_root);
+        .arg(&ctx.agent_root)
+        .args(&ctx.agent_args);
     let agent_started = Instant::now();
     let agent = procs.agent.insert(Proc::spawn(
         "agent",

@@ -48,6 +48,19 @@ pub struct AgentArgs {
     #[arg(long = "node-ip", value_name = "IP[,IP]")]
     pub node_ip: Option<String>,
 
+    /// Kubeconfig of the API server to join (cluster mode): the node registers, keeps its
+    /// lease, runs the pods bound to it and reports their status and events there.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Labels the node registers with, `key=value` comma-separated (cluster mode).
+    #[arg(long = "node-labels", value_name = "LABELS")]
+    pub node_labels: Option<String>,
+
+    /// Taints the node registers with, `key[=value]:Effect` comma-separated (cluster mode).
+    #[arg(long = "register-with-taints", value_name = "TAINTS")]
+    pub register_with_taints: Option<String>,
+
     /// Read-only HTTP port; 0 turns it off [config default: 0].
     #[arg(long = "read-only-port", value_name = "PORT")]
     pub read_only_port: Option<i32>,

@@ -106,6 +106,18 @@ pub struct KubeletConfiguration {
     pub local_storage_capacity_isolation: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    /// Cluster mode: how often the node's status is computed (sent when it changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_status_update_frequency: Option<String>,
+    /// Cluster mode: an unchanged status is still sent this often.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_status_report_frequency: Option<String>,
+    /// Cluster mode: the node lease's duration; renewed every quarter of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_lease_duration_seconds: Option<i32>,
+    /// Cluster mode: taints the node registers with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
 }
 
 /// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).

@@ -165,6 +165,25 @@ pub struct Config {
     /// The node as read once at load: the settings above were checked against it, and the
     /// agent sizes the pod cgroup tree from it.
     pub node: NodeFacts,
+    /// Cluster mode (`--kubeconfig`); `None`: standalone, static pods only.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: the API server to join and how the node reports to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub kubeconfig: PathBuf,
+    /// `--node-labels`.
+    pub node_labels: BTreeMap<String, String>,
+    /// `registerWithTaints` / `--register-with-taints`.
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// `nodeStatusUpdateFrequency` (10s).
+    pub node_status_update_frequency: Duration,
+    /// `nodeStatusReportFrequency` (5m; when unset but `nodeStatusUpdateFrequency` is set,
+    /// the update frequency, as upstream).
+    pub node_status_report_frequency: Duration,
+    /// `nodeLeaseDurationSeconds` (40).
+    pub node_lease_duration: Duration,
 }
 
 /// What the node has, read once by [`load`]: the settings that must fit it are checked
@@ -341,6 +360,9 @@ mod defaults {
     pub const PLEG_SAFETY_RELIST_PERIOD: &str = "10s";
     pub const PLEG_UNHEALTHY_THRESHOLD: &str = "3m";
     pub const EVICTION_RANKING: &str = "qos";
+    pub const NODE_STATUS_UPDATE_FREQUENCY: &str = "10s";
+    pub const NODE_STATUS_REPORT_FREQUENCY: &str = "5m";
+    pub const NODE_LEASE_DURATION_SECONDS: i32 = 40;
 }
 
 /// Lower bounds of the periods that drive loops: below these an agent spins for nothing
@@ -355,6 +377,9 @@ mod minimums {
     pub const HTTP_CHECK_FREQUENCY: Duration = Duration::from_secs(1);
     /// `syncFrequency`: every pod worker's periodic resync.
     pub const SYNC_FREQUENCY: Duration = Duration::from_secs(1);
+    /// `nodeStatusUpdateFrequency` and `nodeStatusReportFrequency`: a read of the Node per
+    /// period (upstream refuses nothing above zero).
+    pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(1);
     /// `plegSafetyRelistPeriod`: two CRI list calls per period; the generic PLEG's 1 s is
     /// the most frequent relist bpflet makes.
     pub const PLEG_SAFETY_RELIST_PERIOD: Duration = Duration::from_secs(1);
@@ -422,6 +447,101 @@ pub fn load_on(args: &AgentArgs, node: &NodeFacts) -> Result<Config, ConfigError
         node,
     };
     typed.build(&kc, &bc, node_name, node_ips, args, config_files)
+}
+
+/// `key=value,...` (`--node-labels`): each key a qualified name, each value a label value.
+fn parse_labels(flag: &str) -> Result<BTreeMap<String, String>, String> {
+    flag.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+            validate_label(key, value).map_err(|e| format!("label {pair:?}: {e}"))?;
+            Ok((key.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// `key[=value]:Effect,...` (`--register-with-taints`).
+fn parse_taints(flag: &str) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, String> {
+    flag.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|spec| {
+            let (kv, effect) = spec
+                .rsplit_once(':')
+                .ok_or_else(|| format!("taint {spec:?} has no :Effect"))?;
+            let (key, value) = match kv.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_owned())),
+                None => (kv, None),
+            };
+            let taint = k8s_openapi::api::core::v1::Taint {
+                key: key.to_owned(),
+                value,
+                effect: effect.to_owned(),
+                time_added: None,
+            };
+            validate_taint(&taint).map_err(|e| format!("taint {spec:?}: {e}"))?;
+            Ok(taint)
+        })
+        .collect()
+}
+
+fn validate_taint(taint: &k8s_openapi::api::core::v1::Taint) -> Result<(), String> {
+    if !matches!(
+        taint.effect.as_str(),
+        "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+    ) {
+        return Err(format!(
+            "effect {:?} must be NoSchedule, PreferNoSchedule or NoExecute",
+            taint.effect
+        ));
+    }
+    validate_label(&taint.key, taint.value.as_deref().unwrap_or_default())
+}
+
+/// A label (or taint) key and value as the API server accepts them: the key an optional DNS
+/// subdomain prefix and `/`, then a name of at most 63 of `[A-Za-z0-9._-]` starting and ending
+/// alphanumeric; the value empty or such a name.
+fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    fn name(s: &str) -> bool {
+        s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    }
+    let (prefix, key_name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let subdomain = prefix.len() <= 253
+            && prefix.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !subdomain {
+            return Err(format!("key prefix {prefix:?} is not a DNS subdomain"));
+        }
+    }
+    if !name(key_name) {
+        return Err(format!(
+            "key {key:?} must be at most 63 of [A-Za-z0-9._-], starting and ending alphanumeric"
+        ));
+    }
+    if !value.is_empty() && !name(value) {
+        return Err(format!(
+            "value {value:?} must be at most 63 of [A-Za-z0-9._-], starting and ending alphanumeric"
+        ));
+    }
+    Ok(())
 }
 
 /// An absolute path of normal components only: no `.` or `..` (which would let a value
@@ -555,6 +675,12 @@ fn apply_flags(
     }
     if let Some(v) = args.healthz_port {
         flag("healthz-port", "healthzPort", v.into());
+    }
+    if let Some(v) = &args.register_with_taints {
+        let taints = parse_taints(v).map_err(|e| flag_error("register-with-taints", e))?;
+        let taints =
+            serde_json::to_value(taints).map_err(|e| flag_error("register-with-taints", e))?;
+        flag("register-with-taints", "registerWithTaints", taints);
     }
     if let Some(v) = &args.runtime_request_timeout {
         flag(
@@ -999,7 +1125,100 @@ impl Typed<'_> {
             pleg,
             sysctls,
             node: *node,
+            cluster: self.cluster(kc, args)?,
         })
+    }
+
+    fn cluster(
+        &self,
+        kc: &KubeletConfiguration,
+        args: &AgentArgs,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        let update = self.duration_at_least(
+            "nodeStatusUpdateFrequency",
+            kc.node_status_update_frequency.as_deref(),
+            defaults::NODE_STATUS_UPDATE_FREQUENCY,
+            minimums::NODE_STATUS_UPDATE_FREQUENCY,
+        )?;
+        let report_default = if kc.node_status_update_frequency.is_some() {
+            kc.node_status_update_frequency.as_deref()
+        } else {
+            Some(defaults::NODE_STATUS_REPORT_FREQUENCY)
+        };
+        let report = self.duration_at_least(
+            "nodeStatusReportFrequency",
+            kc.node_status_report_frequency
+                .as_deref()
+                .or(report_default),
+            defaults::NODE_STATUS_REPORT_FREQUENCY,
+            minimums::NODE_STATUS_UPDATE_FREQUENCY,
+        )?;
+        let lease = kc
+            .node_lease_duration_seconds
+            .unwrap_or(defaults::NODE_LEASE_DURATION_SECONDS);
+        let lease = u64::try_from(lease)
+            .ok()
+            .filter(|&s| s >= 4)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                self.invalid(
+                    "nodeLeaseDurationSeconds",
+                    format!(
+                        "{lease} must be at least 4 (the lease is renewed every quarter of it)"
+                    ),
+                )
+            })?;
+        let taints = kc.register_with_taints.clone().unwrap_or_default();
+        for (i, taint) in taints.iter().enumerate() {
+            validate_taint(taint)
+                .map_err(|e| self.invalid(&format!("registerWithTaints[{i}]"), e))?;
+        }
+        let node_labels = match &args.node_labels {
+            Some(v) => parse_labels(v).map_err(|e| flag_error("node-labels", e))?,
+            None => BTreeMap::new(),
+        };
+        let Some(kubeconfig) = &args.kubeconfig else {
+            let set: Vec<&str> = [
+                (
+                    "nodeStatusUpdateFrequency",
+                    kc.node_status_update_frequency.is_some(),
+                ),
+                (
+                    "nodeStatusReportFrequency",
+                    kc.node_status_report_frequency.is_some(),
+                ),
+                (
+                    "nodeLeaseDurationSeconds",
+                    kc.node_lease_duration_seconds.is_some(),
+                ),
+                ("registerWithTaints", kc.register_with_taints.is_some()),
+                ("--node-labels", args.node_labels.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if let Some(first) = set.first() {
+                return Err(ConfigError::Invalid {
+                    field: (*first).to_owned(),
+                    origin: if first.starts_with("--") {
+                        Origin::Flag("node-labels")
+                    } else {
+                        self.origin(first)
+                    },
+                    reason: "applies to cluster mode only: set --kubeconfig, or remove it"
+                        .to_owned(),
+                });
+            }
+            return Ok(None);
+        };
+        Ok(Some(ClusterConfig {
+            kubeconfig: kubeconfig.clone(),
+            node_labels,
+            register_with_taints: taints,
+            node_status_update_frequency: update,
+            node_status_report_frequency: report,
+            node_lease_duration: lease,
+        }))
     }
 
     fn pleg(&self, bc: &BpfletConfiguration) -> Result<PlegConfig, ConfigError> {

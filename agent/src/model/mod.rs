@@ -51,13 +51,18 @@ pub fn pod_uid(pod: &Pod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or_default()
 }
 
+/// The API server's `metadata.deletionGracePeriodSeconds` of a pod being deleted, else
 /// `terminationGracePeriodSeconds`, default 30s (a negative value counts as 0).
 #[must_use]
 pub fn termination_grace(pod: &Pod) -> Duration {
     let secs = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
@@ -82,5 +87,12 @@ mod tests {
         assert_eq!(termination_grace(&pod(Some(5))), Duration::from_secs(5));
         assert_eq!(termination_grace(&pod(Some(0))), Duration::ZERO);
         assert_eq!(termination_grace(&pod(Some(-1))), Duration::ZERO);
+        let mut deleting = pod(Some(30));
+        deleting.metadata.deletion_grace_period_seconds = Some(4);
+        assert_eq!(
+            termination_grace(&deleting),
+            Duration::from_secs(4),
+            "the deletion's grace (kubectl delete --grace-period) wins"
+        );
     }
 }

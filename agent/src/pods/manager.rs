@@ -128,7 +128,11 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             self.terminate(uid);
         }
         for sp in accepted.into_iter().flat_map(|(_, pods)| pods) {
-            self.upsert(Arc::new(sp.pod));
+            if sp.pod.metadata.deletion_timestamp.is_some() {
+                self.delete_gracefully(&Arc::new(sp.pod));
+            } else {
+                self.upsert(Arc::new(sp.pod));
+            }
         }
         self.update_qos_shares();
         self.expected_sources.remove(&source);
@@ -235,6 +239,29 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             w.terminate.cancel();
             w.poke(Trigger::Relist);
         }
+    }
+
+    /// Graceful deletion in the API server: the pod stops with the deletion's grace (its
+    /// spec, sent to the worker first, carries `deletionGracePeriodSeconds`); once nothing
+    /// runs, the worker unpublishes it and the API status sink deletes the object for good.
+    fn delete_gracefully(&mut self, pod: &Arc<Pod>) {
+        let uid = pod_uid(pod).to_owned();
+        if !self.workers.contains_key(&uid) {
+            // Deleted while bpflet was down, or before its worker started.
+            self.upsert(Arc::clone(pod));
+        }
+        let Some(w) = self.workers.get(&uid) else {
+            return;
+        };
+        if w.terminate.is_cancelled() {
+            return;
+        }
+        if **w.spec.borrow() != **pod {
+            let _ = w.spec.send(Arc::clone(pod));
+        }
+        info!(pod = %format_pod(pod), "pod deleted in the API server");
+        w.terminate.cancel();
+        w.poke(Trigger::Relist);
     }
 
     /// The burstable QoS cgroup's cpu.shares follow the sum of burstable pods' requests.

@@ -48,15 +48,18 @@ pub enum ManifestOrigin {
     File(PathBuf),
     /// A URL, with `#items[i]` when the pod is one item of a list.
     Url(String),
+    /// The API server (cluster mode): `namespace/name`.
+    Api(String),
 }
 
 impl ManifestOrigin {
-    /// The `kubernetes.io/config.source` annotation value: `file` or `http`.
+    /// The `kubernetes.io/config.source` annotation value: `file`, `http` or `api`.
     #[must_use]
     pub const fn source_name(&self) -> &'static str {
         match self {
             Self::File(_) => "file",
             Self::Url(_) => "http",
+            Self::Api(_) => "api",
         }
     }
 }
@@ -66,6 +69,7 @@ impl fmt::Display for ManifestOrigin {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Url(url) => f.write_str(url),
+            Self::Api(pod) => write!(f, "API server pod {pod}"),
         }
     }
 }
@@ -377,6 +381,10 @@ pub fn static_pod_uid(
         ManifestOrigin::Url(url) => {
             hasher.update(format!("host:{node_name}"));
             hasher.update(format!("url:{url}"));
+        }
+        ManifestOrigin::Api(pod) => {
+            hasher.update(format!("host:{node_name}"));
+            hasher.update(format!("api:{pod}"));
         }
     }
     Ok(hex::encode(&hasher.finalize()[..16]))

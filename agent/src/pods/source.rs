@@ -53,6 +53,8 @@ pub enum SourceKind {
     File,
     /// `--manifest-url` / `staticPodURL`.
     Http,
+    /// The API server (`--kubeconfig`): the pods bound to this node.
+    Api,
 }
 
 impl fmt::Display for SourceKind {
@@ -60,6 +62,7 @@ impl fmt::Display for SourceKind {
         f.write_str(match self {
             Self::File => "file",
             Self::Http => "http",
+            Self::Api => "api",
         })
     }
 }

@@ -79,6 +79,7 @@ impl Ring {
 
 impl EventLog {
     /// Records an event about `involved` and logs it; `node` is the reporting instance.
+    /// Returns the event as kept: new (count 1) or the one it repeats, counted.
     pub fn record(
         &self,
         involved: &ObjectReference,
@@ -86,7 +87,7 @@ impl EventLog {
         reason: &str,
         message: &str,
         node: &str,
-    ) {
+    ) -> Event {
         let name_base = involved.name.as_deref().unwrap_or_default();
         let now = Timestamp::now();
         // The same event again (a probe failing every period): one event whose count and
@@ -103,7 +104,7 @@ impl EventLog {
                 e.count = Some(e.count.unwrap_or(1) + 1);
                 e.last_timestamp = Some(Time(now));
                 tracing::debug!(object = %name_base, reason, count = e.count, "{message}");
-                return;
+                return e.clone();
             }
             key
         };
@@ -142,7 +143,8 @@ impl EventLog {
         self.ring
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(key, event);
+            .push(key, event.clone());
+        event
     }
 
     /// Every kept event, oldest first.

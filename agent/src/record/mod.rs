@@ -6,7 +6,8 @@
 //! ([`pod_reference`], [`node_reference`]), so nothing needs the whole object. The sink today
 //! is a bounded ring (1,000 events; a repeat within 10 minutes counts on the event it repeats,
 //! as upstream's correlator does), which the local API serves on `/events` through an
-//! [`Events`] read handle; cluster mode will post to the API server instead.
+//! [`Events`] read handle. An [`EventSink`] ([`Recorder::with_sink`]) also gets every event:
+//! in cluster mode, the API server's (`cluster::events`).
 
 mod log;
 
@@ -35,10 +36,18 @@ impl EventType {
     }
 }
 
+/// Where recorded events go besides the local ring (cluster mode: the API server). Called on
+/// the recording task with the event as kept (new, or the one it repeats with its count
+/// grown): it must return at once.
+pub trait EventSink: Send + Sync {
+    fn record(&self, event: &Event);
+}
+
 /// Records events, reported by this node. Cloning is cheap and clones share the sink.
 #[derive(Clone)]
 pub struct Recorder {
     log: Arc<EventLog>,
+    sink: Option<Arc<dyn EventSink>>,
     /// The node name: the events' reporting instance and source host.
     reporter: Arc<str>,
 }
@@ -57,15 +66,27 @@ impl Recorder {
     pub fn new(node_name: &str) -> Self {
         Self {
             log: Arc::default(),
+            sink: None,
             reporter: Arc::from(node_name),
         }
+    }
+
+    /// The same recorder, also handing every event to `sink`.
+    #[must_use]
+    pub fn with_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Records an event about `object` and logs it (a repeat at debug). Returns at once: it
     /// takes one lock for a map lookup and an insert.
     pub fn record(&self, object: &ObjectReference, kind: EventType, reason: &str, message: &str) {
-        self.log
+        let event = self
+            .log
             .record(object, kind, reason, message, &self.reporter);
+        if let Some(sink) = &self.sink {
+            sink.record(&event);
+        }
     }
 
     /// The read side of the events this recorder (and its clones) recorded.

@@ -1,0 +1,418 @@
+//! The node's presence in the API server: registration, status reports and the node lease,
+//! with upstream's periods and its request budget.
+//!
+//! - Registration creates the Node (labels, taints, status); a Node of that name that already
+//!   exists is adopted (bpflet restarted) and its well-known labels are brought up to date.
+//!   Failures retry with a back-off (100 ms doubling to 7 s) until it succeeds or the agent
+//!   stops; nothing else waits for it: pods keep running meanwhile.
+//! - Every `nodeStatusUpdateFrequency` (10 s) the reporter reads the Node (`resourceVersion=0`:
+//!   the API server's cache, as upstream reads it), computes the status and patches it only
+//!   when a field bpflet owns changed, or `nodeStatusReportFrequency` (5 min) passed. A Node
+//!   deleted under the agent is registered again.
+//! - The Lease `kube-node-lease/<node>` (owned by the Node, so it goes with it) is renewed
+//!   every quarter of `nodeLeaseDurationSeconds` (40 s → 10 s); a failed renewal retries after
+//!   200 ms doubling to 7 s, as upstream's lease controller does.
+//!
+//! An API server that cannot be reached costs retries and warnings, never a pod.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use kube::Api;
+use kube::api::{GetParams, Patch, PatchParams, PostParams};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::node::{self, NodeIdentity, NodeInfo, NodeResources, Readiness, Reserved, StatusInputs};
+use crate::status::node::NodeConditions;
+
+/// The namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Reads the agent's readiness (CRI `Status`, PLEG health) for the `Ready` condition.
+pub type ReadinessFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Readiness> + Send>> + Send + Sync>;
+
+/// The periods of the node's reports (KubeletConfiguration names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    /// `nodeStatusUpdateFrequency`: how often the status is computed (and sent if changed).
+    pub status_update: Duration,
+    /// `nodeStatusReportFrequency`: an unchanged status is still sent this often.
+    pub status_report: Duration,
+    /// `nodeLeaseDurationSeconds`; the lease is renewed every quarter of it.
+    pub lease_duration: Duration,
+}
+
+impl Default for Periods {
+    fn default() -> Self {
+        Self {
+            status_update: Duration::from_secs(10),
+            status_report: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(40),
+        }
+    }
+}
+
+/// What the node reports, and the client it reports with.
+pub struct Heartbeat {
+    pub client: kube::Client,
+    pub identity: NodeIdentity,
+    pub resources: NodeResources,
+    pub reserved: Reserved,
+    pub info: NodeInfo,
+    pub conditions: NodeConditions,
+    pub readiness: ReadinessFn,
+    pub kubelet_port: Option<u16>,
+    pub periods: Periods,
+}
+
+/// Retry delays: `first` doubling up to `max`.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Duration,
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            next: first,
+            first,
+            max,
+        }
+    }
+
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+impl Heartbeat {
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    fn inputs<'a>(
+        &'a self,
+        pressure: &'a [k8s_openapi::api::core::v1::NodeCondition],
+        readiness: &'a Readiness,
+    ) -> StatusInputs<'a> {
+        StatusInputs {
+            identity: &self.identity,
+            resources: self.resources,
+            reserved: self.reserved,
+            info: &self.info,
+            pressure,
+            readiness,
+            kubelet_port: self.kubelet_port,
+        }
+    }
+
+    /// Registers the node, then reports its status and renews its lease until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let Some(node) = this.register_until_done(&cancel).await else {
+            return;
+        };
+        let lease =
+            tokio::spawn(Arc::clone(&this).renew_lease(node.metadata.uid.clone(), cancel.clone()));
+        this.report_status(node, &cancel).await;
+        let _ = lease.await;
+    }
+
+    /// Creates (or adopts) the Node; `None` when cancelled first.
+    async fn register_until_done(&self, cancel: &CancellationToken) -> Option<Node> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(7));
+        let mut warned = false;
+        loop {
+            match self.register().await {
+                Ok(node) => {
+                    info!(node = %self.identity.name, "node registered with the API server");
+                    return Some(node);
+                }
+                Err(e) => {
+                    if warned {
+                        debug!(error = %e, "node registration failed");
+                    } else {
+                        warn!(node = %self.identity.name, error = %e, "node registration failed; retrying");
+                        warned = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(backoff.step()) => {}
+            }
+        }
+    }
+
+    async fn register(&self) -> Result<Node, kube::Error> {
+        let readiness = (self.readiness)().await;
+        let pressure = self.conditions.get();
+        let wanted = node::registration(&self.inputs(&pressure, &readiness), Timestamp::now());
+        match self.nodes().create(&PostParams::default(), &wanted).await {
+            Ok(node) => Ok(node),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                // bpflet restarted (or another agent of this name ran): adopt the Node and
+                // bring the labels bpflet owns up to date, as upstream's registration does.
+                let labels = node::labels(&self.identity);
+                let patch = serde_json::json!({ "metadata": { "labels": labels } });
+                self.nodes()
+                    .patch(
+                        &self.identity.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(patch),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every `status_update`: computes the status against what the API holds and patches it
+    /// when needed. Runs until `cancel`.
+    async fn report_status(&self, registered: Node, cancel: &CancellationToken) {
+        let mut last_report: Option<Instant> = None;
+        let mut warned = false;
+        let mut current = Some(registered);
+        loop {
+            let result = self.report_once(current.take(), &mut last_report).await;
+            match result {
+                Ok(()) => {
+                    if warned {
+                        info!(node = %self.identity.name, "node status reaches the API server again");
+                    }
+                    warned = false;
+                }
+                Err(e) if is_not_found(&e) => {
+                    warn!(node = %self.identity.name, "the Node was deleted; registering again");
+                    match self.register_until_done(cancel).await {
+                        Some(node) => current = Some(node),
+                        None => return,
+                    }
+                    last_report = None;
+                    continue;
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(node = %self.identity.name, error = %e, "cannot update the node's status; retrying every {:?}", self.periods.status_update);
+                        warned = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.periods.status_update) => {}
+            }
+        }
+    }
+
+    /// One status pass; `current` is a Node just read or written, else it is read.
+    async fn report_once(
+        &self,
+        current: Option<Node>,
+        last_report: &mut Option<Instant>,
+    ) -> Result<(), kube::Error> {
+        let current = match current {
+            Some(node) => node,
+            None => {
+                self.nodes()
+                    .get_with(&self.identity.name, &GetParams::any())
+                    .await?
+            }
+        };
+        let readiness = (self.readiness)().await;
+        let pressure = self.conditions.get();
+        let reported = current.status.as_ref();
+        let status = node::status(
+            &self.inputs(&pressure, &readiness),
+            reported,
+            Timestamp::now(),
+        );
+        let since = last_report.map_or(Duration::MAX, |at| at.elapsed());
+        if !node::needs_report(reported, &status, since, self.periods.status_report) {
+            return Ok(());
+        }
+        patch_status(&self.nodes(), &self.identity.name, status).await?;
+        *last_report = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Keeps `kube-node-lease/<node>` renewed until `cancel`.
+    async fn renew_lease(self: Arc<Self>, node_uid: Option<String>, cancel: CancellationToken) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        let interval = self.periods.lease_duration / 4;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(7));
+        let mut held: Option<Lease> = None;
+        let mut failing = false;
+        loop {
+            let wait = match self
+                .renew_once(&leases, held.take(), node_uid.as_deref())
+                .await
+            {
+                Ok(lease) => {
+                    if failing {
+                        info!(node = %self.identity.name, "node lease renewed again");
+                    }
+                    failing = false;
+                    held = Some(lease);
+                    backoff.reset();
+                    interval
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(node = %self.identity.name, error = %e, "cannot renew the node lease; retrying");
+                        failing = true;
+                    }
+                    backoff.step()
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Renews `held` (the lease as last written), or reads or creates the lease first.
+    async fn renew_once(
+        &self,
+        leases: &Api<Lease>,
+        held: Option<Lease>,
+        node_uid: Option<&str>,
+    ) -> Result<Lease, kube::Error> {
+        let name = &self.identity.name;
+        let lease = match held {
+            Some(lease) => lease,
+            None => match leases.get(name).await {
+                Ok(lease) => lease,
+                Err(e) if is_not_found(&e) => {
+                    let lease = new_lease(
+                        name,
+                        node_uid,
+                        self.periods.lease_duration,
+                        Timestamp::now(),
+                    );
+                    return leases.create(&PostParams::default(), &lease).await;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        // On a conflict (someone else wrote it) or not found, the next try reads it again.
+        let renewed = renew(lease, name, self.periods.lease_duration, Timestamp::now());
+        leases.replace(name, &PostParams::default(), &renewed).await
+    }
+}
+
+/// Patches the Node's status subresource. A strategic merge patch merges conditions and
+/// addresses by type, so conditions other components own survive.
+async fn patch_status(
+    nodes: &Api<Node>,
+    name: &str,
+    status: NodeStatus,
+) -> Result<Node, kube::Error> {
+    let patch = serde_json::json!({ "status": status });
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.is_not_found())
+}
+
+/// A new lease for the node, owned by its Node (so deleting the Node deletes it).
+#[must_use]
+pub fn new_lease(
+    node_name: &str,
+    node_uid: Option<&str>,
+    duration: Duration,
+    now: Timestamp,
+) -> Lease {
+    let owner = node_uid.map(|uid| {
+        vec![OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "Node".to_owned(),
+            name: node_name.to_owned(),
+            uid: uid.to_owned(),
+            ..OwnerReference::default()
+        }]
+    });
+    renew(
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(node_name.to_owned()),
+                namespace: Some(LEASE_NAMESPACE.to_owned()),
+                owner_references: owner,
+                ..ObjectMeta::default()
+            },
+            spec: None,
+        },
+        node_name,
+        duration,
+        now,
+    )
+}
+
+/// `lease` held by the node and renewed at `now`.
+#[must_use]
+pub fn renew(mut lease: Lease, node_name: &str, duration: Duration, now: Timestamp) -> Lease {
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    spec.holder_identity = Some(node_name.to_owned());
+    spec.lease_duration_seconds = Some(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX));
+    spec.renew_time = Some(MicroTime(now));
+    lease
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_held_by_the_node_owned_by_its_node_and_renewed_in_place() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("valid");
+        let lease = new_lease("node-a", Some("uid-1"), Duration::from_secs(40), t0);
+        assert_eq!(lease.metadata.namespace.as_deref(), Some(LEASE_NAMESPACE));
+        let owner = &lease.metadata.owner_references.as_deref().expect("owned")[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Node", "uid-1"));
+        let spec = lease.spec.clone().expect("spec");
+        assert_eq!(spec.holder_identity.as_deref(), Some("node-a"));
+        assert_eq!(spec.lease_duration_seconds, Some(40));
+        assert_eq!(spec.renew_time, Some(MicroTime(t0)));
+
+        let mut read = lease;
+        read.metadata.resource_version = Some("42".to_owned());
+        let t1 = Timestamp::from_second(1_800_000_010).expect("valid");
+        let renewed = renew(read, "node-a", Duration::from_secs(40), t1);
+        assert_eq!(
+            renewed.metadata.resource_version.as_deref(),
+            Some("42"),
+            "a renewal is an update of the lease read, so a concurrent writer conflicts"
+        );
+        assert_eq!(renewed.spec.expect("spec").renew_time, Some(MicroTime(t1)));
+    }
+
+    #[test]
+    fn back_off_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(7));
+        let steps: Vec<_> = (0..8).map(|_| b.step().as_millis()).collect();
+        assert_eq!(steps, [200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
+        b.reset();
+        assert_eq!(b.step(), Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,623 @@
+//! Pod status in the API server: the [`StatusSink`] that cluster mode adds beside the local pod
+//! list, and the one task that writes what it collects.
+//!
+//! - Workers publish on their own task; the sink keeps the latest pod per UID (latest wins,
+//!   so a burst of publishes costs one write) and wakes the writer. It never blocks.
+//! - Pods from the API server (`kubernetes.io/config.source: api`) get their `status` patched
+//!   (a strategic merge patch, so conditions and container statuses merge by key and what other
+//!   components own survives), with the pod's UID as precondition, only when it differs from
+//!   what bpflet last wrote. A terminal phase once written is never regressed.
+//! - Static pods get a mirror pod (upstream's `kubernetes.io/config.mirror` annotation, owned
+//!   by the Node), created when first published and replaced when the manifest's hash
+//!   changes; its status is the static pod's.
+//! - When a worker is done with a pod (`remove`; the manager terminates an API pod only when
+//!   the API server deletes it or it left the node's pods): its final status is written and
+//!   the object deleted for good (grace 0, UID precondition; gone already is fine); a static
+//!   pod's mirror is deleted. Orphans (pods of no source) have nothing in the API.
+//! - Failed writes retry after 1 s doubling to 1 min per pod; an unreachable API server holds
+//!   the latest status of every pod until it answers. Nothing here stops a pod.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::status::manager::StatusSink;
+
+/// The `kubernetes.io/config.source` value of pods that come from the API server.
+pub const API_SOURCE: &str = "api";
+/// The annotation that marks a mirror pod, with the static pod's hash as value.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+const SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+const HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+enum Wanted {
+    Published(Arc<Pod>),
+    /// The worker is done with the pod (the last published copy).
+    Removed(Arc<Pod>),
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    latest: HashMap<String, Wanted>,
+    dirty: BTreeSet<String>,
+}
+
+type Shared = Arc<(Mutex<Queue>, Notify)>;
+
+/// The API server as a [`StatusSink`].
+#[derive(Debug, Clone)]
+pub struct ApiStatusSink {
+    shared: Shared,
+}
+
+impl StatusSink for ApiStatusSink {
+    fn publish(&self, uid: &str, pod: &Arc<Pod>) {
+        self.queue(uid, Wanted::Published(Arc::clone(pod)));
+    }
+
+    fn remove(&self, uid: &str) {
+        let (queue, _) = &*self.shared;
+        let last = {
+            let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            match queue.latest.get(uid) {
+                Some(Wanted::Published(pod) | Wanted::Removed(pod)) => Some(Arc::clone(pod)),
+                None => None,
+            }
+        };
+        if let Some(pod) = last {
+            self.queue(uid, Wanted::Removed(pod));
+        }
+    }
+}
+
+impl ApiStatusSink {
+    fn queue(&self, uid: &str, wanted: Wanted) {
+        let (queue, wake) = &*self.shared;
+        {
+            let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.latest.insert(uid.to_owned(), wanted);
+            queue.dirty.insert(uid.to_owned());
+        }
+        wake.notify_one();
+    }
+}
+
+/// What bpflet last wrote for one pod.
+#[derive(Debug, Default)]
+struct Written {
+    /// The API object's UID: the pod's own, or its mirror pod's.
+    api_uid: Option<String>,
+    /// The mirror pod's hash annotation, when it is a mirror.
+    mirror_hash: Option<String>,
+    status: Option<PodStatus>,
+    retry: Option<(Instant, Duration)>,
+}
+
+/// Writes the sink's pods to the API server; one task.
+pub struct StatusWriter {
+    client: kube::Client,
+    node_name: String,
+    node_uid: Option<String>,
+    shared: Shared,
+    written: HashMap<String, Written>,
+}
+
+/// The sink for the status manager and the writer to spawn.
+#[must_use]
+pub fn api_status(client: kube::Client, node_name: String) -> (ApiStatusSink, StatusWriter) {
+    let shared: Shared = Arc::default();
+    (
+        ApiStatusSink {
+            shared: Arc::clone(&shared),
+        },
+        StatusWriter {
+            client,
+            node_name,
+            node_uid: None,
+            shared,
+            written: HashMap::new(),
+        },
+    )
+}
+
+/// Why one write failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("the Node {0} is not registered yet")]
+    NoNode(String),
+    #[error(
+        "pod {namespace}/{name} exists and is not a mirror pod: no mirror pod for the static pod"
+    )]
+    NameTaken { namespace: String, name: String },
+    #[error("the outdated mirror pod {namespace}/{name} was deleted; the new one follows")]
+    MirrorReplaced { namespace: String, name: String },
+}
+
+impl StatusWriter {
+    /// Writes until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            let next_retry = self
+                .written
+                .values()
+                .filter_map(|w| w.retry.map(|(at, _)| at))
+                .min();
+            {
+                let (_, wake) = &*self.shared;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = wake.notified() => {}
+                    () = sleep_until(next_retry) => {}
+                }
+            }
+            let now = Instant::now();
+            let batch: Vec<(String, Wanted)> = {
+                let (queue, _) = &*self.shared;
+                let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                for (uid, w) in &self.written {
+                    if w.retry.is_some_and(|(at, _)| at <= now) {
+                        queue.dirty.insert(uid.clone());
+                    }
+                }
+                let dirty = std::mem::take(&mut queue.dirty);
+                dirty
+                    .into_iter()
+                    .filter_map(|uid| queue.latest.get(&uid).cloned().map(|w| (uid, w)))
+                    .collect()
+            };
+            for (uid, wanted) in batch {
+                if self
+                    .written
+                    .get(&uid)
+                    .and_then(|w| w.retry)
+                    .is_some_and(|(at, _)| at > now)
+                {
+                    continue;
+                }
+                let result = match &wanted {
+                    Wanted::Published(pod) => self.write(&uid, pod).await,
+                    Wanted::Removed(pod) => self.delete(&uid, pod).await,
+                };
+                match result {
+                    Ok(()) => {
+                        if let Some(w) = self.written.get_mut(&uid) {
+                            w.retry = None;
+                        }
+                        if matches!(wanted, Wanted::Removed(_)) {
+                            self.forget(&uid);
+                        }
+                    }
+                    Err(e) => {
+                        let w = self.written.entry(uid.clone()).or_default();
+                        let delay = w.retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
+                        if w.retry.is_none() {
+                            warn!(pod_uid = %uid, error = %e, "cannot write the pod to the API server; retrying");
+                        } else {
+                            debug!(pod_uid = %uid, error = %e, "pod write failed again");
+                        }
+                        w.retry = Some((Instant::now() + delay, delay));
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        self.written.remove(uid);
+        let (queue, _) = &*self.shared;
+        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // A publish that raced the removal stays queued.
+        if matches!(queue.latest.get(uid), Some(Wanted::Removed(_))) {
+            queue.latest.remove(uid);
+        }
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    async fn write(&mut self, uid: &str, pod: &Pod) -> Result<(), WriteError> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+            .to_owned();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api_uid = match source_of(pod) {
+            Source::Api => uid.to_owned(),
+            Source::Static => self.ensure_mirror(uid, pod).await?,
+            // A pod no source wants (an orphan being torn down): nothing in the API.
+            Source::None => return Ok(()),
+        };
+        let written = self.written.entry(uid.to_owned()).or_default();
+        let status = guard_terminal(
+            written.status.as_ref(),
+            pod.status.clone().unwrap_or_default(),
+        );
+        if written.status.as_ref() == Some(&status) && written.api_uid.as_deref() == Some(&api_uid)
+        {
+            return Ok(());
+        }
+        let patch = serde_json::json!({ "metadata": { "uid": api_uid }, "status": status });
+        match self
+            .pods(&namespace)
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            Ok(_) => {
+                let written = self.written.entry(uid.to_owned()).or_default();
+                written.status = Some(status);
+                written.api_uid = Some(api_uid);
+                Ok(())
+            }
+            // The object is gone or is another pod of that name now: nothing to write to
+            // (for a mirror pod, the next publish creates it again).
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {
+                let written = self.written.entry(uid.to_owned()).or_default();
+                written.status = None;
+                written.api_uid = None;
+                written.mirror_hash = None;
+                debug!(pod_uid = %uid, "pod object gone from the API server; status not written");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The mirror pod's UID, creating (or replacing) the mirror pod first when needed.
+    async fn ensure_mirror(&mut self, uid: &str, pod: &Pod) -> Result<String, WriteError> {
+        let hash = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            .cloned()
+            .unwrap_or_else(|| uid.to_owned());
+        if let Some(w) = self.written.get(uid)
+            && w.mirror_hash.as_deref() == Some(&hash)
+            && let Some(api_uid) = &w.api_uid
+        {
+            return Ok(api_uid.clone());
+        }
+        let namespace = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+            .to_owned();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let pods = self.pods(&namespace);
+        let node_uid = self.node_uid().await?;
+        let mirror = mirror_pod(pod, &hash, &self.node_name, &node_uid);
+        // Created first: the Node authorizer lets a node read only pods bound to it, so a
+        // pod of that name that is not (another's) can only be found by the conflict.
+        let existing = match pods.create(&PostParams::default(), &mirror).await {
+            Ok(created) => {
+                let api_uid = created.metadata.uid.unwrap_or_default();
+                self.remember_mirror(uid, &api_uid, &hash);
+                return Ok(api_uid);
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => match pods.get(&name).await {
+                Ok(existing) => existing,
+                Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                    return Err(WriteError::NameTaken { namespace, name });
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        match mirror_hash(&existing) {
+            Some(found) if found == hash => {
+                // Ours from before (bpflet restarted, or a create that timed out).
+                let api_uid = existing.metadata.uid.unwrap_or_default();
+                self.remember_mirror(uid, &api_uid, &hash);
+                Ok(api_uid)
+            }
+            Some(_) => {
+                // An outdated mirror (the manifest changed while bpflet was away): delete it;
+                // the next try creates the new one.
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: existing.metadata.uid.map(|uid| Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match pods.delete(&name, &dp).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Err(WriteError::MirrorReplaced { namespace, name })
+            }
+            // A pod of the API server's own holds the name: upstream leaves it alone too;
+            // the static pod runs without a mirror.
+            None => Err(WriteError::NameTaken { namespace, name }),
+        }
+    }
+
+    fn remember_mirror(&mut self, uid: &str, api_uid: &str, hash: &str) {
+        let w = self.written.entry(uid.to_owned()).or_default();
+        if w.api_uid.as_deref() != Some(api_uid) {
+            w.status = None;
+        }
+        w.api_uid = Some(api_uid.to_owned());
+        w.mirror_hash = Some(hash.to_owned());
+    }
+
+    async fn node_uid(&mut self) -> Result<String, WriteError> {
+        if let Some(uid) = &self.node_uid {
+            return Ok(uid.clone());
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes
+            .get_opt(&self.node_name)
+            .await?
+            .ok_or_else(|| WriteError::NoNode(self.node_name.clone()))?;
+        let uid = node.metadata.uid.unwrap_or_default();
+        self.node_uid = Some(uid.clone());
+        Ok(uid)
+    }
+
+    /// The worker is done with the pod: delete an API pod that is being deleted, or the
+    /// static pod's mirror.
+    async fn delete(&mut self, uid: &str, pod: &Pod) -> Result<(), WriteError> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+            .to_owned();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let target_uid = match source_of(pod) {
+            // Only a pod being deleted, or gone from the API server, is terminated: its
+            // final status first (upstream writes it before the deletion), then the object.
+            Source::Api => {
+                self.write(uid, pod).await?;
+                Some(uid.to_owned())
+            }
+            Source::Static => self.written.get(uid).and_then(|w| w.api_uid.clone()),
+            Source::None => None,
+        };
+        let Some(target_uid) = target_uid else {
+            return Ok(());
+        };
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(target_uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.pods(&namespace).delete(&name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// From the API server: its own object.
+    Api,
+    /// A static pod (`file`, `http`): mirrored.
+    Static,
+    /// Neither (an orphan found in the runtime): not in the API at all.
+    None,
+}
+
+fn source_of(pod: &Pod) -> Source {
+    match pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_ANNOTATION))
+        .map(String::as_str)
+    {
+        Some(API_SOURCE) => Source::Api,
+        Some("file" | "http") => Source::Static,
+        _ => Source::None,
+    }
+}
+
+/// The hash a mirror pod mirrors, if it is one.
+#[must_use]
+pub fn mirror_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIRROR_ANNOTATION))
+        .map(String::as_str)
+}
+
+/// `new`, except that a terminal phase already written stays (upstream never moves a pod
+/// out of `Succeeded` or `Failed`).
+fn guard_terminal(written: Option<&PodStatus>, mut new: PodStatus) -> PodStatus {
+    let terminal = |s: Option<&str>| matches!(s, Some("Succeeded" | "Failed"));
+    if let Some(old) = written
+        && terminal(old.phase.as_deref())
+        && !terminal(new.phase.as_deref())
+    {
+        new.phase.clone_from(&old.phase);
+    }
+    new
+}
+
+/// The mirror pod of a static pod: its metadata and spec, bound to the node and owned by it.
+#[must_use]
+pub fn mirror_pod(pod: &Pod, hash: &str, node_name: &str, node_uid: &str) -> Pod {
+    let mut annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    annotations.insert(MIRROR_ANNOTATION.to_owned(), hash.to_owned());
+    let mut spec = pod.spec.clone().unwrap_or_default();
+    spec.node_name = Some(node_name.to_owned());
+    Pod {
+        metadata: ObjectMeta {
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            labels: pod.metadata.labels.clone(),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Node".to_owned(),
+                name: node_name.to_owned(),
+                uid: node_uid.to_owned(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn pod(source: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web".to_owned()),
+                namespace: Some("default".to_owned()),
+                uid: Some("u1".to_owned()),
+                labels: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
+                annotations: Some(BTreeMap::from([
+                    (SOURCE_ANNOTATION.to_owned(), source.to_owned()),
+                    (HASH_ANNOTATION.to_owned(), "h1".to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec::default()),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn pods_are_told_apart_by_their_source() {
+        assert_eq!(source_of(&pod("api")), Source::Api);
+        assert_eq!(source_of(&pod("file")), Source::Static);
+        assert_eq!(source_of(&pod("http")), Source::Static);
+        let mut orphan = pod("file");
+        orphan.metadata.annotations = None;
+        assert_eq!(
+            source_of(&orphan),
+            Source::None,
+            "an orphan has no API object"
+        );
+    }
+
+    #[test]
+    fn a_mirror_pod_carries_the_hash_and_belongs_to_the_node() {
+        let mirror = mirror_pod(&pod("file"), "h1", "node-a", "node-uid");
+        assert_eq!(mirror_hash(&mirror), Some("h1"));
+        assert_eq!(
+            mirror.metadata.uid, None,
+            "the API server gives the mirror its own UID"
+        );
+        assert_eq!(
+            mirror.spec.and_then(|s| s.node_name).as_deref(),
+            Some("node-a")
+        );
+        let owner = &mirror.metadata.owner_references.expect("owner")[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str(),
+                owner.controller
+            ),
+            ("Node", "node-a", "node-uid", Some(true))
+        );
+        assert_eq!(mirror.metadata.labels.expect("labels")["app"], "web");
+    }
+
+    #[test]
+    fn a_terminal_phase_is_never_regressed() {
+        let status = |phase: &str| PodStatus {
+            phase: Some(phase.to_owned()),
+            ..PodStatus::default()
+        };
+        assert_eq!(
+            guard_terminal(Some(&status("Failed")), status("Running"))
+                .phase
+                .as_deref(),
+            Some("Failed")
+        );
+        assert_eq!(
+            guard_terminal(Some(&status("Running")), status("Succeeded"))
+                .phase
+                .as_deref(),
+            Some("Succeeded")
+        );
+        assert_eq!(
+            guard_terminal(Some(&status("Pending")), status("Running"))
+                .phase
+                .as_deref(),
+            Some("Running")
+        );
+    }
+
+    #[tokio::test]
+    async fn publishes_coalesce_and_a_removal_keeps_the_last_copy() {
+        let shared: Shared = Arc::default();
+        let sink = ApiStatusSink {
+            shared: Arc::clone(&shared),
+        };
+        let mut first = pod("api");
+        first.status = Some(PodStatus {
+            phase: Some("Pending".to_owned()),
+            ..PodStatus::default()
+        });
+        let mut second = first.clone();
+        second.status = Some(PodStatus {
+            phase: Some("Running".to_owned()),
+            ..PodStatus::default()
+        });
+        sink.publish("u1", &Arc::new(first));
+        sink.publish("u1", &Arc::new(second));
+        sink.remove("u1");
+        sink.remove("unknown");
+        let queue = shared.0.lock().expect("lock");
+        assert_eq!(queue.dirty.iter().collect::<Vec<_>>(), ["u1"]);
+        match &queue.latest["u1"] {
+            Wanted::Removed(pod) => assert_eq!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Running")
+            ),
+            other => panic!("expected a removal, got {other:?}"),
+        }
+        assert!(
+            !queue.latest.contains_key("unknown"),
+            "nothing to remove for a pod never published"
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! bpflet as a node of the real control plane (tests/k8s, the code behind `cargo xtask up
+//! --cluster`): it registers its Node and becomes Ready, keeps its Lease, runs the pods the
+//! scheduler binds to it, reports their status, and deletes them gracefully when the
+//! Deployment scales down, mirrors its static pods, and reports an OOM kill as upstream
+//! writes it plus bpflet's attribution as an event. Judged through kubectl, as an operator
+//! would.
+//!
+//! Needs root (the node runs a private containerd and real pods).
+
+use std::time::{Duration, Instant};
+
+use bpflet_tests::node::{IMAGE, Node, NodeConfig, sleeping_pod};
+use serde_json::Value;
+use xtask::cluster::{self, ControlPlane};
+
+/// Scheduling, image checks and container starts on a shared 2-core machine.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["-o", "json"]);
+    let out = cp
+        .kubectl_admin(&full)
+        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")));
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("kubectl {}: not JSON: {e}", args.join(" ")))
+}
+
+/// Polls `probe` until it returns `Some`, or panics naming `what` with the last value seen
+/// and the agent's log tail.
+fn wait_for<T>(node: &Node, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) => last = seen,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = node.agent_log();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    panic!(
+        "timed out waiting for {what}; last seen: {last}\nagent log tail:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn deployment(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: c
+        image: {IMAGE}
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']
+"
+    )
+}
+
+#[test]
+fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
+    cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
+    let dir = tempfile::Builder::new()
+        .prefix("bpflet-cluster-node-")
+        .tempdir()
+        .expect("a temporary directory");
+    let mut config = cluster::Config::new(dir.path().to_owned());
+    // The node harness runs the agent as `testnode`; the node credential must match.
+    config.node_name = "testnode".to_owned();
+    let cp = ControlPlane::start(&config, &|| false).expect("starting the control plane");
+
+    let node = Node::start_with(NodeConfig {
+        args: vec![
+            "--kubeconfig".into(),
+            cp.layout.node_kubeconfig.display().to_string(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--node-labels".into(),
+            "bpflet.io/test=cluster-node".into(),
+        ],
+        dir_prefix: "bpflet-cluster-agent-",
+        ..NodeConfig::default()
+    });
+
+    // The Node: registered as upstream registers it, and Ready.
+    let registered = wait_for(&node, "the Node to be Ready", || {
+        let out = cp
+            .kubectl_admin(&["get", "node", "testnode", "-o", "json"])
+            .map_err(|e| format!("{e:#}"))?;
+        let n: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        match condition(&n, "Ready") {
+            Some(c) if c["status"] == "True" => Ok(n),
+            other => Err(format!("Ready: {other:?}")),
+        }
+    });
+    let labels = &registered["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/hostname"], "testnode");
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert_eq!(labels["bpflet.io/test"], "cluster-node");
+    let status = &registered["status"];
+    assert_eq!(status["capacity"]["pods"], "110");
+    assert!(status["allocatable"]["memory"].is_string(), "{status}");
+    assert!(
+        status["nodeInfo"]["kubeletVersion"]
+            .as_str()
+            .is_some_and(|v| v.contains("bpflet")),
+        "{status}"
+    );
+    assert!(
+        status["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("containerd://")),
+        "{status}"
+    );
+    for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert_eq!(
+            condition(&registered, kind).map(|c| c["status"].clone()),
+            Some(Value::from("False")),
+            "{kind} in {status}"
+        );
+    }
+    assert!(
+        status["addresses"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|a| a["type"] == "InternalIP" && a["address"] == "127.0.0.1")),
+        "{status}"
+    );
+
+    // The Lease: held by the node, owned by its Node.
+    let lease = kubectl_json(&cp, &["-n", "kube-node-lease", "get", "lease", "testnode"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "testnode");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
+
+    // A static pod shows in the API server as its mirror pod, with the status bpflet sees.
+    node.write_manifest("static.yaml", &sleeping_pod("static"));
+    let mirror = wait_for(&node, "the static pod's mirror pod Running", || {
+        let out = cp
+            .kubectl_admin(&["get", "pod", "static-testnode", "-o", "json"])
+            .map_err(|e| format!("{e:#}"))?;
+        let p: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        if p["status"]["phase"] == "Running" {
+            Ok(p)
+        } else {
+            Err(format!("phase {}", p["status"]["phase"]))
+        }
+    });
+    let annotations = &mirror["metadata"]["annotations"];
+    assert!(
+        annotations["kubernetes.io/config.mirror"].is_string(),
+        "{annotations}"
+    );
+    assert_eq!(annotations["kubernetes.io/config.source"], "file");
+    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert_eq!(mirror["spec"]["nodeName"], "testnode");
+    node.remove_manifest("static.yaml");
+    wait_for(
+        &node,
+        "the mirror pod to go with its static pod",
+        || match cp.kubectl_admin(&[
+            "get",
+            "pod",
+            "static-testnode",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]) {
+            Ok(out) if out.trim().is_empty() => Ok(()),
+            Ok(out) => Err(out),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    );
+
+    // A Deployment of 3 replicas runs on the node.
+    wait_for(&node, "the default ServiceAccount", || {
+        cp.kubectl_admin(&["get", "serviceaccount", "default"])
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    });
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, deployment(3)).expect("write the deployment");
+    cp.kubectl_admin(&["apply", "-f", &manifest.display().to_string()])
+        .expect("kubectl apply");
+    let pods = wait_for(&node, "3 web pods Running and Ready", || {
+        let pods = kubectl_json(&cp, &["get", "pods", "-l", "app=web"]);
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let ready = items
+            .iter()
+            .filter(|p| {
+                p["status"]["phase"] == "Running"
+                    && condition(p, "Ready").is_some_and(|c| c["status"] == "True")
+            })
+            .count();
+        if ready == 3 {
+            Ok(items)
+        } else {
+            Err(format!(
+                "{ready} ready; phases {:?}",
+                items
+                    .iter()
+                    .map(|p| (
+                        p["status"]["phase"].clone(),
+                        p["status"]["containerStatuses"].clone()
+                    ))
+                    .collect::<Vec<_>>()
+            ))
+        }
+    });
+    let mut uids = Vec::new();
+    for pod in &pods {
+        assert_eq!(pod["spec"]["nodeName"], "testnode");
+        let cs = &pod["status"]["containerStatuses"][0];
+        assert_eq!(cs["name"], "c");
+        assert!(cs["state"]["running"].is_object(), "{cs}");
+        assert_eq!(cs["restartCount"], 0);
+        assert!(
+            cs["containerID"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("containerd://")),
+            "{cs}"
+        );
+        let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+        // Really running in the node's runtime: a sandbox and a running task.
+        let (sandboxes, containers) = node.runtime_ids(&uid);
+        assert_eq!(sandboxes.len(), 1, "sandboxes of {uid}: {sandboxes:?}");
+        assert_eq!(containers.len(), 1, "containers of {uid}: {containers:?}");
+        assert_eq!(node.task_status(&containers[0]).as_deref(), Some("RUNNING"));
+        uids.push(uid);
+    }
+
+    // Scale to 0: the pods stop gracefully and their objects go away.
+    cp.kubectl_admin(&["scale", "deployment", "web", "--replicas=0"])
+        .expect("kubectl scale");
+    wait_for(&node, "the web pods to be gone from the API server", || {
+        let pods = kubectl_json(&cp, &["get", "pods", "-l", "app=web"]);
+        let left = pods["items"].as_array().map_or(0, Vec::len);
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} pods left"))
+        }
+    });
+    for uid in &uids {
+        let (sandboxes, containers) = node.runtime_ids(uid);
+        assert!(
+            sandboxes.is_empty() && containers.is_empty(),
+            "pod {uid} still in the runtime: {sandboxes:?} {containers:?}"
+        );
+    }
+    // An OOM kill looks in the API as upstream writes it, with bpflet's attribution as an
+    // event: the container's last state OOMKilled/137, and an OOMKilled event naming the
+    // process and the limit hit.
+    let oom = dir.path().join("oom.yaml");
+    std::fs::write(
+        &oom,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: hog
+  namespace: default
+spec:
+  nodeName: testnode
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: hog
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
+    resources:
+      limits: {{memory: 32Mi}}
+"
+        ),
+    )
+    .expect("write the oom pod");
+    cp.kubectl_admin(&["apply", "-f", &oom.display().to_string()])
+        .expect("kubectl apply the oom pod");
+    let hog = wait_for(&node, "the hog container OOMKilled in the API", || {
+        let p = kubectl_json(&cp, &["get", "pod", "hog"]);
+        let cs = &p["status"]["containerStatuses"][0];
+        let terminated = if cs["lastState"]["terminated"].is_object() {
+            &cs["lastState"]["terminated"]
+        } else {
+            &cs["state"]["terminated"]
+        };
+        if terminated["reason"] == "OOMKilled" {
+            Ok(terminated.clone())
+        } else {
+            Err(format!("{cs}"))
+        }
+    });
+    assert_eq!(hog["exitCode"], 137, "{hog}");
+    let event = wait_for(&node, "an OOMKilled event in the API", || {
+        let events = kubectl_json(
+            &cp,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=hog,reason=OOMKilled",
+            ],
+        );
+        events["items"]
+            .as_array()
+            .and_then(|items| items.first().cloned())
+            .ok_or_else(|| format!("{events}"))
+    });
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["source"]["component"], "bpflet", "{event}");
+    assert_eq!(event["source"]["host"], "testnode", "{event}");
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("(dd) in container hog") && message.contains("memory limit"),
+        "{message}"
+    );
+    cp.kubectl_admin(&["delete", "pod", "hog", "--wait=true", "--timeout=60s"])
+        .expect("kubectl delete the oom pod");
+
+    drop(node);
+    cp.stop().expect("teardown of the control plane");
+}

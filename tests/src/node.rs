@@ -331,6 +331,25 @@ plegMode: {pleg}
     }
 
     /// The pod whose static name is `name-testnode` (static pods get `-<node>` appended).
+    /// The events on `/events` that say the kernel's OOM killer acted (`OOMKilled`,
+    /// `ProcessOOMKilled`, `SystemOOM`).
+    #[must_use]
+    pub fn kernel_oom_events(&self) -> Vec<Value> {
+        let all = self.get_json("/events").unwrap_or(Value::Null);
+        all["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                matches!(
+                    e["reason"].as_str(),
+                    Some("OOMKilled" | "ProcessOOMKilled" | "SystemOOM")
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
     #[must_use]
     pub fn pod(&self, name: &str) -> Option<Value> {
         let full = format!("{name}-testnode");

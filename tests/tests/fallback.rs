@@ -322,20 +322,6 @@ fn polling_agent_evicts_on_memory_pressure_before_the_oom_killer() {
     let g = node.pod("guaranteed").expect("listed");
     assert!(running(&g, "c"), "{g:#}");
     assert_eq!(restarts(&g, "c"), 0, "{g:#}");
-    let all = node.get_json("/events").unwrap_or(Value::Null);
-    let ooms: Vec<&Value> = all["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        e["reason"].as_str(),
-                        Some("OOMKilled" | "ProcessOOMKilled" | "SystemOOM")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let ooms = node.kernel_oom_events();
     assert!(ooms.is_empty(), "the kernel OOM killer acted: {ooms:#?}");
 }

@@ -773,21 +773,7 @@ fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
         "MemoryPressure holds for the transition period: {node_json:#}"
     );
     // No kernel OOM kill happened anywhere in the pod tree.
-    let all = node.get_json("/events").unwrap_or(Value::Null);
-    let ooms: Vec<&Value> = all["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        e["reason"].as_str(),
-                        Some("OOMKilled" | "ProcessOOMKilled" | "SystemOOM")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let ooms = node.kernel_oom_events();
     assert!(ooms.is_empty(), "the kernel OOM killer acted: {ooms:#?}");
     // The evicted static pod stays down while the pressure lasts.
     node.holds_for("besteffort", "Evicted", Duration::from_secs(3), |p| {

@@ -1414,32 +1414,12 @@ fn remove_path(path: &Path) -> Result<()> {
 
 /// An exclusive lock on `<work>/cluster.lock`, released when the file is closed.
 fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
-    let path = work_dir.join("cluster.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-    {
-        Ok(lock) => lock,
-        Err((_, Errno::EWOULDBLOCK)) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another control plane (pid {}) runs on {}; stop it or use another work \
-                 directory",
-                holder.trim(),
-                work_dir.display()
-            );
-        }
-        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-    };
-    lock.set_len(0)
-        .and_then(|()| write!(lock, "{}", std::process::id()))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(lock)
+    crate::lock::exclusive(&work_dir.join("cluster.lock"), |pid| {
+        format!(
+            "another control plane (pid {pid}) runs on {}; stop it or use another work directory",
+            work_dir.display()
+        )
+    })
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 (etcd's health): the status code and the body.

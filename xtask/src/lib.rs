@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cluster;
 pub mod containerd;
 pub mod images;
+pub mod lock;
 /// `/proc/<pid>/mountinfo`: the agent's own parser. The file needs nothing but std, so it
 /// is compiled here too rather than written a second time (xtask cannot depend on the agent
 /// crate, see above).

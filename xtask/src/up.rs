@@ -277,32 +277,12 @@ fn say(line: &str) {
 
 /// An exclusive lock on `<work>/up.lock` (released when the file is closed, also by a crash).
 fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
-    let path = work_dir.join("up.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-    {
-        Ok(lock) => lock,
-        Err((_, Errno::EWOULDBLOCK)) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another `cargo xtask up` (pid {}) is running on {}; stop it or pass another \
-                 --work-dir",
-                holder.trim(),
-                work_dir.display()
-            );
-        }
-        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-    };
-    lock.set_len(0)
-        .and_then(|()| write!(lock, "{}", std::process::id()))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(lock)
+    xtask::lock::exclusive(&work_dir.join("up.lock"), |pid| {
+        format!(
+            "another `cargo xtask up` (pid {pid}) is running on {}; stop it or pass another --work-dir",
+            work_dir.display()
+        )
+    })
 }
 
 /// Builds (unless `--no-build`) the BPF object and the agent; returns the agent's path.

@@ -162,7 +162,7 @@ impl StatusWriter {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = wake.notified() => {}
-                    () = sleep_until(next_retry) => {}
+                    () = crate::timer::sleep_until(next_retry) => {}
                 }
             }
             let now = Instant::now();
@@ -232,13 +232,7 @@ impl StatusWriter {
     }
 
     async fn write(&mut self, uid: &str, pod: &Pod) -> Result<(), WriteError> {
-        let namespace = pod
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or("default")
-            .to_owned();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let (namespace, name) = namespace_name(pod);
         let api_uid = match source_of(pod) {
             Source::Api => uid.to_owned(),
             Source::Static => self.ensure_mirror(uid, pod).await?,
@@ -295,13 +289,7 @@ impl StatusWriter {
         {
             return Ok(api_uid.clone());
         }
-        let namespace = pod
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or("default")
-            .to_owned();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let (namespace, name) = namespace_name(pod);
         let pods = self.pods(&namespace);
         let node_uid = self.node_uid().await?;
         let mirror = mirror_pod(pod, &hash, &self.node_name, &node_uid);
@@ -332,14 +320,7 @@ impl StatusWriter {
             Some(_) => {
                 // An outdated mirror (the manifest changed while bpflet was away): delete it;
                 // the next try creates the new one.
-                let dp = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: existing.metadata.uid.map(|uid| Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
+                let dp = delete_now(existing.metadata.uid);
                 match pods.delete(&name, &dp).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
@@ -379,13 +360,7 @@ impl StatusWriter {
     /// The worker is done with the pod: delete an API pod that is being deleted, or the
     /// static pod's mirror.
     async fn delete(&mut self, uid: &str, pod: &Pod) -> Result<(), WriteError> {
-        let namespace = pod
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or("default")
-            .to_owned();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let (namespace, name) = namespace_name(pod);
         let target_uid = match source_of(pod) {
             // Only a pod being deleted, or gone from the API server, is terminated: its
             // final status first (upstream writes it before the deletion), then the object.
@@ -399,14 +374,7 @@ impl StatusWriter {
         let Some(target_uid) = target_uid else {
             return Ok(());
         };
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(target_uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
+        let dp = delete_now(Some(target_uid));
         match self.pods(&namespace).delete(&name, &dp).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
@@ -415,10 +383,27 @@ impl StatusWriter {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// `(namespace, name)` of a pod (`default` when unset, as the API server defaults it).
+fn namespace_name(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Delete at once (grace 0), and only the object with this UID when one is given (a new pod
+/// of the same name is not ours to delete).
+fn delete_now(uid: Option<String>) -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
     }
 }
 

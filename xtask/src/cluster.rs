@@ -200,47 +200,11 @@ fn stamp_for(pinned: &[(&str, Vec<u8>)], go_version: &str, args: &[String]) -> S
     hex::encode(hash.finalize())
 }
 
-/// Runs `cmd` and returns its stdout; fails naming the command and quoting its stderr.
-fn output(cmd: &mut Command) -> Result<String> {
-    let line = describe(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut words: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.display(), quote(&v.to_string_lossy()))))
-        .collect();
-    words.push(cmd.get_program().display().to_string());
-    words.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
-    words.join(" ")
-}
-
-/// `word`, in single quotes when it has a space or is empty.
-fn quote(word: &str) -> String {
-    if word.contains(' ') || word.is_empty() {
-        format!("'{word}'")
-    } else {
-        word.to_owned()
-    }
-}
-
 /// `go version`, or an error saying what the test bed needs.
 fn go_version() -> Result<String> {
     let mut cmd = go_command();
     cmd.arg("version");
-    let version = output(&mut cmd).context(
+    let version = crate::command_output(&mut cmd).context(
         "the Kubernetes test bed (tests/k8s) is built with Go 1.26 and its module proxy; \
          the polyglot machines ship Go in /usr/local/go/bin: is it on PATH?",
     )?;
@@ -282,7 +246,7 @@ pub fn build() -> Result<Option<Duration>> {
     let args = build_args(&out);
     let mut cmd = go_command();
     cmd.args(&args);
-    let line = describe(&cmd);
+    let line = crate::describe(&cmd);
     say(&format!(
         "building the Kubernetes {KUBERNETES_VERSION} control plane and etcd from tests/k8s \
          (from cold: about 20 minutes on 2 cores; the Go caches make later builds fast)"
@@ -650,7 +614,7 @@ impl Kubectl {
             cmd.arg("--server").arg(server);
         }
         cmd.args(["get", "--raw", path]);
-        Ok(output(&mut cmd)?.trim().to_owned())
+        Ok(crate::command_output(&mut cmd)?.trim().to_owned())
     }
 }
 
@@ -684,7 +648,7 @@ impl Daemon {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from)
             });
         }
-        let line = describe(&cmd);
+        let line = crate::describe(&cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("could not start `{line}`"))?;
@@ -1065,12 +1029,12 @@ impl ControlPlane {
 
     /// Runs kubectl as the admin and returns its stdout.
     pub fn kubectl_admin(&self, args: &[&str]) -> Result<String> {
-        output(self.kubectl(&self.layout.admin_kubeconfig).args(args))
+        crate::command_output(self.kubectl(&self.layout.admin_kubeconfig).args(args))
     }
 
     /// Runs kubectl as the node and returns its stdout.
     pub fn kubectl_node(&self, args: &[&str]) -> Result<String> {
-        output(self.kubectl(&self.layout.node_kubeconfig).args(args))
+        crate::command_output(self.kubectl(&self.layout.node_kubeconfig).args(args))
     }
 
     /// kubectl as the admin, owning what it needs (usable while `self` is borrowed).
@@ -1241,7 +1205,7 @@ impl ControlPlane {
     fn can_i(&self, kubeconfig: &Path, args: &[&str], want: bool) -> Result<()> {
         let mut cmd = self.kubectl(kubeconfig);
         cmd.args(args).stdin(Stdio::null());
-        let line = describe(&cmd);
+        let line = crate::describe(&cmd);
         let out = cmd
             .output()
             .with_context(|| format!("could not start `{line}`"))?;

@@ -400,7 +400,7 @@ impl PrivateContainerd {
     fn ctr(&self, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address").arg(&self.socket).args(args);
-        command_output(&mut cmd)
+        crate::command_output(&mut cmd)
     }
 
     fn write_config(&self, options: &Options) -> Result<()> {
@@ -705,30 +705,6 @@ fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// Runs `cmd`, returning stdout; fails naming the command and quoting its stderr.
-fn command_output(cmd: &mut Command) -> Result<String> {
-    let line = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The last `lines` lines of a file (reads at most its last 64 KiB).
 fn log_tail(path: &Path, lines: usize) -> String {
     let read = || -> io::Result<String> {
@@ -905,7 +881,8 @@ fn remove_idle_bridge(bridge: &str) -> Result<()> {
     if ports > 0 {
         return Ok(());
     }
-    command_output(Command::new("ip").args(["link", "delete", bridge, "type", "bridge"])).map(drop)
+    crate::command_output(Command::new("ip").args(["link", "delete", bridge, "type", "bridge"]))
+        .map(drop)
 }
 
 /// Runs an async CRI exchange on a private single-threaded runtime in a scoped thread, so

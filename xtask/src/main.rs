@@ -8,7 +8,6 @@ mod setup;
 mod test;
 mod up;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -87,28 +86,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A command as a shell-like line, with the environment variables it sets, for messages.
-pub fn describe(cmd: &Command) -> String {
-    let mut words: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.display(), v.display())))
-        .collect();
-    words.push(cmd.get_program().display().to_string());
-    words.extend(cmd.get_args().map(quote));
-    words.join(" ")
-}
-
-fn quote(arg: &OsStr) -> String {
-    let s = arg.to_string_lossy();
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=+/.,:@%".contains(c))
-    {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+pub use xtask::describe;
 
 /// Runs `cmd` with inherited stdio; fails, naming the command, unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {

@@ -344,3 +344,99 @@ spec:
     drop(node);
     cp.stop().expect("teardown of the control plane");
 }
+
+/// The agent stopped: the node controller marks the Node not ready (its lease expires) and the
+/// pod keeps running; the agent back: the Node is Ready again and the pod was not restarted.
+#[test]
+fn a_stopped_agent_leaves_pods_running_and_its_return_makes_the_node_ready_again() {
+    cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
+    let dir = tempfile::Builder::new()
+        .prefix("bpflet-cluster-restart-")
+        .tempdir()
+        .expect("a temporary directory");
+    let mut config = cluster::Config::new(dir.path().to_owned());
+    config.node_name = "testnode".to_owned();
+    let cp = ControlPlane::start(&config, &|| false).expect("starting the control plane");
+    let mut node = Node::start_with(NodeConfig {
+        args: vec![
+            "--kubeconfig".into(),
+            cp.layout.node_kubeconfig.display().to_string(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+        ],
+        dir_prefix: "bpflet-cluster-agent-",
+        ..NodeConfig::default()
+    });
+    let plane = cp;
+    let cp = &plane;
+    let ready = |status: &'static str| {
+        move || {
+            let out = cp
+                .kubectl_admin(&["get", "node", "testnode", "-o", "json"])
+                .map_err(|e| format!("{e:#}"))?;
+            let n: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+            match condition(&n, "Ready") {
+                Some(c) if c["status"] == status => Ok(()),
+                other => Err(format!("Ready: {other:?}")),
+            }
+        }
+    };
+    wait_for(&node, "the Node to be Ready", ready("True"));
+    let pod = dir.path().join("sleeper.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: sleeper
+  namespace: default
+spec:
+  nodeName: testnode
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sleep, '3600']
+"
+        ),
+    )
+    .expect("write the pod");
+    cp.kubectl_admin(&["apply", "-f", &pod.display().to_string()])
+        .expect("kubectl apply");
+    let container_id = || {
+        let p = kubectl_json(cp, &["get", "pod", "sleeper"]);
+        let cs = &p["status"]["containerStatuses"][0];
+        if cs["state"]["running"].is_object() {
+            Ok((
+                cs["containerID"].as_str().unwrap_or_default().to_owned(),
+                cs["restartCount"].clone(),
+            ))
+        } else {
+            Err(format!("{cs}"))
+        }
+    };
+    let (before, _) = wait_for(&node, "the pod Running", container_id);
+
+    node.kill_agent(libc::SIGTERM);
+    // The node controller's grace for a silent node is upstream's default (50 s in v1.34).
+    wait_for(&node, "the Node to go Unknown", ready("Unknown"));
+    let id = before.trim_start_matches("containerd://");
+    assert_eq!(
+        node.task_status(id).as_deref(),
+        Some("RUNNING"),
+        "the pod keeps running while the agent is away"
+    );
+
+    node.start_agent();
+    wait_for(&node, "the Node to be Ready again", ready("True"));
+    let (after, restarts) = wait_for(&node, "the pod Running", container_id);
+    assert_eq!(after, before, "the same container, adopted");
+    assert_eq!(restarts, 0);
+
+    drop(node);
+    plane.stop().expect("teardown of the control plane");
+}

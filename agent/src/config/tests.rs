@@ -967,3 +967,94 @@ fn event_source_setting_and_the_pleg_mode_in_use() {
     assert_eq!(generic.pleg.event_source, SourceChoice::Auto);
     assert_eq!(generic.pleg.mode_with(None), PlegMode::Generic);
 }
+
+/// Cluster mode: `--kubeconfig` turns it on with upstream's defaults; its settings are
+/// parsed and validated, and refused without it (they would do nothing).
+#[test]
+fn cluster_settings_need_a_kubeconfig_and_take_upstreams_defaults() {
+    let standalone = with_config(HEADER, &[]).expect("defaults");
+    assert!(standalone.cluster.is_none());
+
+    let c = with_config(HEADER, &["--kubeconfig", "/etc/bpflet/node.kubeconfig"])
+        .expect("cluster mode");
+    let cluster = c.cluster.expect("cluster mode is on");
+    assert_eq!(cluster.kubeconfig, Path::new("/etc/bpflet/node.kubeconfig"));
+    assert_eq!(
+        cluster.node_status_update_frequency,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        cluster.node_status_report_frequency,
+        Duration::from_secs(300)
+    );
+    assert_eq!(cluster.node_lease_duration, Duration::from_secs(40));
+    assert!(cluster.node_labels.is_empty() && cluster.register_with_taints.is_empty());
+
+    // An explicit update frequency is also the report frequency's default, as upstream.
+    let c = with_config(
+        &format!("{HEADER}nodeStatusUpdateFrequency: 20s\nnodeLeaseDurationSeconds: 60\n"),
+        &[
+            "--kubeconfig",
+            "/k",
+            "--node-labels",
+            "pool=blue,example.com/tier=web",
+            "--register-with-taints",
+            "dedicated=bpf:NoSchedule,spot:PreferNoSchedule",
+        ],
+    )
+    .expect("cluster settings");
+    let cluster = c.cluster.expect("cluster mode is on");
+    assert_eq!(
+        cluster.node_status_report_frequency,
+        Duration::from_secs(20)
+    );
+    assert_eq!(cluster.node_lease_duration, Duration::from_secs(60));
+    assert_eq!(cluster.node_labels["pool"], "blue");
+    assert_eq!(cluster.node_labels["example.com/tier"], "web");
+    let taints: Vec<_> = cluster
+        .register_with_taints
+        .iter()
+        .map(|t| (t.key.as_str(), t.value.as_deref(), t.effect.as_str()))
+        .collect();
+    assert_eq!(
+        taints,
+        [
+            ("dedicated", Some("bpf"), "NoSchedule"),
+            ("spot", None, "PreferNoSchedule")
+        ]
+    );
+
+    for (text, flags, expected) in [
+        (
+            "nodeStatusUpdateFrequency: 10s\n",
+            &[][..],
+            "nodeStatusUpdateFrequency",
+        ),
+        ("", &["--node-labels", "a=b"][..], "--node-labels"),
+        (
+            "",
+            &[
+                "--kubeconfig",
+                "/k",
+                "--register-with-taints",
+                "a=b:Sometimes",
+            ][..],
+            "register-with-taints",
+        ),
+        (
+            "",
+            &["--kubeconfig", "/k", "--node-labels=bad_=x"][..],
+            "node-labels",
+        ),
+        (
+            "nodeLeaseDurationSeconds: 2\n",
+            &["--kubeconfig", "/k"][..],
+            "nodeLeaseDurationSeconds",
+        ),
+    ] {
+        let err = with_config(&format!("{HEADER}{text}"), flags)
+            .expect_err(&format!("{text:?} {flags:?} must be refused"))
+            .to_string();
+        assert!(err.contains(expected), "{text:?} {flags:?}: {err}");
+    }
+}

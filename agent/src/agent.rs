@@ -243,10 +243,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let health = Arc::clone(&health);
         health_checks.register("pleg", move || health.check());
     }
+    // The size of the file system holding the root directory: the node's ephemeral storage.
+    let nodefs_bytes = nix::sys::statvfs::statvfs(&config.root_dir)
+        .ok()
+        .map(|v| v.blocks().saturating_mul(v.fragment_size()));
     if let (Some(client), Some(cluster)) = (&client, &config.cluster) {
-        let nodefs_bytes = nix::sys::statvfs::statvfs(&config.root_dir)
-            .ok()
-            .map(|v| v.blocks().saturating_mul(v.fragment_size()));
         let heartbeat = crate::cluster::heartbeat::Heartbeat {
             client: client.clone(),
             identity: crate::cluster::node::NodeIdentity {
@@ -434,9 +435,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             NodeAllocatable::from_capacity(
                 capacity.cpu_millis,
                 memory,
-                nix::sys::statvfs::statvfs(&config.root_dir)
-                    .ok()
-                    .map(|v| v.blocks().saturating_mul(v.fragment_size())),
+                nodefs_bytes,
                 &config.system_reserved,
                 &config.kube_reserved,
             ),

@@ -80,30 +80,39 @@ spec:
     )
 }
 
-#[test]
-fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
+/// The control plane (its node credential for `testnode`, the harness's node name) and a
+/// node joined to it with `extra` agent arguments.
+fn joined_node(prefix: &str, extra: &[&str]) -> (tempfile::TempDir, ControlPlane, Node) {
     cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
     let dir = tempfile::Builder::new()
-        .prefix("bpflet-cluster-node-")
+        .prefix(prefix)
         .tempdir()
         .expect("a temporary directory");
     let mut config = cluster::Config::new(dir.path().to_owned());
     // The node harness runs the agent as `testnode`; the node credential must match.
     config.node_name = "testnode".to_owned();
     let cp = ControlPlane::start(&config, &|| false).expect("starting the control plane");
-
+    let mut args = vec![
+        "--kubeconfig".to_owned(),
+        cp.layout.node_kubeconfig.display().to_string(),
+        "--node-ip".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let node = Node::start_with(NodeConfig {
-        args: vec![
-            "--kubeconfig".into(),
-            cp.layout.node_kubeconfig.display().to_string(),
-            "--node-ip".into(),
-            "127.0.0.1".into(),
-            "--node-labels".into(),
-            "bpflet.io/test=cluster-node".into(),
-        ],
+        args,
         dir_prefix: "bpflet-cluster-agent-",
         ..NodeConfig::default()
     });
+    (dir, cp, node)
+}
+
+#[test]
+fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
+    let (dir, cp, node) = joined_node(
+        "bpflet-cluster-node-",
+        &["--node-labels", "bpflet.io/test=cluster-node"],
+    );
 
     // The Node: registered as upstream registers it, and Ready.
     let registered = wait_for(&node, "the Node to be Ready", || {
@@ -349,24 +358,7 @@ spec:
 /// pod keeps running; the agent back: the Node is Ready again and the pod was not restarted.
 #[test]
 fn a_stopped_agent_leaves_pods_running_and_its_return_makes_the_node_ready_again() {
-    cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
-    let dir = tempfile::Builder::new()
-        .prefix("bpflet-cluster-restart-")
-        .tempdir()
-        .expect("a temporary directory");
-    let mut config = cluster::Config::new(dir.path().to_owned());
-    config.node_name = "testnode".to_owned();
-    let cp = ControlPlane::start(&config, &|| false).expect("starting the control plane");
-    let mut node = Node::start_with(NodeConfig {
-        args: vec![
-            "--kubeconfig".into(),
-            cp.layout.node_kubeconfig.display().to_string(),
-            "--node-ip".into(),
-            "127.0.0.1".into(),
-        ],
-        dir_prefix: "bpflet-cluster-agent-",
-        ..NodeConfig::default()
-    });
+    let (dir, cp, mut node) = joined_node("bpflet-cluster-restart-", &[]);
     let plane = cp;
     let cp = &plane;
     let ready = |status: &'static str| {

@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::status::{API_SOURCE, mirror_hash};
-
-const SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+use crate::model::CONFIG_SOURCE_ANNOTATION;
 
 /// The pods bound to the node, keyed by UID; applies watch events and says when the set
 /// a consumer should see changed.
@@ -88,7 +87,7 @@ fn keyed(mut pod: Pod) -> Option<(String, Pod)> {
     pod.metadata
         .annotations
         .get_or_insert_default()
-        .insert(SOURCE_ANNOTATION.to_owned(), API_SOURCE.to_owned());
+        .insert(CONFIG_SOURCE_ANNOTATION.to_owned(), API_SOURCE.to_owned());
     Some((uid, pod))
 }
 
@@ -184,7 +183,7 @@ mod tests {
         assert_eq!(uids(&pods), Some(vec!["a".to_owned()]));
         let a = &pods.snapshot().expect("listed")[0];
         assert_eq!(
-            a.metadata.annotations.as_ref().expect("annotated")[SOURCE_ANNOTATION],
+            a.metadata.annotations.as_ref().expect("annotated")[CONFIG_SOURCE_ANNOTATION],
             API_SOURCE
         );
     }

@@ -30,14 +30,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::model::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
 use crate::status::manager::StatusSink;
 
 /// The `kubernetes.io/config.source` value of pods that come from the API server.
 pub const API_SOURCE: &str = "api";
 /// The annotation that marks a mirror pod, with the static pod's hash as value.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-const SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
-const HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -280,7 +279,7 @@ impl StatusWriter {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(HASH_ANNOTATION))
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
             .cloned()
             .unwrap_or_else(|| uid.to_owned());
         if let Some(w) = self.written.get(uid)
@@ -422,7 +421,7 @@ fn source_of(pod: &Pod) -> Source {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(SOURCE_ANNOTATION))
+        .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
         .map(String::as_str)
     {
         Some(API_SOURCE) => Source::Api,
@@ -496,8 +495,8 @@ mod tests {
                 uid: Some("u1".to_owned()),
                 labels: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
                 annotations: Some(BTreeMap::from([
-                    (SOURCE_ANNOTATION.to_owned(), source.to_owned()),
-                    (HASH_ANNOTATION.to_owned(), "h1".to_owned()),
+                    (CONFIG_SOURCE_ANNOTATION.to_owned(), source.to_owned()),
+                    (CONFIG_HASH_ANNOTATION.to_owned(), "h1".to_owned()),
                 ])),
                 ..ObjectMeta::default()
             },

@@ -8,6 +8,7 @@
 //!
 //! Like the tests themselves, the harness panics with context instead of returning errors.
 
+pub mod cluster;
 pub mod node;
 
 use std::ffi::CString;

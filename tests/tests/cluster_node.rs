@@ -6,52 +6,9 @@
 //! would.
 //!
 //! Needs root (the node runs a private containerd and real pods).
-
-use std::time::{Duration, Instant};
-
-use bpflet_tests::node::{IMAGE, Node, NodeConfig, sleeping_pod};
+use bpflet_tests::cluster::{condition, joined_node, kubectl_json, node_condition, wait_for};
+use bpflet_tests::node::{IMAGE, sleeping_pod};
 use serde_json::Value;
-use xtask::cluster::{self, ControlPlane};
-
-/// Scheduling, image checks and container starts on a shared 2-core machine.
-const WAIT: Duration = Duration::from_secs(120);
-
-fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["-o", "json"]);
-    let out = cp
-        .kubectl_admin(&full)
-        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")));
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("kubectl {}: not JSON: {e}", args.join(" ")))
-}
-
-/// Polls `probe` until it returns `Some`, or panics naming `what` with the last value seen
-/// and the agent's log tail.
-fn wait_for<T>(node: &Node, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + WAIT;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match probe() {
-            Ok(v) => return v,
-            Err(seen) => last = seen,
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let log = node.agent_log();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    panic!(
-        "timed out waiting for {what}; last seen: {last}\nagent log tail:\n{}",
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
-}
-
-fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
 
 fn deployment(replicas: u32) -> String {
     format!(
@@ -80,33 +37,6 @@ spec:
     )
 }
 
-/// The control plane (its node credential for `testnode`, the harness's node name) and a
-/// node joined to it with `extra` agent arguments.
-fn joined_node(prefix: &str, extra: &[&str]) -> (tempfile::TempDir, ControlPlane, Node) {
-    cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("a temporary directory");
-    let mut config = cluster::Config::new(dir.path().to_owned());
-    // The node harness runs the agent as `testnode`; the node credential must match.
-    config.node_name = "testnode".to_owned();
-    let cp = ControlPlane::start(&config, &|| false).expect("starting the control plane");
-    let mut args = vec![
-        "--kubeconfig".to_owned(),
-        cp.layout.node_kubeconfig.display().to_string(),
-        "--node-ip".to_owned(),
-        "127.0.0.1".to_owned(),
-    ];
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    let node = Node::start_with(NodeConfig {
-        args,
-        dir_prefix: "bpflet-cluster-agent-",
-        ..NodeConfig::default()
-    });
-    (dir, cp, node)
-}
-
 #[test]
 fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
     let (dir, cp, node) = joined_node(
@@ -115,16 +45,11 @@ fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
     );
 
     // The Node: registered as upstream registers it, and Ready.
-    let registered = wait_for(&node, "the Node to be Ready", || {
-        let out = cp
-            .kubectl_admin(&["get", "node", "testnode", "-o", "json"])
-            .map_err(|e| format!("{e:#}"))?;
-        let n: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-        match condition(&n, "Ready") {
-            Some(c) if c["status"] == "True" => Ok(n),
-            other => Err(format!("Ready: {other:?}")),
-        }
-    });
+    let registered = wait_for(
+        &node,
+        "the Node to be Ready",
+        node_condition(&cp, "Ready", "True"),
+    );
     let labels = &registered["metadata"]["labels"];
     assert_eq!(labels["kubernetes.io/hostname"], "testnode");
     assert_eq!(labels["kubernetes.io/os"], "linux");
@@ -361,19 +286,11 @@ fn a_stopped_agent_leaves_pods_running_and_its_return_makes_the_node_ready_again
     let (dir, cp, mut node) = joined_node("bpflet-cluster-restart-", &[]);
     let plane = cp;
     let cp = &plane;
-    let ready = |status: &'static str| {
-        move || {
-            let out = cp
-                .kubectl_admin(&["get", "node", "testnode", "-o", "json"])
-                .map_err(|e| format!("{e:#}"))?;
-            let n: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-            match condition(&n, "Ready") {
-                Some(c) if c["status"] == status => Ok(()),
-                other => Err(format!("Ready: {other:?}")),
-            }
-        }
-    };
-    wait_for(&node, "the Node to be Ready", ready("True"));
+    wait_for(
+        &node,
+        "the Node to be Ready",
+        node_condition(cp, "Ready", "True"),
+    );
     let pod = dir.path().join("sleeper.yaml");
     std::fs::write(
         &pod,
@@ -415,7 +332,11 @@ spec:
 
     node.kill_agent(libc::SIGTERM);
     // The node controller's grace for a silent node is upstream's default (50 s in v1.34).
-    wait_for(&node, "the Node to go Unknown", ready("Unknown"));
+    wait_for(
+        &node,
+        "the Node to go Unknown",
+        node_condition(cp, "Ready", "Unknown"),
+    );
     let id = before.trim_start_matches("containerd://");
     assert_eq!(
         node.task_status(id).as_deref(),
@@ -424,7 +345,11 @@ spec:
     );
 
     node.start_agent();
-    wait_for(&node, "the Node to be Ready again", ready("True"));
+    wait_for(
+        &node,
+        "the Node to be Ready again",
+        node_condition(cp, "Ready", "True"),
+    );
     let (after, restarts) = wait_for(&node, "the pod Running", container_id);
     assert_eq!(after, before, "the same container, adopted");
     assert_eq!(restarts, 0);

@@ -1,0 +1,107 @@
+//! Helpers for the root tests that join bpflet to the real control plane (`tests/k8s`, the
+//! code behind `cargo xtask up --cluster`) and judge it through kubectl, as an operator would.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xtask::cluster::{self, ControlPlane};
+
+use crate::node::{Node, NodeConfig};
+
+/// Scheduling, image checks and container starts on a shared 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// The node name the harness runs the agent as; the control plane's node credential is for it.
+pub const NODE_NAME: &str = "testnode";
+
+/// `kubectl <args> -o json` as the cluster admin, parsed; panics naming the command.
+pub fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["-o", "json"]);
+    let out = cp
+        .kubectl_admin(&full)
+        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")));
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("kubectl {}: not JSON: {e}", args.join(" ")))
+}
+
+/// Polls `probe` (every 500 ms, for up to [`WAIT`]) until it returns `Ok`, or panics naming
+/// `what` with the last value seen and the agent's log tail.
+pub fn wait_for<T>(node: &Node, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) => last = seen,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = node.agent_log();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    panic!(
+        "timed out waiting for {what}; last seen: {last}\nagent log tail:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The condition of type `kind` in an object's `status.conditions`.
+pub fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// A probe for [`wait_for`]: the Node's condition `kind` has `status`; returns the Node.
+pub fn node_condition<'a>(
+    cp: &'a ControlPlane,
+    kind: &'a str,
+    status: &'a str,
+) -> impl FnMut() -> Result<Value, String> + 'a {
+    move || {
+        let out = cp
+            .kubectl_admin(&["get", "node", NODE_NAME, "-o", "json"])
+            .map_err(|e| format!("{e:#}"))?;
+        let n: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        match condition(&n, kind) {
+            Some(c) if c["status"] == status => Ok(n),
+            other => Err(format!("{kind}: {other:?}")),
+        }
+    }
+}
+
+/// The control plane (its node credential for [`NODE_NAME`]) and a node joined to it with
+/// `extra` agent arguments, configured by `config` (its `args` are replaced).
+pub fn joined_node_with(
+    prefix: &str,
+    extra: &[&str],
+    config: NodeConfig,
+) -> (tempfile::TempDir, ControlPlane, Node) {
+    cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("a temporary directory");
+    let mut cp_config = cluster::Config::new(dir.path().to_owned());
+    cp_config.node_name = NODE_NAME.to_owned();
+    let cp = ControlPlane::start(&cp_config, &|| false).expect("starting the control plane");
+    let mut args = vec![
+        "--kubeconfig".to_owned(),
+        cp.layout.node_kubeconfig.display().to_string(),
+        "--node-ip".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let node = Node::start_with(NodeConfig {
+        args,
+        dir_prefix: "bpflet-cluster-agent-",
+        ..config
+    });
+    (dir, cp, node)
+}
+
+/// [`joined_node_with`] on the default node configuration.
+pub fn joined_node(prefix: &str, extra: &[&str]) -> (tempfile::TempDir, ControlPlane, Node) {
+    joined_node_with(prefix, extra, NodeConfig::default())
+}

@@ -90,6 +90,14 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one smoke step may wait for the cluster to converge (a namespace's deletion, a
 /// pod's scheduling verdict).
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(90);
+/// [`Config::audit`]'s policy: every request, metadata only (who, verb, object, code), at
+/// every stage.
+const AUDIT_POLICY: &str = "# Written by xtask::cluster (xtask/src/cluster.rs) when audit is on.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: Metadata
+";
 
 fn say(line: &str) {
     println!("[cluster] {line}");
@@ -283,6 +291,9 @@ pub struct Config {
     pub bin_dir: PathBuf,
     /// The node whose credential `node.kubeconfig` holds.
     pub node_name: String,
+    /// Whether the API server writes an audit log (every request at `Metadata` level, JSON,
+    /// to [`Layout::audit_log`]); off by default.
+    pub audit: bool,
 }
 
 impl Config {
@@ -292,6 +303,7 @@ impl Config {
             work_dir,
             bin_dir: bin_dir(),
             node_name: default_node_name(),
+            audit: false,
         }
     }
 }
@@ -344,6 +356,9 @@ pub struct Layout {
     pub node_kubeconfig: PathBuf,
     pub controller_manager_kubeconfig: PathBuf,
     pub scheduler_kubeconfig: PathBuf,
+    /// The audit policy and log of [`Config::audit`].
+    pub audit_policy: PathBuf,
+    pub audit_log: PathBuf,
 }
 
 impl Layout {
@@ -357,6 +372,8 @@ impl Layout {
             node_kubeconfig: work_dir.join("node.kubeconfig"),
             controller_manager_kubeconfig: work_dir.join("kube-controller-manager.kubeconfig"),
             scheduler_kubeconfig: work_dir.join("kube-scheduler.kubeconfig"),
+            audit_policy: work_dir.join("audit-policy.yaml"),
+            audit_log: work_dir.join("logs").join("audit.log"),
         }
     }
 
@@ -369,9 +386,10 @@ impl Layout {
     }
 
     /// Everything a run writes except the logs (kept for reading after a failure).
-    fn state(&self) -> [&Path; 6] {
+    fn state(&self) -> [&Path; 7] {
         [
             &self.pki,
+            &self.audit_policy,
             &self.etcd_data,
             &self.admin_kubeconfig,
             &self.node_kubeconfig,
@@ -703,6 +721,8 @@ pub struct ControlPlane {
     pub node_name: String,
     pub kubectl: PathBuf,
     bin_dir: PathBuf,
+    /// [`Config::audit`].
+    audit: bool,
     /// In start order; stopped in reverse.
     daemons: Vec<Daemon>,
     _lock: nix::fcntl::Flock<fs::File>,
@@ -775,6 +795,10 @@ impl ControlPlane {
             fs::write(path, render_kubeconfig(&layout, &server, user))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+        if config.audit {
+            fs::write(&layout.audit_policy, AUDIT_POLICY)
+                .with_context(|| format!("writing {}", layout.audit_policy.display()))?;
+        }
 
         let mut cp = ControlPlane {
             kubectl: bin_dir.join("kubectl"),
@@ -783,6 +807,7 @@ impl ControlPlane {
             server,
             node_name: config.node_name.clone(),
             bin_dir,
+            audit: config.audit,
             daemons: vec![],
             _lock: lock,
         };
@@ -918,7 +943,7 @@ impl ControlPlane {
     fn apiserver_args(&self) -> Vec<String> {
         let l = &self.layout;
         let p = |path: PathBuf| path.display().to_string();
-        vec![
+        let mut args = vec![
             "--advertise-address=127.0.0.1".into(),
             "--bind-address=127.0.0.1".into(),
             format!("--secure-port={}", self.ports.apiserver),
@@ -961,7 +986,11 @@ impl ControlPlane {
             // The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
             // validation refuses; nothing here reaches the API through that Service.
             "--endpoint-reconciler-type=none".into(),
-        ]
+        ];
+        if self.audit {
+            args.extend(audit_args(l));
+        }
+        args
     }
 
     /// Flags both controllers share: their kubeconfig for the API and for delegated
@@ -1327,6 +1356,19 @@ impl Drop for ControlPlane {
     }
 }
 
+/// The API server's flags for [`Config::audit`].
+fn audit_args(layout: &Layout) -> [String; 6] {
+    [
+        format!("--audit-policy-file={}", layout.audit_policy.display()),
+        format!("--audit-log-path={}", layout.audit_log.display()),
+        "--audit-log-format=json".into(),
+        // Rotated files (`audit-<time>.log`) stay beside it; one run stays far below.
+        "--audit-log-maxsize=500".into(),
+        "--audit-log-maxbackup=3".into(),
+        "--audit-log-maxage=1".into(),
+    ]
+}
+
 fn ensure_eq(got: &str, want: &str) -> Result<()> {
     ensure!(got == want, "got {got:?}, want {want:?}");
     Ok(())
@@ -1512,6 +1554,25 @@ mod tests {
         assert!(!names_dir(cmdline, "/r/target/cluster/"));
         // A sibling whose name starts the same is not below.
         assert!(!names_dir(cmdline, "/tmp/w/"));
+    }
+
+    #[test]
+    fn audit_logs_json_beside_the_daemons_logs() {
+        let layout = Layout::new(Path::new("/w"));
+        assert_eq!(
+            audit_args(&layout)[..3],
+            [
+                "--audit-policy-file=/w/audit-policy.yaml",
+                "--audit-log-path=/w/logs/audit.log",
+                "--audit-log-format=json",
+            ]
+        );
+        assert!(layout.audit_log.starts_with(&layout.logs));
+        assert!(layout.state().contains(&layout.audit_policy.as_path()));
+        assert!(!Config::new("/w".into()).audit);
+        assert!(
+            AUDIT_POLICY.contains("kind: Policy") && AUDIT_POLICY.contains("- level: Metadata")
+        );
     }
 
     #[test]

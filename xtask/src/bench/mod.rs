@@ -9,6 +9,7 @@
 //! (`/pods`, `/events`, `/metrics`) it reads from there.
 
 pub mod agent_log;
+pub mod cluster;
 pub mod pleg;
 pub mod pods;
 pub mod probes;
@@ -23,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, ebpf, run as run_cmd, target_dir, workspace_root};
 
 /// Every bench, in the order `cargo xtask bench` without names runs them.
-pub const ALL: &[&str] = &["trace", "pods", "pleg", "probes"];
+pub const ALL: &[&str] = &["trace", "pods", "pleg", "probes", "cluster"];
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -61,6 +62,7 @@ fn dispatch(name: &str, ctx: &Ctx) -> Result<()> {
         "pods" => pods::run(ctx),
         "pleg" => pleg::run(ctx),
         "probes" => probes::run(ctx),
+        "cluster" => cluster::run(ctx),
         other => bail!("unknown bench `{other}` (known: {})", ALL.join(", ")),
     }
 }

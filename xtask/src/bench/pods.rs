@@ -527,6 +527,8 @@ pub(crate) struct Node {
     pub(crate) agent_log: PathBuf,
     /// Extra environment of the agent.
     pub(crate) agent_env: Vec<(String, String)>,
+    /// Extra arguments of the agent (after `--log-format json`).
+    pub(crate) agent_args: Vec<String>,
     /// How long each GET /pods took, in ms.
     pub(crate) get_ms: Vec<f64>,
 }
@@ -550,6 +552,7 @@ impl Node {
             agent: None,
             agent_log: work_dir.join("agent.log"),
             agent_env: vec![],
+            agent_args: vec![],
             get_ms: vec![],
         };
         up::remove_cgroup_tree(cgroup_root)?;
@@ -595,7 +598,11 @@ impl Node {
             root_dir: self.agent_root.clone(),
             node_name: NODE.to_owned(),
             log: self.agent_log.clone(),
-            args: vec!["--log-format".into(), "json".into()],
+            args: ["--log-format", "json"]
+                .into_iter()
+                .map(Into::into)
+                .chain(self.agent_args.iter().map(Into::into))
+                .collect(),
             env: self
                 .agent_env
                 .iter()

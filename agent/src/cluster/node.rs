@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -244,12 +245,10 @@ pub fn status(
         allocatable: Some(allocatable),
         addresses: Some(addresses),
         conditions: Some(conditions),
-        daemon_endpoints: inputs.kubelet_port.map(|port| {
-            k8s_openapi::api::core::v1::NodeDaemonEndpoints {
-                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {
-                    port: i32::from(port),
-                }),
-            }
+        daemon_endpoints: inputs.kubelet_port.map(|port| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             architecture: go_arch().to_owned(),
@@ -302,10 +301,25 @@ fn owned(status: &NodeStatus) -> NodeStatus {
         allocatable: status.allocatable.clone(),
         addresses: status.addresses.clone(),
         conditions: Some(conditions),
-        daemon_endpoints: status.daemon_endpoints.clone(),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: kubelet_endpoint_port(status),
+            }),
+        }),
         node_info: status.node_info.clone(),
         ..NodeStatus::default()
     }
+}
+
+/// The kubelet port a status names, 0 when it names none: the API server returns an unset
+/// endpoint as port 0 (Go's `NodeDaemonEndpoints` is a struct, never left out), so the two
+/// must compare equal or every pass would send the status again.
+fn kubelet_endpoint_port(status: &NodeStatus) -> i32 {
+    status
+        .daemon_endpoints
+        .as_ref()
+        .and_then(|d| d.kubelet_endpoint.as_ref())
+        .map_or(0, |e| e.port)
 }
 
 /// `previous`'s transition time when the status did not change, else `now`; heartbeat `now`.

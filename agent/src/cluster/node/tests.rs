@@ -288,6 +288,32 @@ fn only_a_change_or_the_report_period_sends_a_status() {
         "fields other writers own are not bpflet's to report"
     );
 
+    // The API server returns an unset kubelet endpoint as port 0 (Go's NodeDaemonEndpoints
+    // is a struct, never left out), which is what bpflet wrote: no change.
+    let mut as_read_back = sent.clone();
+    as_read_back.daemon_endpoints = Some(NodeDaemonEndpoints {
+        kubelet_endpoint: Some(DaemonEndpoint { port: 0 }),
+    });
+    assert!(
+        !needs_report(
+            Some(&as_read_back),
+            &heartbeat_only,
+            Duration::from_secs(10),
+            period
+        ),
+        "an unset kubelet endpoint reads back as port 0"
+    );
+    let mut other_port = sent.clone();
+    other_port.daemon_endpoints = Some(NodeDaemonEndpoints {
+        kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+    });
+    assert!(needs_report(
+        Some(&other_port),
+        &heartbeat_only,
+        Duration::from_secs(10),
+        period
+    ));
+
     let mut fewer_pods = inputs.clone();
     fewer_pods.resources.max_pods = 50;
     let changed = status(&fewer_pods, Some(&sent), at(10));

@@ -242,14 +242,14 @@ fn measure_mode(
 /// the Node is Ready and the Lease exists. The agent stays up.
 fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> Result<Join> {
     api.delete_node_and_lease()?;
-    let nodes = api.watch(
+    let mut nodes = api.watch(
         "node",
-        &format!("/api/v1/nodes?watch=1&fieldSelector=metadata.name%3D{NODE}"),
+        &format!("/api/v1/nodes?fieldSelector=metadata.name%3D{NODE}"),
     )?;
-    let leases = api.watch(
+    let mut leases = api.watch(
         "lease",
         &format!(
-            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases?watch=1&fieldSelector=metadata.name%3D{NODE}"
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases?fieldSelector=metadata.name%3D{NODE}"
         ),
     )?;
     let spawned = SystemTime::now();
@@ -257,6 +257,8 @@ fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> 
     let deadline = Instant::now() + JOIN_TIMEOUT;
     loop {
         check_interrupted()?;
+        nodes.check()?;
+        leases.check()?;
         let ready = nodes.first(|e| node_ready(&e.object));
         let lease = leases.first(|_| true);
         if let (Some(ready), Some(lease)) = (ready, lease) {
@@ -306,9 +308,9 @@ fn exit_batch(
     let names: Vec<String> = (0..size)
         .map(|i| format!("exit-{}-{:02}", mode.as_str(), batch * size + i))
         .collect();
-    let watch = api.watch(
+    let mut watch = api.watch(
         "exit pods",
-        &format!("/api/v1/namespaces/{NAMESPACE}/pods?watch=1&labelSelector={SET_LABEL}%3D{set}"),
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={SET_LABEL}%3D{set}"),
     )?;
     api.create_pods(&set, &names, "Never", &node.work_dir)?;
 
@@ -316,6 +318,7 @@ fn exit_batch(
     let deadline = Instant::now() + RUNNING_TIMEOUT;
     let ids = loop {
         check_interrupted()?;
+        watch.check()?;
         let ids: Vec<Option<String>> = names
             .iter()
             .map(|n| watch.latest(n).as_ref().and_then(running_container_id))
@@ -357,6 +360,7 @@ fn exit_batch(
         let deadline = Instant::now() + EXIT_TIMEOUT;
         let seen = loop {
             check_interrupted()?;
+            watch.check()?;
             if let Some(at) =
                 watch.first_for(name, killed, |o| terminated_with(o, KILLED_EXIT_CODE))
             {
@@ -867,9 +871,23 @@ impl<'a> Api<'a> {
     }
 
     /// A watch on `path` (with `?watch=1`), open once the API server answered.
+    /// A watch on the list `path` (with a query) from now on: it starts at the
+    /// resourceVersion of a list read now, so the API server's watch cache cannot replay an
+    /// older state (a Node deleted a moment ago) as news.
     fn watch(&self, what: &str, path: &str) -> Result<Watch> {
-        Watch::open(self.cp, what, path)
+        let list: Value = serde_json::from_str(&self.kubectl(&["get", "--raw", path])?)
+            .with_context(|| format!("GET {path}: not JSON"))?;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .with_context(|| format!("GET {path}: no resourceVersion"))?;
+        Watch::open(self.cp, what, &watch_path(path, rv))
     }
+}
+
+/// The watch of the list `path` from resourceVersion `rv`.
+fn watch_path(path: &str, rv: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}watch=1&resourceVersion={rv}")
 }
 
 /// A v1 `List` of busybox pods bound to [`NODE`], host network, sleeping.
@@ -908,7 +926,16 @@ fn pod_list(set: &str, names: &[String], restart_policy: &str) -> String {
 #[derive(Debug, Clone)]
 struct WatchEvent {
     at: SystemTime,
+    /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
+    kind: String,
     object: Value,
+}
+
+impl WatchEvent {
+    /// An object's state (not a bookmark or an error).
+    fn is_state(&self) -> bool {
+        matches!(self.kind.as_str(), "ADDED" | "MODIFIED" | "DELETED")
+    }
 }
 
 /// A streaming watch on the API server: kubectl as a child, a thread reading its lines.
@@ -951,6 +978,7 @@ impl Watch {
                             .unwrap_or_else(PoisonError::into_inner)
                             .push(WatchEvent {
                                 at,
+                                kind: event["type"].as_str().unwrap_or_default().to_owned(),
                                 object: event["object"].clone(),
                             });
                     }
@@ -986,13 +1014,29 @@ impl Watch {
         self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn len(&self) -> usize {
-        self.lock().len()
+    /// Fails when the API server ended the watch with an error or kubectl exited: what
+    /// the watch has not seen would look like a latency.
+    fn check(&mut self) -> Result<()> {
+        if let Some(e) = self.lock().iter().find(|e| e.kind == "ERROR") {
+            bail!("the {} watch failed: {}", self.what, e.object);
+        }
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the {} watch ended: kubectl exited ({status})", self.what);
+        }
+        Ok(())
     }
 
-    /// When the first event matching `is_it` arrived.
+    /// How many object states arrived.
+    fn len(&self) -> usize {
+        self.lock().iter().filter(|e| e.is_state()).count()
+    }
+
+    /// When the first object state matching `is_it` arrived.
     fn first(&self, is_it: impl Fn(&WatchEvent) -> bool) -> Option<SystemTime> {
-        self.lock().iter().find(|e| is_it(e)).map(|e| e.at)
+        self.lock()
+            .iter()
+            .find(|e| e.is_state() && is_it(e))
+            .map(|e| e.at)
     }
 
     /// When the first event about the object `name` that arrived after `after` and matches
@@ -1005,7 +1049,12 @@ impl Watch {
     ) -> Option<SystemTime> {
         self.lock()
             .iter()
-            .find(|e| e.at >= after && e.object["metadata"]["name"] == name && is_it(&e.object))
+            .find(|e| {
+                e.is_state()
+                    && e.at >= after
+                    && e.object["metadata"]["name"] == name
+                    && is_it(&e.object)
+            })
             .map(|e| e.at)
     }
 
@@ -1014,7 +1063,7 @@ impl Watch {
         self.lock()
             .iter()
             .rev()
-            .find(|e| e.object["metadata"]["name"] == name)
+            .find(|e| e.is_state() && e.object["metadata"]["name"] == name)
             .map(|e| e.object.clone())
     }
 
@@ -1034,7 +1083,8 @@ impl Watch {
     /// The last event's object, through `show`.
     fn describe_last(&self, show: impl Fn(&Value) -> String) -> String {
         self.lock()
-            .last()
+            .iter()
+            .rfind(|e| e.is_state())
             .map_or_else(|| format!("no {} event", self.what), |e| show(&e.object))
     }
 }
@@ -1473,6 +1523,18 @@ mod tests {
         assert!(!answered_ok(
             r#"I1207 round_trippers.go:632] "Response" verb="GET" url="https://x" status="403 Forbidden""#
         ));
+    }
+
+    #[test]
+    fn watches_start_at_the_lists_resource_version() {
+        assert_eq!(
+            watch_path("/api/v1/nodes?fieldSelector=metadata.name%3Dn", "42"),
+            "/api/v1/nodes?fieldSelector=metadata.name%3Dn&watch=1&resourceVersion=42"
+        );
+        assert_eq!(
+            watch_path("/api/v1/nodes", "7"),
+            "/api/v1/nodes?watch=1&resourceVersion=7"
+        );
     }
 
     #[test]

@@ -161,12 +161,16 @@ struct Session {
 
 /// One join: from the agent's spawn, ms.
 struct Join {
+    /// The agent's own `node registered with the API server` record.
+    registered_ms: Option<f64>,
     ready_ms: f64,
     lease_ms: f64,
 }
 
 /// The idle window.
 struct Idle {
+    /// From creating the pods to all of them Running in the API server.
+    startup: Duration,
     window: Duration,
     requests: RequestCounts,
     agent: ProcUsage,
@@ -262,7 +266,9 @@ fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> 
         let ready = nodes.first(|e| node_ready(&e.object));
         let lease = leases.first(|_| true);
         if let (Some(ready), Some(lease)) = (ready, lease) {
+            let log = agent_log::read(&node.agent_log)?;
             return Ok(Join {
+                registered_ms: registered_logged(&log).map(|at| ms_between(spawned, at)),
                 ready_ms: ms_between(spawned, ready),
                 lease_ms: ms_between(spawned, lease),
             });
@@ -280,6 +286,16 @@ fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> 
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// When the agent logged its Node registered (the heartbeat's record).
+fn registered_logged(log: &[agent_log::LogRecord]) -> Option<SystemTime> {
+    log.iter()
+        .find(|r| {
+            r.target == "bpflet::cluster::heartbeat"
+                && r.message == "node registered with the API server"
+        })
+        .map(|r| r.at)
 }
 
 /// Whether a Node's `Ready` condition is `True`.
@@ -461,10 +477,11 @@ fn idle(api: &Api, node: &Node, mode: PlegMode, plan: &Plan) -> Result<Idle> {
     let started = Instant::now();
     api.create_pods(&set, &names, "Always", &node.work_dir)?;
     api.wait_running(&set, names.len())?;
+    let startup = started.elapsed();
     eprintln!(
         "bench cluster: {} pods Running (API) after {:.1}s; settling {SETTLE:?}",
         names.len(),
-        started.elapsed().as_secs_f64()
+        startup.as_secs_f64()
     );
     sleep_checked(SETTLE)?;
 
@@ -489,6 +506,7 @@ fn idle(api: &Api, node: &Node, mode: PlegMode, plan: &Plan) -> Result<Idle> {
     );
     api.delete_set_pods(&set, false)?;
     Ok(Idle {
+        startup,
         window: to.duration_since(from).unwrap_or(plan.window),
         requests,
         agent,
@@ -1149,17 +1167,25 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
     let mut t = Table::new([
         "PLEG",
         "n",
+        "to registered p50 (agent log)",
         "to Ready p50",
         "to Ready max",
         "to Lease p50",
         "to Lease max",
     ]);
     for s in sessions {
+        let registered = Summary::of(
+            &s.joins
+                .iter()
+                .filter_map(|j| j.registered_ms)
+                .collect::<Vec<_>>(),
+        );
         let ready = Summary::of(&s.joins.iter().map(|j| j.ready_ms).collect::<Vec<_>>());
         let lease = Summary::of(&s.joins.iter().map(|j| j.lease_ms).collect::<Vec<_>>());
         t.row([
             s.mode.as_str().to_owned(),
             s.joins.len().to_string(),
+            fmt_opt(registered.map(|r| r.p50), 0),
             fmt_opt(ready.map(|r| r.p50), 0),
             fmt_opt(ready.map(|r| r.max), 0),
             fmt_opt(lease.map(|r| r.p50), 0),
@@ -1176,7 +1202,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
          status only on change (or every 5 min), no pod status when nothing changes.\n",
         plan.idle_pods
     );
-    let _ = write!(out, "{}", requests_table(event, generic));
+    let _ = writeln!(out, "{}", requests_table(event, generic));
     for s in sessions {
         let over = over_budget(&s.idle.requests, s.idle.window);
         let _ = writeln!(
@@ -1197,6 +1223,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
     let _ = writeln!(out, "\n### Idle cost over the same window\n");
     let mut t = Table::new([
         "PLEG",
+        "all Running after (s)",
         "bpflet CPU %",
         "bpflet RSS max (MiB)",
         "kube-apiserver CPU %",
@@ -1204,6 +1231,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
     for s in sessions {
         t.row([
             s.mode.as_str().to_owned(),
+            format!("{:.1}", s.idle.startup.as_secs_f64()),
             format!("{:.2}", s.idle.agent.cpu_percent),
             format!("{:.1}", mib(s.idle.agent.rss_max_bytes)),
             format!("{:.2}", s.idle.apiserver.cpu_percent),
@@ -1212,6 +1240,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
     if let (Some(e), Some(g)) = (event, generic) {
         t.row([
             "generic / event".to_owned(),
+            String::new(),
             ratio(g.idle.agent.cpu_percent, e.idle.agent.cpu_percent),
             ratio(
                 mib(g.idle.agent.rss_max_bytes),
@@ -1523,6 +1552,16 @@ mod tests {
         assert!(!answered_ok(
             r#"I1207 round_trippers.go:632] "Response" verb="GET" url="https://x" status="403 Forbidden""#
         ));
+    }
+
+    #[test]
+    fn registration_is_read_from_the_heartbeats_record() {
+        let log = agent_log::parse(
+            "{\"timestamp\":\"1970-01-12T13:46:40Z\",\"level\":\"INFO\",\"fields\":{\"message\":\"node registered with the API server\"},\"target\":\"bpflet::agent\"}\n\
+             {\"timestamp\":\"1970-01-12T13:46:41Z\",\"level\":\"INFO\",\"fields\":{\"message\":\"node registered with the API server\",\"node\":\"n\"},\"target\":\"bpflet::cluster::heartbeat\"}\n",
+        );
+        assert_eq!(registered_logged(&log), Some(at(1_000_001)));
+        assert_eq!(registered_logged(&log[..1]), None);
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub async fn connect(kubeconfig: &std::path::Path) -> Result<kube::Client, Clust
 }
 
 /// Runs the `api` pod source: the node's pods as snapshots for the pod manager, until
-/// `cancel`. Pods the agent cannot run are sent as errors naming the pod and the field.
+/// `cancel`. A pod whose UID cannot name its directories is sent as an error naming it; a
+/// pod bpflet cannot run otherwise goes to the manager, whose admission rejects it (phase
+/// `Failed`, reason `FailedValidation`, a Warning event), as upstream's kubelet rejects a
+/// pod it cannot run.
 pub async fn run_pod_source(
     client: kube::Client,
     node_name: String,
@@ -99,8 +102,10 @@ pub async fn run_pod_source(
     watch.abort();
 }
 
-/// The API server's pods as the pod manager takes them; a pod bpflet cannot run (the checks
-/// static pods get: UID, names, resources) is an error naming it and the field.
+/// The API server's pods as the pod manager takes them. The API server makes every UID, but
+/// a UID names the pod's directories and cgroup, so one that is not a harmless path
+/// component is an error naming the pod (it gets no worker). Every other check is
+/// admission's ([`crate::pods::admission`]), which shows the pod `Failed` naming the field.
 fn to_source_pods(pods: Vec<Pod>) -> (Vec<StaticPod>, Vec<ManifestError>) {
     let mut out = Vec::with_capacity(pods.len());
     let mut errors = Vec::new();
@@ -112,13 +117,10 @@ fn to_source_pods(pods: Vec<Pod>) -> (Vec<StaticPod>, Vec<ManifestError>) {
         );
         let origin = ManifestOrigin::Api(id);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let checked = crate::model::validation::validate_uid(&uid)
-            .map_err(|reason| ("metadata.uid".to_owned(), reason))
-            .and_then(|()| crate::model::validation::validate_pod(&pod));
-        if let Err((field, reason)) = checked {
+        if let Err(reason) = crate::model::validation::validate_uid(&uid) {
             errors.push(ManifestError::Invalid {
                 origin,
-                field,
+                field: "metadata.uid".to_owned(),
                 reason,
             });
             continue;
@@ -126,4 +128,43 @@ fn to_source_pods(pods: Vec<Pod>) -> (Vec<StaticPod>, Vec<ManifestError>) {
         out.push(StaticPod { pod, uid, origin });
     }
     (out, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, host_users: Option<bool>) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        }))
+        .expect("pod");
+        pod.spec.as_mut().expect("spec").host_users = host_users;
+        pod
+    }
+
+    #[test]
+    fn pods_bpflet_cannot_run_go_to_admission_and_a_bad_uid_is_an_error() {
+        let (pods, errors) = to_source_pods(vec![
+            pod("3f8a0c2e-1b7d-4c1e-9a53-2d1f0e6b7c44", None),
+            pod("7c1d2e3f-0000-4c1e-9a53-2d1f0e6b7c44", Some(false)),
+            pod("../etc", None),
+        ]);
+        let uids: Vec<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        assert_eq!(
+            uids,
+            [
+                "3f8a0c2e-1b7d-4c1e-9a53-2d1f0e6b7c44",
+                "7c1d2e3f-0000-4c1e-9a53-2d1f0e6b7c44"
+            ],
+            "the pod with hostUsers: false is admission's to reject"
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let text = errors[0].full_text();
+        assert!(
+            text.contains("default/p") && text.contains("metadata.uid"),
+            "{text}"
+        );
+    }
 }

@@ -138,20 +138,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .recorder
             .record(&pod_reference(pod), EventType::Warning, reason, message);
         let message = format!("Pod was rejected: {message}");
-        match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
-            Ok((observed, _)) => {
-                self.kill_containers(pod, &observed, termination_grace(pod))
-                    .await;
-                for sb in observed.sandboxes.iter().filter(|s| s.ready) {
-                    if let Err(err) = self.ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
-                        warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the rejected pod's sandbox failed");
-                    }
-                }
-            }
-            Err(err) => {
-                warn!(pod = %name, error = %err, "cannot list the rejected pod's containers");
-            }
-        }
+        self.stop_in_place(pod).await;
         let status = PodStatus {
             phase: Some("Failed".to_owned()),
             reason: Some(reason.to_owned()),
@@ -163,6 +150,27 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         published.status = Some(status.clone());
         self.ctx.outputs.statuses.publish(pod_uid(pod), published);
         self.status = Some(status);
+    }
+
+    /// Stops whatever of a pod that must not run still runs (an agent with another
+    /// configuration, or before the pod became terminal, started it): its containers with
+    /// the pod's grace period, then its ready sandboxes. Nothing is removed.
+    pub(super) async fn stop_in_place(&self, pod: &Pod) {
+        let name = format_pod(pod);
+        match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
+            Ok((observed, _)) => {
+                self.kill_containers(pod, &observed, termination_grace(pod))
+                    .await;
+                for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+                    if let Err(err) = self.ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
+                        warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the sandbox of a pod that must not run failed");
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(pod = %name, error = %err, "cannot list the containers of a pod that must not run");
+            }
+        }
     }
 
     /// The pod is gone from its source: stop it with its grace period, then remove its

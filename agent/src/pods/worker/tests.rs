@@ -149,7 +149,7 @@ impl Node {
             Arc::new(pod),
             self.cancel.clone(),
             &self.tracker,
-            Ok(()),
+            crate::pods::admission::Admission::Admitted,
         )
     }
 
@@ -577,6 +577,187 @@ async fn a_runtime_pod_that_no_source_wants_is_torn_down() {
         [web_id],
         "the wanted pod is adopted, untouched"
     );
+    second.cancel();
+    manager.await.expect("manager");
+}
+
+/// A pod manager over `node` expecting the API source, until `cancel`.
+fn run_api_manager(
+    node: &Node,
+    cancel: &CancellationToken,
+) -> (mpsc::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
+    let manager = PodManager::new(
+        Arc::clone(&node.ctx),
+        HashSet::from([SourceKind::Api]),
+        cancel.clone(),
+    );
+    let (updates, updates_rx) = mpsc::channel(4);
+    let (_pokes, pokes_rx) = mpsc::channel::<PodPoke>(1);
+    let (_evictions, evictions_rx) = mpsc::channel::<Eviction>(1);
+    let task = tokio::spawn(async move {
+        let _keep = (_pokes, _evictions);
+        manager.run(updates_rx, pokes_rx, evictions_rx).await;
+    });
+    (updates, task)
+}
+
+/// `pod` as the API source sends it (marked `kubernetes.io/config.source: api`), with
+/// `status` as the API server has it.
+fn from_api(mut pod: Pod, status: &serde_json::Value) -> Pod {
+    pod.metadata.annotations.get_or_insert_default().insert(
+        crate::model::CONFIG_SOURCE_ANNOTATION.to_owned(),
+        "api".to_owned(),
+    );
+    pod.status = serde_json::from_value(status.clone()).expect("status");
+    pod
+}
+
+/// The API source's snapshot: exactly `pods`.
+fn api_snapshot(pods: &[&Pod]) -> PodUpdate {
+    PodUpdate::Snapshot {
+        source: SourceKind::Api,
+        pods: pods
+            .iter()
+            .map(|p| StaticPod {
+                pod: (*p).clone(),
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                origin: ManifestOrigin::Api(format!(
+                    "default/{}",
+                    p.metadata.name.as_deref().unwrap_or_default()
+                )),
+            })
+            .collect(),
+        errors: Vec::new(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_never_started() {
+    const BAD: &str = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
+    let node = Node::new();
+    let cancel = CancellationToken::new();
+    let (updates, manager) = run_api_manager(&node, &cancel);
+    let good = from_api(
+        pod("good", UID, &serde_json::json!({})),
+        &serde_json::json!({}),
+    );
+    let bad = from_api(
+        pod("userns", BAD, &serde_json::json!({"hostUsers": false})),
+        &serde_json::json!({"phase": "Pending"}),
+    );
+    updates
+        .send(api_snapshot(&[&good, &bad]))
+        .await
+        .expect("send");
+    let status = until("the bad pod is Failed", async || {
+        let status = node.pods.get(BAD)?.status.clone()?;
+        (status.phase.as_deref() == Some("Failed")).then_some(status)
+    })
+    .await;
+    assert_eq!(status.reason.as_deref(), Some("FailedValidation"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("Pod was rejected: spec.hostUsers: false is not supported"),
+        "{message}"
+    );
+    let events = node.events("FailedValidation");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].starts_with("spec.hostUsers: "), "{events:?}");
+    until("the good pod runs", async || {
+        (node.phase(UID).as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(SYNC_FREQUENCY * 2).await;
+    assert!(node.sandboxes(BAD).await.is_empty(), "no sandbox, ever");
+    assert_eq!(
+        node.rt.call_count(Method::RunPodSandbox),
+        1,
+        "the good pod's"
+    );
+    assert_eq!(node.phase(BAD).as_deref(), Some("Failed"));
+    cancel.cancel();
+    manager.await.expect("manager");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_pod_terminal_at_first_sight_is_stopped_and_never_run_again() {
+    const DONE: &str = "2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d";
+    let node = Node::new();
+    // An agent ran the pod; it stopped (the pod outlives it), and meanwhile the pod was
+    // evicted (or its phase set terminal by whoever): it still runs in the runtime.
+    let first = CancellationToken::new();
+    let (updates, manager) = run_api_manager(&node, &first);
+    let web = from_api(
+        pod("web", UID, &serde_json::json!({})),
+        &serde_json::json!({}),
+    );
+    updates.send(api_snapshot(&[&web])).await.expect("send");
+    until("the pod runs", async || {
+        (node.phase(UID).as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    first.cancel();
+    manager.await.expect("manager");
+    assert_eq!(node.running(UID).await.len(), 1, "pods outlive the agent");
+
+    // The next agent sees it Failed (Evicted), and a completed pod it has nothing of.
+    let evicted = serde_json::json!({
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": "The node was low on resource: memory. ",
+    });
+    let web = from_api(pod("web", UID, &serde_json::json!({})), &evicted);
+    let completed = serde_json::json!({
+        "phase": "Succeeded",
+        "containerStatuses": [{
+            "name": "app", "image": IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+        }],
+    });
+    let done = from_api(
+        pod("done", DONE, &serde_json::json!({"restartPolicy": "Never"})),
+        &completed,
+    );
+    let second = CancellationToken::new();
+    let (updates, manager) = run_api_manager(&node, &second);
+    updates
+        .send(api_snapshot(&[&web, &done]))
+        .await
+        .expect("send");
+    until("the evicted pod's container is stopped", async || {
+        node.running(UID).await.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(SYNC_FREQUENCY * 2).await;
+    assert_eq!(
+        node.rt.call_count(Method::RunPodSandbox),
+        1,
+        "no sandbox after the first agent's"
+    );
+    assert_eq!(node.rt.call_count(Method::StartContainer), 1);
+    assert_eq!(node.sandboxes(UID).await, [SandboxState::NotReady]);
+    assert!(node.sandboxes(DONE).await.is_empty());
+    // Each keeps the status it has in the API server.
+    let shown = node
+        .pods
+        .get(UID)
+        .and_then(|p| p.status.clone())
+        .expect("published");
+    assert_eq!(
+        (shown.phase.as_deref(), shown.reason.as_deref()),
+        (Some("Failed"), Some("Evicted"))
+    );
+    assert_eq!(
+        node.pods.get(DONE).and_then(|p| p.status.clone()),
+        done.status
+    );
+
+    // Deleted from the API server, it goes for good.
+    updates.send(api_snapshot(&[&done])).await.expect("send");
+    until("the evicted pod is cleared away", async || {
+        node.sandboxes(UID).await.is_empty().then_some(())
+    })
+    .await;
     second.cancel();
     manager.await.expect("manager");
 }

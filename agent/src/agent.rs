@@ -116,7 +116,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     // Cluster mode: the API server's client (nothing is asked of it yet).
     let client = match &config.cluster {
         Some(cluster) => Some(
-            crate::cluster::connect(&cluster.kubeconfig)
+            crate::cluster::connect(cluster)
                 .await
                 .map_err(AgentError::Cluster)?,
         ),

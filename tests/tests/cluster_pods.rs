@@ -89,7 +89,7 @@ fn uid(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().expect("uid").to_owned()
 }
 
-/// Container ids the API shows for pod `name` (`containerd://` stripped).
+/// The id of the pod's first container as the API shows it (`containerd://` stripped).
 fn container_id(pod: &Value) -> String {
     pod["status"]["containerStatuses"][0]["containerID"]
         .as_str()

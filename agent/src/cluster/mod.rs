@@ -7,7 +7,8 @@
 //! - [`pods`]: the pods bound to the node, as the `api` pod source;
 //! - [`status`]: pod status (and mirror pods of static pods) written to the API server;
 //! - [`events`]: events posted to the API server;
-//! - [`node`]: the Node object and its status (pure).
+//! - [`node`]: the Node object and its status (pure);
+//! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`).
 //!
 //! The API server being away stops nothing: pods keep running, status and the latest events
 //! wait and catch up, the lease resumes.
@@ -18,6 +19,7 @@ pub mod events;
 pub mod heartbeat;
 pub mod node;
 pub mod pods;
+pub mod ratelimit;
 pub mod status;
 
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ClusterConfig;
 use crate::pods::manifest::{ManifestError, ManifestOrigin, StaticPod};
 use crate::pods::source::{PodUpdate, SourceKind};
 
@@ -46,12 +49,15 @@ pub enum ClusterError {
     },
 }
 
-/// A client for the API server the kubeconfig names (its current context).
+/// A client for the API server the kubeconfig names (its current context), every request
+/// of which takes a token from a bucket of `kubeAPIBurst` refilled at `kubeAPIQPS` a second
+/// ([`ratelimit`]), as upstream's kubelet limits its client.
 ///
 /// # Errors
 /// [`ClusterError`] naming the kubeconfig.
-pub async fn connect(kubeconfig: &std::path::Path) -> Result<kube::Client, ClusterError> {
-    let path = kubeconfig.to_owned();
+pub async fn connect(cluster: &ClusterConfig) -> Result<kube::Client, ClusterError> {
+    let kubeconfig = &cluster.kubeconfig;
+    let path = kubeconfig.clone();
     let file = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|source| {
         ClusterError::Kubeconfig {
             path: path.clone(),
@@ -65,7 +71,10 @@ pub async fn connect(kubeconfig: &std::path::Path) -> Result<kube::Client, Clust
                 path: path.clone(),
                 source,
             })?;
-    kube::Client::try_from(config).map_err(|source| ClusterError::Client { path, source })
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|source| ClusterError::Client { path, source })?;
+    let limit = ratelimit::RateLimitLayer::new(cluster.kube_api_qps, cluster.kube_api_burst);
+    Ok(builder.with_layer(&limit).build())
 }
 
 /// Runs the `api` pod source: the node's pods as snapshots for the pod manager, until

@@ -81,17 +81,22 @@ pub fn first_sight(pod: &Pod, node: &NodeState<'_>) -> Admission {
     }
 }
 
-/// An API pod (`kubernetes.io/config.source: api`) whose phase is `Succeeded` or `Failed`.
+/// An API pod whose phase is `Succeeded` or `Failed`.
 #[must_use]
 pub fn is_terminal_in_api(pod: &Pod) -> bool {
-    let from_api = pod
-        .metadata
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    is_from_api(pod) && matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A pod of the API source (`kubernetes.io/config.source: api`): its phase in the API
+/// server is the record, and a terminal one is final.
+#[must_use]
+pub fn is_from_api(pod: &Pod) -> bool {
+    pod.metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
-        .is_some_and(|s| s == "api");
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    from_api && matches!(phase, Some("Succeeded" | "Failed"))
+        .is_some_and(|s| s == "api")
 }
 
 /// Admits `pod` onto a node in `node`'s state.

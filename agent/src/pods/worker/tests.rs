@@ -761,3 +761,47 @@ async fn an_api_pod_terminal_at_first_sight_is_stopped_and_never_run_again() {
     second.cancel();
     manager.await.expect("manager");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_api_pod_stays_down_after_the_pressure() {
+    let node = Node::new();
+    let worker = node.spawn(from_api(
+        pod("web", UID, &serde_json::json!({})),
+        &serde_json::json!({}),
+    ));
+    until("the container runs", async || {
+        node.container(UID, "app").filter(is_running)
+    })
+    .await;
+    node.conditions.send_replace(memory_pressure(true));
+    worker.evict(Eviction {
+        pod_uid: UID.to_owned(),
+        pod_name: "default/web".to_owned(),
+        qos: QosClass::BestEffort,
+        grace_period: Duration::from_secs(2),
+        signal: EvictionSignal::Threshold(Signal::MemoryAvailable),
+        resource: Resource::Memory,
+        hard: false,
+        reason: "Evicted",
+        message: "The node was low on resource: memory. ".to_owned(),
+        offenders: Vec::new(),
+        trigger: None,
+        latency: None,
+    });
+    until("the pod shows evicted", async || {
+        let status = node.pods.get(UID)?.status.clone()?;
+        (status.reason.as_deref() == Some("Evicted")).then_some(())
+    })
+    .await;
+
+    // Pressure over: a static pod would start again; an API pod's eviction is final.
+    node.conditions.send_replace(memory_pressure(false));
+    for _ in 0..3 {
+        worker.poke(Trigger::Relist);
+        tokio::time::sleep(SYNC_FREQUENCY).await;
+    }
+    assert!(node.running(UID).await.is_empty(), "still down");
+    assert_eq!(node.rt.call_count(Method::RunPodSandbox), 1);
+    assert_eq!(node.rt.call_count(Method::StartContainer), 1);
+    assert_eq!(node.phase(UID).as_deref(), Some("Failed"));
+}

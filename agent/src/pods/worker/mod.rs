@@ -15,6 +15,7 @@
 //!
 //! The parts, by concern:
 //! - [`context`]: what every worker shares ([`PodContext`], in groups);
+//! - `events`: the container and sandbox events, in upstream's words;
 //! - `run`: the loop, its wakeups and the periodic resync grid;
 //! - `sync`: one pass (observe, plan, apply), a failed sync and its retry, dead attempts;
 //! - `kernel`: the kernel-first end (shown before the runtime agrees, acted on after) and
@@ -25,6 +26,7 @@
 
 mod context;
 mod error;
+mod events;
 mod kernel;
 mod publish;
 mod run;

@@ -70,10 +70,13 @@ pub async fn connect(kubeconfig: &std::path::Path) -> Result<kube::Client, Clust
 
 /// Runs the `api` pod source: the node's pods as snapshots for the pod manager, until
 /// `cancel`. Pods the agent cannot run are sent as errors naming the pod and the field.
+/// Each snapshot is also shown to `statuses`, which checks the API server's pod statuses
+/// against what it wrote.
 pub async fn run_pod_source(
     client: kube::Client,
     node_name: String,
     updates: mpsc::Sender<PodUpdate>,
+    statuses: status::ApiStatusSink,
     cancel: CancellationToken,
 ) {
     let (watch, mut snapshots) = pods::watch_bound_pods(client, &node_name, cancel.clone());
@@ -86,6 +89,7 @@ pub async fn run_pod_source(
         let Some(pods) = snapshots.borrow_and_update().clone() else {
             continue;
         };
+        statuses.observe(&pods);
         let (pods, errors) = to_source_pods(pods);
         let update = PodUpdate::Snapshot {
             source: SourceKind::Api,

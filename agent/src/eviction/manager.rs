@@ -158,6 +158,15 @@ impl std::fmt::Display for EvictionSignal {
     }
 }
 
+/// A pod the API server bound to the node (`kubernetes.io/config.source: api`).
+fn from_api_server(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::CONFIG_SOURCE_ANNOTATION))
+        .is_some_and(|s| s == "api")
+}
+
 impl Eviction {
     /// A local storage eviction is final for the pod: it is not started again (upstream's
     /// pod is `Failed`; a static pod comes back only as a new pod, when its manifest
@@ -167,10 +176,12 @@ impl Eviction {
         matches!(self.signal, EvictionSignal::Limit(_))
     }
 
-    /// Whether the evicted pod must stay down under `conditions`.
+    /// Whether the evicted pod must stay down under `conditions`. A pod of the API server
+    /// always does: its eviction leaves it `Failed` for good, as upstream's kubelet leaves
+    /// it (a controller makes a new pod).
     #[must_use]
     pub fn keeps_down(&self, conditions: &[NodeCondition], pod: &Pod) -> bool {
-        self.is_terminal() || admit(conditions, pod).is_err()
+        self.is_terminal() || from_api_server(pod) || admit(conditions, pod).is_err()
     }
 }
 

@@ -175,11 +175,7 @@ fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
     );
 
     // A Deployment of 3 replicas runs on the node.
-    wait_for(&node, "the default ServiceAccount", || {
-        cp.kubectl_admin(&["get", "serviceaccount", "default"])
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-    });
+    wait_for_default_service_account(&cp, &node);
     let manifest = dir.path().join("web.yaml");
     std::fs::write(&manifest, deployment(3)).expect("write the deployment");
     cp.kubectl_admin(&["apply", "-f", &manifest.display().to_string()])
@@ -340,6 +336,7 @@ fn a_stopped_agent_leaves_pods_running_and_its_return_makes_the_node_ready_again
         "the Node to be Ready",
         node_condition(cp, "Ready", "True"),
     );
+    wait_for_default_service_account(cp, &node);
     let pod = dir.path().join("sleeper.yaml");
     std::fs::write(
         &pod,

@@ -36,6 +36,22 @@ pub const IMAGE: &str = "bpflet.local/busybox:latest";
 /// disk pressure set their own thresholds.
 pub const DEFAULT_EVICTION_HARD: &str = "evictionHard: {memory.available: 100Mi}\n";
 
+/// A container command that grows its anonymous memory by ~1 MiB every 50 ms, forever.
+pub const GROW_MEMORY: &str = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#;
+
+/// The machine's memory (`MemTotal`) in bytes.
+#[must_use]
+pub fn mem_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib * 1024
+}
+
 /// How a [`Node`]'s agent is configured.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

@@ -159,7 +159,7 @@ fn a_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_others_run_on() 
             .ok_or_else(|| format!("{events}"))
     });
     assert_eq!(event["type"], "Warning", "{event}");
-    assert_eq!(event["source"]["component"], "bpflet", "{event}");
+    assert_eq!(event["source"]["component"], "kubelet", "{event}");
     assert!(
         event["message"]
             .as_str()

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bpflet_tests::node::{
-    IMAGE, Node, NodeConfig, container_status, phase, pod_yaml, restarts, running, sleeping_pod,
-    uid,
+    GROW_MEMORY, IMAGE, Node, NodeConfig, container_status, mem_total, phase, pod_yaml, restarts,
+    running, sleeping_pod, uid,
 };
 use serde_json::Value;
 
@@ -774,20 +774,6 @@ fn prestop_hook_runs_before_sigterm() {
 }
 
 /// MemTotal in bytes.
-fn mem_total() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("MemTotal");
-    kib * 1024
-}
-
-/// A container command that grows its anonymous memory by ~1 MiB every 50 ms, forever.
-const GROW_MEMORY: &str = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#;
-
 #[test]
 fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
     // kubepods gets 400 MiB (capacity minus systemReserved); with evictionHard

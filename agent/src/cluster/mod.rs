@@ -81,11 +81,13 @@ pub async fn connect(cluster: &ClusterConfig) -> Result<kube::Client, ClusterErr
 /// `cancel`. A pod whose UID cannot name its directories is sent as an error naming it; a
 /// pod bpflet cannot run otherwise goes to the manager, whose admission rejects it (phase
 /// `Failed`, reason `FailedValidation`, a Warning event), as upstream's kubelet rejects a
-/// pod it cannot run.
+/// pod it cannot run. Each snapshot is also shown to `statuses`, which checks the API
+/// server's pod statuses against what it wrote.
 pub async fn run_pod_source(
     client: kube::Client,
     node_name: String,
     updates: mpsc::Sender<PodUpdate>,
+    statuses: status::ApiStatusSink,
     cancel: CancellationToken,
 ) {
     let (watch, mut snapshots) = pods::watch_bound_pods(client, &node_name, cancel.clone());
@@ -98,6 +100,7 @@ pub async fn run_pod_source(
         let Some(pods) = snapshots.borrow_and_update().clone() else {
             continue;
         };
+        statuses.observe(&pods);
         let (pods, errors) = to_source_pods(pods);
         let update = PodUpdate::Snapshot {
             source: SourceKind::Api,

@@ -28,13 +28,7 @@ pub fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
     let err = |field: &str, reason: String| Err((field.to_owned(), reason));
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     // A static pod's name is its manifest's with `-<node>` appended; an API pod's is its own.
-    let from_api = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(super::CONFIG_SOURCE_ANNOTATION))
-        .is_some_and(|s| s == "api");
-    let appended = if from_api {
+    let appended = if super::is_api_pod(pod) {
         ""
     } else {
         " (with the node name appended)"

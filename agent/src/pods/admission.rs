@@ -15,7 +15,6 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use super::sysctls::{REASON_FORBIDDEN, SysctlPolicy};
-use crate::model::CONFIG_SOURCE_ANNOTATION;
 
 /// Upstream's reason for a pod over `maxPods`.
 pub const REASON_OUT_OF_PODS: &str = "OutOfpods";
@@ -85,18 +84,7 @@ pub fn first_sight(pod: &Pod, node: &NodeState<'_>) -> Admission {
 #[must_use]
 pub fn is_terminal_in_api(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    is_from_api(pod) && matches!(phase, Some("Succeeded" | "Failed"))
-}
-
-/// A pod of the API source (`kubernetes.io/config.source: api`): its phase in the API
-/// server is the record, and a terminal one is final.
-#[must_use]
-pub fn is_from_api(pod: &Pod) -> bool {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
-        .is_some_and(|s| s == "api")
+    crate::model::is_api_pod(pod) && matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 /// Admits `pod` onto a node in `node`'s state.
@@ -128,6 +116,7 @@ pub fn admit(pod: &Pod, node: &NodeState<'_>) -> Result<(), Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::CONFIG_SOURCE_ANNOTATION;
 
     fn pod(sysctl: Option<&str>) -> Pod {
         let sysctls = sysctl.map_or(String::new(), |s| {

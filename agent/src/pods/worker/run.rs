@@ -189,7 +189,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
 
     /// Carries out an eviction the eviction manager asked for, and says whether the pod
     /// stays down: it was evicted and the node is still under that pressure (or it was
-    /// evicted for good, see `Eviction::keeps_down`, or it is an API pod). Once the pressure
+    /// evicted for good, see `Eviction::keeps_down`, API pods included). Once the pressure
     /// is over, a static pod starts again with a fresh status.
     async fn held_down_by_eviction(&mut self, pod: &Pod) -> bool {
         let requested = self
@@ -203,11 +203,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let Some(evicted) = &self.evicted else {
             return false;
         };
-        // An API pod's eviction is final, as upstream's: its phase in the API server is
-        // `Failed` (which the API server keeps), and its owner makes a replacement.
-        if evicted.keeps_down(&self.ctx.signals.conditions.borrow(), pod)
-            || crate::pods::admission::is_from_api(pod)
-        {
+        // An API pod's eviction is final (`Eviction::keeps_down`), as upstream's: its phase
+        // in the API server is `Failed`, and its owner makes a replacement.
+        if evicted.keeps_down(&self.ctx.signals.conditions.borrow(), pod) {
             return true;
         }
         info!(pod = %format_pod(pod), "node pressure is over: starting the evicted pod again");

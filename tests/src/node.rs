@@ -1,5 +1,5 @@
-//! The one node harness of the root tests: a private containerd 1.6 with runc and the offline
-//! busybox image, plus the `bpflet` binary as a static-pod agent on it. Pod state is read from
+//! The one node harness of the root tests: a private containerd (Debian's 1.6 by default, or
+//! containerd 2 built here: [`NodeConfig::containerd`]) with runc and the offline busybox image, plus the `bpflet` binary as a static-pod agent on it. Pod state is read from
 //! the agent's read-only API on 127.0.0.1; runtime state straight from containerd with `ctr`.
 //! The agent process (command line, log, readiness, stop) is `xtask::agent`'s, which the
 //! benches' node uses too; the configuration and the assertions are the tests' own.
@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
 use xtask::agent::{Agent, AgentSpec};
-use xtask::containerd::PrivateContainerd;
+use xtask::containerd::{self, Binaries, PrivateContainerd};
 
 pub use xtask::agent::{http_get, tail};
 
@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub wrapper: Option<Vec<String>>,
     /// Prefix of the node's temporary directory.
     pub dir_prefix: &'static str,
+    /// Which containerd the node runs (default: Debian's 1.6).
+    pub containerd: Binaries,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +73,7 @@ impl Default for NodeConfig {
             args: Vec::new(),
             wrapper: None,
             dir_prefix: "bpflet-node-",
+            containerd: Binaries::Debian,
         }
     }
 }
@@ -126,7 +129,11 @@ impl Node {
             .prefix(config.dir_prefix)
             .tempdir()
             .expect("temp dir");
-        let ctd = PrivateContainerd::start(&dir.path().join("ctd"))
+        let options = containerd::Options {
+            binaries: config.containerd.clone(),
+            ..containerd::Options::default()
+        };
+        let ctd = PrivateContainerd::start_with(&dir.path().join("ctd"), &options)
             .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
         std::fs::create_dir_all(dir.path().join("manifests")).expect("create manifests dir");
         Node {
@@ -415,10 +422,16 @@ plegMode: {pleg}
         }
     }
 
-    /// `ctr -n k8s.io ARGS` against the node's containerd; its standard output.
+    /// `ctr -n k8s.io ARGS` against the node's containerd (with the `ctr` of its release);
+    /// its standard output.
     #[must_use]
     pub fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr")
+        let ctr = self
+            .ctd
+            .binaries
+            .tool("ctr")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let out = Command::new(ctr)
             .arg("--address")
             .arg(&self.ctd.socket)
             .args(["-n", "k8s.io"])

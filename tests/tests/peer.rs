@@ -206,7 +206,7 @@ fn containerd2_runs_privately_and_crictl_runs_a_pod() {
     let shims = exes_of_processes_naming(&ctd.socket.to_string_lossy());
     let ours = peer::bin_dir().join("containerd-shim-runc-v2");
     assert!(
-        shims.iter().any(|e| *e == ours),
+        shims.contains(&ours),
         "no shim {} serves this containerd: {shims:?}",
         ours.display()
     );

@@ -58,7 +58,7 @@ pub struct NodeConfig {
     pub wrapper: Option<Vec<String>>,
     /// Prefix of the node's temporary directory.
     pub dir_prefix: &'static str,
-    /// Which containerd the node runs (default: Debian's 1.6).
+    /// Which containerd the node runs (default: [`default_containerd`]).
     pub containerd: Binaries,
 }
 
@@ -73,8 +73,23 @@ impl Default for NodeConfig {
             args: Vec::new(),
             wrapper: None,
             dir_prefix: "bpflet-node-",
-            containerd: Binaries::Debian,
+            containerd: default_containerd(),
         }
+    }
+}
+
+/// The containerd a node runs unless its configuration says otherwise: Debian's 1.6, or
+/// containerd 2 (built by `cargo xtask build-peer`) when `BPFLET_TEST_CONTAINERD=2`, so the
+/// whole root suite can run on either.
+///
+/// # Panics
+/// On any other value of `BPFLET_TEST_CONTAINERD` than `1.6` or `2`.
+#[must_use]
+pub fn default_containerd() -> Binaries {
+    match std::env::var("BPFLET_TEST_CONTAINERD").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("1.6") => Binaries::Debian,
+        Ok("2") => Binaries::containerd2(),
+        other => panic!("BPFLET_TEST_CONTAINERD={other:?}: expected 1.6 or 2"),
     }
 }
 

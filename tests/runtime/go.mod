@@ -1,3 +1,7 @@
+// Test infrastructure for bpflet: the container runtime of the upstream peer (containerd 2
+// with its CRI plugin and runc shim, ctr, runc, crictl), built from upstream Go modules in
+// their own module so their dependencies do not move the control plane's pins (tests/k8s).
+// `cargo xtask build-peer` builds it; the product itself stays Rust.
 module bpflet.test/runtime
 
 go 1.26.0

@@ -277,7 +277,11 @@ fn upstream_kubelet_runs_a_static_pod_on_containerd2() {
         .iter()
         .map(|(path, _)| fs::read_to_string(Path::new("/proc/sys").join(path)).unwrap())
         .collect();
-    let device_plugins_existed = Path::new("/var/lib/kubelet").exists();
+    // The kubelet's fixed paths are covered in its own mount namespace: nothing lands here.
+    let fixed_existed: Vec<bool> = ["/var/lib/kubelet", "/var/log/containers"]
+        .iter()
+        .map(|p| Path::new(p).exists())
+        .collect();
 
     let manifests = dir.path().join("manifests");
     let mut spec = KubeletSpec::new(
@@ -351,11 +355,18 @@ fn upstream_kubelet_runs_a_static_pod_on_containerd2() {
     );
 
     kubelet.stop().unwrap_or_else(|e| panic!("{e:#}"));
-    if !device_plugins_existed {
-        assert!(
-            !Path::new("/var/lib/kubelet").exists(),
-            "teardown left /var/lib/kubelet"
-        );
+    for (path, existed) in ["/var/lib/kubelet", "/var/log/containers"]
+        .iter()
+        .zip(fixed_existed)
+    {
+        assert!(existed || !Path::new(path).exists(), "teardown left {path}");
     }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let kubelet_dir = dir.path().join("kubelet");
+    assert!(
+        !mountinfo.contains(&*kubelet_dir.to_string_lossy()),
+        "teardown left mounts under {}:\n{mountinfo}",
+        kubelet_dir.display()
+    );
     ctd.stop().unwrap_or_else(|e| panic!("{e:#}"));
 }

@@ -100,7 +100,8 @@ pub struct KubeletSpec {
     pub read_only_port: u16,
     /// `--hostname-override`: static pods are named `<name>-<node>`.
     pub node_name: String,
-    /// Further `KubeletConfiguration` lines, each ending in a newline.
+    /// Further `KubeletConfiguration` lines, each ending in a newline. They must not repeat
+    /// a field [`Self::config_yaml`] sets: the kubelet refuses duplicate fields.
     pub extra_config: String,
     /// Further command-line arguments.
     pub args: Vec<String>,

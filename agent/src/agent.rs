@@ -116,7 +116,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     // Cluster mode: the API server's client (nothing is asked of it yet).
     let client = match &config.cluster {
         Some(cluster) => Some(
-            crate::cluster::connect(&cluster.kubeconfig)
+            crate::cluster::connect(cluster)
                 .await
                 .map_err(AgentError::Cluster)?,
         ),
@@ -129,9 +129,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     // the local API and eviction read, and in cluster mode to the API server.
     let (pod_list_sink, published) = crate::status::manager::pod_list();
     let mut status_sinks = vec![pod_list_sink];
+    let mut api_statuses = None;
     if let Some(client) = &client {
         let (sink, writer) =
             crate::cluster::status::api_status(client.clone(), config.node_name.clone());
+        api_statuses = Some(sink.clone());
         status_sinks.push(Arc::new(sink));
         tracker.spawn(writer.run(cancel.clone()));
         let (sink, writer) = crate::cluster::events::api_events(client.clone());
@@ -402,12 +404,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         );
         tracker.spawn(src.run(update_tx.clone(), cancel.clone()));
     }
-    if let Some(client) = &client {
+    if let (Some(client), Some(statuses)) = (&client, api_statuses) {
         expected.insert(SourceKind::Api);
         tracker.spawn(crate::cluster::run_pod_source(
             client.clone(),
             config.node_name.clone(),
             update_tx.clone(),
+            statuses,
             cancel.clone(),
         ));
     }

@@ -105,3 +105,37 @@ pub fn joined_node_with(
 pub fn joined_node(prefix: &str, extra: &[&str]) -> (tempfile::TempDir, ControlPlane, Node) {
     joined_node_with(prefix, extra, NodeConfig::default())
 }
+
+/// `kubectl apply` of `yaml` as the cluster admin (the manifest is kept as
+/// `<control plane dir>/<file>.yaml`); panics naming the file.
+pub fn apply(cp: &ControlPlane, file: &str, yaml: &str) {
+    let path = cp.layout.work_dir.join(format!("{file}.yaml"));
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    cp.kubectl_admin(&["apply", "-f", &path.display().to_string()])
+        .unwrap_or_else(|e| panic!("kubectl apply {}: {e:#}", path.display()));
+}
+
+/// The pod `name` in `default` as the API server has it, or why not (for [`wait_for`]).
+pub fn api_pod(cp: &ControlPlane, name: &str) -> Result<Value, String> {
+    let out = cp
+        .kubectl_admin(&["get", "pod", name, "-o", "json"])
+        .map_err(|e| format!("{e:#}"))?;
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
+/// The events in `default` about the object `name` with `reason`, as the API server has them.
+pub fn api_events(cp: &ControlPlane, name: &str, reason: &str) -> Vec<Value> {
+    let selector = format!("involvedObject.name={name},reason={reason}");
+    let events = kubectl_json(cp, &["get", "events", "--field-selector", &selector]);
+    events["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits for the `default` ServiceAccount (the ServiceAccount admission refuses pods before
+/// the token controller made it).
+pub fn wait_for_default_service_account(cp: &ControlPlane, node: &Node) {
+    wait_for(node, "the default ServiceAccount", || {
+        cp.kubectl_admin(&["get", "serviceaccount", "default"])
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    });
+}

@@ -1,5 +1,5 @@
-//! The one node harness of the root tests: a private containerd 1.6 with runc and the offline
-//! busybox image, plus the `bpflet` binary as a static-pod agent on it. Pod state is read from
+//! The one node harness of the root tests: a private containerd (Debian's 1.6 by default, or
+//! containerd 2 built here: [`NodeConfig::containerd`]) with runc and the offline busybox image, plus the `bpflet` binary as a static-pod agent on it. Pod state is read from
 //! the agent's read-only API on 127.0.0.1; runtime state straight from containerd with `ctr`.
 //! The agent process (command line, log, readiness, stop) is `xtask::agent`'s, which the
 //! benches' node uses too; the configuration and the assertions are the tests' own.
@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
 use xtask::agent::{Agent, AgentSpec};
-use xtask::containerd::PrivateContainerd;
+use xtask::containerd::{self, Binaries, PrivateContainerd};
 
 pub use xtask::agent::{http_get, tail};
 
@@ -35,6 +35,22 @@ pub const IMAGE: &str = "bpflet.local/busybox:latest";
 /// `imagefs.available<15%` would then evict every test pod for DiskPressure. Tests about
 /// disk pressure set their own thresholds.
 pub const DEFAULT_EVICTION_HARD: &str = "evictionHard: {memory.available: 100Mi}\n";
+
+/// A container command that grows its anonymous memory by ~1 MiB every 50 ms, forever.
+pub const GROW_MEMORY: &str = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#;
+
+/// The machine's memory (`MemTotal`) in bytes.
+#[must_use]
+pub fn mem_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib * 1024
+}
 
 /// How a [`Node`]'s agent is configured.
 #[derive(Debug, Clone)]
@@ -58,6 +74,8 @@ pub struct NodeConfig {
     pub wrapper: Option<Vec<String>>,
     /// Prefix of the node's temporary directory.
     pub dir_prefix: &'static str,
+    /// Which containerd the node runs (default: [`default_containerd`]).
+    pub containerd: Binaries,
 }
 
 impl Default for NodeConfig {
@@ -71,7 +89,23 @@ impl Default for NodeConfig {
             args: Vec::new(),
             wrapper: None,
             dir_prefix: "bpflet-node-",
+            containerd: default_containerd(),
         }
+    }
+}
+
+/// The containerd a node runs unless its configuration says otherwise: Debian's 1.6, or
+/// containerd 2 (built by `cargo xtask build-peer`) when `BPFLET_TEST_CONTAINERD=2`, so the
+/// whole root suite can run on either.
+///
+/// # Panics
+/// On any other value of `BPFLET_TEST_CONTAINERD` than `1.6` or `2`.
+#[must_use]
+pub fn default_containerd() -> Binaries {
+    match std::env::var("BPFLET_TEST_CONTAINERD").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("1.6") => Binaries::Debian,
+        Ok("2") => Binaries::containerd2(),
+        other => panic!("BPFLET_TEST_CONTAINERD={other:?}: expected 1.6 or 2"),
     }
 }
 
@@ -126,7 +160,11 @@ impl Node {
             .prefix(config.dir_prefix)
             .tempdir()
             .expect("temp dir");
-        let ctd = PrivateContainerd::start(&dir.path().join("ctd"))
+        let options = containerd::Options {
+            binaries: config.containerd.clone(),
+            ..containerd::Options::default()
+        };
+        let ctd = PrivateContainerd::start_with(&dir.path().join("ctd"), &options)
             .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
         std::fs::create_dir_all(dir.path().join("manifests")).expect("create manifests dir");
         Node {
@@ -415,10 +453,16 @@ plegMode: {pleg}
         }
     }
 
-    /// `ctr -n k8s.io ARGS` against the node's containerd; its standard output.
+    /// `ctr -n k8s.io ARGS` against the node's containerd (with the `ctr` of its release);
+    /// its standard output.
     #[must_use]
     pub fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr")
+        let ctr = self
+            .ctd
+            .binaries
+            .tool("ctr")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let out = Command::new(ctr)
             .arg("--address")
             .arg(&self.ctd.socket)
             .args(["-n", "k8s.io"])

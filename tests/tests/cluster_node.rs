@@ -6,9 +6,55 @@
 //! would.
 //!
 //! Needs root (the node runs a private containerd and real pods).
-use bpflet_tests::cluster::{condition, joined_node, kubectl_json, node_condition, wait_for};
-use bpflet_tests::node::{IMAGE, sleeping_pod};
+use std::time::{Duration, Instant};
+
+use bpflet_tests::cluster::{
+    NODE_NAME, api_events, api_pod, apply, condition, joined_node, joined_node_with, kubectl_json,
+    node_condition, wait_for, wait_for_default_service_account,
+};
+use bpflet_tests::node::{GROW_MEMORY, IMAGE, NodeConfig, mem_total, sleeping_pod};
 use serde_json::Value;
+
+/// A bare pod in `default`, left to the scheduler, with one container `c` running `sh -c
+/// cmd` and `resources` (YAML lines indented for the container, or empty).
+fn bare_pod(name: &str, restart_policy: &str, cmd: &str, resources: &str) -> String {
+    let cmd = cmd.replace('\'', "''");
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  restartPolicy: {restart_policy}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, '{cmd}']
+{resources}"
+    )
+}
+
+/// The running container of pod `name` in the API: its id and restart count.
+fn running_container(
+    cp: &xtask::cluster::ControlPlane,
+    name: &str,
+) -> Result<(String, u64), String> {
+    let p = api_pod(cp, name)?;
+    let cs = &p["status"]["containerStatuses"][0];
+    if p["status"]["phase"] == "Running" && cs["state"]["running"].is_object() {
+        Ok((
+            cs["containerID"].as_str().unwrap_or_default().to_owned(),
+            cs["restartCount"].as_u64().unwrap_or(u64::MAX),
+        ))
+    } else {
+        Err(format!("{}", p["status"]))
+    }
+}
 
 fn deployment(replicas: u32) -> String {
     format!(
@@ -129,11 +175,7 @@ fn bpflet_joins_runs_a_deployment_and_deletes_its_pods_gracefully() {
     );
 
     // A Deployment of 3 replicas runs on the node.
-    wait_for(&node, "the default ServiceAccount", || {
-        cp.kubectl_admin(&["get", "serviceaccount", "default"])
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-    });
+    wait_for_default_service_account(&cp, &node);
     let manifest = dir.path().join("web.yaml");
     std::fs::write(&manifest, deployment(3)).expect("write the deployment");
     cp.kubectl_admin(&["apply", "-f", &manifest.display().to_string()])
@@ -265,8 +307,11 @@ spec:
             .ok_or_else(|| format!("{events}"))
     });
     assert_eq!(event["type"], "Warning", "{event}");
-    assert_eq!(event["source"]["component"], "bpflet", "{event}");
+    // From the kubelet on the node, as upstream's kubelet writes its events.
+    assert_eq!(event["source"]["component"], "kubelet", "{event}");
     assert_eq!(event["source"]["host"], "testnode", "{event}");
+    assert_eq!(event["reportingComponent"], "kubelet", "{event}");
+    assert_eq!(event["reportingInstance"], "testnode", "{event}");
     let message = event["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("(dd) in container hog") && message.contains("memory limit"),
@@ -291,6 +336,7 @@ fn a_stopped_agent_leaves_pods_running_and_its_return_makes_the_node_ready_again
         "the Node to be Ready",
         node_condition(cp, "Ready", "True"),
     );
+    wait_for_default_service_account(cp, &node);
     let pod = dir.path().join("sleeper.yaml");
     std::fs::write(
         &pod,
@@ -356,4 +402,211 @@ spec:
 
     drop(node);
     plane.stop().expect("teardown of the control plane");
+}
+
+/// A memory ramp in a BestEffort pod on a node whose pods get 400 MiB: bpflet evicts it as
+/// upstream's kubelet writes an eviction (the pod `Failed`/`Evicted` with the DisruptionTarget
+/// condition, a Warning `Evicted` event from the kubelet), the Node shows MemoryPressure (and
+/// the node lifecycle controller taints it), the Guaranteed and Burstable pods run on
+/// untouched, the kernel's OOM killer never acts, and the evicted pod stays in the API,
+/// `Failed`, also once the pressure is over: a kubelet never deletes nor restarts it.
+#[test]
+fn a_memory_ramp_evicts_the_besteffort_pod_as_upstream_writes_it() {
+    // kubepods gets 400 MiB (capacity minus systemReserved); with evictionHard
+    // memory.available<100Mi, eviction starts when the pods use 300 MiB. The pressure
+    // condition holds 30 s after the last pressure (upstream: 5 min), so the test also sees
+    // the evicted pod stay down after it.
+    let reserved_mib = mem_total() / (1 << 20) - 400;
+    let (_dir, cp, node) = joined_node_with(
+        "bpflet-cluster-evict-",
+        &[],
+        NodeConfig {
+            kubelet_extra: format!(
+                "systemReserved: {{memory: {reserved_mib}Mi}}\n\
+                 evictionHard: {{memory.available: 100Mi}}\n\
+                 evictionPressureTransitionPeriod: 30s\n"
+            ),
+            ..NodeConfig::default()
+        },
+    );
+    wait_for(
+        &node,
+        "the Node to be Ready",
+        node_condition(&cp, "Ready", "True"),
+    );
+    wait_for_default_service_account(&cp, &node);
+    apply(
+        &cp,
+        "guaranteed",
+        &bare_pod(
+            "guaranteed",
+            "Always",
+            "exec sleep 3600",
+            "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n      requests: {cpu: 100m, memory: 64Mi}\n",
+        ),
+    );
+    apply(
+        &cp,
+        "burstable",
+        &bare_pod(
+            "burstable",
+            "Always",
+            "exec sleep 3600",
+            "    resources:\n      requests: {memory: 32Mi}\n",
+        ),
+    );
+    let mut before = Vec::new();
+    for name in ["guaranteed", "burstable"] {
+        let (id, restarts) = wait_for(&node, &format!("{name} Running"), || {
+            running_container(&cp, name)
+        });
+        assert_eq!(restarts, 0, "{name}");
+        before.push((name, id));
+    }
+    let qos = |name: &str| api_pod(&cp, name).expect("pod")["status"]["qosClass"].clone();
+    assert_eq!(qos("guaranteed"), "Guaranteed");
+    assert_eq!(qos("burstable"), "Burstable");
+
+    apply(
+        &cp,
+        "besteffort",
+        &bare_pod("besteffort", "Always", GROW_MEMORY, ""),
+    );
+    let evicted = wait_for(&node, "the BestEffort pod Evicted in the API", || {
+        let p = api_pod(&cp, "besteffort")?;
+        if p["status"]["reason"] == "Evicted" {
+            Ok(p)
+        } else {
+            Err(format!("{}", p["status"]))
+        }
+    });
+    let status = &evicted["status"];
+    assert_eq!(status["qosClass"], "BestEffort", "{status:#}");
+    assert_eq!(
+        evicted["spec"]["nodeName"], NODE_NAME,
+        "bound by the scheduler"
+    );
+    assert_eq!(status["phase"], "Failed", "{status:#}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("The node was low on resource: memory."),
+        "{status:#}"
+    );
+    let disruption = condition(&evicted, "DisruptionTarget").cloned();
+    let disruption = disruption.unwrap_or(Value::Null);
+    assert_eq!(disruption["status"], "True", "{status:#}");
+    assert_eq!(disruption["reason"], "TerminationByKubelet", "{status:#}");
+    let uid = evicted["metadata"]["uid"].as_str().expect("uid").to_owned();
+
+    // The event, as upstream's kubelet writes it: about the pod, from the kubelet on this
+    // node, with the status' message.
+    let event = wait_for(&node, "an Evicted event in the API", || {
+        api_events(&cp, "besteffort", "Evicted")
+            .into_iter()
+            .next()
+            .ok_or_else(|| "none".to_owned())
+    });
+    assert_eq!(event["type"], "Warning", "{event:#}");
+    let involved = &event["involvedObject"];
+    assert_eq!(
+        (&involved["kind"], &involved["uid"], &involved["namespace"]),
+        (
+            &Value::from("Pod"),
+            &Value::from(uid.as_str()),
+            &Value::from("default")
+        ),
+        "{event:#}"
+    );
+    assert_eq!(event["message"], message, "{event:#}");
+    assert_eq!(event["source"]["component"], "kubelet", "{event:#}");
+    assert_eq!(event["source"]["host"], NODE_NAME, "{event:#}");
+    assert_eq!(event["reportingComponent"], "kubelet", "{event:#}");
+    assert_eq!(event["reportingInstance"], NODE_NAME, "{event:#}");
+
+    // The Node: MemoryPressure, and the node lifecycle controller's NoSchedule taint for it.
+    let pressured = wait_for(
+        &node,
+        "MemoryPressure=True on the Node",
+        node_condition(&cp, "MemoryPressure", "True"),
+    );
+    assert_eq!(
+        condition(&pressured, "MemoryPressure").map(|c| c["reason"].clone()),
+        Some(Value::from("KubeletHasInsufficientMemory")),
+        "{:#}",
+        pressured["status"]
+    );
+    let memory_taint = |n: &Value| {
+        n["spec"]["taints"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule"
+            })
+        })
+    };
+    wait_for(&node, "the memory-pressure taint on the Node", || {
+        let n = kubectl_json(&cp, &["get", "node", NODE_NAME]);
+        if memory_taint(&n) {
+            Ok(())
+        } else {
+            Err(format!("{}", n["spec"]))
+        }
+    });
+
+    // The others run on: the same containers, never restarted; the kernel never OOM-killed.
+    for (name, id) in &before {
+        let (now, restarts) = running_container(&cp, name)
+            .unwrap_or_else(|e| panic!("{name} no longer running: {e}"));
+        assert_eq!((&now, restarts), (id, 0), "{name}");
+    }
+    let ooms = node.kernel_oom_events();
+    assert!(ooms.is_empty(), "the kernel OOM killer acted: {ooms:#?}");
+
+    // The pressure ends (30 s after the last): the condition and the taint go, and the
+    // evicted pod stays what it is, in the API and on the node.
+    wait_for(
+        &node,
+        "MemoryPressure=False on the Node",
+        node_condition(&cp, "MemoryPressure", "False"),
+    );
+    wait_for(&node, "the memory-pressure taint gone", || {
+        let n = kubectl_json(&cp, &["get", "node", NODE_NAME]);
+        if memory_taint(&n) {
+            Err(format!("{}", n["spec"]))
+        } else {
+            Ok(())
+        }
+    });
+    // Two resync periods of the pod workers (syncFrequency 10 s) after the pressure ended.
+    let until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < until {
+        let p = api_pod(&cp, "besteffort").expect("the evicted pod stays in the API");
+        assert_eq!(p["metadata"]["uid"], uid.as_str(), "the same pod object");
+        assert_eq!(
+            (&p["status"]["phase"], &p["status"]["reason"]),
+            (&Value::from("Failed"), &Value::from("Evicted")),
+            "{:#}",
+            p["status"]
+        );
+        assert!(
+            !p["status"]["containerStatuses"][0]["state"]["running"].is_object(),
+            "the evicted pod's container runs again: {:#}",
+            p["status"]
+        );
+        let (_, containers) = node.runtime_ids(&uid);
+        for id in &containers {
+            assert_ne!(
+                node.task_status(id).as_deref(),
+                Some("RUNNING"),
+                "the evicted pod runs again in the runtime"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (name, id) in &before {
+        let (now, restarts) = running_container(&cp, name)
+            .unwrap_or_else(|e| panic!("{name} no longer running: {e}"));
+        assert_eq!((&now, restarts), (id, 0), "{name}");
+    }
+
+    drop(node);
+    cp.stop().expect("teardown of the control plane");
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bpflet_tests::node::{
-    IMAGE, Node, NodeConfig, container_status, phase, pod_yaml, restarts, running, sleeping_pod,
-    uid,
+    GROW_MEMORY, IMAGE, Node, NodeConfig, container_status, mem_total, phase, pod_yaml, restarts,
+    running, sleeping_pod, uid,
 };
 use serde_json::Value;
 
@@ -487,6 +487,106 @@ fn removing_a_manifest_leaves_no_sandbox_container_or_cgroup() {
     );
 }
 
+/// `(reason, type, message, fieldPath)` of the events about pod `uid` whose reason is one of
+/// `reasons`, oldest first.
+fn lifecycle_events(node: &Node, uid: &str, reasons: &[&str]) -> Vec<[String; 4]> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    node.events_of(uid)
+        .iter()
+        .filter(|e| reasons.iter().any(|r| e["reason"] == *r))
+        .map(|e| {
+            [
+                text(&e["reason"]),
+                text(&e["type"]),
+                text(&e["message"]),
+                text(&e["involvedObject"]["fieldPath"]),
+            ]
+        })
+        .collect()
+}
+
+fn event(reason: &str, kind: &str, message: &str, field_path: &str) -> [String; 4] {
+    [reason, kind, message, field_path].map(str::to_owned)
+}
+
+/// What `kubectl describe pod` shows on any node: each container pulled (its image present;
+/// none under `Always`, since bpflet does not pull), created and started, the init
+/// container first; and, when the manifest goes, each running container stopped.
+#[test]
+fn a_static_pod_s_start_and_removal_are_recorded_as_upstream_does() {
+    let node = Node::start("event");
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "Always",
+            &format!(
+                "  initContainers:
+  - name: init
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: ['true']
+  containers:
+  - name: a
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sleep, '3600']
+  - name: b
+    image: {IMAGE}
+    command: [sleep, '3600']
+"
+            ),
+        ),
+    );
+    let p = node.wait_pod("web", "both containers running", |p| {
+        running(p, "a") && running(p, "b")
+    });
+    let uid = uid(&p);
+    let start = ["Pulled", "Created", "Started"];
+    let present = format!("Container image \"{IMAGE}\" already present on machine");
+    let (init, a, b) = (
+        "spec.initContainers{init}",
+        "spec.containers{a}",
+        "spec.containers{b}",
+    );
+    assert_eq!(
+        lifecycle_events(&node, &uid, &start),
+        [
+            event("Pulled", "Normal", &present, init),
+            event("Created", "Normal", "Created container: init", init),
+            event("Started", "Normal", "Started container init", init),
+            event("Pulled", "Normal", &present, a),
+            event("Created", "Normal", "Created container: a", a),
+            event("Started", "Normal", "Started container a", a),
+            // `b`'s image is `:latest`: imagePullPolicy defaults to Always.
+            event("Created", "Normal", "Created container: b", b),
+            event("Started", "Normal", "Started container b", b),
+        ],
+        "{:#?}",
+        node.events_of(&uid)
+    );
+    assert!(
+        lifecycle_events(&node, &uid, &["Killing", "BackOff", "SandboxChanged"]).is_empty(),
+        "{:#?}",
+        node.events_of(&uid)
+    );
+
+    node.remove_manifest("web.yaml");
+    node.wait_until("the pod to leave /pods", |n| n.pod("web").is_none());
+    let mut killing = lifecycle_events(&node, &uid, &["Killing"]);
+    // Both are stopped at once.
+    killing.sort();
+    assert_eq!(
+        killing,
+        [
+            event("Killing", "Normal", "Stopping container a", a),
+            event("Killing", "Normal", "Stopping container b", b),
+        ],
+        "{:#?}",
+        node.events_of(&uid)
+    );
+}
+
 /// The pod cgroup on the memory hierarchy, wherever its QoS class put it.
 fn find_pod_cgroup(root: &str, uid: &str) -> Option<PathBuf> {
     let base = Path::new("/sys/fs/cgroup/memory")
@@ -674,20 +774,6 @@ fn prestop_hook_runs_before_sigterm() {
 }
 
 /// MemTotal in bytes.
-fn mem_total() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("MemTotal");
-    kib * 1024
-}
-
-/// A container command that grows its anonymous memory by ~1 MiB every 50 ms, forever.
-const GROW_MEMORY: &str = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#;
-
 #[test]
 fn memory_ramp_evicts_besteffort_before_the_kernel_oom_killer_acts() {
     // kubepods gets 400 MiB (capacity minus systemReserved); with evictionHard

@@ -641,6 +641,8 @@ struct Daemon {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// Stopped on purpose ([`ControlPlane::stop_apiserver`]): its exit is no failure.
+    stopped: bool,
 }
 
 impl Daemon {
@@ -671,7 +673,12 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("could not start `{line}`"))?;
         say(&format!("started {name} (pid {})", child.id()));
-        Ok(Daemon { name, child, log })
+        Ok(Daemon {
+            name,
+            child,
+            log,
+            stopped: false,
+        })
     }
 
     fn pid(&self) -> Pid {
@@ -910,7 +917,7 @@ impl ControlPlane {
 
     /// Fails naming the first daemon that has exited, with the end of its log.
     pub fn check_running(&mut self) -> Result<()> {
-        for d in &mut self.daemons {
+        for d in self.daemons.iter_mut().filter(|d| !d.stopped) {
             if let Some(status) = d.child.try_wait()? {
                 bail!(
                     "{} exited ({status}); last lines of {}:\n{}",
@@ -921,6 +928,55 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// The index of the daemon `name` in `daemons`.
+    fn daemon_index(&self, name: &str) -> Result<usize> {
+        self.daemons
+            .iter()
+            .position(|d| d.name == name)
+            .with_context(|| format!("{name} is not part of this control plane"))
+    }
+
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after a grace), as an outage of the API server
+    /// would look to its clients: connections refused on its port. etcd, the controller
+    /// manager and the scheduler keep running. [`Self::start_apiserver`] brings it back.
+    pub fn stop_apiserver(&mut self) -> Result<()> {
+        let index = self.daemon_index("kube-apiserver")?;
+        let d = &mut self.daemons[index];
+        ensure!(!d.stopped, "kube-apiserver is already stopped");
+        let status = d.stop().context("stopping kube-apiserver")?;
+        d.stopped = true;
+        say(&format!(
+            "kube-apiserver (pid {}) stopped: {status}",
+            d.child.id()
+        ));
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again, with the same arguments on the same port (its log goes
+    /// on in the same file), and waits until it is ready.
+    pub fn start_apiserver(&mut self, cancelled: &dyn Fn() -> bool) -> Result<()> {
+        let index = self.daemon_index("kube-apiserver")?;
+        ensure!(
+            self.daemons[index].stopped,
+            "kube-apiserver is running; stop it first"
+        );
+        let mut cmd = Command::new(self.bin_dir.join("kube-apiserver"));
+        cmd.args(self.apiserver_args());
+        self.daemons[index] = Daemon::spawn("kube-apiserver", cmd, &self.layout.logs)?;
+        let admin = self.admin();
+        self.wait_until(
+            index,
+            "kube-apiserver /readyz",
+            APISERVER_READY_TIMEOUT,
+            cancelled,
+            || {
+                admin
+                    .get_raw(None, "/readyz")
+                    .is_ok_and(|body| body == "ok")
+            },
+        )
     }
 
     fn etcd_args(&self) -> Vec<String> {

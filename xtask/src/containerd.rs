@@ -82,6 +82,8 @@ pub struct Options {
     /// removed on teardown. Default: `/bpflet-ctd-<hash of the work directory>`, so a
     /// later start on the same directory finds what a crashed run left there.
     pub cgroup_parent: Option<String>,
+    /// Which containerd runs (default: Debian's 1.6).
+    pub binaries: Binaries,
 }
 
 impl Default for Options {
@@ -90,6 +92,58 @@ impl Default for Options {
             bridge: DEFAULT_BRIDGE.to_owned(),
             subnet: DEFAULT_SUBNET.to_owned(),
             cgroup_parent: None,
+            binaries: Binaries::Debian,
+        }
+    }
+}
+
+/// Which containerd, shim, `ctr` and runc run, and so which config format they read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Binaries {
+    /// Debian's containerd 1.6 and runc 1.1, found on `PATH` (config version 2).
+    #[default]
+    Debian,
+    /// containerd 2.x with its shim and `ctr`, and runc, all in one directory: what
+    /// `xtask::peer::build` puts in `xtask::peer::bin_dir()` (config version 3).
+    Containerd2(PathBuf),
+}
+
+impl Binaries {
+    /// containerd 2 from [`crate::peer::bin_dir`].
+    pub fn containerd2() -> Self {
+        Binaries::Containerd2(crate::peer::bin_dir())
+    }
+
+    /// The path of one of the tools (`containerd`, `ctr`, `runc`, `containerd-shim-runc-v2`).
+    pub fn tool(&self, name: &str) -> Result<PathBuf> {
+        match self {
+            Binaries::Debian => find_in_path(name)
+                .with_context(|| format!("`{name}` is not installed; run `cargo xtask setup`")),
+            Binaries::Containerd2(dir) => {
+                let path = dir.join(name);
+                if path.is_file() {
+                    Ok(path)
+                } else {
+                    bail!(
+                        "{} is missing; build containerd 2 with `cargo xtask build-peer`",
+                        path.display()
+                    )
+                }
+            }
+        }
+    }
+
+    /// `PATH` for containerd: containerd finds its shim on `PATH`, so the built directory
+    /// comes first (Debian's shim would otherwise serve containerd 2).
+    fn search_path(&self) -> std::ffi::OsString {
+        let inherited =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        match self {
+            Binaries::Debian => inherited,
+            Binaries::Containerd2(dir) => {
+                let dirs = std::iter::once(dir.clone()).chain(std::env::split_paths(&inherited));
+                std::env::join_paths(dirs).unwrap_or(inherited)
+            }
         }
     }
 }
@@ -115,6 +169,8 @@ pub struct PrivateContainerd {
     pub cgroup_parent: String,
     /// The offline images, imported into the `k8s.io` namespace.
     pub images: ImageArchive,
+    /// The containerd that runs.
+    pub binaries: Binaries,
     bridge: String,
     child: Option<Child>,
     /// What teardown must remove beyond the work directory, also for earlier runs on
@@ -132,7 +188,7 @@ impl PrivateContainerd {
     /// Starts containerd under `work_dir`, waits until its CRI answers with runtime and
     /// network ready, and imports the offline images unless they are there already.
     pub fn start_with(work_dir: &Path, options: &Options) -> Result<Self> {
-        check_tools()?;
+        check_tools(&options.binaries)?;
         fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
         let work_dir = work_dir
             .canonicalize()
@@ -164,6 +220,7 @@ impl PrivateContainerd {
             pod_log_dir: work_dir.join("pods"),
             cgroup_parent,
             images: images::build(&work_dir.join("images"))?,
+            binaries: options.binaries.clone(),
             bridge: options.bridge.clone(),
             child: None,
             cleanup: Cleanup::default(),
@@ -244,8 +301,9 @@ impl PrivateContainerd {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
+        let mut cmd = Command::new(self.binaries.tool("containerd")?);
+        cmd.env("PATH", self.binaries.search_path())
+            .arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
@@ -398,7 +456,7 @@ impl PrivateContainerd {
 
     /// Runs `ctr --address <socket> <args>`; returns its stdout.
     fn ctr(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.binaries.tool("ctr")?);
         cmd.arg("--address").arg(&self.socket).args(args);
         crate::command_output(&mut cmd)
     }
@@ -430,78 +488,24 @@ impl PrivateContainerd {
         fs::write(&conflist_path, serde_json::to_vec_pretty(&conflist)?)
             .with_context(|| format!("writing {}", conflist_path.display()))?;
 
-        let runc = find_in_path("runc").context("runc is not installed (`cargo xtask setup`)")?;
-        let q = |p: &Path| toml_string(&p.to_string_lossy());
-        let config = format!(
-            r#"# Written by bpflet's xtask (containerd.rs); rewritten on every start.
-version = 2
-root = {root}
-state = {state}
-# The restart monitor restarts containers labelled for it (`ctr run --label
-# containerd.io/restart.status=running`); CRI containers are restarted by the kubelet, here
-# bpflet. It lists every container every 10 s: half of containerd's idle CPU at 110 pods
-# once the stats walk below was slowed (perf, docs/BENCHMARKS.md).
-disabled_plugins = ["io.containerd.internal.v1.restart"]
-
-[grpc]
-  address = {socket}
-
-[ttrpc]
-  address = {ttrpc}
-
-[debug]
-  address = ""
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = {opt}
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = {pause}
-  # Required on these machines: without it every sandbox fails (oom_score_adj EPERM).
-  restrict_oom_score_adj = true
-  # Keep network namespaces under our state directory, not /var/run/netns.
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # The CRI plugin walks every container's writable layer this often to keep disk usage
-  # for ContainerStats/ImageFsInfo (default 10 s). bpflet reads no CRI stats: eviction
-  # reads cgroups and walks its own pod directories. At 110 idle pods the walk was 64 % of
-  # containerd's CPU (perf, docs/BENCHMARKS.md); `crictl stats` disk numbers may lag 5 min.
-  stats_collect_period = 300
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = {runc}
-        Root = {runc_root}
-        SystemdCgroup = false
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = {cni_bin}
-    conf_dir = {cni_conf}
-    max_conf_num = 1
-"#,
-            root = q(&self.root_dir),
-            state = q(&self.state_dir),
-            socket = q(&self.socket),
-            ttrpc = q(&self.ttrpc_socket()),
-            opt = q(&self.work_dir.join("opt")),
-            pause = toml_string(PAUSE_IMAGE),
-            runc = q(&runc),
-            runc_root = q(&self.state_dir.join("runc")),
-            cni_bin = toml_string(CNI_BIN_DIR),
-            cni_conf = q(&cni_conf_dir),
-        );
+        let runc_root = self.state_dir.join("runc");
+        let opt = self.work_dir.join("opt");
+        let ttrpc = self.ttrpc_socket();
+        let runc = self.binaries.tool("runc")?;
+        let inputs = ConfigInputs {
+            root: &self.root_dir,
+            state: &self.state_dir,
+            socket: &self.socket,
+            ttrpc: &ttrpc,
+            opt: &opt,
+            runc: &runc,
+            runc_root: &runc_root,
+            cni_conf: &cni_conf_dir,
+        };
+        let config = match self.binaries {
+            Binaries::Debian => config_v2(&inputs),
+            Binaries::Containerd2(_) => config_v3(&inputs),
+        };
         fs::write(&self.config_path, config)
             .with_context(|| format!("writing {}", self.config_path.display()))
     }
@@ -646,7 +650,7 @@ disabled_plugins = ["io.containerd.internal.v1.restart"]
             wait_gone(pid, STOP_TIMEOUT);
             let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
             if let (Some(ns), Some(id)) = (flag("-namespace"), flag("-id")) {
-                // containerd 1.6: sha256(<address>/<namespace>/<id>) names the socket.
+                // containerd 1.6 and 2.x: sha256(<address>/<namespace>/<id>) names the socket.
                 let key = Path::new(&socket).join(ns).join(id);
                 let digest = sha2::Sha256::digest(key.to_string_lossy().as_bytes());
                 let _ = fs::remove_file(Path::new(SHIM_SOCKET_DIR).join(hex::encode(digest)));
@@ -674,11 +678,183 @@ struct Cleanup {
     created_dirs: BTreeSet<PathBuf>,
 }
 
+/// What a containerd config names: paths under the work directory, and runc.
+struct ConfigInputs<'a> {
+    root: &'a Path,
+    state: &'a Path,
+    socket: &'a Path,
+    ttrpc: &'a Path,
+    opt: &'a Path,
+    runc: &'a Path,
+    runc_root: &'a Path,
+    cni_conf: &'a Path,
+}
+
+fn q(p: &Path) -> String {
+    toml_string(&p.to_string_lossy())
+}
+
+/// containerd 1.6's config (version 2).
+fn config_v2(i: &ConfigInputs<'_>) -> String {
+    format!(
+        r#"# Written by bpflet's xtask (containerd.rs); rewritten on every start.
+version = 2
+root = {root}
+state = {state}
+# The restart monitor restarts containers labelled for it (`ctr run --label
+# containerd.io/restart.status=running`); CRI containers are restarted by the kubelet, here
+# bpflet. It lists every container every 10 s: half of containerd's idle CPU at 110 pods
+# once the stats walk below was slowed (perf, docs/BENCHMARKS.md).
+disabled_plugins = ["io.containerd.internal.v1.restart"]
+
+[grpc]
+  address = {socket}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {pause}
+  # Required on these machines: without it every sandbox fails (oom_score_adj EPERM).
+  restrict_oom_score_adj = true
+  # Keep network namespaces under our state directory, not /var/run/netns.
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # The CRI plugin walks every container's writable layer this often to keep disk usage
+  # for ContainerStats/ImageFsInfo (default 10 s). bpflet reads no CRI stats: eviction
+  # reads cgroups and walks its own pod directories. At 110 idle pods the walk was 64 % of
+  # containerd's CPU (perf, docs/BENCHMARKS.md); `crictl stats` disk numbers may lag 5 min.
+  stats_collect_period = 300
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = {runc}
+        Root = {runc_root}
+        SystemdCgroup = false
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = {cni_bin}
+    conf_dir = {cni_conf}
+    max_conf_num = 1
+"#,
+        root = q(i.root),
+        state = q(i.state),
+        socket = q(i.socket),
+        ttrpc = q(i.ttrpc),
+        opt = q(i.opt),
+        pause = toml_string(PAUSE_IMAGE),
+        runc = q(i.runc),
+        runc_root = q(i.runc_root),
+        cni_bin = toml_string(CNI_BIN_DIR),
+        cni_conf = q(i.cni_conf),
+    )
+}
+
+/// containerd 2.x's config (version 3): the same daemon as [`config_v2`], in 2.x's plugin
+/// layout (the CRI is split into the `images` and `runtime` plugins). Beyond that, NRI and CDI
+/// are off: NRI would listen on the machine-wide `/var/run/nri/nri.sock`, CDI would watch
+/// `/etc/cdi` and `/var/run/cdi`; bpflet's tests use neither.
+fn config_v3(i: &ConfigInputs<'_>) -> String {
+    format!(
+        r#"# Written by bpflet's xtask (containerd.rs) for containerd 2.x; rewritten on every start.
+version = 3
+root = {root}
+state = {state}
+# containerd 2 would otherwise also read /etc/containerd/conf.d/*.toml.
+imports = []
+# As for containerd 1.6 (config_v2): CRI containers are restarted by the kubelet or bpflet.
+disabled_plugins = ["io.containerd.monitor.container.v1.restart"]
+
+[grpc]
+  address = {socket}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  # As for containerd 1.6 (config_v2): the disk-usage walk of every writable layer.
+  stats_collect_period = 300
+
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = {pause}
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # Required on these machines: without it every sandbox fails (oom_score_adj EPERM).
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  enable_selinux = false
+  enable_cdi = false
+
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      snapshotter = "overlayfs"
+
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = {runc}
+        Root = {runc_root}
+        SystemdCgroup = false
+
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [{cni_bin}]
+    conf_dir = {cni_conf}
+    max_conf_num = 1
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#,
+        root = q(i.root),
+        state = q(i.state),
+        socket = q(i.socket),
+        ttrpc = q(i.ttrpc),
+        opt = q(i.opt),
+        pause = toml_string(PAUSE_IMAGE),
+        runc = q(i.runc),
+        runc_root = q(i.runc_root),
+        cni_bin = toml_string(CNI_BIN_DIR),
+        cni_conf = q(i.cni_conf),
+    )
+}
+
 /// Fails, naming what to install, unless containerd, ctr, runc and the CNI plugins exist.
-fn check_tools() -> Result<()> {
+fn check_tools(binaries: &Binaries) -> Result<()> {
     for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-        find_in_path(tool)
-            .with_context(|| format!("`{tool}` is not installed; run `cargo xtask setup`"))?;
+        binaries.tool(tool)?;
     }
     for plugin in ["bridge", "host-local", "loopback"] {
         let path = Path::new(CNI_BIN_DIR).join(plugin);
@@ -788,7 +964,7 @@ fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Unmounts everything below `dir`, deepest first; lazily if a mount is busy.
-fn unmount_under(dir: &Path) -> Result<()> {
+pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
     for _pass in 0..5 {
         let mounts = mounts_under(dir)?;
         if mounts.is_empty() {
@@ -1127,6 +1303,83 @@ const SANDBOX_REMOVAL_PATIENCE: Duration = Duration::from_secs(15);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inputs_in<'a>(p: &'a Path) -> ConfigInputs<'a> {
+        ConfigInputs {
+            root: p,
+            state: p,
+            socket: p,
+            ttrpc: p,
+            opt: p,
+            runc: p,
+            runc_root: p,
+            cni_conf: p,
+        }
+    }
+
+    #[test]
+    fn config_v2_is_containerd_1_6s_layout() {
+        let text = config_v2(&inputs_in(Path::new("/w")));
+        for line in [
+            "version = 2",
+            r#"disabled_plugins = ["io.containerd.internal.v1.restart"]"#,
+            r#"[plugins."io.containerd.grpc.v1.cri"]"#,
+            r#"  sandbox_image = "bpflet.local/pause:latest""#,
+            "  restrict_oom_score_adj = true",
+            r#"    bin_dir = "/usr/lib/cni""#,
+            r#"        BinaryName = "/w""#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_v3_is_containerd_2s_layout_without_machine_wide_paths() {
+        let text = config_v3(&inputs_in(Path::new("/w")));
+        for line in [
+            "version = 3",
+            "imports = []",
+            r#"disabled_plugins = ["io.containerd.monitor.container.v1.restart"]"#,
+            r#"[plugins."io.containerd.nri.v1.nri"]"#,
+            "  disable = true",
+            r#"  [plugins."io.containerd.cri.v1.images".pinned_images]"#,
+            r#"    sandbox = "bpflet.local/pause:latest""#,
+            r#"[plugins."io.containerd.cri.v1.runtime"]"#,
+            "  restrict_oom_score_adj = true",
+            "  enable_cdi = false",
+            r#"    bin_dirs = ["/usr/lib/cni"]"#,
+            r#"        BinaryName = "/w""#,
+            r#"  stream_server_address = "127.0.0.1""#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+        assert!(!text.contains("io.containerd.grpc.v1.cri\".containerd"));
+    }
+
+    #[test]
+    fn containerd2_finds_its_own_tools_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let binaries = Binaries::Containerd2(dir.path().to_owned());
+        let err = binaries.tool("runc").unwrap_err();
+        assert!(err.to_string().contains("cargo xtask build-peer"), "{err}");
+        fs::write(dir.path().join("runc"), "").unwrap();
+        assert_eq!(binaries.tool("runc").unwrap(), dir.path().join("runc"));
+        let path = binaries.search_path();
+        assert_eq!(
+            std::env::split_paths(&path).next().as_deref(),
+            Some(dir.path())
+        );
+        assert_eq!(
+            Binaries::Debian.search_path(),
+            std::env::var_os("PATH").unwrap()
+        );
+    }
 
     #[test]
     fn toml_strings_are_quoted_and_escaped() {

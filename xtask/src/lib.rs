@@ -15,6 +15,7 @@ pub mod lock;
 /// crate, see above).
 #[path = "../../agent/src/mountinfo.rs"]
 pub mod mountinfo;
+pub mod peer;
 
 /// A command as a shell-like line, with the environment variables it sets, for messages.
 pub fn describe(cmd: &std::process::Command) -> String {

@@ -30,6 +30,9 @@ enum Chore {
     /// Build the Kubernetes test bed (tests/k8s: control plane, etcd, kubectl) into
     /// target/cluster/bin, unless it is up to date.
     BuildCluster,
+    /// Build the upstream peer (the kubelet from tests/k8s; containerd 2, runc and crictl
+    /// from tests/runtime) into target/peer/bin, unless it is up to date.
+    BuildPeer,
     /// Bring bpflet up with the static pods in examples/, kernel tracing beside it (or,
     /// with --cluster, the real Kubernetes control plane); Ctrl-C tears everything down.
     Up(up::Options),
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Chore::Setup => setup::run(),
         Chore::BuildEbpf(opts) => ebpf::run(&opts).map(drop),
         Chore::BuildCluster => cluster_up::build(),
+        Chore::BuildPeer => build_peer(),
         Chore::Up(opts) => up::run(&opts),
         Chore::Test(opts) => test::run(&opts),
         Chore::Bench(opts) => bench::run(&opts),
@@ -58,6 +62,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask build-peer`.
+fn build_peer() -> Result<()> {
+    if xtask::peer::build()?.is_none() {
+        println!(
+            "[peer] {} is up to date (kubelet {}, containerd {}, runc {}, crictl {})",
+            xtask::peer::bin_dir().display(),
+            xtask::cluster::KUBERNETES_VERSION,
+            xtask::peer::CONTAINERD_VERSION,
+            xtask::peer::RUNC_VERSION,
+            xtask::peer::CRI_TOOLS_VERSION
+        );
+    }
+    Ok(())
 }
 
 /// The workspace root: the parent of this crate's directory.

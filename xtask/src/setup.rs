@@ -22,6 +22,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    // runc built from source (the upstream peer, `xtask::peer`) links libseccomp.
+    "libseccomp-dev",
     // k8s-cri and the agent's own API compile .proto files.
     "protobuf-compiler",
     // Inspection, load generation and benchmarking.
@@ -89,7 +91,8 @@ pub fn run() -> Result<()> {
         );
     }
 
-    // Last: the long one on a fresh machine (the Go build of the control plane).
+    // Last: the long ones on a fresh machine (the Go builds of the control plane and of
+    // the upstream peer).
     report.item(
         &format!(
             "Kubernetes test bed {} (tests/k8s)",
@@ -97,6 +100,14 @@ pub fn run() -> Result<()> {
         ),
         xtask::cluster::is_built,
         || xtask::cluster::build().map(drop),
+    );
+    report.item(
+        &format!(
+            "upstream peer: kubelet, containerd {}",
+            xtask::peer::CONTAINERD_VERSION
+        ),
+        xtask::peer::is_built,
+        || xtask::peer::build().map(drop),
     );
 
     report.finish()

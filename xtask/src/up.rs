@@ -222,6 +222,7 @@ pub(crate) fn run_node(opts: &Options, agent_args: Vec<String>) -> Result<()> {
             bridge: BRIDGE.to_owned(),
             subnet: SUBNET.to_owned(),
             cgroup_parent: Some(ctx.cgroup_root.clone()),
+            ..containerd::Options::default()
         },
     )
     .context("starting the private containerd")?;

@@ -6,24 +6,30 @@
 //!   already posted is patched (`count`, `lastTimestamp`), as upstream's kubelet does.
 //! - Spam filter, as upstream's: per involved object, a bucket of 25 events refilled one per
 //!   5 minutes; an event over it is dropped (the local `/events` still has it).
-//! - The queue holds at most 1,000 events; when the API server is slow or away, newer
-//!   events are dropped (a warning at the 1st, 2nd, 4th, 8th... drop), and a failed write is
-//!   retried twice, then dropped. Events never hold up a pod.
-//! - Events are written the legacy way (`core/v1`, no `eventTime`), as the kubelet writes them.
+//! - The queue holds at most 1,000 events. While the API server is away (it cannot be
+//!   reached, or answers 429 or 5xx) the event at the head is retried, 500 ms doubling to
+//!   10 s, for as long as it takes, and the queue keeps what comes meanwhile; once it is full,
+//!   newer events are dropped (a warning at the 1st, 2nd, 4th, 8th... drop). An event the
+//!   API server refuses is tried three times, then dropped with a warning. Events never hold
+//!   up a pod.
+//! - Events are written the legacy way (`core/v1`, no `eventTime`), as the kubelet writes
+//!   them: from `source.component: kubelet` on the node (`source.host`), which are also the
+//!   reporting component and instance, so what selects kubelet events selects bpflet's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, EventSource};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::status::is_transient;
 use crate::record::EventSink;
 
 /// Events waiting to be posted, at most.
@@ -32,8 +38,15 @@ pub const QUEUE: usize = 1000;
 const BURST: f64 = 25.0;
 /// ... refilled one event per this long.
 const REFILL_EVERY: Duration = Duration::from_secs(300);
-/// Tries per event.
+/// Tries of an event the API server refuses.
 const TRIES: u32 = 3;
+/// The first retry of an event not posted; the delay doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between tries while the API server is away: how late the held events
+/// may reach it once it is back.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// The component the kubelet's events name as their source and reporter.
+pub const COMPONENT: &str = "kubelet";
 
 /// The API server as an [`EventSink`].
 #[derive(Debug, Clone)]
@@ -63,6 +76,8 @@ pub struct EventWriter {
     filter: SpamFilter,
     /// Events posted: name -> namespace, so a repeat is patched.
     posted: HashMap<String, String>,
+    /// The API server was away at the last try (warned once per outage).
+    away: bool,
 }
 
 /// The sink for the recorder and the writer to spawn.
@@ -79,6 +94,7 @@ pub fn api_events(client: kube::Client) -> (ApiEventSink, EventWriter) {
             rx,
             filter: SpamFilter::default(),
             posted: HashMap::new(),
+            away: false,
         },
     )
 }
@@ -104,19 +120,36 @@ impl EventWriter {
                 debug!(reason = ?event.reason, object = %object, "event over the per-object rate; not posted");
                 continue;
             }
-            for attempt in 1..=TRIES {
+            let mut refused = 0;
+            let mut delay = RETRY_FIRST;
+            loop {
                 match self.post(&event, repeat).await {
-                    Ok(()) => break,
-                    Err(e) if attempt == TRIES => {
-                        debug!(error = %e, reason = ?event.reason, "event not posted; dropped");
+                    Ok(()) => {
+                        if self.away {
+                            info!("events reach the API server again");
+                            self.away = false;
+                        }
+                        break;
                     }
-                    Err(_) => {
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            () = tokio::time::sleep(Duration::from_millis(500) * attempt) => {}
+                    Err(e) if is_transient(&e) => {
+                        if !self.away {
+                            warn!(error = %e, "cannot post events: the API server is away; holding them (at most {QUEUE})");
+                            self.away = true;
+                        }
+                    }
+                    Err(e) => {
+                        refused += 1;
+                        if refused == TRIES {
+                            warn!(error = %e, reason = ?event.reason, object = ?event.involved_object.name, "the API server refused an event; dropped (kept on /events)");
+                            break;
                         }
                     }
                 }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_MAX);
             }
         }
     }
@@ -159,12 +192,18 @@ impl EventWriter {
 }
 
 /// The event as the kubelet writes it to `core/v1`: without `eventTime` (which would make
-/// the API server validate it as a new-style event needing an `action`).
+/// the API server validate it as a new-style event needing an `action`), from the
+/// [`COMPONENT`] on the node (source and reporter).
 fn legacy(event: &Event) -> Event {
     let mut event = event.clone();
     event.event_time = None;
-    event.reporting_component = None;
-    event.reporting_instance = None;
+    let host = event.source.as_ref().and_then(|s| s.host.clone());
+    event.source = Some(EventSource {
+        component: Some(COMPONENT.to_owned()),
+        host: host.clone(),
+    });
+    event.reporting_component = Some(COMPONENT.to_owned());
+    event.reporting_instance = host;
     event
 }
 
@@ -217,19 +256,35 @@ mod tests {
     }
 
     #[test]
-    fn events_are_posted_the_legacy_way() {
+    fn events_are_posted_the_legacy_way_from_the_kubelet_on_the_node() {
         let event = Event {
             event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
                 jiff::Timestamp::UNIX_EPOCH,
             )),
             reporting_component: Some("bpflet".to_owned()),
             reporting_instance: Some("node-a".to_owned()),
+            source: Some(EventSource {
+                component: Some("bpflet".to_owned()),
+                host: Some("node-a".to_owned()),
+            }),
             reason: Some("OOMKilled".to_owned()),
             ..Event::default()
         };
         let posted = legacy(&event);
-        assert!(posted.event_time.is_none() && posted.reporting_component.is_none());
+        assert!(posted.event_time.is_none());
         assert_eq!(posted.reason.as_deref(), Some("OOMKilled"));
+        let source = posted.source.expect("source");
+        assert_eq!(
+            (source.component.as_deref(), source.host.as_deref()),
+            (Some("kubelet"), Some("node-a"))
+        );
+        assert_eq!(
+            (
+                posted.reporting_component.as_deref(),
+                posted.reporting_instance.as_deref()
+            ),
+            (Some("kubelet"), Some("node-a"))
+        );
     }
 
     #[tokio::test]

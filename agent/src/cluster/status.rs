@@ -14,8 +14,15 @@
 //!   the API server deletes it or it left the node's pods): its final status is written and
 //!   the object deleted for good (grace 0, UID precondition; gone already is fine); a static
 //!   pod's mirror is deleted. Orphans (pods of no source) have nothing in the API.
-//! - Failed writes retry after 1 s doubling to 1 min per pod; an unreachable API server holds
-//!   the latest status of every pod until it answers. Nothing here stops a pod.
+//! - The API server's own view of the pods it binds to the node ([`ApiStatusSink::observe`],
+//!   from the pod source's watch) is checked against what bpflet last wrote: a pod whose
+//!   phase, conditions or container states there differ (the node lifecycle controller marks
+//!   every pod of a node it lost `Ready: False`) is written again, as upstream's status
+//!   manager reconciles against its pod cache.
+//! - Failed writes retry after 1 s doubling to 10 s per pod (upstream's status manager
+//!   retries every 10 s); an unreachable API server holds the latest status of every pod
+//!   until it answers, and its first successful write brings every pod held for that
+//!   forward, so the statuses catch up at once. Nothing here stops a pod.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,7 +35,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::model::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
 use crate::status::manager::StatusSink;
@@ -39,7 +46,7 @@ pub const API_SOURCE: &str = "api";
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 enum Wanted {
@@ -52,6 +59,8 @@ enum Wanted {
 struct Queue {
     latest: HashMap<String, Wanted>,
     dirty: BTreeSet<String>,
+    /// The API server's status of the pods bound to the node (by UID), not yet checked.
+    observed: Option<HashMap<String, PodStatus>>,
 }
 
 type Shared = Arc<(Mutex<Queue>, Notify)>;
@@ -83,6 +92,27 @@ impl StatusSink for ApiStatusSink {
 }
 
 impl ApiStatusSink {
+    /// The pods the API server binds to the node, as its watch last listed them (their
+    /// status included): the writer writes again each pod whose status there is not what
+    /// bpflet wrote. Returns at once.
+    pub fn observe(&self, pods: &[Pod]) {
+        let observed = pods
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.metadata.uid.clone()?,
+                    p.status.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let (queue, wake) = &*self.shared;
+        queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observed = Some(observed);
+        wake.notify_one();
+    }
+
     fn queue(&self, uid: &str, wanted: Wanted) {
         let (queue, wake) = &*self.shared;
         {
@@ -102,7 +132,43 @@ struct Written {
     /// The mirror pod's hash annotation, when it is a mirror.
     mirror_hash: Option<String>,
     status: Option<PodStatus>,
-    retry: Option<(Instant, Duration)>,
+    /// The API server's copy is not `status` (another changed it): write it again.
+    stale: bool,
+    retry: Option<Retry>,
+}
+
+/// A write to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    at: Instant,
+    delay: Duration,
+    /// It failed because the API server was away (see [`is_transient`]).
+    away: bool,
+}
+
+impl Retry {
+    /// The retry after a failure at `now`, following `previous`.
+    fn after(previous: Option<Retry>, away: bool, now: Instant) -> Self {
+        let delay = previous.map_or(RETRY_FIRST, |r| (r.delay * 2).min(RETRY_MAX));
+        Self {
+            at: now + delay,
+            delay,
+            away,
+        }
+    }
+}
+
+/// The API server answered again: every write held only because it was away is due `now`.
+fn bring_forward(written: &mut HashMap<String, Written>, now: Instant) {
+    for retry in written.values_mut().filter_map(|w| w.retry.as_mut()) {
+        if retry.away {
+            *retry = Retry {
+                at: now,
+                delay: RETRY_FIRST,
+                away: true,
+            };
+        }
+    }
 }
 
 /// Writes the sink's pods to the API server; one task.
@@ -112,6 +178,8 @@ pub struct StatusWriter {
     node_uid: Option<String>,
     shared: Shared,
     written: HashMap<String, Written>,
+    /// The last write failed because the API server was away (warned once per outage).
+    away: bool,
 }
 
 /// The sink for the status manager and the writer to spawn.
@@ -128,6 +196,7 @@ pub fn api_status(client: kube::Client, node_name: String) -> (ApiStatusSink, St
             node_uid: None,
             shared,
             written: HashMap::new(),
+            away: false,
         },
     )
 }
@@ -154,7 +223,7 @@ impl StatusWriter {
             let next_retry = self
                 .written
                 .values()
-                .filter_map(|w| w.retry.map(|(at, _)| at))
+                .filter_map(|w| w.retry.map(|r| r.at))
                 .min();
             {
                 let (_, wake) = &*self.shared;
@@ -165,26 +234,13 @@ impl StatusWriter {
                 }
             }
             let now = Instant::now();
-            let batch: Vec<(String, Wanted)> = {
-                let (queue, _) = &*self.shared;
-                let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-                for (uid, w) in &self.written {
-                    if w.retry.is_some_and(|(at, _)| at <= now) {
-                        queue.dirty.insert(uid.clone());
-                    }
-                }
-                let dirty = std::mem::take(&mut queue.dirty);
-                dirty
-                    .into_iter()
-                    .filter_map(|uid| queue.latest.get(&uid).cloned().map(|w| (uid, w)))
-                    .collect()
-            };
+            let batch = self.take_batch(now);
             for (uid, wanted) in batch {
                 if self
                     .written
                     .get(&uid)
                     .and_then(|w| w.retry)
-                    .is_some_and(|(at, _)| at > now)
+                    .is_some_and(|r| r.at > now)
                 {
                     continue;
                 }
@@ -194,6 +250,11 @@ impl StatusWriter {
                 };
                 match result {
                     Ok(()) => {
+                        if self.away {
+                            info!("pod statuses reach the API server again; catching up");
+                            self.away = false;
+                            bring_forward(&mut self.written, Instant::now());
+                        }
                         if let Some(w) = self.written.get_mut(&uid) {
                             w.retry = None;
                         }
@@ -202,18 +263,55 @@ impl StatusWriter {
                         }
                     }
                     Err(e) => {
+                        let away = matches!(&e, WriteError::Api(e) if is_transient(e));
                         let w = self.written.entry(uid.clone()).or_default();
-                        let delay = w.retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
-                        if w.retry.is_none() {
+                        if away && !self.away {
+                            warn!(error = %e, "cannot write pod statuses: the API server is away; holding the latest of each pod");
+                        } else if !away && w.retry.is_none() {
                             warn!(pod_uid = %uid, error = %e, "cannot write the pod to the API server; retrying");
                         } else {
                             debug!(pod_uid = %uid, error = %e, "pod write failed again");
                         }
-                        w.retry = Some((Instant::now() + delay, delay));
+                        self.away |= away;
+                        w.retry = Some(Retry::after(w.retry, away, Instant::now()));
                     }
                 }
             }
         }
+    }
+
+    /// The pods to write now: those published or removed since the last pass, those whose
+    /// retry is due, and those whose status in the API server is not what bpflet wrote.
+    fn take_batch(&mut self, now: Instant) -> Vec<(String, Wanted)> {
+        let (queue, _) = &*self.shared;
+        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(observed) = queue.observed.take() {
+            for (uid, status) in observed {
+                let Some(w) = self.written.get_mut(&uid) else {
+                    continue;
+                };
+                // Only API pods are observed under their own UID (a mirror has its own).
+                if w.api_uid.as_deref() == Some(uid.as_str())
+                    && w.status
+                        .as_ref()
+                        .is_some_and(|ours| diverged(ours, &status))
+                {
+                    debug!(pod_uid = %uid, "the pod's status in the API server is not what was written; writing it again");
+                    w.stale = true;
+                    queue.dirty.insert(uid);
+                }
+            }
+        }
+        for (uid, w) in &self.written {
+            if w.retry.is_some_and(|r| r.at <= now) {
+                queue.dirty.insert(uid.clone());
+            }
+        }
+        let dirty = std::mem::take(&mut queue.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|uid| queue.latest.get(&uid).cloned().map(|w| (uid, w)))
+            .collect()
     }
 
     fn forget(&mut self, uid: &str) {
@@ -243,7 +341,9 @@ impl StatusWriter {
             written.status.as_ref(),
             pod.status.clone().unwrap_or_default(),
         );
-        if written.status.as_ref() == Some(&status) && written.api_uid.as_deref() == Some(&api_uid)
+        if !written.stale
+            && written.status.as_ref() == Some(&status)
+            && written.api_uid.as_deref() == Some(&api_uid)
         {
             return Ok(());
         }
@@ -256,6 +356,7 @@ impl StatusWriter {
             Ok(_) => {
                 let written = self.written.entry(uid.to_owned()).or_default();
                 written.status = Some(status);
+                written.stale = false;
                 written.api_uid = Some(api_uid);
                 Ok(())
             }
@@ -382,6 +483,18 @@ impl StatusWriter {
     }
 }
 
+/// Whether `e` says the API server is away (it cannot be reached, or it answers 429 or
+/// 5xx: too busy, starting, its storage away) rather than refusing the request: worth
+/// retrying for as long as it lasts.
+#[must_use]
+pub fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
 /// `(namespace, name)` of a pod (`default` when unset, as the API server defaults it).
 fn namespace_name(pod: &Pod) -> (String, String) {
     (
@@ -438,6 +551,66 @@ pub fn mirror_hash(pod: &Pod) -> Option<&str> {
         .as_ref()
         .and_then(|a| a.get(MIRROR_ANNOTATION))
         .map(String::as_str)
+}
+
+/// Whether the API server's `api` status differs from `ours` (what bpflet last wrote) in
+/// what bpflet owns: the phase, its reason, each condition bpflet wrote (by type: status and
+/// reason) and each container status (by name: ready, started, restarts, id and the state).
+/// What others own (their conditions, timestamps the API server rounds) is not compared.
+fn diverged(ours: &PodStatus, api: &PodStatus) -> bool {
+    use k8s_openapi::api::core::v1::ContainerStatus;
+    let state_kind = |c: &ContainerStatus| {
+        c.state.as_ref().map(|s| {
+            (
+                s.running.is_some(),
+                s.waiting.as_ref().map(|w| w.reason.clone()),
+                s.terminated
+                    .as_ref()
+                    .map(|t| (t.exit_code, t.reason.clone())),
+            )
+        })
+    };
+    let containers_differ = |ours: Option<&Vec<ContainerStatus>>,
+                             api: Option<&Vec<ContainerStatus>>| {
+        ours.into_iter().flatten().any(|o| {
+            api.into_iter()
+                .flatten()
+                .find(|a| a.name == o.name)
+                .is_none_or(|a| {
+                    (
+                        a.ready,
+                        a.started,
+                        a.restart_count,
+                        &a.container_id,
+                        state_kind(a),
+                    ) != (
+                        o.ready,
+                        o.started,
+                        o.restart_count,
+                        &o.container_id,
+                        state_kind(o),
+                    )
+                })
+        })
+    };
+    let conditions_differ = ours.conditions.iter().flatten().any(|o| {
+        api.conditions
+            .iter()
+            .flatten()
+            .find(|a| a.type_ == o.type_)
+            .is_none_or(|a| (&a.status, &a.reason) != (&o.status, &o.reason))
+    });
+    ours.phase != api.phase
+        || ours.reason != api.reason
+        || conditions_differ
+        || containers_differ(
+            ours.container_statuses.as_ref(),
+            api.container_statuses.as_ref(),
+        )
+        || containers_differ(
+            ours.init_container_statuses.as_ref(),
+            api.init_container_statuses.as_ref(),
+        )
 }
 
 /// `new`, except that a terminal phase already written stays (upstream never moves a pod
@@ -567,6 +740,170 @@ mod tests {
                 .phase
                 .as_deref(),
             Some("Running")
+        );
+    }
+
+    fn ready_status(ready: &str) -> PodStatus {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateRunning, ContainerStatus, PodCondition,
+        };
+        PodStatus {
+            phase: Some("Running".to_owned()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: ready.to_owned(),
+                ..PodCondition::default()
+            }]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "c".to_owned(),
+                ready: ready == "True",
+                restart_count: 0,
+                container_id: Some("containerd://a".to_owned()),
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning::default()),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_status_changed_by_another_in_what_bpflet_owns_has_diverged() {
+        use k8s_openapi::api::core::v1::PodCondition;
+        let ours = ready_status("True");
+        // What the API server holds after the write: the same, plus what others own.
+        let mut api = ours.clone();
+        api.qos_class = Some("BestEffort".to_owned());
+        api.conditions.get_or_insert_default().push(PodCondition {
+            type_: "PodScheduled".to_owned(),
+            status: "True".to_owned(),
+            ..PodCondition::default()
+        });
+        assert!(!diverged(&ours, &api));
+        // The node lifecycle controller marked the pod not ready.
+        let mut marked = api.clone();
+        marked.conditions.as_mut().expect("conditions")[0].status = "False".to_owned();
+        assert!(diverged(&ours, &marked));
+        // A container state that is not ours.
+        let mut other = api.clone();
+        other.container_statuses.as_mut().expect("containers")[0].restart_count = 1;
+        assert!(diverged(&ours, &other));
+        let mut phase = api;
+        phase.phase = Some("Pending".to_owned());
+        assert!(diverged(&ours, &phase));
+        assert!(
+            diverged(&ours, &PodStatus::default()),
+            "nothing written at all"
+        );
+    }
+
+    #[test]
+    fn retries_double_to_ten_seconds_and_the_api_servers_return_brings_them_forward() {
+        let t0 = Instant::now();
+        let mut retry = Retry::after(None, true, t0);
+        let mut delays = vec![retry.delay.as_secs()];
+        for _ in 0..5 {
+            retry = Retry::after(Some(retry), true, t0);
+            delays.push(retry.delay.as_secs());
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+
+        let mut written = HashMap::from([
+            (
+                "away".to_owned(),
+                Written {
+                    retry: Some(retry),
+                    ..Written::default()
+                },
+            ),
+            (
+                "refused".to_owned(),
+                Written {
+                    retry: Some(Retry::after(None, false, t0)),
+                    ..Written::default()
+                },
+            ),
+        ]);
+        let now = t0 + Duration::from_millis(300);
+        bring_forward(&mut written, now);
+        assert_eq!(
+            written["away"].retry,
+            Some(Retry {
+                at: now,
+                delay: RETRY_FIRST,
+                away: true
+            }),
+            "held only because the API server was away: due now"
+        );
+        assert_eq!(
+            written["refused"].retry.map(|r| r.at),
+            Some(t0 + RETRY_FIRST),
+            "a refused write keeps its back-off"
+        );
+    }
+
+    #[test]
+    fn the_api_server_being_away_is_told_from_a_refusal() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::default()
+            }))
+        };
+        assert!(is_transient(&status(503)));
+        assert!(is_transient(&status(500)));
+        assert!(is_transient(&status(429)));
+        assert!(!is_transient(&status(422)));
+        assert!(!is_transient(&status(403)));
+        assert!(!is_transient(&kube::Error::TlsRequired));
+    }
+
+    #[tokio::test]
+    async fn the_api_servers_view_is_checked_against_what_was_written() {
+        let (sink, mut writer) = api_status(
+            kube::Client::try_from(kube::Config::new(
+                "http://127.0.0.1:9".parse().expect("uri"),
+            ))
+            .expect("client"),
+            "node-a".to_owned(),
+        );
+        let mut api_pod = pod("api");
+        api_pod.status = Some(ready_status("True"));
+        sink.publish("u1", &Arc::new(api_pod.clone()));
+        writer.written.insert(
+            "u1".to_owned(),
+            Written {
+                api_uid: Some("u1".to_owned()),
+                status: Some(ready_status("True")),
+                ..Written::default()
+            },
+        );
+        let now = Instant::now();
+        assert_eq!(writer.take_batch(now).len(), 1, "the publish");
+        assert!(writer.take_batch(now).is_empty());
+
+        sink.observe(std::slice::from_ref(&api_pod));
+        assert!(writer.take_batch(now).is_empty(), "the API server agrees");
+
+        let mut marked = api_pod;
+        marked.status = Some(ready_status("False"));
+        sink.observe(&[marked]);
+        let batch = writer.take_batch(now);
+        assert_eq!(
+            batch
+                .iter()
+                .map(|(uid, _)| uid.as_str())
+                .collect::<Vec<_>>(),
+            ["u1"],
+            "marked not ready by another: written again"
+        );
+        assert!(writer.written["u1"].stale);
+        assert_eq!(
+            writer.written["u1"].status,
+            Some(ready_status("True")),
+            "what was written stays, for the terminal phase guard"
         );
     }
 

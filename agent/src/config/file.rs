@@ -118,6 +118,12 @@ pub struct KubeletConfiguration {
     /// Cluster mode: taints the node registers with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+    /// Cluster mode: requests a second to the API server (a token bucket's refill rate).
+    #[serde(rename = "kubeAPIQPS", skip_serializing_if = "Option::is_none")]
+    pub kube_api_qps: Option<i32>,
+    /// Cluster mode: requests to the API server sent at once (the bucket's size).
+    #[serde(rename = "kubeAPIBurst", skip_serializing_if = "Option::is_none")]
+    pub kube_api_burst: Option<i32>,
 }
 
 /// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).

@@ -184,6 +184,10 @@ pub struct ClusterConfig {
     pub node_status_report_frequency: Duration,
     /// `nodeLeaseDurationSeconds` (40).
     pub node_lease_duration: Duration,
+    /// `kubeAPIQPS` (50): requests a second to the API server, past the burst.
+    pub kube_api_qps: u32,
+    /// `kubeAPIBurst` (100): requests sent at once before `kubeAPIQPS` applies.
+    pub kube_api_burst: u32,
 }
 
 /// What the node has, read once by [`load`]: the settings that must fit it are checked
@@ -363,6 +367,8 @@ mod defaults {
     pub const NODE_STATUS_UPDATE_FREQUENCY: &str = "10s";
     pub const NODE_STATUS_REPORT_FREQUENCY: &str = "5m";
     pub const NODE_LEASE_DURATION_SECONDS: i32 = 40;
+    pub const KUBE_API_QPS: i32 = 50;
+    pub const KUBE_API_BURST: i32 = 100;
 }
 
 /// Lower bounds of the periods that drive loops: below these an agent spins for nothing
@@ -1168,6 +1174,15 @@ impl Typed<'_> {
                     ),
                 )
             })?;
+        let positive = |field: &str, value: Option<i32>, default: i32| {
+            let value = value.unwrap_or(default);
+            u32::try_from(value)
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| self.invalid(field, format!("{value} must be positive")))
+        };
+        let kube_api_qps = positive("kubeAPIQPS", kc.kube_api_qps, defaults::KUBE_API_QPS)?;
+        let kube_api_burst = positive("kubeAPIBurst", kc.kube_api_burst, defaults::KUBE_API_BURST)?;
         let taints = kc.register_with_taints.clone().unwrap_or_default();
         for (i, taint) in taints.iter().enumerate() {
             validate_taint(taint)
@@ -1192,6 +1207,8 @@ impl Typed<'_> {
                     kc.node_lease_duration_seconds.is_some(),
                 ),
                 ("registerWithTaints", kc.register_with_taints.is_some()),
+                ("kubeAPIQPS", kc.kube_api_qps.is_some()),
+                ("kubeAPIBurst", kc.kube_api_burst.is_some()),
                 ("--node-labels", args.node_labels.is_some()),
             ]
             .into_iter()
@@ -1218,6 +1235,8 @@ impl Typed<'_> {
             node_status_update_frequency: update,
             node_status_report_frequency: report,
             node_lease_duration: lease,
+            kube_api_qps,
+            kube_api_burst,
         }))
     }
 

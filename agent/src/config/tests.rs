@@ -989,6 +989,7 @@ fn cluster_settings_need_a_kubeconfig_and_take_upstreams_defaults() {
     );
     assert_eq!(cluster.node_lease_duration, Duration::from_secs(40));
     assert!(cluster.node_labels.is_empty() && cluster.register_with_taints.is_empty());
+    assert_eq!((cluster.kube_api_qps, cluster.kube_api_burst), (50, 100));
 
     // An explicit update frequency is also the report frequency's default, as upstream.
     let c = with_config(
@@ -1056,5 +1057,58 @@ fn cluster_settings_need_a_kubeconfig_and_take_upstreams_defaults() {
             .expect_err(&format!("{text:?} {flags:?} must be refused"))
             .to_string();
         assert!(err.contains(expected), "{text:?} {flags:?}: {err}");
+    }
+}
+
+/// `kubeAPIQPS` / `kubeAPIBurst`: upstream's client rate limit, cluster mode only, positive.
+#[test]
+fn the_api_client_rate_limit_is_positive_and_for_cluster_mode_only() {
+    let c = with_config(
+        &format!("{HEADER}kubeAPIQPS: 5\nkubeAPIBurst: 10\n"),
+        &["--kubeconfig", "/k"],
+    )
+    .expect("a rate limit");
+    let cluster = c.cluster.expect("cluster mode is on");
+    assert_eq!((cluster.kube_api_qps, cluster.kube_api_burst), (5, 10));
+
+    for (text, flags, field, reason) in [
+        (
+            "kubeAPIQPS: 5\n",
+            &[][..],
+            "kubeAPIQPS",
+            "cluster mode only",
+        ),
+        (
+            "kubeAPIBurst: 10\n",
+            &[][..],
+            "kubeAPIBurst",
+            "cluster mode only",
+        ),
+        (
+            "kubeAPIQPS: 0\n",
+            &["--kubeconfig", "/k"][..],
+            "kubeAPIQPS",
+            "0 must be positive",
+        ),
+        (
+            "kubeAPIQPS: -1\n",
+            &["--kubeconfig", "/k"][..],
+            "kubeAPIQPS",
+            "-1 must be positive",
+        ),
+        (
+            "kubeAPIBurst: 0\n",
+            &["--kubeconfig", "/k"][..],
+            "kubeAPIBurst",
+            "0 must be positive",
+        ),
+    ] {
+        let err = with_config(&format!("{HEADER}{text}"), flags)
+            .expect_err(&format!("{text:?} {flags:?} must be refused"))
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains(reason),
+            "{text:?} {flags:?}: {err}"
+        );
     }
 }

@@ -167,10 +167,12 @@ impl Eviction {
         matches!(self.signal, EvictionSignal::Limit(_))
     }
 
-    /// Whether the evicted pod must stay down under `conditions`.
+    /// Whether the evicted pod must stay down under `conditions`. A pod of the API server
+    /// always does: its eviction leaves it `Failed` for good, as upstream's kubelet leaves
+    /// it (a controller makes a new pod).
     #[must_use]
     pub fn keeps_down(&self, conditions: &[NodeCondition], pod: &Pod) -> bool {
-        self.is_terminal() || admit(conditions, pod).is_err()
+        self.is_terminal() || crate::model::is_api_pod(pod) || admit(conditions, pod).is_err()
     }
 }
 

@@ -45,6 +45,17 @@ pub fn format_pod(pod: &Pod) -> String {
     )
 }
 
+/// A pod the API server bound to the node (`kubernetes.io/config.source: api`): its phase
+/// in the API server is the record, and a terminal one is final.
+#[must_use]
+pub fn is_api_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
+        .is_some_and(|s| s == "api")
+}
+
 /// The pod's UID (empty if unset).
 #[must_use]
 pub fn pod_uid(pod: &Pod) -> &str {

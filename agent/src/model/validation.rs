@@ -27,11 +27,14 @@ const NAME_MAX: usize = 255;
 pub fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
     let err = |field: &str, reason: String| Err((field.to_owned(), reason));
     let name = pod.metadata.name.as_deref().unwrap_or_default();
+    // A static pod's name is its manifest's with `-<node>` appended; an API pod's is its own.
+    let appended = if super::is_api_pod(pod) {
+        ""
+    } else {
+        " (with the node name appended)"
+    };
     if let Err(reason) = validate_dns_subdomain(name) {
-        return err(
-            "metadata.name",
-            format!("{name:?} (with the node name appended): {reason}"),
-        );
+        return err("metadata.name", format!("{name:?}{appended}: {reason}"));
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     if let Err(reason) = validate_dns_label(namespace) {
@@ -45,7 +48,7 @@ pub fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
         return err(
             "metadata.name",
             format!(
-                "{name:?} (with the node name appended) is too long for this node: the pod's log \
+                "{name:?}{appended} is too long for this node: the pod's log \
                  directory {namespace}_{name}_{uid} would be a {log_dir}-byte file name, and file \
                  names have at most {NAME_MAX} bytes (names of at most {} characters fit)",
                 NAME_MAX - (log_dir - name.len())
@@ -352,5 +355,30 @@ mod tests {
         ] {
             assert!(validate_uid(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_bad_name_mentions_the_node_suffix_only_for_static_pods() {
+        let pod = |source: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "Web-testnode",
+                    "namespace": "default",
+                    "uid": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                    "annotations": {"kubernetes.io/config.source": source},
+                },
+                "spec": {"containers": [{"name": "c", "image": "i"}]},
+            }))
+            .expect("a pod")
+        };
+        let (field, reason) = validate_pod(&pod("file")).expect_err("a capital letter");
+        assert_eq!(field, "metadata.name");
+        assert!(
+            reason.starts_with("\"Web-testnode\" (with the node name appended): "),
+            "{reason}"
+        );
+        let (field, reason) = validate_pod(&pod("api")).expect_err("a capital letter");
+        assert_eq!(field, "metadata.name");
+        assert!(reason.starts_with("\"Web-testnode\": "), "{reason}");
     }
 }

@@ -220,7 +220,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
                     .values()
                     .filter(|w| w.admitted && !w.terminate.is_cancelled())
                     .count();
-                let admission = admission::admit(&pod, &self.ctx.admission_state(admitted));
+                let admission = admission::first_sight(&pod, &self.ctx.admission_state(admitted));
                 let handle = worker::spawn(
                     Arc::clone(&self.ctx),
                     pod,
@@ -310,7 +310,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
                 Arc::new(pod),
                 self.cancel.clone(),
                 &self.tracker,
-                Ok(()),
+                admission::Admission::Admitted,
             );
             handle.terminate.cancel();
             handle.poke(Trigger::Relist);

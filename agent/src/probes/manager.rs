@@ -22,7 +22,7 @@ use super::{ContainerProbeResults, ProbeFailure, run_action};
 use crate::model::qos::is_restartable_init_container;
 use crate::model::{format_pod, pod_uid};
 use crate::pods::plan::{ContainerState, ObservedPod, ProbeVerdict};
-use crate::record::{EventType, Recorder, pod_reference};
+use crate::record::{EventType, Recorder, container_reference};
 use crate::runtime::ContainerRuntime;
 
 /// Tuning of the prober.
@@ -243,14 +243,14 @@ struct Probe {
 struct PodEntry {
     name: String,
     namespace: String,
-    /// What the pod's events name.
-    reference: ObjectReference,
     ip: Option<IpAddr>,
     containers: HashMap<String, ContainerEntry>,
 }
 
 struct ContainerEntry {
     name: Arc<str>,
+    /// The pod's reference with the container's field path, as upstream's events name it.
+    reference: ObjectReference,
     started_at: Timestamp,
     probes: Vec<u64>,
 }
@@ -349,11 +349,6 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
                 .unwrap_or_else(|| "default".to_owned());
             PodEntry {
                 name: pod.metadata.name.clone().unwrap_or_default(),
-                // The namespace its metrics name too (`default` when unset).
-                reference: ObjectReference {
-                    namespace: Some(namespace.clone()),
-                    ..pod_reference(pod)
-                },
                 namespace,
                 ip,
                 containers: HashMap::new(),
@@ -435,6 +430,15 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
                 r.id,
                 ContainerEntry {
                     name: Arc::from(r.name.as_str()),
+                    reference: ObjectReference {
+                        namespace: Some(
+                            pod.metadata
+                                .namespace
+                                .clone()
+                                .unwrap_or_else(|| "default".to_owned()),
+                        ),
+                        ..container_reference(pod, &r.name)
+                    },
                     started_at: r.started_at,
                     probes: ids,
                 },
@@ -534,6 +538,7 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
         );
         let pod_name = format!("{}_{}({uid})", pod.name, pod.namespace);
         let container_name = Arc::clone(&container.name);
+        let container_reference = container.reference.clone();
         let started_at = container.started_at;
         match outcome {
             Outcome::Success(_) => {}
@@ -600,7 +605,12 @@ impl<R: ContainerRuntime + 'static> ProbeRunner<R> {
         };
         // Recorded after the results lock is released: readers never wait on the event sink.
         if let (Some(message), Some(recorder)) = (unhealthy, &self.recorder) {
-            recorder.record(&pod.reference, EventType::Warning, "Unhealthy", &message);
+            recorder.record(
+                &container_reference,
+                EventType::Warning,
+                "Unhealthy",
+                &message,
+            );
         }
         let Some(passed) = change else {
             return;

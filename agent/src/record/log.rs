@@ -23,9 +23,26 @@ pub struct EventLog {
     counter: std::sync::atomic::AtomicU64,
 }
 
-/// The kept events, oldest first, and where the latest event of each kind (object, reason,
-/// message, type) sits, so a repeat is found without scanning up to 1,000 events (500
-/// failing probes record 500 times a second).
+/// What a repeat must share with the event it repeats besides reason, message and type: the
+/// object and the part of it (a container's field path), as upstream's correlator keys it.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct Object<'a> {
+    uid: Option<&'a str>,
+    field_path: Option<&'a str>,
+}
+
+impl<'a> Object<'a> {
+    fn of(r: &'a ObjectReference) -> Self {
+        Self {
+            uid: r.uid.as_deref(),
+            field_path: r.field_path.as_deref(),
+        }
+    }
+}
+
+/// The kept events, oldest first, and where the latest event of each kind (object and field
+/// path, reason, message, type) sits, so a repeat is found without scanning up to 1,000
+/// events (500 failing probes record 500 times a second).
 #[derive(Default)]
 struct Ring {
     /// Each event with the hash of its kind.
@@ -39,15 +56,15 @@ struct Ring {
 }
 
 impl Ring {
-    fn key(&self, uid: Option<&str>, reason: &str, message: &str, kind: &str) -> u64 {
-        self.hasher.hash_one((uid, reason, message, kind))
+    fn key(&self, object: Object<'_>, reason: &str, message: &str, kind: &str) -> u64 {
+        self.hasher.hash_one((object, reason, message, kind))
     }
 
     /// The latest kept event of this kind.
     fn latest_mut(
         &mut self,
         key: u64,
-        uid: Option<&str>,
+        object: Object<'_>,
         reason: &str,
         message: &str,
         kind: &str,
@@ -55,7 +72,7 @@ impl Ring {
         let seq = *self.latest.get(&key)?;
         let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
         self.events.get_mut(index).map(|(_, e)| e).filter(|e| {
-            e.involved_object.uid.as_deref() == uid
+            Object::of(&e.involved_object) == object
                 && e.reason.as_deref() == Some(reason)
                 && e.message.as_deref() == Some(message)
                 && e.type_.as_deref() == Some(kind)
@@ -92,11 +109,11 @@ impl EventLog {
         let now = Timestamp::now();
         // The same event again (a probe failing every period): one event whose count and
         // last timestamp grow, as upstream's event correlator does; logged once.
-        let uid = involved.uid.as_deref();
+        let object = Object::of(involved);
         let key = {
             let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
-            let key = ring.key(uid, reason, message, kind.as_str());
-            if let Some(e) = ring.latest_mut(key, uid, reason, message, kind.as_str())
+            let key = ring.key(object, reason, message, kind.as_str());
+            if let Some(e) = ring.latest_mut(key, object, reason, message, kind.as_str())
                 && e.last_timestamp
                     .as_ref()
                     .is_some_and(|t| now.duration_since(t.0) < AGGREGATE_WITHIN)
@@ -236,6 +253,43 @@ mod tests {
         assert_eq!(events[0].count, Some(3));
         assert!(events[0].last_timestamp > events[0].first_timestamp);
         assert_eq!(events[1].count, Some(1));
+    }
+
+    /// Upstream's correlator tells containers apart by field path: the same words about two
+    /// containers of a pod are two events.
+    #[test]
+    fn repeats_are_per_container() {
+        let log = EventLog::default();
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web".into());
+        pod.metadata.uid = Some("u1".into());
+        pod.spec = Some(
+            serde_json::from_value(serde_json::json!({
+                "containers": [{"name": "a"}, {"name": "b"}],
+            }))
+            .expect("spec"),
+        );
+        for c in ["a", "b", "a"] {
+            log.record(
+                &crate::record::container_reference(&pod, c),
+                EventType::Warning,
+                "FailedPreStopHook",
+                "PreStopHook failed",
+                "n1",
+            );
+        }
+        let events = log.list();
+        let seen: Vec<(Option<&str>, Option<i32>)> = events
+            .iter()
+            .map(|e| (e.involved_object.field_path.as_deref(), e.count))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("spec.containers{a}"), Some(2)),
+                (Some("spec.containers{b}"), Some(1))
+            ]
+        );
     }
 
     /// Repeats are found through the index wherever the event sits in the ring, and the

@@ -3,7 +3,8 @@
 //!
 //! Events are keyed by object reference, as kube-runtime's `Recorder` is: whoever makes an
 //! event holds a cheap [`Recorder`] handle and names the object with an `ObjectReference`
-//! ([`pod_reference`], [`node_reference`]), so nothing needs the whole object. The sink today
+//! ([`pod_reference`], [`container_reference`], [`node_reference`]), so nothing needs the
+//! whole object. The sink today
 //! is a bounded ring (1,000 events; a repeat within 10 minutes counts on the event it repeats,
 //! as upstream's correlator does), which the local API serves on `/events` through an
 //! [`Events`] read handle. An [`EventSink`] ([`Recorder::with_sink`]) also gets every event:
@@ -133,6 +134,24 @@ pub fn pod_reference(pod: &Pod) -> ObjectReference {
     }
 }
 
+/// The reference of one container of a pod, as upstream's kubelet names it in container
+/// events (`Pulled`, `Created`, `Killing`, `BackOff`, ...): the pod's reference with the
+/// field path `spec.containers{<name>}`, or `spec.initContainers{<name>}` for an init
+/// container.
+#[must_use]
+pub fn container_reference(pod: &Pod, container: &str) -> ObjectReference {
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|inits| inits.iter().any(|c| c.name == container));
+    let list = if init { "initContainers" } else { "containers" };
+    ObjectReference {
+        field_path: Some(format!("spec.{list}{{{container}}}")),
+        ..pod_reference(pod)
+    }
+}
+
 /// The reference of the node, as upstream's kubelet names it in events: kind `Node`, its
 /// name, and the name again as uid.
 #[must_use]
@@ -167,6 +186,26 @@ mod tests {
         assert_eq!(
             json(&node_reference("n1")),
             r#"{"kind":"Node","name":"n1","uid":"n1"}"#
+        );
+    }
+
+    #[test]
+    fn container_references_name_the_container_by_its_field_path() {
+        let mut p = pod("web", "team", "u1");
+        p.spec = Some(
+            serde_json::from_value(serde_json::json!({
+                "initContainers": [{"name": "setup"}],
+                "containers": [{"name": "app"}],
+            }))
+            .expect("spec"),
+        );
+        let path = |c: &str| container_reference(&p, c).field_path;
+        assert_eq!(path("app").as_deref(), Some("spec.containers{app}"));
+        assert_eq!(path("setup").as_deref(), Some("spec.initContainers{setup}"));
+        let app = container_reference(&p, "app");
+        assert_eq!(
+            (app.uid.as_deref(), app.name.as_deref(), app.kind.as_deref()),
+            (Some("u1"), Some("web"), Some("Pod"))
         );
     }
 

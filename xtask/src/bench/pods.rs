@@ -501,6 +501,7 @@ fn bench_node(
             bridge: bridge.to_owned(),
             subnet: subnet.to_owned(),
             cgroup_parent: Some(cgroup_root.clone()),
+            ..containerd::Options::default()
         },
     ) {
         Ok(ctd) => Ok((node, ctd)),

@@ -979,6 +979,15 @@ fn pressure_evictions_are_not_terminal() {
         .expect("eviction");
     assert!(!e.is_terminal());
     assert!(!e.keeps_down(&[], &Pod::default()), "no pressure: back up");
+    let mut api_pod = Pod::default();
+    api_pod.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        crate::model::CONFIG_SOURCE_ANNOTATION.to_owned(),
+        "api".to_owned(),
+    )]));
+    assert!(
+        e.keeps_down(&[], &api_pod),
+        "a pod of the API server stays evicted, Failed, as upstream's"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -54,6 +54,17 @@ impl SyncError {
         }
     }
 
+    /// The event's message: the status message, after upstream's `Failed to create pod
+    /// sandbox: ` for a sandbox that could not be made.
+    pub(super) fn event_message(&self) -> String {
+        match self {
+            SyncError::Config { .. } | SyncError::CreateSandbox { .. } => {
+                format!("Failed to create pod sandbox: {}", self.status_message())
+            }
+            _ => self.status_message(),
+        }
+    }
+
     /// The message the waiting containers and the event show: the runtime's own words for a
     /// runtime failure, the cause's otherwise.
     pub(super) fn status_message(&self) -> String {
@@ -244,6 +255,10 @@ mod tests {
             "exec: \"/no/such/binary\": no such file"
         );
         assert_eq!(sandbox.event_reason(), Some("FailedCreatePodSandBox"));
+        assert_eq!(
+            sandbox.event_message(),
+            "Failed to create pod sandbox: exec: \"/no/such/binary\": no such file"
+        );
         assert_eq!(
             sandbox.waiting_reason(),
             Some(WaitingReason::ContainerCreating)

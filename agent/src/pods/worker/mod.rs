@@ -15,6 +15,7 @@
 //!
 //! The parts, by concern:
 //! - [`context`]: what every worker shares ([`PodContext`], in groups);
+//! - `events`: the container and sandbox events, in upstream's words;
 //! - `run`: the loop, its wakeups and the periodic resync grid;
 //! - `sync`: one pass (observe, plan, apply), a failed sync and its retry, dead attempts;
 //! - `kernel`: the kernel-first end (shown before the runtime agrees, acted on after) and
@@ -25,6 +26,7 @@
 
 mod context;
 mod error;
+mod events;
 mod kernel;
 mod publish;
 mod run;
@@ -42,7 +44,7 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::admission::Rejection;
+use super::admission::Admission;
 use super::backoff::Backoff;
 use super::observe::ObserveCache;
 use super::plan::ObservedPod;
@@ -61,7 +63,7 @@ pub use self::error::{StartError, SyncError};
 /// in a `Notify`; termination is a token.
 pub struct WorkerHandle {
     pub spec: watch::Sender<Arc<Pod>>,
-    /// The pod passed admission (see [`super::admission`]).
+    /// The pod passed admission (see [`super::admission`]): it counts against `maxPods`.
     pub admitted: bool,
     poke: Arc<Notify>,
     kernel_waits: Arc<std::sync::Mutex<Vec<KernelEnd>>>,
@@ -108,9 +110,9 @@ pub fn spawn<R: ContainerRuntime + 'static>(
     pod: Arc<Pod>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
-    admission: Result<(), Rejection>,
+    admission: Admission,
 ) -> WorkerHandle {
-    let admitted = admission.is_ok();
+    let admitted = admission.is_admitted();
     let (spec, spec_rx) = watch::channel(pod);
     let poke = Arc::new(Notify::new());
     let kernel_waits = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -1,5 +1,6 @@
-//! The worker's loop: admission, eviction hold, one sync at a time, and what wakes the
-//! worker between syncs (pokes, spec changes, eviction, removal, retry and resync timers).
+//! The worker's loop: admission (a rejected pod, or one terminal in the API server, is never
+//! started), eviction hold, one sync at a time, and what wakes the worker between syncs
+//! (pokes, spec changes, eviction, removal, retry and resync timers).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tracing::info;
 
 use super::Worker;
 use crate::model::format_pod;
-use crate::pods::admission::Rejection;
+use crate::pods::admission::{Admission, Rejection};
 use crate::runtime::ContainerRuntime;
 
 /// Parts of `sync_frequency` in one step of the resync grid.
@@ -36,12 +37,19 @@ pub(super) fn resync_deadline(
 }
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
-    pub(super) async fn run(mut self, admission: Result<(), Rejection>) {
+    pub(super) async fn run(mut self, admission: Admission) {
         // Admission (decided by the manager): a rejected pod is never started; it shows as
-        // Failed until it is gone.
-        if let Err(rejection) = admission {
-            self.run_rejected(&rejection).await;
-            return;
+        // Failed until it is gone. Neither is a pod the API server shows terminal.
+        match admission {
+            Admission::Admitted => {}
+            Admission::Rejected(rejection) => {
+                self.run_rejected(&rejection).await;
+                return;
+            }
+            Admission::Terminal => {
+                self.run_terminal().await;
+                return;
+            }
         }
         // Whether the last wait ended by the `sync_frequency` timer alone.
         let mut timer_only = false;
@@ -144,6 +152,33 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let first = Arc::clone(&self.spec.borrow());
         self.reject(&first, rejection.reason, &rejection.message)
             .await;
+        self.wait_for_removal().await;
+    }
+
+    /// A pod whose phase in the API server is terminal when the worker starts (it completed,
+    /// or was rejected or evicted, before the agent restarted): as upstream's pod workers,
+    /// taken as terminated. Never started again: whatever of it still runs is stopped, and
+    /// it keeps the status it has (no sandbox, so nothing newer to show). Terminated when it
+    /// is removed.
+    async fn run_terminal(&mut self) {
+        let pod = Arc::clone(&self.spec.borrow());
+        let status = pod.status.clone().unwrap_or_default();
+        info!(
+            pod = %format_pod(&pod),
+            phase = status.phase.as_deref().unwrap_or_default(),
+            "pod is terminal in the API server: not running it again"
+        );
+        self.stop_in_place(&pod).await;
+        self.ctx
+            .outputs
+            .statuses
+            .publish(crate::model::pod_uid(&pod), (*pod).clone());
+        self.status = Some(status);
+        self.wait_for_removal().await;
+    }
+
+    /// Waits until the pod is removed, then terminates it; returns at once on shutdown.
+    async fn wait_for_removal(&mut self) {
         tokio::select! {
             () = self.cancel.cancelled() => return,
             () = self.terminate.cancelled() => {}
@@ -154,8 +189,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
 
     /// Carries out an eviction the eviction manager asked for, and says whether the pod
     /// stays down: it was evicted and the node is still under that pressure (or it was
-    /// evicted for good, see `Eviction::keeps_down`). Once the pressure is over, the pod
-    /// starts again with a fresh status.
+    /// evicted for good, see `Eviction::keeps_down`, API pods included). Once the pressure
+    /// is over, a static pod starts again with a fresh status.
     async fn held_down_by_eviction(&mut self, pod: &Pod) -> bool {
         let requested = self
             .eviction
@@ -168,6 +203,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let Some(evicted) = &self.evicted else {
             return false;
         };
+        // An API pod's eviction is final (`Eviction::keeps_down`), as upstream's: its phase
+        // in the API server is `Failed`, and its owner makes a replacement.
         if evicted.keeps_down(&self.ctx.signals.conditions.borrow(), pod) {
             return true;
         }

@@ -1,5 +1,7 @@
 //! Starting the containers a plan asks for: each in turn, in back-off or not; a start
-//! that fails shows its reason, records a warning event and backs off like a crash.
+//! that fails shows its reason, records a warning event and backs off like a crash. A
+//! start records `Pulled` (a present image, as upstream reports it), `Created` and
+//! `Started`; a restart held back records `BackOff`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +12,15 @@ use tracing::{debug, info, warn};
 
 use super::Worker;
 use super::error::StartError;
+use super::events;
+use crate::model::container::WaitingReason;
 use crate::model::termination_grace;
 use crate::model::{format_pod, pod_uid};
 use crate::pods::backoff::{BackoffKey, StartFailure};
 use crate::pods::cri_config::{self, ContainerContext};
-use crate::pods::plan::{PodActions, Waiting};
+use crate::pods::plan::{BackoffWait, PodActions, Waiting};
 use crate::pods::volumes::PodVolumes;
-use crate::record::{EventType, pod_reference};
+use crate::record::EventType;
 use crate::runtime::ContainerRuntime;
 
 /// What applying a plan did besides changing the runtime.
@@ -65,6 +69,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             let Some(container) = container else { continue };
             if let Some(wait) = &start.backoff {
                 debug!(pod = %name, container = %start.name, remaining = ?wait.remaining, "in back-off");
+                self.record_back_off(pod, container, wait);
                 applied.come_back_within(wait.remaining);
                 continue;
             }
@@ -96,6 +101,33 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         applied
     }
 
+    /// A restart held back, as upstream records it at each sync that finds it held: a
+    /// crash loop is a `BackOff` warning, an image that could not be had a `BackOff` for the
+    /// image; a start that failed otherwise was recorded when it failed. The syncs that get
+    /// here are those something woke (a container's end, a poke, a spec change) and, in a
+    /// window longer than `syncFrequency`, one every `syncFrequency`; the window's end
+    /// starts the container. Repeats count on one event (upstream retries every 10 s or
+    /// so, recording each time).
+    fn record_back_off(&self, pod: &Pod, container: &Container, wait: &BackoffWait) {
+        match wait.reason {
+            WaitingReason::CrashLoopBackOff => self.record_container(
+                pod,
+                &container.name,
+                EventType::Warning,
+                "BackOff",
+                &events::back_off_restart(&container.name, pod),
+            ),
+            WaitingReason::ImagePullBackOff => self.record_container(
+                pod,
+                &container.name,
+                EventType::Normal,
+                "BackOff",
+                &events::back_off_pull(container.image.as_deref().unwrap_or_default()),
+            ),
+            _ => {}
+        }
+    }
+
     /// A start that failed: logged, a warning event (the status message, `Error: `
     /// before it unless the image is missing), and a back-off as for a crash. Returns the
     /// back-off window.
@@ -112,8 +144,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             }
             _ => format!("Error: {}", failure.message),
         };
-        self.ctx.outputs.recorder.record(
-            &pod_reference(pod),
+        self.record_container(
+            pod,
+            &key.container,
             EventType::Warning,
             e.event_reason(),
             &event,
@@ -162,6 +195,15 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .map(|i| i.image.clone())
             .unwrap_or_default();
         ensure_image(&*ctx.host.runtime, container, &image).await?;
+        if events::reports_present_image(container.image_pull_policy.as_deref()) {
+            self.record_container(
+                pod,
+                &container.name,
+                EventType::Normal,
+                "Pulled",
+                &events::image_present(container.image.as_deref().unwrap_or_default()),
+            );
+        }
         info!(pod = %name, container = %container.name, attempt, "starting container");
         let id = ctx
             .host
@@ -172,6 +214,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 container: cname(),
                 source,
             })?;
+        self.record_container(
+            pod,
+            &container.name,
+            EventType::Normal,
+            "Created",
+            &events::created(&container.name),
+        );
         ctx.host
             .runtime
             .start_container(&id)
@@ -180,6 +229,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 container: cname(),
                 source,
             })?;
+        self.record_container(
+            pod,
+            &container.name,
+            EventType::Normal,
+            "Started",
+            &events::started(&container.name),
+        );
         self.learn_main_pid(pod, &container.name, &id).await;
         let pod_ip = if pod
             .spec
@@ -202,11 +258,19 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 .await
         {
             warn!(pod = %name, container = %container.name, error = %e, cause = %crate::error::error_chain(&e), "FailedPostStartHook");
-            ctx.outputs.recorder.record(
-                &pod_reference(pod),
+            self.record_container(
+                pod,
+                &container.name,
                 EventType::Warning,
                 "FailedPostStartHook",
-                &e.to_string(),
+                events::POST_START_FAILED,
+            );
+            self.record_container(
+                pod,
+                &container.name,
+                EventType::Normal,
+                "Killing",
+                events::KILLED_FOR_POST_START,
             );
             if let Err(e) = ctx
                 .host

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use tracing::{info, warn};
 
 use super::Worker;
+use super::events;
 use crate::eviction::Eviction;
 use crate::model::{format_pod, pod_uid, termination_grace};
 use crate::pods::cri_config;
@@ -21,61 +22,94 @@ use crate::runtime::{ContainerRuntime, RuntimeError};
 
 impl<R: ContainerRuntime + 'static> Worker<R> {
     /// Stops every running container of the pod, all at once: each runs its preStop hook,
-    /// then gets SIGTERM and whatever remains of the grace period before SIGKILL.
+    /// then gets SIGTERM and whatever remains of the grace period before SIGKILL. Each is a
+    /// `Killing` event, `Stopping container <name>`, as upstream's.
     pub(super) async fn kill_containers(&self, pod: &Pod, observed: &ObservedPod, grace: Duration) {
         let running = observed
             .containers
             .iter()
             .filter(|c| c.state == plan::ContainerState::Running);
         let stops = running.map(|c| async move {
-            if let Err(e) = self.stop_container(pod, observed, c, grace).await {
+            let message = events::stopping(&c.name);
+            if let Err(e) = self
+                .stop_container(pod, observed, c, grace, &message)
+                .await
+            {
                 warn!(pod = %format_pod(pod), container = %c.name, error = %e, "stopping container failed");
             }
         });
         futures::future::join_all(stops).await;
     }
 
-    /// Stops one container: its preStop hook, then SIGTERM with what remains of `grace`
-    /// before SIGKILL. A failed hook is logged; the container is stopped all the same.
+    /// Stops one container: a `Killing` event saying `message`, its preStop hook, then
+    /// SIGTERM with what remains of `grace` before SIGKILL. A failed hook is logged and a
+    /// `FailedPreStopHook` warning (without the hook's output, as upstream); the container
+    /// is stopped all the same.
     pub(super) async fn stop_container(
         &self,
         pod: &Pod,
         observed: &ObservedPod,
         c: &plan::ObservedContainer,
         grace: Duration,
+        message: &str,
     ) -> Result<(), RuntimeError> {
         let rt = &self.ctx.host.runtime;
         let pod_name = format_pod(pod);
         let container = &c.name;
         let deadline = tokio::time::Instant::now() + grace;
-        match pre_stop(pod, container) {
+        self.record_killing(pod, container, message);
+        let hook_ok = match pre_stop(pod, container) {
             Some(PreStop::Exec(cmd)) => {
                 match tokio::time::timeout(grace, rt.exec_sync(&c.id, &cmd, grace)).await {
-                    Ok(Ok(out)) if out.exit_code == 0 => {}
+                    Ok(Ok(out)) if out.exit_code == 0 => true,
                     Ok(Ok(out)) => {
                         warn!(pod = %pod_name, %container, exit_code = out.exit_code, "preStop hook failed");
+                        false
                     }
                     Ok(Err(e)) => {
                         warn!(pod = %pod_name, %container, error = %e, "preStop hook failed");
+                        false
                     }
+                    // Upstream's hook goes on past the grace period and fails when the
+                    // container is killed under it.
                     Err(_) => {
                         warn!(pod = %pod_name, %container, "preStop hook did not finish within the grace period");
+                        false
                     }
                 }
             }
-            Some(PreStop::Sleep(d)) => tokio::time::sleep(d.min(grace)).await,
+            Some(PreStop::Sleep(d)) => {
+                tokio::time::sleep(d.min(grace)).await;
+                true
+            }
             Some(PreStop::Http(action, spec)) => {
                 let pod_ip = crate::probes::pod_ip(pod, observed, &self.ctx.node.ips);
-                if let Err(e) =
-                    crate::probes::run_http_hook(&action, pod, &spec, pod_ip, grace).await
-                {
-                    warn!(pod = %pod_name, %container, error = %e, cause = %crate::error::error_chain(&e), "preStop hook failed");
+                match crate::probes::run_http_hook(&action, pod, &spec, pod_ip, grace).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(pod = %pod_name, %container, error = %e, cause = %crate::error::error_chain(&e), "preStop hook failed");
+                        false
+                    }
                 }
             }
-            None => {}
+            None => true,
+        };
+        if !hook_ok {
+            self.record_container(
+                pod,
+                container,
+                EventType::Warning,
+                "FailedPreStopHook",
+                events::PRE_STOP_FAILED,
+            );
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         rt.stop_container(&c.id, remaining).await
+    }
+
+    /// The `Killing` event of a container about to be stopped.
+    pub(super) fn record_killing(&self, pod: &Pod, container: &str, message: &str) {
+        self.record_container(pod, container, EventType::Normal, "Killing", message);
     }
 
     /// Carries out an eviction: an `Evicted` event, every container stopped with the
@@ -138,20 +172,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .recorder
             .record(&pod_reference(pod), EventType::Warning, reason, message);
         let message = format!("Pod was rejected: {message}");
-        match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
-            Ok((observed, _)) => {
-                self.kill_containers(pod, &observed, termination_grace(pod))
-                    .await;
-                for sb in observed.sandboxes.iter().filter(|s| s.ready) {
-                    if let Err(err) = self.ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
-                        warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the rejected pod's sandbox failed");
-                    }
-                }
-            }
-            Err(err) => {
-                warn!(pod = %name, error = %err, "cannot list the rejected pod's containers");
-            }
-        }
+        self.stop_in_place(pod).await;
         let status = PodStatus {
             phase: Some("Failed".to_owned()),
             reason: Some(reason.to_owned()),
@@ -163,6 +184,27 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         published.status = Some(status.clone());
         self.ctx.outputs.statuses.publish(pod_uid(pod), published);
         self.status = Some(status);
+    }
+
+    /// Stops whatever of a pod that must not run still runs (an agent with another
+    /// configuration, or before the pod became terminal, started it): its containers with
+    /// the pod's grace period, then its ready sandboxes. Nothing is removed.
+    pub(super) async fn stop_in_place(&self, pod: &Pod) {
+        let name = format_pod(pod);
+        match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
+            Ok((observed, _)) => {
+                self.kill_containers(pod, &observed, termination_grace(pod))
+                    .await;
+                for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+                    if let Err(err) = self.ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
+                        warn!(pod = %name, sandbox = %sb.id, error = %err, "stopping the sandbox of a pod that must not run failed");
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(pod = %name, error = %err, "cannot list the containers of a pod that must not run");
+            }
+        }
     }
 
     /// The pod is gone from its source: stop it with its grace period, then remove its

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::Worker;
 use super::error::SyncError;
+use super::events;
 use super::start::{Applied, SandboxRef};
 use crate::model::container::WaitingReason;
 use crate::model::termination_grace;
@@ -18,7 +19,7 @@ use crate::pods::cri_config::{self, SandboxContext};
 use crate::pods::observe::{Images, observe_pod_cached};
 use crate::pods::plan::{self, ObservedPod, PodActions};
 use crate::pods::volumes::PodVolumes;
-use crate::record::{EventType, pod_reference};
+use crate::record::EventType;
 use crate::runtime::ContainerRuntime;
 
 /// First retry of a pod whose sync failed; each further failure doubles it.
@@ -174,6 +175,19 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let grace = termination_grace(pod);
 
+        // A sandbox replaced (not the pod's first): said before its containers are stopped.
+        if actions
+            .create_sandbox
+            .as_ref()
+            .is_some_and(|c| c.reason != plan::SandboxReason::NoSandbox)
+        {
+            self.record_pod(
+                pod,
+                EventType::Normal,
+                "SandboxChanged",
+                events::SANDBOX_CHANGED,
+            );
+        }
         if let Some(kill) = &actions.kill_pod {
             info!(pod = %name, reason = ?kill.reason, message = %kill.message, "killing pod");
             self.kill_containers(pod, observed, grace).await;
@@ -187,30 +201,21 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         for kill in &actions.containers_to_kill {
             info!(pod = %name, container = %kill.name, reason = ?kill.reason, "killing container");
-            // Each failed probe run was already recorded as `Unhealthy` by the prober.
-            if matches!(
-                kill.reason,
-                plan::KillReason::LivenessProbe | plan::KillReason::StartupProbe
-            ) {
-                ctx.outputs.recorder.record(
-                    &pod_reference(pod),
-                    EventType::Normal,
-                    "Killing",
-                    &kill.message,
-                );
-            }
-            // Upstream runs preStop before every kill, a probe's included.
+            // Upstream runs preStop before every kill, a probe's included; the `Killing`
+            // event says the planner's reason (a failed probe, a changed spec).
             match observed.containers.iter().find(|c| c.id == kill.id) {
                 Some(c) => self
-                    .stop_container(pod, observed, c, grace)
+                    .stop_container(pod, observed, c, grace, &kill.message)
                     .await
                     .map_err(rt_err)?,
-                None => ctx
-                    .host
-                    .runtime
-                    .stop_container(&kill.id, grace)
-                    .await
-                    .map_err(rt_err)?,
+                None => {
+                    self.record_killing(pod, &kill.name, &kill.message);
+                    ctx.host
+                        .runtime
+                        .stop_container(&kill.id, grace)
+                        .await
+                        .map_err(rt_err)?;
+                }
             }
         }
 
@@ -325,12 +330,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
         let message = e.status_message();
         if let Some(reason) = e.event_reason() {
-            self.ctx.outputs.recorder.record(
-                &pod_reference(pod),
-                EventType::Warning,
-                reason,
-                &message,
-            );
+            self.record_pod(pod, EventType::Warning, reason, &e.event_message());
         }
         // The pod still shows (as last observed), with the containers it could not get to
         // waiting for the reason.

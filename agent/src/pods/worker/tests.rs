@@ -59,13 +59,15 @@ use crate::status::manager::{PodList, StatusManager, pod_list};
 const IMAGE: &str = "busybox:latest";
 const SYNC_FREQUENCY: Duration = Duration::from_secs(60);
 
-/// A node of one fake runtime: the context workers share, and the read side of what they
-/// publish (statuses, events). Time of day follows tokio's paused clock.
+/// A node of one fake runtime: the context workers share, its prober running, and the read
+/// side of what they publish (statuses, events). Time of day follows tokio's paused clock.
 struct Node {
     rt: FakeRuntime,
     ctx: Arc<PodContext<FakeRuntime>>,
     pods: PodList,
     events: Events,
+    /// The uids of pods whose probe verdicts changed (the agent pokes their workers).
+    probe_pokes: std::sync::Mutex<Option<mpsc::Receiver<String>>>,
     conditions: watch::Sender<Vec<NodeCondition>>,
     clock: Clock,
     tracker: TaskTracker,
@@ -89,13 +91,19 @@ impl Node {
         let (sink, pods) = pod_list();
         let recorder = Recorder::new("node-a");
         let events = recorder.events();
-        let (notify, _) = mpsc::channel(1);
-        let (probes, _runner) = ProbeManager::new(
+        let (notify, probe_pokes) = mpsc::channel(1);
+        let (probes, runner) = ProbeManager::new(
             Arc::clone(&runtime),
             notify,
             ProbeMetrics::new(),
-            &ProbeOptions::default(),
+            &ProbeOptions {
+                recorder: Some(recorder.clone()),
+                ..ProbeOptions::default()
+            },
         );
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        tracker.spawn(runner.run(cancel.clone()));
         let (conditions, conditions_rx) = watch::channel(Vec::new());
         let ctx = PodContext::new(
             PodHost::new(
@@ -135,10 +143,11 @@ impl Node {
             ctx: Arc::new(ctx),
             pods,
             events,
+            probe_pokes: std::sync::Mutex::new(Some(probe_pokes)),
             conditions,
             clock,
-            tracker: TaskTracker::new(),
-            cancel: CancellationToken::new(),
+            tracker,
+            cancel,
             _dir: dir,
         }
     }
@@ -149,7 +158,7 @@ impl Node {
             Arc::new(pod),
             self.cancel.clone(),
             &self.tracker,
-            Ok(()),
+            crate::pods::admission::Admission::Admitted,
         )
     }
 
@@ -195,6 +204,22 @@ impl Node {
             .collect()
     }
 
+    /// The events about pod `uid` (and its containers), oldest first.
+    fn pod_events(&self, uid: &str) -> Vec<Recorded> {
+        self.events
+            .list()
+            .into_iter()
+            .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+            .map(|e| Recorded {
+                reason: e.reason.unwrap_or_default(),
+                kind: e.type_.unwrap_or_default(),
+                message: e.message.unwrap_or_default(),
+                field_path: e.involved_object.field_path.unwrap_or_default(),
+                count: e.count.unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Warning or normal events with `reason`, by message.
     fn events(&self, reason: &str) -> Vec<String> {
         self.events
@@ -203,6 +228,28 @@ impl Node {
             .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| e.message.unwrap_or_default())
             .collect()
+    }
+}
+
+/// An event as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recorded {
+    reason: String,
+    kind: String,
+    message: String,
+    /// `spec.containers{app}`; empty for the pod itself.
+    field_path: String,
+    count: i32,
+}
+
+/// A `Normal` event seen once, about the container at `field_path` (empty: the pod).
+fn normal(reason: &str, message: &str, field_path: &str) -> Recorded {
+    Recorded {
+        reason: reason.to_owned(),
+        kind: "Normal".to_owned(),
+        message: message.to_owned(),
+        field_path: field_path.to_owned(),
+        count: 1,
     }
 }
 
@@ -579,4 +626,588 @@ async fn a_runtime_pod_that_no_source_wants_is_torn_down() {
     );
     second.cancel();
     manager.await.expect("manager");
+}
+
+/// A pod manager over `node` expecting the API source, until `cancel`.
+fn run_api_manager(
+    node: &Node,
+    cancel: &CancellationToken,
+) -> (mpsc::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
+    let manager = PodManager::new(
+        Arc::clone(&node.ctx),
+        HashSet::from([SourceKind::Api]),
+        cancel.clone(),
+    );
+    let (updates, updates_rx) = mpsc::channel(4);
+    let (_pokes, pokes_rx) = mpsc::channel::<PodPoke>(1);
+    let (_evictions, evictions_rx) = mpsc::channel::<Eviction>(1);
+    let task = tokio::spawn(async move {
+        let _keep = (_pokes, _evictions);
+        manager.run(updates_rx, pokes_rx, evictions_rx).await;
+    });
+    (updates, task)
+}
+
+/// `pod` as the API source sends it (marked `kubernetes.io/config.source: api`), with
+/// `status` as the API server has it.
+fn from_api(mut pod: Pod, status: &serde_json::Value) -> Pod {
+    pod.metadata.annotations.get_or_insert_default().insert(
+        crate::model::CONFIG_SOURCE_ANNOTATION.to_owned(),
+        "api".to_owned(),
+    );
+    pod.status = serde_json::from_value(status.clone()).expect("status");
+    pod
+}
+
+/// The API source's snapshot: exactly `pods`.
+fn api_snapshot(pods: &[&Pod]) -> PodUpdate {
+    PodUpdate::Snapshot {
+        source: SourceKind::Api,
+        pods: pods
+            .iter()
+            .map(|p| StaticPod {
+                pod: (*p).clone(),
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                origin: ManifestOrigin::Api(format!(
+                    "default/{}",
+                    p.metadata.name.as_deref().unwrap_or_default()
+                )),
+            })
+            .collect(),
+        errors: Vec::new(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_never_started() {
+    const BAD: &str = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
+    let node = Node::new();
+    let cancel = CancellationToken::new();
+    let (updates, manager) = run_api_manager(&node, &cancel);
+    let good = from_api(
+        pod("good", UID, &serde_json::json!({})),
+        &serde_json::json!({}),
+    );
+    let bad = from_api(
+        pod("userns", BAD, &serde_json::json!({"hostUsers": false})),
+        &serde_json::json!({"phase": "Pending"}),
+    );
+    updates
+        .send(api_snapshot(&[&good, &bad]))
+        .await
+        .expect("send");
+    let status = until("the bad pod is Failed", async || {
+        let status = node.pods.get(BAD)?.status.clone()?;
+        (status.phase.as_deref() == Some("Failed")).then_some(status)
+    })
+    .await;
+    assert_eq!(status.reason.as_deref(), Some("FailedValidation"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("Pod was rejected: spec.hostUsers: false is not supported"),
+        "{message}"
+    );
+    let events = node.events("FailedValidation");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].starts_with("spec.hostUsers: "), "{events:?}");
+    until("the good pod runs", async || {
+        (node.phase(UID).as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(SYNC_FREQUENCY * 2).await;
+    assert!(node.sandboxes(BAD).await.is_empty(), "no sandbox, ever");
+    assert_eq!(
+        node.rt.call_count(Method::RunPodSandbox),
+        1,
+        "the good pod's"
+    );
+    assert_eq!(node.phase(BAD).as_deref(), Some("Failed"));
+    cancel.cancel();
+    manager.await.expect("manager");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_pod_terminal_at_first_sight_is_stopped_and_never_run_again() {
+    const DONE: &str = "2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d";
+    let node = Node::new();
+    // An agent ran the pod; it stopped (the pod outlives it), and meanwhile the pod was
+    // evicted (or its phase set terminal by whoever): it still runs in the runtime.
+    let first = CancellationToken::new();
+    let (updates, manager) = run_api_manager(&node, &first);
+    let web = from_api(
+        pod("web", UID, &serde_json::json!({})),
+        &serde_json::json!({}),
+    );
+    updates.send(api_snapshot(&[&web])).await.expect("send");
+    until("the pod runs", async || {
+        (node.phase(UID).as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    first.cancel();
+    manager.await.expect("manager");
+    assert_eq!(node.running(UID).await.len(), 1, "pods outlive the agent");
+
+    // The next agent sees it Failed (Evicted), and a completed pod it has nothing of.
+    let evicted = serde_json::json!({
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": "The node was low on resource: memory. ",
+    });
+    let web = from_api(pod("web", UID, &serde_json::json!({})), &evicted);
+    let completed = serde_json::json!({
+        "phase": "Succeeded",
+        "containerStatuses": [{
+            "name": "app", "image": IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+        }],
+    });
+    let done = from_api(
+        pod("done", DONE, &serde_json::json!({"restartPolicy": "Never"})),
+        &completed,
+    );
+    let second = CancellationToken::new();
+    let (updates, manager) = run_api_manager(&node, &second);
+    updates
+        .send(api_snapshot(&[&web, &done]))
+        .await
+        .expect("send");
+    until("the evicted pod's container is stopped", async || {
+        node.running(UID).await.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(SYNC_FREQUENCY * 2).await;
+    assert_eq!(
+        node.rt.call_count(Method::RunPodSandbox),
+        1,
+        "no sandbox after the first agent's"
+    );
+    assert_eq!(node.rt.call_count(Method::StartContainer), 1);
+    assert_eq!(node.sandboxes(UID).await, [SandboxState::NotReady]);
+    assert!(node.sandboxes(DONE).await.is_empty());
+    // Each keeps the status it has in the API server.
+    let shown = node
+        .pods
+        .get(UID)
+        .and_then(|p| p.status.clone())
+        .expect("published");
+    assert_eq!(
+        (shown.phase.as_deref(), shown.reason.as_deref()),
+        (Some("Failed"), Some("Evicted"))
+    );
+    assert_eq!(
+        node.pods.get(DONE).and_then(|p| p.status.clone()),
+        done.status
+    );
+
+    // Deleted from the API server, it goes for good.
+    updates.send(api_snapshot(&[&done])).await.expect("send");
+    until("the evicted pod is cleared away", async || {
+        node.sandboxes(UID).await.is_empty().then_some(())
+    })
+    .await;
+    second.cancel();
+    manager.await.expect("manager");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_api_pod_stays_down_after_the_pressure() {
+    let node = Node::new();
+    let worker = node.spawn(from_api(
+        pod("web", UID, &serde_json::json!({})),
+        &serde_json::json!({}),
+    ));
+    until("the container runs", async || {
+        node.container(UID, "app").filter(is_running)
+    })
+    .await;
+    node.conditions.send_replace(memory_pressure(true));
+    worker.evict(Eviction {
+        pod_uid: UID.to_owned(),
+        pod_name: "default/web".to_owned(),
+        qos: QosClass::BestEffort,
+        grace_period: Duration::from_secs(2),
+        signal: EvictionSignal::Threshold(Signal::MemoryAvailable),
+        resource: Resource::Memory,
+        hard: false,
+        reason: "Evicted",
+        message: "The node was low on resource: memory. ".to_owned(),
+        offenders: Vec::new(),
+        trigger: None,
+        latency: None,
+    });
+    until("the pod shows evicted", async || {
+        let status = node.pods.get(UID)?.status.clone()?;
+        (status.reason.as_deref() == Some("Evicted")).then_some(())
+    })
+    .await;
+
+    // Pressure over: a static pod would start again; an API pod's eviction is final.
+    node.conditions.send_replace(memory_pressure(false));
+    for _ in 0..3 {
+        worker.poke(Trigger::Relist);
+        tokio::time::sleep(SYNC_FREQUENCY).await;
+    }
+    assert!(node.running(UID).await.is_empty(), "still down");
+    assert_eq!(node.rt.call_count(Method::RunPodSandbox), 1);
+    assert_eq!(node.rt.call_count(Method::StartContainer), 1);
+    assert_eq!(node.phase(UID).as_deref(), Some("Failed"));
+}
+
+/// The id of the pod's container `name` that the runtime reports running.
+async fn running_named(node: &Node, uid: &str, name: &str) -> Option<String> {
+    node.rt
+        .list_containers(None)
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter(|c| c.state == RtState::Running)
+        .filter(|c| crate::pods::labels::pod_uid_from_labels(&c.labels) == Some(uid))
+        .find(|c| c.metadata.name == name)
+        .map(|c| c.id)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_records_pulled_created_and_started_per_container_init_first() {
+    let node = Node::new();
+    let spec = serde_json::json!({
+        "initContainers": [{"name": "setup", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}],
+        "containers": [
+            {"name": "app", "image": IMAGE, "imagePullPolicy": "Never"},
+            // Upstream pulls under `Always`; bpflet does not pull, and says nothing.
+            {"name": "side", "image": IMAGE, "imagePullPolicy": "Always"},
+        ],
+    });
+    let worker = node.spawn(pod("web", UID, &spec));
+    let setup = until("the init container runs", async || {
+        running_named(&node, UID, "setup").await
+    })
+    .await;
+    node.rt.exit_container(&setup, 0);
+    worker.poke(Trigger::Relist);
+    until("both containers run", async || {
+        let a = node.container(UID, "app").filter(is_running);
+        let b = node.container(UID, "side").filter(is_running);
+        (a.is_some() && b.is_some()).then_some(())
+    })
+    .await;
+
+    let present = format!("Container image \"{IMAGE}\" already present on machine");
+    assert_eq!(
+        node.pod_events(UID),
+        [
+            normal("Pulled", &present, "spec.initContainers{setup}"),
+            normal(
+                "Created",
+                "Created container: setup",
+                "spec.initContainers{setup}"
+            ),
+            normal(
+                "Started",
+                "Started container setup",
+                "spec.initContainers{setup}"
+            ),
+            normal("Pulled", &present, "spec.containers{app}"),
+            normal("Created", "Created container: app", "spec.containers{app}"),
+            normal("Started", "Started container app", "spec.containers{app}"),
+            normal(
+                "Created",
+                "Created container: side",
+                "spec.containers{side}"
+            ),
+            normal("Started", "Started container side", "spec.containers{side}"),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopped_containers_record_killing_once_each_with_why() {
+    let node = Node::new();
+    // `a`'s preStop hook fails.
+    node.rt
+        .set_exec_handler(Arc::new(|_id: &str, cmd: &[String]| ExecOutput {
+            stdout: Vec::new(),
+            stderr: b"no drain here".to_vec(),
+            exit_code: i32::from(cmd.first().is_some_and(|c| c == "/bin/drain")),
+        }));
+    let spec = |b_command: &str| {
+        serde_json::json!({
+            "containers": [
+                {
+                    "name": "a",
+                    "image": IMAGE,
+                    "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}},
+                },
+                {"name": "b", "image": IMAGE, "command": [b_command]},
+            ],
+        })
+    };
+    let mut web = pod("web", UID, &spec("serve"));
+    let worker = node.spawn(web.clone());
+    until("both run", async || {
+        let a = running_named(&node, UID, "a").await;
+        let b = running_named(&node, UID, "b").await;
+        a.zip(b)
+    })
+    .await;
+
+    // `b`'s spec changes: it is replaced.
+    web = pod("web", UID, &spec("serve-v2"));
+    worker.spec.send_replace(Arc::new(web.clone()));
+    until("b runs again", async || {
+        node.container(UID, "b")
+            .filter(|c| is_running(c) && c.restart_count == 1)
+    })
+    .await;
+    // The pod is deleted in the API: both stop.
+    web.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        node.clock.now(),
+    ));
+    worker.spec.send_replace(Arc::new(web.clone()));
+    until("nothing runs", async || {
+        node.running(UID).await.is_empty().then_some(())
+    })
+    .await;
+    // Then it is gone: nothing runs any more, so nothing more is stopped.
+    worker.terminate.cancel();
+    worker.done.await.expect("worker");
+
+    let killing: Vec<Recorded> = node
+        .pod_events(UID)
+        .into_iter()
+        .filter(|e| e.reason == "Killing" || e.reason == "FailedPreStopHook")
+        .collect();
+    let mut deleted = killing[1..].to_vec();
+    // The deletion stops both at once.
+    deleted.sort_by(|x, y| {
+        x.field_path
+            .cmp(&y.field_path)
+            .then(x.reason.cmp(&y.reason))
+    });
+    assert_eq!(
+        killing[0],
+        normal(
+            "Killing",
+            "Container b definition changed, will be restarted",
+            "spec.containers{b}"
+        ),
+        "{killing:#?}"
+    );
+    assert_eq!(
+        deleted,
+        [
+            Recorded {
+                kind: "Warning".to_owned(),
+                ..normal(
+                    "FailedPreStopHook",
+                    "PreStopHook failed",
+                    "spec.containers{a}"
+                )
+            },
+            normal("Killing", "Stopping container a", "spec.containers{a}"),
+            normal("Killing", "Stopping container b", "spec.containers{b}"),
+        ],
+        "{killing:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_records_back_off_while_held_as_one_counted_event() {
+    let node = Node::new();
+    let worker = node.spawn(pod("web", UID, &serde_json::json!({})));
+    let back_off = |n: &Node| {
+        n.pod_events(UID)
+            .into_iter()
+            .filter(|e| e.reason == "BackOff")
+            .collect::<Vec<_>>()
+    };
+    // The first exit restarts at once: no back-off.
+    let mut restarts = 0;
+    let mut held = 0;
+    for pokes_while_held in [0, 2, 0, 0] {
+        let id = until("the container runs", async || {
+            running_named(&node, UID, "app").await
+        })
+        .await;
+        node.rt.exit_container(&id, 1);
+        worker.poke(Trigger::Relist);
+        restarts += 1;
+        if restarts > 1 {
+            held += 1;
+            until("the held restart is recorded", async || {
+                let count: i32 = back_off(&node).iter().map(|e| e.count).sum();
+                (count == held).then_some(())
+            })
+            .await;
+            // Whatever wakes the worker during the window records it again, on the same
+            // event.
+            for _ in 0..pokes_while_held {
+                worker.poke(Trigger::Relist);
+                held += 1;
+                until("the poke's sync records it", async || {
+                    let count: i32 = back_off(&node).iter().map(|e| e.count).sum();
+                    (count == held).then_some(())
+                })
+                .await;
+            }
+        }
+        until("the container runs again", async || {
+            node.container(UID, "app")
+                .filter(|c| is_running(c) && c.restart_count == restarts)
+        })
+        .await;
+    }
+    // 3 held restarts (10 s, 20 s, 40 s windows) and 2 pokes: 5 syncs met the back-off,
+    // and nothing else recorded it (the window's end starts the container).
+    assert_eq!(
+        back_off(&node),
+        [Recorded {
+            kind: "Warning".to_owned(),
+            count: 5,
+            ..normal(
+                "BackOff",
+                &format!("Back-off restarting failed container app in pod web_default({UID})"),
+                "spec.containers{app}"
+            )
+        }]
+    );
+    let starts = node.rt.call_count(Method::StartContainer);
+    assert_eq!(starts, 5);
+    // Each start: one Created and one Started, counted.
+    let events = node.pod_events(UID);
+    let started = events
+        .iter()
+        .find(|e| e.reason == "Started")
+        .expect("Started");
+    assert_eq!(started.count, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_liveness_kill_records_one_killing() {
+    let node = Node::new();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let check = Arc::clone(&healthy);
+    node.rt
+        .set_exec_handler(Arc::new(move |_id: &str, _cmd: &[String]| ExecOutput {
+            stdout: b"not yet".to_vec(),
+            stderr: Vec::new(),
+            exit_code: i32::from(!check.load(std::sync::atomic::Ordering::SeqCst)),
+        }));
+    let spec = serde_json::json!({
+        "containers": [{
+            "name": "app",
+            "image": IMAGE,
+            "livenessProbe": {
+                "exec": {"command": ["check"]},
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+                "timeoutSeconds": 1,
+                "successThreshold": 1,
+            },
+        }],
+    });
+    let worker = Arc::new(node.spawn(pod("web", UID, &spec)));
+    // The agent pokes the worker of a pod whose verdict changed.
+    let mut pokes = node
+        .probe_pokes
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("probe pokes");
+    let poked = Arc::clone(&worker);
+    let forward = tokio::spawn(async move {
+        while pokes.recv().await.is_some() {
+            poked.poke(Trigger::Relist);
+        }
+    });
+    until("the container is restarted", async || {
+        node.container(UID, "app")
+            .filter(|c| is_running(c) && c.restart_count == 1)
+            .map(|_| healthy.store(true, std::sync::atomic::Ordering::SeqCst))
+    })
+    .await;
+    // Long enough for the prober to see the new container healthy several times.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    forward.abort();
+
+    let events = node.pod_events(UID);
+    let killing: Vec<&Recorded> = events.iter().filter(|e| e.reason == "Killing").collect();
+    assert_eq!(
+        killing,
+        [&normal(
+            "Killing",
+            "Container app failed liveness probe, will be restarted",
+            "spec.containers{app}"
+        )],
+        "{events:#?}"
+    );
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    let at = |r: &str| reasons.iter().position(|x| *x == r);
+    assert!(
+        at("Unhealthy") < at("Killing"),
+        "the failed probe, then the kill: {reasons:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_sandbox_records_sandbox_changed_and_a_failed_one_says_why() {
+    let node = Node::new();
+    let worker = node.spawn(pod("web", UID, &serde_json::json!({})));
+    until("the container runs", async || {
+        running_named(&node, UID, "app").await
+    })
+    .await;
+    assert!(
+        node.pod_events(UID)
+            .iter()
+            .all(|e| e.reason != "SandboxChanged"),
+        "a first sandbox is no change"
+    );
+    // The sandbox dies (its containers with it); the first new one fails.
+    let sandbox = node
+        .rt
+        .list_pod_sandboxes(None)
+        .await
+        .expect("sandboxes")
+        .remove(0);
+    node.rt
+        .stop_pod_sandbox(&sandbox.id)
+        .await
+        .expect("stop sandbox");
+    node.rt.inject_once(
+        Method::RunPodSandbox,
+        crate::runtime::Fault::Error(tonic::Code::Unknown),
+    );
+    worker.poke(Trigger::Relist);
+    until("the pod runs again", async || {
+        node.container(UID, "app")
+            .filter(|c| is_running(c) && c.restart_count == 1)
+    })
+    .await;
+
+    let pod_level: Vec<Recorded> = node
+        .pod_events(UID)
+        .into_iter()
+        .filter(|e| e.field_path.is_empty())
+        .collect();
+    assert_eq!(
+        pod_level,
+        [
+            Recorded {
+                count: 2,
+                ..normal(
+                    "SandboxChanged",
+                    "Pod sandbox changed, it will be killed and re-created.",
+                    ""
+                )
+            },
+            Recorded {
+                kind: "Warning".to_owned(),
+                ..normal(
+                    "FailedCreatePodSandBox",
+                    "Failed to create pod sandbox: injected fault",
+                    ""
+                )
+            },
+        ]
+    );
 }

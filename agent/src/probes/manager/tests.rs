@@ -219,6 +219,15 @@ async fn failing_liveness_concludes_after_the_threshold_pokes_and_holds() {
     );
     assert_eq!(events[0].count, Some(3));
     assert_eq!(events[0].involved_object.uid.as_deref(), Some(UID));
+    // As upstream's prober: the event names the container by field path.
+    assert_eq!(
+        events[0].involved_object.field_path.as_deref(),
+        Some("spec.containers{app}")
+    );
+    assert_eq!(
+        events[0].involved_object.namespace.as_deref(),
+        Some("default")
+    );
 
     // The restarted container (new id) is probed afresh; the old one is forgotten.
     let new_id = start_container(&h.rt, UID, "app").await;

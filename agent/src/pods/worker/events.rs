@@ -1,0 +1,136 @@
+//! The events the worker records about a pod's containers and sandbox, with upstream's
+//! reasons, types and messages (kubelet v1.34), so `kubectl describe pod` reads as it does
+//! on any node:
+//!
+//! | reason | type | when |
+//! |---|---|---|
+//! | `Pulled` | Normal | the image is present and the pull policy is not `Always` |
+//! | `Created`, `Started` | Normal | each container, init containers included |
+//! | `Killing` | Normal | each container stopped: the planner's reason (a failed probe, a changed spec), else `Stopping container <name>` |
+//! | `BackOff` | Warning | a restart held back by CrashLoopBackOff (Normal for an image) |
+//! | `FailedPreStopHook`, `FailedPostStartHook` | Warning | a lifecycle hook failed |
+//! | `SandboxChanged` | Normal | the pod's sandbox is replaced |
+//!
+//! Container events name the container by field path ([`container_reference`]). bpflet
+//! does not pull images: under `Always` upstream would pull and say `Pulling` and
+//! `Successfully pulled ...`; bpflet uses the image it has and says nothing.
+//!
+//! A runtime pod that no source wants (an orphan, torn down under a made-up name without a
+//! namespace) gets no events: there is no object in the API to record them about.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::Worker;
+use crate::model::format_pod;
+use crate::record::{EventType, container_reference, pod_reference};
+
+/// Upstream's message when a sandbox is replaced.
+pub(super) const SANDBOX_CHANGED: &str = "Pod sandbox changed, it will be killed and re-created.";
+/// Upstream leaves a failed hook's output out of the event (it may hold secrets); the
+/// agent's log has it.
+pub(super) const PRE_STOP_FAILED: &str = "PreStopHook failed";
+pub(super) const POST_START_FAILED: &str = "PostStartHook failed";
+/// The `Killing` message of a container stopped after its postStart hook failed (upstream
+/// passes the reason as the message).
+pub(super) const KILLED_FOR_POST_START: &str = "FailedPostStartHook";
+
+pub(super) fn image_present(image: &str) -> String {
+    format!("Container image {image:?} already present on machine")
+}
+
+/// Whether upstream reports a present image as `Pulled` under `policy`: everything but
+/// `Always` (which pulls whatever is present).
+pub(super) fn reports_present_image(policy: Option<&str>) -> bool {
+    policy != Some("Always")
+}
+
+pub(super) fn created(container: &str) -> String {
+    format!("Created container: {container}")
+}
+
+pub(super) fn started(container: &str) -> String {
+    format!("Started container {container}")
+}
+
+pub(super) fn stopping(container: &str) -> String {
+    format!("Stopping container {container}")
+}
+
+pub(super) fn back_off_restart(container: &str, pod: &Pod) -> String {
+    format!(
+        "Back-off restarting failed container {container} in pod {}",
+        format_pod(pod)
+    )
+}
+
+pub(super) fn back_off_pull(image: &str) -> String {
+    format!("Back-off pulling image {image:?}")
+}
+
+/// Whether the pod is one the API knows (an orphan the manager tears down has no namespace).
+fn recordable(pod: &Pod) -> bool {
+    pod.metadata.namespace.is_some()
+}
+
+impl<R> Worker<R> {
+    /// Records an event about container `container` of `pod`.
+    pub(super) fn record_container(
+        &self,
+        pod: &Pod,
+        container: &str,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        if recordable(pod) {
+            self.ctx.outputs.recorder.record(
+                &container_reference(pod, container),
+                kind,
+                reason,
+                message,
+            );
+        }
+    }
+
+    /// Records an event about `pod` itself.
+    pub(super) fn record_pod(&self, pod: &Pod, kind: EventType, reason: &str, message: &str) {
+        if recordable(pod) {
+            self.ctx
+                .outputs
+                .recorder
+                .record(&pod_reference(pod), kind, reason, message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_as_upstream_s() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "team", "uid": "u1"},
+        }))
+        .expect("pod");
+        assert_eq!(
+            image_present("busybox:1.36"),
+            "Container image \"busybox:1.36\" already present on machine"
+        );
+        assert_eq!(created("app"), "Created container: app");
+        assert_eq!(started("app"), "Started container app");
+        assert_eq!(stopping("app"), "Stopping container app");
+        assert_eq!(
+            back_off_restart("app", &pod),
+            "Back-off restarting failed container app in pod web_team(u1)"
+        );
+        assert_eq!(back_off_pull("x:1"), "Back-off pulling image \"x:1\"");
+        assert!(reports_present_image(Some("IfNotPresent")));
+        assert!(reports_present_image(Some("Never")));
+        assert!(
+            reports_present_image(None),
+            "upstream: no policy never pulls"
+        );
+        assert!(!reports_present_image(Some("Always")));
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use xtask::cluster::{self, ControlPlane};
 
-use crate::node::{Node, NodeConfig};
+use crate::node::{IMAGE, Node, NodeConfig};
 
 /// Scheduling, image checks and container starts on a shared 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -138,4 +138,100 @@ pub fn wait_for_default_service_account(cp: &ControlPlane, node: &Node) {
             .map(drop)
             .map_err(|e| format!("{e:#}"))
     });
+}
+
+/// A bare pod in `default` as the cluster tests write them: one container `c` on the offline
+/// busybox (`IfNotPresent`), no service-account token, no service links, 1 s of grace.
+#[derive(Debug, Clone)]
+pub struct PodYaml {
+    name: String,
+    restart_policy: &'static str,
+    bound: bool,
+    command: String,
+    container: String,
+    spec: String,
+}
+
+impl PodYaml {
+    /// Pod `name`, restart policy `Always`, left to the scheduler, running `sleep 3600`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            restart_policy: "Always",
+            bound: false,
+            command: "[sleep, '3600']".to_owned(),
+            container: String::new(),
+            spec: String::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn restart_policy(mut self, policy: &'static str) -> Self {
+        self.restart_policy = policy;
+        self
+    }
+
+    /// Bound to [`NODE_NAME`] by `spec.nodeName`, past the scheduler.
+    #[must_use]
+    pub fn bound(mut self) -> Self {
+        self.bound = true;
+        self
+    }
+
+    /// The container runs `sh -c <cmd>`.
+    #[must_use]
+    pub fn sh(mut self, cmd: &str) -> Self {
+        self.command = format!("[sh, -c, '{}']", cmd.replace('\'', "''"));
+        self
+    }
+
+    /// YAML lines added to the container (indented four spaces: `resources`, ...).
+    #[must_use]
+    pub fn container(mut self, lines: &str) -> Self {
+        self.container.push_str(lines);
+        self
+    }
+
+    /// YAML lines added to the pod's spec (indented two spaces: `volumes`, ...).
+    #[must_use]
+    pub fn spec(mut self, lines: &str) -> Self {
+        self.spec.push_str(lines);
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        let node = if self.bound {
+            format!("  nodeName: {NODE_NAME}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+spec:
+{node}  restartPolicy: {policy}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 1
+{spec}  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: {command}
+{container}",
+            name = self.name,
+            policy = self.restart_policy,
+            spec = self.spec,
+            command = self.command,
+            container = self.container,
+        )
+    }
+
+    /// `kubectl apply`s the pod (see [`apply`]).
+    pub fn apply(&self, cp: &ControlPlane) {
+        apply(cp, &self.name, &self.yaml());
+    }
 }

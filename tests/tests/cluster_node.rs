@@ -9,35 +9,11 @@
 use std::time::{Duration, Instant};
 
 use bpflet_tests::cluster::{
-    NODE_NAME, api_events, api_pod, apply, condition, joined_node, joined_node_with, kubectl_json,
-    node_condition, wait_for, wait_for_default_service_account,
+    NODE_NAME, PodYaml, api_events, api_pod, condition, joined_node, joined_node_with,
+    kubectl_json, node_condition, wait_for, wait_for_default_service_account,
 };
 use bpflet_tests::node::{GROW_MEMORY, IMAGE, NodeConfig, mem_total, sleeping_pod};
 use serde_json::Value;
-
-/// A bare pod in `default`, left to the scheduler, with one container `c` running `sh -c
-/// cmd` and `resources` (YAML lines indented for the container, or empty).
-fn bare_pod(name: &str, restart_policy: &str, cmd: &str, resources: &str) -> String {
-    let cmd = cmd.replace('\'', "''");
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  restartPolicy: {restart_policy}
-  automountServiceAccountToken: false
-  enableServiceLinks: false
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: {IMAGE}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, '{cmd}']
-{resources}"
-    )
-}
 
 /// The running container of pod `name` in the API: its id and restart count.
 fn running_container(
@@ -435,26 +411,14 @@ fn a_memory_ramp_evicts_the_besteffort_pod_as_upstream_writes_it() {
         node_condition(&cp, "Ready", "True"),
     );
     wait_for_default_service_account(&cp, &node);
-    apply(
-        &cp,
-        "guaranteed",
-        &bare_pod(
-            "guaranteed",
-            "Always",
-            "exec sleep 3600",
+    PodYaml::new("guaranteed")
+        .container(
             "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n      requests: {cpu: 100m, memory: 64Mi}\n",
-        ),
-    );
-    apply(
-        &cp,
-        "burstable",
-        &bare_pod(
-            "burstable",
-            "Always",
-            "exec sleep 3600",
-            "    resources:\n      requests: {memory: 32Mi}\n",
-        ),
-    );
+        )
+        .apply(&cp);
+    PodYaml::new("burstable")
+        .container("    resources:\n      requests: {memory: 32Mi}\n")
+        .apply(&cp);
     let mut before = Vec::new();
     for name in ["guaranteed", "burstable"] {
         let (id, restarts) = wait_for(&node, &format!("{name} Running"), || {
@@ -467,11 +431,7 @@ fn a_memory_ramp_evicts_the_besteffort_pod_as_upstream_writes_it() {
     assert_eq!(qos("guaranteed"), "Guaranteed");
     assert_eq!(qos("burstable"), "Burstable");
 
-    apply(
-        &cp,
-        "besteffort",
-        &bare_pod("besteffort", "Always", GROW_MEMORY, ""),
-    );
+    PodYaml::new("besteffort").sh(GROW_MEMORY).apply(&cp);
     let evicted = wait_for(&node, "the BestEffort pod Evicted in the API", || {
         let p = api_pod(&cp, "besteffort")?;
         if p["status"]["reason"] == "Evicted" {

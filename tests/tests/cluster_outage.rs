@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use bpflet_tests::cluster::{
-    NODE_NAME, api_events, api_pod, apply, condition, joined_node, kubectl_json, node_condition,
+    NODE_NAME, PodYaml, api_events, api_pod, condition, joined_node, kubectl_json, node_condition,
     wait_for, wait_for_default_service_account,
 };
-use bpflet_tests::node::{IMAGE, sleeping_pod};
+use bpflet_tests::node::sleeping_pod;
 use jiff::Timestamp;
 use serde_json::Value;
 
@@ -19,30 +19,15 @@ const OUTAGE: Duration = Duration::from_secs(60);
 
 /// A pod bound to the node whose container `c` runs `sh -c cmd`, with the test's trigger
 /// directory mounted at `/trigger`.
-fn pod(name: &str, trigger: &str, cmd: &str, resources: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  nodeName: {NODE_NAME}
-  restartPolicy: Never
-  automountServiceAccountToken: false
-  enableServiceLinks: false
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: {IMAGE}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, '{cmd}']
-    volumeMounts: [{{name: trigger, mountPath: /trigger}}]
-{resources}  volumes:
-  - name: trigger
-    hostPath: {{path: '{trigger}', type: Directory}}
-"
-    )
+fn pod(name: &str, trigger: &str, cmd: &str) -> PodYaml {
+    PodYaml::new(name)
+        .bound()
+        .restart_policy("Never")
+        .sh(cmd)
+        .container("    volumeMounts: [{name: trigger, mountPath: /trigger}]\n")
+        .spec(&format!(
+            "  volumes:\n  - name: trigger\n    hostPath: {{path: '{trigger}', type: Directory}}\n"
+        ))
 }
 
 /// Waits for `/trigger/go`, then runs `then`.
@@ -71,26 +56,15 @@ fn an_api_server_outage_of_a_minute_loses_nothing() {
 
     // Before: a long-running pod, Ready; a pod that will fail and one that will be
     // OOM-killed, both waiting for the trigger.
-    apply(
-        &cp,
-        "sleeper",
-        &pod("sleeper", &trigger_path, "exec sleep 3600", ""),
-    );
-    apply(
-        &cp,
-        "failer",
-        &pod("failer", &trigger_path, &on_trigger("exit 3"), ""),
-    );
-    apply(
-        &cp,
+    pod("sleeper", &trigger_path, "exec sleep 3600").apply(&cp);
+    pod("failer", &trigger_path, &on_trigger("exit 3")).apply(&cp);
+    pod(
         "hog",
-        &pod(
-            "hog",
-            &trigger_path,
-            &on_trigger("exec dd if=/dev/zero of=/dev/null bs=64M count=1"),
-            "    resources:\n      limits: {memory: 32Mi}\n",
-        ),
-    );
+        &trigger_path,
+        &on_trigger("exec dd if=/dev/zero of=/dev/null bs=64M count=1"),
+    )
+    .container("    resources:\n      limits: {memory: 32Mi}\n")
+    .apply(&cp);
     let mut uids = std::collections::HashMap::new();
     for name in ["sleeper", "failer", "hog"] {
         let p = wait_for(&node, &format!("{name} Running and Ready"), || {

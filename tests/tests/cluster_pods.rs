@@ -6,41 +6,12 @@
 //!
 //! Needs root (the node runs a private containerd and real pods).
 use bpflet::runtime::{ContainerRuntime as _, CriRuntime};
-use bpflet_tests::cluster::{condition, joined_node, kubectl_json, node_condition, wait_for};
-use bpflet_tests::node::{IMAGE, Node};
+use bpflet_tests::cluster::{
+    PodYaml, condition, joined_node, kubectl_json, node_condition, wait_for,
+};
+use bpflet_tests::node::Node;
 use serde_json::Value;
 use xtask::cluster::ControlPlane;
-
-/// A pod bound to the test node running `command` in container `c`; `spec` lines (indented
-/// two spaces) are added to its spec.
-fn api_pod(name: &str, policy: &str, command: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  nodeName: testnode
-  restartPolicy: {policy}
-  automountServiceAccountToken: false
-  enableServiceLinks: false
-  terminationGracePeriodSeconds: 1
-{spec}  containers:
-  - name: c
-    image: {IMAGE}
-    imagePullPolicy: IfNotPresent
-    command: {command}
-"
-    )
-}
-
-fn apply(cp: &ControlPlane, dir: &std::path::Path, name: &str, yaml: &str) {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).expect("write the pod");
-    cp.kubectl_admin(&["apply", "-f", &path.display().to_string()])
-        .unwrap_or_else(|e| panic!("kubectl apply {name}: {e:#}"));
-}
 
 /// A probe for [`wait_for`]: pod `name` is in phase `phase`; returns the pod.
 fn pod_phase<'a>(
@@ -100,7 +71,7 @@ fn container_id(pod: &Value) -> String {
 
 #[test]
 fn a_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_others_run_on() {
-    let (dir, cp, node) = joined_node("bpflet-cluster-pods-reject-", &[]);
+    let (_dir, cp, node) = joined_node("bpflet-cluster-pods-reject-", &[]);
     wait_for(
         &node,
         "the Node to be Ready",
@@ -113,23 +84,11 @@ fn a_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_others_run_on() 
     });
 
     // The API server takes `hostUsers: false`; bpflet does not run pods in user namespaces.
-    apply(
-        &cp,
-        dir.path(),
-        "userns",
-        &api_pod(
-            "userns",
-            "Always",
-            "[sleep, '3600']",
-            "  hostUsers: false\n",
-        ),
-    );
-    apply(
-        &cp,
-        dir.path(),
-        "runner",
-        &api_pod("runner", "Always", "[sleep, '3600']", ""),
-    );
+    PodYaml::new("userns")
+        .bound()
+        .spec("  hostUsers: false\n")
+        .apply(&cp);
+    PodYaml::new("runner").bound().apply(&cp);
 
     let rejected = wait_for(
         &node,
@@ -257,7 +216,7 @@ fn holds_for(node: &Node, what: &str, mut probe: impl FnMut() -> Result<(), Stri
 
 #[test]
 fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
-    let (dir, cp, mut node) = joined_node("bpflet-cluster-pods-terminal-", &[]);
+    let (_dir, cp, mut node) = joined_node("bpflet-cluster-pods-terminal-", &[]);
     let plane = cp;
     let cp = &plane;
     wait_for(
@@ -270,18 +229,12 @@ fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
             .map(drop)
             .map_err(|e| format!("{e:#}"))
     });
-    apply(
-        cp,
-        dir.path(),
-        "once",
-        &api_pod("once", "Never", "[sh, -c, 'exit 0']", ""),
-    );
-    apply(
-        cp,
-        dir.path(),
-        "sleeper",
-        &api_pod("sleeper", "Always", "[sleep, '3600']", ""),
-    );
+    PodYaml::new("once")
+        .bound()
+        .restart_policy("Never")
+        .sh("exit 0")
+        .apply(cp);
+    PodYaml::new("sleeper").bound().apply(cp);
 
     let done = wait_for(
         &node,

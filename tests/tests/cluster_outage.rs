@@ -41,6 +41,22 @@ fn container_in<'a>(p: &'a Value, state: &str) -> Option<&'a Value> {
     cs["state"][state].is_object().then_some(cs)
 }
 
+/// A probe for [`wait_for`]: pod `name` is Running and Ready in the API; returns its
+/// container's status.
+fn ready_in_api<'a>(
+    cp: &'a xtask::cluster::ControlPlane,
+    name: &'a str,
+) -> impl FnMut() -> Result<Value, String> + 'a {
+    move || {
+        let p = api_pod(cp, name)?;
+        let ready = condition(&p, "Ready").is_some_and(|c| c["status"] == "True");
+        match container_in(&p, "running") {
+            Some(cs) if ready => Ok(cs.clone()),
+            _ => Err(format!("{}", p["status"])),
+        }
+    }
+}
+
 #[test]
 fn an_api_server_outage_of_a_minute_loses_nothing() {
     let (dir, mut cp, mut node) = joined_node("bpflet-cluster-outage-", &[]);
@@ -78,6 +94,13 @@ fn an_api_server_outage_of_a_minute_loses_nothing() {
         });
         uids.insert(name, p["metadata"]["uid"].as_str().expect("uid").to_owned());
     }
+    // A static pod from before the outage: its mirror pod, Ready.
+    node.write_manifest("early.yaml", &sleeping_pod("early"));
+    let early = wait_for(
+        &node,
+        "the early mirror pod Ready",
+        ready_in_api(&cp, "early-testnode"),
+    );
     let sleeper = api_pod(&cp, "sleeper").expect("sleeper");
     let sleeper_id = container_in(&sleeper, "running").expect("running")["containerID"].clone();
     let agent_pid = node.agent().expect("the agent runs").id();
@@ -203,14 +226,25 @@ fn an_api_server_outage_of_a_minute_loses_nothing() {
 
     // The long-running pod: the same container, never restarted, and Ready in the API
     // (whatever the node controller marked while the node's heartbeat was away).
-    let sleeper = wait_for(&node, "sleeper Running and Ready", || {
-        let p = api_pod(&cp, "sleeper")?;
-        let ready = condition(&p, "Ready").is_some_and(|c| c["status"] == "True");
-        match container_in(&p, "running") {
-            Some(cs) if ready => Ok(cs.clone()),
-            _ => Err(format!("{}", p["status"])),
-        }
-    });
+    let sleeper = wait_for(
+        &node,
+        "sleeper Running and Ready",
+        ready_in_api(&cp, "sleeper"),
+    );
+    // The same for the static pod's mirror, which bpflet writes as it writes its own pods.
+    let early_after = wait_for(
+        &node,
+        "the early mirror pod Running and Ready",
+        ready_in_api(&cp, "early-testnode"),
+    );
+    assert_eq!(
+        early_after["containerID"], early["containerID"],
+        "the static pod's container is the same"
+    );
+    eprintln!(
+        "NodeNotReady events about the early mirror pod: {}",
+        api_events(&cp, "early-testnode", "NodeNotReady").len()
+    );
     // Whether the node lifecycle controller had marked the pods not ready (it does when it
     // sees the Node's heartbeat silent past its grace before bpflet's returns).
     let marked = api_events(&cp, "sleeper", "NodeNotReady");

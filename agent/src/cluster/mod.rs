@@ -114,14 +114,16 @@ pub async fn run_pod_source(
     watch.abort();
 }
 
-/// The API server's pods as the pod manager takes them. The API server makes every UID, but
+/// The API server's pods as the pod manager takes them, mirror pods left out. The API server
+/// makes every UID, but
 /// a UID names the pod's directories and cgroup, so one that is not a harmless path
 /// component is an error naming the pod (it gets no worker). Every other check is
 /// admission's ([`crate::pods::admission`]), which shows the pod `Failed` naming the field.
 fn to_source_pods(pods: Vec<Pod>) -> (Vec<StaticPod>, Vec<ManifestError>) {
     let mut out = Vec::with_capacity(pods.len());
     let mut errors = Vec::new();
-    for pod in pods {
+    // Mirror pods are bpflet's reflections of its static pods, not pods to run.
+    for pod in pods.into_iter().filter(|p| !pods::is_mirror(p)) {
         let id = format!(
             "{}/{}",
             pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -178,5 +180,19 @@ mod tests {
             text.contains("default/p") && text.contains("metadata.uid"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn mirror_pods_are_not_pods_to_run() {
+        let mut mirror = pod("0f8fad5b-d9cb-469f-a165-70867728950e", None);
+        mirror.metadata.annotations =
+            Some([(status::MIRROR_ANNOTATION.to_owned(), "hash".to_owned())].into());
+        let (pods, errors) = to_source_pods(vec![
+            mirror,
+            pod("3f8a0c2e-1b7d-4c1e-9a53-2d1f0e6b7c44", None),
+        ]);
+        let uids: Vec<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        assert_eq!(uids, ["3f8a0c2e-1b7d-4c1e-9a53-2d1f0e6b7c44"]);
+        assert!(errors.is_empty(), "{errors:?}");
     }
 }

@@ -6,7 +6,9 @@
 //!   never takes a partial list for the truth (and terminates what it did not see).
 //! - A relist (after the watch expired or the API server was away) replaces the set at once
 //!   when it completes; meanwhile the last complete set holds, so an outage stops nothing.
-//! - Mirror pods (bpflet's own reflection of its static pods) are not pods to run.
+//! - Mirror pods (bpflet's own reflection of its static pods) are in the set, for the status
+//!   writer to check their status against what it wrote, but are not pods to run (the
+//!   consumer leaves them out: [`is_mirror`]).
 //! - Each pod is marked `kubernetes.io/config.source: api`, as upstream marks the pods of this
 //!   source, so status writers can tell where a pod came from.
 
@@ -77,17 +79,22 @@ impl BoundPods {
     }
 }
 
-/// The pod keyed by UID and marked with its source; `None` for a mirror pod or a pod
+/// A mirror pod: bpflet's reflection of one of its static pods, not a pod to run.
+#[must_use]
+pub fn is_mirror(pod: &Pod) -> bool {
+    mirror_hash(pod).is_some()
+}
+
+/// The pod keyed by UID, marked with its source unless it is a mirror pod; `None` for a pod
 /// without UID.
 fn keyed(mut pod: Pod) -> Option<(String, Pod)> {
-    if mirror_hash(&pod).is_some() {
-        return None;
-    }
     let uid = pod.metadata.uid.clone().filter(|u| !u.is_empty())?;
-    pod.metadata
-        .annotations
-        .get_or_insert_default()
-        .insert(CONFIG_SOURCE_ANNOTATION.to_owned(), API_SOURCE.to_owned());
+    if !is_mirror(&pod) {
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CONFIG_SOURCE_ANNOTATION.to_owned(), API_SOURCE.to_owned());
+    }
     Some((uid, pod))
 }
 
@@ -224,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn mirror_pods_are_not_pods_to_run() {
+    fn mirror_pods_are_in_the_set_unmarked_and_known_as_mirrors() {
         let mut mirror = pod("m", "x");
         mirror.metadata.annotations = Some(BTreeMap::from([(
             super::super::status::MIRROR_ANNOTATION.to_owned(),
@@ -233,8 +240,28 @@ mod tests {
         let mut pods = BoundPods::default();
         pods.apply(Event::Init);
         pods.apply(Event::InitApply(mirror.clone()));
+        pods.apply(Event::InitApply(pod("a", "x")));
         pods.apply(Event::InitDone);
-        assert!(!pods.apply(Event::Apply(mirror)));
-        assert_eq!(uids(&pods), Some(vec![]));
+        let mut changed = mirror.clone();
+        changed.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".to_owned()),
+            ..Default::default()
+        });
+        assert!(
+            pods.apply(Event::Apply(changed)),
+            "a mirror pod's status change is seen (the status writer checks it)"
+        );
+        let snapshot = pods.snapshot().expect("listed");
+        let (mirrors, others): (Vec<&Pod>, Vec<&Pod>) = snapshot.iter().partition(|p| is_mirror(p));
+        assert_eq!(mirrors.len(), 1);
+        assert!(
+            !mirrors[0]
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(CONFIG_SOURCE_ANNOTATION)),
+            "a mirror pod is not marked as a pod of the api source"
+        );
+        assert_eq!(others.len(), 1);
     }
 }

@@ -15,7 +15,8 @@
 //!   the object deleted for good (grace 0, UID precondition; gone already is fine); a static
 //!   pod's mirror is deleted. Orphans (pods of no source) have nothing in the API.
 //! - The API server's own view of the pods it binds to the node ([`ApiStatusSink::observe`],
-//!   from the pod source's watch) is checked against what bpflet last wrote: a pod whose
+//!   from the pod source's watch; a static pod's is its mirror's) is checked against what
+//!   bpflet last wrote: a pod whose
 //!   phase, conditions or container states there differ (the node lifecycle controller marks
 //!   every pod of a node it lost `Ready: False`) is written again, as upstream's status
 //!   manager reconciles against its pod cache.
@@ -286,19 +287,15 @@ impl StatusWriter {
         let (queue, _) = &*self.shared;
         let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(observed) = queue.observed.take() {
-            for (uid, status) in observed {
-                let Some(w) = self.written.get_mut(&uid) else {
+            // Observed by the API object's UID: an API pod's own, or a static pod's mirror's.
+            for (uid, w) in &mut self.written {
+                let Some(status) = w.api_uid.as_ref().and_then(|api| observed.get(api)) else {
                     continue;
                 };
-                // Only API pods are observed under their own UID (a mirror has its own).
-                if w.api_uid.as_deref() == Some(uid.as_str())
-                    && w.status
-                        .as_ref()
-                        .is_some_and(|ours| diverged(ours, &status))
-                {
-                    debug!(pod_uid = %uid, "the pod's status in the API server is not what was written; writing it again");
+                if w.status.as_ref().is_some_and(|ours| diverged(ours, status)) {
+                    debug!(pod_uid = %uid, api_uid = ?w.api_uid, "the pod's status in the API server is not what was written; writing it again");
                     w.stale = true;
-                    queue.dirty.insert(uid);
+                    queue.dirty.insert(uid.clone());
                 }
             }
         }
@@ -905,6 +902,50 @@ mod tests {
             Some(ready_status("True")),
             "what was written stays, for the terminal phase guard"
         );
+    }
+
+    #[tokio::test]
+    async fn a_mirror_pods_status_is_checked_against_its_static_pod() {
+        let (sink, mut writer) = api_status(
+            kube::Client::try_from(kube::Config::new(
+                "http://127.0.0.1:9".parse().expect("uri"),
+            ))
+            .expect("client"),
+            "node-a".to_owned(),
+        );
+        let mut static_pod = pod("web");
+        static_pod.status = Some(ready_status("True"));
+        sink.publish("static-uid", &Arc::new(static_pod.clone()));
+        writer.written.insert(
+            "static-uid".to_owned(),
+            Written {
+                api_uid: Some("mirror-uid".to_owned()),
+                mirror_hash: Some("static-uid".to_owned()),
+                status: Some(ready_status("True")),
+                ..Written::default()
+            },
+        );
+        let now = Instant::now();
+        assert_eq!(writer.take_batch(now).len(), 1, "the publish");
+
+        let mut mirror = static_pod;
+        mirror.metadata.uid = Some("mirror-uid".to_owned());
+        mirror.status = Some(ready_status("True"));
+        sink.observe(std::slice::from_ref(&mirror));
+        assert!(writer.take_batch(now).is_empty(), "the API server agrees");
+
+        mirror.status = Some(ready_status("False"));
+        sink.observe(&[mirror]);
+        let batch = writer.take_batch(now);
+        assert_eq!(
+            batch
+                .iter()
+                .map(|(uid, _)| uid.as_str())
+                .collect::<Vec<_>>(),
+            ["static-uid"],
+            "the mirror marked not ready by another: the static pod's status written again"
+        );
+        assert!(writer.written["static-uid"].stale);
     }
 
     #[tokio::test]

@@ -130,6 +130,20 @@ pub fn api_events(cp: &ControlPlane, name: &str, reason: &str) -> Vec<Value> {
     events["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// A probe for [`wait_for`]: the first event about `name` with `reason`.
+pub fn api_event<'a>(
+    cp: &'a ControlPlane,
+    name: &'a str,
+    reason: &'a str,
+) -> impl FnMut() -> Result<Value, String> + 'a {
+    move || {
+        api_events(cp, name, reason)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no {reason} event about {name}"))
+    }
+}
+
 /// Waits for the `default` ServiceAccount (the ServiceAccount admission refuses pods before
 /// the token controller made it).
 pub fn wait_for_default_service_account(cp: &ControlPlane, node: &Node) {

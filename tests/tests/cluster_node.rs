@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use bpflet_tests::cluster::{
-    NODE_NAME, PodYaml, api_events, api_pod, condition, joined_node, joined_node_with,
+    NODE_NAME, PodYaml, api_event, api_events, api_pod, condition, joined_node, joined_node_with,
     kubectl_json, node_condition, wait_for, wait_for_default_service_account,
 };
 use bpflet_tests::node::{GROW_MEMORY, IMAGE, NodeConfig, mem_total, sleeping_pod};
@@ -267,21 +267,11 @@ spec:
         }
     });
     assert_eq!(hog["exitCode"], 137, "{hog}");
-    let event = wait_for(&node, "an OOMKilled event in the API", || {
-        let events = kubectl_json(
-            &cp,
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=hog,reason=OOMKilled",
-            ],
-        );
-        events["items"]
-            .as_array()
-            .and_then(|items| items.first().cloned())
-            .ok_or_else(|| format!("{events}"))
-    });
+    let event = wait_for(
+        &node,
+        "an OOMKilled event in the API",
+        api_event(&cp, "hog", "OOMKilled"),
+    );
     assert_eq!(event["type"], "Warning", "{event}");
     // From the kubelet on the node, as upstream's kubelet writes its events.
     assert_eq!(event["source"]["component"], "kubelet", "{event}");

@@ -7,7 +7,7 @@
 //! Needs root (the node runs a private containerd and real pods).
 use bpflet::runtime::{ContainerRuntime as _, CriRuntime};
 use bpflet_tests::cluster::{
-    PodYaml, condition, joined_node, kubectl_json, node_condition, wait_for,
+    PodYaml, api_event, condition, joined_node, kubectl_json, node_condition, wait_for,
 };
 use bpflet_tests::node::Node;
 use serde_json::Value;
@@ -102,21 +102,11 @@ fn a_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_others_run_on() 
         message.starts_with("Pod was rejected: ") && message.contains("spec.hostUsers"),
         "{status}"
     );
-    let event = wait_for(&node, "a FailedValidation event for the userns pod", || {
-        let events = kubectl_json(
-            &cp,
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=userns,reason=FailedValidation",
-            ],
-        );
-        events["items"]
-            .as_array()
-            .and_then(|items| items.first().cloned())
-            .ok_or_else(|| format!("{events}"))
-    });
+    let event = wait_for(
+        &node,
+        "a FailedValidation event for the userns pod",
+        api_event(&cp, "userns", "FailedValidation"),
+    );
     assert_eq!(event["type"], "Warning", "{event}");
     assert_eq!(event["source"]["component"], "kubelet", "{event}");
     assert!(

@@ -481,9 +481,18 @@ fn run_manager(
     node: &Node,
     cancel: &CancellationToken,
 ) -> (mpsc::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
+    run_manager_of(node, cancel, SourceKind::File)
+}
+
+/// A pod manager over `node` expecting `source`, until `cancel`.
+fn run_manager_of(
+    node: &Node,
+    cancel: &CancellationToken,
+    source: SourceKind,
+) -> (mpsc::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
     let manager = PodManager::new(
         Arc::clone(&node.ctx),
-        HashSet::from([SourceKind::File]),
+        HashSet::from([source]),
         cancel.clone(),
     );
     let (updates, updates_rx) = mpsc::channel(4);
@@ -628,26 +637,6 @@ async fn a_runtime_pod_that_no_source_wants_is_torn_down() {
     manager.await.expect("manager");
 }
 
-/// A pod manager over `node` expecting the API source, until `cancel`.
-fn run_api_manager(
-    node: &Node,
-    cancel: &CancellationToken,
-) -> (mpsc::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
-    let manager = PodManager::new(
-        Arc::clone(&node.ctx),
-        HashSet::from([SourceKind::Api]),
-        cancel.clone(),
-    );
-    let (updates, updates_rx) = mpsc::channel(4);
-    let (_pokes, pokes_rx) = mpsc::channel::<PodPoke>(1);
-    let (_evictions, evictions_rx) = mpsc::channel::<Eviction>(1);
-    let task = tokio::spawn(async move {
-        let _keep = (_pokes, _evictions);
-        manager.run(updates_rx, pokes_rx, evictions_rx).await;
-    });
-    (updates, task)
-}
-
 /// `pod` as the API source sends it (marked `kubernetes.io/config.source: api`), with
 /// `status` as the API server has it.
 fn from_api(mut pod: Pod, status: &serde_json::Value) -> Pod {
@@ -683,7 +672,7 @@ async fn an_api_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_never
     const BAD: &str = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
     let node = Node::new();
     let cancel = CancellationToken::new();
-    let (updates, manager) = run_api_manager(&node, &cancel);
+    let (updates, manager) = run_manager_of(&node, &cancel, SourceKind::Api);
     let good = from_api(
         pod("good", UID, &serde_json::json!({})),
         &serde_json::json!({}),
@@ -733,7 +722,7 @@ async fn an_api_pod_terminal_at_first_sight_is_stopped_and_never_run_again() {
     // An agent ran the pod; it stopped (the pod outlives it), and meanwhile the pod was
     // evicted (or its phase set terminal by whoever): it still runs in the runtime.
     let first = CancellationToken::new();
-    let (updates, manager) = run_api_manager(&node, &first);
+    let (updates, manager) = run_manager_of(&node, &first, SourceKind::Api);
     let web = from_api(
         pod("web", UID, &serde_json::json!({})),
         &serde_json::json!({}),
@@ -766,7 +755,7 @@ async fn an_api_pod_terminal_at_first_sight_is_stopped_and_never_run_again() {
         &completed,
     );
     let second = CancellationToken::new();
-    let (updates, manager) = run_api_manager(&node, &second);
+    let (updates, manager) = run_manager_of(&node, &second, SourceKind::Api);
     updates
         .send(api_snapshot(&[&web, &done]))
         .await

@@ -52,7 +52,7 @@ use super::agent_log;
 use super::pods::{
     Machine, NODE, Node, check_interrupted, mib, quick_mode, sample_pair, sleep_checked,
 };
-use super::util::{ProcUsage, Summary, Table};
+use super::util::{ProcUsage, Summary, Table, fmt_opt, ms_between, ratio};
 use crate::is_root;
 use crate::up::PlegMode;
 
@@ -1123,14 +1123,6 @@ fn answered_ok(log: &str) -> bool {
         .any(|l| l.contains("200 OK") && (l.contains("GET ") || l.contains("verb=\"GET\"")))
 }
 
-/// Milliseconds from `from` to `to` (negative when `to` is earlier).
-fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
-    match to.duration_since(from) {
-        Ok(d) => d.as_secs_f64() * 1e3,
-        Err(e) => -e.duration().as_secs_f64() * 1e3,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report
 
@@ -1328,19 +1320,6 @@ fn upstream_per_minute(class: &str) -> &'static str {
         "patch nodes/status" => "0 (0.2: every 5 min)",
         "watch pods" | "list pods" => "~0.1-0.2",
         _ => "0",
-    }
-}
-
-fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
-}
-
-/// `a / b` as `3.1x`; `-` when `b` is zero.
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.1}x", a / b)
-    } else {
-        "-".to_owned()
     }
 }
 

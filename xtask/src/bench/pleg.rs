@@ -59,7 +59,7 @@ use super::pods::{
     Machine, NODE, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node, quick_mode,
     sleep_checked,
 };
-use super::util::{Summary, Table};
+use super::util::{Summary, Table, fmt_opt, ms_between, ratio};
 use crate::is_root;
 use crate::up::{self, PlegMode, PodView};
 
@@ -879,14 +879,6 @@ fn read_u64(path: &Path) -> Result<u64> {
         .with_context(|| format!("{}: not a number: {text:?}", path.display()))
 }
 
-/// Milliseconds from `from` to `to` (negative when `to` is earlier).
-fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
-    match to.duration_since(from) {
-        Ok(d) => d.as_secs_f64() * 1e3,
-        Err(e) => -e.duration().as_secs_f64() * 1e3,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Kernel timestamps: `bpflet trace --json`
 
@@ -1417,18 +1409,6 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         ends.join("\n\n")
     );
     report
-}
-
-fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
-}
-
-fn ratio(num: f64, den: f64) -> String {
-    if den > 0.0 {
-        format!("{:.1}x", num / den)
-    } else {
-        "n/a".to_owned()
-    }
 }
 
 #[cfg(test)]

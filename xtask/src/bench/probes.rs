@@ -51,7 +51,7 @@ use super::pods::{
     Machine, Node, QUICK_ENV, RUNNING_TIMEOUT, SAMPLE_EVERY, SETTLE, check_interrupted, find,
     is_up, mib, not_up, on_bench_node, quick_mode, sample_pair, sleep_checked,
 };
-use super::util::{ProcUsage, Summary, Table};
+use super::util::{ProcUsage, Summary, Table, ratio};
 use crate::is_root;
 use crate::up::{self, PlegMode, PodView};
 
@@ -864,14 +864,6 @@ fn mean_cpu(samples: &[ProcUsage]) -> Option<f64> {
     let wall: f64 = samples.iter().map(|u| u.wall.as_secs_f64()).sum();
     let cpu: f64 = samples.iter().map(|u| u.cpu_seconds).sum();
     (wall > 0.0).then(|| 100.0 * cpu / wall)
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.1}x", a / b)
-    } else {
-        "n/a".to_owned()
-    }
 }
 
 #[cfg(test)]

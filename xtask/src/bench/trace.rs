@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use super::Ctx;
 use super::agent_log::{LogRecord, tracing_source};
-use super::util::{BpfStatsEnabled, Table, bpf_prog_stats, sample_process};
+use super::util::{BpfStatsEnabled, Table, bpf_prog_stats, fmt_opt, sample_process};
 
 /// Length of each measured scenario.
 const SCENARIO: Duration = Duration::from_secs(10);
@@ -63,10 +63,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                 format!("{:.0}", r.achieved_rate),
                 r.exits_received.to_string(),
                 r.lost.to_string(),
-                fmt_opt(r.p50_us),
-                fmt_opt(r.p99_us),
-                fmt_opt(r.max_us),
-                fmt_opt(r.kernel_ns_per_run),
+                fmt_opt(r.p50_us, 1),
+                fmt_opt(r.p99_us, 1),
+                fmt_opt(r.max_us, 1),
+                fmt_opt(r.kernel_ns_per_run, 1),
                 format!("{:.1}", r.cpu_percent),
                 format!("{:.1}", r.rss_max_mib),
             ]);
@@ -80,10 +80,6 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let path = ctx.save("trace", &report)?;
     eprintln!("saved {}", path.display());
     Ok(())
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"))
 }
 
 struct ScenarioResult {

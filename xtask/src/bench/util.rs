@@ -47,6 +47,31 @@ impl Summary {
     }
 }
 
+/// Milliseconds from `from` to `to` (negative when `to` is earlier).
+#[must_use]
+pub fn ms_between(from: std::time::SystemTime, to: std::time::SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
+    }
+}
+
+/// `v` with `decimals` decimals; `-` when there is none.
+#[must_use]
+pub fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// `a / b` as `3.1x`; `-` when `b` is zero.
+#[must_use]
+pub fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.1}x", a / b)
+    } else {
+        "-".to_owned()
+    }
+}
+
 /// The nearest-rank `q`th percentile (0 < q <= 100) of already sorted, non-empty samples.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     assert!(!sorted.is_empty(), "percentile of no samples");

@@ -130,6 +130,24 @@ pub fn api_events(cp: &ControlPlane, name: &str, reason: &str) -> Vec<Value> {
     events["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// A probe for [`wait_for`]: pod `name` is Running in the API, its first container running
+/// and the pod Ready; returns the pod.
+pub fn running_and_ready<'a>(
+    cp: &'a ControlPlane,
+    name: &'a str,
+) -> impl FnMut() -> Result<Value, String> + 'a {
+    move || {
+        let p = api_pod(cp, name)?;
+        let running = p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object();
+        if running && condition(&p, "Ready").is_some_and(|c| c["status"] == "True") {
+            Ok(p)
+        } else {
+            Err(format!("{}", p["status"]))
+        }
+    }
+}
+
 /// A probe for [`wait_for`]: the first event about `name` with `reason`.
 pub fn api_event<'a>(
     cp: &'a ControlPlane,

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bpflet_tests::cluster::{
-    NODE_NAME, PodYaml, api_events, api_pod, condition, joined_node, kubectl_json, node_condition,
-    wait_for, wait_for_default_service_account,
+    NODE_NAME, PodYaml, api_events, api_pod, joined_node, kubectl_json, node_condition,
+    running_and_ready, wait_for, wait_for_default_service_account,
 };
 use bpflet_tests::node::sleeping_pod;
 use jiff::Timestamp;
@@ -36,25 +36,14 @@ fn on_trigger(then: &str) -> String {
 }
 
 /// The pod's only container status, when its state is `state` (`running`, `terminated`).
+/// The pod's first container status.
+fn first_container(mut pod: Value) -> Value {
+    pod["status"]["containerStatuses"][0].take()
+}
+
 fn container_in<'a>(p: &'a Value, state: &str) -> Option<&'a Value> {
     let cs = &p["status"]["containerStatuses"][0];
     cs["state"][state].is_object().then_some(cs)
-}
-
-/// A probe for [`wait_for`]: pod `name` is Running and Ready in the API; returns its
-/// container's status.
-fn ready_in_api<'a>(
-    cp: &'a xtask::cluster::ControlPlane,
-    name: &'a str,
-) -> impl FnMut() -> Result<Value, String> + 'a {
-    move || {
-        let p = api_pod(cp, name)?;
-        let ready = condition(&p, "Ready").is_some_and(|c| c["status"] == "True");
-        match container_in(&p, "running") {
-            Some(cs) if ready => Ok(cs.clone()),
-            _ => Err(format!("{}", p["status"])),
-        }
-    }
 }
 
 #[test]
@@ -83,24 +72,20 @@ fn an_api_server_outage_of_a_minute_loses_nothing() {
     .apply(&cp);
     let mut uids = std::collections::HashMap::new();
     for name in ["sleeper", "failer", "hog"] {
-        let p = wait_for(&node, &format!("{name} Running and Ready"), || {
-            let p = api_pod(&cp, name)?;
-            let ready = condition(&p, "Ready").is_some_and(|c| c["status"] == "True");
-            if container_in(&p, "running").is_some() && ready {
-                Ok(p)
-            } else {
-                Err(format!("{}", p["status"]))
-            }
-        });
+        let p = wait_for(
+            &node,
+            &format!("{name} Running and Ready"),
+            running_and_ready(&cp, name),
+        );
         uids.insert(name, p["metadata"]["uid"].as_str().expect("uid").to_owned());
     }
     // A static pod from before the outage: its mirror pod, Ready.
     node.write_manifest("early.yaml", &sleeping_pod("early"));
-    let early = wait_for(
+    let early = first_container(wait_for(
         &node,
         "the early mirror pod Ready",
-        ready_in_api(&cp, "early-testnode"),
-    );
+        running_and_ready(&cp, "early-testnode"),
+    ));
     let sleeper = api_pod(&cp, "sleeper").expect("sleeper");
     let sleeper_id = container_in(&sleeper, "running").expect("running")["containerID"].clone();
     let agent_pid = node.agent().expect("the agent runs").id();
@@ -226,17 +211,17 @@ fn an_api_server_outage_of_a_minute_loses_nothing() {
 
     // The long-running pod: the same container, never restarted, and Ready in the API
     // (whatever the node controller marked while the node's heartbeat was away).
-    let sleeper = wait_for(
+    let sleeper = first_container(wait_for(
         &node,
         "sleeper Running and Ready",
-        ready_in_api(&cp, "sleeper"),
-    );
+        running_and_ready(&cp, "sleeper"),
+    ));
     // The same for the static pod's mirror, which bpflet writes as it writes its own pods.
-    let early_after = wait_for(
+    let early_after = first_container(wait_for(
         &node,
         "the early mirror pod Running and Ready",
-        ready_in_api(&cp, "early-testnode"),
-    );
+        running_and_ready(&cp, "early-testnode"),
+    ));
     assert_eq!(
         early_after["containerID"], early["containerID"],
         "the static pod's container is the same"

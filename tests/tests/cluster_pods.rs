@@ -7,7 +7,8 @@
 //! Needs root (the node runs a private containerd and real pods).
 use bpflet::runtime::{ContainerRuntime as _, CriRuntime};
 use bpflet_tests::cluster::{
-    PodYaml, api_event, condition, joined_node, kubectl_json, node_condition, wait_for,
+    PodYaml, api_event, condition, joined_node, kubectl_json, node_condition, running_and_ready,
+    wait_for, wait_for_default_service_account,
 };
 use bpflet_tests::node::Node;
 use serde_json::Value;
@@ -22,23 +23,6 @@ fn pod_phase<'a>(
     move || {
         let p = kubectl_json(cp, &["get", "pod", name]);
         if p["status"]["phase"] == phase {
-            Ok(p)
-        } else {
-            Err(format!("{}", p["status"]))
-        }
-    }
-}
-
-/// A probe for [`wait_for`]: pod `name` runs with its container ready; returns the pod.
-fn pod_ready<'a>(
-    cp: &'a ControlPlane,
-    name: &'a str,
-) -> impl FnMut() -> Result<Value, String> + 'a {
-    move || {
-        let p = kubectl_json(cp, &["get", "pod", name]);
-        if p["status"]["phase"] == "Running"
-            && condition(&p, "Ready").is_some_and(|c| c["status"] == "True")
-        {
             Ok(p)
         } else {
             Err(format!("{}", p["status"]))
@@ -77,11 +61,7 @@ fn a_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_others_run_on() 
         "the Node to be Ready",
         node_condition(&cp, "Ready", "True"),
     );
-    wait_for(&node, "the default ServiceAccount", || {
-        cp.kubectl_admin(&["get", "serviceaccount", "default"])
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-    });
+    wait_for_default_service_account(&cp, &node);
 
     // The API server takes `hostUsers: false`; bpflet does not run pods in user namespaces.
     PodYaml::new("userns")
@@ -120,7 +100,7 @@ fn a_pod_bpflet_cannot_run_is_rejected_failed_with_an_event_and_others_run_on() 
     let runner = wait_for(
         &node,
         "the runner pod Running and Ready",
-        pod_ready(&cp, "runner"),
+        running_and_ready(&cp, "runner"),
     );
     for kind in [
         "PodReadyToStartContainers",
@@ -214,11 +194,7 @@ fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
         "the Node to be Ready",
         node_condition(cp, "Ready", "True"),
     );
-    wait_for(&node, "the default ServiceAccount", || {
-        cp.kubectl_admin(&["get", "serviceaccount", "default"])
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-    });
+    wait_for_default_service_account(cp, &node);
     PodYaml::new("once")
         .bound()
         .restart_policy("Never")
@@ -255,7 +231,7 @@ fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
     let sleeper = wait_for(
         &node,
         "the sleeper pod Running and Ready",
-        pod_ready(cp, "sleeper"),
+        running_and_ready(cp, "sleeper"),
     );
     let sleeper_container = container_id(&sleeper);
     let (once_sandboxes, once_containers) = node.runtime_ids(&once_uid);
@@ -282,7 +258,7 @@ fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
     let sleeper = wait_for(
         &node,
         "the sleeper pod Running and Ready",
-        pod_ready(cp, "sleeper"),
+        running_and_ready(cp, "sleeper"),
     );
     assert_eq!(
         container_id(&sleeper),

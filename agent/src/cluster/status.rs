@@ -857,15 +857,21 @@ mod tests {
         assert!(!is_transient(&kube::Error::TlsRequired));
     }
 
-    #[tokio::test]
-    async fn the_api_servers_view_is_checked_against_what_was_written() {
-        let (sink, mut writer) = api_status(
+    /// A sink and writer over a client of an address nothing answers on (port 9): for tests
+    /// of what the writer decides, which never reach the network.
+    fn offline_api_status() -> (ApiStatusSink, StatusWriter) {
+        api_status(
             kube::Client::try_from(kube::Config::new(
                 "http://127.0.0.1:9".parse().expect("uri"),
             ))
             .expect("client"),
             "node-a".to_owned(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn the_api_servers_view_is_checked_against_what_was_written() {
+        let (sink, mut writer) = offline_api_status();
         let mut api_pod = pod("api");
         api_pod.status = Some(ready_status("True"));
         sink.publish("u1", &Arc::new(api_pod.clone()));
@@ -906,13 +912,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_mirror_pods_status_is_checked_against_its_static_pod() {
-        let (sink, mut writer) = api_status(
-            kube::Client::try_from(kube::Config::new(
-                "http://127.0.0.1:9".parse().expect("uri"),
-            ))
-            .expect("client"),
-            "node-a".to_owned(),
-        );
+        let (sink, mut writer) = offline_api_status();
         let mut static_pod = pod("web");
         static_pod.status = Some(ready_status("True"));
         sink.publish("static-uid", &Arc::new(static_pod.clone()));

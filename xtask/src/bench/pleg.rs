@@ -1,23 +1,34 @@
 //! `cargo xtask bench pleg`: how fast the agent sees container exits and OOM kills, and
 //! whether eviction beats the kernel OOM killer, with kernel-driven PLEG and eviction triggers
-//! against the upstream loops (1 s relist, 10 s eviction check), in one run.
+//! against the upstream loops (1 s relist, 10 s eviction check) and against the upstream
+//! kubelet itself, in one run.
 //!
-//! One private containerd serves the whole run; the release agent starts afresh for each
-//! variant with `cargo xtask up`'s config (kubepods limited to 512 MiB, `evictionHard:
-//! memory.available: 100Mi`, so eviction starts when the pods use 412 MiB), and
-//! `bpflet trace --json` watches the kubepods tree beside it: the kernel's timestamps of
-//! exits, OOM kills and memory pressure come from there.
+//! One private containerd 2 (`cargo xtask build-peer`'s v2.2.10 with its runc) serves the
+//! whole run. The release agent starts afresh for each bpflet variant with `cargo xtask up`'s
+//! config (kubepods limited to 512 MiB, `evictionHard: memory.available: 100Mi`, so eviction
+//! starts when the pods use 412 MiB); the upstream kubelet v1.34.4 starts afresh for each
+//! kubelet variant, standalone, on the same static pod directory, read-only port and node
+//! name, with its cgroup root below the bench's and the same kubepods limit and threshold
+//! (`enforceNodeAllocatable: [pods]`, `systemReserved` memory = MemTotal - 512 MiB, the same
+//! `evictionHard`; see [`super::peer_pleg`]). Beside either, `bpflet trace --json` watches
+//! the kubepods tree in use: the kernel's timestamps of exits, OOM kills and memory pressure
+//! come from there, for both agents.
 //!
 //! Variants: `event` (kernel-triggered PLEG; eviction triggered by kernel pressure and OOM
 //! events and by the v1 usage-threshold notifier, 10 s floor), `generic` (1 s relist; the
 //! notifier and the 10 s floor), `event, no notifier` (kernel events and the floor) and
-//! `periodic only` (generic with `BPFLET_DISABLE_MEMCG_NOTIFIER=1`: upstream's 10 s loop).
+//! `periodic only` (generic with `BPFLET_DISABLE_MEMCG_NOTIFIER=1`: upstream's 10 s loop);
+//! `kubelet` (upstream's defaults: generic PLEG, 1 s relist; eviction every 10 s,
+//! `kernelMemcgNotification: false`), `kubelet-evented` (the same with `featureGates:
+//! {EventedPLEG: true}`: CRI container events from containerd 2; left out, with the reason,
+//! when the kubelet does not start with it or its `/metrics` show it fell back to relisting)
+//! and `kubelet-memcg` (`kernelMemcgNotification: true`, ramps only).
 //!
 //! 1. Exit to status: host-network busybox pods (`restartPolicy: Never`) run
 //!    `sleep <random 2-4 s>; exit <code>`, a batch of [`Plan::batch_size`] at a time;
 //!    `/pods` is polled every [`EXIT_POLL`] until each shows its container terminated with
 //!    its code. Latency: the kernel's timestamp of the container's exit (trace) to that
-//!    answer. `event` and `generic` only.
+//!    answer. `event`, `generic`, `kubelet` and `kubelet-evented`.
 //! 2. OOM kill to `OOMKilled`: the same, with a 32Mi container limit and a process that
 //!    allocates until the kernel kills it; from the trace's `oom_kill` to the first answer
 //!    showing `terminated OOMKilled(137)`.
@@ -26,12 +37,15 @@
 //!    every [`RAMP_PAUSE`] s (~40 MiB/s) until it is evicted or OOM-killed. Pressure onset is the
 //!    moment kubepods' usage crosses the threshold: the bench arms its own eventfd on
 //!    kubepods' `memory.usage_in_bytes` (the kernel check the agent's notifier uses, so
-//!    both fire together). The decision is the agent's `evicting pod` log record; kernel OOM
-//!    kills are the trace's `oom_kill` events during the ramp.
+//!    both fire together). The decision is bpflet's `evicting pod` log record, or the
+//!    kubelet's eviction manager record about the pod (`cannot evict a critical pod`: the
+//!    kubelet never evicts a static pod, so standalone its decisions are refusals; `pod is
+//!    evicted successfully` otherwise); kernel OOM kills are the trace's `oom_kill` events
+//!    during the ramp, for every variant.
 //!
-//! Whatever happens, the agent and the trace are stopped and `up`'s teardown removes every
-//! pod, containerd, the cgroup tree and the mounts. `BPFLET_BENCH_QUICK=1` shortens every
-//! step: for trying the bench, not for numbers.
+//! Whatever happens, the agent, the kubelet and the trace are stopped and `up`'s teardown
+//! removes every pod, containerd, the cgroup tree and the mounts. `BPFLET_BENCH_QUICK=1`
+//! shortens every step: for trying the bench, not for numbers.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -50,13 +64,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use xtask::containerd::PrivateContainerd;
+use xtask::containerd::{Binaries, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
+use xtask::peer::{self, Kubelet};
 
 use super::Ctx;
 use super::agent_log::{self, LogRecord};
+use super::peer_pleg;
 use super::pods::{
-    Machine, NODE, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node, quick_mode,
+    Machine, NODE, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node_with, quick_mode,
     sleep_checked,
 };
 use super::util::{Summary, Table, fmt_opt, ms_between, ratio};
@@ -142,32 +158,62 @@ enum Variant {
     Generic,
     EventNoNotifier,
     PeriodicOnly,
+    Kubelet,
+    KubeletEvented,
+    KubeletMemcg,
 }
 
 impl Variant {
     /// In the order they run: the two PLEG modes with exits, OOM kills and ramps, then the
-    /// two ramp-only variants.
-    const ALL: [Variant; 4] = [
+    /// two ramp-only variants; then the kubelet's, the same way.
+    const ALL: [Variant; 7] = [
         Variant::Event,
         Variant::Generic,
         Variant::EventNoNotifier,
         Variant::PeriodicOnly,
+        Variant::Kubelet,
+        Variant::KubeletEvented,
+        Variant::KubeletMemcg,
     ];
 
-    fn mode(self) -> PlegMode {
+    /// bpflet's PLEG mode; `None` for the kubelet.
+    fn mode(self) -> Option<PlegMode> {
         match self {
-            Variant::Event | Variant::EventNoNotifier => PlegMode::Event,
-            Variant::Generic | Variant::PeriodicOnly => PlegMode::Generic,
+            Variant::Event | Variant::EventNoNotifier => Some(PlegMode::Event),
+            Variant::Generic | Variant::PeriodicOnly => Some(PlegMode::Generic),
+            Variant::Kubelet | Variant::KubeletEvented | Variant::KubeletMemcg => None,
         }
     }
 
+    /// How the kubelet runs; `None` for bpflet.
+    fn kubelet(self) -> Option<peer_pleg::Setup> {
+        let setup = |evented_pleg, kernel_memcg_notification| peer_pleg::Setup {
+            evented_pleg,
+            kernel_memcg_notification,
+        };
+        match self {
+            Variant::Kubelet => Some(setup(false, false)),
+            Variant::KubeletEvented => Some(setup(true, false)),
+            Variant::KubeletMemcg => Some(setup(false, true)),
+            _ => None,
+        }
+    }
+
+    /// Whether a usage-threshold notifier runs (bpflet's, or the kubelet's
+    /// `kernelMemcgNotification`).
     fn notifier(self) -> bool {
-        matches!(self, Variant::Event | Variant::Generic)
+        matches!(
+            self,
+            Variant::Event | Variant::Generic | Variant::KubeletMemcg
+        )
     }
 
     /// Whether the exit and OOM measurements run in this variant.
     fn measures_pods(self) -> bool {
-        self.notifier()
+        matches!(
+            self,
+            Variant::Event | Variant::Generic | Variant::Kubelet | Variant::KubeletEvented
+        )
     }
 
     fn name(self) -> &'static str {
@@ -176,6 +222,9 @@ impl Variant {
             Variant::Generic => "generic",
             Variant::EventNoNotifier => "event, no notifier",
             Variant::PeriodicOnly => "periodic only",
+            Variant::Kubelet => "kubelet",
+            Variant::KubeletEvented => "kubelet-evented",
+            Variant::KubeletMemcg => "kubelet-memcg",
         }
     }
 
@@ -185,7 +234,8 @@ impl Variant {
             Variant::Event => "kernel pressure/OOM + usage notifier + 10 s",
             Variant::Generic => "usage notifier + 10 s",
             Variant::EventNoNotifier => "kernel pressure/OOM + 10 s",
-            Variant::PeriodicOnly => "10 s",
+            Variant::PeriodicOnly | Variant::Kubelet | Variant::KubeletEvented => "10 s",
+            Variant::KubeletMemcg => "memcg notifier + 10 s",
         }
     }
 
@@ -196,6 +246,9 @@ impl Variant {
             Variant::Generic => "gen",
             Variant::EventNoNotifier => "evk",
             Variant::PeriodicOnly => "per",
+            Variant::Kubelet => "kl",
+            Variant::KubeletEvented => "kle",
+            Variant::KubeletMemcg => "klm",
         }
     }
 }
@@ -210,36 +263,75 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "`cargo xtask bench pleg` needs the cgroup v1 memory controller at {MEMORY_V1} (the \
          usage-threshold eventfd that marks pressure onset is v1 only)"
     );
+    let bin = peer::bin_dir();
+    for name in peer::programs() {
+        ensure!(
+            bin.join(name).is_file(),
+            "{} is missing: run `cargo xtask build-peer` (bench pleg runs containerd 2, its \
+             runc and the upstream kubelet from there)",
+            bin.join(name).display()
+        );
+    }
     let plan = Plan::from_env();
-    let machine = Machine::read()?;
-    on_bench_node(ctx, "pleg", BRIDGE, SUBNET, |node, ctd| {
-        let started = Instant::now();
-        let sessions = measure(ctx, &plan, node, ctd)?;
-        let report = render(&plan, &machine, &sessions, started.elapsed());
-        println!("{report}");
-        let path = ctx.save("pleg", &report)?;
-        eprintln!("saved {}", path.display());
-        Ok(())
-    })
+    let machine = Machine::read_with(&bin.join("containerd"))?;
+    let peer_versions = peer_pleg::versions()?;
+    on_bench_node_with(
+        ctx,
+        "pleg",
+        BRIDGE,
+        SUBNET,
+        Binaries::containerd2(),
+        |node, ctd| {
+            let started = Instant::now();
+            let (sessions, left_out) = measure(ctx, &plan, node, ctd)?;
+            let report = render(
+                &plan,
+                &machine,
+                &peer_versions,
+                &sessions,
+                &left_out,
+                started.elapsed(),
+            );
+            println!("{report}");
+            let path = ctx.save("pleg", &report)?;
+            eprintln!("saved {}", path.display());
+            Ok(())
+        },
+    )
 }
 
-/// Every variant, one agent each.
+/// A variant left out, and why.
+type LeftOut = (Variant, String);
+
+/// Every variant, one agent each; and the variants left out.
 fn measure(
     ctx: &Ctx,
     plan: &Plan,
     node: &mut Node,
     ctd: &PrivateContainerd,
-) -> Result<Vec<Session>> {
+) -> Result<(Vec<Session>, Vec<LeftOut>)> {
     let mut rng = fastrand::Rng::new();
     let mut sessions = vec![];
+    let mut left_out = vec![];
     for variant in Variant::ALL {
+        if let Some(setup) = variant.kubelet() {
+            match kubelet_session(ctx, plan, node, ctd, variant, setup, &mut rng)? {
+                Ok(session) => sessions.push(session),
+                Err(why) => {
+                    eprintln!("bench pleg: `{}` left out: {why}", variant.name());
+                    left_out.push((variant, why));
+                }
+            }
+            continue;
+        }
+        let mode = variant.mode().expect("a bpflet variant has a PLEG mode");
         node.agent_env = if variant.notifier() {
             vec![]
         } else {
             vec![(NOTIFIER_ENV.to_owned(), "1".to_owned())]
         };
-        node.start_agent(variant.mode(), ctd)?;
-        let result = session(ctx, plan, node, variant, &mut rng);
+        node.start_agent(mode, ctd)?;
+        let result = session(ctx, plan, node, variant, Subject::Bpflet, &mut rng);
         node.stop_agent();
         // Keep each variant's log (two variants share a PLEG mode, hence a log name).
         let kept = node.work_dir.join(format!("agent-{}.log", variant.tag()));
@@ -247,7 +339,94 @@ fn measure(
         node.agent_log = kept;
         sessions.push(result.with_context(|| format!("variant `{}`", variant.name()))?);
     }
-    Ok(sessions)
+    Ok((sessions, left_out))
+}
+
+/// One kubelet variant: the kubelet started on the node, the session, the kubelet stopped.
+/// The inner `Err` leaves `kubelet-evented` out: the kubelet did not start with Evented PLEG,
+/// or it fell back to relisting.
+fn kubelet_session(
+    ctx: &Ctx,
+    plan: &Plan,
+    node: &mut Node,
+    ctd: &PrivateContainerd,
+    variant: Variant,
+    setup: peer_pleg::Setup,
+    rng: &mut fastrand::Rng,
+) -> Result<std::result::Result<Session, String>> {
+    let kubelet = match peer_pleg::start(node, ctd, variant.tag(), setup) {
+        Ok(k) => k,
+        Err(e) if setup.evented_pleg => {
+            return Ok(Err(format!(
+                "the kubelet did not start with featureGates EventedPLEG: {e:#}"
+            )));
+        }
+        Err(e) => return Err(e.context(format!("variant `{}`", variant.name()))),
+    };
+    // The node's errors show the log of the agent in use.
+    node.agent_log = kubelet.log_path().to_owned();
+    let result = session(ctx, plan, node, variant, Subject::Kubelet(&kubelet), rng);
+    let evented = setup.evented_pleg.then(|| {
+        xtask::agent::http_get(kubelet.read_only_port(), "/metrics")
+            .filter(|(code, _)| *code == 200)
+            .map_or_else(
+                || Err("the kubelet's /metrics did not answer".to_owned()),
+                |(_, body)| peer_pleg::evented_pleg_ran(&body),
+            )
+    });
+    let stopped = kubelet.stop();
+    let session = result.with_context(|| format!("variant `{}`", variant.name()))?;
+    stopped.with_context(|| format!("stopping the kubelet of `{}`", variant.name()))?;
+    Ok(match evented {
+        Some(Err(why)) => Err(why),
+        _ => Ok(session),
+    })
+}
+
+/// The agent a session measures.
+#[derive(Clone, Copy)]
+enum Subject<'a> {
+    Bpflet,
+    Kubelet(&'a Kubelet),
+}
+
+/// The log of the agent a session measured, as records.
+enum AgentLog {
+    Bpflet(Vec<LogRecord>),
+    Kubelet(Vec<peer_pleg::Record>),
+}
+
+impl AgentLog {
+    /// When the agent's PLEG handed the exit of manifest `name`'s container on.
+    fn pleg_event(&self, name: &str) -> Option<SystemTime> {
+        match self {
+            AgentLog::Bpflet(log) => pleg_event_logged(log, name),
+            AgentLog::Kubelet(log) => peer_pleg::pleg_died(log, name),
+        }
+    }
+
+    /// The eviction decision about manifest `name`'s pod. For the kubelet, the trigger is
+    /// `Notifier` when its memcg notifier fired between `onset` and the decision, else
+    /// `Periodic`.
+    fn decision(&self, name: &str, onset: Option<SystemTime>) -> Option<Decision> {
+        match self {
+            AgentLog::Bpflet(log) => eviction_logged(log, name),
+            AgentLog::Kubelet(log) => {
+                let e = peer_pleg::eviction(log, name)?;
+                let notified = onset.is_some_and(|o| {
+                    peer_pleg::notifier_fired(log)
+                        .iter()
+                        .any(|&t| t >= o && t <= e.at)
+                });
+                Some(Decision {
+                    at: e.at,
+                    trigger: if notified { "Notifier" } else { "Periodic" }.to_owned(),
+                    latency_ms: None,
+                    refused: e.refused,
+                })
+            }
+        }
+    }
 }
 
 /// What one variant measured.
@@ -262,8 +441,9 @@ struct Session {
     lost: u64,
     /// The Guaranteed and Burstable pods after the ramps: `None` when both kept running.
     companions_hurt: Option<String>,
-    /// OOM-kill events on `/events` about the ramps' pods (or the node).
-    api_ooms: usize,
+    /// OOM-kill events on bpflet's `/events` about the ramps' pods (or the node); `None` for
+    /// the standalone kubelet, which has no API server to record events in.
+    api_ooms: Option<usize>,
 }
 
 /// One exit or OOM kill.
@@ -271,8 +451,9 @@ struct Sample {
     /// From the kernel's timestamp to the first `/pods` answer showing it; `None` when
     /// either is missing (see `note`).
     latency_ms: Option<f64>,
-    /// From the kernel's timestamp to the agent's PLEG event line: its worker has seen the
-    /// exit through the runtime.
+    /// From the kernel's timestamp to the agent's PLEG event record: bpflet's worker has
+    /// seen the exit through the runtime, or the kubelet's sync loop took the PLEG's
+    /// `ContainerDied`.
     pleg_ms: Option<f64>,
     note: Option<String>,
 }
@@ -299,11 +480,16 @@ struct Ramp {
 }
 
 impl Ramp {
-    /// The eviction decision, if it came before any kernel OOM kill.
+    /// The eviction decision, if it came before any kernel OOM kill (a refused one too).
     fn won(&self) -> Option<&Decision> {
         self.decision
             .as_ref()
             .filter(|d| self.first_oom.is_none_or(|o| d.at < o))
+    }
+
+    /// The pod evicted (not refused) before any kernel OOM kill.
+    fn evicted(&self) -> bool {
+        self.won().is_some_and(|d| !d.refused)
     }
 
     fn onset_to_decision_ms(&self) -> Option<f64> {
@@ -316,6 +502,8 @@ struct Decision {
     at: SystemTime,
     trigger: String,
     latency_ms: Option<f64>,
+    /// The agent decided on this pod but refused to evict it (the kubelet and a static pod).
+    refused: bool,
 }
 
 fn session(
@@ -323,10 +511,16 @@ fn session(
     plan: &Plan,
     node: &mut Node,
     variant: Variant,
+    subject: Subject<'_>,
     rng: &mut fastrand::Rng,
 ) -> Result<Session> {
-    check_notifier(node, variant)?;
-    let kubepods = format!("{}/kubepods", node.cgroup_root);
+    let kubepods = match subject {
+        Subject::Bpflet => {
+            check_notifier(node, variant)?;
+            format!("{}/kubepods", node.cgroup_root)
+        }
+        Subject::Kubelet(_) => peer_pleg::kubepods(&peer_pleg::cgroup_root(&node.cgroup_root)),
+    };
     let trace = Trace::start(ctx, &node.work_dir, variant.tag(), &kubepods)?;
     let gets_before = node.get_ms.len();
 
@@ -353,10 +547,19 @@ fn session(
         }
     }
     let gets = node.get_ms.split_off(gets_before);
-    let (runs, companions_hurt) = ramps(node, variant, plan.ramps, rng)?;
-    let api_ooms = api_oom_events(node)?;
+    let (runs, companions_hurt) = ramps(node, &kubepods, variant, plan.ramps, rng)?;
+    let (api_ooms, log) = match subject {
+        Subject::Bpflet => (
+            Some(api_oom_events(node)?),
+            AgentLog::Bpflet(agent_log::read(&node.agent_log)?),
+        ),
+        Subject::Kubelet(kubelet) => {
+            let log = peer_pleg::read_log(kubelet.log_path())?;
+            check_kubelet_notifier(&log, kubelet, variant)?;
+            (None, AgentLog::Kubelet(log))
+        }
+    };
     let events = trace.stop()?;
-    let log = agent_log::read(&node.agent_log)?;
 
     let exits = exits
         .iter()
@@ -385,6 +588,26 @@ fn session(
         companions_hurt,
         api_ooms,
     })
+}
+
+/// The kubelet's log says it created the memcg threshold notifiers when the variant wants
+/// them (`kernelMemcgNotification: true`), and only then.
+fn check_kubelet_notifier(
+    log: &[peer_pleg::Record],
+    kubelet: &Kubelet,
+    variant: Variant,
+) -> Result<()> {
+    let (created, failed) = peer_pleg::notifier_logged(log);
+    ensure!(
+        created == variant.notifier() && !failed,
+        "variant `{}` wants the kubelet's memcg notifier {}, but its log says created {created}, \
+         failed {failed}; last lines of {}:\n{}",
+        variant.name(),
+        if variant.notifier() { "on" } else { "off" },
+        kubelet.log_path().display(),
+        kubelet.log_tail(20)
+    );
+    Ok(())
 }
 
 /// Whether the agent's log says it armed the usage-threshold notifier, and whether it says
@@ -447,7 +670,7 @@ impl Watched {
     fn sample(
         &self,
         events: &[TraceEvent],
-        log: &[LogRecord],
+        log: &AgentLog,
         is_it: impl Fn(&TraceEvent) -> bool,
     ) -> Sample {
         let Some(uid) = &self.uid else {
@@ -469,7 +692,9 @@ impl Watched {
         };
         Sample {
             latency_ms: self.seen.map(|seen| ms_between(kernel.ts, seen)),
-            pleg_ms: pleg_event_logged(log, &self.name).map(|at| ms_between(kernel.ts, at)),
+            pleg_ms: log
+                .pleg_event(&self.name)
+                .map(|at| ms_between(kernel.ts, at)),
             note: self
                 .seen
                 .is_none()
@@ -602,14 +827,21 @@ struct RampRun {
 
 fn ramps(
     node: &mut Node,
+    kubepods: &str,
     variant: Variant,
     count: usize,
     rng: &mut fastrand::Rng,
 ) -> Result<(Vec<RampRun>, Option<String>)> {
-    let kubepods = Path::new(MEMORY_V1)
-        .join(node.cgroup_root.trim_start_matches('/'))
-        .join("kubepods");
+    let kubepods = Path::new(MEMORY_V1).join(kubepods.trim_start_matches('/'));
     let limit = read_u64(&kubepods.join("memory.limit_in_bytes"))?;
+    // The ramps fill the pods' cgroup: it must be limited as both agents' configs say.
+    ensure!(
+        limit == up::KUBEPODS_MEMORY,
+        "{} is limited to {limit} bytes, not {} (the ramps stay inside a cgroup the bench \
+         limited)",
+        kubepods.display(),
+        up::KUBEPODS_MEMORY
+    );
     let threshold = limit.saturating_sub(EVICTION_AVAILABLE);
     let watch = UsageWatch::start(&kubepods, threshold)?;
 
@@ -740,7 +972,7 @@ fn wait_usage_below(kubepods: &Path, bytes: u64) -> Result<u64> {
 }
 
 impl RampRun {
-    fn evaluate(&self, events: &[TraceEvent], log: &[LogRecord]) -> Ramp {
+    fn evaluate(&self, events: &[TraceEvent], log: &AgentLog) -> Ramp {
         let during = |e: &&TraceEvent| e.ts >= self.start && e.ts <= self.end;
         let onset = self.crossings.first().copied();
         let ooms: Vec<&TraceEvent> = events
@@ -762,7 +994,7 @@ impl RampRun {
             .and_then(|e| from_onset(e.ts));
         Ramp {
             onset,
-            decision: eviction_logged(log, &self.name),
+            decision: log.decision(&self.name, onset),
             oom_kills: ooms.len(),
             first_oom: ooms.first().map(|e| e.ts),
             other_oom_kills: ooms.iter().filter(|e| !mine(e)).count(),
@@ -812,6 +1044,7 @@ fn eviction_logged(log: &[LogRecord], name: &str) -> Option<Decision> {
         at: r.at,
         trigger: r.str("trigger").unwrap_or_default().to_owned(),
         latency_ms: r.u64("latency_us").map(|us| us as f64 / 1e3),
+        refused: false,
     })
 }
 
@@ -1148,7 +1381,14 @@ fn watch_usage(
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) -> String {
+fn render(
+    plan: &Plan,
+    machine: &Machine,
+    peer_versions: &str,
+    sessions: &[Session],
+    left_out: &[LeftOut],
+    took: Duration,
+) -> String {
     let mut report = String::new();
     if plan.quick {
         let _ = writeln!(
@@ -1158,9 +1398,26 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
     }
     let _ = writeln!(
         report,
-        "{machine} The whole run took {:.1} min.\n",
+        "{machine} Upstream peer on the same containerd: {peer_versions}. The whole run took \
+         {:.1} min.\n",
         took.as_secs_f64() / 60.0
     );
+    let _ = writeln!(
+        report,
+        "The kubelet runs standalone (static pods, read-only port on 127.0.0.1, cgroupfs, its \
+         cgroup root below the bench's) with `enforceNodeAllocatable: [pods]` and a \
+         `systemReserved` memory of MemTotal - {} MiB, so its kubepods cgroup has bpflet's \
+         {} MiB limit (checked after it starts), and bpflet's `evictionHard: memory.available: \
+         100Mi`, which also applies to kubepods as `allocatableMemory.available`. `kubelet` \
+         and `kubelet-evented` keep upstream's eviction defaults (a 10 s loop reading fresh \
+         cAdvisor stats, `kernelMemcgNotification: false`); `kubelet-memcg` sets \
+         `kernelMemcgNotification: true` (a v1 usage-threshold eventfd on kubepods).\n",
+        up::KUBEPODS_MEMORY >> 20,
+        up::KUBEPODS_MEMORY >> 20,
+    );
+    for (variant, why) in left_out {
+        let _ = writeln!(report, "**`{}` left out: {why}**\n", variant.name());
+    }
 
     let pod_sessions: Vec<&Session> = sessions
         .iter()
@@ -1176,7 +1433,9 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         "### Container exit and OOM kill to status on `/pods`\n\nFrom the kernel's timestamp \
          (the trace's `exit` of the container's init, or its `oom_kill`) to the first `/pods` \
          answer showing the container terminated with its exit code (`OOMKilled(137)` for OOM \
-         kills). Resolution: `/pods` polled every {} ms; one GET took p50 {}, max {} ms.\n",
+         kills). Resolution: `/pods` polled every {} ms; one GET took p50 {}, max {} ms. The \
+         PLEG event column: bpflet's `PLEG: container state changed` record, the kubelet's \
+         `SyncLoop (PLEG): event for pod` record with `ContainerDied`.\n",
         EXIT_POLL.as_millis(),
         gets.map_or_else(|| "n/a".to_owned(), |g| format!("{:.1}", g.p50)),
         gets.map_or_else(|| "n/a".to_owned(), |g| format!("{:.1}", g.max)),
@@ -1220,17 +1479,17 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
                     |w| format!("{:.0} / {:.0}", w.p50, w.p99),
                 ),
             ]);
-            summaries.push(sum);
+            summaries.push((s.variant, sum));
         }
-        if let [Some(e), Some(g)] = summaries.as_slice() {
+        for (v, e, o) in ratios_to_event(&summaries) {
             let mut row = vec![
                 what.to_owned(),
-                "generic / event".to_owned(),
+                format!("{} / event", v.name()),
                 String::new(),
                 String::new(),
-                ratio(g.p50, e.p50),
-                ratio(g.p99, e.p99),
-                ratio(g.max, e.max),
+                ratio(o.p50, e.p50),
+                ratio(o.p99, e.p99),
+                ratio(o.max, e.max),
             ];
             row.resize(10, String::new());
             pods.row(row);
@@ -1245,10 +1504,17 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         report,
         "### Memory ramps: pressure onset to eviction decision, kernel OOM kills\n\n\
          {} ramps per variant. Onset: kubepods' usage crossing the eviction threshold (limit \
-         minus 100 MiB), seen by the bench's own usage-threshold eventfd. Decision: the eviction \
-         manager's `evicting pod` log line (its timestamp; `agent latency` is the agent's own \
-         trigger-to-decision time, from that line). OOM kills: the trace's `oom_kill` events in \
-         the pod tree during the ramp; `/events` counts the agent's OOM records of ramp pods.\n",
+         minus 100 MiB), seen by the bench's own usage-threshold eventfd. Decision: bpflet's \
+         `evicting pod` log record (its timestamp; `agent latency` is the agent's own \
+         trigger-to-decision time, from that record); for the kubelet, its eviction manager's \
+         record about the ramp's pod in its JSON log: `cannot evict a critical pod` (the \
+         kubelet refuses to evict static pods, and standalone every pod is static, so its \
+         decisions are refusals and its ramps end in the kernel OOM killer) or `pod is \
+         evicted successfully`. A kubelet decision counts as `notifier` when its memcg \
+         notifier fired between onset and decision, else `tick`. OOM kills: the trace's \
+         `oom_kill` events in the pod tree during the ramp (the kernel's count, for every \
+         agent); `/events` counts bpflet's OOM records of ramp pods (the standalone kubelet \
+         records events nowhere).\n",
         plan.ramps
     );
     let mut ramps = Table::new([
@@ -1256,6 +1522,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         "eviction triggers",
         "ramps",
         "evicted before any kernel OOM kill",
+        "decided but refused before it (static pod)",
         "ramps with a kernel OOM kill",
         "decisions after the OOM kill",
         "kernel OOM kills (other pods)",
@@ -1280,18 +1547,19 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
             .collect();
         let killed: Vec<f64> = r
             .iter()
-            .filter(|x| x.won().is_some())
+            .filter(|x| x.evicted())
             .filter_map(|x| x.killed_ms)
             .collect();
         let pressure: Vec<f64> = r.iter().filter_map(|x| x.pressure_ms).collect();
         let growth: Vec<f64> = r.iter().filter_map(|x| x.growth_mib_s).collect();
         let mut triggers: Vec<(String, usize)> = vec![];
         for d in r.iter().filter_map(Ramp::won) {
-            // The agent's `Kernel` is any trigger through its channel: a kernel event or
-            // the usage notifier.
+            // bpflet's `Kernel` is any trigger through its channel: a kernel event or the
+            // usage notifier.
             let t = match d.trigger.as_str() {
                 "Kernel" => "event",
                 "Watch" => "event (watch)",
+                "Notifier" => "notifier",
                 "Periodic" => "tick",
                 other => other,
             };
@@ -1307,7 +1575,11 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
             s.variant.name().to_owned(),
             s.variant.triggers().to_owned(),
             r.len().to_string(),
-            r.iter().filter(|x| x.won().is_some()).count().to_string(),
+            r.iter().filter(|x| x.evicted()).count().to_string(),
+            r.iter()
+                .filter(|x| x.won().is_some_and(|d| d.refused))
+                .count()
+                .to_string(),
             r.iter().filter(|x| x.oom_kills > 0).count().to_string(),
             r.iter()
                 .filter(|x| x.decision.is_some() && x.won().is_none())
@@ -1318,7 +1590,8 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
                 r.iter().map(|x| x.oom_kills).sum::<usize>(),
                 r.iter().map(|x| x.other_oom_kills).sum::<usize>()
             ),
-            s.api_ooms.to_string(),
+            s.api_ooms
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
             fmt_opt(sum.map(|x| x.p50), 0),
             fmt_opt(sum.map(|x| x.p99), 0),
             fmt_opt(sum.map(|x| x.max), 0),
@@ -1359,28 +1632,16 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
                 .join(" | ")
         ));
     }
-    let event = decision_summaries
-        .iter()
-        .find(|(v, _)| *v == Variant::Event)
-        .and_then(|(_, s)| *s);
-    for (v, s) in &decision_summaries {
-        if let (Some(e), Some(s), false) = (event, s, *v == Variant::Event) {
-            let mut row = vec![
-                format!("{} / event", v.name()),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                ratio(s.p50, e.p50),
-                ratio(s.p99, e.p99),
-                ratio(s.max, e.max),
-            ];
-            row.resize(16, String::new());
-            ramps.row(row);
-        }
+    for (v, e, o) in ratios_to_event(&decision_summaries) {
+        let mut row = vec![format!("{} / event", v.name())];
+        row.resize(9, String::new());
+        row.extend([
+            ratio(o.p50, e.p50),
+            ratio(o.p99, e.p99),
+            ratio(o.max, e.max),
+        ]);
+        row.resize(17, String::new());
+        ramps.row(row);
     }
     let _ = writeln!(report, "{ramps}");
     for s in sessions {
@@ -1409,6 +1670,22 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         ends.join("\n\n")
     );
     report
+}
+
+/// For each variant but `event` with a summary: it, `event`'s summary and its own.
+fn ratios_to_event(summaries: &[(Variant, Option<Summary>)]) -> Vec<(Variant, Summary, Summary)> {
+    let Some(event) = summaries
+        .iter()
+        .find(|(v, _)| *v == Variant::Event)
+        .and_then(|(_, s)| *s)
+    else {
+        return vec![];
+    };
+    summaries
+        .iter()
+        .filter(|(v, _)| *v != Variant::Event)
+        .filter_map(|(v, s)| Some((*v, event, (*s)?)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -379,11 +379,17 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
+    /// The machine, with the `containerd` on `PATH`.
     pub(crate) fn read() -> Result<Self> {
+        Self::read_with(Path::new("containerd"))
+    }
+
+    /// The machine, with the version of the `containerd` binary the bench runs.
+    pub(crate) fn read_with(containerd: &Path) -> Result<Self> {
         let loadavg = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
             .context("reading /proc/sys/kernel/osrelease")?;
-        let containerd = output(Command::new("containerd").arg("--version"))?;
+        let containerd = output(Command::new(containerd).arg("--version"))?;
         let git = |args: &[&str]| {
             output(
                 Command::new("git")
@@ -459,11 +465,31 @@ pub(crate) fn on_bench_node(
     subnet: &str,
     measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
 ) -> Result<()> {
+    on_bench_node_with(
+        ctx,
+        bench,
+        bridge,
+        subnet,
+        containerd::Binaries::default(),
+        measure,
+    )
+}
+
+/// [`on_bench_node`] with the containerd, shim and runc of `binaries`
+/// (`Binaries::containerd2()` for a bench that runs the upstream kubelet beside bpflet).
+pub(crate) fn on_bench_node_with(
+    ctx: &Ctx,
+    bench: &str,
+    bridge: &str,
+    subnet: &str,
+    binaries: containerd::Binaries,
+    measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
+) -> Result<()> {
     let _interrupts = Interrupts::install()?;
     let work_dir = workspace_root()
         .join(".work")
         .join(format!("bench-{bench}"));
-    let (mut node, ctd) = bench_node(ctx, bench, &work_dir, bridge, subnet)?;
+    let (mut node, ctd) = bench_node(ctx, bench, &work_dir, bridge, subnet, binaries)?;
     let outcome = measure(&mut node, &ctd);
     node.stop_agent();
     eprintln!("bench {bench}: tearing down");
@@ -484,6 +510,7 @@ fn bench_node(
     work_dir: &Path,
     bridge: &str,
     subnet: &str,
+    binaries: containerd::Binaries,
 ) -> Result<(Node, PrivateContainerd)> {
     fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let work_dir = work_dir
@@ -501,7 +528,7 @@ fn bench_node(
             bridge: bridge.to_owned(),
             subnet: subnet.to_owned(),
             cgroup_parent: Some(cgroup_root.clone()),
-            ..containerd::Options::default()
+            binaries,
         },
     ) {
         Ok(ctd) => Ok((node, ctd)),

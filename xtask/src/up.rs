@@ -948,12 +948,16 @@ impl ContainerView {
     }
 }
 
-/// The pods of a `/pods` answer: a PodList (`items`) or a bare array.
+/// The pods of a `/pods` answer: a PodList (`items`) or a bare array. The upstream kubelet
+/// writes a PodList without pods with `items: null` (Go's nil slice).
 pub(crate) fn parse_pods(body: &[u8]) -> Result<Vec<PodView>> {
     let value: Value = serde_json::from_slice(body).context("/pods is not JSON")?;
-    let items = value
-        .get("items")
-        .unwrap_or(&value)
+    let items = match value.get("items") {
+        Some(Value::Null) => return Ok(vec![]),
+        Some(items) => items,
+        None => &value,
+    };
+    let items = items
         .as_array()
         .context("/pods is neither a PodList nor an array")?;
     Ok(items.iter().filter_map(PodView::from_json).collect())
@@ -1633,6 +1637,13 @@ mod tests {
         // A bare array is accepted too; anything else is not.
         assert_eq!(parse_pods(b"[]").unwrap(), vec![]);
         assert!(parse_pods(b"{\"kind\": \"Status\"}").is_err());
+        // The kubelet's empty PodList.
+        assert_eq!(
+            parse_pods(br#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":null}"#)
+                .unwrap(),
+            vec![]
+        );
+        assert!(parse_pods(br#"{"kind":"PodList","items":7}"#).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The upstream kubelet as a column of `bench pleg`: started on the bench's [`Node`] (its
 //! static pod directory, its read-only port, its node name) and its private containerd 2,
 //! so the bench reads the kubelet's `/pods` through the same `Node::pods` as bpflet's, and
-//! its JSON log (`--logging-format=json`) as records.
+//! its JSON log (`logging: {format: json}` in its config, the flag's non-deprecated form)
+//! as records.
 //!
 //! Same limits as bpflet: the kubelet gets `enforceNodeAllocatable: [pods]` and a
 //! `systemReserved` memory of `MemTotal` minus [`up::KUBEPODS_MEMORY`], so its kubepods
@@ -28,18 +29,20 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Map, Value};
 use xtask::containerd::PrivateContainerd;
 use xtask::peer::{self, Kubelet, KubeletSpec};
 
-use super::pods::{NODE, Node};
+use super::pods::{NODE, Node, sleep_checked};
 use crate::{output, up};
 
 /// The v1 memory hierarchy.
 const MEMORY_V1: &str = "/sys/fs/cgroup/memory";
+/// Upper bound for the kubelet to limit its kubepods cgroup once it serves `/pods`.
+const KUBEPODS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What differs between the kubelet columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +82,8 @@ pub(crate) fn extra_config(system_reserved: u64, setup: Setup) -> String {
         "# kubepods gets MemTotal - systemReserved, as bpflet's bench config.\n\
          enforceNodeAllocatable: [pods]\n\
          systemReserved:\n  memory: {}Ki\n\
-         kernelMemcgNotification: {}\n",
+         kernelMemcgNotification: {}\n\
+         logging:\n  format: json\n",
         system_reserved / 1024,
         setup.kernel_memcg_notification
     );
@@ -112,7 +116,8 @@ pub(crate) fn start(
         system_reserved(up::mem_total()?, up::KUBEPODS_MEMORY)?,
         setup,
     );
-    spec.args = vec!["--v=2".to_owned(), "--logging-format=json".to_owned()];
+    // `--v=2` for the sync loop's PLEG records; the JSON format is set in the config.
+    spec.args = vec!["--v=2".to_owned()];
     let kubepods = kubepods(&spec.cgroup_root);
     eprintln!(
         "bench pleg: kubelet `{tag}` in {}, cgroup root {}",
@@ -120,20 +125,27 @@ pub(crate) fn start(
         spec.cgroup_root
     );
     let kubelet = Kubelet::start(spec)?;
+    // The read-only API may answer before the container manager has made kubepods.
     let limit_file = Path::new(MEMORY_V1)
         .join(kubepods.trim_start_matches('/'))
         .join("memory.limit_in_bytes");
-    let limit = fs::read_to_string(&limit_file)
-        .with_context(|| format!("reading {}", limit_file.display()))?;
-    ensure!(
-        limit.trim().parse::<u64>().ok() == Some(up::KUBEPODS_MEMORY),
-        "the kubelet limited {kubepods} to {} bytes, not bpflet's {} (MemTotal as the kubelet \
-         reads it differs?); last lines of its log:\n{}",
-        limit.trim(),
-        up::KUBEPODS_MEMORY,
-        kubelet.log_tail(20)
-    );
-    Ok(kubelet)
+    let deadline = Instant::now() + KUBEPODS_TIMEOUT;
+    loop {
+        let limit = fs::read_to_string(&limit_file).unwrap_or_default();
+        if limit.trim().parse::<u64>().ok() == Some(up::KUBEPODS_MEMORY) {
+            return Ok(kubelet);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after {KUBEPODS_TIMEOUT:?} the kubelet's {} holds {:?}, not bpflet's limit {} \
+             (MemTotal as the kubelet reads it differs?); last lines of its log:\n{}",
+            limit_file.display(),
+            limit.trim(),
+            up::KUBEPODS_MEMORY,
+            kubelet.log_tail(20)
+        );
+        sleep_checked(Duration::from_millis(100))?;
+    }
 }
 
 /// `kubelet v1.34.4, runc 1.4.4` from the peer binaries.
@@ -405,6 +417,8 @@ mod tests {
             "systemReserved:",
             "  memory: 1048576Ki",
             "kernelMemcgNotification: false",
+            "logging:",
+            "  format: json",
         ] {
             assert!(plain.lines().any(|l| l == line), "{line:?} in\n{plain}");
         }

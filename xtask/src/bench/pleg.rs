@@ -1531,7 +1531,7 @@ fn render(
         "p99 (ms)",
         "max (ms)",
         "agent latency p50 / max (ms)",
-        "decisions by trigger (event: kernel or notifier; tick: 10 s)",
+        "decisions by trigger (event: bpflet's kernel or notifier; notifier: the kubelet's memcg notifier; tick: 10 s)",
         "onset -> ramp killed p50 / max (ms)",
         "onset -> first kernel pressure event p50 (ms)",
         "growth p50 (MiB/s)",

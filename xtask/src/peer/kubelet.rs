@@ -506,6 +506,9 @@ impl Kubelet {
             match fs::remove_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Another kubelet on the machine uses it now (this one covers it in its own
+                // mount namespace, so the entries are not ours): leave it to that one.
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {}
                 Err(e) => problems.push(format!("removing {}: {e}", dir.display())),
             }
         }
@@ -649,6 +652,26 @@ mod tests {
             ]
         );
         assert_eq!(args[..4], ["--mount", "--propagation", "unchanged", "--"]);
+    }
+
+    #[test]
+    fn teardown_removes_the_fixed_dirs_it_created_unless_another_kubelet_fills_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (empty, used) = (tmp.path().join("empty"), tmp.path().join("used"));
+        fs::create_dir(&empty).unwrap();
+        fs::create_dir(&used).unwrap();
+        fs::write(used.join("other-kubelets.log"), "").unwrap();
+        let mut kubelet = Kubelet {
+            spec: spec(),
+            child: None,
+            log: tmp.path().join("kubelet.log"),
+            created: vec![empty.clone(), used.clone()],
+            root_mounted: false,
+            torn_down: false,
+        };
+        kubelet.teardown().unwrap();
+        assert!(!empty.exists());
+        assert!(used.join("other-kubelets.log").exists());
     }
 
     #[test]

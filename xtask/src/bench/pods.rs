@@ -459,11 +459,30 @@ pub(crate) fn on_bench_node(
     subnet: &str,
     measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
 ) -> Result<()> {
+    on_bench_node_with(
+        ctx,
+        bench,
+        bridge,
+        subnet,
+        containerd::Binaries::Debian,
+        measure,
+    )
+}
+
+/// [`on_bench_node`] on the containerd of `binaries`.
+pub(crate) fn on_bench_node_with(
+    ctx: &Ctx,
+    bench: &str,
+    bridge: &str,
+    subnet: &str,
+    binaries: containerd::Binaries,
+    measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
+) -> Result<()> {
     let _interrupts = Interrupts::install()?;
     let work_dir = workspace_root()
         .join(".work")
         .join(format!("bench-{bench}"));
-    let (mut node, ctd) = bench_node(ctx, bench, &work_dir, bridge, subnet)?;
+    let (mut node, ctd) = bench_node(ctx, bench, &work_dir, bridge, subnet, binaries)?;
     let outcome = measure(&mut node, &ctd);
     node.stop_agent();
     eprintln!("bench {bench}: tearing down");
@@ -484,6 +503,7 @@ fn bench_node(
     work_dir: &Path,
     bridge: &str,
     subnet: &str,
+    binaries: containerd::Binaries,
 ) -> Result<(Node, PrivateContainerd)> {
     fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let work_dir = work_dir
@@ -501,7 +521,7 @@ fn bench_node(
             bridge: bridge.to_owned(),
             subnet: subnet.to_owned(),
             cgroup_parent: Some(cgroup_root.clone()),
-            ..containerd::Options::default()
+            binaries,
         },
     ) {
         Ok(ctd) => Ok((node, ctd)),

@@ -11,8 +11,9 @@
 //! - `kubelet`: the upstream kubelet v1.34.4 ([`xtask::peer::Kubelet`]) with the same
 //!   `node.kubeconfig` (client certificate `system:node:benchnode` in `system:nodes`, signed
 //!   by the cluster CA: the Node authorizer and NodeRestriction take it for the node),
-//!   `--node-ip 127.0.0.1`, its own API authenticated and authorized by the API server
-//!   (webhook, the cluster CA for client certificates) as a kubeadm node's, JSON logs;
+//!   its own API authenticated and authorized by the API server (webhook, the cluster CA
+//!   for client certificates) as a kubeadm node's, JSON logs; no `--node-ip` (it refuses
+//!   127.0.0.1 and picks its host's address, which the bench never uses);
 //! - `kubelet-evented`: the same with `featureGates: {EventedPLEG: true}`. Whether its
 //!   evented PLEG ran is read from the kubelet's `/metrics` (CRI event streams opened and
 //!   failed); one that fell back to relisting is reported as such.
@@ -384,7 +385,10 @@ impl Agents<'_> {
         });
         spec.extra_config =
             kubelet_limits_config(up::mem_total()?, column == Column::KubeletEvented);
-        spec.args = ["--v=2", "--logging-format=json", "--node-ip=127.0.0.1"]
+        // No `--node-ip 127.0.0.1` as bpflet has: the kubelet refuses a loopback node IP
+        // (`validateNodeIP`) and would fail its node-address setter on every status update,
+        // so it picks its address as upstream does by default (the bench never uses it).
+        spec.args = ["--v=2", "--logging-format=json"]
             .map(str::to_owned)
             .to_vec();
         Ok(spec)

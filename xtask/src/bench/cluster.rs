@@ -1469,7 +1469,9 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         "\n### API requests per minute, idle node at {} pods\n\nAudit events of \
          `system:node:{NODE}` (stage RequestReceived: each request once) over the idle window, \
          per minute; upstream's budget: a lease renewal and a Node read every 10 s, the node \
-         status only on change (or every 5 min), no pod status when nothing changes.\n",
+         status only on change (or every 5 min), no pod status when nothing changes. The \
+         kubelet v1.34 reads its Node for the status check from its informer's cache (a GET \
+         only to retry a conflict), so its `get nodes` is below that budget.\n",
         plan.idle_pods
     );
     let _ = writeln!(out, "{}", requests_table(sessions));

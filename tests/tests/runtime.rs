@@ -1,5 +1,6 @@
-//! The CRI client ([`CriRuntime`]) against a real private containerd 1.6 with runc and the
-//! offline busybox images. Needs root; run with `--test-threads=1`.
+//! The CRI client ([`CriRuntime`]) against a real private containerd (Debian's 1.6, or
+//! containerd 2 when `BPFLET_TEST_CONTAINERD=2`, as every node of the root tests) with runc
+//! and the offline busybox images. Needs root; run with `--test-threads=1`.
 //!
 //! Every pod runs under the private containerd's own cgroup parent and is removed by its
 //! teardown even when a test fails. No traffic goes to pod addresses.
@@ -14,8 +15,9 @@ use bpflet::runtime::{
     ContainerRuntime, ContainerState, CriRuntime, REASON_COMPLETED, REASON_ERROR,
     REASON_OOM_KILLED, RuntimeError, SandboxState,
 };
+use bpflet_tests::node::default_containerd;
 use tempfile::TempDir;
-use xtask::containerd::PrivateContainerd;
+use xtask::containerd::{self, PrivateContainerd};
 use xtask::images::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 
 /// A private containerd in a temporary directory. Field order matters: containerd is
@@ -35,10 +37,20 @@ fn start_containerd() -> Env {
         .tempdir()
         .expect("creating a temporary directory");
     let started = Instant::now();
-    let ctd = PrivateContainerd::start(dir.path())
-        .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"));
+    let ctd = start_private(dir.path());
     eprintln!("private containerd ready in {:?}", started.elapsed());
     Env { ctd, _dir: dir }
+}
+
+/// A private containerd in `dir`, of the runtime the root tests run on
+/// ([`default_containerd`]).
+fn start_private(dir: &Path) -> PrivateContainerd {
+    let options = containerd::Options {
+        binaries: default_containerd(),
+        ..containerd::Options::default()
+    };
+    PrivateContainerd::start_with(dir, &options)
+        .unwrap_or_else(|e| panic!("starting a private containerd: {e:#}"))
 }
 
 fn sandbox_config(
@@ -174,6 +186,16 @@ async fn host_network_pod_runs_a_container_to_its_exit_code() {
     let version = rt.version().await.unwrap();
     assert_eq!(version.runtime_name, "containerd");
     assert_eq!(version.runtime_api_version, "v1");
+    // The runtime the suite was asked for (`BPFLET_TEST_CONTAINERD`) is the one that answers.
+    let wanted = match default_containerd() {
+        containerd::Binaries::Debian => "1.6.",
+        containerd::Binaries::Containerd2(_) => xtask::peer::CONTAINERD_VERSION,
+    };
+    assert!(
+        version.runtime_version.starts_with(wanted),
+        "containerd {} answers, not {wanted}",
+        version.runtime_version
+    );
     let status = rt.status().await.unwrap();
     assert!(
         status.runtime_ready() && status.network_ready(),
@@ -617,7 +639,7 @@ async fn a_new_start_on_the_same_work_dir_takes_over_from_a_crashed_run() {
         .prefix("bpflet-ctd-")
         .tempdir()
         .expect("creating a temporary directory");
-    let first = PrivateContainerd::start(dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let first = start_private(dir.path());
     let rt = CriRuntime::connect(&first.socket).await.unwrap();
     let sb_config = sandbox_config(&first, "orphan", false);
     let sandbox = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
@@ -639,7 +661,7 @@ async fn a_new_start_on_the_same_work_dir_takes_over_from_a_crashed_run() {
     std::mem::forget(first);
 
     let started = Instant::now();
-    let second = PrivateContainerd::start(dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let second = start_private(dir.path());
     eprintln!("restart over a crashed run took {:?}", started.elapsed());
     assert_ne!(second.pid(), Some(first_pid));
     let cmdline = std::fs::read(format!("/proc/{first_pid}/cmdline")).unwrap_or_default();

@@ -1,17 +1,40 @@
 //! `cargo xtask bench cluster`: bpflet as a node of the real control plane (`tests/k8s`,
-//! [`xtask::cluster`]), event PLEG against generic PLEG, judged through the API server.
+//! [`xtask::cluster`]), event PLEG against generic PLEG and against the upstream kubelet,
+//! judged through the API server.
 //!
 //! One control plane (its API server writing an audit log: every request, `Metadata` level)
-//! and one private containerd serve the whole run; the release agent joins as [`NODE`] with
-//! `--kubeconfig node.kubeconfig --node-ip 127.0.0.1` and `cargo xtask up`'s config, once per
-//! PLEG mode. One control plane rather than one per mode: the modes differ only in the
-//! agent, and between modes the node is made clean (no pods, its Node and Lease deleted)
-//! before every join, so each mode starts from what a new node sees. For each mode:
+//! and one private containerd 2 (v2.2.10 with runc v1.4.4, built by `cargo xtask
+//! build-peer`) serve the whole run, for four columns in turn, each joining as the same node
+//! [`NODE`]:
+//! - `event` and `generic`: the release agent with `--kubeconfig node.kubeconfig --node-ip
+//!   127.0.0.1` and `cargo xtask up`'s config in that PLEG mode;
+//! - `kubelet`: the upstream kubelet v1.34.4 ([`xtask::peer::Kubelet`]) with the same
+//!   `node.kubeconfig` (client certificate `system:node:benchnode` in `system:nodes`, signed
+//!   by the cluster CA: the Node authorizer and NodeRestriction take it for the node),
+//!   its own API authenticated and authorized by the API server (webhook, the cluster CA
+//!   for client certificates) as a kubeadm node's, JSON logs; no `--node-ip` (it refuses
+//!   127.0.0.1 and picks its host's address, which the bench never uses);
+//! - `kubelet-evented`: the same with `featureGates: {EventedPLEG: true}`. Whether its
+//!   evented PLEG ran is read from the kubelet's `/metrics` (CRI event streams opened and
+//!   failed); one that fell back to relisting is reported as such.
+//!
+//! Same pods for all (bare busybox pods bound to the node, host network), same cgroup root
+//! scheme and limits: bpflet runs under the bench's cgroup root `R` and limits `R/kubepods`
+//! to 512 MiB (`enforceNodeAllocatable: [pods]`, `systemReserved` memory = MemTotal - 512
+//! MiB, `evictionHard memory.available: 100Mi`); the kubelet runs under `R/kubelet`, a root
+//! of its own in the same tree, with the same three settings, which give its
+//! `R/kubelet/kubepods` the same 512 MiB (the kubelet limits kubepods to capacity minus the
+//! reservations; its capacity is MemTotal) and the same eviction threshold.
+//!
+//! One control plane rather than one per column: the columns differ only in the agent, and
+//! between them the node is made clean (no pods, its Node and Lease deleted) before every
+//! join, so each starts from what a new node sees. For each column:
 //!
 //! 1. Node join: the Node and its Lease are deleted, two watches (Node, Lease) are open on
 //!    the API server, and the agent is spawned; from the spawn to the first watch event
-//!    showing the Node `Ready=True`, and to the first Lease event. [`Plan::joins`] times; the
-//!    last agent stays up for the rest.
+//!    showing the Node `Ready=True`, and to the first Lease event; the agent's own record of
+//!    the registration (bpflet's heartbeat record, the kubelet's `Successfully registered
+//!    node`) besides. [`Plan::joins`] times; the last agent stays up for the rest.
 //! 2. Container exit to the API: bare pods bound to the node (`restartPolicy: Never`,
 //!    `sleep`), a batch at a time; a watch on their pods streams from the API server
 //!    (`kubectl get --raw '...?watch=1'`, each line stamped as it arrives). Each container's
@@ -36,7 +59,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
@@ -44,8 +67,9 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::Value;
 use xtask::cluster::{self, ControlPlane, KUBERNETES_VERSION};
-use xtask::containerd::PrivateContainerd;
+use xtask::containerd::{Binaries, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
+use xtask::peer::{self, ClusterAccess, Kubelet, KubeletSpec};
 
 use super::Ctx;
 use super::agent_log;
@@ -54,7 +78,7 @@ use super::pods::{
 };
 use super::util::{ProcUsage, Summary, Table, fmt_opt, ms_between, ratio};
 use crate::is_root;
-use crate::up::PlegMode;
+use crate::up::{self, PlegMode};
 
 /// This bench's CNI bridge and subnet (host-network pods never create the bridge).
 const BRIDGE: &str = "bpflet-clus0";
@@ -79,6 +103,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(300);
 const GONE_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(500);
+/// The kubelet's cgroup root, below the bench's: `<bench root>/kubelet`.
+const KUBELET_CGROUP: &str = "kubelet";
 
 /// How much of everything.
 #[derive(Debug, Clone)]
@@ -115,53 +141,110 @@ impl Plan {
     }
 }
 
+/// The agent on the node in one column of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    /// bpflet with this PLEG.
+    Bpflet(PlegMode),
+    /// The upstream kubelet, generic PLEG (its default).
+    Kubelet,
+    /// The upstream kubelet with `featureGates: {EventedPLEG: true}`.
+    KubeletEvented,
+}
+
+/// Every column, in the order they run and show; ratios are against the first.
+const COLUMNS: [Column; 4] = [
+    Column::Bpflet(PlegMode::Event),
+    Column::Bpflet(PlegMode::Generic),
+    Column::Kubelet,
+    Column::KubeletEvented,
+];
+
+impl Column {
+    fn name(self) -> &'static str {
+        match self {
+            Column::Bpflet(mode) => mode.as_str(),
+            Column::Kubelet => "kubelet",
+            Column::KubeletEvented => "kubelet-evented",
+        }
+    }
+}
+
 pub fn run(ctx: &Ctx) -> Result<()> {
     ensure!(
         is_root(),
         "`cargo xtask bench cluster` needs root (BPF, cgroups, containerd)"
     );
+    ensure!(
+        peer::is_built()?,
+        "the upstream peer (kubelet, containerd 2, runc) is missing or not from the current \
+         pins: run `cargo xtask build-peer`"
+    );
     let plan = Plan::from_env();
-    let machine = Machine::read()?;
+    let mut machine = Machine::read()?;
+    machine.containerd = format!(
+        "containerd {} and runc {} built by `cargo xtask build-peer`, kubelet \
+         {KUBERNETES_VERSION}",
+        peer::CONTAINERD_VERSION,
+        peer::RUNC_VERSION
+    );
     cluster::build().context("building the Kubernetes test bed (tests/k8s)")?;
-    super::pods::on_bench_node(ctx, "cluster", BRIDGE, SUBNET, |node, ctd| {
-        let started = Instant::now();
-        let mut config = cluster::Config::new(node.work_dir.join("control-plane"));
-        config.node_name = NODE.to_owned();
-        config.audit = true;
-        let cp = ControlPlane::start(&config, &|| check_interrupted().is_err())
-            .context("starting the control plane")?;
-        node.agent_args = vec![
-            "--kubeconfig".to_owned(),
-            cp.layout.node_kubeconfig.display().to_string(),
-            "--node-ip".to_owned(),
-            "127.0.0.1".to_owned(),
-        ];
-        let measured = measure(&plan, &cp, node, ctd);
-        // The agent goes before the control plane it talks to.
-        node.stop_agent();
-        let stopped = cp.stop();
-        let sessions = measured?;
-        stopped?;
-        let report = render(&plan, &machine, &sessions, started.elapsed());
-        println!("{report}");
-        let path = ctx.save("cluster", &report)?;
-        eprintln!("saved {}", path.display());
-        Ok(())
-    })
+    super::pods::on_bench_node_with(
+        ctx,
+        "cluster",
+        BRIDGE,
+        SUBNET,
+        Binaries::containerd2(),
+        |node, ctd| {
+            let started = Instant::now();
+            let mut config = cluster::Config::new(node.work_dir.join("control-plane"));
+            config.node_name = NODE.to_owned();
+            config.audit = true;
+            let cp = ControlPlane::start(&config, &|| check_interrupted().is_err())
+                .context("starting the control plane")?;
+            node.agent_args = vec![
+                "--kubeconfig".to_owned(),
+                cp.layout.node_kubeconfig.display().to_string(),
+                "--node-ip".to_owned(),
+                "127.0.0.1".to_owned(),
+            ];
+            let mut agents = Agents {
+                node,
+                ctd,
+                cp: &cp,
+                kubelet: None,
+            };
+            let measured = measure(&plan, &mut agents);
+            // The agent goes before the control plane it talks to.
+            let agent_stopped = agents.stop();
+            let stopped = cp.stop();
+            let sessions = measured?;
+            agent_stopped?;
+            stopped?;
+            let report = render(&plan, &machine, &sessions, started.elapsed());
+            println!("{report}");
+            let path = ctx.save("cluster", &report)?;
+            eprintln!("saved {}", path.display());
+            Ok(())
+        },
+    )
 }
 
-/// What one PLEG mode measured.
+/// What one column measured.
 struct Session {
-    mode: PlegMode,
+    column: Column,
     joins: Vec<Join>,
     /// Kill to the watch event showing the exit, ms.
     exits: Vec<f64>,
     idle: Idle,
+    /// `kubelet-evented`: the CRI event streams its evented PLEG opened and failed to open,
+    /// from its `/metrics` at the end.
+    evented_streams: Option<EventedStreams>,
 }
 
 /// One join: from the agent's spawn, ms.
 struct Join {
-    /// The agent's own `node registered with the API server` record.
+    /// The agent's own record of the Node registered.
     registered_ms: Option<f64>,
     ready_ms: f64,
     lease_ms: f64,
@@ -177,43 +260,45 @@ struct Idle {
     apiserver: ProcUsage,
 }
 
-fn measure(
-    plan: &Plan,
-    cp: &ControlPlane,
-    node: &mut Node,
-    ctd: &PrivateContainerd,
-) -> Result<Vec<Session>> {
-    let api = Api::new(cp);
+/// `kubelet_evented_pleg_connection_{success,error}_count`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct EventedStreams {
+    opened: f64,
+    failed: f64,
+}
+
+fn measure(plan: &Plan, agents: &mut Agents) -> Result<Vec<Session>> {
+    let api = Api::new(agents.cp);
     api.wait_default_service_account()?;
     let mut rng = fastrand::Rng::new();
     let mut sessions = vec![];
-    for mode in [PlegMode::Event, PlegMode::Generic] {
-        let session = measure_mode(plan, &api, node, ctd, mode, &mut rng)
-            .with_context(|| format!("{} PLEG", mode.as_str()));
-        // Whatever happened, the next mode starts on an empty node; after a failure the
+    for column in COLUMNS {
+        let session = measure_column(plan, &api, agents, column, &mut rng)
+            .with_context(|| format!("column {}", column.name()));
+        // Whatever happened, the next column starts on an empty node; after a failure the
         // agent may be gone, so the API server is told not to wait for it.
         let cleaned = api.delete_set_pods("", session.is_err());
-        node.stop_agent();
+        let stopped = agents.stop();
         sessions.push(session?);
         cleaned?;
+        stopped?;
     }
     Ok(sessions)
 }
 
-fn measure_mode(
+fn measure_column(
     plan: &Plan,
     api: &Api,
-    node: &mut Node,
-    ctd: &PrivateContainerd,
-    mode: PlegMode,
+    agents: &mut Agents,
+    column: Column,
     rng: &mut fastrand::Rng,
 ) -> Result<Session> {
-    let tag = mode.as_str();
+    let tag = column.name();
     let mut joins = vec![];
     for i in 0..plan.joins {
         eprintln!("bench cluster: {tag}: join {}/{}", i + 1, plan.joins);
-        node.stop_agent();
-        joins.push(join(api, node, ctd, mode)?);
+        agents.stop()?;
+        joins.push(join(api, agents, column)?);
     }
 
     let mut exits = vec![];
@@ -223,19 +308,205 @@ fn measure_mode(
             b + 1,
             plan.exit_batches
         );
-        exits.extend(exit_batch(api, node, ctd, mode, b, plan.batch_size, rng)?);
+        exits.extend(exit_batch(api, agents, column, b, plan.batch_size, rng)?);
     }
 
     eprintln!(
         "bench cluster: {tag}: {} idle pods, then a {:?} window",
         plan.idle_pods, plan.window
     );
-    let idle = idle(api, node, mode, plan)?;
+    let idle = idle(api, agents, column, plan)?;
+    let evented_streams = if column == Column::KubeletEvented {
+        Some(agents.evented_streams()?)
+    } else {
+        None
+    };
     Ok(Session {
-        mode,
+        column,
         joins,
         exits,
         idle,
+        evented_streams,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agents
+
+/// The agent of each column on the one node, containerd and control plane: bpflet through
+/// the bench's [`Node`], the kubelet through [`Kubelet`].
+struct Agents<'a> {
+    node: &'a mut Node,
+    ctd: &'a PrivateContainerd,
+    cp: &'a ControlPlane,
+    kubelet: Option<Kubelet>,
+}
+
+impl Agents<'_> {
+    /// Starts the agent of `column`; returns once it serves `/pods` (and for bpflet, runs
+    /// the PLEG of its mode).
+    fn start(&mut self, column: Column) -> Result<()> {
+        match column {
+            Column::Bpflet(mode) => self.node.start_agent(mode, self.ctd),
+            Column::Kubelet | Column::KubeletEvented => {
+                let spec = self.kubelet_spec(column)?;
+                let line = format!("the kubelet in {}", spec.work_dir.display());
+                self.kubelet =
+                    Some(Kubelet::start(spec).with_context(|| format!("starting {line}"))?);
+                Ok(())
+            }
+        }
+    }
+
+    /// The kubelet of `column` as a node of the control plane, in a fresh work directory
+    /// (`<bench>/kubelet-<column>`), under the cgroup root `<bench root>/kubelet` with the
+    /// bench's limits.
+    fn kubelet_spec(&self, column: Column) -> Result<KubeletSpec> {
+        let dir = self
+            .node
+            .work_dir
+            .join(format!("kubelet-{}", column.name()));
+        if dir.exists() {
+            // A crashed run's mounts first: never delete through a mount.
+            up::unmount_under(&dir)?;
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        let mut spec = KubeletSpec::new(
+            dir.clone(),
+            self.ctd,
+            dir.join("manifests"),
+            xtask::agent::free_port()?,
+        );
+        spec.node_name = NODE.to_owned();
+        spec.cgroup_root = format!("{}/{KUBELET_CGROUP}", self.node.cgroup_root);
+        spec.cluster = Some(ClusterAccess {
+            kubeconfig: self.cp.layout.node_kubeconfig.clone(),
+            client_ca_file: self.cp.layout.pki.join("ca.crt"),
+        });
+        spec.extra_config =
+            kubelet_limits_config(up::mem_total()?, column == Column::KubeletEvented);
+        // No `--node-ip 127.0.0.1` as bpflet has: the kubelet refuses a loopback node IP
+        // (`validateNodeIP`) and would fail its node-address setter on every status update,
+        // so it picks its address as upstream does by default (the bench never uses it).
+        spec.args = ["--v=2", "--logging-format=json"]
+            .map(str::to_owned)
+            .to_vec();
+        Ok(spec)
+    }
+
+    /// Stops whichever agent runs (pods keep running).
+    fn stop(&mut self) -> Result<()> {
+        self.node.stop_agent();
+        match self.kubelet.take() {
+            Some(kubelet) => kubelet.stop(),
+            None => Ok(()),
+        }
+    }
+
+    /// The running agent's pid.
+    fn pid(&self) -> Result<u32> {
+        match &self.kubelet {
+            Some(kubelet) => kubelet.pid().context("the kubelet is not running"),
+            None => self
+                .node
+                .agent
+                .as_ref()
+                .map(xtask::agent::Agent::id)
+                .context("bpflet is not running"),
+        }
+    }
+
+    /// When the running agent logged its Node registered.
+    fn registered(&self) -> Result<Option<SystemTime>> {
+        match &self.kubelet {
+            Some(kubelet) => {
+                let path = kubelet.log_path();
+                let text = fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok(kubelet_logged(&text, "Successfully registered node"))
+            }
+            None => Ok(registered_logged(&agent_log::read(&self.node.agent_log)?)),
+        }
+    }
+
+    /// The running agent's log file and its last lines.
+    fn log_tail(&self, lines: usize) -> String {
+        match &self.kubelet {
+            Some(kubelet) => format!(
+                "last lines of {}:\n{}",
+                kubelet.log_path().display(),
+                kubelet.log_tail(lines)
+            ),
+            None => format!(
+                "last lines of {}:\n{}",
+                self.node.agent_log.display(),
+                self.node.log_tail(lines)
+            ),
+        }
+    }
+
+    /// The running kubelet's evented PLEG streams, from its `/metrics`.
+    fn evented_streams(&self) -> Result<EventedStreams> {
+        let kubelet = self
+            .kubelet
+            .as_ref()
+            .context("the kubelet is not running")?;
+        let port = kubelet.read_only_port();
+        let (code, body) = xtask::agent::http_get(port, "/metrics")
+            .with_context(|| format!("GET /metrics on 127.0.0.1:{port}: no answer"))?;
+        ensure!(
+            code == 200,
+            "GET /metrics on 127.0.0.1:{port}: status {code}"
+        );
+        let value = |name: &str| {
+            metric_value(&body, name).with_context(|| {
+                format!("the kubelet's /metrics has no {name}: is EventedPLEG on?")
+            })
+        };
+        Ok(EventedStreams {
+            opened: value("kubelet_evented_pleg_connection_success_count")?,
+            failed: value("kubelet_evented_pleg_connection_error_count")?,
+        })
+    }
+}
+
+/// The kubelet's `KubeletConfiguration` lines for the bench's limits: kubepods limited to
+/// [`up::KUBEPODS_MEMORY`] as bpflet's (`enforceNodeAllocatable: [pods]` and
+/// `systemReserved` memory = MemTotal - that; the kubelet's `evictionHard memory.available`
+/// is bpflet's 100Mi already), and the evented PLEG when `evented`.
+fn kubelet_limits_config(mem_total: u64, evented: bool) -> String {
+    let reserved = mem_total.saturating_sub(up::KUBEPODS_MEMORY);
+    let mut text = format!(
+        "# kubepods gets MemTotal - systemReserved = {} MiB, as bpflet's.
+enforceNodeAllocatable: [pods]
+systemReserved:
+  memory: \"{}Ki\"
+",
+        up::KUBEPODS_MEMORY >> 20,
+        reserved / 1024
+    );
+    if evented {
+        text.push_str("featureGates:\n  EventedPLEG: true\n");
+    }
+    text
+}
+
+/// When the kubelet's JSON log (`--logging-format=json`: `ts` in ms since the epoch) first
+/// has a record with the message `msg`.
+fn kubelet_logged(log: &str, msg: &str) -> Option<SystemTime> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["msg"] == msg)
+        .and_then(|r| r["ts"].as_f64())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| UNIX_EPOCH + Duration::from_secs_f64(ms / 1e3))
+}
+
+/// The value of the unlabelled sample `name` in Prometheus' text format.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (metric, value) = l.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
     })
 }
 
@@ -244,7 +515,7 @@ fn measure_mode(
 
 /// Deletes the Node and its Lease, opens watches on both, spawns the agent and waits until
 /// the Node is Ready and the Lease exists. The agent stays up.
-fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> Result<Join> {
+fn join(api: &Api, agents: &mut Agents, column: Column) -> Result<Join> {
     api.delete_node_and_lease()?;
     let mut nodes = api.watch(
         "node",
@@ -257,7 +528,7 @@ fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> 
         ),
     )?;
     let spawned = SystemTime::now();
-    node.start_agent(mode, ctd)?;
+    agents.start(column)?;
     let deadline = Instant::now() + JOIN_TIMEOUT;
     loop {
         check_interrupted()?;
@@ -266,9 +537,8 @@ fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> 
         let ready = nodes.first(|e| node_ready(&e.object));
         let lease = leases.first(|_| true);
         if let (Some(ready), Some(lease)) = (ready, lease) {
-            let log = agent_log::read(&node.agent_log)?;
             return Ok(Join {
-                registered_ms: registered_logged(&log).map(|at| ms_between(spawned, at)),
+                registered_ms: agents.registered()?.map(|at| ms_between(spawned, at)),
                 ready_ms: ms_between(spawned, ready),
                 lease_ms: ms_between(spawned, lease),
             });
@@ -276,12 +546,11 @@ fn join(api: &Api, node: &mut Node, ctd: &PrivateContainerd, mode: PlegMode) -> 
         if Instant::now() >= deadline {
             bail!(
                 "after {JOIN_TIMEOUT:?} the watches show {} (Ready=True: {}) and {} Lease \
-                 event(s); last lines of {}:\n{}",
+                 event(s); {}",
                 nodes.describe_last(|o| format!("Node conditions {}", o["status"]["conditions"])),
                 ready.is_some(),
                 leases.len(),
-                node.agent_log.display(),
-                node.log_tail(20)
+                agents.log_tail(20)
             );
         }
         thread::sleep(Duration::from_millis(20));
@@ -313,22 +582,22 @@ fn node_ready(node: &Value) -> bool {
 /// until the watch shows it terminated with 137; then deletes the batch.
 fn exit_batch(
     api: &Api,
-    node: &Node,
-    ctd: &PrivateContainerd,
-    mode: PlegMode,
+    agents: &Agents,
+    column: Column,
     batch: usize,
     size: usize,
     rng: &mut fastrand::Rng,
 ) -> Result<Vec<f64>> {
-    let set = format!("exit-{}-{batch}", mode.as_str());
+    let tag = column.name();
+    let set = format!("exit-{tag}-{batch}");
     let names: Vec<String> = (0..size)
-        .map(|i| format!("exit-{}-{:02}", mode.as_str(), batch * size + i))
+        .map(|i| format!("exit-{tag}-{:02}", batch * size + i))
         .collect();
     let mut watch = api.watch(
         "exit pods",
         &format!("/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={SET_LABEL}%3D{set}"),
     )?;
-    api.create_pods(&set, &names, "Never", &node.work_dir)?;
+    api.create_pods(&set, &names, "Never", &agents.node.work_dir)?;
 
     // Running, with a container id, on the watch.
     let deadline = Instant::now() + RUNNING_TIMEOUT;
@@ -359,13 +628,13 @@ fn exit_batch(
         thread::sleep(POLL);
     };
 
-    let pids = task_pids(ctd)?;
+    let pids = task_pids(agents.ctd)?;
     let mut latencies = vec![];
     for (name, id) in names.iter().zip(&ids) {
         let pid = *pids
             .get(id)
             .with_context(|| format!("{name}: container {id} has no task in containerd"))?;
-        check_ours(pid, &node.cgroup_root).with_context(|| format!("{name}: pid {pid}"))?;
+        check_ours(pid, &agents.node.cgroup_root).with_context(|| format!("{name}: pid {pid}"))?;
         sleep_checked(Duration::from_millis(rng.u64(0..KILL_PHASE_MS)))?;
         let killed = SystemTime::now();
         kill(
@@ -419,10 +688,11 @@ fn terminated_with(pod: &Value, code: i64) -> bool {
             && cs["lastState"]["terminated"]["exitCode"].as_i64() == Some(code))
 }
 
-/// Container id to pid of every task of the private containerd's CRI namespace.
+/// Container id to pid of every task of the private containerd's CRI namespace (through
+/// its own `ctr`).
 fn task_pids(ctd: &PrivateContainerd) -> Result<BTreeMap<String, u32>> {
     let text = crate::output(
-        Command::new("ctr")
+        Command::new(ctd.binaries.tool("ctr")?)
             .arg("--address")
             .arg(&ctd.socket)
             .args(["-n", "k8s.io", "tasks", "ls"]),
@@ -469,13 +739,14 @@ fn check_ours(pid: u32, cgroup_root: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Idle
 
-fn idle(api: &Api, node: &Node, mode: PlegMode, plan: &Plan) -> Result<Idle> {
-    let set = format!("idle-{}", mode.as_str());
+fn idle(api: &Api, agents: &Agents, column: Column, plan: &Plan) -> Result<Idle> {
+    let tag = column.name();
+    let set = format!("idle-{tag}");
     let names: Vec<String> = (0..plan.idle_pods)
-        .map(|i| format!("idle-{}-{i:03}", mode.as_str()))
+        .map(|i| format!("idle-{tag}-{i:03}"))
         .collect();
     let started = Instant::now();
-    api.create_pods(&set, &names, "Always", &node.work_dir)?;
+    api.create_pods(&set, &names, "Always", &agents.node.work_dir)?;
     api.wait_running(&set, names.len())?;
     let startup = started.elapsed();
     eprintln!(
@@ -485,11 +756,7 @@ fn idle(api: &Api, node: &Node, mode: PlegMode, plan: &Plan) -> Result<Idle> {
     );
     sleep_checked(SETTLE)?;
 
-    let agent_pid = node
-        .agent
-        .as_ref()
-        .map(xtask::agent::Agent::id)
-        .context("bpflet is not running")?;
+    let agent_pid = agents.pid()?;
     let apiserver_pid = api.apiserver_pid()?;
     let from = SystemTime::now();
     let [agent, apiserver] = sample_pair([agent_pid, apiserver_pid], plan.window, SAMPLE_EVERY)?;
@@ -1132,7 +1399,10 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         out,
         "## Cluster (`cargo xtask bench cluster`)\n\n{machine} Control plane: Kubernetes \
          {KUBERNETES_VERSION} built from tests/k8s, on 127.0.0.1, API server auditing every \
-         request. Run took {:.1} min{}.\n",
+         request. Columns: bpflet `event` and `generic` PLEG, the upstream kubelet \
+         {KUBERNETES_VERSION} (`kubelet`, generic PLEG) and with `EventedPLEG` \
+         (`kubelet-evented`), each joining as `{NODE}` on the same containerd, with the same \
+         pods and a 512 MiB kubepods. Run took {:.1} min{}.\n",
         took.as_secs_f64() / 60.0,
         if plan.quick {
             " (BPFLET_BENCH_QUICK: not for numbers)"
@@ -1140,24 +1410,32 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
             ""
         }
     );
-    let by_mode = |mode: PlegMode| sessions.iter().find(|s| s.mode == mode);
-    let (event, generic) = (by_mode(PlegMode::Event), by_mode(PlegMode::Generic));
+    for s in sessions {
+        if let Some(streams) = s.evented_streams {
+            let _ = writeln!(out, "{}\n", evented_note(s.column, streams));
+        }
+    }
 
     let _ = writeln!(
         out,
         "### Container exit to the API server (ms)\n\nSIGKILL to a container's process, to the \
          first event of a watch on the API server showing it terminated (137).\n"
     );
-    let exits = |s: Option<&Session>| s.and_then(|s| Summary::of(&s.exits));
-    let _ = write!(out, "{}", summary_table(exits(event), exits(generic), 0));
+    let exits: Vec<(&str, Option<Summary>)> = sessions
+        .iter()
+        .map(|s| (s.column.name(), Summary::of(&s.exits)))
+        .collect();
+    let _ = write!(out, "{}", summary_table(&exits, 0));
 
     let _ = writeln!(
         out,
         "\n### Node join (ms)\n\nAgent spawned (no Node, no Lease) to the first watch event \
-         showing the Node Ready=True, and to the first Lease event.\n"
+         showing the Node Ready=True, and to the first Lease event; \"registered\" is the \
+         agent's own log record of it (bpflet's heartbeat, the kubelet's `Successfully \
+         registered node`).\n"
     );
     let mut t = Table::new([
-        "PLEG",
+        "agent",
         "n",
         "to registered p50 (agent log)",
         "to Ready p50",
@@ -1175,7 +1453,7 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         let ready = Summary::of(&s.joins.iter().map(|j| j.ready_ms).collect::<Vec<_>>());
         let lease = Summary::of(&s.joins.iter().map(|j| j.lease_ms).collect::<Vec<_>>());
         t.row([
-            s.mode.as_str().to_owned(),
+            s.column.name().to_owned(),
             s.joins.len().to_string(),
             fmt_opt(registered.map(|r| r.p50), 0),
             fmt_opt(ready.map(|r| r.p50), 0),
@@ -1191,16 +1469,18 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
         "\n### API requests per minute, idle node at {} pods\n\nAudit events of \
          `system:node:{NODE}` (stage RequestReceived: each request once) over the idle window, \
          per minute; upstream's budget: a lease renewal and a Node read every 10 s, the node \
-         status only on change (or every 5 min), no pod status when nothing changes.\n",
+         status only on change (or every 5 min), no pod status when nothing changes. The \
+         kubelet v1.34 reads its Node for the status check from its informer's cache (a GET \
+         only to retry a conflict), so its `get nodes` is below that budget.\n",
         plan.idle_pods
     );
-    let _ = writeln!(out, "{}", requests_table(event, generic));
+    let _ = writeln!(out, "{}", requests_table(sessions));
     for s in sessions {
         let over = over_budget(&s.idle.requests, s.idle.window);
         let _ = writeln!(
             out,
             "- {}: {} requests in {:.0} s, {} failed; {}",
-            s.mode.as_str(),
+            s.column.name(),
             s.idle.requests.total(),
             s.idle.window.as_secs_f64(),
             s.idle.requests.failed,
@@ -1214,102 +1494,128 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
 
     let _ = writeln!(out, "\n### Idle cost over the same window\n");
     let mut t = Table::new([
-        "PLEG",
+        "agent",
         "all Running after (s)",
-        "bpflet CPU %",
-        "bpflet RSS max (MiB)",
+        "agent CPU %",
+        "agent RSS max (MiB)",
         "kube-apiserver CPU %",
     ]);
     for s in sessions {
         t.row([
-            s.mode.as_str().to_owned(),
+            s.column.name().to_owned(),
             format!("{:.1}", s.idle.startup.as_secs_f64()),
             format!("{:.2}", s.idle.agent.cpu_percent),
             format!("{:.1}", mib(s.idle.agent.rss_max_bytes)),
             format!("{:.2}", s.idle.apiserver.cpu_percent),
         ]);
     }
-    if let (Some(e), Some(g)) = (event, generic) {
-        t.row([
-            "generic / event".to_owned(),
-            String::new(),
-            ratio(g.idle.agent.cpu_percent, e.idle.agent.cpu_percent),
-            ratio(
-                mib(g.idle.agent.rss_max_bytes),
-                mib(e.idle.agent.rss_max_bytes),
-            ),
-            ratio(g.idle.apiserver.cpu_percent, e.idle.apiserver.cpu_percent),
-        ]);
+    if let Some((first, rest)) = sessions.split_first() {
+        for s in rest {
+            t.row([
+                format!("{} / {}", s.column.name(), first.column.name()),
+                String::new(),
+                ratio(s.idle.agent.cpu_percent, first.idle.agent.cpu_percent),
+                ratio(
+                    mib(s.idle.agent.rss_max_bytes),
+                    mib(first.idle.agent.rss_max_bytes),
+                ),
+                ratio(
+                    s.idle.apiserver.cpu_percent,
+                    first.idle.apiserver.cpu_percent,
+                ),
+            ]);
+        }
     }
     let _ = write!(out, "{t}");
     out
 }
 
-/// p50/p90/p99/max/mean of the two modes, and generic / event.
-fn summary_table(event: Option<Summary>, generic: Option<Summary>, decimals: usize) -> Table {
-    let mut t = Table::new(["PLEG", "n", "p50", "p90", "p99", "max", "mean"]);
+/// What the kubelet's `/metrics` says of its evented PLEG.
+fn evented_note(column: Column, s: EventedStreams) -> String {
+    let verdict = if s.opened >= 1.0 {
+        "its evented PLEG ran on containerd's CRI events"
+    } else {
+        "its evented PLEG never got a CRI event stream, so it fell back to relisting: its \
+         numbers are the generic PLEG's"
+    };
+    format!(
+        "`{}`: CRI event streams opened {:.0}, failed {:.0} \
+         (`kubelet_evented_pleg_connection_{{success,error}}_count`): {verdict}.",
+        column.name(),
+        s.opened,
+        s.failed
+    )
+}
+
+/// p50/p90/p99/max/mean of each column, then each column over the first.
+fn summary_table(columns: &[(&str, Option<Summary>)], decimals: usize) -> Table {
+    let mut t = Table::new(["agent", "n", "p50", "p90", "p99", "max", "mean"]);
     let cells =
         |s: Summary| [s.p50, s.p90, s.p99, s.max, s.mean].map(|v| format!("{v:.decimals$}"));
-    for (name, s) in [("event", event), ("generic", generic)] {
-        let mut row = vec![name.to_owned(), s.map_or(0, |s| s.n).to_string()];
+    for (name, s) in columns {
+        let mut row = vec![(*name).to_owned(), s.map_or(0, |s| s.n).to_string()];
         row.extend(s.map(cells).into_iter().flatten());
         t.row(row);
     }
-    if let (Some(e), Some(g)) = (event, generic) {
-        let mut row = vec!["generic / event".to_owned(), String::new()];
-        row.extend(
-            [
-                (g.p50, e.p50),
-                (g.p90, e.p90),
-                (g.p99, e.p99),
-                (g.max, e.max),
-                (g.mean, e.mean),
-            ]
-            .map(|(a, b)| ratio(a, b)),
-        );
-        t.row(row);
+    if let Some(((base_name, Some(b)), rest)) = columns.split_first() {
+        for (name, s) in rest {
+            let Some(s) = s else { continue };
+            let mut row = vec![format!("{name} / {base_name}"), String::new()];
+            row.extend(
+                [
+                    (s.p50, b.p50),
+                    (s.p90, b.p90),
+                    (s.p99, b.p99),
+                    (s.max, b.max),
+                    (s.mean, b.mean),
+                ]
+                .map(|(a, b)| ratio(a, b)),
+            );
+            t.row(row);
+        }
     }
     t
 }
 
-/// Requests per minute by class, both modes, beside upstream's budget.
-fn requests_table(event: Option<&Session>, generic: Option<&Session>) -> Table {
+/// Requests per minute by class, every column, beside upstream's budget.
+fn requests_table(sessions: &[Session]) -> Table {
     let mut classes: Vec<String> = BUDGET_CLASSES.iter().map(|c| (*c).to_owned()).collect();
-    for s in [event, generic].into_iter().flatten() {
+    for s in sessions {
         for class in s.idle.requests.by_class.keys() {
             if !classes.contains(class) {
                 classes.push(class.clone());
             }
         }
     }
-    let per_minute = |s: Option<&Session>, n: &dyn Fn(&RequestCounts) -> u64| {
-        s.map_or_else(String::new, |s| {
-            format!(
-                "{:.1}",
-                n(&s.idle.requests) as f64 * 60.0 / s.idle.window.as_secs_f64().max(1.0)
-            )
-        })
+    let per_minute = |s: &Session, n: u64| {
+        format!(
+            "{:.1}",
+            n as f64 * 60.0 / s.idle.window.as_secs_f64().max(1.0)
+        )
     };
-    let mut t = Table::new([
-        "request",
-        "upstream budget /min",
-        "event /min",
-        "generic /min",
-    ]);
+    let mut t = Table::new(
+        ["request".to_owned(), "upstream budget /min".to_owned()]
+            .into_iter()
+            .chain(sessions.iter().map(|s| format!("{} /min", s.column.name()))),
+    );
     for class in &classes {
-        t.row([
-            class.clone(),
-            upstream_per_minute(class).to_owned(),
-            per_minute(event, &|c| c.get(class)),
-            per_minute(generic, &|c| c.get(class)),
-        ]);
+        t.row(
+            [class.clone(), upstream_per_minute(class).to_owned()]
+                .into_iter()
+                .chain(
+                    sessions
+                        .iter()
+                        .map(|s| per_minute(s, s.idle.requests.get(class))),
+                ),
+        );
     }
-    t.row([
-        "total".to_owned(),
-        "~12".to_owned(),
-        per_minute(event, &RequestCounts::total),
-        per_minute(generic, &RequestCounts::total),
-    ]);
+    t.row(
+        ["total".to_owned(), "~12".to_owned()].into_iter().chain(
+            sessions
+                .iter()
+                .map(|s| per_minute(s, s.idle.requests.total())),
+        ),
+    );
     t
 }
 
@@ -1574,19 +1880,114 @@ mod tests {
     }
 
     #[test]
-    fn summary_table_shows_both_modes_and_their_ratio() {
+    fn summary_table_shows_every_column_and_its_ratio_to_the_first() {
         let e = Summary::of(&[10.0, 20.0]);
         let g = Summary::of(&[500.0, 1000.0]);
-        let text = summary_table(e, g, 0).to_string();
+        let k = Summary::of(&[100.0, 200.0]);
+        let text = summary_table(&[("event", e), ("generic", g), ("kubelet", k)], 0).to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 7, "{text}");
         assert!(
             lines[2].starts_with("| event ") && lines[2].contains("| 2 "),
             "{text}"
         );
-        assert!(lines[4].contains("50.0x"), "{text}");
-        let missing = summary_table(e, None, 0).to_string();
+        assert!(
+            lines[5].starts_with("| generic / event ") && lines[5].contains("50.0x"),
+            "{text}"
+        );
+        assert!(
+            lines[6].starts_with("| kubelet / event ") && lines[6].contains("10.0x"),
+            "{text}"
+        );
+        // A column without samples has no ratio row; without the first, there are none.
+        let missing = summary_table(&[("event", e), ("generic", None)], 0).to_string();
         assert_eq!(missing.lines().count(), 4, "{missing}");
+        let no_base = summary_table(&[("event", None), ("generic", g)], 0).to_string();
+        assert_eq!(no_base.lines().count(), 4, "{no_base}");
         assert_eq!(ratio(1.0, 0.0), "-");
+    }
+
+    #[test]
+    fn kubelet_gets_bpflets_kubepods_limit_and_the_evented_gate_only_when_asked() {
+        // 8 GiB of MemTotal: 7.5 GiB reserved, 512 MiB left for kubepods.
+        let text = kubelet_limits_config(8 << 30, false);
+        assert!(
+            text.contains(
+                "enforceNodeAllocatable: [pods]\nsystemReserved:\n  memory: \"7864320Ki\"\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("featureGates"), "{text}");
+        // Nothing the standalone config already sets (the kubelet refuses duplicates).
+        assert!(!text.contains("evictionHard"), "{text}");
+        let evented = kubelet_limits_config(8 << 30, true);
+        assert!(
+            evented.ends_with("featureGates:\n  EventedPLEG: true\n"),
+            "{evented}"
+        );
+    }
+
+    #[test]
+    fn kubelet_records_are_read_from_its_json_log() {
+        let log = concat!(
+            "{\"ts\":1000000000000.5,\"caller\":\"x.go:1\",\"msg\":\"Attempting to register node\",\"v\":0}\n",
+            "not json\n",
+            "{\"ts\":1000001250.0,\"caller\":\"kubelet/kubelet_node_status.go:78\",\"msg\":\"Successfully registered node\",\"v\":0,\"node\":{\"name\":\"benchnode\"}}\n",
+            "{\"ts\":1000009000.0,\"msg\":\"Successfully registered node\"}\n",
+        );
+        assert_eq!(
+            kubelet_logged(log, "Successfully registered node"),
+            Some(at(1_000_001) + Duration::from_millis(250))
+        );
+        assert_eq!(kubelet_logged(log, "Node became not ready"), None);
+        assert_eq!(kubelet_logged("{\"msg\":\"m\"}", "m"), None);
+    }
+
+    #[test]
+    fn metric_values_are_read_from_prometheus_text() {
+        let text = "# HELP kubelet_evented_pleg_connection_success_count The number...\n\
+                    # TYPE kubelet_evented_pleg_connection_success_count counter\n\
+                    kubelet_evented_pleg_connection_success_count 1\n\
+                    kubelet_evented_pleg_connection_error_count 0\n\
+                    kubelet_evented_pleg_connection_latency_seconds_bucket{le=\"0.005\"} 1\n";
+        assert_eq!(
+            metric_value(text, "kubelet_evented_pleg_connection_success_count"),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric_value(text, "kubelet_evented_pleg_connection_error_count"),
+            Some(0.0)
+        );
+        assert_eq!(metric_value(text, "kubelet_evented_pleg_connection"), None);
+        assert_eq!(metric_value("x one\n", "x"), None);
+    }
+
+    #[test]
+    fn an_evented_pleg_without_a_stream_is_called_a_fallback() {
+        let ran = evented_note(
+            Column::KubeletEvented,
+            EventedStreams {
+                opened: 1.0,
+                failed: 0.0,
+            },
+        );
+        assert!(ran.contains("ran on containerd's CRI events"), "{ran}");
+        let fell = evented_note(
+            Column::KubeletEvented,
+            EventedStreams {
+                opened: 0.0,
+                failed: 5.0,
+            },
+        );
+        assert!(fell.contains("fell back to relisting"), "{fell}");
+        assert!(fell.starts_with("`kubelet-evented`: CRI event streams opened 0, failed 5"));
+    }
+
+    #[test]
+    fn columns_are_named_as_the_report_shows_them() {
+        assert_eq!(
+            COLUMNS.map(Column::name),
+            ["event", "generic", "kubelet", "kubelet-evented"]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The upstream kubelet in standalone mode: static pods from a directory, the read-only API
 //! on 127.0.0.1, no API server, on a private containerd 2 (`PrivateContainerd` with
-//! `Binaries::Containerd2`).
+//! `Binaries::Containerd2`). With [`KubeletSpec::cluster`] set it joins a control plane
+//! instead, as a node: `--kubeconfig`, and its own API authenticated and authorized by the
+//! API server.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -105,6 +107,23 @@ pub struct KubeletSpec {
     pub extra_config: String,
     /// Further command-line arguments.
     pub args: Vec<String>,
+    /// `None`: standalone (anonymous requests to its API get everything). `Some`: a node of
+    /// that control plane.
+    pub cluster: Option<ClusterAccess>,
+}
+
+/// How the kubelet joins a control plane, as a kubeadm node does: `--kubeconfig` with the
+/// node's credentials (e.g. a client certificate `system:node:<name>` in `system:nodes`,
+/// which the Node authorizer and NodeRestriction take for that node), and requests to its
+/// own API authenticated by client certificate (`x509.clientCAFile`) or by the API server
+/// (`authentication.webhook`: TokenReview) and authorized by the API server
+/// (`authorization.mode: Webhook`: SubjectAccessReview); no anonymous requests.
+#[derive(Clone, Debug)]
+pub struct ClusterAccess {
+    /// `--kubeconfig`.
+    pub kubeconfig: PathBuf,
+    /// `authentication.x509.clientCAFile`: the cluster CA.
+    pub client_ca_file: PathBuf,
 }
 
 impl KubeletSpec {
@@ -126,6 +145,7 @@ impl KubeletSpec {
             node_name: "testnode".to_owned(),
             extra_config: String::new(),
             args: vec!["--v=2".to_owned()],
+            cluster: None,
         }
     }
 
@@ -141,6 +161,36 @@ impl KubeletSpec {
         self.work_dir.join("sysctl")
     }
 
+    /// The `authentication` and `authorization` of the `KubeletConfiguration`.
+    fn auth_yaml(&self) -> String {
+        match &self.cluster {
+            None => "# Standalone: no API server to ask, so anonymous requests get everything.
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+"
+            .to_owned(),
+            Some(cluster) => format!(
+                "# A node of a cluster: the API server authenticates and authorizes requests.
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: Webhook
+",
+                ca = cluster.client_ca_file.display()
+            ),
+        }
+    }
+
     /// The `KubeletConfiguration`; `port` is the authenticated API's (on 127.0.0.1 too).
     pub fn config_yaml(&self, port: u16) -> String {
         let w = &self.work_dir;
@@ -153,15 +203,7 @@ address: 127.0.0.1
 port: {port}
 readOnlyPort: {read_only_port}
 healthzPort: 0
-# Standalone: no API server to ask, so anonymous requests get everything.
-authentication:
-  anonymous:
-    enabled: true
-  webhook:
-    enabled: false
-authorization:
-  mode: AlwaysAllow
-# PID 1 is not systemd; the hierarchy is hybrid (cgroup v1 controllers), which v1.34
+{auth}# PID 1 is not systemd; the hierarchy is hybrid (cgroup v1 controllers), which v1.34
 # accepts with failCgroupV1 false.
 cgroupDriver: cgroupfs
 cgroupRoot: {cgroup_root}
@@ -189,6 +231,7 @@ imageGCLowThresholdPercent: 99
             pod_logs = self.pod_logs_dir().display(),
             volume_plugins = w.join("volume-plugins").display(),
             extra = self.extra_config,
+            auth = self.auth_yaml(),
         )
     }
 
@@ -237,8 +280,11 @@ imageGCLowThresholdPercent: 99
         .arg("--cert-dir")
         .arg(self.work_dir.join("pki"))
         .arg("--hostname-override")
-        .arg(&self.node_name)
-        .args(&self.args);
+        .arg(&self.node_name);
+        if let Some(cluster) = &self.cluster {
+            cmd.arg("--kubeconfig").arg(&cluster.kubeconfig);
+        }
+        cmd.args(&self.args);
         cmd
     }
 }
@@ -581,7 +627,53 @@ mod tests {
             node_name: "testnode".to_owned(),
             extra_config: "fileCheckFrequency: 2s\n".to_owned(),
             args: vec!["--v=2".to_owned()],
+            cluster: None,
         }
+    }
+
+    fn cluster_spec() -> KubeletSpec {
+        KubeletSpec {
+            cluster: Some(ClusterAccess {
+                kubeconfig: "/cp/node.kubeconfig".into(),
+                client_ca_file: "/cp/pki/ca.crt".into(),
+            }),
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn a_cluster_node_lets_the_api_server_authenticate_and_authorize() {
+        let text = cluster_spec().config_yaml(4321);
+        let auth = "authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: /cp/pki/ca.crt
+authorization:
+  mode: Webhook
+";
+        assert!(text.contains(auth), "{text}");
+        assert_eq!(text.matches("authentication:").count(), 1, "{text}");
+        assert!(!text.contains("AlwaysAllow"), "{text}");
+        // The rest is the standalone config.
+        assert!(text.lines().any(|l| l == "readOnlyPort: 10255"), "{text}");
+        assert!(
+            text.lines().any(|l| l == "fileCheckFrequency: 2s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_gets_its_kubeconfig_before_the_extra_args() {
+        let cmd = cluster_spec().command();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--kubeconfig").unwrap();
+        assert_eq!(args[at..], ["--kubeconfig", "/cp/node.kubeconfig", "--v=2"]);
     }
 
     #[test]
@@ -602,6 +694,7 @@ mod tests {
             "podLogsDir: /w/pod-logs",
             "volumePluginDir: /w/volume-plugins",
             "  mode: AlwaysAllow",
+            "    enabled: true",
             "fileCheckFrequency: 2s",
         ] {
             assert!(

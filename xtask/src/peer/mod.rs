@@ -28,7 +28,7 @@ use sha2::Digest as _;
 
 mod kubelet;
 
-pub use kubelet::{KERNEL_TUNABLES, Kubelet, KubeletSpec};
+pub use kubelet::{ClusterAccess, KERNEL_TUNABLES, Kubelet, KubeletSpec};
 
 /// The containerd release `tests/runtime/go.mod` pins.
 pub const CONTAINERD_VERSION: &str = "v2.2.10";

@@ -10,6 +10,7 @@
 
 pub mod agent_log;
 pub mod cluster;
+pub mod peer;
 pub mod pleg;
 pub mod pods;
 pub mod probes;

@@ -1759,6 +1759,66 @@ mod tests {
     }
 
     #[test]
+    fn report_shows_every_column_its_ratio_to_event_and_why_a_column_is_missing() {
+        let summary = |v: f64| Summary::of(&[v]).unwrap();
+        let latency = |p50: f64| {
+            vec![LatencyRow {
+                scenario: "1 pod, 1 runs".to_owned(),
+                running: summary(p50),
+                seen: None,
+                gets: summary(1.0),
+            }]
+        };
+        let mut event = column(BASE, vec![idle_row(5, 0.1, 0.1, 20)]);
+        event.latency = latency(200.0);
+        let mut kubelet = column(
+            Column::Kubelet(KubeletPleg::Generic),
+            vec![idle_row(5, 1.0, 0.2, 80)],
+        );
+        kubelet.latency = latency(800.0);
+        kubelet.scrape = Scrape::On(RESOURCE_SCRAPE_EVERY);
+        let plan = Plan {
+            single_reps: 1,
+            batch_size: 2,
+            batch_reps: 1,
+            idle_counts: vec![5],
+            window: Duration::from_secs(10),
+            resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
+            quick: true,
+        };
+        let machine = Machine {
+            cpus: 2,
+            mem_total: 1 << 30,
+            kernel: "6.18".to_owned(),
+            load_average: "0 0 0".to_owned(),
+            containerd: "containerd v2.2.10".to_owned(),
+            source: "commit x".to_owned(),
+        };
+        let report = render(
+            &plan,
+            &machine,
+            "Kubernetes v1.34.4",
+            &[event, kubelet],
+            &[(
+                Column::Kubelet(KubeletPleg::Evented),
+                "no event stream".to_owned(),
+            )],
+        );
+        for want in [
+            "Peer: Kubernetes v1.34.4.",
+            "Columns measured: event, kubelet.",
+            "Column `kubelet-evented` left out: no event stream",
+            "kubepods memory limit as read from the cgroup: event 512 MiB, kubelet 512 MiB.",
+            "on for kubelet; off for event (404).",
+            "| kubelet / event | 1 pod, 1 runs |",
+            "| 4.0x",
+            "| 5    | kubelet / event | 10.0x",
+        ] {
+            assert!(report.contains(want), "{want:?} missing from\n{report}");
+        }
+    }
+
+    #[test]
     fn columns_are_named_as_the_reports_and_pod_names_use_them() {
         let names: Vec<&str> = COLUMNS.iter().map(|c| c.name()).collect();
         assert_eq!(names, ["event", "generic", "kubelet", "kubelet-evented"]);

@@ -948,16 +948,18 @@ impl ContainerView {
     }
 }
 
-/// The pods of a `/pods` answer: a PodList (`items`) or a bare array. The upstream kubelet
-/// writes a PodList without pods with `items: null` (Go's nil slice).
+/// The pods of a `/pods` answer: a PodList (`items`) or a bare array. The upstream
+/// kubelet with no pods answers `"items": null` (a nil Go slice).
 pub(crate) fn parse_pods(body: &[u8]) -> Result<Vec<PodView>> {
     let value: Value = serde_json::from_slice(body).context("/pods is not JSON")?;
-    let items = match value.get("items") {
-        Some(Value::Null) => return Ok(vec![]),
-        Some(items) => items,
-        None => &value,
-    };
-    let items = items
+    if value.get("kind").and_then(Value::as_str) == Some("PodList")
+        && value.get("items").is_some_and(Value::is_null)
+    {
+        return Ok(vec![]);
+    }
+    let items = value
+        .get("items")
+        .unwrap_or(&value)
         .as_array()
         .context("/pods is neither a PodList nor an array")?;
     Ok(items.iter().filter_map(PodView::from_json).collect())
@@ -1354,13 +1356,13 @@ fn leftovers(work_dir: &Path, cgroup_root: &str, bridge: &str) -> Result<Vec<Str
     Ok(left)
 }
 
-fn mounts() -> Result<Vec<MountEntry>> {
+pub(crate) fn mounts() -> Result<Vec<MountEntry>> {
     let text = fs::read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(xtask::mountinfo::parse(&text))
 }
 
 /// The memory controller's mount: a v1 hierarchy with `memory`, else the v2 mount.
-fn memory_hierarchy(mounts: &[MountEntry]) -> Option<PathBuf> {
+pub(crate) fn memory_hierarchy(mounts: &[MountEntry]) -> Option<PathBuf> {
     let v1 = mounts
         .iter()
         .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"));
@@ -1638,11 +1640,9 @@ mod tests {
         assert_eq!(parse_pods(b"[]").unwrap(), vec![]);
         assert!(parse_pods(b"{\"kind\": \"Status\"}").is_err());
         // The kubelet's empty PodList.
-        assert_eq!(
-            parse_pods(br#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":null}"#)
-                .unwrap(),
-            vec![]
-        );
+        let empty = br#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":null}"#;
+        assert_eq!(parse_pods(empty).unwrap(), vec![]);
+        assert!(parse_pods(br#"{"kind":"Status","items":null}"#).is_err());
         assert!(parse_pods(br#"{"kind":"PodList","items":7}"#).is_err());
     }
 

@@ -1,21 +1,31 @@
 //! `cargo xtask bench pods`: how fast static pods start, and what idle pods cost, with the
-//! release agent on a real private containerd.
+//! release agent and with the upstream kubelet, on one real private containerd 2.
 //!
-//! One private containerd (`.work/bench-pods/containerd`) serves the whole run. For each PLEG
-//! mode (`event`, then `generic`) the agent starts afresh with `cargo xtask up`'s config
-//! (its own cgroup root, `kubepods` limited to 512 MiB, the read-only API on a free port of
-//! 127.0.0.1), and:
+//! One private containerd 2 (`.work/bench-pods/containerd`, the peer's v2.2 and runc from
+//! `cargo xtask build-peer`) serves every column of the run, in [`COLUMNS`]' order: bpflet
+//! with the `event` PLEG, bpflet `generic`, the upstream `kubelet` (generic PLEG), and
+//! `kubelet-evented` (feature gate `EventedPLEG`; left out, with the reason in the report,
+//! when the kubelet does not get a CRI event stream from containerd). Each agent starts
+//! afresh on the same static pod directory, node name and read-only port: bpflet with
+//! `cargo xtask up`'s config, the kubelet standalone as `bench::peer` sets it up. Each gets
+//! a cgroup root of its own and the same limits: `kubepods` limited to 512 MiB through
+//! `enforceNodeAllocatable: [pods]` and `systemReserved.memory = MemTotal - 512 MiB` in both
+//! configs, `evictionHard: memory.available: 100Mi` in both (the report shows each
+//! column's kubepods limit as read from the cgroup). Then:
 //! 1. manifest-to-running latency: a manifest is renamed into the static pod directory and
 //!    `/pods` is polled every [`POLL`] until the pod is `Running` with every container
 //!    running; one pod at a time ([`Plan::single_reps`] times), then [`Plan::batch_size`]
 //!    manifests written at once ([`Plan::batch_reps`] times). Each pod is removed again and
-//!    waited for until `/pods` no longer lists it.
+//!    waited for until `/pods` no longer lists it and containerd has no ready sandbox.
 //! 2. idle cost: [`Plan::idle_counts`] pods running `sleep`, all `Running`, then the CPU time
-//!    and RSS of bpflet and of containerd over the same [`Plan::window`], nothing polling.
+//!    and RSS of the agent and of containerd over the same [`Plan::window`] in every
+//!    column, nothing polling but the resource-metrics scrape ([`Plan::resource_scrape_every`],
+//!    on in a column whose agent answers `/metrics/resource` with 200).
 //!
 //! Every pod is a host-network busybox `sleep 3600` with tiny requests (Burstable).
 //! Whatever happens (a failed step, Ctrl-C), the agent is stopped and `up`'s teardown removes
-//! every pod, containerd, the cgroup tree and the mounts, and checks that nothing is left.
+//! every pod, containerd, the cgroup tree (the kubelets' roots are below the node's) and the
+//! mounts, and checks that nothing is left.
 //!
 //! `BPFLET_BENCH_QUICK=1` shortens every step: for trying the bench, not for numbers.
 
@@ -33,12 +43,13 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use nix::time::ClockId;
 use nix::unistd::Pid;
 use xtask::agent::{self, Agent, AgentSpec};
-use xtask::containerd::{self, PrivateContainerd};
+use xtask::containerd::{self, Binaries, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
 use super::agent_log::{self, LogRecord};
-use super::util::{ProcSnapshot, ProcUsage, Summary, Table};
+use super::peer::{self, BenchKubelet, BenchKubeletSpec, KubeletPleg};
+use super::util::{ProcSnapshot, ProcUsage, Summary, Table, fmt_opt, ratio};
 use crate::up::{self, ConfigParams, PlegMode, PodView};
 use crate::{is_root, output, workspace_root};
 
@@ -60,6 +71,9 @@ pub(crate) const NODE: &str = "benchnode";
 const BRIDGE: &str = "bpflet-bench0";
 const SUBNET: &str = "10.90.0.0/16";
 pub(crate) const QUICK_ENV: &str = "BPFLET_BENCH_QUICK";
+/// metrics-server's default `--metric-resolution`.
+const RESOURCE_SCRAPE_EVERY: Duration = Duration::from_secs(15);
+const RESOURCE_METRICS: &str = "/metrics/resource";
 
 /// How much of everything.
 #[derive(Debug, Clone)]
@@ -69,6 +83,9 @@ struct Plan {
     batch_reps: usize,
     idle_counts: Vec<usize>,
     window: Duration,
+    /// During each idle window, `/metrics/resource` is fetched this often (metrics-server's
+    /// default resolution), in every column whose agent answers it with 200.
+    resource_scrape_every: Option<Duration>,
     quick: bool,
 }
 
@@ -81,6 +98,7 @@ impl Plan {
                 batch_reps: 1,
                 idle_counts: vec![5, 10],
                 window: Duration::from_secs(10),
+                resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
                 quick: true,
             }
         } else {
@@ -90,6 +108,7 @@ impl Plan {
                 batch_reps: 3,
                 idle_counts: vec![50, 110],
                 window: Duration::from_secs(60),
+                resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
                 quick: false,
             }
         }
@@ -101,174 +120,333 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         is_root(),
         "`cargo xtask bench pods` needs root (BPF, cgroups, containerd)"
     );
+    peer::require_built()?;
     let plan = Plan::from_env();
-    let machine = Machine::read()?;
-    on_bench_node(ctx, "pods", BRIDGE, SUBNET, |node, ctd| {
-        let report = measure(&plan, &machine, node, ctd)?;
+    let binaries = Binaries::containerd2();
+    let machine = Machine::read_with(&binaries.tool("containerd")?)?;
+    let versions = peer::versions()?;
+    on_bench_node_with(ctx, "pods", BRIDGE, SUBNET, binaries, |node, ctd| {
+        let (report, stop_problems) = measure(&plan, &machine, &versions, node, ctd)?;
         println!("{report}");
         let path = ctx.save("pods", &report)?;
         eprintln!("saved {}", path.display());
+        // The numbers stand; what a kubelet left on the machine still fails the bench.
+        ensure!(
+            stop_problems.is_empty(),
+            "stopping the kubelet(s) left problems:\n{}",
+            stop_problems.join("\n")
+        );
         Ok(())
     })
 }
 
-/// Every measurement, as the Markdown report.
+/// Who manages the pods in a column of the bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Column {
+    Bpflet(PlegMode),
+    Kubelet(KubeletPleg),
+}
+
+/// Every column, in the order they run.
+const COLUMNS: [Column; 4] = [
+    Column::Bpflet(PlegMode::Event),
+    Column::Bpflet(PlegMode::Generic),
+    Column::Kubelet(KubeletPleg::Generic),
+    Column::Kubelet(KubeletPleg::Evented),
+];
+
+/// The column every ratio divides by.
+const BASE: Column = Column::Bpflet(PlegMode::Event);
+
+impl Node {
+    /// The cgroup root `column`'s agent runs under.
+    fn column_cgroup_root(&self, column: Column) -> String {
+        match column {
+            Column::Bpflet(_) => self.cgroup_root.clone(),
+            Column::Kubelet(pleg) => peer::cgroup_root_for(&self.cgroup_root, pleg),
+        }
+    }
+}
+
+impl Column {
+    fn name(self) -> &'static str {
+        match self {
+            Column::Bpflet(mode) => mode.as_str(),
+            Column::Kubelet(pleg) => pleg.column(),
+        }
+    }
+}
+
+/// One column's latencies: per scenario, the summary of its samples.
+struct LatencyRow {
+    scenario: String,
+    running: Summary,
+    seen: Option<Summary>,
+    gets: Summary,
+}
+
+/// Everything one column measured.
+struct ColumnResult {
+    column: Column,
+    latency: Vec<LatencyRow>,
+    idle: Vec<IdleRow>,
+    kubepods_limit: Option<u64>,
+    scrape: Scrape,
+}
+
+/// Every measurement, as the Markdown report, and the problems met stopping a kubelet after
+/// its column was measured (its teardown: mounts, directories it made).
 fn measure(
     plan: &Plan,
     machine: &Machine,
+    versions: &str,
     node: &mut Node,
     ctd: &PrivateContainerd,
-) -> Result<String> {
+) -> Result<(String, Vec<String>)> {
     let ctd_pid = ctd.pid().context("containerd is not running")?;
+    let mut results: Vec<ColumnResult> = vec![];
+    let mut left_out: Vec<(Column, String)> = vec![];
+    let mut stop_problems = vec![];
+    // GET /pods while waiting for pods to run or go (each agent's responsiveness).
+    for column in COLUMNS {
+        let started = match column {
+            Column::Bpflet(mode) => node.start_agent(mode, ctd),
+            Column::Kubelet(pleg) => node.start_kubelet(pleg, ctd),
+        };
+        if let Err(e) = started {
+            node.stop_agent();
+            if column == Column::Kubelet(KubeletPleg::Evented) {
+                eprintln!("bench pods: leaving the kubelet-evented column out: {e:#}");
+                left_out.push((column, format!("{e:#}")));
+                continue;
+            }
+            return Err(e);
+        }
+        let result = measure_column(plan, node, column, ctd, ctd_pid);
+        // An evented kubelet that fell back to relisting measured the generic PLEG.
+        let fell_back = match (&result, &node.kubelet) {
+            (Ok(_), Some(k)) if k.pleg() == KubeletPleg::Evented => k.check_evented().err(),
+            _ => None,
+        };
+        let stopped = node.stop_kubelet();
+        node.stop_agent();
+        let result = result?;
+        if let Err(e) = stopped {
+            eprintln!("bench pods: {e:#}");
+            stop_problems.push(format!("{} column: {e:#}", column.name()));
+        }
+        if let Some(e) = fell_back {
+            eprintln!("bench pods: leaving the kubelet-evented column out: {e:#}");
+            left_out.push((column, format!("{e:#}")));
+            continue;
+        }
+        results.push(result);
+    }
+    Ok((
+        render(plan, machine, versions, &results, &left_out),
+        stop_problems,
+    ))
+}
+
+/// The latency and idle phases of one column, whose agent runs.
+fn measure_column(
+    plan: &Plan,
+    node: &mut Node,
+    column: Column,
+    ctd: &PrivateContainerd,
+    ctd_pid: u32,
+) -> Result<ColumnResult> {
+    let name = column.name();
+    let gets_before = node.get_ms.len();
+    let mut single = vec![];
+    for i in 0..plan.single_reps {
+        eprintln!(
+            "bench pods: {name}, 1 pod, run {}/{}",
+            i + 1,
+            plan.single_reps
+        );
+        let names = vec![format!("lat1-{name}-{i}")];
+        single.extend(node.start_and_remove(&names, ctd)?);
+    }
+    let single_gets = node.get_ms.split_off(gets_before);
+    // The agent made its kubepods cgroup before the first pod ran.
+    let kubepods_limit = peer::kubepods_memory_limit(&node.column_cgroup_root(column))?;
+    let mut batch = vec![];
+    for r in 0..plan.batch_reps {
+        eprintln!(
+            "bench pods: {name}, {} pods at once, run {}/{}",
+            plan.batch_size,
+            r + 1,
+            plan.batch_reps
+        );
+        let names: Vec<String> = (0..plan.batch_size)
+            .map(|j| format!("lat{}-{name}-r{r}-{j:02}", plan.batch_size))
+            .collect();
+        batch.extend(node.start_and_remove(&names, ctd)?);
+    }
+    let batch_gets = node.get_ms.split_off(gets_before);
+    let mut latency = vec![];
+    for (scenario, samples, gets) in [
+        (
+            format!("1 pod, {} runs", plan.single_reps),
+            &single,
+            &single_gets,
+        ),
+        (
+            format!(
+                "{} pods written at once, {} runs",
+                plan.batch_size, plan.batch_reps
+            ),
+            &batch,
+            &batch_gets,
+        ),
+    ] {
+        let running: Vec<f64> = samples.iter().map(|l| l.running_ms).collect();
+        let seen: Vec<f64> = samples.iter().filter_map(|l| l.seen_ms).collect();
+        latency.push(LatencyRow {
+            scenario,
+            running: Summary::of(&running).context("no latency samples")?,
+            seen: Summary::of(&seen),
+            gets: Summary::of(gets).context("no GET /pods was timed")?,
+        });
+    }
+
+    let scrape = match plan.resource_scrape_every {
+        Some(every) => Scrape::probe(node.port, every),
+        None => Scrape::Off("not asked for".to_owned()),
+    };
+    let idle = node.idle(
+        column,
+        &plan.idle_counts,
+        plan.window,
+        &scrape,
+        ctd,
+        ctd_pid,
+    )?;
+    Ok(ColumnResult {
+        column,
+        latency,
+        idle,
+        kubepods_limit,
+        scrape,
+    })
+}
+
+/// The Markdown report.
+fn render(
+    plan: &Plan,
+    machine: &Machine,
+    versions: &str,
+    results: &[ColumnResult],
+    left_out: &[(Column, String)],
+) -> String {
     let mut latency = Table::new([
-        "PLEG",
+        "column",
         "scenario",
         "pods measured",
         "p50 (ms)",
         "p99 (ms)",
         "max (ms)",
-        "agent's `new pod` log p50 / max (ms)",
+        "manifest seen (log) p50 / max (ms)",
         "GET /pods p50 (ms)",
         "GET /pods max (ms)",
     ]);
-    let mut idle = Table::new([
-        "pods",
-        "PLEG",
-        "bpflet CPU %",
-        "containerd CPU %",
-        "bpflet + containerd CPU %",
-        "bpflet RSS max (MiB)",
-        "containerd RSS max (MiB)",
-        "all Running after (s)",
-    ]);
-    let mut idle_rows: Vec<Vec<IdleRow>> = vec![];
-    // GET /pods while waiting for pods to run or go (the agent's responsiveness).
-    let mut all_gets: Vec<f64> = vec![];
-    for mode in [PlegMode::Event, PlegMode::Generic] {
-        node.start_agent(mode, ctd)?;
-
-        let gets_before = node.get_ms.len();
-        let mut single = vec![];
-        for i in 0..plan.single_reps {
-            eprintln!(
-                "bench pods: {} PLEG, 1 pod, run {}/{}",
-                mode.as_str(),
-                i + 1,
-                plan.single_reps
-            );
-            let names = vec![format!("lat1-{}-{i}", mode.as_str())];
-            single.extend(node.start_and_remove(&names)?);
-        }
-        let single_gets = node.get_ms.split_off(gets_before);
-        let mut batch = vec![];
-        for r in 0..plan.batch_reps {
-            eprintln!(
-                "bench pods: {} PLEG, {} pods at once, run {}/{}",
-                mode.as_str(),
-                plan.batch_size,
-                r + 1,
-                plan.batch_reps
-            );
-            let names: Vec<String> = (0..plan.batch_size)
-                .map(|j| format!("lat{}-{}-r{r}-{j:02}", plan.batch_size, mode.as_str()))
-                .collect();
-            batch.extend(node.start_and_remove(&names)?);
-        }
-        let batch_gets = node.get_ms.split_off(gets_before);
-        for (scenario, samples, gets) in [
-            (
-                format!("1 pod, {} runs", plan.single_reps),
-                &single,
-                &single_gets,
-            ),
-            (
-                format!(
-                    "{} pods written at once, {} runs",
-                    plan.batch_size, plan.batch_reps
-                ),
-                &batch,
-                &batch_gets,
-            ),
-        ] {
-            let running: Vec<f64> = samples.iter().map(|l| l.running_ms).collect();
-            let seen: Vec<f64> = samples.iter().filter_map(|l| l.seen_ms).collect();
-            let s = Summary::of(&running).context("no latency samples")?;
-            let g = Summary::of(gets).context("no GET /pods was timed")?;
+    let base = results.iter().find(|r| r.column == BASE);
+    let mut all_gets = vec![];
+    for r in results {
+        for l in &r.latency {
             latency.row([
-                mode.as_str().to_owned(),
-                scenario,
-                s.n.to_string(),
-                format!("{:.0}", s.p50),
-                format!("{:.0}", s.p99),
-                format!("{:.0}", s.max),
-                Summary::of(&seen).map_or_else(
-                    || "n/a".to_owned(),
+                r.column.name().to_owned(),
+                l.scenario.clone(),
+                l.running.n.to_string(),
+                format!("{:.0}", l.running.p50),
+                format!("{:.0}", l.running.p99),
+                format!("{:.0}", l.running.max),
+                l.seen.map_or_else(
+                    || "-".to_owned(),
                     |v| format!("{:.0} / {:.0}", v.p50, v.max),
                 ),
-                format!("{:.1}", g.p50),
-                format!("{:.1}", g.max),
+                format!("{:.1}", l.gets.p50),
+                format!("{:.1}", l.gets.max),
             ]);
-            all_gets.extend_from_slice(gets);
+            all_gets.push(l.gets);
         }
-
-        idle_rows.push(node.idle(mode, &plan.idle_counts, plan.window, ctd_pid)?);
-        node.stop_agent();
+    }
+    for r in results.iter().filter(|r| r.column != BASE) {
+        let Some(base) = base else { break };
+        for (l, b) in r.latency.iter().zip(&base.latency) {
+            latency.row([
+                format!("{} / {}", r.column.name(), BASE.name()),
+                l.scenario.clone(),
+                String::new(),
+                ratio(l.running.p50, b.running.p50),
+                ratio(l.running.p99, b.running.p99),
+                ratio(l.running.max, b.running.max),
+            ]);
+        }
     }
 
-    // Side by side: each pod count's event row, generic row, and their ratio.
-    let [event, generic] = idle_rows.as_slice() else {
-        unreachable!("two PLEG modes were measured");
-    };
-    for (e, g) in event.iter().zip(generic) {
-        for (mode, r) in [(PlegMode::Event, e), (PlegMode::Generic, g)] {
+    let mut idle = Table::new([
+        "pods",
+        "column",
+        "agent CPU %",
+        "containerd CPU %",
+        "agent + containerd CPU %",
+        "agent RSS max (MiB)",
+        "containerd RSS max (MiB)",
+        "all Running after (s)",
+        "/metrics/resource scrapes (failed)",
+    ]);
+    let counts: Vec<usize> = plan.idle_counts.clone();
+    for (i, count) in counts.iter().enumerate() {
+        for r in results {
+            let Some(row) = r.idle.get(i) else { continue };
             idle.row([
-                r.pods.to_string(),
-                mode.as_str().to_owned(),
-                format!("{:.2}", r.agent.cpu_percent),
-                format!("{:.2}", r.containerd.cpu_percent),
-                format!("{:.2}", r.agent.cpu_percent + r.containerd.cpu_percent),
-                format!("{:.1}", mib(r.agent.rss_max_bytes)),
-                format!("{:.1}", mib(r.containerd.rss_max_bytes)),
-                format!("{:.1}", r.startup.as_secs_f64()),
+                row.pods.to_string(),
+                r.column.name().to_owned(),
+                format!("{:.2}", row.agent.cpu_percent),
+                format!("{:.2}", row.containerd.cpu_percent),
+                format!("{:.2}", row.total_cpu()),
+                format!("{:.1}", mib(row.agent.rss_max_bytes)),
+                format!("{:.1}", mib(row.containerd.rss_max_bytes)),
+                format!("{:.1}", row.startup.as_secs_f64()),
+                match &r.scrape {
+                    Scrape::On(_) => format!("{} ({})", row.scrapes.ok, row.scrapes.failed),
+                    Scrape::Off(_) => "off".to_owned(),
+                },
             ]);
         }
-        let ratio = |g: f64, e: f64| {
-            if e > 0.0 {
-                format!("{:.1}x", g / e)
-            } else {
-                "n/a".to_owned()
-            }
-        };
-        idle.row([
-            e.pods.to_string(),
-            "generic / event".to_owned(),
-            ratio(g.agent.cpu_percent, e.agent.cpu_percent),
-            ratio(g.containerd.cpu_percent, e.containerd.cpu_percent),
-            ratio(
-                g.agent.cpu_percent + g.containerd.cpu_percent,
-                e.agent.cpu_percent + e.containerd.cpu_percent,
-            ),
-            ratio(mib(g.agent.rss_max_bytes), mib(e.agent.rss_max_bytes)),
-            ratio(
-                mib(g.containerd.rss_max_bytes),
-                mib(e.containerd.rss_max_bytes),
-            ),
-        ]);
-        if let Some(alone) = &e.containerd_alone {
+        let base_row = base.and_then(|b| b.idle.get(i));
+        for r in results.iter().filter(|r| r.column != BASE) {
+            let (Some(b), Some(row)) = (base_row, r.idle.get(i)) else {
+                continue;
+            };
             idle.row([
-                e.pods.to_string(),
+                count.to_string(),
+                format!("{} / {}", r.column.name(), BASE.name()),
+                ratio(row.agent.cpu_percent, b.agent.cpu_percent),
+                ratio(row.containerd.cpu_percent, b.containerd.cpu_percent),
+                ratio(row.total_cpu(), b.total_cpu()),
+                ratio(mib(row.agent.rss_max_bytes), mib(b.agent.rss_max_bytes)),
+                ratio(
+                    mib(row.containerd.rss_max_bytes),
+                    mib(b.containerd.rss_max_bytes),
+                ),
+            ]);
+        }
+        if let Some(alone) = base_row.and_then(|b| b.containerd_alone.as_ref()) {
+            idle.row([
+                count.to_string(),
                 "none (bpflet stopped)".to_owned(),
                 "0".to_owned(),
                 format!("{:.2}", alone.cpu_percent),
                 format!("{:.2}", alone.cpu_percent),
                 String::new(),
                 format!("{:.1}", mib(alone.rss_max_bytes)),
-                String::new(),
             ]);
         }
     }
 
-    let gets = Summary::of(&all_gets).context("no GET /pods was timed")?;
     let mut report = String::new();
     if plan.quick {
         let _ = writeln!(
@@ -277,43 +455,74 @@ fn measure(
         );
     }
     let _ = writeln!(report, "{machine}\n");
+    let _ = writeln!(report, "Peer: {versions}.\n");
+    let columns: Vec<&str> = results.iter().map(|r| r.column.name()).collect();
+    let _ = writeln!(report, "Columns measured: {}.", columns.join(", "));
+    for (column, why) in left_out {
+        let _ = writeln!(report, "Column `{}` left out: {why}", column.name());
+    }
+    let limits: Vec<(String, Option<u64>)> = results
+        .iter()
+        .map(|r| (r.column.name().to_owned(), r.kubepods_limit))
+        .collect();
+    let _ = writeln!(
+        report,
+        "\nkubepods memory limit as read from the cgroup: {}.",
+        peer::describe_limits(&limits)
+    );
+    let _ = writeln!(
+        report,
+        "{}\n",
+        Scrape::describe(
+            plan.resource_scrape_every,
+            &results
+                .iter()
+                .map(|r| (r.column.name(), &r.scrape))
+                .collect::<Vec<_>>()
+        )
+    );
+    let gets: Vec<f64> = all_gets.iter().map(|s| s.p50).collect();
     let _ = writeln!(
         report,
         "### Manifest to Running\n\nResolution: `/pods` polled every {} ms; one GET took p50 \
-         {:.1} ms, max {:.1} ms (n = {}, every GET while pods started or went; per scenario in \
-         the last two columns). A latency is the time from the manifest's rename into the \
-         static pod directory to the first answer showing the pod `Running` with every \
-         container running. The `new pod` column is the part of it before the agent logged \
-         the pod as new (inotify, the file source's rescan, the pod manager), from the \
-         timestamps of its log.\n\n{latency}",
+         {} ms across the scenarios (per scenario in the last two columns). A latency is the \
+         time from the manifest's rename into the static pod directory to the first answer \
+         showing the pod `Running` with every container running. The `manifest seen` column \
+         is the part of it before the agent logged the pod: bpflet's `new pod` record, the \
+         kubelet's `SyncLoop ADD` record (its file source handing the pod to the sync loop), \
+         from the timestamps of their JSON logs.\n\n{latency}",
         POLL.as_millis(),
-        gets.p50,
-        gets.max,
-        gets.n,
+        fmt_opt(Summary::of(&gets).map(|s| s.p50), 1),
     );
+    let _ = writeln!(report, "### Idle cost\n\n{idle}");
+    let _ = writeln!(report, "{}", targets(results, &counts));
     let _ = writeln!(
         report,
-        "### Idle pods ({} s window, CPU % of one core)\n\n{idle}",
-        plan.window.as_secs()
-    );
-    let _ = writeln!(
-        report,
-        "How measured: one private containerd ({}) with runc serves the whole run; for each \
-         PLEG mode the release agent starts afresh with `cargo xtask up`'s config (its own \
-         cgroup root, kubepods limited to 512 MiB, no other pods). Pods are host-network \
-         busybox `sleep 3600` with requests of 1m CPU and 4Mi memory; the sandbox is busybox \
-         `sleep` too. Latency: manifests are written to a staging directory and renamed into \
-         the static pod directory, then `/pods` on 127.0.0.1 is polled every {} ms; after each \
-         run the manifests are removed and the pods waited for until `/pods` no longer lists \
-         them. Idle: {} pods are started, all reach `Running`, then after {} s the CPU time \
-         (the process's CPU clock, `clock_getcpuclockid`: every thread, in ns) and the largest \
-         RSS (`VmRSS`, read every {} s) of bpflet and of containerd are taken over the same {} s window, with nothing polling \
-         the agent; then {} more pods are added and the window repeated. In the event run, \
-         a last window measures containerd alone with the same pods while bpflet is stopped \
-         (SIGSTOP): the runtime's own idle floor. The kernel time of \
-         the event PLEG's BPF programs runs in other processes' context and is not in bpflet's \
-         CPU % (see the trace bench for its cost per event).",
+        "How measured: one private containerd 2 ({}) with runc serves every column in one \
+         run, in the order {}. Each agent starts afresh on the same static pod directory, \
+         node name `{NODE}` (pods are `<manifest>-{NODE}`) and read-only port on 127.0.0.1: \
+         bpflet with `cargo xtask up`'s config, the kubelet standalone (`xtask::peer::Kubelet`, \
+         see `xtask/src/bench/peer.rs`). Each has its own cgroup root (`kubepods` below it) \
+         with `enforceNodeAllocatable: [pods]` and `systemReserved.memory = MemTotal - 512 \
+         MiB`, so kubepods is limited to 512 MiB for each, and `evictionHard: \
+         memory.available: 100Mi`; `fileCheckFrequency` is 20 s for both (the upstream \
+         default; both also watch the directory with inotify). Pods are host-network busybox \
+         `sleep 3600` with requests of 1m CPU and 4Mi memory. Latency: manifests are written \
+         to a staging directory and renamed into the static pod directory, then `/pods` is \
+         polled every {} ms; after each run the manifests are removed, and the next run \
+         starts once `/pods` no longer lists the pods and containerd has no ready sandbox \
+         left (the kubelet drops a removed static pod from `/pods` before its containers are \
+         stopped). Idle: {} pods are started, all reach `Running`, then after {} s the CPU \
+         time (the process's CPU clock, `clock_getcpuclockid`: every thread, in ns) and the \
+         largest RSS (`VmRSS`, read every {} s) of the agent and of containerd are taken over \
+         the same {} s window in every column, with nothing polling the agent but the \
+         resource-metrics scrape where it is on; then {} more pods are added and the window \
+         repeated. In the {} run, a last window measures containerd alone with the same pods \
+         while bpflet is stopped (SIGSTOP): the runtime's own idle floor. The kernel time of \
+         the event PLEG's BPF programs runs in other processes' context and is not in \
+         bpflet's CPU % (see the trace bench for its cost per event).",
         machine.containerd,
+        columns.join(", "),
         POLL.as_millis(),
         plan.idle_counts.first().copied().unwrap_or_default(),
         SETTLE.as_secs(),
@@ -324,8 +533,50 @@ fn measure(
             .map(|w| (w[1] - w[0]).to_string())
             .collect::<Vec<_>>()
             .join(", then "),
+        BASE.name(),
     );
-    Ok(report)
+    report
+}
+
+/// The issue's targets at the largest pod count, each a ratio of this run.
+fn targets(results: &[ColumnResult], counts: &[usize]) -> String {
+    let Some(last) = counts.len().checked_sub(1) else {
+        return String::new();
+    };
+    let row = |c: Column| {
+        results
+            .iter()
+            .find(|r| r.column == c)
+            .and_then(|r| r.idle.get(last))
+    };
+    let Some(base) = row(BASE) else {
+        return String::new();
+    };
+    let mut text = format!("Targets at {} idle pods:\n", counts[last]);
+    for pleg in [KubeletPleg::Generic, KubeletPleg::Evented] {
+        let Some(k) = row(Column::Kubelet(pleg)) else {
+            continue;
+        };
+        let verdict = |ratio: f64, at_least: f64| {
+            if ratio >= at_least { "met" } else { "missed" }
+        };
+        let cpu = k.total_cpu() / base.total_cpu();
+        let rss = k.agent.rss_max_bytes as f64 / base.agent.rss_max_bytes as f64;
+        let _ = writeln!(
+            text,
+            "- idle CPU of agent + containerd, {} / {}: {} (target at least 10x: {}); agent \
+             RSS, {} / {}: {} (target at least 4x: {})",
+            pleg.column(),
+            BASE.name(),
+            ratio(k.total_cpu(), base.total_cpu()),
+            verdict(cpu, 10.0),
+            pleg.column(),
+            BASE.name(),
+            ratio(mib(k.agent.rss_max_bytes), mib(base.agent.rss_max_bytes)),
+            verdict(rss, 4.0),
+        );
+    }
+    text
 }
 
 pub(crate) fn mib(bytes: u64) -> f64 {
@@ -365,6 +616,108 @@ struct IdleRow {
     /// containerd over a second window with bpflet stopped (SIGSTOP): what the runtime
     /// costs with these pods and no agent calling it.
     containerd_alone: Option<ProcUsage>,
+    /// The resource-metrics scrapes during the window.
+    scrapes: ScrapeCount,
+}
+
+impl IdleRow {
+    /// CPU % of the agent and containerd together.
+    fn total_cpu(&self) -> f64 {
+        self.agent.cpu_percent + self.containerd.cpu_percent
+    }
+}
+
+/// Whether a column's idle windows scrape `/metrics/resource`, as metrics-server would.
+#[derive(Clone, Debug, PartialEq)]
+enum Scrape {
+    /// Every this long, from the window's start.
+    On(Duration),
+    /// Off, and why (the status the agent answered, or no answer).
+    Off(String),
+}
+
+/// How the scrapes of one window went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ScrapeCount {
+    ok: usize,
+    failed: usize,
+}
+
+impl Scrape {
+    /// On when the agent on `port` answers `/metrics/resource` with 200.
+    fn probe(port: u16, every: Duration) -> Self {
+        match agent::http_get(port, RESOURCE_METRICS) {
+            Some((200, _)) => Scrape::On(every),
+            Some((code, _)) => Scrape::Off(code.to_string()),
+            None => Scrape::Off("no answer".to_owned()),
+        }
+    }
+
+    /// `resource-metrics scrape every 15 s: on for kubelet; off for event (404)`.
+    fn describe(every: Option<Duration>, columns: &[(&str, &Scrape)]) -> String {
+        let Some(every) = every else {
+            return "resource-metrics scrape: off (not asked for).".to_owned();
+        };
+        let on: Vec<&str> = columns
+            .iter()
+            .filter(|(_, s)| matches!(s, Scrape::On(_)))
+            .map(|(c, _)| *c)
+            .collect();
+        let off: Vec<String> = columns
+            .iter()
+            .filter_map(|(c, s)| match s {
+                Scrape::Off(why) => Some(format!("{c} ({why})")),
+                Scrape::On(_) => None,
+            })
+            .collect();
+        let mut parts = vec![];
+        if !on.is_empty() {
+            parts.push(format!("on for {}", on.join(", ")));
+        }
+        if !off.is_empty() {
+            parts.push(format!("off for {}", off.join(", ")));
+        }
+        format!(
+            "resource-metrics scrape (`GET {RESOURCE_METRICS}`) every {} s during idle \
+             windows: {}.",
+            every.as_secs(),
+            parts.join("; ")
+        )
+    }
+
+    /// Runs `f` while scraping `port` when on; returns `f`'s result and the scrapes.
+    fn during<T>(&self, port: u16, f: impl FnOnce() -> Result<T>) -> Result<(T, ScrapeCount)> {
+        let Scrape::On(every) = *self else {
+            return Ok((f()?, ScrapeCount::default()));
+        };
+        let done = AtomicBool::new(false);
+        thread::scope(|s| {
+            let scraper = s.spawn(|| {
+                let mut count = ScrapeCount::default();
+                let mut next = Instant::now();
+                // The first scrape at the window's start, however short the window.
+                loop {
+                    if Instant::now() >= next {
+                        match agent::http_get(port, RESOURCE_METRICS) {
+                            Some((200, _)) => count.ok += 1,
+                            _ => count.failed += 1,
+                        }
+                        next += every;
+                    }
+                    if done.load(Ordering::Relaxed) {
+                        return count;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let result = f();
+            done.store(true, Ordering::Relaxed);
+            let count = scraper
+                .join()
+                .map_err(|_| anyhow!("the resource-metrics scraper panicked"))?;
+            Ok((result?, count))
+        })
+    }
 }
 
 /// The machine, the build, and how busy the machine was when the bench started.
@@ -465,24 +818,17 @@ pub(crate) fn on_bench_node(
     subnet: &str,
     measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
 ) -> Result<()> {
-    on_bench_node_with(
-        ctx,
-        bench,
-        bridge,
-        subnet,
-        containerd::Binaries::default(),
-        measure,
-    )
+    on_bench_node_with(ctx, bench, bridge, subnet, Binaries::Debian, measure)
 }
 
-/// [`on_bench_node`] with the containerd, shim and runc of `binaries`
-/// (`Binaries::containerd2()` for a bench that runs the upstream kubelet beside bpflet).
+/// [`on_bench_node`] with the containerd of `binaries` (`Binaries::containerd2()` for a
+/// bench with kubelet columns).
 pub(crate) fn on_bench_node_with(
     ctx: &Ctx,
     bench: &str,
     bridge: &str,
     subnet: &str,
-    binaries: containerd::Binaries,
+    binaries: Binaries,
     measure: impl FnOnce(&mut Node, &PrivateContainerd) -> Result<()>,
 ) -> Result<()> {
     let _interrupts = Interrupts::install()?;
@@ -510,7 +856,7 @@ fn bench_node(
     work_dir: &Path,
     bridge: &str,
     subnet: &str,
-    binaries: containerd::Binaries,
+    binaries: Binaries,
 ) -> Result<(Node, PrivateContainerd)> {
     fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let work_dir = work_dir
@@ -553,6 +899,8 @@ pub(crate) struct Node {
     pub(crate) rt: tokio::runtime::Runtime,
     pub(crate) agent: Option<Agent>,
     pub(crate) agent_log: PathBuf,
+    /// The upstream kubelet, when a kubelet column runs instead of bpflet (on [`Self::port`]).
+    pub(crate) kubelet: Option<BenchKubelet>,
     /// Extra environment of the agent.
     pub(crate) agent_env: Vec<(String, String)>,
     /// Extra arguments of the agent (after `--log-format json`).
@@ -579,6 +927,7 @@ impl Node {
                 .context("building a tokio runtime")?,
             agent: None,
             agent_log: work_dir.join("agent.log"),
+            kubelet: None,
             agent_env: vec![],
             agent_args: vec![],
             get_ms: vec![],
@@ -674,16 +1023,75 @@ impl Node {
         Ok(())
     }
 
-    /// SIGTERM to the agent (pods keep running), SIGKILL after a grace period.
+    /// SIGTERM to the agent (pods keep running), SIGKILL after a grace period; a kubelet
+    /// is stopped too (a failure to undo its mounts is printed).
     pub(crate) fn stop_agent(&mut self) {
         if let Some(agent) = self.agent.take() {
             agent.stop(Signal::SIGTERM, AGENT_STOP_GRACE);
         }
+        if let Err(e) = self.stop_kubelet() {
+            eprintln!("{e:#}");
+        }
+    }
+
+    /// Starts the upstream kubelet of `pleg` on `ctd` in bpflet's place: the same static
+    /// pod directory, node name and read-only port, its own cgroup root below the node's
+    /// and the same kubepods limit (see `bench::peer`).
+    pub(crate) fn start_kubelet(
+        &mut self,
+        pleg: KubeletPleg,
+        ctd: &PrivateContainerd,
+    ) -> Result<()> {
+        ensure!(
+            self.agent.is_none() && self.kubelet.is_none(),
+            "an agent already runs on this node"
+        );
+        let spec = BenchKubeletSpec {
+            work_dir: self.work_dir.join(pleg.column()),
+            manifests: self.manifests.clone(),
+            node_name: NODE.to_owned(),
+            cgroup_root: peer::cgroup_root_for(&self.cgroup_root, pleg),
+            read_only_port: self.port,
+            kubepods_memory: up::KUBEPODS_MEMORY,
+            pleg,
+        };
+        eprintln!(
+            "bench: starting the {} column (kubelet in {}, cgroup root {})",
+            pleg.column(),
+            spec.work_dir.display(),
+            spec.cgroup_root
+        );
+        self.kubelet = Some(BenchKubelet::start(&spec, ctd)?);
+        Ok(())
+    }
+
+    /// Stops the kubelet, if one runs; its pods run on.
+    pub(crate) fn stop_kubelet(&mut self) -> Result<()> {
+        match self.kubelet.take() {
+            Some(kubelet) => kubelet.stop(),
+            None => Ok(()),
+        }
+    }
+
+    /// The pid of the agent that runs: bpflet or the kubelet.
+    pub(crate) fn agent_pid(&self) -> Result<u32> {
+        match (&self.agent, &self.kubelet) {
+            (Some(agent), _) => Ok(agent.id()),
+            (None, Some(kubelet)) => kubelet.pid(),
+            (None, None) => bail!("no agent is running"),
+        }
+    }
+
+    /// The log of the agent that runs (bpflet's when none does).
+    pub(crate) fn log_path(&self) -> &Path {
+        self.kubelet
+            .as_ref()
+            .map_or(self.agent_log.as_path(), BenchKubelet::log_path)
     }
 
     pub(crate) fn log_tail(&self, lines: usize) -> String {
         agent::tail(
-            &fs::read_to_string(&self.agent_log).unwrap_or_default(),
+            &fs::read_to_string(self.log_path()).unwrap_or_default(),
             lines,
         )
     }
@@ -745,7 +1153,7 @@ impl Node {
                 bail!(
                     "timed out after {timeout:?} waiting for {what}: {}; last lines of {}:\n{}",
                     describe(&pods),
-                    self.agent_log.display(),
+                    self.log_path().display(),
                     self.log_tail(20)
                 );
             }
@@ -791,59 +1199,103 @@ impl Node {
     }
 
     /// Writes the pods' manifests at once, waits until each is up, removes them and waits
-    /// until they are gone. Returns each pod's latencies.
-    fn start_and_remove(&mut self, names: &[String]) -> Result<Vec<Latency>> {
+    /// until they are gone (see [`Self::remove_and_wait`]). Returns each pod's latencies.
+    fn start_and_remove(
+        &mut self,
+        names: &[String],
+        ctd: &PrivateContainerd,
+    ) -> Result<Vec<Latency>> {
         let written = names
             .iter()
             .map(|n| self.write_pod(n))
             .collect::<Result<Vec<_>>>()?;
         let up_at = self.wait_up(names, RUNNING_TIMEOUT)?;
-        for name in names {
-            self.remove_pod(name)?;
-        }
-        self.wait_gone(names)?;
-        let log = agent_log::read(&self.agent_log)?;
-        Ok(names
+        self.remove_and_wait(names, ctd)?;
+        let seen = self.seen_at(names)?;
+        Ok(written
             .iter()
-            .zip(&written)
             .zip(&up_at)
-            .map(|((name, (w, w_wall)), u)| Latency {
+            .zip(seen)
+            .map(|(((w, w_wall), u), seen)| Latency {
                 running_ms: u.saturating_duration_since(*w).as_secs_f64() * 1e3,
-                seen_ms: new_pod_logged(&log, name)
+                seen_ms: seen
                     .and_then(|at| at.duration_since(*w_wall).ok())
                     .map(|d| d.as_secs_f64() * 1e3),
             })
             .collect())
     }
 
+    /// Removes the pods' manifests and waits until `/pods` lists none of them and containerd
+    /// has no ready sandbox left: the kubelet drops a removed static pod from `/pods` at
+    /// once and stops its containers afterwards, and the next measurement must not share
+    /// the machine with that.
+    fn remove_and_wait(&mut self, names: &[String], ctd: &PrivateContainerd) -> Result<()> {
+        for name in names {
+            self.remove_pod(name)?;
+        }
+        self.wait_gone(names)?;
+        let deadline = Instant::now() + GONE_TIMEOUT;
+        loop {
+            check_interrupted()?;
+            let ready = peer::ready_sandboxes(ctd)?;
+            if ready == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {GONE_TIMEOUT:?} waiting for containerd to stop the \
+                     sandboxes of {} removed pod(s): {ready} still ready; last lines of {}:\n{}",
+                    names.len(),
+                    self.log_path().display(),
+                    self.log_tail(20)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// When the running agent logged each pod of `names` as seen: bpflet's `new pod`
+    /// record, the kubelet's `SyncLoop ADD`.
+    fn seen_at(&self, names: &[String]) -> Result<Vec<Option<SystemTime>>> {
+        if let Some(kubelet) = &self.kubelet {
+            let path = kubelet.log_path();
+            let log =
+                fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            return Ok(names
+                .iter()
+                .map(|n| peer::sync_loop_add_at(&log, &format!("{n}-{NODE}")))
+                .collect());
+        }
+        let log = agent_log::read(&self.agent_log)?;
+        Ok(names.iter().map(|n| new_pod_logged(&log, n)).collect())
+    }
+
     /// Starts `counts[0]` pods, measures an idle window, grows to `counts[1]`, measures
-    /// again, ...; then removes every pod.
+    /// again, ...; then removes every pod. `scrape` runs during each window.
     fn idle(
         &mut self,
-        mode: PlegMode,
+        column: Column,
         counts: &[usize],
         window: Duration,
+        scrape: &Scrape,
+        ctd: &PrivateContainerd,
         ctd_pid: u32,
     ) -> Result<Vec<IdleRow>> {
-        let agent_pid = self
-            .agent
-            .as_ref()
-            .map(Agent::id)
-            .context("bpflet is not running")?;
+        let agent_pid = self.agent_pid()?;
+        let name = column.name();
         let mut names: Vec<String> = vec![];
         let mut rows = vec![];
         for &count in counts {
             let new: Vec<String> = (names.len()..count)
-                .map(|i| format!("idle-{}-{i:03}", mode.as_str()))
+                .map(|i| format!("idle-{name}-{i:03}"))
                 .collect();
             eprintln!(
-                "bench pods: {} PLEG, starting {} more pods ({count} in all)",
-                mode.as_str(),
+                "bench pods: {name}, starting {} more pods ({count} in all)",
                 new.len()
             );
             let started = Instant::now();
-            for name in &new {
-                self.write_pod(name)?;
+            for pod in &new {
+                self.write_pod(pod)?;
             }
             names.extend(new);
             self.wait_up(&names, RUNNING_TIMEOUT)?;
@@ -853,25 +1305,23 @@ impl Node {
                 startup.as_secs_f64()
             );
             sleep_checked(SETTLE)?;
-            let [agent, containerd] = sample_pair([agent_pid, ctd_pid], window, SAMPLE_EVERY)?;
+            let ([agent, containerd], scrapes) = scrape.during(self.port, || {
+                sample_pair([agent_pid, ctd_pid], window, SAMPLE_EVERY)
+            })?;
             let pods = self.pods()?;
             let down = not_up(&pods, &names);
             ensure!(
                 names.iter().all(|n| find(&pods, n).is_some_and(is_up)),
                 "pods stopped running during the idle window: {down}"
             );
-            // The runtime's own floor, at the largest count of the event run: bpflet
+            // The runtime's own floor, at the largest count of the base column: the agent
             // stopped, so nothing calls containerd.
-            let containerd_alone = if mode == PlegMode::Event && Some(&count) == counts.last() {
-                eprintln!("bench pods: bpflet stopped (SIGSTOP); containerd alone for {window:?}");
-                let pid = nix::unistd::Pid::from_raw(
-                    i32::try_from(agent_pid).context("pid out of range")?,
-                );
-                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
-                    .context("stopping bpflet")?;
+            let containerd_alone = if column == BASE && Some(&count) == counts.last() {
+                eprintln!("bench pods: {name} stopped (SIGSTOP); containerd alone for {window:?}");
+                let pid = Pid::from_raw(i32::try_from(agent_pid).context("pid out of range")?);
+                nix::sys::signal::kill(pid, Signal::SIGSTOP).context("stopping the agent")?;
                 let sampled = sample_pair([agent_pid, ctd_pid], window, SAMPLE_EVERY);
-                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)
-                    .context("continuing bpflet")?;
+                nix::sys::signal::kill(pid, Signal::SIGCONT).context("continuing the agent")?;
                 Some(sampled?[1])
             } else {
                 None
@@ -882,17 +1332,11 @@ impl Node {
                 agent,
                 containerd,
                 containerd_alone,
+                scrapes,
             });
         }
-        eprintln!(
-            "bench pods: {} PLEG, removing {} pods",
-            mode.as_str(),
-            names.len()
-        );
-        for name in &names {
-            self.remove_pod(name)?;
-        }
-        self.wait_gone(&names)?;
+        eprintln!("bench pods: {name}, removing {} pods", names.len());
+        self.remove_and_wait(&names, ctd)?;
         Ok(rows)
     }
 }
@@ -1157,6 +1601,228 @@ mod tests {
         ] {
             assert!(m.contains(want), "{want:?} missing from\n{m}");
         }
+    }
+
+    /// A server on 127.0.0.1 answering every request with `status`; returns its port and
+    /// the paths it was asked for.
+    fn http_server(status: u16) -> (u16, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut line = String::new();
+                let _ = BufReader::new(&stream).read_line(&mut line);
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = write!(stream, "HTTP/1.0 {status} X\r\n\r\nbody");
+                if tx.send(path).is_err() {
+                    return;
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    #[test]
+    fn scrape_is_on_only_where_resource_metrics_answer_200() {
+        let (ok_port, _ok) = http_server(200);
+        let (missing_port, _missing) = http_server(404);
+        let every = Duration::from_secs(15);
+        assert_eq!(Scrape::probe(ok_port, every), Scrape::On(every));
+        assert_eq!(
+            Scrape::probe(missing_port, every),
+            Scrape::Off("404".to_owned())
+        );
+        let closed = agent::free_port().unwrap();
+        assert_eq!(
+            Scrape::probe(closed, every),
+            Scrape::Off("no answer".to_owned())
+        );
+    }
+
+    #[test]
+    fn scrapes_run_from_the_window_start_and_count_failures() {
+        let hour = Duration::from_secs(3600);
+        let (port, paths) = http_server(200);
+        let (value, count) = Scrape::On(hour).during(port, || Ok(7)).unwrap();
+        assert_eq!(value, 7);
+        assert_eq!(count, ScrapeCount { ok: 1, failed: 0 });
+        assert_eq!(paths.try_recv().unwrap(), RESOURCE_METRICS);
+
+        let (port, _) = http_server(404);
+        let (_, count) = Scrape::On(hour).during(port, || Ok(())).unwrap();
+        assert_eq!(count, ScrapeCount { ok: 0, failed: 1 });
+
+        let (port, paths) = http_server(200);
+        let (_, count) = Scrape::Off("404".to_owned())
+            .during(port, || Ok(()))
+            .unwrap();
+        assert_eq!(count, ScrapeCount::default());
+        assert!(paths.try_recv().is_err(), "an off scrape asked nothing");
+
+        let failed = Scrape::On(hour).during(port, || -> Result<()> { bail!("window failed") });
+        assert!(failed.is_err());
+    }
+
+    #[test]
+    fn scrape_line_names_each_column_on_or_off_with_the_reason() {
+        let on = Scrape::On(RESOURCE_SCRAPE_EVERY);
+        let off = Scrape::Off("404".to_owned());
+        let line = Scrape::describe(
+            Some(RESOURCE_SCRAPE_EVERY),
+            &[
+                ("event", &off),
+                ("generic", &off),
+                ("kubelet", &on),
+                ("kubelet-evented", &on),
+            ],
+        );
+        assert_eq!(
+            line,
+            "resource-metrics scrape (`GET /metrics/resource`) every 15 s during idle windows: \
+             on for kubelet, kubelet-evented; off for event (404), generic (404)."
+        );
+        assert_eq!(
+            Scrape::describe(None, &[("event", &on)]),
+            "resource-metrics scrape: off (not asked for)."
+        );
+    }
+
+    fn idle_row(pods: usize, agent_cpu: f64, ctd_cpu: f64, agent_rss_mib: u64) -> IdleRow {
+        let usage = |cpu_percent: f64, rss: u64| ProcUsage {
+            wall: Duration::from_secs(60),
+            cpu_seconds: cpu_percent * 0.6,
+            cpu_percent,
+            rss_max_bytes: rss << 20,
+            rss_last_bytes: rss << 20,
+        };
+        IdleRow {
+            pods,
+            startup: Duration::from_secs(1),
+            agent: usage(agent_cpu, agent_rss_mib),
+            containerd: usage(ctd_cpu, 40),
+            containerd_alone: None,
+            scrapes: ScrapeCount::default(),
+        }
+    }
+
+    fn column(column: Column, idle: Vec<IdleRow>) -> ColumnResult {
+        ColumnResult {
+            column,
+            latency: vec![],
+            idle,
+            kubepods_limit: Some(512 << 20),
+            scrape: Scrape::Off("404".to_owned()),
+        }
+    }
+
+    #[test]
+    fn targets_compare_each_kubelet_column_with_bpflet_event_at_the_largest_count() {
+        let results = [
+            column(
+                BASE,
+                vec![idle_row(50, 9.0, 9.0, 1), idle_row(110, 0.25, 0.25, 20)],
+            ),
+            column(
+                Column::Kubelet(KubeletPleg::Generic),
+                vec![idle_row(50, 0.1, 0.1, 1), idle_row(110, 4.0, 1.0, 100)],
+            ),
+            column(
+                Column::Kubelet(KubeletPleg::Evented),
+                vec![idle_row(50, 0.1, 0.1, 1), idle_row(110, 2.0, 0.5, 60)],
+            ),
+        ];
+        let text = targets(&results, &[50, 110]);
+        assert!(text.starts_with("Targets at 110 idle pods:\n"), "{text}");
+        assert!(
+            text.contains(
+                "kubelet / event: 10.0x (target at least 10x: met); agent RSS, kubelet / \
+                 event: 5.0x (target at least 4x: met)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kubelet-evented / event: 5.0x (target at least 10x: missed); agent RSS, \
+                 kubelet-evented / event: 3.0x (target at least 4x: missed)"
+            ),
+            "{text}"
+        );
+        // Without the base column there is nothing to compare with.
+        assert_eq!(targets(&results[1..], &[50, 110]), "");
+    }
+
+    #[test]
+    fn report_shows_every_column_its_ratio_to_event_and_why_a_column_is_missing() {
+        let summary = |v: f64| Summary::of(&[v]).unwrap();
+        let latency = |p50: f64| {
+            vec![LatencyRow {
+                scenario: "1 pod, 1 runs".to_owned(),
+                running: summary(p50),
+                seen: None,
+                gets: summary(1.0),
+            }]
+        };
+        let mut event = column(BASE, vec![idle_row(5, 0.1, 0.1, 20)]);
+        event.latency = latency(200.0);
+        let mut kubelet = column(
+            Column::Kubelet(KubeletPleg::Generic),
+            vec![idle_row(5, 1.0, 0.2, 80)],
+        );
+        kubelet.latency = latency(800.0);
+        kubelet.scrape = Scrape::On(RESOURCE_SCRAPE_EVERY);
+        let plan = Plan {
+            single_reps: 1,
+            batch_size: 2,
+            batch_reps: 1,
+            idle_counts: vec![5],
+            window: Duration::from_secs(10),
+            resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
+            quick: true,
+        };
+        let machine = Machine {
+            cpus: 2,
+            mem_total: 1 << 30,
+            kernel: "6.18".to_owned(),
+            load_average: "0 0 0".to_owned(),
+            containerd: "containerd v2.2.10".to_owned(),
+            source: "commit x".to_owned(),
+        };
+        let report = render(
+            &plan,
+            &machine,
+            "Kubernetes v1.34.4",
+            &[event, kubelet],
+            &[(
+                Column::Kubelet(KubeletPleg::Evented),
+                "no event stream".to_owned(),
+            )],
+        );
+        for want in [
+            "Peer: Kubernetes v1.34.4.",
+            "Columns measured: event, kubelet.",
+            "Column `kubelet-evented` left out: no event stream",
+            "kubepods memory limit as read from the cgroup: event 512 MiB, kubelet 512 MiB.",
+            "on for kubelet; off for event (404).",
+            "| kubelet / event | 1 pod, 1 runs |",
+            "| 4.0x",
+            "| 5    | kubelet / event | 10.0x",
+        ] {
+            assert!(report.contains(want), "{want:?} missing from\n{report}");
+        }
+    }
+
+    #[test]
+    fn columns_are_named_as_the_reports_and_pod_names_use_them() {
+        let names: Vec<&str> = COLUMNS.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["event", "generic", "kubelet", "kubelet-evented"]);
+        assert_eq!(BASE, COLUMNS[0]);
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct Node {
     pub dir: TempDir,
     /// The read-only port on 127.0.0.1.
     pub port: u16,
+    /// The authenticated HTTPS API's port (`port`) on 127.0.0.1.
+    pub secure_port: u16,
     pub config: NodeConfig,
 }
 
@@ -172,6 +174,7 @@ impl Node {
             ctd,
             dir,
             port: free_port(),
+            secure_port: free_port(),
             config,
         }
     }
@@ -212,6 +215,7 @@ syncFrequency: {sync}
 cgroupRoot: {cgroup_root}
 containerRuntimeEndpoint: unix://{socket}
 readOnlyPort: {port}
+port: {secure_port}
 address: 127.0.0.1
 healthzBindAddress: 127.0.0.1
 healthzPort: {healthz}
@@ -224,6 +228,7 @@ plegMode: {pleg}
             cgroup_root = self.ctd.cgroup_parent,
             socket = self.ctd.socket.display(),
             port = self.port,
+            secure_port = self.secure_port,
             healthz = c.healthz_port,
             pleg = c.pleg_mode,
             extra = c.kubelet_extra,

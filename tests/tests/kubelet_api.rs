@@ -79,7 +79,8 @@ fn standalone_self_signed_certificate_is_served_and_reused_and_client_certificat
         ..NodeConfig::default()
     });
     let served_cert = node.root_dir().join("pki/kubelet.crt");
-    let served = std::fs::read(&served_cert).expect("the self-signed certificate was written");
+    let served =
+        std::fs::read_to_string(&served_cert).expect("the self-signed certificate was written");
     // Checked against the file, by the node's name: the server serves that certificate.
     let by_name = |cert: Option<(PathBuf, PathBuf)>| HttpsClient {
         ca: Some(served_cert.clone()),
@@ -101,7 +102,7 @@ fn standalone_self_signed_certificate_is_served_and_reused_and_client_certificat
     node.kill_agent(libc::SIGTERM);
     node.start_agent();
     assert_eq!(
-        std::fs::read(&served_cert).expect("certificate"),
+        std::fs::read_to_string(&served_cert).expect("certificate"),
         served,
         "kept across the restart"
     );

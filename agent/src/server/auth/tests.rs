@@ -477,3 +477,82 @@ async fn the_guard_answers_before_routing_with_upstreams_bodies() {
     let (status, _) = call(router, Method::GET, "/pods", Some(foreign), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// The HTTPS listener end to end in-process: a client that does not speak TLS is dropped
+/// without harm, and a TLS client checking the self-signed certificate by the node's name
+/// is served, anonymously here.
+#[tokio::test]
+async fn the_https_listener_drops_plain_clients_and_serves_tls_ones() {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = crate::config::TlsConfig {
+        cert: crate::config::ServingCert::SelfSigned {
+            dir: dir.path().join("pki"),
+        },
+        min_version: crate::config::TlsVersion::Tls12,
+        cipher_suites: None,
+    };
+    let serving = crate::server::tls::TlsServing::new(&tls, None, "node-a", &[]).expect("TLS");
+    let auth = Arc::new(Auth::new("node-a", &config(true, None, false), None));
+    let listener = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(crate::server::serve_secure(
+        listener,
+        ApiState::default(),
+        serving,
+        auth,
+        cancel.clone(),
+    ));
+
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET /pods HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed")
+        .ok();
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("PodList"),
+        "no plain-text answer"
+    );
+
+    let chain: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("pki/kubelet.crt"))
+            .expect("open")
+            .collect::<Result<_, _>>()
+            .expect("PEM");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(chain[1].clone()).expect("the CA is a root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("node-a").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: node-a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+        .await
+        .expect("answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    cancel.cancel();
+    server.await.expect("no panic").expect("stops cleanly");
+}

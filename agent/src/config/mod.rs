@@ -744,7 +744,7 @@ impl Layers {
                         for (entry, v) in entries {
                             self.origins
                                 .insert(entry_path(&key, &entry), origin.clone());
-                            target.insert(entry, v);
+                            merge_into(target.entry(entry).or_insert(Value::Null), v);
                         }
                     }
                 }
@@ -766,6 +766,20 @@ impl Layers {
     fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         serde_json::from_value(Value::Object(self.merged.clone()))
             .map_err(|source| ConfigError::Merge { source })
+    }
+}
+
+/// Merges `value` into `target` as a JSON merge patch does (objects key by key, at any
+/// depth; anything else replaces), so a drop-in can change `authentication.webhook.cacheTTL`
+/// and keep `authentication.webhook.enabled`.
+fn merge_into(target: &mut Value, value: Value) {
+    match (target, value) {
+        (Value::Object(target), Value::Object(entries)) => {
+            for (key, v) in entries {
+                merge_into(target.entry(key).or_insert(Value::Null), v);
+            }
+        }
+        (target, value) => *target = value,
     }
 }
 

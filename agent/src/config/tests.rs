@@ -1356,3 +1356,56 @@ fn the_standalone_webhook_refusal_names_the_file() {
     );
     assert!(text.contains(&*path.to_string_lossy()), "{text}");
 }
+
+#[test]
+fn drop_ins_merge_nested_auth_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        &format!(
+            "{HEADER}authentication:\n  webhook: {{enabled: true, cacheTTL: 10s}}\n  anonymous: {{enabled: true}}\nauthorization:\n  webhook: {{cacheAuthorizedTTL: 1m, cacheUnauthorizedTTL: 5s}}\n"
+        ),
+    );
+    let drop_ins = dir.path().join("conf.d");
+    fs::create_dir(&drop_ins).expect("mkdir");
+    write(
+        &drop_ins,
+        "10-ttl.conf",
+        &format!(
+            "{HEADER}authentication:\n  webhook: {{cacheTTL: 1m}}\nauthorization:\n  webhook: {{cacheAuthorizedTTL: 2m}}\n"
+        ),
+    );
+    let c = load(&args(&[
+        "--config",
+        &config.to_string_lossy(),
+        "--config-dir",
+        &drop_ins.to_string_lossy(),
+        "--kubeconfig",
+        "/k",
+    ]))
+    .expect("valid");
+    assert_eq!(
+        c.server.auth.token_webhook,
+        Some(Duration::from_secs(60)),
+        "the drop-in's cacheTTL, the file's enabled"
+    );
+    assert!(c.server.auth.anonymous, "the file's anonymous stays");
+    assert_eq!(
+        c.server.auth.authorization,
+        Authorization::Webhook {
+            authorized_ttl: Duration::from_secs(120),
+            unauthorized_ttl: Duration::from_secs(5),
+        },
+        "the drop-in's cacheAuthorizedTTL, the file's cacheUnauthorizedTTL"
+    );
+
+    // In standalone mode the file's `enabled: true` is still refused after the merge.
+    let (field, _) = invalid_field(load(&args(&[
+        "--config",
+        &config.to_string_lossy(),
+        "--config-dir",
+        &drop_ins.to_string_lossy(),
+    ])));
+    assert_eq!(field, "authentication.webhook.enabled");
+}

@@ -67,6 +67,8 @@ pub enum AgentError {
     Server(#[source] server::ServerError),
     #[error("cluster mode")]
     Cluster(#[source] crate::cluster::ClusterError),
+    #[error("the HTTPS API's TLS")]
+    Tls(#[source] server::tls::TlsError),
     #[error(
         "eventSource: {}: the kernel event source cannot start{}",
         choice.as_str(),
@@ -95,6 +97,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let memory = capacity.memory_bytes;
 
     let pods_dir = setup_data_dirs(&config.root_dir)?;
+    // The HTTPS API's certificate and client CAs, before anything touches the node.
+    let tls = server::tls::TlsServing::new(
+        &config.server.tls,
+        config.server.auth.client_ca_file.as_deref(),
+        &config.node_name,
+        &config.node_ips,
+    )
+    .map_err(AgentError::Tls)?;
 
     // cgroups: the QoS tree under the configured root.
     let hierarchy = Hierarchy::detect(&proc_root).map_err(AgentError::Hierarchy)?;
@@ -165,6 +175,25 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
+    {
+        let addr = SocketAddr::new(config.server.address, config.server.port);
+        let listener = server::bind(addr).await.map_err(AgentError::Server)?;
+        let reviews = client.clone().map(|c| {
+            Arc::new(crate::cluster::reviews::ApiReviews::new(c)) as Arc<dyn server::auth::Reviews>
+        });
+        let auth = Arc::new(server::auth::Auth::new(
+            &config.node_name,
+            &config.server.auth,
+            reviews,
+        ));
+        info!(%addr, ?auth, "HTTPS API");
+        let (api, cancel) = (api.clone(), cancel.clone());
+        tracker.spawn(async move {
+            if let Err(e) = server::serve_secure(listener, api, tls, auth, cancel).await {
+                warn!(error = %e, "HTTPS API stopped");
+            }
+        });
+    }
     if let Some(port) = config.server.read_only_port {
         let addr = SocketAddr::new(config.server.address, port);
         let listener = server::bind(addr).await.map_err(AgentError::Server)?;
@@ -273,7 +302,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             ),
             conditions: node_conditions.clone(),
             readiness: readiness_fn(Arc::clone(&runtime), Arc::clone(&health)),
-            kubelet_port: None,
+            kubelet_port: Some(config.server.port),
             periods: crate::cluster::heartbeat::Periods {
                 status_update: cluster.node_status_update_frequency,
                 status_report: cluster.node_status_report_frequency,

@@ -92,6 +92,7 @@ pub fn joined_node_with(
         "--node-ip".to_owned(),
         "127.0.0.1".to_owned(),
     ];
+    args.extend(cp.layout.node_tls_args());
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let node = Node::start_with(NodeConfig {
         args,

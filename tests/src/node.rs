@@ -120,6 +120,19 @@ impl NodeConfig {
     }
 }
 
+/// How [`Node::https`] calls the node's HTTPS API (with curl).
+#[derive(Debug, Clone, Default)]
+pub struct HttpsClient {
+    /// The CA bundle the serving certificate must chain to; `None`: not checked (`-k`).
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// The host name asked for (resolved to 127.0.0.1), for a certificate checked by name.
+    pub host: Option<String>,
+}
+
 /// A node: private containerd + bpflet. Field order matters: the agent stops first, then
 /// containerd tears every pod down, then the directory goes.
 pub struct Node {
@@ -128,6 +141,8 @@ pub struct Node {
     pub dir: TempDir,
     /// The read-only port on 127.0.0.1.
     pub port: u16,
+    /// The authenticated HTTPS API's port (`port`) on 127.0.0.1.
+    pub secure_port: u16,
     pub config: NodeConfig,
 }
 
@@ -172,6 +187,7 @@ impl Node {
             ctd,
             dir,
             port: free_port(),
+            secure_port: free_port(),
             config,
         }
     }
@@ -212,6 +228,7 @@ syncFrequency: {sync}
 cgroupRoot: {cgroup_root}
 containerRuntimeEndpoint: unix://{socket}
 readOnlyPort: {port}
+port: {secure_port}
 address: 127.0.0.1
 healthzBindAddress: 127.0.0.1
 healthzPort: {healthz}
@@ -224,6 +241,7 @@ plegMode: {pleg}
             cgroup_root = self.ctd.cgroup_parent,
             socket = self.ctd.socket.display(),
             port = self.port,
+            secure_port = self.secure_port,
             healthz = c.healthz_port,
             pleg = c.pleg_mode,
             extra = c.kubelet_extra,
@@ -350,6 +368,43 @@ plegMode: {pleg}
     #[must_use]
     pub fn get_text(&self, path: &str) -> Option<String> {
         http_get(self.port, path).map(|(_, body)| body)
+    }
+
+    /// `method path` on the HTTPS API (`port`) through curl: the status and the body, or
+    /// status 0 and curl's error when no HTTP answer came (a refused handshake).
+    #[must_use]
+    pub fn https(&self, method: &str, path: &str, client: &HttpsClient) -> (u16, String) {
+        let host = client.host.as_deref().unwrap_or("127.0.0.1");
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        cmd.arg("--resolve")
+            .arg(format!("{host}:{}:127.0.0.1", self.secure_port));
+        match &client.ca {
+            Some(ca) => cmd.arg("--cacert").arg(ca),
+            None => cmd.arg("-k"),
+        };
+        if let Some((cert, key)) = &client.cert {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        if let Some(token) = &client.token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
+        }
+        cmd.arg(format!("https://{host}:{}{path}", self.secure_port));
+        let out = cmd.output().expect("run curl");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        match code.trim().parse::<u16>() {
+            Ok(code) if code != 0 => (code, body.to_owned()),
+            _ => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
     }
 
     /// Events the agent recorded about pod `uid` (from `/events`).

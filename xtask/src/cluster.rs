@@ -377,6 +377,30 @@ impl Layout {
         }
     }
 
+    /// The cluster CA's certificate (the node's `--client-ca-file`: the API server's
+    /// kubelet client certificate is signed by it).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.cert("ca")
+    }
+
+    /// The node's serving certificate and key for its HTTPS API, signed by the cluster CA.
+    pub fn kubelet_serving(&self) -> (PathBuf, PathBuf) {
+        (self.cert("kubelet-serving"), self.key("kubelet-serving"))
+    }
+
+    /// The node's HTTPS API flags: serving certificate and key, client CA.
+    pub fn node_tls_args(&self) -> Vec<String> {
+        let (cert, key) = self.kubelet_serving();
+        vec![
+            "--tls-cert-file".to_owned(),
+            cert.display().to_string(),
+            "--tls-private-key-file".to_owned(),
+            key.display().to_string(),
+            "--client-ca-file".to_owned(),
+            self.ca_cert().display().to_string(),
+        ]
+    }
+
     fn cert(&self, name: &str) -> PathBuf {
         self.pki.join(format!("{name}.crt"))
     }
@@ -572,6 +596,28 @@ fn write_pki(layout: &Layout, node_name: &str) -> Result<()> {
             .with_context(|| format!("signing {}'s certificate", spec.file))?;
         write(layout.cert(spec.file), cert.pem())?;
         write(layout.key(spec.file), key.serialize_pem())?;
+    }
+
+    // The node's serving certificate for its HTTPS API (the API server checks it against
+    // the CA: --kubelet-certificate-authority), for the node's name and 127.0.0.1.
+    {
+        let key = KeyPair::generate().context("generating kubelet-serving's key")?;
+        let mut params = CertificateParams::new(vec![node_name.to_owned(), "127.0.0.1".to_owned()])
+            .context("kubelet-serving's parameters")?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_cn.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:nodes");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &ca)
+            .context("signing kubelet-serving's certificate")?;
+        write(layout.cert("kubelet-serving"), cert.pem())?;
+        write(layout.key("kubelet-serving"), key.serialize_pem())?;
     }
 
     let sa = KeyPair::generate().context("generating the service-account key")?;

@@ -107,7 +107,7 @@ pub fn run(opts: &Options) -> Result<()> {
 /// have been Ready in the API server meanwhile.
 fn join_node(opts: &Options, cp: &ControlPlane) -> Result<()> {
     let node_name = cp.node_name.clone();
-    let args = vec![
+    let mut args = vec![
         "--kubeconfig".to_owned(),
         cp.layout.node_kubeconfig.display().to_string(),
         "--hostname-override".to_owned(),
@@ -115,6 +115,7 @@ fn join_node(opts: &Options, cp: &ControlPlane) -> Result<()> {
         "--node-ip".to_owned(),
         "127.0.0.1".to_owned(),
     ];
+    args.extend(cp.layout.node_tls_args());
     let mut node_opts = opts.clone();
     node_opts.cluster = false;
     node_opts.no_setup = true;

@@ -57,6 +57,8 @@ const BRIDGE: &str = "bpflet-up0";
 const SUBNET: &str = "10.89.0.0/16";
 /// The agent's read-only API (`/pods`, `/healthz`).
 const READ_ONLY_PORT: u16 = 10255;
+/// The authenticated HTTPS API (upstream's default port).
+const PORT: u16 = 10250;
 /// Where `examples/web.yaml` serves, and a string of the page its init container writes.
 const WEB_PORT: u16 = 18080;
 const WEB_MARKER: &str = "hello from bpflet";
@@ -203,6 +205,7 @@ pub(crate) fn run_node(opts: &Options, agent_args: Vec<String>) -> Result<()> {
         system_reserved_memory: mem_total()?.saturating_sub(KUBEPODS_MEMORY),
         pleg_mode: ctx.pleg_mode,
         read_only_port: READ_ONLY_PORT,
+        port: PORT,
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -397,6 +400,8 @@ pub(crate) struct ConfigParams<'a> {
     pub(crate) system_reserved_memory: u64,
     pub(crate) pleg_mode: PlegMode,
     pub(crate) read_only_port: u16,
+    /// The authenticated HTTPS API's `port`.
+    pub(crate) port: u16,
 }
 
 /// The agent's config file: a KubeletConfiguration and a BpfletConfiguration document.
@@ -422,6 +427,9 @@ evictionHard:
   memory.available: 100Mi
 address: 127.0.0.1
 readOnlyPort: {read_only_port}
+# The authenticated HTTPS API. Standalone, only clients with a certificate from a
+# clientCAFile would get in (none is set); with --cluster the API server's reviews decide.
+port: {port}
 # /healthz is served on the read-only port too.
 healthzPort: 0
 ---
@@ -436,6 +444,7 @@ plegMode: {pleg_mode}
         reserved = q(&format!("{}Ki", p.system_reserved_memory / 1024)),
         pleg_mode = p.pleg_mode.as_str(),
         read_only_port = p.read_only_port,
+        port = p.port,
     )
 }
 
@@ -1522,6 +1531,7 @@ mod tests {
             system_reserved_memory: (24 << 30) - (512 << 20),
             pleg_mode: PlegMode::Generic,
             read_only_port: 10255,
+            port: 10250,
         });
         for want in [
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n",
@@ -1533,6 +1543,7 @@ mod tests {
             "systemReserved:\n  memory: \"24641536Ki\"\n",
             "evictionHard:\n  memory.available: 100Mi\n",
             "address: 127.0.0.1\nreadOnlyPort: 10255\n",
+            "port: 10250\n",
             "---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nplegMode: generic\n",
         ] {
             assert!(config.contains(want), "{want:?} missing from\n{config}");

@@ -8,7 +8,9 @@
 //! - [`status`]: pod status (and mirror pods of static pods) written to the API server;
 //! - [`events`]: events posted to the API server;
 //! - [`node`]: the Node object and its status (pure);
-//! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`).
+//! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`);
+//! - [`reviews`]: TokenReview and SubjectAccessReview for the HTTPS API's authentication
+//!   and authorization.
 //!
 //! The API server being away stops nothing: pods keep running, status and the latest events
 //! wait and catch up, the lease resumes.
@@ -20,6 +22,7 @@ pub mod heartbeat;
 pub mod node;
 pub mod pods;
 pub mod ratelimit;
+pub mod reviews;
 pub mod status;
 
 use std::path::PathBuf;

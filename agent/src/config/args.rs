@@ -69,6 +69,25 @@ pub struct AgentArgs {
     #[arg(long, value_name = "IP")]
     pub address: Option<String>,
 
+    /// Port of the authenticated HTTPS API (deprecated upstream in favour of the config
+    /// file's `port`) [config default: 10250].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<i32>,
+
+    /// The serving certificate (PEM); without it and --tls-private-key-file, a self-signed
+    /// one is made in `<root-dir>/pki/`.
+    #[arg(long = "tls-cert-file", value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+
+    /// The serving certificate's private key (PEM).
+    #[arg(long = "tls-private-key-file", value_name = "FILE")]
+    pub tls_private_key_file: Option<String>,
+
+    /// CA bundle (PEM) whose client certificates authenticate requests to the HTTPS API
+    /// (`authentication.x509.clientCAFile`).
+    #[arg(long = "client-ca-file", value_name = "FILE")]
+    pub client_ca_file: Option<String>,
+
     /// Port of the /healthz endpoint; 0 turns it off [config default: 10248].
     #[arg(long = "healthz-port", value_name = "PORT")]
     pub healthz_port: Option<i32>,

@@ -106,6 +106,28 @@ pub struct KubeletConfiguration {
     pub local_storage_capacity_isolation: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    /// The authenticated HTTPS API's port (default 10250).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// The serving certificate (PEM, the chain after the leaf); with `tlsPrivateKeyFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_private_key_file: Option<String>,
+    /// Go's names: `VersionTLS12`, `VersionTLS13`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_min_version: Option<String>,
+    /// Go's names of the TLS 1.2 suites allowed (TLS 1.3's are always on, as in Go).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cipher_suites: Option<Vec<String>>,
+    #[serde(rename = "serverTLSBootstrap", skip_serializing_if = "Option::is_none")]
+    pub server_tls_bootstrap: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotate_certificates: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<KubeletAuthentication>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<KubeletAuthorization>,
     /// Cluster mode: how often the node's status is computed (sent when it changed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_status_update_frequency: Option<String>,
@@ -124,6 +146,66 @@ pub struct KubeletConfiguration {
     /// Cluster mode: requests to the API server sent at once (the bucket's size).
     #[serde(rename = "kubeAPIBurst", skip_serializing_if = "Option::is_none")]
     pub kube_api_burst: Option<i32>,
+}
+
+/// `authentication`: who a request to the HTTPS API comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletAuthentication {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x509: Option<KubeletX509Authentication>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<KubeletWebhookAuthentication>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<KubeletAnonymousAuthentication>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletX509Authentication {
+    /// PEM bundle of the CAs whose client certificates are accepted (user = CN, groups = O).
+    #[serde(rename = "clientCAFile", skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletWebhookAuthentication {
+    /// Bearer tokens through the API server's TokenReview.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(rename = "cacheTTL", skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletAnonymousAuthentication {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// `authorization`: what an authenticated request may do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletAuthorization {
+    /// `Webhook` (SubjectAccessReview) or `AlwaysAllow`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<KubeletWebhookAuthorization>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletWebhookAuthorization {
+    #[serde(rename = "cacheAuthorizedTTL", skip_serializing_if = "Option::is_none")]
+    pub cache_authorized_ttl: Option<String>,
+    #[serde(
+        rename = "cacheUnauthorizedTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_unauthorized_ttl: Option<String>,
 }
 
 /// bpflet's own settings (`apiVersion: bpflet.io/v1alpha1`, `kind: BpfletConfiguration`).

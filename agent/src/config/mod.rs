@@ -308,11 +308,149 @@ pub struct EvictionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub address: IpAddr,
+    /// `port`: the authenticated HTTPS API, on `address` (always on, as upstream's).
+    pub port: u16,
     /// `None`: off.
     pub read_only_port: Option<u16>,
     /// `None`: off.
     pub healthz_port: Option<u16>,
     pub healthz_bind_address: IpAddr,
+    /// The HTTPS API's certificate and protocol settings.
+    pub tls: TlsConfig,
+    /// Who may use the HTTPS API.
+    pub auth: AuthConfig,
+}
+
+/// The HTTPS API's TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: ServingCert,
+    /// `tlsMinVersion` (default TLS 1.2, Go's server default).
+    pub min_version: TlsVersion,
+    /// `tlsCipherSuites`: the TLS 1.2 suites allowed, in order; `None`: every suite rustls
+    /// has. TLS 1.3's suites are always allowed (Go ignores the list for TLS 1.3 too).
+    pub cipher_suites: Option<Vec<CipherSuite>>,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingCert {
+    /// `tlsCertFile` and `tlsPrivateKeyFile`.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Neither set: `kubelet.crt` / `kubelet.key` in this directory (`<root-dir>/pki`, as
+    /// upstream's `--cert-dir`), made self-signed for the node's name and addresses when
+    /// missing and reused afterwards.
+    SelfSigned { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The TLS 1.2 cipher suites rustls implements, by Go's names (`tlsCipherSuites`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherSuite {
+    EcdheEcdsaAes128GcmSha256,
+    EcdheEcdsaAes256GcmSha384,
+    EcdheEcdsaChacha20Poly1305,
+    EcdheRsaAes128GcmSha256,
+    EcdheRsaAes256GcmSha384,
+    EcdheRsaChacha20Poly1305,
+}
+
+impl CipherSuite {
+    /// Go's names (`crypto/tls`), the legacy `CHACHA20_POLY1305` spellings included.
+    const NAMES: [(&'static str, Self); 8] = [
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            Self::EcdheEcdsaAes128GcmSha256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            Self::EcdheEcdsaAes256GcmSha384,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            Self::EcdheEcdsaChacha20Poly1305,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            Self::EcdheEcdsaChacha20Poly1305,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            Self::EcdheRsaAes128GcmSha256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            Self::EcdheRsaAes256GcmSha384,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            Self::EcdheRsaChacha20Poly1305,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            Self::EcdheRsaChacha20Poly1305,
+        ),
+    ];
+    /// TLS 1.3's suites: accepted in the list and ignored (always on), as Go does.
+    const TLS13_NAMES: [&'static str; 3] = [
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ];
+
+    /// `Ok(None)` for a TLS 1.3 suite; an error for a name rustls does not implement.
+    fn parse(name: &str) -> Result<Option<Self>, String> {
+        if Self::TLS13_NAMES.contains(&name) {
+            return Ok(None);
+        }
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| Some(*s))
+            .ok_or_else(|| {
+                format!(
+                    "{name:?} is not supported: bpflet's TLS (rustls) implements only the \
+                     ECDHE AES-GCM and ChaCha20-Poly1305 suites for TLS 1.2 ({}) and TLS 1.3's",
+                    Self::NAMES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+/// Who may use the HTTPS API: authentication (client certificate, bearer token, anonymous,
+/// tried in that order) and authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `authentication.x509.clientCAFile`.
+    pub client_ca_file: Option<PathBuf>,
+    /// `authentication.webhook`: bearer tokens through TokenReview, results cached for
+    /// `cacheTTL` (zero: not cached); `None`: off.
+    pub token_webhook: Option<Duration>,
+    /// `authentication.anonymous.enabled`: a request without credentials is
+    /// `system:anonymous` in `system:unauthenticated`, else 401.
+    pub anonymous: bool,
+    pub authorization: Authorization,
+}
+
+/// `authorization.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    AlwaysAllow,
+    /// SubjectAccessReview, allowed answers cached `authorized_ttl`, others
+    /// `unauthorized_ttl` (zero: not cached).
+    Webhook {
+        authorized_ttl: Duration,
+        unauthorized_ttl: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,6 +496,10 @@ mod defaults {
     pub const CONTAINER_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
     pub const ADDRESS: &str = "0.0.0.0";
     pub const HEALTHZ_PORT: i32 = 10248;
+    pub const PORT: i32 = 10250;
+    pub const AUTHENTICATION_CACHE_TTL: &str = "2m";
+    pub const AUTHORIZATION_CACHE_AUTHORIZED_TTL: &str = "5m";
+    pub const AUTHORIZATION_CACHE_UNAUTHORIZED_TTL: &str = "30s";
     pub const HEALTHZ_BIND_ADDRESS: &str = "127.0.0.1";
     pub const MAX_PODS: i32 = 110;
     pub const POD_PIDS_LIMIT: i64 = -1;
@@ -602,7 +744,7 @@ impl Layers {
                         for (entry, v) in entries {
                             self.origins
                                 .insert(entry_path(&key, &entry), origin.clone());
-                            target.insert(entry, v);
+                            merge_into(target.entry(entry).or_insert(Value::Null), v);
                         }
                     }
                 }
@@ -624,6 +766,20 @@ impl Layers {
     fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         serde_json::from_value(Value::Object(self.merged.clone()))
             .map_err(|source| ConfigError::Merge { source })
+    }
+}
+
+/// Merges `value` into `target` as a JSON merge patch does (objects key by key, at any
+/// depth; anything else replaces), so a drop-in can change `authentication.webhook.cacheTTL`
+/// and keep `authentication.webhook.enabled`.
+fn merge_into(target: &mut Value, value: Value) {
+    match (target, value) {
+        (Value::Object(target), Value::Object(entries)) => {
+            for (key, v) in entries {
+                merge_into(target.entry(key).or_insert(Value::Null), v);
+            }
+        }
+        (target, value) => *target = value,
     }
 }
 
@@ -682,6 +838,19 @@ fn apply_flags(
     if let Some(v) = args.healthz_port {
         flag("healthz-port", "healthzPort", v.into());
     }
+    if let Some(v) = args.port {
+        flag("port", "port", v.into());
+    }
+    if let Some(v) = &args.tls_cert_file {
+        flag("tls-cert-file", "tlsCertFile", v.clone().into());
+    }
+    if let Some(v) = &args.tls_private_key_file {
+        flag(
+            "tls-private-key-file",
+            "tlsPrivateKeyFile",
+            v.clone().into(),
+        );
+    }
     if let Some(v) = &args.register_with_taints {
         let taints = parse_taints(v).map_err(|e| flag_error("register-with-taints", e))?;
         let taints =
@@ -730,6 +899,14 @@ fn apply_flags(
                 .map(|s| Value::String(s.to_owned()))
                 .collect();
             flag(name, key, Value::Array(items));
+        }
+    }
+    if let Some(v) = &args.client_ca_file {
+        // Only `authentication.x509` is replaced: the file's webhook and anonymous settings
+        // stay.
+        let layer = serde_json::json!({"authentication": {"x509": {"clientCAFile": v}}});
+        if let Value::Object(layer) = layer {
+            kubelet.apply(layer, &Origin::Flag("client-ca-file"), Maps::Merge);
         }
     }
     if let Some(mode) = args.pleg_mode {
@@ -808,7 +985,7 @@ struct Typed<'a> {
 
 impl Typed<'_> {
     fn origin(&self, field: &str) -> Origin {
-        let top = field.split('[').next().unwrap_or(field);
+        let top = field.split(['[', '.']).next().unwrap_or(field);
         [field, top]
             .into_iter()
             .find_map(|f| self.kubelet.get(f).or_else(|| self.bpflet.get(f)))
@@ -1072,11 +1249,15 @@ impl Typed<'_> {
         self.within_capacity(&system_reserved, &kube_reserved, node)?;
         let eviction = self.eviction(kc, bc)?;
 
+        let cluster = self.cluster(kc, args)?;
         let server = ServerConfig {
             address: self.ip(
                 "address",
                 kc.address.as_deref().unwrap_or(defaults::ADDRESS),
             )?,
+            port: self.secure_port(kc.port)?,
+            tls: self.tls(kc, &args.root_dir)?,
+            auth: self.auth(kc, cluster.is_some())?,
             read_only_port: self.port("readOnlyPort", kc.read_only_port.unwrap_or(0))?,
             healthz_port: self.port(
                 "healthzPort",
@@ -1131,7 +1312,202 @@ impl Typed<'_> {
             pleg,
             sysctls,
             node: *node,
-            cluster: self.cluster(kc, args)?,
+            cluster,
+        })
+    }
+
+    /// `port`: 1-65535, as upstream validates it (the HTTPS API cannot be turned off).
+    fn secure_port(&self, value: Option<i32>) -> Result<u16, ConfigError> {
+        let value = value.unwrap_or(defaults::PORT);
+        u16::try_from(value)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| self.invalid("port", format!("{value} must be between 1 and 65535")))
+    }
+
+    fn tls(&self, kc: &KubeletConfiguration, root_dir: &Path) -> Result<TlsConfig, ConfigError> {
+        for (field, on) in [
+            ("serverTLSBootstrap", kc.server_tls_bootstrap),
+            ("rotateCertificates", kc.rotate_certificates),
+        ] {
+            if on == Some(true) {
+                return Err(self.invalid(
+                    field,
+                    "true is not supported: bpflet does not request or rotate certificates \
+                     through CertificateSigningRequests yet; give tlsCertFile and \
+                     tlsPrivateKeyFile, or leave both unset for a self-signed certificate",
+                ));
+            }
+        }
+        let path = |field: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(|v| clean_absolute(v).map_err(|e| self.invalid(field, e)))
+                .transpose()
+        };
+        let cert = path("tlsCertFile", &kc.tls_cert_file)?;
+        let key = path("tlsPrivateKeyFile", &kc.tls_private_key_file)?;
+        let cert = match (cert, key) {
+            (Some(cert), Some(key)) => ServingCert::Files { cert, key },
+            (None, None) => ServingCert::SelfSigned {
+                dir: root_dir.join("pki"),
+            },
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    "tlsPrivateKeyFile",
+                    "must be set with tlsCertFile (both or neither)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    "tlsCertFile",
+                    "must be set with tlsPrivateKeyFile (both or neither)",
+                ));
+            }
+        };
+        let min_version = match kc.tls_min_version.as_deref().unwrap_or("") {
+            "" | "VersionTLS12" => TlsVersion::Tls12,
+            "VersionTLS13" => TlsVersion::Tls13,
+            v @ ("VersionTLS10" | "VersionTLS11") => {
+                return Err(self.invalid(
+                    "tlsMinVersion",
+                    format!(
+                        "{v} is not supported: bpflet's TLS (rustls) implements TLS 1.2 and 1.3 \
+                         only; use VersionTLS12 or VersionTLS13"
+                    ),
+                ));
+            }
+            other => {
+                return Err(self.invalid(
+                    "tlsMinVersion",
+                    format!("unknown version {other:?}; expected VersionTLS12 or VersionTLS13"),
+                ));
+            }
+        };
+        let cipher_suites = match &kc.tls_cipher_suites {
+            None => None,
+            Some(names) => {
+                let mut suites = Vec::new();
+                for (i, name) in names.iter().enumerate() {
+                    let suite = CipherSuite::parse(name)
+                        .map_err(|e| self.invalid(&format!("tlsCipherSuites[{i}]"), e))?;
+                    suites.extend(suite.filter(|s| !suites.contains(s)));
+                }
+                Some(suites)
+            }
+        };
+        Ok(TlsConfig {
+            cert,
+            min_version,
+            cipher_suites,
+        })
+    }
+
+    /// `authentication` and `authorization`. TokenReview and SubjectAccessReview need the
+    /// API server: in standalone mode (no `--kubeconfig`) both are off when left unset, and
+    /// refused when set on, as upstream's kubelet refuses them without a client.
+    fn auth(&self, kc: &KubeletConfiguration, cluster: bool) -> Result<AuthConfig, ConfigError> {
+        let authn = kc.authentication.clone().unwrap_or_default();
+        let client_ca_file = authn
+            .x509
+            .and_then(|x| x.client_ca_file)
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                clean_absolute(&f).map_err(|e| self.invalid("authentication.x509.clientCAFile", e))
+            })
+            .transpose()?;
+        let webhook = authn.webhook.unwrap_or_default();
+        let origin_of = |top: &str, entry: &str| {
+            self.kubelet
+                .get(&entry_path(top, entry))
+                .cloned()
+                .unwrap_or(Origin::Default)
+        };
+        let standalone = |field: &str, origin: Origin, what: &str| ConfigError::Invalid {
+            field: field.to_owned(),
+            origin,
+            reason: format!(
+                "{what} needs the API server: set --kubeconfig, or turn it off in standalone mode"
+            ),
+        };
+        let token_webhook = match webhook.enabled {
+            Some(true) if !cluster => {
+                return Err(standalone(
+                    "authentication.webhook.enabled",
+                    origin_of("authentication", "webhook"),
+                    "bearer token authentication (TokenReview)",
+                ));
+            }
+            Some(true) => Some(()),
+            Some(false) => None,
+            None => cluster.then_some(()),
+        };
+        let token_webhook = token_webhook
+            .map(|()| {
+                parse_duration(
+                    webhook
+                        .cache_ttl
+                        .as_deref()
+                        .unwrap_or(defaults::AUTHENTICATION_CACHE_TTL),
+                )
+                .map_err(|e| ConfigError::Invalid {
+                    field: "authentication.webhook.cacheTTL".to_owned(),
+                    origin: origin_of("authentication", "webhook"),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let anonymous = authn.anonymous.and_then(|a| a.enabled).unwrap_or(false);
+
+        let authz = kc.authorization.clone().unwrap_or_default();
+        let origin = origin_of("authorization", "mode");
+        let authz_webhook = authz.webhook.unwrap_or_default();
+        let ttl = |field: &str, value: Option<&str>, default: &str| {
+            parse_duration(value.unwrap_or(default)).map_err(|e| ConfigError::Invalid {
+                field: format!("authorization.webhook.{field}"),
+                origin: origin_of("authorization", "webhook"),
+                reason: e.to_string(),
+            })
+        };
+        let webhook_mode = || -> Result<Authorization, ConfigError> {
+            Ok(Authorization::Webhook {
+                authorized_ttl: ttl(
+                    "cacheAuthorizedTTL",
+                    authz_webhook.cache_authorized_ttl.as_deref(),
+                    defaults::AUTHORIZATION_CACHE_AUTHORIZED_TTL,
+                )?,
+                unauthorized_ttl: ttl(
+                    "cacheUnauthorizedTTL",
+                    authz_webhook.cache_unauthorized_ttl.as_deref(),
+                    defaults::AUTHORIZATION_CACHE_UNAUTHORIZED_TTL,
+                )?,
+            })
+        };
+        let authorization = match authz.mode.as_deref() {
+            None if cluster => webhook_mode()?,
+            None | Some("AlwaysAllow") => Authorization::AlwaysAllow,
+            Some("Webhook") if !cluster => {
+                return Err(standalone(
+                    "authorization.mode",
+                    origin,
+                    "Webhook authorization (SubjectAccessReview)",
+                ));
+            }
+            Some("Webhook") => webhook_mode()?,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    field: "authorization.mode".to_owned(),
+                    origin,
+                    reason: format!("unknown mode {other:?}; expected Webhook or AlwaysAllow"),
+                });
+            }
+        };
+        Ok(AuthConfig {
+            client_ca_file,
+            token_webhook,
+            anonymous,
+            authorization,
         })
     }
 

@@ -97,9 +97,24 @@ fn defaults() {
         c.server,
         ServerConfig {
             address: "0.0.0.0".parse().expect("ip"),
+            port: 10250,
             read_only_port: None,
             healthz_port: Some(10248),
             healthz_bind_address: "127.0.0.1".parse().expect("ip"),
+            tls: TlsConfig {
+                cert: ServingCert::SelfSigned {
+                    dir: PathBuf::from("/var/lib/bpflet/pki"),
+                },
+                min_version: TlsVersion::Tls12,
+                cipher_suites: None,
+            },
+            // Standalone: no API server for the webhooks, anonymous off.
+            auth: AuthConfig {
+                client_ca_file: None,
+                token_webhook: None,
+                anonymous: false,
+                authorization: Authorization::AlwaysAllow,
+            },
         }
     );
     assert_eq!(c.max_pods, 110);
@@ -1111,4 +1126,286 @@ fn the_api_client_rate_limit_is_positive_and_for_cluster_mode_only() {
             "{text:?} {flags:?}: {err}"
         );
     }
+}
+
+fn invalid_field(result: Result<Config, ConfigError>) -> (String, String) {
+    match result {
+        Err(ConfigError::Invalid { field, reason, .. }) => (field, reason),
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
+fn https_api_settings_are_typed() {
+    let text = format!(
+        "{HEADER}port: 11250
+tlsCertFile: /etc/bpflet/tls.crt
+tlsPrivateKeyFile: /etc/bpflet/tls.key
+tlsMinVersion: VersionTLS13
+tlsCipherSuites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]
+serverTLSBootstrap: false
+rotateCertificates: false
+authentication:
+  x509: {{clientCAFile: /etc/bpflet/ca.crt}}
+  webhook: {{enabled: true, cacheTTL: 10s}}
+  anonymous: {{enabled: true}}
+authorization:
+  mode: Webhook
+  webhook: {{cacheAuthorizedTTL: 1m, cacheUnauthorizedTTL: 0s}}
+"
+    );
+    let c = with_config(&text, &["--kubeconfig", "/etc/bpflet/kubeconfig"]).expect("valid");
+    assert_eq!(c.server.port, 11250);
+    assert_eq!(
+        c.server.tls,
+        TlsConfig {
+            cert: ServingCert::Files {
+                cert: PathBuf::from("/etc/bpflet/tls.crt"),
+                key: PathBuf::from("/etc/bpflet/tls.key"),
+            },
+            min_version: TlsVersion::Tls13,
+            cipher_suites: Some(vec![
+                CipherSuite::EcdheRsaChacha20Poly1305,
+                CipherSuite::EcdheRsaAes128GcmSha256
+            ]),
+        }
+    );
+    assert_eq!(
+        c.server.auth,
+        AuthConfig {
+            client_ca_file: Some(PathBuf::from("/etc/bpflet/ca.crt")),
+            token_webhook: Some(Duration::from_secs(10)),
+            anonymous: true,
+            authorization: Authorization::Webhook {
+                authorized_ttl: Duration::from_secs(60),
+                unauthorized_ttl: Duration::ZERO,
+            },
+        }
+    );
+}
+
+#[test]
+fn cluster_mode_defaults_to_upstreams_webhooks() {
+    let c = with_config(HEADER, &["--kubeconfig", "/etc/bpflet/kubeconfig"]).expect("valid");
+    assert_eq!(
+        c.server.auth,
+        AuthConfig {
+            client_ca_file: None,
+            token_webhook: Some(Duration::from_secs(120)),
+            anonymous: false,
+            authorization: Authorization::Webhook {
+                authorized_ttl: Duration::from_secs(300),
+                unauthorized_ttl: Duration::from_secs(30),
+            },
+        }
+    );
+}
+
+#[test]
+fn https_api_flags_override_the_file_and_keep_its_other_auth_settings() {
+    let text = format!(
+        "{HEADER}port: 11250
+authentication:
+  x509: {{clientCAFile: /file/ca.crt}}
+  anonymous: {{enabled: true}}
+"
+    );
+    let c = with_config(
+        &text,
+        &[
+            "--port",
+            "12250",
+            "--client-ca-file",
+            "/flag/ca.crt",
+            "--tls-cert-file",
+            "/flag/tls.crt",
+            "--tls-private-key-file",
+            "/flag/tls.key",
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.server.port, 12250);
+    assert_eq!(
+        c.server.auth.client_ca_file,
+        Some(PathBuf::from("/flag/ca.crt"))
+    );
+    assert!(
+        c.server.auth.anonymous,
+        "the file's anonymous setting stays"
+    );
+    assert_eq!(
+        c.server.tls.cert,
+        ServingCert::Files {
+            cert: PathBuf::from("/flag/tls.crt"),
+            key: PathBuf::from("/flag/tls.key"),
+        }
+    );
+}
+
+#[test]
+fn https_api_settings_are_validated() {
+    for (text, flags, want_field, want_reason) in [
+        ("port: 0\n", &[][..], "port", "between 1 and 65535"),
+        ("port: 65536\n", &[], "port", "between 1 and 65535"),
+        (
+            "tlsCertFile: /a.crt\n",
+            &[],
+            "tlsPrivateKeyFile",
+            "both or neither",
+        ),
+        (
+            "tlsPrivateKeyFile: /a.key\n",
+            &[],
+            "tlsCertFile",
+            "both or neither",
+        ),
+        (
+            "tlsCertFile: a.crt\ntlsPrivateKeyFile: /a.key\n",
+            &[],
+            "tlsCertFile",
+            "absolute",
+        ),
+        (
+            "tlsMinVersion: VersionTLS10\n",
+            &[],
+            "tlsMinVersion",
+            "TLS 1.2 and 1.3 only",
+        ),
+        ("tlsMinVersion: TLS12\n", &[], "tlsMinVersion", "unknown"),
+        (
+            "tlsCipherSuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_RSA_WITH_AES_128_CBC_SHA]\n",
+            &[],
+            "tlsCipherSuites[1]",
+            "TLS_RSA_WITH_AES_128_CBC_SHA",
+        ),
+        (
+            "serverTLSBootstrap: true\n",
+            &[],
+            "serverTLSBootstrap",
+            "CertificateSigningRequests",
+        ),
+        (
+            "rotateCertificates: true\n",
+            &[],
+            "rotateCertificates",
+            "not supported",
+        ),
+        (
+            "authentication: {webhook: {enabled: true}}\n",
+            &[],
+            "authentication.webhook.enabled",
+            "needs the API server",
+        ),
+        (
+            "authorization: {mode: Webhook}\n",
+            &[],
+            "authorization.mode",
+            "needs the API server",
+        ),
+        (
+            "authorization: {mode: Node}\n",
+            &["--kubeconfig", "/k"],
+            "authorization.mode",
+            "unknown mode",
+        ),
+        (
+            "authentication: {webhook: {cacheTTL: soon}}\n",
+            &["--kubeconfig", "/k"],
+            "authentication.webhook.cacheTTL",
+            "soon",
+        ),
+        (
+            "authorization: {webhook: {cacheUnauthorizedTTL: x}}\n",
+            &["--kubeconfig", "/k"],
+            "authorization.webhook.cacheUnauthorizedTTL",
+            "x",
+        ),
+        (
+            "authentication: {x509: {clientCAFile: ca.crt}}\n",
+            &[],
+            "authentication.x509.clientCAFile",
+            "absolute",
+        ),
+    ] {
+        let (field, reason) = invalid_field(with_config(&format!("{HEADER}{text}"), flags));
+        assert_eq!(field, want_field, "{text}");
+        assert!(reason.contains(want_reason), "{text}: {reason}");
+    }
+    // Unknown fields under authentication are errors, as everywhere.
+    let err = with_config(
+        &format!("{HEADER}authentication: {{x509: {{clientCAFILE: /ca.crt}}}}\n"),
+        &[],
+    )
+    .expect_err("unknown field");
+    assert!(format!("{err:?}").contains("clientCAFILE"), "{err:?}");
+}
+
+#[test]
+fn the_standalone_webhook_refusal_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.yaml",
+        &format!("{HEADER}authentication: {{webhook: {{enabled: true}}}}\n"),
+    );
+    let err = load(&args(&["--config", &path.to_string_lossy()])).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("authentication.webhook.enabled: "),
+        "{text}"
+    );
+    assert!(text.contains(&*path.to_string_lossy()), "{text}");
+}
+
+#[test]
+fn drop_ins_merge_nested_auth_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        &format!(
+            "{HEADER}authentication:\n  webhook: {{enabled: true, cacheTTL: 10s}}\n  anonymous: {{enabled: true}}\nauthorization:\n  webhook: {{cacheAuthorizedTTL: 1m, cacheUnauthorizedTTL: 5s}}\n"
+        ),
+    );
+    let drop_ins = dir.path().join("conf.d");
+    fs::create_dir(&drop_ins).expect("mkdir");
+    write(
+        &drop_ins,
+        "10-ttl.conf",
+        &format!(
+            "{HEADER}authentication:\n  webhook: {{cacheTTL: 1m}}\nauthorization:\n  webhook: {{cacheAuthorizedTTL: 2m}}\n"
+        ),
+    );
+    let c = load(&args(&[
+        "--config",
+        &config.to_string_lossy(),
+        "--config-dir",
+        &drop_ins.to_string_lossy(),
+        "--kubeconfig",
+        "/k",
+    ]))
+    .expect("valid");
+    assert_eq!(
+        c.server.auth.token_webhook,
+        Some(Duration::from_secs(60)),
+        "the drop-in's cacheTTL, the file's enabled"
+    );
+    assert!(c.server.auth.anonymous, "the file's anonymous stays");
+    assert_eq!(
+        c.server.auth.authorization,
+        Authorization::Webhook {
+            authorized_ttl: Duration::from_secs(120),
+            unauthorized_ttl: Duration::from_secs(5),
+        },
+        "the drop-in's cacheAuthorizedTTL, the file's cacheUnauthorizedTTL"
+    );
+
+    // In standalone mode the file's `enabled: true` is still refused after the merge.
+    let (field, _) = invalid_field(load(&args(&[
+        "--config",
+        &config.to_string_lossy(),
+        "--config-dir",
+        &drop_ins.to_string_lossy(),
+    ])));
+    assert_eq!(field, "authentication.webhook.enabled");
 }

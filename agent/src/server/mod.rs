@@ -37,10 +37,13 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub mod auth;
+pub mod tls;
 
 use crate::health::{CheckResult, HealthState};
 use crate::record::Events;
@@ -144,6 +147,32 @@ pub async fn serve_read_only(
         cancel,
     )
     .await
+}
+
+/// Serves the API over HTTPS on `listener` (upstream's port 10250) until `cancel` fires:
+/// the read-only API's routes, each request authenticated and authorized by `auth` before
+/// it is routed.
+pub async fn serve_secure(
+    listener: TcpListener,
+    state: ApiState,
+    tls: tls::TlsServing,
+    auth: Arc<auth::Auth>,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    serve_with(
+        listener,
+        secure_router(state, auth),
+        Some(Arc::new(tls)),
+        ConnectionLimits::default(),
+        cancel,
+    )
+    .await
+}
+
+/// The HTTPS API's routes: the read-only API's behind [`auth::guard`], which also answers
+/// for paths no route serves.
+pub fn secure_router(state: ApiState, auth: Arc<auth::Auth>) -> Router {
+    read_only_router(state).layer(axum::middleware::from_fn_with_state(auth, auth::guard))
 }
 
 /// Serves only `/healthz` on `listener` until `cancel` fires.
@@ -275,6 +304,19 @@ pub async fn serve(
     limits: ConnectionLimits,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
+    serve_with(listener, router, None, limits, cancel).await
+}
+
+/// [`serve`], over TLS when `tls` is given: the handshake must finish within
+/// `limits.header_read_timeout`, and the connection's client certificate is judged once and
+/// handed to every request as an [`auth::PeerIdentity`] extension.
+async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<tls::TlsServing>>,
+    limits: ConnectionLimits,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     tracing::debug!(%addr, ?limits, "HTTP server listening");
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -314,13 +356,39 @@ pub async fn serve(
             }
             continue;
         };
-        connections.spawn(serve_connection(
-            stream,
-            router.clone(),
-            limits,
-            cancel.clone(),
-            permit,
-        ));
+        let _ = stream.set_nodelay(true);
+        let (router, cancel) = (router.clone(), cancel.clone());
+        match tls.clone() {
+            None => connections.spawn(serve_connection(stream, router, limits, cancel, permit)),
+            Some(tls) => connections.spawn(async move {
+                let handshake = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    done = tokio::time::timeout(limits.header_read_timeout, tls.acceptor.accept(stream)) => done,
+                };
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let peer = auth::PeerIdentity(match (&tls.client_certs, stream.get_ref().1.peer_certificates()) {
+                    (Some(judge), Some(chain)) if !chain.is_empty() => Some(judge.verify(chain)),
+                    _ => None,
+                });
+                let service = tower::ServiceBuilder::new()
+                    .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(peer.clone());
+                        req
+                    })
+                    .service(router);
+                serve_connection(stream, service, limits, cancel, permit).await;
+            }),
+        };
     }
     connections.close();
     connections.wait().await;
@@ -330,21 +398,30 @@ pub async fn serve(
 
 /// One connection, HTTP/1 with keep-alive, within `limits`; the permit is its place under
 /// `limits.max_connections`.
-async fn serve_connection(
-    stream: TcpStream,
-    router: Router,
+async fn serve_connection<I, S>(
+    stream: I,
+    service: S,
     limits: ConnectionLimits,
     cancel: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_buf_size)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

@@ -957,6 +957,7 @@ impl Node {
             system_reserved_memory: up::mem_total()?.saturating_sub(up::KUBEPODS_MEMORY),
             pleg_mode: mode,
             read_only_port: self.port,
+            port: agent::free_port()?,
         });
         let config_path = self.work_dir.join(format!("bpflet-{}.yaml", mode.as_str()));
         fs::write(&config_path, config)

@@ -1063,6 +1063,9 @@ impl ControlPlane {
                 p(l.key("apiserver-kubelet-client"))
             ),
             format!("--kubelet-certificate-authority={}", p(l.cert("ca"))),
+            // kubeadm's order: the node's InternalIP first (bpflet's and the kubelet's
+            // Hostname address is the node name, which nothing resolves here).
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
             // The aggregation layer's front proxy, as a kubeadm cluster configures it; the
             // controllers read this CA to authenticate proxied requests.
             format!(

@@ -60,6 +60,8 @@ pub struct ApiState {
     pub health: HealthState,
     /// `/metrics` (404 without).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// `/stats/summary`, `/metrics/resource`, `/metrics/cadvisor` (`crate::stats`).
+    pub stats: crate::stats::Stats,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -163,6 +165,7 @@ pub async fn serve_healthz(
 
 /// The read-only API's routes.
 pub fn read_only_router(state: ApiState) -> Router {
+    let stats = crate::stats::routes(state.stats.clone());
     Router::new()
         .route("/pods", get(pods))
         .route("/events", get(events))
@@ -172,6 +175,7 @@ pub fn read_only_router(state: ApiState) -> Router {
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
         .with_state(state)
+        .merge(stats)
 }
 
 /// `/events`: a `v1.EventList` of the events the agent recorded.

@@ -11,6 +11,8 @@
 //!   endpoints are local and the message is what an operator needs.
 //! - `GET /healthz/<check>`: one check: `ok` (200), `internal server error: <message>`
 //!   (500), or 404 for an unknown check.
+//! - `GET /metrics/probes`: `prober_probe_total` alone. `/stats/summary`,
+//!   `/metrics/resource` and `/metrics/cadvisor` are [`crate::stats::routes`], merged in.
 //!
 //! [`bind`] first (it names the address when it fails), then [`serve_read_only`] or
 //! [`serve_healthz`] until the cancellation token fires; in-flight requests finish.
@@ -171,6 +173,7 @@ pub fn read_only_router(state: ApiState) -> Router {
         .route("/events", get(events))
         .route("/node", get(node))
         .route("/metrics", get(metrics))
+        .route("/metrics/probes", get(probe_metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
@@ -238,6 +241,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.encode(),
+    )
+        .into_response()
+}
+
+/// `/metrics/probes`: `prober_probe_total` alone, as upstream serves it.
+async fn probe_metrics(State(state): State<ApiState>) -> Response {
+    let Some(m) = &state.metrics else {
+        return text(StatusCode::NOT_FOUND, "no metrics registered\n".to_owned());
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::stats::prom::registry_subset(&m.registry, "prober_"),
     )
         .into_response()
 }

@@ -292,11 +292,7 @@ pub fn cadvisor_metrics(s: Option<&Snapshot>, now: Timestamp) -> String {
         "Current memory usage in bytes, including all memory regardless of when it was accessed",
         Kind::Gauge,
     );
-    let mut rss = Family::new(
-        "container_memory_rss",
-        "Size of RSS in bytes.",
-        Kind::Gauge,
-    );
+    let mut rss = Family::new("container_memory_rss", "Size of RSS in bytes.", Kind::Gauge);
     let mut cache = Family::new(
         "container_memory_cache",
         "Number of bytes of page cache memory.",
@@ -346,7 +342,26 @@ pub fn cadvisor_metrics(s: Option<&Snapshot>, now: Timestamp) -> String {
             start.push(labels, unix_seconds(t), None);
         }
     }
-    write_families(vec![cpu, ws, usage, rss, cache, limit, last_seen, ooms, start])
+    write_families(vec![
+        cpu, ws, usage, rss, cache, limit, last_seen, ooms, start,
+    ])
+}
+
+/// The families of `registry` whose names start with `prefix`, in the text format
+/// (`/metrics/probes`: `prober_`).
+#[must_use]
+pub fn registry_subset(registry: &prometheus::Registry, prefix: &str) -> String {
+    use prometheus::Encoder as _;
+    let families: Vec<_> = registry
+        .gather()
+        .into_iter()
+        .filter(|f| f.name().starts_with(prefix))
+        .collect();
+    let mut out = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -373,7 +388,9 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
-        assert!(!text.contains("scrape_error{") && !text.lines().any(|l| l.starts_with("scrape_error")));
+        assert!(
+            !text.contains("scrape_error{") && !text.lines().any(|l| l.starts_with("scrape_error"))
+        );
         // Families sorted by name, each declared once.
         let names: Vec<&str> = text
             .lines()
@@ -422,5 +439,28 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn registry_subset_keeps_only_the_prefix() {
+        let registry = prometheus::Registry::new();
+        let probes = crate::probes::ProbeMetrics::new();
+        probes.register(&registry).unwrap();
+        let labels = crate::probes::metrics::ProbeLabels {
+            kind: crate::probes::spec::ProbeKind::Readiness,
+            container: "c",
+            pod: "p",
+            namespace: "default",
+            pod_uid: "u",
+        };
+        probes.observe(
+            labels,
+            &crate::probes::threshold::Outcome::Success(String::new()),
+        );
+        let other = prometheus::IntGauge::new("kubelet_running_pods", "pods").unwrap();
+        registry.register(Box::new(other)).unwrap();
+        let text = registry_subset(&registry, "prober_");
+        assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
+        assert!(!text.contains("kubelet_running_pods"), "{text}");
     }
 }

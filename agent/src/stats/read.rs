@@ -172,8 +172,8 @@ impl CgroupReader {
                     "max" => None,
                     v => Some(parse_u64(&limit_path, v)?),
                 };
-                let oom = read_optional(&dir.join("memory.events"))?
-                    .and_then(|t| keyed(&t, "oom_kill"));
+                let oom =
+                    read_optional(&dir.join("memory.events"))?.and_then(|t| keyed(&t, "oom_kill"));
                 Ok(Memory {
                     usage_bytes: usage,
                     working_set_bytes: usage.saturating_sub(field("inactive_file")?),
@@ -198,7 +198,9 @@ impl CgroupReader {
         while let Some(dir) = dirs.pop() {
             let path = dir.join("cgroup.procs");
             match read_optional(&path)? {
-                Some(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+                Some(text) => {
+                    pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                }
                 None => continue,
             }
             let entries = match fs::read_dir(&dir) {
@@ -448,7 +450,9 @@ mod tests {
             "anon 0\nfile 100\ninactive_file 300\npgfault 0\npgmajfault 0\n",
         );
         write(r, "a/memory.max", "max\n");
-        let m = CgroupReader::new(CgroupVersion::V2, r).memory("/a").unwrap();
+        let m = CgroupReader::new(CgroupVersion::V2, r)
+            .memory("/a")
+            .unwrap();
         assert_eq!(m.working_set_bytes, 0);
         assert_eq!(m.oom_kills, None);
     }

@@ -259,7 +259,12 @@ impl Sampler {
         }
     }
 
-    fn usage(&mut self, cgroup: &str, seen: &mut Vec<String>, errors: &mut Vec<StatsError>) -> Usage {
+    fn usage(
+        &mut self,
+        cgroup: &str,
+        seen: &mut Vec<String>,
+        errors: &mut Vec<StatsError>,
+    ) -> Usage {
         let at = Timestamp::now();
         let reading = match self.reader.read(cgroup) {
             Ok(r) => r,
@@ -351,7 +356,11 @@ impl Sampler {
             });
         }
         containers.sort_by(|a, b| a.name.cmp(&b.name));
-        let pids = self.reader.procs_below(&cgroup).map_err(|e| errors.push(e)).ok();
+        let pids = self
+            .reader
+            .procs_below(&cgroup)
+            .map_err(|e| errors.push(e))
+            .ok();
         let network = pids
             .as_ref()
             .and_then(|p| p.first())

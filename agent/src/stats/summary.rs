@@ -64,7 +64,10 @@ fn pod(p: &PodSample, nodefs: Option<&Fs>, only_cpu_and_memory: bool) -> Value {
         "podRef".into(),
         json!({ "name": p.name, "namespace": p.namespace, "uid": p.uid }),
     );
-    o.insert("startTime".into(), json!(p.start_time.map_or(Value::Null, |t| json!(time(t)))));
+    o.insert(
+        "startTime".into(),
+        json!(p.start_time.map_or(Value::Null, |t| json!(time(t)))),
+    );
     let containers: Vec<Value> = p
         .containers
         .iter()
@@ -330,7 +333,10 @@ pub(crate) mod tests {
         assert!(v["node"]["network"].is_null());
         assert!(v["pods"][0]["volume"].is_null());
         assert!(v["pods"][0]["ephemeral-storage"].is_null());
-        assert_eq!(v["pods"][0]["cpu"]["usageCoreNanoSeconds"], 1_500_000_000_u64);
+        assert_eq!(
+            v["pods"][0]["cpu"]["usageCoreNanoSeconds"],
+            1_500_000_000_u64
+        );
     }
 
     #[test]

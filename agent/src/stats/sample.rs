@@ -534,6 +534,105 @@ mod tests {
         assert_eq!(nano_cores((ts(10, 0), 9), (ts(11, 0), 5)), None);
     }
 
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A v1 cgroup with these counters (`cg` relative to the hierarchy root).
+    fn cgroup(root: &Path, cg: &str, cpu_ns: u64, usage: u64) {
+        write(
+            root,
+            &format!("cpuacct{cg}/cpuacct.usage"),
+            &format!("{cpu_ns}\n"),
+        );
+        write(
+            root,
+            &format!("memory{cg}/memory.usage_in_bytes"),
+            &format!("{usage}\n"),
+        );
+        write(
+            root,
+            &format!("memory{cg}/memory.stat"),
+            "total_cache 100\ntotal_rss 200\ntotal_inactive_file 100\ntotal_pgfault 1\ntotal_pgmajfault 0\n",
+        );
+        write(
+            root,
+            &format!("memory{cg}/memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        );
+        write(root, &format!("memory{cg}/cgroup.procs"), "");
+    }
+
+    fn running_pod(uid: &str, container_id: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{
+                    "name": "app", "image": "busybox", "imageID": "", "ready": true,
+                    "restartCount": 0,
+                    "containerID": format!("containerd://{container_id}"),
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pass_maps_pods_to_their_cgroups_and_a_second_gives_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg_root = dir.path().join("cgroup");
+        let proc_root = dir.path().join("proc");
+        write(
+            &proc_root,
+            "meminfo",
+            "MemTotal: 1024 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n",
+        );
+        write(&proc_root, "sys/kernel/pid_max", "32768\n");
+        write(&proc_root, "loadavg", "0 0 0 1/10 5\n");
+        cgroup(&cg_root, "", 1_000, 5000);
+        cgroup(&cg_root, "/kubepods", 1_000, 4000);
+        let pod_cg = "/kubepods/besteffort/poduid-1";
+        cgroup(&cg_root, pod_cg, 1_000, 3000);
+        cgroup(&cg_root, &format!("{pod_cg}/abc"), 1_000, 2000);
+        let tree = QosTree::new(crate::cgroups::CgroupDriver::v1(&cg_root), "/");
+        let mut sampler = Sampler::new(
+            "n".into(),
+            tree,
+            SamplerRoots {
+                proc_root,
+                root_dir: dir.path().to_path_buf(),
+                pods_dir: dir.path().join("pods"),
+                logs_dir: dir.path().join("pods"),
+            },
+        );
+        let pods = vec![Arc::new(running_pod("uid-1", "abc"))];
+        let first = sampler.sample(&pods);
+        assert_eq!(first.errors, 0, "{first:#?}");
+        let pod = &first.pods[0];
+        assert_eq!(pod.cgroup, pod_cg);
+        assert_eq!(pod.usage.memory.unwrap().working_set_bytes, 2900);
+        let c = &pod.containers[0];
+        assert_eq!((c.name.as_str(), c.id.as_str()), ("app", "abc"));
+        assert_eq!(c.usage.memory.unwrap().working_set_bytes, 1900);
+        assert_eq!(c.usage.nano_cores, None, "one reading has no rate");
+        assert_eq!(first.node.memory_capacity, 1024 * 1024);
+        // The container used CPU meanwhile: the second pass has a rate, from its counter.
+        cgroup(&cg_root, &format!("{pod_cg}/abc"), 1_000_000_000, 2000);
+        let second = sampler.sample(&pods);
+        let c = &second.pods[0].containers[0];
+        assert!(c.usage.nano_cores.is_some_and(|n| n > 0), "{c:#?}");
+        assert_eq!(second.pods[0].usage.nano_cores, Some(0));
+        // A pod that is not running is not sampled.
+        let mut stopped = running_pod("uid-1", "abc");
+        stopped.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(sampler.sample(&[Arc::new(stopped)]).pods.is_empty());
+    }
+
     #[test]
     fn ephemeral_storage_sums_volumes_and_logs_on_the_node_fs() {
         let at = ts(100, 0);

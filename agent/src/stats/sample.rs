@@ -568,7 +568,10 @@ mod tests {
     fn running_pod(uid: &str, container_id: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "default", "uid": uid},
-            "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            "spec": {
+                "containers": [{"name": "app", "image": "busybox"}],
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+            },
             "status": {
                 "phase": "Running",
                 "containerStatuses": [{
@@ -611,6 +614,10 @@ mod tests {
             },
         );
         let pods = vec![Arc::new(running_pod("uid-1", "abc"))];
+        let scratch = dir
+            .path()
+            .join("pods/uid-1/volumes/kubernetes.io~empty-dir/scratch");
+        write(&scratch, "a", &"x".repeat(64 * 1024));
         let first = sampler.sample(&pods);
         assert_eq!(first.errors, 0, "{first:#?}");
         let pod = &first.pods[0];
@@ -627,6 +634,12 @@ mod tests {
         let c = &second.pods[0].containers[0];
         assert!(c.usage.nano_cores.is_some_and(|n| n > 0), "{c:#?}");
         assert_eq!(second.pods[0].usage.nano_cores, Some(0));
+        // Volumes are walked once per VOLUME_PERIOD, not on every pass: a file written
+        // since shows at the next walk.
+        let used = |s: &Snapshot| s.pods[0].volumes[0].fs.used_bytes.unwrap();
+        assert!(used(&first) >= 64 * 1024, "{:?}", first.pods[0].volumes);
+        write(&scratch, "b", &"x".repeat(256 * 1024));
+        assert_eq!(used(&sampler.sample(&pods)), used(&first));
         // A pod that is not running is not sampled.
         let mut stopped = running_pod("uid-1", "abc");
         stopped.status.as_mut().unwrap().phase = Some("Succeeded".into());

@@ -164,6 +164,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         node: node_conditions.clone(),
         health: health_checks.clone(),
         metrics: Some(metrics.clone()),
+        stats: crate::stats::Stats::default(),
     };
 
     // The container runtime.
@@ -174,6 +175,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     );
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
+    // Resource statistics: a sampler reads every cgroup each housekeeping period; the API
+    // renders its last snapshot.
+    {
+        let mut sampler = crate::stats::Sampler::new(
+            config.node_name.clone(),
+            tree.clone(),
+            crate::stats::SamplerRoots {
+                proc_root: proc_root.clone(),
+                root_dir: config.root_dir.clone(),
+                pods_dir: pods_dir.clone(),
+                logs_dir: pods_dir.clone(),
+            },
+        );
+        sampler.set_image_fs(image_fs_path(&*runtime).await);
+        tracker.spawn(crate::stats::sample::run(
+            sampler,
+            published.clone(),
+            api.stats.clone(),
+            cancel.clone(),
+        ));
+    }
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
     {
         let addr = SocketAddr::new(config.server.address, config.server.port);
@@ -197,7 +219,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     if let Some(port) = config.server.read_only_port {
         let addr = SocketAddr::new(config.server.address, port);
         let listener = server::bind(addr).await.map_err(AgentError::Server)?;
-        info!(%addr, "read-only API: /pods, /healthz");
+        info!(%addr, "read-only API: /pods, /healthz, /stats/summary, /metrics/resource, /metrics/cadvisor");
         let cancel = cancel.clone();
         tracker.spawn(async move {
             if let Err(e) = server::serve_read_only(listener, api, cancel).await {
@@ -606,6 +628,21 @@ const DATA_DIR_MODE: u32 = 0o750;
 
 /// Creates `<root>` and `<root>/pods` with [`DATA_DIR_MODE`] and returns the latter. Existing
 /// directories that grant more than that are tightened (and logged); stricter ones are kept.
+/// The runtime's image file system (`runtime.imageFs` on `/stats/summary`); `None` when the
+/// runtime does not say (the node's file system stands in).
+async fn image_fs_path<R: crate::runtime::ContainerRuntime>(runtime: &R) -> Option<PathBuf> {
+    match runtime.image_fs_info().await {
+        Ok(filesystems) => filesystems
+            .into_iter()
+            .map(|f| PathBuf::from(f.mountpoint))
+            .find(|p| p.is_absolute()),
+        Err(e) => {
+            warn!(error = %e, "cannot ask the runtime for its image filesystem; stats show the node's");
+            None
+        }
+    }
+}
+
 fn setup_data_dirs(root: &Path) -> Result<PathBuf, AgentError> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let pods = root.join("pods");

@@ -19,6 +19,7 @@ pub mod probes;
 pub mod record;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod status;
 pub mod timer;
 pub mod trace;

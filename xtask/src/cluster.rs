@@ -57,8 +57,10 @@ use sha2::Digest as _;
 /// The Kubernetes release `tests/k8s/go.mod` pins (a unit test keeps the two in step).
 pub const KUBERNETES_VERSION: &str = "v1.34.4";
 /// The binaries built, as (file name, Go package in `tests/k8s`).
-pub const PROGRAMS: [(&str, &str); 5] = [
+pub const PROGRAMS: [(&str, &str); 6] = [
     ("etcd", "./cmd/etcd"),
+    // `promtool check metrics`'s linter (client_golang's promlint) over stdin.
+    ("promlint", "./cmd/promlint"),
     ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
     (
         "kube-controller-manager",
@@ -70,7 +72,12 @@ pub const PROGRAMS: [(&str, &str); 5] = [
 /// `go build` runs at most this many compile jobs at once: the machines have 2 cores.
 const GO_BUILD_JOBS: u32 = 2;
 /// The files whose content decides whether the binaries must be rebuilt.
-const PINNED_FILES: [&str; 3] = ["go.mod", "go.sum", "cmd/etcd/main.go"];
+const PINNED_FILES: [&str; 4] = [
+    "go.mod",
+    "go.sum",
+    "cmd/etcd/main.go",
+    "cmd/promlint/main.go",
+];
 const STAMP: &str = "build.stamp";
 
 /// The Service IP range. Nothing sends traffic there: bpflet's tests talk to 127.0.0.1.
@@ -244,8 +251,9 @@ pub fn is_built() -> Result<bool> {
 /// Builds the binaries into [`bin_dir`] unless they are up to date. Returns how long the
 /// build took, or `None` when nothing had to be built.
 pub fn build() -> Result<Option<Duration>> {
+    let metrics_server = crate::cluster_metrics::build()?;
     if is_built()? {
-        return Ok(None);
+        return Ok(metrics_server);
     }
     let out = bin_dir();
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -494,6 +502,15 @@ fn cert_specs<'a>(node_common_name: &'a str, apiserver_sans: &'a [&'a str]) -> V
             sans: LOCAL,
             client: true,
             server: true,
+            front_proxy: false,
+        },
+        CertSpec {
+            file: "metrics-server",
+            common_name: "system:metrics-server",
+            organization: None,
+            sans: &[],
+            client: true,
+            server: false,
             front_proxy: false,
         },
         CertSpec {
@@ -1150,6 +1167,68 @@ impl ControlPlane {
             &self.layout.scheduler_kubeconfig,
             self.ports.scheduler,
         )
+    }
+
+    /// Starts metrics-server ([`crate::cluster_metrics`]) on a free port on 127.0.0.1,
+    /// scraping kubelets on `kubelet`, registers it as `v1beta1.metrics.k8s.io` and waits
+    /// until the API server reports that APIService available. Returns its port.
+    pub fn start_metrics_server(
+        &mut self,
+        kubelet: crate::cluster_metrics::KubeletPort,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<u16> {
+        use crate::cluster_metrics as ms;
+        let bin = self.bin_dir.join(ms::BINARY);
+        ensure!(
+            bin.is_file(),
+            "{} is missing: run `cargo xtask build-cluster`",
+            bin.display()
+        );
+        let [port] = free_ports()?;
+        let l = &self.layout;
+        let kubeconfig = l.work_dir.join("metrics-server.kubeconfig");
+        fs::write(
+            &kubeconfig,
+            render_kubeconfig(l, &self.server, "metrics-server"),
+        )
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        let cert_dir = l.work_dir.join("metrics-server");
+        fs::create_dir_all(&cert_dir)
+            .with_context(|| format!("creating {}", cert_dir.display()))?;
+        let manifests = l.work_dir.join("metrics-server.yaml");
+        fs::write(&manifests, ms::manifests(port))
+            .with_context(|| format!("writing {}", manifests.display()))?;
+        self.kubectl_admin(&["apply", "-f", &manifests.display().to_string()])?;
+        let args = ms::args(
+            &ms::Files {
+                kubeconfig: &kubeconfig,
+                front_proxy_ca: &l.cert("front-proxy-ca"),
+                cluster_ca: &l.cert("ca"),
+                cert_dir: &cert_dir,
+            },
+            port,
+            kubelet,
+        );
+        let index = self.spawn(ms::BINARY, args)?;
+        let admin = self.admin();
+        self.wait_until(
+            index,
+            "APIService v1beta1.metrics.k8s.io Available",
+            APISERVER_READY_TIMEOUT,
+            cancelled,
+            || {
+                let mut cmd = admin.command();
+                cmd.args([
+                    "get",
+                    "apiservice",
+                    "v1beta1.metrics.k8s.io",
+                    "-o",
+                    r#"jsonpath={.status.conditions[?(@.type=="Available")].status}"#,
+                ]);
+                crate::command_output(&mut cmd).is_ok_and(|s| s.trim() == "True")
+            },
+        )?;
+        Ok(port)
     }
 
     /// `kubectl --kubeconfig <kubeconfig>`.

@@ -5,9 +5,10 @@
 //! 2. etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with a fresh CA,
 //!    `admin.kubeconfig` and `node.kubeconfig` in the work directory (default
 //!    `target/cluster/`), logs in its `logs/`;
-//! 3. a banner saying how to drive it with kubectl from a second shell.
-//!
-//! 4. the node of `up` (private containerd, agent, trace) joined to it: the agent runs with
+//! 3. a banner saying how to drive it with kubectl from a second shell;
+//! 4. metrics-server ([`xtask::cluster_metrics`]) registered as `v1beta1.metrics.k8s.io`,
+//!    scraping the node's read-only port, so `kubectl top node` / `top pod` work;
+//! 5. the node of `up` (private containerd, agent, trace) joined to it: the agent runs with
 //!    `--kubeconfig node.kubeconfig`, registers its Node and mirrors its static pods.
 //!
 //! Ctrl-C, SIGTERM or SIGHUP (or the end of `--duration`, or `--check`'s smoke check) stops
@@ -74,11 +75,22 @@ pub fn run(opts: &Options) -> Result<()> {
         "starting the control plane in {}",
         config.work_dir.display()
     ));
-    let cp = ControlPlane::start(&config, &|| signalled().is_some())?;
+    let mut cp = ControlPlane::start(&config, &|| signalled().is_some())?;
     print_banner(&cp, started);
 
     // The smoke check first: it registers (and deletes) a Node of the node's name.
     let outcome = if opts.check { cp.smoke_check() } else { Ok(()) };
+    // metrics-server, scraping the node's authenticated port with its client certificate
+    // and checking the node's serving certificate against the cluster CA (`kubectl top`
+    // works once the node runs).
+    let outcome = outcome.and_then(|()| {
+        let kubelet = xtask::cluster_metrics::KubeletPort::Secure(crate::up::PORT);
+        let port = cp.start_metrics_server(kubelet, &|| signalled().is_some())?;
+        say(&format!(
+            "metrics-server on 127.0.0.1:{port} serves metrics.k8s.io: try kubectl top node"
+        ));
+        Ok(())
+    });
     let outcome = outcome.and_then(|()| {
         if signalled().is_some() {
             return Ok(());

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod cluster_metrics;
 pub mod containerd;
 pub mod images;
 pub mod lock;

@@ -56,9 +56,9 @@ const CGROUP_ROOT_PREFIX: &str = "/bpflet-up-";
 const BRIDGE: &str = "bpflet-up0";
 const SUBNET: &str = "10.89.0.0/16";
 /// The agent's read-only API (`/pods`, `/healthz`).
-const READ_ONLY_PORT: u16 = 10255;
+pub(crate) const READ_ONLY_PORT: u16 = 10255;
 /// The authenticated HTTPS API (upstream's default port).
-const PORT: u16 = 10250;
+pub(crate) const PORT: u16 = 10250;
 /// Where `examples/web.yaml` serves, and a string of the page its init container writes.
 const WEB_PORT: u16 = 18080;
 const WEB_MARKER: &str = "hello from bpflet";

@@ -11,6 +11,8 @@
 //!   endpoints are local and the message is what an operator needs.
 //! - `GET /healthz/<check>`: one check: `ok` (200), `internal server error: <message>`
 //!   (500), or 404 for an unknown check.
+//! - `GET /metrics/probes`: `prober_probe_total` alone. `/stats/summary`,
+//!   `/metrics/resource` and `/metrics/cadvisor` are [`crate::stats::routes`], merged in.
 //!
 //! [`bind`] first (it names the address when it fails), then [`serve_read_only`] or
 //! [`serve_healthz`] until the cancellation token fires; in-flight requests finish.
@@ -63,6 +65,8 @@ pub struct ApiState {
     pub health: HealthState,
     /// `/metrics` (404 without).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// `/stats/summary`, `/metrics/resource`, `/metrics/cadvisor` (`crate::stats`).
+    pub stats: crate::stats::Stats,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -192,15 +196,18 @@ pub async fn serve_healthz(
 
 /// The read-only API's routes.
 pub fn read_only_router(state: ApiState) -> Router {
+    let stats = crate::stats::routes(state.stats.clone());
     Router::new()
         .route("/pods", get(pods))
         .route("/events", get(events))
         .route("/node", get(node))
         .route("/metrics", get(metrics))
+        .route("/metrics/probes", get(probe_metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
         .fallback(not_found)
         .with_state(state)
+        .merge(stats)
 }
 
 /// `/events`: a `v1.EventList` of the events the agent recorded.
@@ -263,6 +270,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.encode(),
+    )
+        .into_response()
+}
+
+/// `/metrics/probes`: `prober_probe_total` alone, as upstream serves it.
+async fn probe_metrics(State(state): State<ApiState>) -> Response {
+    let Some(m) = &state.metrics else {
+        return text(StatusCode::NOT_FOUND, "no metrics registered\n".to_owned());
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::stats::prom::registry_subset(&m.registry, "prober_"),
     )
         .into_response()
 }

@@ -78,6 +78,17 @@ pub fn joined_node_with(
     extra: &[&str],
     config: NodeConfig,
 ) -> (tempfile::TempDir, ControlPlane, Node) {
+    joined_node_on(prefix, extra, config, |_| {})
+}
+
+/// [`joined_node_with`] on a control plane whose configuration `control_plane` adjusts
+/// (its audit log, ...).
+pub fn joined_node_on(
+    prefix: &str,
+    extra: &[&str],
+    config: NodeConfig,
+    control_plane: impl FnOnce(&mut cluster::Config),
+) -> (tempfile::TempDir, ControlPlane, Node) {
     cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
     let dir = tempfile::Builder::new()
         .prefix(prefix)
@@ -85,6 +96,7 @@ pub fn joined_node_with(
         .expect("a temporary directory");
     let mut cp_config = cluster::Config::new(dir.path().to_owned());
     cp_config.node_name = NODE_NAME.to_owned();
+    control_plane(&mut cp_config);
     let cp = ControlPlane::start(&cp_config, &|| false).expect("starting the control plane");
     let mut args = vec![
         "--kubeconfig".to_owned(),
@@ -105,6 +117,27 @@ pub fn joined_node_with(
 /// [`joined_node_with`] on the default node configuration.
 pub fn joined_node(prefix: &str, extra: &[&str]) -> (tempfile::TempDir, ControlPlane, Node) {
     joined_node_with(prefix, extra, NodeConfig::default())
+}
+
+/// The requests of the node's identity (`system:node:<NODE_NAME>`) received at or after
+/// `since`, as the API server's audit log has them (a control plane started with
+/// `Config::audit`): one audit event each (stage `RequestReceived`, watches included), in
+/// the order received. Panics naming the log if it cannot be read.
+pub fn node_requests(cp: &ControlPlane, since: jiff::Timestamp) -> Vec<Value> {
+    let path = &cp.layout.audit_log;
+    let log = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read the audit log {}: {e}", path.display()));
+    let user = format!("system:node:{NODE_NAME}");
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["stage"] == "RequestReceived" && e["user"]["username"] == user.as_str())
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|at| at >= since)
+        })
+        .collect()
 }
 
 /// `kubectl apply` of `yaml` as the cluster admin (the manifest is kept as

@@ -9,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use bpflet_tests::cluster::{
-    NODE_NAME, PodYaml, api_event, api_events, api_pod, condition, joined_node, joined_node_with,
-    kubectl_json, node_condition, wait_for, wait_for_default_service_account,
+    NODE_NAME, PodYaml, api_event, api_events, api_pod, condition, joined_node, joined_node_on,
+    joined_node_with, kubectl_json, node_condition, node_requests, wait_for,
+    wait_for_default_service_account,
 };
 use bpflet_tests::node::{GROW_MEMORY, IMAGE, NodeConfig, mem_total, sleeping_pod};
 use serde_json::Value;
@@ -292,6 +293,95 @@ spec:
 
 /// The agent stopped: the node controller marks the Node not ready (its lease expires) and the
 /// pod keeps running; the agent back: the Node is Ready again and the pod was not restarted.
+/// What an audit event says of a request: `verb resource[/subresource] name`.
+fn request_line(e: &Value) -> String {
+    let o = &e["objectRef"];
+    let sub = o["subresource"]
+        .as_str()
+        .map(|s| format!("/{s}"))
+        .unwrap_or_default();
+    format!(
+        "{} {}{sub} {} ({})",
+        e["verb"].as_str().unwrap_or("?"),
+        o["resource"].as_str().unwrap_or("?"),
+        o["name"].as_str().unwrap_or(""),
+        e["requestURI"].as_str().unwrap_or("?")
+    )
+}
+
+/// An idle node reads its own Node from its watch (field selector `metadata.name`), as
+/// upstream's kubelet reads it from its informer: over 40 s from the Node's `Ready` (four
+/// status passes at the default `nodeStatusUpdateFrequency` of 10 s) the API server's audit
+/// log shows no `get` of the Node by the node, while its lease renewals show it was at work.
+#[test]
+fn an_idle_node_reads_its_node_from_its_watch_not_the_api_server() {
+    let (_dir, cp, mut node) = joined_node_on(
+        "bpflet-cluster-idle-",
+        &[],
+        NodeConfig::default(),
+        |control_plane| control_plane.audit = true,
+    );
+    wait_for(
+        &node,
+        "the Node to be Ready",
+        node_condition(&cp, "Ready", "True"),
+    );
+    let from = jiff::Timestamp::now();
+    let window = Duration::from_secs(40);
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert!(node.agent_alive(), "the agent died while idle");
+        let gets: Vec<String> = node_requests(&cp, from)
+            .iter()
+            .filter(|e| e["verb"] == "get" && e["objectRef"]["resource"] == "nodes")
+            .map(request_line)
+            .collect();
+        assert!(
+            gets.is_empty(),
+            "the idle node read its Node from the API server {:.0?} into the window:\n{}",
+            start.elapsed(),
+            gets.join("\n")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let requests = node_requests(&cp, from);
+    let lines: Vec<String> = requests.iter().map(request_line).collect();
+    eprintln!(
+        "the node's requests in {window:?} of idle:\n{}",
+        lines.join("\n")
+    );
+    // The watch that replaced the reads (opened at registration, before the window).
+    let watch = node_requests(&cp, jiff::Timestamp::UNIX_EPOCH)
+        .into_iter()
+        .find(|e| {
+            e["verb"] == "watch"
+                && e["objectRef"]["resource"] == "nodes"
+                && e["requestURI"].as_str().is_some_and(|uri| {
+                    uri.contains(&format!("fieldSelector=metadata.name%3D{NODE_NAME}"))
+                })
+        })
+        .map(|e| request_line(&e))
+        .unwrap_or_else(|| panic!("no watch on the node's own Node:\n{}", lines.join("\n")));
+    eprintln!("the Node watch: {watch}");
+    let renewals = requests
+        .iter()
+        .filter(|e| e["verb"] == "update" && e["objectRef"]["resource"] == "leases")
+        .count();
+    assert!(
+        renewals >= 3,
+        "the node renewed its lease {renewals} times in {window:?}: was it at work?\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("get nodes")),
+        "{}",
+        lines.join("\n")
+    );
+
+    drop(node);
+    cp.stop().expect("teardown of the control plane");
+}
+
 #[test]
 fn a_stopped_agent_leaves_pods_running_and_its_return_makes_the_node_ready_again() {
     let (dir, cp, mut node) = joined_node("bpflet-cluster-restart-", &[]);

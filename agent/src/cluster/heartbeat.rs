@@ -5,10 +5,15 @@
 //!   exists is adopted (bpflet restarted) and its well-known labels are brought up to date.
 //!   Failures retry with a back-off (100 ms doubling to 7 s) until it succeeds or the agent
 //!   stops; nothing else waits for it: pods keep running meanwhile.
-//! - Every `nodeStatusUpdateFrequency` (10 s) the reporter reads the Node (`resourceVersion=0`:
-//!   the API server's cache, as upstream reads it), computes the status and patches it only
-//!   when a field bpflet owns changed, or `nodeStatusReportFrequency` (5 min) passed. A Node
-//!   deleted under the agent is registered again.
+//! - Every `nodeStatusUpdateFrequency` (10 s) the reporter takes the Node from a watch on it
+//!   (field selector `metadata.name=<node>`, as upstream's kubelet reads its Node from its
+//!   informer), computes the status and patches it only when a field bpflet owns changed, or
+//!   `nodeStatusReportFrequency` (5 min) passed. It reads the Node from the API server
+//!   (`resourceVersion=0`: the API server's cache) only when the watch cannot be trusted:
+//!   before its first list completed, while it relists, and after a watch error until the
+//!   watch delivers again or a read finds the watch's copy current ([`NodeCache`]). A Node
+//!   deleted under the agent is registered again. The watch is one request of the client,
+//!   so it takes its token from the `kubeAPIQPS` bucket as every other request does.
 //! - The Lease `kube-node-lease/<node>` (owned by the Node, so it goes with it) is renewed
 //!   every quarter of `nodeLeaseDurationSeconds` (40 s → 10 s); a failed renewal retries after
 //!   200 ms doubling to 7 s, as upstream's lease controller does.
@@ -17,15 +22,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::Api;
 use kube::api::{GetParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -123,7 +131,8 @@ impl Heartbeat {
         }
     }
 
-    /// Registers the node, then reports its status and renews its lease until `cancel`.
+    /// Registers the node, then watches its Node, reports its status and renews its lease
+    /// until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
         let this = Arc::new(self);
         let Some(node) = this.register_until_done(&cancel).await else {
@@ -131,8 +140,45 @@ impl Heartbeat {
         };
         let lease =
             tokio::spawn(Arc::clone(&this).renew_lease(node.metadata.uid.clone(), cancel.clone()));
-        this.report_status(node, &cancel).await;
+        let cache = Arc::new(Mutex::new(NodeCache::default()));
+        let watch = tokio::spawn(Arc::clone(&this).watch_node(Arc::clone(&cache), cancel.clone()));
+        this.report_status(node, &cache, &cancel).await;
         let _ = lease.await;
+        let _ = watch.await;
+    }
+
+    /// Keeps `cache` up to date with the node's own Node until `cancel`: a kube-runtime
+    /// watcher with the field selector `metadata.name=<node>`, restarted with its default
+    /// back-off after an error.
+    async fn watch_node(self: Arc<Self>, cache: Arc<Mutex<NodeCache>>, cancel: CancellationToken) {
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.identity.name));
+        let mut stream = std::pin::pin!(watcher::watcher(self.nodes(), config).default_backoff());
+        let mut failing = false;
+        loop {
+            let next = tokio::select! {
+                () = cancel.cancelled() => return,
+                next = stream.next() => next,
+            };
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            match next {
+                None => return,
+                Some(Ok(event)) => {
+                    if failing {
+                        info!(node = %self.identity.name, "Node watch resumed");
+                        failing = false;
+                    }
+                    cache.apply(event);
+                }
+                Some(Err(e)) => {
+                    if !failing {
+                        warn!(node = %self.identity.name, error = %e, "Node watch failed; the status reporter reads the Node until it resumes; retrying");
+                        failing = true;
+                    }
+                    cache.failed();
+                }
+            }
+        }
     }
 
     /// Creates (or adopts) the Node; `None` when cancelled first.
@@ -186,12 +232,19 @@ impl Heartbeat {
 
     /// Every `status_update`: computes the status against what the API holds and patches it
     /// when needed. Runs until `cancel`.
-    async fn report_status(&self, registered: Node, cancel: &CancellationToken) {
+    async fn report_status(
+        &self,
+        registered: Node,
+        cache: &Mutex<NodeCache>,
+        cancel: &CancellationToken,
+    ) {
         let mut last_report: Option<Instant> = None;
         let mut warned = false;
         let mut current = Some(registered);
         loop {
-            let result = self.report_once(current.take(), &mut last_report).await;
+            let result = self
+                .report_once(current.take(), cache, &mut last_report)
+                .await;
             match result {
                 Ok(()) => {
                     if warned {
@@ -222,18 +275,34 @@ impl Heartbeat {
         }
     }
 
-    /// One status pass; `current` is a Node just read or written, else it is read.
+    /// One status pass; `current` is a Node just written, else the watch's copy when it can
+    /// be trusted, else the Node is read (and shown to the cache, which may trust its copy
+    /// again).
     async fn report_once(
         &self,
         current: Option<Node>,
+        cache: &Mutex<NodeCache>,
         last_report: &mut Option<Instant>,
     ) -> Result<(), kube::Error> {
-        let current = match current {
+        let cached = || {
+            cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .trusted()
+                .cloned()
+        };
+        let current = match current.or_else(cached) {
             Some(node) => node,
             None => {
-                self.nodes()
+                let read = self
+                    .nodes()
                     .get_with(&self.identity.name, &GetParams::any())
-                    .await?
+                    .await?;
+                cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .confirm(&read);
+                read
             }
         };
         let readiness = (self.readiness)().await;
@@ -316,6 +385,90 @@ impl Heartbeat {
         // On a conflict (someone else wrote it) or not found, the next try reads it again.
         let renewed = renew(lease, name, self.periods.lease_duration, Timestamp::now());
         leases.replace(name, &PostParams::default(), &renewed).await
+    }
+}
+
+/// The node's own Node as its watch last delivered it, and whether the status reporter may
+/// take it instead of reading the Node from the API server.
+///
+/// The copy is trusted once the watch's list completed, until a watch error or a relist;
+/// after an error it is trusted again when the watch delivers an event (it resumes from the
+/// last resourceVersion it saw, so it missed nothing) or when a read of the Node finds the
+/// same resourceVersion (the copy is current; a change after the read comes through the
+/// watch, which replays from where it stopped). A Node deleted under the agent leaves nothing
+/// to trust: the reporter reads, finds it gone and registers again.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    node: Option<Node>,
+    /// A list in progress, with the Node it found so far.
+    relisting: Option<Option<Node>>,
+    /// A list completed at least once.
+    listed: bool,
+    /// The watch delivered since its last error.
+    healthy: bool,
+}
+
+impl NodeCache {
+    /// Applies one event of the watch.
+    pub fn apply(&mut self, event: Event<Node>) {
+        match event {
+            Event::Init => {
+                self.relisting = Some(None);
+                self.healthy = false;
+            }
+            Event::InitApply(node) => {
+                if let Some(found) = self.relisting.as_mut() {
+                    *found = Some(node);
+                }
+            }
+            Event::InitDone => {
+                self.node = self.relisting.take().flatten();
+                self.listed = true;
+                self.healthy = true;
+            }
+            Event::Apply(node) => {
+                self.node = Some(node);
+                self.healthy = self.listed && self.relisting.is_none();
+            }
+            Event::Delete(_) => {
+                self.node = None;
+                self.healthy = self.listed && self.relisting.is_none();
+            }
+        }
+    }
+
+    /// The watch failed: its copy may be behind until it delivers again.
+    pub fn failed(&mut self) {
+        self.healthy = false;
+    }
+
+    /// The Node the reporter may take instead of reading it; `None` means read it.
+    #[must_use]
+    pub fn trusted(&self) -> Option<&Node> {
+        if self.healthy {
+            self.node.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// `read` is the Node as the API server has it now: the copy is trusted again when it
+    /// is that same version of the Node.
+    pub fn confirm(&mut self, read: &Node) {
+        let version = |n: &Node| {
+            n.metadata
+                .resource_version
+                .clone()
+                .filter(|v| !v.is_empty())
+        };
+        let same = self
+            .node
+            .as_ref()
+            .and_then(version)
+            .is_some_and(|held| version(read).is_some_and(|now| now == held));
+        if self.listed && self.relisting.is_none() && same {
+            self.healthy = true;
+        }
     }
 }
 
@@ -414,5 +567,112 @@ mod tests {
         assert_eq!(steps, [200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
         b.reset();
         assert_eq!(b.step(), Duration::from_millis(200));
+    }
+
+    fn node(version: &str) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("node-a".to_owned()),
+                resource_version: Some(version.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        }
+    }
+
+    fn trusted_version(cache: &NodeCache) -> Option<&str> {
+        cache
+            .trusted()
+            .and_then(|n| n.metadata.resource_version.as_deref())
+    }
+
+    fn listed(version: &str) -> NodeCache {
+        let mut cache = NodeCache::default();
+        for event in [
+            Event::Init,
+            Event::InitApply(node(version)),
+            Event::InitDone,
+        ] {
+            cache.apply(event);
+        }
+        cache
+    }
+
+    #[test]
+    fn the_watch_is_read_only_once_its_list_completed() {
+        let mut cache = NodeCache::default();
+        assert_eq!(
+            trusted_version(&cache),
+            None,
+            "nothing listed: read the Node"
+        );
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(node("5")));
+        assert_eq!(trusted_version(&cache), None, "the list is not complete");
+        cache.apply(Event::InitDone);
+        assert_eq!(trusted_version(&cache), Some("5"));
+        cache.apply(Event::Apply(node("6")));
+        assert_eq!(
+            trusted_version(&cache),
+            Some("6"),
+            "each change replaces it"
+        );
+    }
+
+    #[test]
+    fn after_a_watch_error_the_node_is_read_until_the_watch_delivers_again() {
+        let mut cache = listed("5");
+        cache.failed();
+        assert_eq!(trusted_version(&cache), None, "the copy may be behind");
+        cache.apply(Event::Apply(node("9")));
+        assert_eq!(
+            trusted_version(&cache),
+            Some("9"),
+            "the watch resumed from where it stopped"
+        );
+
+        // A relist after the error: the copy is trusted again only when it completes.
+        cache.failed();
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(node("12")));
+        cache.confirm(&node("9"));
+        assert_eq!(trusted_version(&cache), None, "relisting");
+        cache.apply(Event::InitDone);
+        assert_eq!(trusted_version(&cache), Some("12"));
+    }
+
+    #[test]
+    fn a_read_of_the_same_version_trusts_a_quiet_watch_again() {
+        let mut cache = listed("5");
+        cache.failed();
+        cache.confirm(&node("7"));
+        assert_eq!(
+            trusted_version(&cache),
+            None,
+            "the API server holds a newer Node than the copy"
+        );
+        cache.confirm(&node(""));
+        assert_eq!(trusted_version(&cache), None, "no version proves nothing");
+        cache.confirm(&node("5"));
+        assert_eq!(trusted_version(&cache), Some("5"), "the copy is current");
+
+        // Before any list there is nothing to confirm.
+        let mut fresh = NodeCache::default();
+        fresh.confirm(&node("5"));
+        assert_eq!(trusted_version(&fresh), None);
+    }
+
+    #[test]
+    fn a_deleted_node_leaves_nothing_to_trust() {
+        let mut cache = listed("5");
+        cache.apply(Event::Delete(node("6")));
+        assert_eq!(trusted_version(&cache), None, "read: the Node is gone");
+        cache.apply(Event::Apply(node("8")));
+        assert_eq!(trusted_version(&cache), Some("8"), "registered again");
+
+        let mut empty = NodeCache::default();
+        empty.apply(Event::Init);
+        empty.apply(Event::InitDone);
+        assert_eq!(trusted_version(&empty), None, "listed, but no Node yet");
     }
 }

@@ -914,13 +914,13 @@ impl RequestCounts {
 
 /// Upstream's budget for an idle node, per request class: how many requests a kubelet makes
 /// in `window` (a lease renewal and a Node read every 10 s; the node status only when it
-/// changes, or every 5 min; no pod status; its pod watch re-opened every 5-10 min).
+/// changes, or every 5 min; no pod status; its pod and Node watches re-opened every 5-10 min).
 fn budget(class: &str, window: Duration) -> u64 {
     let every = |period: u64| window.as_secs().div_ceil(period);
     match class {
         // Either end of the window may catch one more tick.
         "update leases" | "get nodes" => every(10) + 1,
-        "patch nodes/status" | "watch pods" | "list pods" => every(300),
+        "patch nodes/status" | "watch pods" | "list pods" | "watch nodes" => every(300),
         _ => 0,
     }
 }
@@ -1760,6 +1760,7 @@ mod tests {
             ("get nodes", 12),
             ("patch nodes/status", 1),
             ("watch pods", 1),
+            ("watch nodes", 1),
         ]);
         assert!(over_budget(&upstream, window).is_empty());
         let chatty = counts(&[

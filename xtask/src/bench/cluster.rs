@@ -21,10 +21,12 @@
 //! Same pods for all (bare busybox pods bound to the node, host network), same cgroup root
 //! scheme and limits: bpflet runs under the bench's cgroup root `R` and limits `R/kubepods`
 //! to 512 MiB (`enforceNodeAllocatable: [pods]`, `systemReserved` memory = MemTotal - 512
-//! MiB, `evictionHard memory.available: 100Mi`); the kubelet runs under `R/kubelet`, a root
-//! of its own in the same tree, with the same three settings, which give its
-//! `R/kubelet/kubepods` the same 512 MiB (the kubelet limits kubepods to capacity minus the
-//! reservations; its capacity is MemTotal) and the same eviction threshold.
+//! MiB, `evictionHard memory.available: 100Mi`); the kubelet of a column runs under
+//! `R/<column>`, a root of its own in the same tree, with the same three settings, which
+//! give its `R/<column>/kubepods` the same 512 MiB (the kubelet limits kubepods to capacity
+//! minus the reservations; its capacity is MemTotal; `bench::peer` checks the limit it
+//! wrote) and the same eviction threshold. The kubelet is set up as in every bench with
+//! kubelet columns (`bench::peer`), plus `KubeletSpec::cluster`.
 //!
 //! One control plane rather than one per column: the columns differ only in the agent, and
 //! between them the node is made clean (no pods, its Node and Lease deleted) before every

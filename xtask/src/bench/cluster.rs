@@ -21,10 +21,12 @@
 //! Same pods for all (bare busybox pods bound to the node, host network), same cgroup root
 //! scheme and limits: bpflet runs under the bench's cgroup root `R` and limits `R/kubepods`
 //! to 512 MiB (`enforceNodeAllocatable: [pods]`, `systemReserved` memory = MemTotal - 512
-//! MiB, `evictionHard memory.available: 100Mi`); the kubelet runs under `R/kubelet`, a root
-//! of its own in the same tree, with the same three settings, which give its
-//! `R/kubelet/kubepods` the same 512 MiB (the kubelet limits kubepods to capacity minus the
-//! reservations; its capacity is MemTotal) and the same eviction threshold.
+//! MiB, `evictionHard memory.available: 100Mi`); the kubelet of a column runs under
+//! `R/<column>`, a root of its own in the same tree, with the same three settings, which
+//! give its `R/<column>/kubepods` the same 512 MiB (the kubelet limits kubepods to capacity
+//! minus the reservations; its capacity is MemTotal; `bench::peer` checks the limit it
+//! wrote) and the same eviction threshold. The kubelet is set up as in every bench with
+//! kubelet columns (`bench::peer`), plus `KubeletSpec::cluster`.
 //!
 //! One control plane rather than one per column: the columns differ only in the agent, and
 //! between them the node is made clean (no pods, its Node and Lease deleted) before every
@@ -59,7 +61,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
@@ -69,16 +71,17 @@ use serde_json::Value;
 use xtask::cluster::{self, ControlPlane, KUBERNETES_VERSION};
 use xtask::containerd::{Binaries, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
-use xtask::peer::{self, ClusterAccess, Kubelet, KubeletSpec};
+use xtask::peer::ClusterAccess;
 
 use super::Ctx;
 use super::agent_log;
+use super::peer::{self, BenchKubelet, BenchKubeletSpec, EventedStreams, Switches};
 use super::pods::{
     Machine, NODE, Node, check_interrupted, mib, quick_mode, sample_pair, sleep_checked,
 };
-use super::util::{ProcUsage, Summary, Table, fmt_opt, ms_between, ratio};
+use super::util::{ProcUsage, Summary, Table, fmt_opt, ms_between, ratio, repeat};
 use crate::is_root;
-use crate::up::{self, PlegMode};
+use crate::up::PlegMode;
 
 /// This bench's CNI bridge and subnet (host-network pods never create the bridge).
 const BRIDGE: &str = "bpflet-clus0";
@@ -103,8 +106,6 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(300);
 const GONE_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(500);
-/// The kubelet's cgroup root, below the bench's: `<bench root>/kubelet`.
-const KUBELET_CGROUP: &str = "kubelet";
 
 /// How much of everything.
 #[derive(Debug, Clone)]
@@ -175,19 +176,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         is_root(),
         "`cargo xtask bench cluster` needs root (BPF, cgroups, containerd)"
     );
-    ensure!(
-        peer::is_built()?,
-        "the upstream peer (kubelet, containerd 2, runc) is missing or not from the current \
-         pins: run `cargo xtask build-peer`"
-    );
+    peer::require_built()?;
     let plan = Plan::from_env();
-    let mut machine = Machine::read()?;
-    machine.containerd = format!(
-        "containerd {} and runc {} built by `cargo xtask build-peer`, kubelet \
-         {KUBERNETES_VERSION}",
-        peer::CONTAINERD_VERSION,
-        peer::RUNC_VERSION
-    );
+    let machine = Machine::read_with(&xtask::peer::bin_dir().join("containerd"))?;
+    let versions = peer::versions()?;
     cluster::build().context("building the Kubernetes test bed (tests/k8s)")?;
     super::pods::on_bench_node_with(
         ctx,
@@ -221,7 +213,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             let sessions = measured?;
             agent_stopped?;
             stopped?;
-            let report = render(&plan, &machine, &sessions, started.elapsed());
+            let report = render(&plan, &machine, &versions, &sessions, started.elapsed());
             println!("{report}");
             let path = ctx.save("cluster", &report)?;
             eprintln!("saved {}", path.display());
@@ -260,13 +252,6 @@ struct Idle {
     apiserver: ProcUsage,
 }
 
-/// `kubelet_evented_pleg_connection_{success,error}_count`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct EventedStreams {
-    opened: f64,
-    failed: f64,
-}
-
 fn measure(plan: &Plan, agents: &mut Agents) -> Result<Vec<Session>> {
     let api = Api::new(agents.cp);
     api.wait_default_service_account()?;
@@ -301,15 +286,11 @@ fn measure_column(
         joins.push(join(api, agents, column)?);
     }
 
-    let mut exits = vec![];
-    for b in 0..plan.exit_batches {
-        eprintln!(
-            "bench cluster: {tag}: exits, batch {}/{}",
-            b + 1,
-            plan.exit_batches
-        );
-        exits.extend(exit_batch(api, agents, column, b, plan.batch_size, rng)?);
-    }
+    let exits = repeat(
+        &format!("bench cluster: {tag}: exits, batch"),
+        plan.exit_batches,
+        |b| exit_batch(api, agents, column, b, plan.batch_size, rng),
+    )?;
 
     eprintln!(
         "bench cluster: {tag}: {} idle pods, then a {:?} window",
@@ -334,12 +315,12 @@ fn measure_column(
 // The agents
 
 /// The agent of each column on the one node, containerd and control plane: bpflet through
-/// the bench's [`Node`], the kubelet through [`Kubelet`].
+/// the bench's [`Node`], the kubelet through [`BenchKubelet`].
 struct Agents<'a> {
     node: &'a mut Node,
     ctd: &'a PrivateContainerd,
     cp: &'a ControlPlane,
-    kubelet: Option<Kubelet>,
+    kubelet: Option<BenchKubelet>,
 }
 
 impl Agents<'_> {
@@ -349,48 +330,30 @@ impl Agents<'_> {
         match column {
             Column::Bpflet(mode) => self.node.start_agent(mode, self.ctd),
             Column::Kubelet | Column::KubeletEvented => {
-                let spec = self.kubelet_spec(column)?;
-                let line = format!("the kubelet in {}", spec.work_dir.display());
-                self.kubelet =
-                    Some(Kubelet::start(spec).with_context(|| format!("starting {line}"))?);
+                self.kubelet = Some(BenchKubelet::start(&self.kubelet_spec(column)?, self.ctd)?);
                 Ok(())
             }
         }
     }
 
-    /// The kubelet of `column` as a node of the control plane, in a fresh work directory
-    /// (`<bench>/kubelet-<column>`), under the cgroup root `<bench root>/kubelet` with the
-    /// bench's limits.
-    fn kubelet_spec(&self, column: Column) -> Result<KubeletSpec> {
-        let dir = self
-            .node
-            .work_dir
-            .join(format!("kubelet-{}", column.name()));
-        if dir.exists() {
-            // A crashed run's mounts first: never delete through a mount.
-            up::unmount_under(&dir)?;
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-        let mut spec = KubeletSpec::new(
-            dir.clone(),
-            self.ctd,
-            dir.join("manifests"),
-            xtask::agent::free_port()?,
-        );
-        spec.node_name = NODE.to_owned();
-        spec.cgroup_root = format!("{}/{KUBELET_CGROUP}", self.node.cgroup_root);
+    /// The kubelet of `column` as a node of the control plane, set up as every bench's
+    /// kubelet column (`bench::peer`), with its own static pod directory and read-only port.
+    fn kubelet_spec(&self, column: Column) -> Result<BenchKubeletSpec> {
+        let switches = if column == Column::KubeletEvented {
+            Switches::EVENTED
+        } else {
+            Switches::GENERIC
+        };
+        let mut spec = BenchKubeletSpec::on_node(self.node, column.name(), switches);
+        spec.manifests = spec.work_dir.join("manifests");
+        spec.read_only_port = xtask::agent::free_port()?;
+        // No `--node-ip 127.0.0.1` as bpflet has: the kubelet refuses a loopback node IP
+        // (`validateNodeIP`) and would fail its node-address setter on every status update,
+        // so it picks its address as upstream does by default (the bench never uses it).
         spec.cluster = Some(ClusterAccess {
             kubeconfig: self.cp.layout.node_kubeconfig.clone(),
             client_ca_file: self.cp.layout.pki.join("ca.crt"),
         });
-        spec.extra_config =
-            kubelet_limits_config(up::mem_total()?, column == Column::KubeletEvented);
-        // No `--node-ip 127.0.0.1` as bpflet has: the kubelet refuses a loopback node IP
-        // (`validateNodeIP`) and would fail its node-address setter on every status update,
-        // so it picks its address as upstream does by default (the bench never uses it).
-        spec.args = ["--v=2", "--logging-format=json"]
-            .map(str::to_owned)
-            .to_vec();
         Ok(spec)
     }
 
@@ -406,7 +369,7 @@ impl Agents<'_> {
     /// The running agent's pid.
     fn pid(&self) -> Result<u32> {
         match &self.kubelet {
-            Some(kubelet) => kubelet.pid().context("the kubelet is not running"),
+            Some(kubelet) => kubelet.pid(),
             None => self
                 .node
                 .agent
@@ -419,12 +382,11 @@ impl Agents<'_> {
     /// When the running agent logged its Node registered.
     fn registered(&self) -> Result<Option<SystemTime>> {
         match &self.kubelet {
-            Some(kubelet) => {
-                let path = kubelet.log_path();
-                let text = fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                Ok(kubelet_logged(&text, "Successfully registered node"))
-            }
+            Some(kubelet) => Ok(peer::first_logged(
+                &kubelet.log()?,
+                "Successfully registered node",
+                None,
+            )),
             None => Ok(registered_logged(&agent_log::read(&self.node.agent_log)?)),
         }
     }
@@ -447,67 +409,11 @@ impl Agents<'_> {
 
     /// The running kubelet's evented PLEG streams, from its `/metrics`.
     fn evented_streams(&self) -> Result<EventedStreams> {
-        let kubelet = self
-            .kubelet
+        self.kubelet
             .as_ref()
-            .context("the kubelet is not running")?;
-        let port = kubelet.read_only_port();
-        let (code, body) = xtask::agent::http_get(port, "/metrics")
-            .with_context(|| format!("GET /metrics on 127.0.0.1:{port}: no answer"))?;
-        ensure!(
-            code == 200,
-            "GET /metrics on 127.0.0.1:{port}: status {code}"
-        );
-        let value = |name: &str| {
-            metric_value(&body, name).with_context(|| {
-                format!("the kubelet's /metrics has no {name}: is EventedPLEG on?")
-            })
-        };
-        Ok(EventedStreams {
-            opened: value("kubelet_evented_pleg_connection_success_count")?,
-            failed: value("kubelet_evented_pleg_connection_error_count")?,
-        })
+            .context("the kubelet is not running")?
+            .evented_streams()
     }
-}
-
-/// The kubelet's `KubeletConfiguration` lines for the bench's limits: kubepods limited to
-/// [`up::KUBEPODS_MEMORY`] as bpflet's (`enforceNodeAllocatable: [pods]` and
-/// `systemReserved` memory = MemTotal - that; the kubelet's `evictionHard memory.available`
-/// is bpflet's 100Mi already), and the evented PLEG when `evented`.
-fn kubelet_limits_config(mem_total: u64, evented: bool) -> String {
-    let reserved = mem_total.saturating_sub(up::KUBEPODS_MEMORY);
-    let mut text = format!(
-        "# kubepods gets MemTotal - systemReserved = {} MiB, as bpflet's.
-enforceNodeAllocatable: [pods]
-systemReserved:
-  memory: \"{}Ki\"
-",
-        up::KUBEPODS_MEMORY >> 20,
-        reserved / 1024
-    );
-    if evented {
-        text.push_str("featureGates:\n  EventedPLEG: true\n");
-    }
-    text
-}
-
-/// When the kubelet's JSON log (`--logging-format=json`: `ts` in ms since the epoch) first
-/// has a record with the message `msg`.
-fn kubelet_logged(log: &str, msg: &str) -> Option<SystemTime> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|r| r["msg"] == msg)
-        .and_then(|r| r["ts"].as_f64())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| UNIX_EPOCH + Duration::from_secs_f64(ms / 1e3))
-}
-
-/// The value of the unlabelled sample `name` in Prometheus' text format.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (metric, value) = l.split_once(' ')?;
-        (metric == name).then(|| value.trim().parse().ok())?
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1393,13 +1299,20 @@ fn answered_ok(log: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) -> String {
+fn render(
+    plan: &Plan,
+    machine: &Machine,
+    versions: &str,
+    sessions: &[Session],
+    took: Duration,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "## Cluster (`cargo xtask bench cluster`)\n\n{machine} Control plane: Kubernetes \
          {KUBERNETES_VERSION} built from tests/k8s, on 127.0.0.1, API server auditing every \
-         request. Columns: bpflet `event` and `generic` PLEG, the upstream kubelet \
+         request. Upstream peer on the same containerd (`cargo xtask build-peer`): \
+         {versions}. Columns: bpflet `event` and `generic` PLEG, the upstream kubelet \
          {KUBERNETES_VERSION} (`kubelet`, generic PLEG) and with `EventedPLEG` \
          (`kubelet-evented`), each joining as `{NODE}` on the same containerd, with the same \
          pods and a 512 MiB kubepods. Run took {:.1} min{}.\n",
@@ -1532,11 +1445,11 @@ fn render(plan: &Plan, machine: &Machine, sessions: &[Session], took: Duration) 
 
 /// What the kubelet's `/metrics` says of its evented PLEG.
 fn evented_note(column: Column, s: EventedStreams) -> String {
-    let verdict = if s.opened >= 1.0 {
-        "its evented PLEG ran on containerd's CRI events"
-    } else {
-        "its evented PLEG never got a CRI event stream, so it fell back to relisting: its \
-         numbers are the generic PLEG's"
+    let verdict = match s.check() {
+        Ok(()) => "its evented PLEG ran on containerd's CRI events".to_owned(),
+        Err(why) => {
+            format!("{why}; the kubelet fell back to relisting: its numbers are the generic PLEG's")
+        }
     };
     format!(
         "`{}`: CRI event streams opened {:.0}, failed {:.0} \
@@ -1909,79 +1822,18 @@ mod tests {
     }
 
     #[test]
-    fn kubelet_gets_bpflets_kubepods_limit_and_the_evented_gate_only_when_asked() {
-        // 8 GiB of MemTotal: 7.5 GiB reserved, 512 MiB left for kubepods.
-        let text = kubelet_limits_config(8 << 30, false);
-        assert!(
-            text.contains(
-                "enforceNodeAllocatable: [pods]\nsystemReserved:\n  memory: \"7864320Ki\"\n"
-            ),
-            "{text}"
-        );
-        assert!(!text.contains("featureGates"), "{text}");
-        // Nothing the standalone config already sets (the kubelet refuses duplicates).
-        assert!(!text.contains("evictionHard"), "{text}");
-        let evented = kubelet_limits_config(8 << 30, true);
-        assert!(
-            evented.ends_with("featureGates:\n  EventedPLEG: true\n"),
-            "{evented}"
-        );
-    }
-
-    #[test]
-    fn kubelet_records_are_read_from_its_json_log() {
-        let log = concat!(
-            "{\"ts\":1000000000000.5,\"caller\":\"x.go:1\",\"msg\":\"Attempting to register node\",\"v\":0}\n",
-            "not json\n",
-            "{\"ts\":1000001250.0,\"caller\":\"kubelet/kubelet_node_status.go:78\",\"msg\":\"Successfully registered node\",\"v\":0,\"node\":{\"name\":\"benchnode\"}}\n",
-            "{\"ts\":1000009000.0,\"msg\":\"Successfully registered node\"}\n",
-        );
-        assert_eq!(
-            kubelet_logged(log, "Successfully registered node"),
-            Some(at(1_000_001) + Duration::from_millis(250))
-        );
-        assert_eq!(kubelet_logged(log, "Node became not ready"), None);
-        assert_eq!(kubelet_logged("{\"msg\":\"m\"}", "m"), None);
-    }
-
-    #[test]
-    fn metric_values_are_read_from_prometheus_text() {
-        let text = "# HELP kubelet_evented_pleg_connection_success_count The number...\n\
-                    # TYPE kubelet_evented_pleg_connection_success_count counter\n\
-                    kubelet_evented_pleg_connection_success_count 1\n\
-                    kubelet_evented_pleg_connection_error_count 0\n\
-                    kubelet_evented_pleg_connection_latency_seconds_bucket{le=\"0.005\"} 1\n";
-        assert_eq!(
-            metric_value(text, "kubelet_evented_pleg_connection_success_count"),
-            Some(1.0)
-        );
-        assert_eq!(
-            metric_value(text, "kubelet_evented_pleg_connection_error_count"),
-            Some(0.0)
-        );
-        assert_eq!(metric_value(text, "kubelet_evented_pleg_connection"), None);
-        assert_eq!(metric_value("x one\n", "x"), None);
-    }
-
-    #[test]
     fn an_evented_pleg_without_a_stream_is_called_a_fallback() {
-        let ran = evented_note(
-            Column::KubeletEvented,
-            EventedStreams {
-                opened: 1.0,
-                failed: 0.0,
-            },
-        );
+        let note = |opened, failed| {
+            evented_note(Column::KubeletEvented, EventedStreams { opened, failed })
+        };
+        let ran = note(1.0, 0.0);
         assert!(ran.contains("ran on containerd's CRI events"), "{ran}");
-        let fell = evented_note(
-            Column::KubeletEvented,
-            EventedStreams {
-                opened: 0.0,
-                failed: 5.0,
-            },
-        );
+        let fell = note(0.0, 5.0);
         assert!(fell.contains("fell back to relisting"), "{fell}");
         assert!(fell.starts_with("`kubelet-evented`: CRI event streams opened 0, failed 5"));
+        // Upstream gives up on the stream after 5 failures, even after one opened.
+        let gave_up = note(2.0, 5.0);
+        assert!(gave_up.contains("fell back to relisting"), "{gave_up}");
     }
 
     #[test]

@@ -10,7 +10,6 @@
 
 pub mod agent_log;
 pub mod cluster;
-pub mod peer_pleg;
 pub mod peer;
 pub mod pleg;
 pub mod pods;

@@ -10,7 +10,7 @@
 //! kubelet variant, standalone, on the same static pod directory, read-only port and node
 //! name, with its cgroup root below the bench's and the same kubepods limit and threshold
 //! (`enforceNodeAllocatable: [pods]`, `systemReserved` memory = MemTotal - 512 MiB, the same
-//! `evictionHard`; see [`super::peer_pleg`]). Beside either, `bpflet trace --json` watches
+//! `evictionHard`; see [`super::peer`]). Beside either, `bpflet trace --json` watches
 //! the kubepods tree in use: the kernel's timestamps of exits, OOM kills and memory pressure
 //! come from there, for both agents.
 //!
@@ -23,6 +23,19 @@
 //! {EventedPLEG: true}`: CRI container events from containerd 2; left out, with the reason,
 //! when the kubelet does not start with it or its `/metrics` show it fell back to relisting)
 //! and `kubelet-memcg` (`kernelMemcgNotification: true`, ramps only).
+//!
+//! How the kubelet v1.34.4 observes memory (pkg/kubelet/eviction): every 10 s
+//! (`evictionMonitoringPeriod`) `synchronize` asks the summary provider for fresh cAdvisor
+//! stats of the kubepods cgroup (`updateStats`), and `allocatableMemory.available` is that
+//! cgroup's limit minus its working set (usage minus `total_inactive_file`). With
+//! `kernelMemcgNotification: true` it also arms a cgroup v1 usage-threshold eventfd on
+//! kubepods' `memory.usage_in_bytes` at `capacity - 100Mi + inactive_file` (re-armed at most
+//! every 10 s, from the same stats), and a crossing runs `synchronize` at once. Default:
+//! `false`. The kubelet never evicts a static pod: `evictPod` refuses every pod
+//! `kubelettypes.IsCriticalPod` calls critical, which includes every static pod, and logs
+//! `Eviction manager: cannot evict a critical pod`. Standalone, every pod is static, so its
+//! eviction decisions are refusals; the bench takes that record as the decision's moment
+//! ([`peer::eviction`]).
 //!
 //! 1. Exit to status: host-network busybox pods (`restartPolicy: Never`) run
 //!    `sleep <random 2-4 s>; exit <code>`, a batch of [`Plan::batch_size`] at a time;
@@ -66,11 +79,10 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use xtask::containerd::{Binaries, PrivateContainerd};
 use xtask::images::BUSYBOX_IMAGE;
-use xtask::peer::{self, Kubelet};
 
 use super::Ctx;
 use super::agent_log::{self, LogRecord};
-use super::peer_pleg;
+use super::peer::{self, BenchKubelet, BenchKubeletSpec};
 use super::pods::{
     Machine, NODE, Node, QUICK_ENV, check_interrupted, find, is_up, on_bench_node_with, quick_mode,
     sleep_checked,
@@ -186,8 +198,8 @@ impl Variant {
     }
 
     /// How the kubelet runs; `None` for bpflet.
-    fn kubelet(self) -> Option<peer_pleg::Setup> {
-        let setup = |evented_pleg, kernel_memcg_notification| peer_pleg::Setup {
+    fn kubelet(self) -> Option<peer::Switches> {
+        let setup = |evented_pleg, kernel_memcg_notification| peer::Switches {
             evented_pleg,
             kernel_memcg_notification,
         };
@@ -263,18 +275,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "`cargo xtask bench pleg` needs the cgroup v1 memory controller at {MEMORY_V1} (the \
          usage-threshold eventfd that marks pressure onset is v1 only)"
     );
-    let bin = peer::bin_dir();
-    for name in peer::programs() {
-        ensure!(
-            bin.join(name).is_file(),
-            "{} is missing: run `cargo xtask build-peer` (bench pleg runs containerd 2, its \
-             runc and the upstream kubelet from there)",
-            bin.join(name).display()
-        );
-    }
+    peer::require_built()?;
     let plan = Plan::from_env();
-    let machine = Machine::read_with(&bin.join("containerd"))?;
-    let peer_versions = peer_pleg::versions()?;
+    let machine = Machine::read_with(&xtask::peer::bin_dir().join("containerd"))?;
+    let peer_versions = peer::versions()?;
     on_bench_node_with(
         ctx,
         "pleg",
@@ -351,10 +355,11 @@ fn kubelet_session(
     node: &mut Node,
     ctd: &PrivateContainerd,
     variant: Variant,
-    setup: peer_pleg::Setup,
+    setup: peer::Switches,
     rng: &mut fastrand::Rng,
 ) -> Result<std::result::Result<Session, String>> {
-    let kubelet = match peer_pleg::start(node, ctd, variant.tag(), setup) {
+    let spec = BenchKubeletSpec::on_node(node, variant.name(), setup);
+    let kubelet = match BenchKubelet::start(&spec, ctd) {
         Ok(k) => k,
         Err(e) if setup.evented_pleg => {
             return Ok(Err(format!(
@@ -366,14 +371,7 @@ fn kubelet_session(
     // The node's errors show the log of the agent in use.
     node.agent_log = kubelet.log_path().to_owned();
     let result = session(ctx, plan, node, variant, Subject::Kubelet(&kubelet), rng);
-    let evented = setup.evented_pleg.then(|| {
-        xtask::agent::http_get(kubelet.read_only_port(), "/metrics")
-            .filter(|(code, _)| *code == 200)
-            .map_or_else(
-                || Err("the kubelet's /metrics did not answer".to_owned()),
-                |(_, body)| peer_pleg::evented_pleg_ran(&body),
-            )
-    });
+    let evented = setup.evented_pleg.then(|| kubelet.check_evented());
     let stopped = kubelet.stop();
     let session = result.with_context(|| format!("variant `{}`", variant.name()))?;
     stopped.with_context(|| format!("stopping the kubelet of `{}`", variant.name()))?;
@@ -387,13 +385,13 @@ fn kubelet_session(
 #[derive(Clone, Copy)]
 enum Subject<'a> {
     Bpflet,
-    Kubelet(&'a Kubelet),
+    Kubelet(&'a BenchKubelet),
 }
 
 /// The log of the agent a session measured, as records.
 enum AgentLog {
     Bpflet(Vec<LogRecord>),
-    Kubelet(Vec<peer_pleg::Record>),
+    Kubelet(Vec<peer::Record>),
 }
 
 impl AgentLog {
@@ -401,7 +399,7 @@ impl AgentLog {
     fn pleg_event(&self, name: &str) -> Option<SystemTime> {
         match self {
             AgentLog::Bpflet(log) => pleg_event_logged(log, name),
-            AgentLog::Kubelet(log) => peer_pleg::pleg_died(log, name),
+            AgentLog::Kubelet(log) => peer::pleg_died(log, name),
         }
     }
 
@@ -412,9 +410,9 @@ impl AgentLog {
         match self {
             AgentLog::Bpflet(log) => eviction_logged(log, name),
             AgentLog::Kubelet(log) => {
-                let e = peer_pleg::eviction(log, name)?;
+                let e = peer::eviction(log, name)?;
                 let notified = onset.is_some_and(|o| {
-                    peer_pleg::notifier_fired(log)
+                    peer::notifier_fired(log)
                         .iter()
                         .any(|&t| t >= o && t <= e.at)
                 });
@@ -519,7 +517,7 @@ fn session(
             check_notifier(node, variant)?;
             format!("{}/kubepods", node.cgroup_root)
         }
-        Subject::Kubelet(_) => peer_pleg::kubepods(&peer_pleg::cgroup_root(&node.cgroup_root)),
+        Subject::Kubelet(kubelet) => kubelet.kubepods_cgroup(),
     };
     let trace = Trace::start(ctx, &node.work_dir, variant.tag(), &kubepods)?;
     let gets_before = node.get_ms.len();
@@ -554,7 +552,7 @@ fn session(
             AgentLog::Bpflet(agent_log::read(&node.agent_log)?),
         ),
         Subject::Kubelet(kubelet) => {
-            let log = peer_pleg::read_log(kubelet.log_path())?;
+            let log = kubelet.log()?;
             check_kubelet_notifier(&log, kubelet, variant)?;
             (None, AgentLog::Kubelet(log))
         }
@@ -593,11 +591,11 @@ fn session(
 /// The kubelet's log says it created the memcg threshold notifiers when the variant wants
 /// them (`kernelMemcgNotification: true`), and only then.
 fn check_kubelet_notifier(
-    log: &[peer_pleg::Record],
-    kubelet: &Kubelet,
+    log: &[peer::Record],
+    kubelet: &BenchKubelet,
     variant: Variant,
 ) -> Result<()> {
-    let (created, failed) = peer_pleg::notifier_logged(log);
+    let (created, failed) = peer::notifier_logged(log);
     ensure!(
         created == variant.notifier() && !failed,
         "variant `{}` wants the kubelet's memcg notifier {}, but its log says created {created}, \

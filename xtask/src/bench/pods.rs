@@ -48,8 +48,8 @@ use xtask::images::BUSYBOX_IMAGE;
 
 use super::Ctx;
 use super::agent_log::{self, LogRecord};
-use super::peer::{self, BenchKubelet, BenchKubeletSpec, KubeletPleg};
-use super::util::{ProcSnapshot, ProcUsage, Summary, Table, fmt_opt, ratio};
+use super::peer::{self, BenchKubelet, BenchKubeletSpec, Switches};
+use super::util::{ProcSnapshot, ProcUsage, Summary, Table, fmt_opt, ratio, repeat};
 use crate::up::{self, ConfigParams, PlegMode, PodView};
 use crate::{is_root, output, workspace_root};
 
@@ -140,6 +140,32 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     })
 }
 
+/// Which PLEG a kubelet column runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KubeletPleg {
+    /// Upstream's default: relist every second.
+    Generic,
+    /// Feature gate `EventedPLEG` (alpha): CRI container events, relist every 300 s.
+    Evented,
+}
+
+impl KubeletPleg {
+    /// The column's name in bench reports.
+    fn column(self) -> &'static str {
+        match self {
+            KubeletPleg::Generic => "kubelet",
+            KubeletPleg::Evented => "kubelet-evented",
+        }
+    }
+
+    fn switches(self) -> Switches {
+        match self {
+            KubeletPleg::Generic => Switches::GENERIC,
+            KubeletPleg::Evented => Switches::EVENTED,
+        }
+    }
+}
+
 /// Who manages the pods in a column of the bench.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Column {
@@ -163,7 +189,7 @@ impl Node {
     fn column_cgroup_root(&self, column: Column) -> String {
         match column {
             Column::Bpflet(_) => self.cgroup_root.clone(),
-            Column::Kubelet(pleg) => peer::cgroup_root_for(&self.cgroup_root, pleg),
+            Column::Kubelet(pleg) => peer::cgroup_root_for(&self.cgroup_root, pleg.column()),
         }
     }
 }
@@ -224,8 +250,8 @@ fn measure(
         }
         let result = measure_column(plan, node, column, ctd, ctd_pid);
         // An evented kubelet that fell back to relisting measured the generic PLEG.
-        let fell_back = match (&result, &node.kubelet) {
-            (Ok(_), Some(k)) if k.pleg() == KubeletPleg::Evented => k.check_evented().err(),
+        let fell_back = match (&result, &node.kubelet, column) {
+            (Ok(_), Some(k), Column::Kubelet(KubeletPleg::Evented)) => k.check_evented().err(),
             _ => None,
         };
         let stopped = node.stop_kubelet();
@@ -236,8 +262,8 @@ fn measure(
             stop_problems.push(format!("{} column: {e:#}", column.name()));
         }
         if let Some(e) = fell_back {
-            eprintln!("bench pods: leaving the kubelet-evented column out: {e:#}");
-            left_out.push((column, format!("{e:#}")));
+            eprintln!("bench pods: leaving the kubelet-evented column out: {e}");
+            left_out.push((column, e));
             continue;
         }
         results.push(result);
@@ -258,32 +284,24 @@ fn measure_column(
 ) -> Result<ColumnResult> {
     let name = column.name();
     let gets_before = node.get_ms.len();
-    let mut single = vec![];
-    for i in 0..plan.single_reps {
-        eprintln!(
-            "bench pods: {name}, 1 pod, run {}/{}",
-            i + 1,
-            plan.single_reps
-        );
-        let names = vec![format!("lat1-{name}-{i}")];
-        single.extend(node.start_and_remove(&names, ctd)?);
-    }
+    let single = repeat(
+        &format!("bench pods: {name}, 1 pod, run"),
+        plan.single_reps,
+        |i| node.start_and_remove(&[format!("lat1-{name}-{i}")], ctd),
+    )?;
     let single_gets = node.get_ms.split_off(gets_before);
     // The agent made its kubepods cgroup before the first pod ran.
     let kubepods_limit = peer::kubepods_memory_limit(&node.column_cgroup_root(column))?;
-    let mut batch = vec![];
-    for r in 0..plan.batch_reps {
-        eprintln!(
-            "bench pods: {name}, {} pods at once, run {}/{}",
-            plan.batch_size,
-            r + 1,
-            plan.batch_reps
-        );
-        let names: Vec<String> = (0..plan.batch_size)
-            .map(|j| format!("lat{}-{name}-r{r}-{j:02}", plan.batch_size))
-            .collect();
-        batch.extend(node.start_and_remove(&names, ctd)?);
-    }
+    let batch = repeat(
+        &format!("bench pods: {name}, {} pods at once, run", plan.batch_size),
+        plan.batch_reps,
+        |r| {
+            let names: Vec<String> = (0..plan.batch_size)
+                .map(|j| format!("lat{}-{name}-r{r}-{j:02}", plan.batch_size))
+                .collect();
+            node.start_and_remove(&names, ctd)
+        },
+    )?;
     let batch_gets = node.get_ms.split_off(gets_before);
     let mut latency = vec![];
     for (scenario, samples, gets) in [
@@ -1038,31 +1056,29 @@ impl Node {
     /// Starts the upstream kubelet of `pleg` on `ctd` in bpflet's place: the same static
     /// pod directory, node name and read-only port, its own cgroup root below the node's
     /// and the same kubepods limit (see `bench::peer`).
-    pub(crate) fn start_kubelet(
-        &mut self,
-        pleg: KubeletPleg,
-        ctd: &PrivateContainerd,
-    ) -> Result<()> {
+    fn start_kubelet(&mut self, pleg: KubeletPleg, ctd: &PrivateContainerd) -> Result<()> {
         ensure!(
             self.agent.is_none() && self.kubelet.is_none(),
             "an agent already runs on this node"
         );
-        let spec = BenchKubeletSpec {
-            work_dir: self.work_dir.join(pleg.column()),
-            manifests: self.manifests.clone(),
-            node_name: NODE.to_owned(),
-            cgroup_root: peer::cgroup_root_for(&self.cgroup_root, pleg),
-            read_only_port: self.port,
-            kubepods_memory: up::KUBEPODS_MEMORY,
-            pleg,
-        };
-        eprintln!(
-            "bench: starting the {} column (kubelet in {}, cgroup root {})",
-            pleg.column(),
-            spec.work_dir.display(),
-            spec.cgroup_root
-        );
-        self.kubelet = Some(BenchKubelet::start(&spec, ctd)?);
+        let spec = BenchKubeletSpec::on_node(self, pleg.column(), pleg.switches());
+        let kubelet = BenchKubelet::start(&spec, ctd)?;
+        if pleg == KubeletPleg::Evented {
+            // A kubelet whose CRI event stream failed relists: not this column.
+            if let Err(why) = kubelet.check_evented() {
+                let tail = kubelet.log_tail(20);
+                let stopped = kubelet.stop();
+                bail!(
+                    "the EventedPLEG kubelet is not using CRI events: {why}{}; last lines of \
+                     its log:\n{tail}",
+                    stopped
+                        .err()
+                        .map(|e| format!(" (stopping it: {e:#})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        self.kubelet = Some(kubelet);
         Ok(())
     }
 
@@ -1259,12 +1275,10 @@ impl Node {
     /// record, the kubelet's `SyncLoop ADD`.
     fn seen_at(&self, names: &[String]) -> Result<Vec<Option<SystemTime>>> {
         if let Some(kubelet) = &self.kubelet {
-            let path = kubelet.log_path();
-            let log =
-                fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let log = kubelet.log()?;
             return Ok(names
                 .iter()
-                .map(|n| peer::sync_loop_add_at(&log, &format!("{n}-{NODE}")))
+                .map(|n| peer::first_logged(&log, "SyncLoop ADD", Some(&peer::pod_key(n))))
                 .collect());
         }
         let log = agent_log::read(&self.agent_log)?;

@@ -56,6 +56,21 @@ pub fn ms_between(from: std::time::SystemTime, to: std::time::SystemTime) -> f64
     }
 }
 
+/// Runs `step` `n` times, each after a progress line `<what> <i>/<n>` on stderr, and
+/// collects what the runs return, in order.
+pub fn repeat<T>(
+    what: &str,
+    n: usize,
+    mut step: impl FnMut(usize) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut all = vec![];
+    for i in 0..n {
+        eprintln!("{what} {}/{n}", i + 1);
+        all.extend(step(i)?);
+    }
+    Ok(all)
+}
+
 /// `v` with `decimals` decimals; `-` when there is none.
 #[must_use]
 pub fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
@@ -384,6 +399,23 @@ impl fmt::Display for Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeat_collects_every_run_in_order_and_stops_at_the_first_error() {
+        let all = repeat("test", 3, |i| Ok(vec![i * 10, i * 10 + 1])).unwrap();
+        assert_eq!(all, [0, 1, 10, 11, 20, 21]);
+        let mut ran = vec![];
+        let failed = repeat("test", 3, |i| {
+            ran.push(i);
+            if i == 1 {
+                bail!("run {i}")
+            } else {
+                Ok(vec![i])
+            }
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "run 1");
+        assert_eq!(ran, [0, 1]);
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

@@ -13,7 +13,8 @@ use bpflet_tests::cluster::{
 use serde_json::Value;
 
 const TAINT: &str = "dedicated=admission:NoExecute";
-const TOLERATION: &str = "  tolerations: [{key: dedicated, operator: Equal, value: admission, effect: NoExecute}]\n";
+const TOLERATION: &str =
+    "  tolerations: [{key: dedicated, operator: Equal, value: admission, effect: NoExecute}]\n";
 
 #[test]
 fn pods_that_do_not_fit_or_match_the_node_are_rejected_and_a_running_pod_runs_on() {
@@ -127,7 +128,11 @@ fn pods_that_do_not_fit_or_match_the_node_are_rejected_and_a_running_pod_runs_on
 
     // Only the runner is in the runtime, with the same container and no restart.
     let all = node.all_runtime_containers();
-    assert_eq!(all.len(), 2, "only the runner's sandbox and container: {all:?}");
+    assert_eq!(
+        all.len(),
+        2,
+        "only the runner's sandbox and container: {all:?}"
+    );
     let runner = api_pod(&cp, "runner").expect("the runner pod");
     let container = &runner["status"]["containerStatuses"][0];
     assert_eq!(runner["status"]["phase"], "Running", "{}", runner["status"]);

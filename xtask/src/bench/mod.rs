@@ -10,8 +10,8 @@
 
 pub mod agent_log;
 pub mod cluster;
-pub mod peer;
 pub mod peer_pleg;
+pub mod peer;
 pub mod pleg;
 pub mod pods;
 pub mod probes;

@@ -498,7 +498,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         Outputs::new(statuses, recorder, metrics.clone()),
         Signals::new(facts, kubepods.clone(), probes, conditions_rx),
         SyncTiming::new(config.sync_frequency, pleg_mode == PlegMode::Event),
-        AdmissionPolicy::new(config.sysctls.clone(), config.max_pods),
+        AdmissionPolicy::new(
+            config.sysctls.clone(),
+            admission_node(&config, capacity.cpu_millis, memory, nodefs_bytes),
+        ),
     ));
     let manager = PodManager::new(ctx, expected, cancel.clone());
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
@@ -527,6 +530,39 @@ fn node_internal_ips(configured: &[std::net::IpAddr]) -> Vec<String> {
             warn!("no default route: the Node reports no InternalIP (set --node-ip)");
             Vec::new()
         }
+    }
+}
+
+/// The node as admission matches pods against it: the name, labels and taints it registers
+/// with (standalone: the well-known labels, no taints) and the allocatable its Node status
+/// reports (standalone alike).
+fn admission_node(
+    config: &Config,
+    cpu_millis: u64,
+    memory_bytes: u64,
+    nodefs_bytes: Option<u64>,
+) -> crate::pods::admission::AdmissionNode {
+    let (labels, taints) = config.cluster.as_ref().map_or_else(Default::default, |c| {
+        (c.node_labels.clone(), c.register_with_taints.clone())
+    });
+    let identity = crate::cluster::node::NodeIdentity {
+        name: config.node_name.clone(),
+        hostname: config.node_name.clone(),
+        labels,
+        ..Default::default()
+    };
+    let reserved = node_reserved(config, memory_bytes, nodefs_bytes.unwrap_or(0));
+    crate::pods::admission::AdmissionNode {
+        name: config.node_name.clone(),
+        labels: crate::cluster::node::labels(&identity),
+        taints,
+        allocatable: crate::pods::admission::Allocatable {
+            cpu_millis: cpu_millis.saturating_sub(reserved.cpu_millis),
+            memory_bytes: memory_bytes.saturating_sub(reserved.memory_bytes),
+            ephemeral_storage_bytes: nodefs_bytes
+                .map_or(0, |n| n.saturating_sub(reserved.ephemeral_storage_bytes)),
+            pods: config.max_pods,
+        },
     }
 }
 

@@ -18,7 +18,8 @@
 //! - Pod totals (upstream `PodRequests` / `PodLimits`, sidecar-aware):
 //!   `max(sum(app) + sum(sidecars), max over init containers i of (init_i + sum(sidecars
 //!   started before i)))`, plus `spec.overhead`. The pod memory limit and cpu quota exist
-//!   only when every container (app and init) declares that limit.
+//!   only when every container (app and init) declares that limit. The same total gives
+//!   the pod's `ephemeral-storage` request, which admission fits against the node.
 //!
 //! - Pod-level resources (`spec.resources`, KEP-2837): when the pod declares cpu or memory
 //!   there, the QoS class comes from the pod-level requests and limits alone (a request
@@ -119,6 +120,7 @@ pub struct ContainerResourceConfig {
 enum Res {
     Cpu,
     Memory,
+    EphemeralStorage,
 }
 
 impl Res {
@@ -126,6 +128,7 @@ impl Res {
         match self {
             Self::Cpu => "cpu",
             Self::Memory => "memory",
+            Self::EphemeralStorage => "ephemeral-storage",
         }
     }
 }
@@ -134,7 +137,7 @@ fn lookup(map: Option<&BTreeMap<String, Quantity>>, res: Res) -> Option<u64> {
     let q = parse_quantity(&map?.get(res.name())?.0).ok()?;
     Some(match res {
         Res::Cpu => q.millis(),
-        Res::Memory => q.bytes(),
+        Res::Memory | Res::EphemeralStorage => q.bytes(),
     })
 }
 
@@ -277,26 +280,50 @@ pub fn cfs_quota_us(limit_millicores: u64, period_us: u64) -> Option<i64> {
     )
 }
 
+/// An amount [`pod_total`] adds up: [`Resources`], or one resource alone.
+trait Amount: Copy + Default {
+    fn plus(self, o: Self) -> Self;
+    fn peak(self, o: Self) -> Self;
+}
+
+impl Amount for Resources {
+    fn plus(self, o: Self) -> Self {
+        self.add(o)
+    }
+    fn peak(self, o: Self) -> Self {
+        self.max(o)
+    }
+}
+
+impl Amount for u64 {
+    fn plus(self, o: Self) -> Self {
+        self.saturating_add(o)
+    }
+    fn peak(self, o: Self) -> Self {
+        self.max(o)
+    }
+}
+
 /// Sidecar-aware pod total of a per-container amount (see the module docs).
-fn pod_total(pod: &Pod, per_container: impl Fn(&Container) -> Resources) -> Resources {
+fn pod_total<T: Amount>(pod: &Pod, per_container: impl Fn(&Container) -> T) -> T {
     let mut total = app_containers(pod)
         .iter()
         .map(&per_container)
-        .fold(Resources::default(), Resources::add);
-    let mut sidecars = Resources::default();
-    let mut init_peak = Resources::default();
+        .fold(T::default(), T::plus);
+    let mut sidecars = T::default();
+    let mut init_peak = T::default();
     for c in init_containers(pod) {
         let own = per_container(c);
         let candidate = if is_restartable_init_container(c) {
-            total = total.add(own);
-            sidecars = sidecars.add(own);
+            total = total.plus(own);
+            sidecars = sidecars.plus(own);
             sidecars
         } else {
-            sidecars.add(own)
+            sidecars.plus(own)
         };
-        init_peak = init_peak.max(candidate);
+        init_peak = init_peak.peak(candidate);
     }
-    total.max(init_peak)
+    total.peak(init_peak)
 }
 
 fn overhead(pod: &Pod) -> Resources {
@@ -316,6 +343,15 @@ pub fn pod_requests(pod: &Pod) -> Resources {
         memory_bytes: pod_level_request(pod, Res::Memory).unwrap_or(total.memory_bytes),
     }
     .add(overhead(pod))
+}
+
+/// The pod's `ephemeral-storage` request in bytes, as [`pod_requests`] adds cpu and memory
+/// (pod-level resources do not cover it, as upstream).
+#[must_use]
+pub fn pod_ephemeral_storage_request(pod: &Pod) -> u64 {
+    let overhead = pod.spec.as_ref().and_then(|s| s.overhead.as_ref());
+    pod_total(pod, |c| request(c, Res::EphemeralStorage).unwrap_or(0))
+        .saturating_add(lookup(overhead, Res::EphemeralStorage).unwrap_or(0))
 }
 
 /// The pod's effective limits, overhead included; a resource is `None` unless every

@@ -2,22 +2,55 @@
 //! either lets the pod in or rejects it with upstream's reason and message. A rejected pod
 //! is never started; it shows phase `Failed` with that reason until its source drops it.
 //!
-//! Checks, in order: what bpflet can run ([`crate::model::validation`], `FailedValidation`:
-//! static pods were checked when their manifest was read, so this refuses API pods only),
-//! sysctls ([`super::sysctls`], `SysctlForbidden`) and the node's pod capacity (`maxPods`,
-//! `OutOfpods`). Resource fit (`OutOfcpu`, `OutOfmemory`), node affinity and taints are not
-//! checked yet.
+//! Checks, in upstream's order (the first that refuses gives the reason):
+//! 1. what bpflet can run ([`crate::model::validation`], `FailedValidation`: static pods
+//!    were checked when their manifest was read, so this refuses API pods only);
+//! 2. sysctls ([`super::sysctls`], `SysctlForbidden`);
+//! 3. upstream's predicate admit handler: the pod's `kubernetes.io/os` label
+//!    (`PodOSSelectorNodeLabelDoesNotMatch`) and `spec.os.name` (`PodOSNotSupported`) must
+//!    say `linux`; then the general filter, which collects every failure and reports the
+//!    first: resource fit against the node's allocatable beside the pods admitted before
+//!    ([`fit`]: `OutOfpods`, `OutOfcpu`, `OutOfmemory`, `OutOfephemeral-storage`), the
+//!    `nodeSelector` and required node affinity against the node's labels and name
+//!    ([`affinity`]: `NodeAffinity`), `spec.nodeName` (`NodeName`), host ports in use
+//!    (`NodePorts`), and, for pods that are not static, a `NoExecute` taint of the node
+//!    that the pod does not tolerate (`TaintToleration`).
+//!
+//! The node's labels are the ones bpflet registers (`--node-labels` and the well-known
+//! ones), its taints `registerWithTaints` (none in standalone mode); labels or taints
+//! others add to the Node object later are not seen. Where upstream lets a critical pod
+//! that does not fit evict other pods to make room, bpflet rejects it like any other.
 //!
 //! Before admission, [`first_sight`] sets apart an API pod whose phase is terminal already
 //! (it completed, or was rejected or evicted, before the agent restarted): as upstream's pod
 //! workers do, it is taken as terminated and never started again.
 
-use k8s_openapi::api::core::v1::Pod;
+pub mod affinity;
+pub mod fit;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Taint};
+
+pub use self::fit::Allocatable;
 use super::sysctls::{REASON_FORBIDDEN, SysctlPolicy};
 
 /// Upstream's reason for a pod over `maxPods`.
 pub const REASON_OUT_OF_PODS: &str = "OutOfpods";
+/// Upstream's reasons for a pod whose requests do not fit the node's allocatable.
+pub const REASON_OUT_OF_CPU: &str = "OutOfcpu";
+pub const REASON_OUT_OF_MEMORY: &str = "OutOfmemory";
+pub const REASON_OUT_OF_EPHEMERAL_STORAGE: &str = "OutOfephemeral-storage";
+/// Upstream's reasons for the scheduler predicates the kubelet runs again (the plugins'
+/// names).
+pub const REASON_NODE_AFFINITY: &str = "NodeAffinity";
+pub const REASON_NODE_NAME: &str = "NodeName";
+pub const REASON_NODE_PORTS: &str = "NodePorts";
+pub const REASON_TAINT_TOLERATION: &str = "TaintToleration";
+/// Upstream's reasons for a pod meant for another operating system.
+pub const REASON_OS_SELECTOR: &str = "PodOSSelectorNodeLabelDoesNotMatch";
+pub const REASON_OS_NOT_SUPPORTED: &str = "PodOSNotSupported";
 
 /// The reason for a pod that fails bpflet's checks ([`crate::model::validation`]): the event
 /// reason upstream's kubelet gives a pod from a source that it refuses to run (its config
@@ -35,14 +68,36 @@ pub struct Rejection {
     pub message: String,
 }
 
+impl Rejection {
+    /// A scheduler predicate's failure, worded as upstream's `PredicateFailureError`.
+    fn predicate(name: &'static str, description: &str) -> Self {
+        Self {
+            reason: name,
+            message: format!("Predicate {name} failed: {description}"),
+        }
+    }
+}
+
+/// The node as admission matches pods against it. Built once by the agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdmissionNode {
+    /// `metadata.name`: `spec.nodeName` and `matchFields` on `metadata.name` compare to it.
+    pub name: String,
+    /// The labels the node registers with (see the module docs).
+    pub labels: BTreeMap<String, String>,
+    /// `registerWithTaints`.
+    pub taints: Vec<Taint>,
+    pub allocatable: Allocatable,
+}
+
 /// What admission needs to know about the node.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeState<'a> {
     pub sysctls: &'a SysctlPolicy,
-    /// `maxPods`.
-    pub max_pods: u32,
-    /// Pods admitted before this one that have not been removed.
-    pub admitted: usize,
+    pub node: &'a AdmissionNode,
+    /// Pods admitted before this one that have not been removed: their requests and host
+    /// ports are taken, each counts against `maxPods`.
+    pub admitted: &'a [Arc<Pod>],
 }
 
 /// How a pod seen for the first time is handled.
@@ -90,7 +145,7 @@ pub fn is_terminal_in_api(pod: &Pod) -> bool {
 /// Admits `pod` onto a node in `node`'s state.
 ///
 /// # Errors
-/// The first check that refuses it.
+/// The first check that refuses it (see the module docs for the order).
 pub fn admit(pod: &Pod, node: &NodeState<'_>) -> Result<(), Rejection> {
     crate::model::validation::validate_pod(pod).map_err(|(field, reason)| Rejection {
         reason: REASON_FAILED_VALIDATION,
@@ -100,126 +155,87 @@ pub fn admit(pod: &Pod, node: &NodeState<'_>) -> Result<(), Rejection> {
         reason: REASON_FORBIDDEN,
         message,
     })?;
-    let capacity = usize::try_from(node.max_pods).unwrap_or(usize::MAX);
-    if node.admitted >= capacity {
+    admit_os(pod)?;
+    match general_filter(pod, node).into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
+}
+
+/// The kubelet's checks that the pod is meant for this operating system: its
+/// `kubernetes.io/os` label (not its `nodeSelector`) and `spec.os.name`.
+fn admit_os(pod: &Pod) -> Result<(), Rejection> {
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/os"));
+    if label.is_some_and(|os| os != "linux") {
         return Err(Rejection {
-            reason: REASON_OUT_OF_PODS,
-            message: format!(
-                "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
-                node.admitted, node.max_pods
-            ),
+            reason: REASON_OS_SELECTOR,
+            message: "Failed to admit pod as the `kubernetes.io/os` label doesn't match node \
+                      label"
+                .to_owned(),
+        });
+    }
+    let os = pod.spec.as_ref().and_then(|s| s.os.as_ref());
+    if os.is_some_and(|os| os.name != "linux") {
+        return Err(Rejection {
+            reason: REASON_OS_NOT_SUPPORTED,
+            message: "Failed to admit pod as the OS field doesn't match node OS".to_owned(),
         });
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::CONFIG_SOURCE_ANNOTATION;
-
-    fn pod(sysctl: Option<&str>) -> Pod {
-        let sysctls = sysctl.map_or(String::new(), |s| {
-            format!("  securityContext:\n    sysctls: [{{name: {s}, value: '1'}}]\n")
-        });
-        let yaml = format!(
-            "metadata: {{name: p, namespace: default, uid: u}}\nspec:\n  restartPolicy: Always\n{sysctls}  containers: [{{name: c, image: i}}]\n"
-        );
-        yaml_serde::from_str(&yaml).expect("pod")
-    }
-
-    #[test]
-    fn pods_past_max_pods_are_out_of_pods() {
-        let policy = SysctlPolicy::default();
-        let node = |admitted| NodeState {
-            sysctls: &policy,
-            max_pods: 2,
-            admitted,
-        };
-        assert_eq!(admit(&pod(None), &node(0)), Ok(()));
-        assert_eq!(admit(&pod(None), &node(1)), Ok(()));
-        assert_eq!(
-            admit(&pod(None), &node(2)),
-            Err(Rejection {
-                reason: "OutOfpods",
-                message: "Node didn't have enough resource: pods, requested: 1, used: 2, \
-                          capacity: 2"
-                    .to_owned(),
+/// Upstream's `generalFilter`: every failure, in its order (resources, node affinity, node
+/// name, host ports, then taints for pods that are not static).
+fn general_filter(pod: &Pod, node: &NodeState<'_>) -> Vec<Rejection> {
+    let mut failures: Vec<Rejection> =
+        fit::insufficient(pod, node.admitted, &node.node.allocatable)
+            .into_iter()
+            .map(|short| Rejection {
+                reason: short.reason(),
+                message: short.message(),
             })
-        );
+            .collect();
+    if !affinity::matches_node(pod, &node.node.labels, &node.node.name) {
+        failures.push(Rejection::predicate(
+            REASON_NODE_AFFINITY,
+            "node(s) didn't match Pod's node affinity/selector",
+        ));
     }
-
-    #[test]
-    fn a_forbidden_sysctl_is_reported_before_capacity() {
-        let policy = SysctlPolicy::default();
-        let node = NodeState {
-            sysctls: &policy,
-            max_pods: 1,
-            admitted: 5,
-        };
-        let rejection = admit(&pod(Some("kernel.msgmax")), &node).expect_err("forbidden");
-        assert_eq!(rejection.reason, "SysctlForbidden");
-        assert!(rejection.message.contains("kernel.msgmax"), "{rejection:?}");
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if node_name.is_some_and(|n| !n.is_empty() && n != node.node.name) {
+        failures.push(Rejection::predicate(
+            REASON_NODE_NAME,
+            "node(s) didn't match the requested node name",
+        ));
     }
-
-    #[test]
-    fn a_pod_bpflet_cannot_run_fails_validation_naming_the_field_before_other_checks() {
-        let policy = SysctlPolicy::default();
-        let node = NodeState {
-            sysctls: &policy,
-            max_pods: 0,
-            admitted: 0,
-        };
-        let mut userns = pod(Some("kernel.msgmax"));
-        userns.spec.as_mut().expect("spec").host_users = Some(false);
-        let rejection = admit(&userns, &node).expect_err("hostUsers: false");
-        assert_eq!(rejection.reason, "FailedValidation");
-        assert!(
-            rejection
-                .message
-                .starts_with("spec.hostUsers: false is not supported"),
-            "{rejection:?}"
-        );
+    if !fit::ports_fit(pod, node.admitted) {
+        failures.push(Rejection::predicate(
+            REASON_NODE_PORTS,
+            "node(s) didn't have free ports for the requested pod ports",
+        ));
     }
-
-    #[test]
-    fn only_an_api_pod_with_a_terminal_phase_is_terminal_at_first_sight() {
-        let policy = SysctlPolicy::default();
-        let node = NodeState {
-            sysctls: &policy,
-            max_pods: 1,
-            admitted: 1,
-        };
-        let with = |source: Option<&str>, phase: Option<&str>| {
-            let mut p = pod(None);
-            if let Some(source) = source {
-                p.metadata.annotations =
-                    Some([(CONFIG_SOURCE_ANNOTATION.to_owned(), source.to_owned())].into());
-            }
-            p.status = phase.map(|phase| k8s_openapi::api::core::v1::PodStatus {
-                phase: Some(phase.to_owned()),
-                ..Default::default()
-            });
-            first_sight(&p, &node)
-        };
-        assert_eq!(with(Some("api"), Some("Succeeded")), Admission::Terminal);
-        assert_eq!(
-            with(Some("api"), Some("Failed")),
-            Admission::Terminal,
-            "not admitted again, even on a full node"
-        );
-        for (source, phase) in [
-            (Some("api"), Some("Running")),
-            (Some("api"), Some("Pending")),
-            (Some("api"), None),
-            (Some("file"), Some("Succeeded")),
-            (None, Some("Failed")),
-        ] {
-            let admission = with(source, phase);
-            assert!(
-                matches!(&admission, Admission::Rejected(r) if r.reason == "OutOfpods"),
-                "{source:?} {phase:?}: {admission:?}"
-            );
-        }
+    if !is_static(pod) && affinity::untolerated_taint(pod, &node.node.taints).is_some() {
+        failures.push(Rejection::predicate(
+            REASON_TAINT_TOLERATION,
+            "node(s) had taints that the pod didn't tolerate",
+        ));
     }
+    failures
 }
+
+/// Upstream's `IsStaticPod`: a source annotation that is not `api`.
+fn is_static(pod: &Pod) -> bool {
+    let source = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::CONFIG_SOURCE_ANNOTATION));
+    source.is_some_and(|s| s != "api")
+}
+
+#[cfg(test)]
+mod tests;

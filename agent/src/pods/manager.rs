@@ -215,12 +215,13 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             }
             _ => {
                 info!(pod = %format_pod(&pod), "new pod");
-                let admitted = self
+                let admitted: Vec<Arc<Pod>> = self
                     .workers
                     .values()
                     .filter(|w| w.admitted && !w.terminate.is_cancelled())
-                    .count();
-                let admission = admission::first_sight(&pod, &self.ctx.admission_state(admitted));
+                    .map(|w| Arc::clone(&w.spec.borrow()))
+                    .collect();
+                let admission = admission::first_sight(&pod, &self.ctx.admission_state(&admitted));
                 let handle = worker::spawn(
                     Arc::clone(&self.ctx),
                     pod,

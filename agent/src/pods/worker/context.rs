@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
 use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
 use crate::model::node::NodeCondition;
 use crate::pleg::facts::KernelFacts;
-use crate::pods::admission::NodeState;
+use crate::pods::admission::{AdmissionNode, NodeState};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable};
 use crate::pods::sysctls::SysctlPolicy;
 use crate::probes::ProbeManager;
@@ -64,10 +65,13 @@ impl<R> PodContext<R> {
     }
 
     /// The node as admission sees it, with `admitted` pods admitted before.
-    pub(in crate::pods) fn admission_state(&self, admitted: usize) -> NodeState<'_> {
+    pub(in crate::pods) fn admission_state<'a>(
+        &'a self,
+        admitted: &'a [Arc<Pod>],
+    ) -> NodeState<'a> {
         NodeState {
             sysctls: &self.admission.sysctls,
-            max_pods: self.admission.max_pods,
+            node: &self.admission.node,
             admitted,
         }
     }
@@ -270,14 +274,15 @@ impl Clock {
 pub struct AdmissionPolicy {
     /// Which sysctls a pod may set; a pod setting another is rejected at admission.
     sysctls: SysctlPolicy,
-    /// `maxPods`: admission rejects pods past it (`OutOfpods`).
-    max_pods: u32,
+    /// The node's name, labels, taints and allocatable (`maxPods` included): admission
+    /// rejects pods that do not fit or match it.
+    node: AdmissionNode,
 }
 
 impl AdmissionPolicy {
     #[must_use]
-    pub fn new(sysctls: SysctlPolicy, max_pods: u32) -> Self {
-        Self { sysctls, max_pods }
+    pub fn new(sysctls: SysctlPolicy, node: AdmissionNode) -> Self {
+        Self { sysctls, node }
     }
 }
 

@@ -136,7 +136,19 @@ impl Node {
                 conditions_rx,
             ),
             SyncTiming::new(SYNC_FREQUENCY, true).with_clock(clock),
-            AdmissionPolicy::new(SysctlPolicy::default(), 110),
+            AdmissionPolicy::new(
+                SysctlPolicy::default(),
+                crate::pods::admission::AdmissionNode {
+                    name: "node-a".to_owned(),
+                    allocatable: crate::pods::admission::Allocatable {
+                        cpu_millis: 2_000,
+                        memory_bytes: 1 << 30,
+                        ephemeral_storage_bytes: 1 << 34,
+                        pods: 110,
+                    },
+                    ..Default::default()
+                },
+            ),
         );
         Self {
             rt,

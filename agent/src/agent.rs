@@ -154,6 +154,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         node: node_conditions.clone(),
         health: health_checks.clone(),
         metrics: Some(metrics.clone()),
+        runtime: None,
     };
 
     // The container runtime.
@@ -163,6 +164,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             .with_request_timeout(config.runtime.request_timeout),
     );
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
+    let api = server::ApiState {
+        runtime: Some(Arc::clone(&runtime) as Arc<dyn server::logs::ContainerLogSource>),
+        ..api
+    };
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
     if let Some(port) = config.server.read_only_port {

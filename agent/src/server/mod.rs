@@ -47,6 +47,8 @@ use crate::record::Events;
 use crate::status::manager;
 use crate::status::node::NodeConditions;
 
+pub mod logs;
+
 /// What the read-only API serves: read handles on what their owners publish.
 #[derive(Clone, Default)]
 pub struct ApiState {
@@ -60,6 +62,8 @@ pub struct ApiState {
     pub health: HealthState,
     /// `/metrics` (404 without).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// The runtime, for `/containerLogs` (404 without).
+    pub runtime: Option<Arc<dyn logs::ContainerLogSource>>,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -170,6 +174,7 @@ pub fn read_only_router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
+        .merge(logs::routes())
         .fallback(not_found)
         .with_state(state)
 }

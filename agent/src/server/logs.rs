@@ -462,7 +462,7 @@ pub enum ContainerLogError {
     },
 }
 
-/// The runtime container id (without its `<runtime>://`) whose log a request for
+/// The container id (`<runtime>://<id>`, as the status has it) whose log a request for
 /// `container` of `pod` reads, from the pod's status (upstream's choice).
 ///
 /// # Errors
@@ -501,7 +501,7 @@ pub fn log_container_id(
             reason,
         },
     })?;
-    Ok(strip_runtime(&id).to_owned())
+    Ok(id)
 }
 
 /// Why [`pick_instance`] found no instance.
@@ -608,16 +608,17 @@ async fn container_logs(
         Ok(id) => id,
         Err(e) => return error_text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let file = match runtime.log_file(&id).await {
+    let file = match runtime.log_file(strip_runtime(&id)).await {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(container = %id, error = %e, "no status for a container's log");
             return error_text(
                 StatusCode::BAD_REQUEST,
-                format!("unable to retrieve container logs for containerd://{id}"),
+                format!("unable to retrieve container logs for {id}"),
             );
         }
     };
+    let id = strip_runtime(&id).to_owned();
     match LogReader::open(file, id, runtime, &options).await {
         Ok(reader) => (
             [

@@ -261,9 +261,12 @@ fn the_instance_is_chosen_as_upstream() {
     }]));
     assert_eq!(
         log_container_id(&running, "app", false),
-        Ok("c2".to_owned())
+        Ok("containerd://c2".to_owned())
     );
-    assert_eq!(log_container_id(&running, "app", true), Ok("c1".to_owned()));
+    assert_eq!(
+        log_container_id(&running, "app", true),
+        Ok("containerd://c1".to_owned())
+    );
     assert_eq!(
         log_container_id(&running, "init", false)
             .expect_err("no status")
@@ -289,7 +292,7 @@ fn the_instance_is_chosen_as_upstream() {
     }]));
     assert_eq!(
         log_container_id(&backoff, "app", false),
-        Ok("c1".to_owned())
+        Ok("containerd://c1".to_owned())
     );
 
     let pulling = status_pod(&json!([{

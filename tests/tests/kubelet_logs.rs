@@ -203,33 +203,67 @@ fn previous_shows_the_instance_before_a_restart() {
 }
 
 /// A `follow` request: writes the request head and returns the connection, positioned at
-/// the body (HTTP/1.0, so the body is the bytes up to the close).
+/// the body (HTTP/1.1, so the body comes in chunks and a stream that ends on purpose ends
+/// with the last, empty chunk, unlike a dropped connection).
 fn follow(node: &Node, path: &str) -> TcpStream {
     let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, node.port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send request");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut byte).expect("response head");
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
     s
 }
 
-/// Reads from `s` until `done` holds for what was read (or the peer closes); panics after
-/// [`WAIT`].
-fn read_until(s: &mut TcpStream, mut seen: String, done: impl Fn(&str, bool) -> bool) -> String {
+/// The body in `raw` chunked bytes so far, and whether the last chunk came.
+fn dechunk(raw: &[u8]) -> (String, bool) {
+    let mut body = Vec::new();
+    let mut rest = raw;
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return (String::from_utf8_lossy(&body).into_owned(), false);
+        };
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h.split(';').next().unwrap_or(h).trim(), 16).ok())
+            .unwrap_or_else(|| panic!("a chunk size: {:?}", String::from_utf8_lossy(rest)));
+        if size == 0 {
+            return (String::from_utf8_lossy(&body).into_owned(), true);
+        }
+        let data = &rest[eol + 2..];
+        if data.len() < size + 2 {
+            return (String::from_utf8_lossy(&body).into_owned(), false);
+        }
+        body.extend_from_slice(&data[..size]);
+        rest = &data[size + 2..];
+    }
+}
+
+/// Reads from `s` until `done(body, last chunk seen)` holds; panics when the peer closes
+/// first, or after [`WAIT`]. Returns the body and the raw bytes read.
+fn read_until(
+    s: &mut TcpStream,
+    mut raw: Vec<u8>,
+    done: impl Fn(&str, bool) -> bool,
+) -> (String, Vec<u8>) {
     let deadline = Instant::now() + WAIT;
     let mut buf = [0u8; 4096];
     loop {
         let closed = match s.read(&mut buf) {
             Ok(0) => true,
             Ok(n) => {
-                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                raw.extend_from_slice(&buf[..n]);
                 false
             }
             Err(e)
@@ -242,11 +276,15 @@ fn read_until(s: &mut TcpStream, mut seen: String, done: impl Fn(&str, bool) -> 
             }
             Err(e) => panic!("reading the followed log: {e}"),
         };
-        if done(&seen, closed) {
-            return seen;
+        let (body, ended) = dechunk(&raw);
+        if done(&body, ended) {
+            return (body, raw);
         }
-        assert!(!closed, "the stream ended early: {seen:?}");
-        assert!(Instant::now() < deadline, "timed out; got {seen:?}");
+        assert!(
+            !closed,
+            "the connection closed before the stream ended: {body:?}"
+        );
+        assert!(Instant::now() < deadline, "timed out; got {body:?}");
     }
 }
 
@@ -273,7 +311,7 @@ fn follow_streams_lines_written_after_the_request() {
         http_get(n.port, &logs).is_some_and(|(_, body)| body.contains("tick-1\n"))
     });
     let mut s = follow(&node, &format!("{logs}?follow=true&tailLines=1"));
-    let first = read_until(&mut s, String::new(), |seen, _| seen.ends_with('\n'));
+    let (first, raw) = read_until(&mut s, Vec::new(), |seen, _| seen.ends_with('\n'));
     let n: u64 = first
         .trim_end()
         .strip_prefix("tick-")
@@ -281,7 +319,7 @@ fn follow_streams_lines_written_after_the_request() {
         .unwrap_or_else(|| panic!("one tick line: {first:?}"));
     // Lines the container writes after the request arrive on the open response.
     let later = format!("tick-{}\n", n + 2);
-    let seen = read_until(&mut s, first, |seen, _| seen.contains(&later));
+    let (seen, _) = read_until(&mut s, raw, |seen, _| seen.contains(&later));
     assert!(
         seen.starts_with(&format!("tick-{n}\ntick-{}\n", n + 1)),
         "{seen:?}"
@@ -313,6 +351,7 @@ fn follow_ends_when_the_container_exits() {
         http_get(n.port, &logs).is_some_and(|(_, body)| body == "a\n")
     });
     let mut s = follow(&node, &format!("{logs}?follow=true"));
-    let body = read_until(&mut s, String::new(), |_, closed| closed);
+    // The last chunk: the server ended the stream (not a dropped connection).
+    let (body, _) = read_until(&mut s, Vec::new(), |_, ended| ended);
     assert_eq!(body, "a\nb\n");
 }

@@ -165,6 +165,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         health: health_checks.clone(),
         metrics: Some(metrics.clone()),
         stats: crate::stats::Stats::default(),
+        runtime: None,
     };
 
     // The container runtime.
@@ -174,6 +175,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             .with_request_timeout(config.runtime.request_timeout),
     );
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
+    let api = server::ApiState {
+        runtime: Some(Arc::clone(&runtime) as Arc<dyn server::logs::ContainerLogSource>),
+        ..api
+    };
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
     // Resource statistics: a sampler reads every cgroup each housekeeping period; the API
     // renders its last snapshot.

@@ -52,6 +52,8 @@ use crate::record::Events;
 use crate::status::manager;
 use crate::status::node::NodeConditions;
 
+pub mod logs;
+
 /// What the read-only API serves: read handles on what their owners publish.
 #[derive(Clone, Default)]
 pub struct ApiState {
@@ -67,6 +69,8 @@ pub struct ApiState {
     pub metrics: Option<crate::metrics::Metrics>,
     /// `/stats/summary`, `/metrics/resource`, `/metrics/cadvisor` (`crate::stats`).
     pub stats: crate::stats::Stats,
+    /// The runtime, for `/containerLogs` (404 without).
+    pub runtime: Option<Arc<dyn logs::ContainerLogSource>>,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -205,6 +209,7 @@ pub fn read_only_router(state: ApiState) -> Router {
         .route("/metrics/probes", get(probe_metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
+        .merge(logs::routes())
         .fallback(not_found)
         .with_state(state)
         .merge(stats)
@@ -434,6 +439,16 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let streams = OpenStreams::default();
+    let service = tower::ServiceBuilder::new()
+        .map_request({
+            let streams = streams.clone();
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(streams.clone());
+                req
+            }
+        })
+        .service(service);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -450,13 +465,58 @@ async fn serve_connection<I, S>(
             return;
         }
         () = cancel.cancelled() => {}
-        () = tokio::time::sleep(limits.max_connection_age) => {}
+        () = tokio::time::sleep(limits.max_connection_age) => {
+            // No new request is read from here on; a response that streams (`follow`) is
+            // not cut by the age limit: it ends when its stream does, when the client goes
+            // away, or at shutdown (as upstream's kubelet, which has no age limit at all).
+            conn.as_mut().graceful_shutdown();
+            if streams.any() {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "HTTP connection ended");
+                        }
+                        return;
+                    }
+                    () = cancel.cancelled() => {}
+                }
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     match tokio::time::timeout(limits.close_grace, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
         Err(_) => tracing::debug!("HTTP connection dropped: it did not close in time"),
+    }
+}
+
+/// The streaming responses (`follow`) a connection is sending, handed to every request as
+/// an extension: a handler that answers with a long-lived stream holds a [`StreamGuard`]
+/// in it, so the connection age limit waits for the stream instead of cutting it.
+#[derive(Debug, Clone, Default)]
+pub struct OpenStreams(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenStreams {
+    /// Counts a stream until the guard is dropped (with the response body).
+    #[must_use]
+    pub fn open(&self) -> StreamGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        StreamGuard(Arc::clone(&self.0))
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+/// One open stream of [`OpenStreams`].
+#[derive(Debug)]
+pub struct StreamGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -544,3 +544,60 @@ fn healthz_excluding_an_unknown_check_warns() {
          healthz check passed\n"
     );
 }
+
+/// A server whose `/stream` sends `ticks` chunks 100 ms apart, holding a stream guard when
+/// `guarded` (as a followed log does).
+async fn start_streaming(limits: ConnectionLimits, ticks: usize, guarded: bool) -> Running {
+    use axum::extract::Extension;
+    let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let cancel = CancellationToken::new();
+    let router = axum::Router::new().route(
+        "/stream",
+        axum::routing::get(
+            move |Extension(streams): Extension<OpenStreams>| async move {
+                let guard = guarded.then(|| streams.open());
+                let chunks = futures::stream::unfold(0, move |i| async move {
+                    if i == ticks {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Some((Ok::<_, std::io::Error>(format!("tick-{i}\n")), i + 1))
+                });
+                let body = futures::StreamExt::map(chunks, move |c| {
+                    let _held = &guard;
+                    c
+                });
+                axum::body::Body::from_stream(body)
+            },
+        ),
+    );
+    let task = tokio::spawn(serve(listener, router, limits, cancel.clone()));
+    Running { addr, cancel, task }
+}
+
+#[tokio::test]
+async fn the_age_limit_waits_for_a_guarded_stream_and_cuts_an_unguarded_one() {
+    let limits = ConnectionLimits {
+        max_connection_age: Duration::from_millis(200),
+        close_grace: Duration::from_millis(200),
+        ..ConnectionLimits::default()
+    };
+    for guarded in [true, false] {
+        let server = start_streaming(limits, 10, guarded).await;
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let text = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // The last tick and the chunked body's end (`0\r\n\r\n`) arrive only when the age
+        // limit does not cut the stream (1 s of ticks against 0.2 s + 0.2 s grace).
+        let complete = text.contains("tick-9\n") && text.ends_with("0\r\n\r\n");
+        assert_eq!(complete, guarded, "guarded {guarded}: {text:?}");
+        server.stop().await;
+    }
+}

@@ -26,6 +26,42 @@ use super::StatsError;
 /// cgroup v1 says "no limit" with a page-counter maximum; anything at or above 2^62 is none.
 const V1_UNLIMITED_FLOOR: u64 = 1 << 62;
 
+/// Where one cgroup version keeps each memory counter: file names in the cgroup's memory
+/// directory and keys of its `memory.stat` (the table at the top of this file).
+struct MemoryNames {
+    usage: &'static str,
+    limit: &'static str,
+    /// The flat-keyed file with `oom_kill`.
+    oom: &'static str,
+    inactive_file: &'static str,
+    rss: &'static str,
+    cache: &'static str,
+    pgfault: &'static str,
+    pgmajfault: &'static str,
+}
+
+const V1_MEMORY: MemoryNames = MemoryNames {
+    usage: "memory.usage_in_bytes",
+    limit: "memory.limit_in_bytes",
+    oom: "memory.oom_control",
+    inactive_file: "total_inactive_file",
+    rss: "total_rss",
+    cache: "total_cache",
+    pgfault: "total_pgfault",
+    pgmajfault: "total_pgmajfault",
+};
+
+const V2_MEMORY: MemoryNames = MemoryNames {
+    usage: "memory.current",
+    limit: "memory.max",
+    oom: "memory.events",
+    inactive_file: "inactive_file",
+    rss: "anon",
+    cache: "file",
+    pgfault: "pgfault",
+    pgmajfault: "pgmajfault",
+};
+
 /// Memory counters of a cgroup, children included.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Memory {
@@ -107,10 +143,7 @@ impl CgroupReader {
     /// As [`Self::read`].
     pub fn cpu_ns(&self, rel: &str) -> Result<u64, StatsError> {
         match self.version {
-            CgroupVersion::V1 => {
-                let path = self.dir("cpuacct", rel).join("cpuacct.usage");
-                parse_u64(&path, read(&path)?.trim())
-            }
+            CgroupVersion::V1 => read_u64(&self.dir("cpuacct", rel).join("cpuacct.usage")),
             CgroupVersion::V2 => {
                 let path = self.dir("", rel).join("cpu.stat");
                 let text = read(&path)?;
@@ -129,63 +162,39 @@ impl CgroupReader {
     /// As [`Self::read`].
     pub fn memory(&self, rel: &str) -> Result<Memory, StatsError> {
         let dir = self.dir("memory", rel);
-        match self.version {
-            CgroupVersion::V1 => {
-                let usage_path = dir.join("memory.usage_in_bytes");
-                let usage = parse_u64(&usage_path, read(&usage_path)?.trim())?;
-                let stat_path = dir.join("memory.stat");
-                let stat = read(&stat_path)?;
-                let field = |key: &'static str| {
-                    keyed(&stat, key).ok_or_else(|| StatsError::Malformed {
-                        path: stat_path.clone(),
-                        what: key,
-                    })
-                };
-                let limit_path = dir.join("memory.limit_in_bytes");
-                let limit = parse_u64(&limit_path, read(&limit_path)?.trim())?;
-                let oom = read_optional(&dir.join("memory.oom_control"))?
-                    .and_then(|t| keyed(&t, "oom_kill"));
-                Ok(Memory {
-                    usage_bytes: usage,
-                    working_set_bytes: usage.saturating_sub(field("total_inactive_file")?),
-                    rss_bytes: field("total_rss")?,
-                    cache_bytes: field("total_cache")?,
-                    page_faults: field("total_pgfault")?,
-                    major_page_faults: field("total_pgmajfault")?,
-                    limit_bytes: (limit < V1_UNLIMITED_FLOOR).then_some(limit),
-                    oom_kills: oom,
-                })
+        let names = match self.version {
+            CgroupVersion::V1 => &V1_MEMORY,
+            CgroupVersion::V2 => &V2_MEMORY,
+        };
+        let usage = read_u64(&dir.join(names.usage))?;
+        let stat_path = dir.join("memory.stat");
+        let stat = read(&stat_path)?;
+        let field = |key: &'static str| {
+            keyed(&stat, key).ok_or_else(|| StatsError::Malformed {
+                path: stat_path.clone(),
+                what: key,
+            })
+        };
+        let limit_path = dir.join(names.limit);
+        let limit = match (self.version, read(&limit_path)?.trim()) {
+            (CgroupVersion::V1, v) => {
+                let limit = parse_u64(&limit_path, v)?;
+                (limit < V1_UNLIMITED_FLOOR).then_some(limit)
             }
-            CgroupVersion::V2 => {
-                let usage_path = dir.join("memory.current");
-                let usage = parse_u64(&usage_path, read(&usage_path)?.trim())?;
-                let stat_path = dir.join("memory.stat");
-                let stat = read(&stat_path)?;
-                let field = |key: &'static str| {
-                    keyed(&stat, key).ok_or_else(|| StatsError::Malformed {
-                        path: stat_path.clone(),
-                        what: key,
-                    })
-                };
-                let limit_path = dir.join("memory.max");
-                let limit = match read(&limit_path)?.trim() {
-                    "max" => None,
-                    v => Some(parse_u64(&limit_path, v)?),
-                };
-                let oom =
-                    read_optional(&dir.join("memory.events"))?.and_then(|t| keyed(&t, "oom_kill"));
-                Ok(Memory {
-                    usage_bytes: usage,
-                    working_set_bytes: usage.saturating_sub(field("inactive_file")?),
-                    rss_bytes: field("anon")?,
-                    cache_bytes: field("file")?,
-                    page_faults: field("pgfault")?,
-                    major_page_faults: field("pgmajfault")?,
-                    limit_bytes: limit,
-                    oom_kills: oom,
-                })
-            }
-        }
+            (CgroupVersion::V2, "max") => None,
+            (CgroupVersion::V2, v) => Some(parse_u64(&limit_path, v)?),
+        };
+        let oom = read_optional(&dir.join(names.oom))?.and_then(|t| keyed(&t, "oom_kill"));
+        Ok(Memory {
+            usage_bytes: usage,
+            working_set_bytes: usage.saturating_sub(field(names.inactive_file)?),
+            rss_bytes: field(names.rss)?,
+            cache_bytes: field(names.cache)?,
+            page_faults: field(names.pgfault)?,
+            major_page_faults: field(names.pgmajfault)?,
+            limit_bytes: limit,
+            oom_kills: oom,
+        })
     }
 
     /// The processes of `rel` and every cgroup below it.
@@ -293,8 +302,7 @@ pub fn net_dev(proc_root: &Path, pid: &str) -> Result<Option<Vec<Interface>>, St
 /// # Errors
 /// [`StatsError::Read`] or [`StatsError::Malformed`].
 pub fn rlimit(proc_root: &Path) -> Result<(u64, u64), StatsError> {
-    let max_path = proc_root.join("sys/kernel/pid_max");
-    let max = parse_u64(&max_path, read(&max_path)?.trim())?;
+    let max = read_u64(&proc_root.join("sys/kernel/pid_max"))?;
     let load_path = proc_root.join("loadavg");
     let load = read(&load_path)?;
     let tasks = load
@@ -336,6 +344,11 @@ fn read_optional(path: &Path) -> Result<Option<String>, StatsError> {
             source,
         }),
     }
+}
+
+/// A file holding one unsigned integer.
+fn read_u64(path: &Path) -> Result<u64, StatsError> {
+    parse_u64(path, read(path)?.trim())
 }
 
 fn parse_u64(path: &Path, value: &str) -> Result<u64, StatsError> {

@@ -11,6 +11,19 @@ use kube::api::{Api, PostParams};
 
 use crate::server::auth::{Attributes, ReviewError, Reviews, User};
 
+/// Posts `review` (of kind `kind`) and returns the API server's answer.
+async fn create<K>(api: &Api<K>, review: &K, kind: &'static str) -> Result<K, ReviewError>
+where
+    K: Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    api.create(&PostParams::default(), review)
+        .await
+        .map_err(|e| ReviewError::Request {
+            review: kind,
+            source: Box::new(e),
+        })
+}
+
 /// [`Reviews`] asked of the API server with the node's client.
 #[derive(Clone)]
 pub struct ApiReviews {
@@ -28,7 +41,6 @@ impl Reviews for ApiReviews {
     fn review_token(&self, token: String) -> BoxFuture<'static, Result<Option<User>, ReviewError>> {
         let api: Api<TokenReview> = Api::all(self.client.clone());
         Box::pin(async move {
-            const REVIEW: &str = "TokenReview";
             let review = TokenReview {
                 spec: TokenReviewSpec {
                     token: Some(token),
@@ -36,13 +48,7 @@ impl Reviews for ApiReviews {
                 },
                 ..TokenReview::default()
             };
-            let answer = api
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| ReviewError::Request {
-                    review: REVIEW,
-                    source: Box::new(e),
-                })?;
+            let answer = create(&api, &review, "TokenReview").await?;
             let status = answer.status.unwrap_or_default();
             if status.authenticated != Some(true) {
                 if let Some(message) = status.error.filter(|e| !e.is_empty()) {
@@ -67,7 +73,6 @@ impl Reviews for ApiReviews {
     ) -> BoxFuture<'static, Result<bool, ReviewError>> {
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         Box::pin(async move {
-            const REVIEW: &str = "SubjectAccessReview";
             let review = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
                     user: Some(user.name),
@@ -89,13 +94,7 @@ impl Reviews for ApiReviews {
                 },
                 ..SubjectAccessReview::default()
             };
-            let answer = api
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| ReviewError::Request {
-                    review: REVIEW,
-                    source: Box::new(e),
-                })?;
+            let answer = create(&api, &review, "SubjectAccessReview").await?;
             let status = answer.status.unwrap_or_default();
             if !status.allowed
                 && let Some(message) = status.evaluation_error.filter(|e| !e.is_empty())

@@ -457,14 +457,10 @@ async fn serve_connection<I, S>(
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection ended");
-            }
-            return;
-        }
-        () = cancel.cancelled() => {}
+    // `Some`: the connection ended by itself; `None`: it is to be closed below.
+    let ended = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        () = cancel.cancelled() => None,
         () = tokio::time::sleep(limits.max_connection_age) => {
             // No new request is read from here on; a response that streams (`follow`) is
             // not cut by the age limit: it ends when its stream does, when the client goes
@@ -472,16 +468,19 @@ async fn serve_connection<I, S>(
             conn.as_mut().graceful_shutdown();
             if streams.any() {
                 tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "HTTP connection ended");
-                        }
-                        return;
-                    }
-                    () = cancel.cancelled() => {}
+                    result = conn.as_mut() => Some(result),
+                    () = cancel.cancelled() => None,
                 }
+            } else {
+                None
             }
         }
+    };
+    if let Some(result) = ended {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "HTTP connection ended");
+        }
+        return;
     }
     conn.as_mut().graceful_shutdown();
     match tokio::time::timeout(limits.close_grace, conn).await {

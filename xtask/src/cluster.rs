@@ -196,6 +196,17 @@ fn build_args(out: &Path) -> Vec<String> {
 
 /// The stamp of a build: what the binaries depend on, hashed.
 fn stamp_for(pinned: &[(&str, Vec<u8>)], go_version: &str, args: &[String]) -> String {
+    go_stamp(&go_command(), pinned, go_version, args)
+}
+
+/// The stamp of a `go build`: the pinned files (name and content), `go version`, the
+/// environment `go` runs with (`cmd`'s) and the build arguments, hashed.
+pub(crate) fn go_stamp(
+    cmd: &Command,
+    pinned: &[(&str, Vec<u8>)],
+    go_version: &str,
+    args: &[String],
+) -> String {
     let mut hash = sha2::Sha256::new();
     for (name, content) in pinned {
         hash.update(name.as_bytes());
@@ -203,7 +214,6 @@ fn stamp_for(pinned: &[(&str, Vec<u8>)], go_version: &str, args: &[String]) -> S
         hash.update(content);
     }
     hash.update(go_version.as_bytes());
-    let cmd = go_command();
     for (k, v) in cmd.get_envs() {
         hash.update(k.as_encoded_bytes());
         hash.update(v.map(std::ffi::OsStr::as_encoded_bytes).unwrap_or_default());
@@ -256,17 +266,42 @@ pub fn build() -> Result<Option<Duration>> {
         return Ok(metrics_server);
     }
     let out = bin_dir();
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // A build that stops half way leaves no stamp: the next call builds again.
-    let _ = fs::remove_file(out.join(STAMP));
-    let args = build_args(&out);
     let mut cmd = go_command();
-    cmd.args(&args);
-    let line = crate::describe(&cmd);
+    cmd.args(build_args(&out));
+    let took = go_build(
+        cmd,
+        &go_module_dir(),
+        &out.join(STAMP),
+        &format!(
+            "building the Kubernetes {KUBERNETES_VERSION} control plane and etcd from tests/k8s \
+             (from cold: about 20 minutes on 2 cores; the Go caches make later builds fast)"
+        ),
+        || wanted_stamp(&out),
+    )?;
     say(&format!(
-        "building the Kubernetes {KUBERNETES_VERSION} control plane and etcd from tests/k8s \
-         (from cold: about 20 minutes on 2 cores; the Go caches make later builds fast)"
+        "built {} in {:.0}s",
+        out.display(),
+        took.as_secs_f64()
     ));
+    Ok(Some(took))
+}
+
+/// Runs `cmd` (a `go build` in `module_dir`), announced with `what`; on success writes
+/// `stamp()` to `stamp_file` and returns how long the build took. The old stamp is removed
+/// first: a build that stops half way leaves none, so the next call builds again.
+pub(crate) fn go_build(
+    mut cmd: Command,
+    module_dir: &Path,
+    stamp_file: &Path,
+    what: &str,
+    stamp: impl FnOnce() -> Result<String>,
+) -> Result<Duration> {
+    if let Some(out) = stamp_file.parent() {
+        fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let _ = fs::remove_file(stamp_file);
+    let line = crate::describe(&cmd);
+    say(what);
     say(&line);
     let started = Instant::now();
     let status = cmd
@@ -276,18 +311,12 @@ pub fn build() -> Result<Option<Duration>> {
     ensure!(
         status.success(),
         "`{line}` (in {}) failed: {status}",
-        go_module_dir().display()
+        module_dir.display()
     );
     let took = started.elapsed();
-    let stamp = wanted_stamp(&out)?;
-    fs::write(out.join(STAMP), format!("{stamp}\n"))
-        .with_context(|| format!("writing {}", out.join(STAMP).display()))?;
-    say(&format!(
-        "built {} in {:.0}s",
-        out.display(),
-        took.as_secs_f64()
-    ));
-    Ok(Some(took))
+    fs::write(stamp_file, format!("{}\n", stamp()?))
+        .with_context(|| format!("writing {}", stamp_file.display()))?;
+    Ok(took)
 }
 
 /// How to run a control plane.

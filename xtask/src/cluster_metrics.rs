@@ -19,11 +19,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, ensure};
-use sha2::Digest as _;
+use anyhow::{Context as _, Result};
 
 /// The metrics-server release `tests/metrics-server/go.mod` pins.
 pub const METRICS_SERVER_VERSION: &str = "v0.8.0";
@@ -66,27 +65,21 @@ fn build_args(out: &Path) -> Vec<String> {
 }
 
 fn wanted_stamp(out: &Path) -> Result<String> {
-    let mut hash = sha2::Sha256::new();
+    let mut pinned = vec![];
     for name in ["go.mod", "go.sum"] {
         let path = go_module_dir().join(name);
         let content = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        hash.update(name.as_bytes());
-        hash.update((content.len() as u64).to_le_bytes());
-        hash.update(content);
+        pinned.push((name, content));
     }
     let mut version = go_command();
     version.arg("version");
-    hash.update(crate::command_output(&mut version)?.trim().as_bytes());
-    let cmd = go_command();
-    for (k, v) in cmd.get_envs() {
-        hash.update(k.as_encoded_bytes());
-        hash.update(v.map(std::ffi::OsStr::as_encoded_bytes).unwrap_or_default());
-    }
-    for arg in build_args(out) {
-        hash.update(arg.as_bytes());
-        hash.update([0]);
-    }
-    Ok(hex::encode(hash.finalize()))
+    let version = crate::command_output(&mut version)?;
+    Ok(crate::cluster::go_stamp(
+        &go_command(),
+        &pinned,
+        version.trim(),
+        &build_args(out),
+    ))
 }
 
 /// Builds metrics-server into [`crate::cluster::bin_dir`] unless it is up to date (a stamp
@@ -101,28 +94,19 @@ pub fn build() -> Result<Option<Duration>> {
     if stamp.trim() == wanted && out.join(BINARY).is_file() {
         return Ok(None);
     }
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let _ = fs::remove_file(out.join(STAMP));
     let mut cmd = go_command();
     cmd.args(build_args(&out));
-    let line = crate::describe(&cmd);
-    println!(
-        "[cluster] building metrics-server {METRICS_SERVER_VERSION} from tests/metrics-server \
-         (from cold: about 10 minutes on 2 cores)\n[cluster] {line}"
-    );
-    let started = Instant::now();
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
-    ensure!(
-        status.success(),
-        "`{line}` (in {}) failed: {status}",
-        go_module_dir().display()
-    );
-    fs::write(out.join(STAMP), format!("{wanted}\n"))
-        .with_context(|| format!("writing {}", out.join(STAMP).display()))?;
-    Ok(Some(started.elapsed()))
+    let took = crate::cluster::go_build(
+        cmd,
+        &go_module_dir(),
+        &out.join(STAMP),
+        &format!(
+            "building metrics-server {METRICS_SERVER_VERSION} from tests/metrics-server \
+             (from cold: about 10 minutes on 2 cores)"
+        ),
+        || Ok(wanted),
+    )?;
+    Ok(Some(took))
 }
 
 /// Which kubelet port metrics-server scrapes.

@@ -30,30 +30,51 @@ fn get_ok(node: &Node, path: &str) -> String {
     body
 }
 
+/// Starts pod `name` (manifest `<name>.yaml`) whose one container `c` runs `sh -c script`,
+/// and waits until `c` is running; the pod.
+fn logging_pod(node: &Node, name: &str, restart_policy: &str, script: &str) -> Value {
+    node.write_manifest(
+        &format!("{name}.yaml"),
+        &pod_yaml(
+            name,
+            restart_policy,
+            &format!(
+                "  containers:
+  - name: c
+    image: {IMAGE}
+    command: [sh, -c, '{script}']
+"
+            ),
+        ),
+    );
+    node.wait_pod(name, "container running", |p| running(p, "c"))
+}
+
+/// Waits until `GET logs` answers with a body that `logged` accepts.
+fn wait_logged(node: &Node, logs: &str, what: &str, logged: impl Fn(&str) -> bool) {
+    node.wait_until(what, |n| {
+        http_get(n.port, logs).is_some_and(|(_, body)| logged(&body))
+    });
+}
+
 /// The long line: more than containerd's 16 KiB line buffer, so it is logged in pieces.
 const LONG: usize = 20_000;
 
 #[test]
 fn logs_of_a_running_container() {
     let node = Node::start("event");
-    node.write_manifest(
-        "talk.yaml",
-        &pod_yaml(
-            "talk",
-            "Always",
-            &format!(
-                "  containers:
-  - name: c
-    image: {IMAGE}
-    command: [sh, -c, 'for i in 1 2 3 4 5; do echo line-$i; done; echo oops >&2; head -c {LONG} /dev/zero | tr \"\\0\" x; echo; echo end; exec sleep 3600']
-"
-            ),
+    let pod = logging_pod(
+        &node,
+        "talk",
+        "Always",
+        &format!(
+            "for i in 1 2 3 4 5; do echo line-$i; done; echo oops >&2; \
+             head -c {LONG} /dev/zero | tr \"\\0\" x; echo; echo end; exec sleep 3600"
         ),
     );
-    let pod = node.wait_pod("talk", "container running", |p| running(p, "c"));
     let logs = logs_path(&pod);
-    node.wait_until("the last line logged", |n| {
-        http_get(n.port, &logs).is_some_and(|(_, body)| body.ends_with("end\n"))
+    wait_logged(&node, &logs, "the last line logged", |body| {
+        body.ends_with("end\n")
     });
     let long = "x".repeat(LONG);
     let stdout = format!("line-1\nline-2\nline-3\nline-4\nline-5\n{long}\nend\n");
@@ -195,8 +216,8 @@ fn previous_shows_the_instance_before_a_restart() {
         restarts(p, "c") == 1 && running(p, "c")
     });
     let logs = logs_path(&pod);
-    node.wait_until("the second instance logged", |n| {
-        http_get(n.port, &logs).is_some_and(|(_, body)| body == "second\n")
+    wait_logged(&node, &logs, "the second instance logged", |body| {
+        body == "second\n"
     });
     assert_eq!(get_ok(&node, &format!("{logs}?previous=true")), "first\n");
     assert_eq!(get_ok(&node, &logs), "second\n");
@@ -291,24 +312,15 @@ fn read_until(
 #[test]
 fn follow_streams_lines_written_after_the_request() {
     let node = Node::start("event");
-    node.write_manifest(
-        "tick.yaml",
-        &pod_yaml(
-            "tick",
-            "Always",
-            &format!(
-                "  containers:
-  - name: c
-    image: {IMAGE}
-    command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done']
-"
-            ),
-        ),
+    let pod = logging_pod(
+        &node,
+        "tick",
+        "Always",
+        "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done",
     );
-    let pod = node.wait_pod("tick", "container running", |p| running(p, "c"));
     let logs = logs_path(&pod);
-    node.wait_until("a tick logged", |n| {
-        http_get(n.port, &logs).is_some_and(|(_, body)| body.contains("tick-1\n"))
+    wait_logged(&node, &logs, "a tick logged", |body| {
+        body.contains("tick-1\n")
     });
     let mut s = follow(&node, &format!("{logs}?follow=true&tailLines=1"));
     let (first, raw) = read_until(&mut s, Vec::new(), |seen, _| seen.ends_with('\n'));
@@ -331,25 +343,9 @@ fn follow_streams_lines_written_after_the_request() {
 #[test]
 fn follow_ends_when_the_container_exits() {
     let node = Node::start("event");
-    node.write_manifest(
-        "brief.yaml",
-        &pod_yaml(
-            "brief",
-            "Never",
-            &format!(
-                "  containers:
-  - name: c
-    image: {IMAGE}
-    command: [sh, -c, 'echo a; sleep 3; echo b']
-"
-            ),
-        ),
-    );
-    let pod = node.wait_pod("brief", "container running", |p| running(p, "c"));
+    let pod = logging_pod(&node, "brief", "Never", "echo a; sleep 3; echo b");
     let logs = logs_path(&pod);
-    node.wait_until("the first line logged", |n| {
-        http_get(n.port, &logs).is_some_and(|(_, body)| body == "a\n")
-    });
+    wait_logged(&node, &logs, "the first line logged", |body| body == "a\n");
     let mut s = follow(&node, &format!("{logs}?follow=true"));
     // The last chunk: the server ended the stream (not a dropped connection).
     let (body, _) = read_until(&mut s, Vec::new(), |_, ended| ended);

@@ -631,6 +631,16 @@ pub fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// The runtime's id of container `name` (its `containerID` without the `<runtime>://`
+/// prefix), once the status has one.
+#[must_use]
+pub fn container_id(p: &Value, name: &str) -> Option<String> {
+    container_status(p, name)["containerID"]
+        .as_str()
+        .and_then(|id| id.split_once("://"))
+        .map(|(_, id)| id.to_owned())
+}
+
 #[must_use]
 pub fn running(p: &Value, name: &str) -> bool {
     !container_status(p, name)["state"]["running"].is_null()

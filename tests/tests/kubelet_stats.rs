@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, pod_yaml, running, uid};
+use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_id, pod_yaml, running, uid};
 use serde_json::Value;
 
 /// A container command that holds ~32 MiB of anonymous memory and sleeps.
@@ -34,6 +34,16 @@ fn find_dir(dir: &Path, id: &str) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The runtime id of container `name` of pod `p` and its v1 memory cgroup, found by that
+/// id below the node's cgroup parent.
+fn container_memory_dir(node: &Node, p: &Value, name: &str) -> (String, PathBuf) {
+    let id = container_id(p, name).expect("container id");
+    let parent = memory_mount().join(node.ctd.cgroup_parent.trim_start_matches('/'));
+    let dir = find_dir(&parent, &id)
+        .unwrap_or_else(|| panic!("no memory cgroup named {id} below {}", parent.display()));
+    (id, dir)
 }
 
 fn read_u64(path: &Path) -> u64 {
@@ -120,14 +130,7 @@ fn summary_and_resource_metrics_agree_with_the_cgroup_files() {
     node.write_manifest("hold.yaml", &hold_pod("hold"));
     let p = node.wait_pod("hold", "hold running", |p| running(p, "hold"));
     let pod_uid = uid(&p);
-    let id = container_status(&p, "hold")["containerID"]
-        .as_str()
-        .and_then(|id| id.split_once("://"))
-        .map(|(_, id)| id.to_owned())
-        .expect("container id");
-    let parent = memory_mount().join(node.ctd.cgroup_parent.trim_start_matches('/'));
-    let container_dir = find_dir(&parent, &id)
-        .unwrap_or_else(|| panic!("no memory cgroup named {id} below {}", parent.display()));
+    let (_, container_dir) = container_memory_dir(&node, &p, "hold");
     let pod_dir = container_dir.parent().expect("pod cgroup").to_path_buf();
     // The allocation is done once the kernel counts it.
     node.wait_until("the container holding 32 MiB", |_| {
@@ -288,13 +291,7 @@ fn cadvisor_counts_oom_kills_from_the_kernel() {
         ),
     );
     let p = node.wait_pod("oomer", "c running", |p| running(p, "c"));
-    let id = container_status(&p, "c")["containerID"]
-        .as_str()
-        .and_then(|id| id.split_once("://"))
-        .map(|(_, id)| id.to_owned())
-        .expect("container id");
-    let parent = memory_mount().join(node.ctd.cgroup_parent.trim_start_matches('/'));
-    let dir = find_dir(&parent, &id).expect("container memory cgroup");
+    let (id, dir) = container_memory_dir(&node, &p, "c");
     let kernel = || {
         let text = std::fs::read_to_string(dir.join("memory.oom_control")).expect("oom_control");
         text.lines()
@@ -379,13 +376,7 @@ fn kubectl_top_shows_bpflets_numbers() {
         .expect("starting metrics-server");
     node.write_manifest("hold.yaml", &hold_pod("hold"));
     let p = node.wait_pod("hold", "hold running", |p| running(p, "hold"));
-    let id = container_status(&p, "hold")["containerID"]
-        .as_str()
-        .and_then(|id| id.split_once("://"))
-        .map(|(_, id)| id.to_owned())
-        .expect("container id");
-    let parent = memory_mount().join(node.ctd.cgroup_parent.trim_start_matches('/'));
-    let container_dir = find_dir(&parent, &id).expect("container memory cgroup");
+    let (_, container_dir) = container_memory_dir(&node, &p, "hold");
     let pod_dir = container_dir.parent().expect("pod cgroup").to_path_buf();
     node.wait_until("the container holding 32 MiB", |_| {
         working_set(&container_dir) >= 32 * MIB

@@ -429,7 +429,7 @@ mod tests {
         write(
             r,
             "kubepods/pod1/memory.stat",
-            "anon 4096\nfile 4096\ninactive_file 1024\npgfault 9\npgmajfault 1\n",
+            "anon 5120\nfile 3072\ninactive_file 1024\npgfault 9\npgmajfault 1\n",
         );
         write(r, "kubepods/pod1/memory.max", "max\n");
         write(
@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(got.cpu_ns, Some(2_500_000));
         let m = got.memory.unwrap();
         assert_eq!(m.working_set_bytes, 7168);
-        assert_eq!((m.rss_bytes, m.cache_bytes), (4096, 4096));
+        assert_eq!((m.rss_bytes, m.cache_bytes), (5120, 3072));
         assert_eq!((m.page_faults, m.major_page_faults), (9, 1));
         assert_eq!((m.limit_bytes, m.oom_kills), (None, Some(1)));
         write(r, "kubepods/pod1/memory.max", "65536\n");

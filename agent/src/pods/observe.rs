@@ -164,13 +164,13 @@ pub fn last_change(c: &ObservedContainer) -> Timestamp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::{FakeRuntime, Method};
 
-    const IMAGE: &str = "bpflet.local/busybox:latest";
+    pub(crate) const IMAGE: &str = "bpflet.local/busybox:latest";
 
-    fn sandbox_config(uid: &str) -> api::PodSandboxConfig {
+    pub(crate) fn sandbox_config(uid: &str) -> api::PodSandboxConfig {
         api::PodSandboxConfig {
             metadata: Some(api::PodSandboxMetadata {
                 name: "web".to_owned(),
@@ -183,7 +183,7 @@ mod tests {
         }
     }
 
-    fn container_config(uid: &str) -> api::ContainerConfig {
+    pub(crate) fn container_config(uid: &str) -> api::ContainerConfig {
         api::ContainerConfig {
             metadata: Some(api::ContainerMetadata {
                 name: "app".to_owned(),

@@ -232,23 +232,10 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             }
         }
         // A sandbox or container create the termination interrupted may have completed in
-        // the runtime after the listing above.
-        if let Ok((stray, _)) = observe_pod(&*ctx.host.runtime, &uid).await {
-            for c in &stray.containers {
-                if let Err(e) = ctx.host.runtime.remove_container(&c.id).await {
-                    warn!(pod = %name, id = %c.id, error = %e, "removing a container failed");
-                }
-            }
-            for sb in &stray.sandboxes {
-                let removed = match ctx.host.runtime.stop_pod_sandbox(&sb.id).await {
-                    Ok(()) => ctx.host.runtime.remove_pod_sandbox(&sb.id).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = removed {
-                    warn!(pod = %name, sandbox = %sb.id, error = %e, "removing sandbox failed");
-                }
-            }
-        }
+        // the runtime after the listing above, or still be starting there (containerd
+        // refuses to remove a container "in starting state"): remove what is left until
+        // nothing is, retrying while the runtime finishes what it was doing.
+        remove_strays(&*ctx.host.runtime, &name, &uid).await;
         // Removal waits (briefly) for the kernel to release the cgroups: off the runtime.
         let tree = Arc::clone(&ctx.host.tree);
         let removal_uid = uid.clone();
@@ -269,6 +256,53 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .facts
             .forget(observed.containers.iter().map(|c| c.id.as_str()));
         info!(pod = %name, "pod terminated");
+    }
+}
+
+/// How long [`remove_strays`] keeps trying, and its first and longest pause.
+const STRAY_DEADLINE: Duration = Duration::from_secs(30);
+const STRAY_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const STRAY_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// Stops and removes whatever the runtime still holds of pod `uid`, again and again (100 ms
+/// doubling to 2 s) until nothing is left or [`STRAY_DEADLINE`] passed; what could not be
+/// removed by then is logged (the start-up clean-up and the relist meet it again).
+pub(super) async fn remove_strays<R: ContainerRuntime>(runtime: &R, name: &str, uid: &str) {
+    let deadline = tokio::time::Instant::now() + STRAY_DEADLINE;
+    let mut pause = STRAY_FIRST_PAUSE;
+    loop {
+        let mut failures = Vec::new();
+        match observe_pod(runtime, uid).await {
+            Ok((stray, _)) if stray.containers.is_empty() && stray.sandboxes.is_empty() => return,
+            Ok((stray, _)) => {
+                for c in &stray.containers {
+                    let removed = match runtime.stop_container(&c.id, Duration::ZERO).await {
+                        Ok(()) => runtime.remove_container(&c.id).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = removed {
+                        failures.push(format!("container {}: {e}", c.id));
+                    }
+                }
+                for sb in &stray.sandboxes {
+                    let removed = match runtime.stop_pod_sandbox(&sb.id).await {
+                        Ok(()) => runtime.remove_pod_sandbox(&sb.id).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = removed {
+                        failures.push(format!("sandbox {}: {e}", sb.id));
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("listing: {e}")),
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            warn!(pod = %name, failures = ?failures, "the runtime still holds part of a terminated pod");
+            return;
+        }
+        tracing::debug!(pod = %name, failures = ?failures, "removing what is left of a pod; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(STRAY_MAX_PAUSE);
     }
 }
 
@@ -302,4 +336,59 @@ fn pre_stop(pod: &Pod, container: &str) -> Option<PreStop> {
         )));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::observe::tests::{IMAGE, container_config, sandbox_config};
+    use crate::runtime::{FakeRuntime, Fault, Method};
+    use tonic::Code;
+
+    /// A pod `uid` in the fake runtime: one sandbox, one running container.
+    async fn pod_in(rt: &FakeRuntime, uid: &str) {
+        rt.add_image(IMAGE);
+        let sb_config = sandbox_config(uid);
+        let sb = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
+        let c = rt
+            .create_container(&sb, &container_config(uid), &sb_config)
+            .await
+            .unwrap();
+        rt.start_container(&c).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn strays_are_removed_once_the_runtime_lets_them_go() {
+        let rt = FakeRuntime::new();
+        pod_in(&rt, "u1").await;
+        // As containerd answers for a container still starting: the first attempts fail.
+        rt.inject_once(Method::RemoveContainer, Fault::Error(Code::Unknown));
+        rt.inject_once(Method::RemovePodSandbox, Fault::Error(Code::Unknown));
+        remove_strays(&rt, "web", "u1").await;
+        let (left, _) = observe_pod(&rt, "u1").await.unwrap();
+        assert!(
+            left.containers.is_empty() && left.sandboxes.is_empty(),
+            "left behind: {left:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn strays_the_runtime_never_lets_go_are_given_up_after_the_deadline() {
+        let rt = FakeRuntime::new();
+        pod_in(&rt, "u1").await;
+        rt.inject(Method::RemoveContainer, Fault::Error(Code::Unknown));
+        rt.inject(Method::RemovePodSandbox, Fault::Error(Code::Unknown));
+        let started = tokio::time::Instant::now();
+        remove_strays(&rt, "web", "u1").await;
+        assert!(
+            started.elapsed() <= STRAY_DEADLINE,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            rt.call_count(Method::RemoveContainer) > 3,
+            "retried: {}",
+            rt.call_count(Method::RemoveContainer)
+        );
+    }
 }

@@ -51,10 +51,41 @@ fn logging_pod(node: &Node, name: &str, restart_policy: &str, script: &str) -> V
 }
 
 /// Waits until `GET logs` answers with a body that `logged` accepts.
+/// On a timeout it names the last answer, so a failure says what the endpoint served.
 fn wait_logged(node: &Node, logs: &str, what: &str, logged: impl Fn(&str) -> bool) {
-    node.wait_until(what, |n| {
-        http_get(n.port, logs).is_some_and(|(_, body)| logged(&body))
+    let mut last = None;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let answer = http_get(node.port, logs);
+        if answer.as_ref().is_some_and(|(_, body)| logged(body)) {
+            return;
+        }
+        last = answer;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = last.map(|(status, body)| {
+        let tail: String = body
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("{status}, {} bytes, ending {tail:?}", body.len())
     });
+    panic!(
+        "timed out waiting for {what}: last answer to GET {logs}: {last:?}\n--- agent log (tail) ---\n{}",
+        node.agent_log()
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// The long line: more than containerd's 16 KiB line buffer, so it is logged in pieces.

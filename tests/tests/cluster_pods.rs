@@ -10,7 +10,7 @@ use bpflet_tests::cluster::{
     PodYaml, api_event, condition, joined_node, kubectl_json, node_condition, running_and_ready,
     wait_for, wait_for_default_service_account,
 };
-use bpflet_tests::node::Node;
+use bpflet_tests::node::{Node, container_id};
 use serde_json::Value;
 use xtask::cluster::ControlPlane;
 
@@ -42,15 +42,6 @@ fn cond(pod: &Value, kind: &str) -> (String, String) {
 
 fn uid(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().expect("uid").to_owned()
-}
-
-/// The id of the pod's first container as the API shows it (`containerd://` stripped).
-fn container_id(pod: &Value) -> String {
-    pod["status"]["containerStatuses"][0]["containerID"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_start_matches("containerd://")
-        .to_owned()
 }
 
 #[test]
@@ -233,7 +224,7 @@ fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
         "the sleeper pod Running and Ready",
         running_and_ready(cp, "sleeper"),
     );
-    let sleeper_container = container_id(&sleeper);
+    let sleeper_container = container_id(&sleeper, "c").unwrap_or_default();
     let (once_sandboxes, once_containers) = node.runtime_ids(&once_uid);
     assert_eq!(
         (once_sandboxes.len(), once_containers.len()),
@@ -261,7 +252,7 @@ fn a_terminal_api_pod_is_not_run_again_after_an_agent_restart() {
         running_and_ready(cp, "sleeper"),
     );
     assert_eq!(
-        container_id(&sleeper),
+        container_id(&sleeper, "c").unwrap_or_default(),
         sleeper_container,
         "the same container, adopted"
     );

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bpflet_tests::node::{
-    IMAGE, Node, NodeConfig, WAIT, free_port, http_get, phase, pod_yaml, restarts, running,
-    sleeping_pod, tail, uid,
+    IMAGE, Node, NodeConfig, WAIT, container_id, free_port, http_get, phase, pod_yaml, restarts,
+    running, sleeping_pod, tail, uid,
 };
 use serde_json::Value;
 use xtask::agent::{Agent, AgentSpec};
@@ -67,19 +67,6 @@ fn still_open_after_wait(streams: &mut [TcpStream]) -> usize {
     open
 }
 
-/// The app container id (without `containerd://`) of `name` in pod `p`.
-fn container_id(p: &Value, name: &str) -> String {
-    let statuses = p["status"]["containerStatuses"].as_array().cloned();
-    statuses
-        .unwrap_or_default()
-        .iter()
-        .find(|c| c["name"] == name)
-        .and_then(|c| c["containerID"].as_str())
-        .and_then(|id| id.strip_prefix("containerd://"))
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// App containers containerd holds for the static pod `name` (`<name>-testnode`).
 fn runtime_containers_of(node: &Node, name: &str) -> Vec<String> {
     let filter = format!(
@@ -132,7 +119,7 @@ fn idle_connection_flood(nofile: &str, expected_soft: &str) {
     );
     node.write_manifest("steady.yaml", &sleeping_pod("steady"));
     let before = node.wait_pod("steady", "running", |p| running(p, "c"));
-    let steady_id = container_id(&before, "c");
+    let steady_id = container_id(&before, "c").unwrap_or_default();
     assert!(!steady_id.is_empty(), "{before:#}");
 
     let mut flood = open_idle_connections(healthz, FLOOD_PER_PORT);
@@ -193,7 +180,11 @@ fn idle_connection_flood(nofile: &str, expected_soft: &str) {
         tail(&node.agent_log(), 40)
     );
     let steady = node.wait_pod("steady", "running", |p| running(p, "c"));
-    assert_eq!(container_id(&steady, "c"), steady_id, "{steady:#}");
+    assert_eq!(
+        container_id(&steady, "c").unwrap_or_default(),
+        steady_id,
+        "{steady:#}"
+    );
     assert_eq!(restarts(&steady, "c"), 0, "{steady:#}");
     node.wait_pod("fresh", "running", |p| running(p, "c"));
     assert!(node.agent_alive(), "the agent exited");
@@ -464,8 +455,8 @@ fn pods_with_forbidden_sysctls_are_rejected_and_never_started() {
 
     let after = node.wait_pod("steady", "running", |p| running(p, "c"));
     assert_eq!(
-        container_id(&after, "c"),
-        container_id(&steady, "c"),
+        container_id(&after, "c").unwrap_or_default(),
+        container_id(&steady, "c").unwrap_or_default(),
         "{after:#}"
     );
     assert_eq!(

@@ -55,6 +55,16 @@ impl Ctx {
         fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+
+    /// Writes `value` (pretty JSON) to `target/bench/<name>.json` and returns the path.
+    pub fn save_json(&self, name: &str, value: &serde_json::Value) -> Result<PathBuf> {
+        let text = serde_json::to_string_pretty(value).context("serializing the results")?;
+        fs::create_dir_all(&self.results_dir)
+            .with_context(|| format!("creating {}", self.results_dir.display()))?;
+        let path = self.results_dir.join(format!("{name}.json"));
+        fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
 }
 
 fn dispatch(name: &str, ctx: &Ctx) -> Result<()> {

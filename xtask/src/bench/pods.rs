@@ -21,6 +21,16 @@
 //!    and RSS of the agent and of containerd over the same [`Plan::window`] in every
 //!    column, nothing polling but the resource-metrics scrape ([`Plan::resource_scrape_every`],
 //!    on in a column whose agent answers `/metrics/resource` with 200).
+//! 3. stats endpoints (issue 14), right after each idle window at the same pod count: where
+//!    the scrape is on, a second window of the same length with nothing polling at all, so
+//!    the scrape's own CPU cost shows (agent CPU with it minus without it); then
+//!    [`Plan::stats_fetches`] rounds, one every [`STATS_FETCH_EVERY`], each a `GET` of
+//!    [`STATS_ENDPOINTS`] (`/stats/summary`, `/metrics/resource`) on the read-only port, timed
+//!    from connect to the last byte (HTTP/1.0, the body read whole): latency p50/p99/max, the
+//!    body's size and the failures (no answer or not 200), in every column.
+//!
+//! Besides the Markdown report (`target/bench/pods.md`) the numbers are written as JSON
+//! (`target/bench/pods.json`, [`to_json`]) for whatever reads them next.
 //!
 //! Every pod is a host-network busybox `sleep 3600` with tiny requests (Burstable).
 //! Whatever happens (a failed step, Ctrl-C), the agent is stopped and `up`'s teardown removes
@@ -74,6 +84,10 @@ pub(crate) const QUICK_ENV: &str = "BPFLET_BENCH_QUICK";
 /// metrics-server's default `--metric-resolution`.
 const RESOURCE_SCRAPE_EVERY: Duration = Duration::from_secs(15);
 const RESOURCE_METRICS: &str = "/metrics/resource";
+/// What the stats phase fetches after each idle window, in this order each round.
+const STATS_ENDPOINTS: [&str; 2] = ["/stats/summary", RESOURCE_METRICS];
+/// One round of [`STATS_ENDPOINTS`] every this long.
+const STATS_FETCH_EVERY: Duration = Duration::from_secs(1);
 
 /// How much of everything.
 #[derive(Debug, Clone)]
@@ -86,6 +100,8 @@ struct Plan {
     /// During each idle window, `/metrics/resource` is fetched this often (metrics-server's
     /// default resolution), in every column whose agent answers it with 200.
     resource_scrape_every: Option<Duration>,
+    /// Rounds of [`STATS_ENDPOINTS`] fetched after each idle window.
+    stats_fetches: usize,
     quick: bool,
 }
 
@@ -99,6 +115,7 @@ impl Plan {
                 idle_counts: vec![5, 10],
                 window: Duration::from_secs(10),
                 resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
+                stats_fetches: 10,
                 quick: true,
             }
         } else {
@@ -109,6 +126,7 @@ impl Plan {
                 idle_counts: vec![50, 110],
                 window: Duration::from_secs(60),
                 resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
+                stats_fetches: 100,
                 quick: false,
             }
         }
@@ -126,9 +144,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let machine = Machine::read_with(&binaries.tool("containerd")?)?;
     let versions = peer::versions()?;
     on_bench_node_with(ctx, "pods", BRIDGE, SUBNET, binaries, |node, ctd| {
-        let (report, stop_problems) = measure(&plan, &machine, &versions, node, ctd)?;
+        let (report, json, stop_problems) = measure(&plan, &machine, &versions, node, ctd)?;
         println!("{report}");
         let path = ctx.save("pods", &report)?;
+        eprintln!("saved {}", path.display());
+        let path = ctx.save_json("pods", &json)?;
         eprintln!("saved {}", path.display());
         // The numbers stand; what a kubelet left on the machine still fails the bench.
         ensure!(
@@ -220,15 +240,15 @@ struct ColumnResult {
     scrape: Scrape,
 }
 
-/// Every measurement, as the Markdown report, and the problems met stopping a kubelet after
-/// its column was measured (its teardown: mounts, directories it made).
+/// Every measurement, as the Markdown report and as JSON, and the problems met stopping a
+/// kubelet after its column was measured (its teardown: mounts, directories it made).
 fn measure(
     plan: &Plan,
     machine: &Machine,
     versions: &str,
     node: &mut Node,
     ctd: &PrivateContainerd,
-) -> Result<(String, Vec<String>)> {
+) -> Result<(String, serde_json::Value, Vec<String>)> {
     let ctd_pid = ctd.pid().context("containerd is not running")?;
     let mut results: Vec<ColumnResult> = vec![];
     let mut left_out: Vec<(Column, String)> = vec![];
@@ -270,6 +290,7 @@ fn measure(
     }
     Ok((
         render(plan, machine, versions, &results, &left_out),
+        to_json(plan, machine, versions, &results, &left_out),
         stop_problems,
     ))
 }
@@ -333,14 +354,7 @@ fn measure_column(
         Some(every) => Scrape::probe(node.port, every),
         None => Scrape::Off("not asked for".to_owned()),
     };
-    let idle = node.idle(
-        column,
-        &plan.idle_counts,
-        plan.window,
-        &scrape,
-        ctd,
-        ctd_pid,
-    )?;
+    let idle = node.idle(column, plan, &scrape, ctd, ctd_pid)?;
     Ok(ColumnResult {
         column,
         latency,
@@ -465,6 +479,8 @@ fn render(
         }
     }
 
+    let stats = stats_table(&counts, results);
+
     let mut report = String::new();
     if plan.quick {
         let _ = writeln!(
@@ -513,6 +529,22 @@ fn render(
         fmt_opt(Summary::of(&gets).map(|s| s.p50), 1),
     );
     let _ = writeln!(report, "### Idle cost\n\n{idle}");
+    let _ = writeln!(
+        report,
+        "### Stats endpoints\n\nAfter each idle window: agent CPU % over the window with the \
+         resource-metrics scrape (as above) and over a second window of the same length with \
+         nothing polling (`-` where the scrape is off: the first window had none); then {} \
+         rounds, one every {} s, each a GET of {} on the read-only port, timed from connect to \
+         the body's last byte; latencies of the answers with status 200, the largest body, \
+         and the fetches that got no answer or another status.\n\n{stats}",
+        plan.stats_fetches,
+        STATS_FETCH_EVERY.as_secs(),
+        STATS_ENDPOINTS
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(" then "),
+    );
     let _ = writeln!(report, "{}", targets(results, &counts));
     let _ = writeln!(
         report,
@@ -554,6 +586,163 @@ fn render(
         BASE.name(),
     );
     report
+}
+
+/// The stats-endpoint table: per pod count, each column's CPU with and without the scrape
+/// and each endpoint's latency, size and failures; then each column's ratio to [`BASE`].
+fn stats_table(counts: &[usize], results: &[ColumnResult]) -> Table {
+    let mut headers = vec![
+        "pods".to_owned(),
+        "column".to_owned(),
+        "agent CPU % (scrape)".to_owned(),
+        "agent CPU % (no scrape)".to_owned(),
+        "scrape's cost (CPU %)".to_owned(),
+    ];
+    for path in STATS_ENDPOINTS {
+        headers.extend([
+            format!("`{path}` p50 / p99 (ms)"),
+            format!("`{path}` KiB"),
+            format!("`{path}` failed"),
+        ]);
+    }
+    let mut table = Table::new(headers);
+    let base = results.iter().find(|r| r.column == BASE);
+    for (i, count) in counts.iter().enumerate() {
+        for r in results {
+            let Some(row) = r.idle.get(i) else { continue };
+            let mut cells = vec![
+                count.to_string(),
+                r.column.name().to_owned(),
+                format!("{:.2}", row.agent.cpu_percent),
+                row.unscraped
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |u| format!("{:.2}", u.cpu_percent)),
+                row.unscraped.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |u| format!("{:+.2}", row.agent.cpu_percent - u.cpu_percent),
+                ),
+            ];
+            for path in STATS_ENDPOINTS {
+                let e = row.endpoint(path);
+                let latency = e.and_then(|e| e.latency_ms);
+                cells.extend([
+                    latency.map_or_else(
+                        || "-".to_owned(),
+                        |l| format!("{:.1} / {:.1}", l.p50, l.p99),
+                    ),
+                    fmt_opt(e.and_then(|e| e.body_bytes).map(|b| b as f64 / 1024.0), 1),
+                    e.map_or_else(|| "-".to_owned(), |e| e.failed.to_string()),
+                ]);
+            }
+            table.row(cells);
+        }
+        let Some(b) = base.and_then(|b| b.idle.get(i)) else {
+            continue;
+        };
+        for r in results.iter().filter(|r| r.column != BASE) {
+            let Some(row) = r.idle.get(i) else { continue };
+            let mut cells = vec![
+                count.to_string(),
+                format!("{} / {}", r.column.name(), BASE.name()),
+                ratio(row.agent.cpu_percent, b.agent.cpu_percent),
+                ratio(row.agent_cpu_unscraped(), b.agent_cpu_unscraped()),
+                String::new(),
+            ];
+            for path in STATS_ENDPOINTS {
+                let l = row.endpoint(path).and_then(|e| e.latency_ms);
+                let bl = b.endpoint(path).and_then(|e| e.latency_ms);
+                let bytes = |row: &IdleRow| {
+                    row.endpoint(path)
+                        .and_then(|e| e.body_bytes)
+                        .map(|b| b as f64)
+                };
+                cells.extend([
+                    match (l, bl) {
+                        (Some(l), Some(bl)) => {
+                            format!("{} / {}", ratio(l.p50, bl.p50), ratio(l.p99, bl.p99))
+                        }
+                        _ => "-".to_owned(),
+                    },
+                    match (bytes(row), bytes(b)) {
+                        (Some(x), Some(y)) => ratio(x, y),
+                        _ => "-".to_owned(),
+                    },
+                    String::new(),
+                ]);
+            }
+            table.row(cells);
+        }
+    }
+    table
+}
+
+/// The numbers of the report as JSON: `{"quick", "machine", "peer", "columns": [{"column",
+/// "kubepods_limit_bytes", "scrape", "latency": [...], "idle": [{"pods", "agent", "containerd",
+/// "containerd_alone", "agent_unscraped", "scrapes", "endpoints": [...]}]}], "left_out"}`;
+/// CPU in percent of one core, durations in ms, sizes in bytes.
+fn to_json(
+    plan: &Plan,
+    machine: &Machine,
+    versions: &str,
+    results: &[ColumnResult],
+    left_out: &[(Column, String)],
+) -> serde_json::Value {
+    use serde_json::json;
+    let summary = |s: &Summary| json!({"n": s.n, "mean": s.mean, "p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max});
+    let usage = |u: &ProcUsage| {
+        json!({
+            "wall_ms": u.wall.as_secs_f64() * 1e3,
+            "cpu_seconds": u.cpu_seconds,
+            "cpu_percent": u.cpu_percent,
+            "rss_max_bytes": u.rss_max_bytes,
+        })
+    };
+    let columns: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "column": r.column.name(),
+                "kubepods_limit_bytes": r.kubepods_limit,
+                "scrape": match &r.scrape {
+                    Scrape::On(every) => json!({"on": true, "every_s": every.as_secs()}),
+                    Scrape::Off(why) => json!({"on": false, "why": why}),
+                },
+                "latency": r.latency.iter().map(|l| json!({
+                    "scenario": l.scenario,
+                    "running_ms": summary(&l.running),
+                    "seen_ms": l.seen.as_ref().map(summary),
+                    "get_pods_ms": summary(&l.gets),
+                })).collect::<Vec<_>>(),
+                "idle": r.idle.iter().map(|row| json!({
+                    "pods": row.pods,
+                    "all_running_after_s": row.startup.as_secs_f64(),
+                    "agent": usage(&row.agent),
+                    "containerd": usage(&row.containerd),
+                    "containerd_alone": row.containerd_alone.as_ref().map(usage),
+                    "agent_unscraped": row.unscraped.as_ref().map(usage),
+                    "scrapes": {"ok": row.scrapes.ok, "failed": row.scrapes.failed},
+                    "endpoints": row.endpoints.iter().map(|e| json!({
+                        "path": e.path,
+                        "latency_ms": e.latency_ms.as_ref().map(summary),
+                        "body_bytes": e.body_bytes,
+                        "failed": e.failed,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "quick": plan.quick,
+        "machine": machine.to_string(),
+        "peer": versions,
+        "window_s": plan.window.as_secs(),
+        "stats_fetches": plan.stats_fetches,
+        "columns": columns,
+        "left_out": left_out
+            .iter()
+            .map(|(c, why)| json!({"column": c.name(), "why": why}))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// The issue's targets at the largest pod count, each a ratio of this run.
@@ -636,6 +825,11 @@ struct IdleRow {
     containerd_alone: Option<ProcUsage>,
     /// The resource-metrics scrapes during the window.
     scrapes: ScrapeCount,
+    /// The agent over a second window of the same length without the scrape; `None` when
+    /// the scrape is off (the first window is then already unscraped).
+    unscraped: Option<ProcUsage>,
+    /// The stats endpoints fetched after the windows, in [`STATS_ENDPOINTS`]' order.
+    endpoints: Vec<EndpointRow>,
 }
 
 impl IdleRow {
@@ -643,6 +837,65 @@ impl IdleRow {
     fn total_cpu(&self) -> f64 {
         self.agent.cpu_percent + self.containerd.cpu_percent
     }
+
+    /// Agent CPU % without any scrape: the second window, or the first when it had none.
+    fn agent_cpu_unscraped(&self) -> f64 {
+        self.unscraped
+            .as_ref()
+            .map_or(self.agent.cpu_percent, |u| u.cpu_percent)
+    }
+
+    fn endpoint(&self, path: &str) -> Option<&EndpointRow> {
+        self.endpoints.iter().find(|e| e.path == path)
+    }
+}
+
+/// One endpoint's fetches after an idle window.
+#[derive(Clone, Debug, PartialEq)]
+struct EndpointRow {
+    path: &'static str,
+    /// Of the fetches answered 200, from connect to the body's last byte.
+    latency_ms: Option<Summary>,
+    /// The largest body answered with 200.
+    body_bytes: Option<usize>,
+    /// Fetches with no answer or another status.
+    failed: usize,
+}
+
+/// `rounds` rounds, one every `every` from now, each a `GET` of every path in `paths` on
+/// 127.0.0.1:`port`, timed from connect to the last byte of the body.
+fn fetch_series(
+    port: u16,
+    paths: &[&'static str],
+    rounds: usize,
+    every: Duration,
+) -> Result<Vec<EndpointRow>> {
+    let mut samples: Vec<(Vec<f64>, Option<usize>, usize)> = vec![(vec![], None, 0); paths.len()];
+    let start = Instant::now();
+    for round in 0..rounds {
+        let due = start + every * u32::try_from(round).context("too many rounds")?;
+        sleep_checked(due.saturating_duration_since(Instant::now()))?;
+        for (path, (ms, bytes, failed)) in paths.iter().zip(&mut samples) {
+            let t = Instant::now();
+            match agent::http_get(port, path) {
+                Some((200, body)) => {
+                    ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    *bytes = Some(bytes.unwrap_or(0).max(body.len()));
+                }
+                _ => *failed += 1,
+            }
+        }
+    }
+    Ok(paths
+        .iter()
+        .zip(samples)
+        .map(|(path, (ms, body_bytes, failed))| EndpointRow {
+            path,
+            latency_ms: Summary::of(&ms),
+            body_bytes,
+            failed,
+        })
+        .collect())
 }
 
 /// Whether a column's idle windows scrape `/metrics/resource`, as metrics-server would.
@@ -1290,12 +1543,12 @@ impl Node {
     fn idle(
         &mut self,
         column: Column,
-        counts: &[usize],
-        window: Duration,
+        plan: &Plan,
         scrape: &Scrape,
         ctd: &PrivateContainerd,
         ctd_pid: u32,
     ) -> Result<Vec<IdleRow>> {
+        let (counts, window) = (plan.idle_counts.as_slice(), plan.window);
         let agent_pid = self.agent_pid()?;
         let name = column.name();
         let mut names: Vec<String> = vec![];
@@ -1341,6 +1594,24 @@ impl Node {
             } else {
                 None
             };
+            // The same window with nothing polling: what the scrape itself costs.
+            let unscraped = if matches!(scrape, Scrape::On(_)) {
+                eprintln!("bench pods: {name}, idle window of {window:?} without the scrape");
+                Some(sample_pair([agent_pid, ctd_pid], window, SAMPLE_EVERY)?[0])
+            } else {
+                None
+            };
+            eprintln!(
+                "bench pods: {name}, {} fetches of {}",
+                plan.stats_fetches,
+                STATS_ENDPOINTS.join(" and ")
+            );
+            let endpoints = fetch_series(
+                self.port,
+                &STATS_ENDPOINTS,
+                plan.stats_fetches,
+                STATS_FETCH_EVERY,
+            )?;
             rows.push(IdleRow {
                 pods: count,
                 startup,
@@ -1348,6 +1619,8 @@ impl Node {
                 containerd,
                 containerd_alone,
                 scrapes,
+                unscraped,
+                endpoints,
             });
         }
         eprintln!("bench pods: {name}, removing {} pods", names.len());
@@ -1724,6 +1997,8 @@ mod tests {
             containerd: usage(ctd_cpu, 40),
             containerd_alone: None,
             scrapes: ScrapeCount::default(),
+            unscraped: None,
+            endpoints: vec![],
         }
     }
 
@@ -1799,6 +2074,7 @@ mod tests {
             idle_counts: vec![5],
             window: Duration::from_secs(10),
             resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
+            stats_fetches: 1,
             quick: true,
         };
         let machine = Machine {
@@ -1831,6 +2107,112 @@ mod tests {
         ] {
             assert!(report.contains(want), "{want:?} missing from\n{report}");
         }
+    }
+
+    #[test]
+    fn fetch_series_times_every_endpoint_each_round_and_counts_failures() {
+        let (ok, paths) = http_server(200);
+        let rows = fetch_series(ok, &STATS_ENDPOINTS, 3, Duration::from_millis(1)).unwrap();
+        let asked: Vec<String> = paths.try_iter().collect();
+        assert_eq!(
+            asked,
+            [STATS_ENDPOINTS; 3].concat(),
+            "each round asks every endpoint, in order"
+        );
+        for (row, path) in rows.iter().zip(STATS_ENDPOINTS) {
+            assert_eq!(row.path, path);
+            assert_eq!(row.latency_ms.map(|l| l.n), Some(3));
+            assert_eq!((row.body_bytes, row.failed), (Some("body".len()), 0));
+        }
+        // A 404 is a failure, not a latency.
+        let (missing, _paths) = http_server(404);
+        let rows = fetch_series(missing, &["/stats/summary"], 2, Duration::from_millis(1)).unwrap();
+        assert_eq!(
+            rows,
+            [EndpointRow {
+                path: "/stats/summary",
+                latency_ms: None,
+                body_bytes: None,
+                failed: 2
+            }]
+        );
+    }
+
+    fn with_stats(mut row: IdleRow, unscraped: f64, summary_ms: f64, bytes: usize) -> IdleRow {
+        row.unscraped = Some(ProcUsage {
+            cpu_percent: unscraped,
+            ..row.agent
+        });
+        row.endpoints = STATS_ENDPOINTS
+            .iter()
+            .map(|path| EndpointRow {
+                path,
+                latency_ms: Summary::of(&[summary_ms, summary_ms * 2.0]),
+                body_bytes: Some(bytes),
+                failed: 0,
+            })
+            .collect();
+        row
+    }
+
+    #[test]
+    fn stats_show_cpu_with_and_without_the_scrape_and_endpoint_ratios_in_report_and_json() {
+        let results = [
+            column(
+                BASE,
+                vec![with_stats(idle_row(5, 0.5, 0.1, 20), 0.25, 2.0, 10 * 1024)],
+            ),
+            column(
+                Column::Kubelet(KubeletPleg::Generic),
+                vec![with_stats(idle_row(5, 3.0, 0.1, 80), 2.0, 10.0, 40 * 1024)],
+            ),
+        ];
+        let table = stats_table(&[5], &results).to_string();
+        for want in [
+            "| 5    | event           | 0.50",
+            "| 0.25",
+            "| +0.25",
+            "| 2.0 / 4.0",
+            "| 10.0",
+            "| 5    | kubelet / event | 6.0x",
+            "| 8.0x",
+            "| 5.0x / 5.0x",
+            "| 4.0x",
+        ] {
+            assert!(table.contains(want), "{want:?} missing from\n{table}");
+        }
+        let plan = Plan {
+            single_reps: 1,
+            batch_size: 2,
+            batch_reps: 1,
+            idle_counts: vec![5],
+            window: Duration::from_secs(10),
+            resource_scrape_every: Some(RESOURCE_SCRAPE_EVERY),
+            stats_fetches: 2,
+            quick: true,
+        };
+        let machine = Machine {
+            cpus: 2,
+            mem_total: 1 << 30,
+            kernel: "6.18".to_owned(),
+            load_average: "0 0 0".to_owned(),
+            containerd: "containerd v2.2.10".to_owned(),
+            source: "commit x".to_owned(),
+        };
+        let json = to_json(&plan, &machine, "kubelet v1.34.4", &results, &[]);
+        let kubelet = &json["columns"][1];
+        assert_eq!(kubelet["column"], "kubelet");
+        let idle = &kubelet["idle"][0];
+        assert_eq!(idle["agent"]["cpu_percent"], 3.0);
+        assert_eq!(idle["agent_unscraped"]["cpu_percent"], 2.0);
+        assert_eq!(idle["endpoints"][0]["path"], "/stats/summary");
+        assert_eq!(idle["endpoints"][0]["latency_ms"]["p50"], 10.0);
+        assert_eq!(idle["endpoints"][1]["path"], RESOURCE_METRICS);
+        assert_eq!(idle["endpoints"][1]["body_bytes"], 40 * 1024);
+        assert_eq!(json["stats_fetches"], 2);
+        let report = render(&plan, &machine, "kubelet v1.34.4", &results, &[]);
+        assert!(report.contains("### Stats endpoints"), "{report}");
+        assert!(report.contains(&table), "{report}");
     }
 
     #[test]

@@ -181,7 +181,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     };
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
     // Resource statistics: a sampler reads every cgroup each housekeeping period; the API
-    // renders its last snapshot.
+    // renders its last snapshot. Volume and log walks are shared with eviction's storage
+    // meter through one cache.
+    let usage_cache = eviction::local_storage::UsageCache::new();
     {
         let mut sampler = crate::stats::Sampler::new(
             config.node_name.clone(),
@@ -194,6 +196,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             },
         );
         sampler.set_image_fs(image_fs_path(&*runtime).await);
+        sampler.set_usage_cache(usage_cache.clone());
         tracker.spawn(crate::stats::sample::run(
             sampler,
             published.clone(),
@@ -345,7 +348,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let manager = EvictionManager::new(
             config.eviction.clone(),
             config.cgroups.enforce_pods_allocatable,
-        );
+        )
+        .with_usage_cache(usage_cache);
         let observer = Observer::new(
             SignalRoots {
                 proc_root: proc_root.clone(),

@@ -26,6 +26,11 @@
 //! - a container's logs: `<logs_dir>/<namespace>_<name>_<uid>/<container>/`.
 //!
 //! [`check`] is pure: which limit a measured pod exceeds, with upstream's message.
+//!
+//! Every walk goes through a [`UsageCache`] ([`cache`]) that the stats sampler shares, so a
+//! tree one of them walked recently is not walked again by the other.
+
+pub mod cache;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
@@ -52,6 +57,7 @@ use crate::pods::volumes::EMPTY_DIR_PLUGIN_DIR;
 use super::EvictionError;
 use super::message::{format_quantity, quantity_format};
 use super::pod::is_critical;
+pub use cache::{Measured, Tree, UsageCache};
 
 /// The grace period of a local storage eviction (upstream's
 /// `immediateEvictionGracePeriodSeconds`).
@@ -528,7 +534,14 @@ pub struct StorageMeter {
     layer_root: Option<PathBuf>,
     /// Container id → the `upperdir` of its root file system.
     layers: HashMap<String, PathBuf>,
+    /// Walks, shared with the stats sampler when given one.
+    cache: UsageCache,
+    /// A cached walk younger than this is used instead of walking again.
+    max_age: Duration,
 }
+
+/// Cached walks nobody refreshed for this long are dropped (twice the sampler's period).
+pub const FORGET_WALKS_AFTER: Duration = Duration::from_secs(120);
 
 impl StorageMeter {
     #[must_use]
@@ -539,7 +552,19 @@ impl StorageMeter {
             budget: MAX_WALK_ENTRIES,
             layer_root: None,
             layers: HashMap::new(),
+            cache: UsageCache::new(),
+            max_age: Duration::ZERO,
         }
+    }
+
+    /// Walks through `cache` (shared with the stats sampler), taking a tree walked less than
+    /// `max_age` ago (by either) instead of walking it again. Without this, every pass
+    /// walks every tree.
+    #[must_use]
+    pub fn with_cache(mut self, cache: UsageCache, max_age: Duration) -> Self {
+        self.cache = cache;
+        self.max_age = max_age;
+        self
     }
 
     /// Writable layers must be below `root` (the runtime's image filesystem); `None`: any
@@ -564,6 +589,8 @@ impl StorageMeter {
             .flat_map(|p| p.containers.iter().filter_map(|c| c.id.as_deref()))
             .collect();
         self.layers.retain(|id, _| live.contains(id.as_str()));
+        self.cache
+            .forget_older_than(FORGET_WALKS_AFTER, std::time::Instant::now());
         let usages = pods
             .iter()
             .map(|p| self.measure_pod(p, &mut errors))
@@ -587,7 +614,7 @@ impl StorageMeter {
                     if fs::symlink_metadata(&path).map(|m| m.dev()).ok() != root_dev {
                         continue;
                     }
-                    match walk(&path, budget) {
+                    match self.walk(pod, Tree::EmptyDir(name.clone()), &path, budget) {
                         Ok(t) => {
                             let bytes = add(&mut usage, &mut budget, t);
                             usage.empty_dirs.insert(name, bytes);
@@ -603,32 +630,48 @@ impl StorageMeter {
             }),
         }
         for c in &pod.containers {
-            let logs = match walk(&c.log_dir, budget) {
+            let logs = match self.walk(pod, Tree::Logs(c.name.clone()), &c.log_dir, budget) {
                 Ok(t) => add(&mut usage, &mut budget, t),
                 Err(e) => {
                     errors.push(e);
                     0
                 }
             };
-            let rootfs = match c.id.as_deref().map(|id| self.layer(pod, id)) {
-                Some(Ok(Some(upper))) => match walk(&upper, budget) {
-                    Ok(t) => Some(add(&mut usage, &mut budget, t)),
-                    Err(e) => {
-                        errors.push(e);
-                        None
+            let rootfs = match c.id.as_deref().map(|id| (id, self.layer(pod, id))) {
+                Some((id, Ok(Some(upper)))) => {
+                    match self.walk(pod, Tree::WritableLayer(id.to_owned()), &upper, budget) {
+                        Ok(t) => Some(add(&mut usage, &mut budget, t)),
+                        Err(e) => {
+                            errors.push(e);
+                            None
+                        }
                     }
-                },
-                Some(Err(e)) => {
+                }
+                Some((_, Err(e))) => {
                     errors.push(e);
                     None
                 }
-                Some(Ok(None)) | None => None,
+                Some((_, Ok(None))) | None => None,
             };
             usage
                 .containers
                 .insert(c.name.clone(), ContainerStorage { rootfs, logs });
         }
         usage
+    }
+
+    /// `tree` of `pod` at `path`: the cached walk when younger than `max_age`, else walked
+    /// with at most `budget` entries.
+    fn walk(
+        &self,
+        pod: &LimitedPod,
+        tree: Tree,
+        path: &Path,
+        budget: u64,
+    ) -> Result<TreeUsage, EvictionError> {
+        self.cache
+            .measure(&pod.uid, tree, self.max_age, || walk(path, budget))
+            .map(|m| m.usage)
     }
 
     /// The writable layer of container `id` of `pod`: remembered, or found through a

@@ -40,7 +40,7 @@ use crate::runtime::ContainerRuntime;
 use crate::status::REASON_EVICTED;
 
 use super::local_storage::{
-    LIMIT_EVICTION_GRACE, LimitSignal, LimitedPod, StorageMeter, StorageUsage, check,
+    LIMIT_EVICTION_GRACE, LimitSignal, LimitedPod, StorageMeter, StorageUsage, UsageCache, check,
 };
 use super::message::{Offender, eviction_message};
 use super::pod::{PodProvider, PodUsage, is_critical};
@@ -223,6 +223,8 @@ pub struct EvictionManager {
     evicted: BTreeMap<String, Timestamp>,
     monitoring_interval: Duration,
     cleanup_timeout: Duration,
+    /// The storage meter's walks, shared with the stats sampler.
+    usage_cache: Option<UsageCache>,
 }
 
 /// What [`EvictionManager::run`] works with.
@@ -267,6 +269,23 @@ impl EvictionManager {
             evicted: BTreeMap::new(),
             monitoring_interval: DEFAULT_MONITORING_INTERVAL,
             cleanup_timeout: POD_CLEANUP_TIMEOUT,
+            usage_cache: None,
+        }
+    }
+
+    /// Local storage is walked through `cache` (the stats sampler's): a tree walked less
+    /// than half a monitoring interval ago is not walked again.
+    #[must_use]
+    pub fn with_usage_cache(mut self, cache: UsageCache) -> Self {
+        self.usage_cache = Some(cache);
+        self
+    }
+
+    fn storage_meter(&self, observer: &Observer) -> StorageMeter {
+        let meter = StorageMeter::new(observer.roots().proc_root.clone(), observer.tree().clone());
+        match &self.usage_cache {
+            Some(cache) => meter.with_cache(cache.clone(), self.monitoring_interval / 2),
+            None => meter,
         }
     }
 
@@ -498,10 +517,7 @@ impl EvictionManager {
         R: ContainerRuntime + 'static,
         P: PodProvider,
     {
-        let meter = StorageMeter::new(
-            io.observer.roots().proc_root.clone(),
-            io.observer.tree().clone(),
-        );
+        let meter = self.storage_meter(&io.observer);
         let mut shell = Shell {
             meter: Some(meter),
             storage_reported: Vec::new(),
@@ -717,12 +733,10 @@ impl EvictionManager {
         if pods.is_empty() {
             return Vec::new();
         }
-        let mut meter = shell.meter.take().unwrap_or_else(|| {
-            StorageMeter::new(
-                shell.observer.roots().proc_root.clone(),
-                shell.observer.tree().clone(),
-            )
-        });
+        let mut meter = shell
+            .meter
+            .take()
+            .unwrap_or_else(|| self.storage_meter(&shell.observer));
         // Writable layers live in the runtime's snapshots, on its image filesystem.
         meter.set_layer_root(shell.imagefs.path.clone());
         let measured = tokio::task::spawn_blocking(move || {

@@ -2,7 +2,15 @@
 //! from their cgroups and `/proc` into one [`Snapshot`], which the HTTP handlers render
 //! (cAdvisor's housekeeping: requests never read cgroups). CPU rates (`usageNanoCores`)
 //! come from the last two readings of a cgroup. Volumes are walked at most once per
-//! [`VOLUME_PERIOD`] (upstream's `volumeStatsAggPeriod`), so a scrape never walks files.
+//! [`VOLUME_PERIOD`] (upstream's `volumeStatsAggPeriod`), so a scrape never walks files;
+//! the walks go through the [`UsageCache`] that eviction's storage meter shares, so a tree
+//! the meter walked within the period (a pod with a storage limit, every 10 s) is read from
+//! there instead of walked again.
+//!
+//! The sampler reads the cgroups every [`HOUSEKEEPING`] whether or not anybody scrapes, as
+//! cAdvisor's housekeeping does: a CPU rate needs two readings, so a sampler woken by the
+//! first scrape would answer it without `usageNanoCores` (metrics-server then skips the pod
+//! and `kubectl top` shows nothing) and its numbers would be as old as the last scrape.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +21,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::cgroups::QosTree;
-use crate::eviction::local_storage::{MAX_WALK_ENTRIES, TreeUsage, walk};
+use crate::eviction::local_storage::{
+    FORGET_WALKS_AFTER, MAX_WALK_ENTRIES, Measured, Tree, UsageCache, walk,
+};
 
 use super::StatsError;
 use super::read::{self, CgroupReader, Interface, Memory};
@@ -161,8 +171,8 @@ pub struct SamplerRoots {
     pub logs_dir: PathBuf,
 }
 
-/// Reads snapshots; remembers the previous CPU reading of each cgroup and the last walk of
-/// each volume and log directory.
+/// Reads snapshots; remembers the previous CPU reading of each cgroup; walks volume and log
+/// directories through a [`UsageCache`].
 #[derive(Debug)]
 pub struct Sampler {
     node_name: String,
@@ -171,7 +181,7 @@ pub struct Sampler {
     roots: SamplerRoots,
     image_fs: Option<PathBuf>,
     prev_cpu: HashMap<String, (Timestamp, u64)>,
-    walks: HashMap<PathBuf, (Instant, Fs)>,
+    walks: UsageCache,
     reported: Vec<String>,
 }
 
@@ -187,9 +197,15 @@ impl Sampler {
             roots,
             image_fs: None,
             prev_cpu: HashMap::new(),
-            walks: HashMap::new(),
+            walks: UsageCache::new(),
             reported: Vec::new(),
         }
+    }
+
+    /// Walks through `cache`, shared with eviction's storage meter (by default the sampler
+    /// has a cache of its own).
+    pub fn set_usage_cache(&mut self, cache: UsageCache) {
+        self.walks = cache;
     }
 
     /// The runtime's image file system (`runtime.imageFs`), when known.
@@ -234,16 +250,19 @@ impl Sampler {
             pods: pods_usage,
         };
         let mut samples = Vec::new();
-        let mut walked = Vec::new();
         for pod in pods {
-            if let Some(p) = self.pod(pod, fs.as_ref(), &mut seen, &mut walked, &mut errors) {
+            if let Some(p) = self.pod(pod, fs.as_ref(), &mut seen, &mut errors) {
                 samples.push(p);
             }
         }
         samples.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        // Forget cgroups and directories that are gone.
+        // Forget cgroups that are gone, the walks of pods no longer listed, and walks
+        // nobody refreshed (a volume or container gone from a pod).
         self.prev_cpu.retain(|k, _| seen.contains(k));
-        self.walks.retain(|k, _| walked.contains(k));
+        self.walks
+            .retain_pods(|uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)));
+        self.walks
+            .forget_older_than(FORGET_WALKS_AFTER, Instant::now());
         let texts: Vec<String> = errors.iter().map(|e| crate::error::full_text(e)).collect();
         if texts != self.reported {
             for t in &texts {
@@ -312,7 +331,6 @@ impl Sampler {
         pod: &Pod,
         nodefs: Option<&Fs>,
         seen: &mut Vec<String>,
-        walked: &mut Vec<PathBuf>,
         errors: &mut Vec<StatsError>,
     ) -> Option<PodSample> {
         let uid = pod.metadata.uid.as_deref().filter(|u| !u.is_empty())?;
@@ -344,7 +362,12 @@ impl Sampler {
                 continue;
             }
             let usage = self.usage(&cg, seen, errors);
-            let logs = self.walk_cached(&log_root.join(&c.name), walked, errors);
+            let logs = self.walk_cached(
+                uid,
+                Tree::Logs(c.name.clone()),
+                &log_root.join(&c.name),
+                errors,
+            );
             containers.push(ContainerSample {
                 name: c.name.clone(),
                 id: id.to_owned(),
@@ -377,7 +400,9 @@ impl Sampler {
                 continue;
             }
             let path = empty_dirs.join(&v.name);
-            if let Some(mut fs) = self.walk_cached(&path, walked, errors) {
+            if let Some(mut fs) =
+                self.walk_cached(uid, Tree::EmptyDir(v.name.clone()), &path, errors)
+            {
                 if let Some(n) = nodefs {
                     fs.capacity_bytes = n.capacity_bytes;
                     fs.available_bytes = n.available_bytes;
@@ -404,26 +429,20 @@ impl Sampler {
         })
     }
 
-    /// The use of the tree at `path`, walked again only when the last walk is older than
-    /// [`VOLUME_PERIOD`].
+    /// The use of `tree` of pod `uid` at `path`, walked again only when the last walk (the
+    /// sampler's or the storage meter's) is older than [`VOLUME_PERIOD`].
     fn walk_cached(
-        &mut self,
+        &self,
+        uid: &str,
+        tree: Tree,
         path: &Path,
-        walked: &mut Vec<PathBuf>,
         errors: &mut Vec<StatsError>,
     ) -> Option<Fs> {
-        walked.push(path.to_path_buf());
-        if let Some((at, fs)) = self.walks.get(path)
-            && at.elapsed() < VOLUME_PERIOD
+        match self
+            .walks
+            .measure(uid, tree, VOLUME_PERIOD, || walk(path, MAX_WALK_ENTRIES))
         {
-            return Some(*fs);
-        }
-        match walk(path, MAX_WALK_ENTRIES) {
-            Ok(t) => {
-                let fs = tree_fs(t);
-                self.walks.insert(path.to_path_buf(), (Instant::now(), fs));
-                Some(fs)
-            }
+            Ok(m) => Some(tree_fs(m)),
             Err(source) => {
                 errors.push(StatsError::Walk {
                     path: path.to_path_buf(),
@@ -435,11 +454,11 @@ impl Sampler {
     }
 }
 
-fn tree_fs(t: TreeUsage) -> Fs {
+fn tree_fs(m: Measured) -> Fs {
     Fs {
-        at: Some(Timestamp::now()),
-        used_bytes: Some(t.bytes),
-        inodes_used: Some(t.inodes),
+        at: Some(m.time),
+        used_bytes: Some(m.usage.bytes),
+        inodes_used: Some(m.usage.inodes),
         ..Fs::default()
     }
 }
@@ -644,6 +663,70 @@ mod tests {
         let mut stopped = running_pod("uid-1", "abc");
         stopped.status.as_mut().unwrap().phase = Some("Succeeded".into());
         assert!(sampler.sample(&[Arc::new(stopped)]).pods.is_empty());
+    }
+
+    #[test]
+    fn volumes_come_from_the_shared_cache_and_gone_pods_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg_root = dir.path().join("cgroup");
+        let proc_root = dir.path().join("proc");
+        write(&proc_root, "meminfo", "MemTotal: 1024 kB\n");
+        cgroup(&cg_root, "", 1_000, 5000);
+        cgroup(&cg_root, "/kubepods", 1_000, 4000);
+        let pod_cg = "/kubepods/besteffort/poduid-1";
+        cgroup(&cg_root, pod_cg, 1_000, 3000);
+        cgroup(&cg_root, &format!("{pod_cg}/abc"), 1_000, 2000);
+        let tree = QosTree::new(crate::cgroups::CgroupDriver::v1(&cg_root), "/");
+        let mut sampler = Sampler::new(
+            "n".into(),
+            tree,
+            SamplerRoots {
+                proc_root,
+                root_dir: dir.path().to_path_buf(),
+                pods_dir: dir.path().join("pods"),
+                logs_dir: dir.path().join("pods"),
+            },
+        );
+        let cache = UsageCache::new();
+        sampler.set_usage_cache(cache.clone());
+        // Eviction's meter walked the volume a moment ago: the sampler takes that walk, not
+        // one of its own (the directory holds nothing).
+        let walked_at = Timestamp::now();
+        cache.put(
+            "uid-1",
+            Tree::EmptyDir("scratch".into()),
+            Measured {
+                at: Instant::now(),
+                time: walked_at,
+                usage: crate::eviction::local_storage::TreeUsage {
+                    bytes: 123 * 4096,
+                    inodes: 7,
+                    entries: 7,
+                    truncated: false,
+                },
+            },
+        );
+        let pods = vec![Arc::new(running_pod("uid-1", "abc"))];
+        let snapshot = sampler.sample(&pods);
+        let fs = snapshot.pods[0].volumes[0].fs;
+        assert_eq!(
+            (fs.used_bytes, fs.inodes_used, fs.at),
+            (Some(123 * 4096), Some(7), Some(walked_at))
+        );
+        // The sampler's own walk of the logs is in the cache for the meter.
+        assert!(
+            cache
+                .get(
+                    "uid-1",
+                    &Tree::Logs("app".into()),
+                    VOLUME_PERIOD,
+                    Instant::now()
+                )
+                .is_some()
+        );
+        // A pod no longer listed leaves the cache.
+        sampler.sample(&[]);
+        assert!(cache.pods().is_empty(), "{:?}", cache.pods());
     }
 
     #[test]

@@ -597,3 +597,48 @@ fn meter_measures_volumes_logs_and_writable_layers() {
     let (usages, _) = meter.measure(std::slice::from_ref(&l));
     assert_eq!(usages[0].containers["app"].rootfs, None);
 }
+
+#[test]
+fn meter_with_a_shared_cache_walks_only_trees_older_than_its_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let tree = QosTree::new(CgroupDriver::v2(d.join("cgroup")), "/");
+    let mut l = limited_pod(&[("data", 10 * MI)], &[("app", Some(10 * MI))], None);
+    l.empty_dir_root = d.join("pods/u1/volumes/kubernetes.io~empty-dir");
+    l.containers[0].log_dir = d.join("logs/app");
+    l.containers[0].id = None;
+    write(&l.empty_dir_root.join("data/f"), 50_000);
+    let cache = UsageCache::new();
+    let mut meter = StorageMeter::new(d.join("proc"), tree)
+        .with_cache(cache.clone(), Duration::from_secs(3600));
+    let (first, _) = meter.measure(std::slice::from_ref(&l));
+    assert!(first[0].empty_dirs["data"] >= 50_000, "{first:?}");
+    // What the meter walked is there for the stats sampler.
+    let cached = cache
+        .get(
+            &l.uid,
+            &Tree::EmptyDir("data".into()),
+            Duration::from_secs(60),
+            std::time::Instant::now(),
+        )
+        .expect("the meter's walk is cached");
+    assert_eq!(cached.usage.bytes, first[0].empty_dirs["data"]);
+    // Within its age the meter takes the cached walk: a file written since does not show...
+    write(&l.empty_dir_root.join("data/g"), 200_000);
+    let (second, _) = meter.measure(std::slice::from_ref(&l));
+    assert_eq!(second[0].empty_dirs["data"], first[0].empty_dirs["data"]);
+    // ...and once the walk is older than its age (here: any age), it walks again.
+    let mut eager = meter.with_cache(cache.clone(), Duration::ZERO);
+    let (third, _) = eager.measure(std::slice::from_ref(&l));
+    assert!(third[0].empty_dirs["data"] >= 250_000, "{third:?}");
+    // The sampler, whose period has not passed, now reads the new walk.
+    let cached = cache
+        .get(
+            &l.uid,
+            &Tree::EmptyDir("data".into()),
+            Duration::from_secs(60),
+            std::time::Instant::now(),
+        )
+        .expect("cached");
+    assert_eq!(cached.usage.bytes, third[0].empty_dirs["data"]);
+}

@@ -69,6 +69,15 @@ pub struct TraceArgs {
     /// key!=value, key, !key; comma-separated, as kubectl -l).
     #[arg(short = 'l', long, value_name = "SELECTOR", requires = "remote")]
     pub selector: Option<String>,
+    /// With --remote: resume after sequence number SEQ (the `sequence` of --json), first
+    /// printing the events after it that the agent still buffers; a gap is reported as
+    /// events_lost.
+    #[arg(long, value_name = "SEQ", requires = "remote")]
+    pub since: Option<u64>,
+    /// With --since: the agent run SEQ counts in (the `run_id` of --json); another run's
+    /// number resumes from the start of the current run, with the gap reported.
+    #[arg(long, value_name = "RUN", requires = "since")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -462,6 +471,8 @@ mod tests {
             namespace: None,
             pod: None,
             selector: None,
+            since: None,
+            run_id: None,
         };
         let err = validate(
             &TraceArgs {

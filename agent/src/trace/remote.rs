@@ -159,8 +159,8 @@ pub fn request(args: &TraceArgs) -> pb::WatchRequest {
         namespace: args.namespace.clone().unwrap_or_default(),
         pod_name: args.pod.clone().unwrap_or_default(),
         label_selector: args.selector.clone().unwrap_or_default(),
-        since_sequence: None,
-        run_id: String::new(),
+        since_sequence: args.since,
+        run_id: args.run_id.clone().unwrap_or_default(),
     }
 }
 
@@ -211,6 +211,8 @@ pub async fn run(
             source: Box::new(source),
         })?
         .into_inner();
+    // Subscribed: the agent answered the call once the subscriber was registered.
+    tracing::info!(socket = %socket.display(), "tracing (remote)");
     let filter = Filter::new(&args.kinds, &args.cgroups);
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
@@ -256,6 +258,14 @@ pub async fn run(
                 if let Some(m) = v.as_object_mut() {
                     if pe.sequence != 0 {
                         m.insert("sequence".into(), pe.sequence.into());
+                    }
+                    m.insert("run_id".into(), pe.run_id.clone().into());
+                    if let Some(pb::event::Detail::EventsLost(l)) = &pe.detail
+                        && (l.not_replayed != 0 || l.run_changed)
+                    {
+                        m.insert("lost_userspace".into(), l.userspace.into());
+                        m.insert("lost_not_replayed".into(), l.not_replayed.into());
+                        m.insert("run_changed".into(), l.run_changed.into());
                     }
                     if let Some(n) = names {
                         m.insert("namespace".into(), n.namespace.into());
@@ -392,6 +402,8 @@ mod tests {
             namespace: Some("ns".into()),
             pod: None,
             selector: Some("app=web".into()),
+            since: Some(5),
+            run_id: None,
         };
         validate(&args).expect("defaults are fine");
         let req = request(&args);

@@ -69,6 +69,8 @@ pub enum AgentError {
     Cluster(#[source] crate::cluster::ClusterError),
     #[error("the HTTPS API's TLS")]
     Tls(#[source] server::tls::TlsError),
+    #[error("event stream")]
+    EventStream(#[source] crate::stream::service::StreamError),
     #[error(
         "eventSource: {}: the kernel event source cannot start{}",
         choice.as_str(),
@@ -166,6 +168,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         metrics: Some(metrics.clone()),
         stats: crate::stats::Stats::default(),
         runtime: None,
+        timeline: None,
     };
 
     // The container runtime.
@@ -204,6 +207,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             cancel.clone(),
         ));
     }
+    // The gRPC event stream (`eventStreamSocket`): bound before any pod is touched.
+    let event_stream = crate::stream::start(
+        &config.event_stream,
+        &published,
+        &metrics,
+        &cancel,
+        &tracker,
+    )
+    .map_err(AgentError::EventStream)?;
+    let api = server::ApiState {
+        timeline: Some(event_stream.clone()),
+        ..api
+    };
+
     // Local API first: a port that cannot be bound stops bpflet before it touches any pod.
     {
         let addr = SocketAddr::new(config.server.address, config.server.port);
@@ -398,6 +415,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             node_name: config.node_name.clone(),
             relist_all: Arc::clone(&relist_all),
             pressure: Some(trigger_tx.clone()),
+            stream: Some(event_stream.clone()),
         };
         tracker.spawn(router.run(kernel_rx, poke_tx.clone(), cancel.clone()));
     }

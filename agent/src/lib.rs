@@ -21,5 +21,6 @@ pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod status;
+pub mod stream;
 pub mod timer;
 pub mod trace;

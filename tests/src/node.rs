@@ -210,6 +210,13 @@ impl Node {
         self.dir.path().join("config.yaml")
     }
 
+    /// The agent's event stream socket (`eventStreamSocket`), in the node's directory so that
+    /// nodes never share one (unless `bpflet_extra` sets its own).
+    #[must_use]
+    pub fn event_socket(&self) -> PathBuf {
+        self.dir.path().join("events.sock")
+    }
+
     /// The configuration file `start_agent` writes.
     #[must_use]
     pub fn config_text(&self) -> String {
@@ -218,6 +225,11 @@ impl Node {
             ""
         } else {
             DEFAULT_EVICTION_HARD
+        };
+        let event_socket = if c.bpflet_extra.contains("eventStreamSocket:") {
+            String::new()
+        } else {
+            format!("eventStreamSocket: {}\n", self.event_socket().display())
         };
         format!(
             "apiVersion: kubelet.config.k8s.io/v1beta1
@@ -236,7 +248,7 @@ healthzPort: {healthz}
 apiVersion: bpflet.io/v1alpha1
 kind: BpfletConfiguration
 plegMode: {pleg}
-{bpflet_extra}",
+{event_socket}{bpflet_extra}",
             manifests = self.manifests().display(),
             cgroup_root = self.ctd.cgroup_parent,
             socket = self.ctd.socket.display(),

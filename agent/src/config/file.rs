@@ -233,6 +233,24 @@ pub struct BpfletConfiguration {
     /// class) or `upstream` (upstream's ranking alone).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_ranking: Option<String>,
+    /// The event stream's unix socket (default `/run/bpflet/events.sock`; `off`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_stream_socket: Option<String>,
+    /// A group (by name) that may connect: the socket becomes 0660 with that group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_stream_group: Option<String>,
+    /// Events queued per subscriber before its events are dropped (default 1024).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_stream_queue: Option<i64>,
+    /// Events kept for resuming with `since_sequence` (default 4096; 0: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_stream_replay: Option<i64>,
+    /// Entries kept per pod timeline (default 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_stream_timeline: Option<i64>,
+    /// TLS over TCP for the event stream: refused (not supported yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_stream_tls_address: Option<String>,
 }
 
 /// The documents found in one file.

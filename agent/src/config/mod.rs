@@ -19,6 +19,7 @@
 
 mod args;
 pub mod duration;
+pub mod event_stream;
 pub mod eviction;
 pub mod file;
 
@@ -167,6 +168,8 @@ pub struct Config {
     pub node: NodeFacts,
     /// Cluster mode (`--kubeconfig`); `None`: standalone, static pods only.
     pub cluster: Option<ClusterConfig>,
+    /// The gRPC event stream (`eventStream*` of the `BpfletConfiguration`).
+    pub event_stream: event_stream::EventStreamConfig,
 }
 
 /// Cluster mode: the API server to join and how the node reports to it.
@@ -1286,6 +1289,7 @@ impl Typed<'_> {
         };
 
         let pleg = self.pleg(bc)?;
+        let event_stream = self.event_stream(bc)?;
         let sysctls = SysctlPolicy::new(
             node.kernel,
             kc.allowed_unsafe_sysctls.as_deref().unwrap_or_default(),
@@ -1313,6 +1317,7 @@ impl Typed<'_> {
             sysctls,
             node: *node,
             cluster,
+            event_stream,
         })
     }
 

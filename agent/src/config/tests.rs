@@ -1409,3 +1409,60 @@ fn drop_ins_merge_nested_auth_settings() {
     ])));
     assert_eq!(field, "authentication.webhook.enabled");
 }
+
+/// The `eventStream*` settings: defaults, `off`, a group by name (an unknown one refused),
+/// bounded sizes, and TLS refused by name.
+#[test]
+fn event_stream_settings() {
+    use crate::config::event_stream::DEFAULT_SOCKET;
+    let c = with_config(HEADER, &[]).expect("defaults");
+    assert_eq!(c.event_stream.socket, Some(PathBuf::from(DEFAULT_SOCKET)));
+    assert_eq!(c.event_stream.group, None);
+    assert_eq!(
+        (
+            c.event_stream.limits.queue,
+            c.event_stream.limits.replay,
+            c.event_stream.limits.timeline
+        ),
+        (1024, 4096, 64)
+    );
+    let bpflet = |lines: &str| {
+        format!("{HEADER}---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\n{lines}")
+    };
+    let c = with_config(&bpflet("eventStreamSocket: \"off\"\n"), &[]).expect("off");
+    assert_eq!(c.event_stream.socket, None);
+    let c = with_config(
+        &bpflet("eventStreamSocket: /run/x/ev.sock\neventStreamGroup: root\neventStreamQueue: 16\neventStreamReplay: 0\n"),
+        &[],
+    )
+    .expect("custom");
+    assert_eq!(c.event_stream.socket, Some(PathBuf::from("/run/x/ev.sock")));
+    assert_eq!(c.event_stream.group, Some(("root".to_owned(), 0)));
+    assert_eq!(
+        (c.event_stream.limits.queue, c.event_stream.limits.replay),
+        (16, 0)
+    );
+    for (lines, wanted) in [
+        (
+            "eventStreamGroup: no-such-group-here\n",
+            "eventStreamGroup: \"no-such-group-here\": no such group",
+        ),
+        ("eventStreamSocket: events.sock\n", "eventStreamSocket"),
+        (
+            "eventStreamQueue: 0\n",
+            "eventStreamQueue: 0 must be between 1",
+        ),
+        (
+            "eventStreamSocket: \"off\"\neventStreamGroup: root\n",
+            "eventStreamGroup: needs the event stream socket",
+        ),
+        (
+            "eventStreamTlsAddress: 127.0.0.1:9000\n",
+            "eventStreamTlsAddress: \"127.0.0.1:9000\": TLS over TCP for the event stream is not supported yet",
+        ),
+    ] {
+        let err = with_config(&bpflet(lines), &[]).expect_err(lines);
+        let msg = err.to_string();
+        assert!(msg.contains(wanted), "{lines}: {msg}");
+    }
+}

@@ -32,6 +32,8 @@ pub struct KernelRouter {
     pub relist_all: Arc<Notify>,
     /// Memory pressure or an OOM kill in the pod tree: evaluate eviction now.
     pub pressure: Option<mpsc::Sender<crate::eviction::Trigger>>,
+    /// The event stream: every event, attributed, is published there (never waits).
+    pub stream: Option<crate::stream::Hub>,
 }
 
 impl KernelRouter {
@@ -58,6 +60,9 @@ impl KernelRouter {
     /// Handles one event; returns the poke for a pod worker, if any.
     fn route(&mut self, mut ev: Event) -> Option<PodPoke> {
         if let Detail::EventsLost { kernel, userspace } = ev.detail {
+            if let Some(hub) = &self.stream {
+                hub.publish(ev.clone());
+            }
             warn!(
                 kernel,
                 userspace, "kernel events were lost: relisting every pod"
@@ -66,6 +71,9 @@ impl KernelRouter {
             return None;
         }
         self.attributor.attribute(&mut ev);
+        if let Some(hub) = &self.stream {
+            hub.publish(ev.clone());
+        }
         let at = Instant::now();
         if let Detail::OomKill(oom) = &ev.detail {
             if oom.scope == OomScope::Node {
@@ -215,6 +223,7 @@ mod tests {
             node_name: "node1".into(),
             relist_all: Arc::new(Notify::new()),
             pressure: None,
+            stream: None,
         }
     }
 

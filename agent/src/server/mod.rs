@@ -71,6 +71,8 @@ pub struct ApiState {
     pub stats: crate::stats::Stats,
     /// The runtime, for `/containerLogs` (404 without).
     pub runtime: Option<Arc<dyn logs::ContainerLogSource>>,
+    /// The event stream, for `/timeline/{namespace}/{pod}` (404 without).
+    pub timeline: Option<crate::stream::Hub>,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -209,6 +211,10 @@ pub fn read_only_router(state: ApiState) -> Router {
         .route("/metrics/probes", get(probe_metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
+        .route(
+            "/timeline/{namespace}/{pod}",
+            get(crate::stream::timeline_route),
+        )
         .merge(logs::routes())
         .fallback(not_found)
         .with_state(state)

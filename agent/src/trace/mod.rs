@@ -2,6 +2,7 @@
 //! losses) with pod attribution, as a table or as JSON lines.
 
 pub mod output;
+pub mod remote;
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -53,6 +54,30 @@ pub struct TraceArgs {
     /// stderr on exit. For benchmarks.
     #[arg(long, hide = true)]
     pub summary: bool,
+    /// Read the events of a running agent from its event stream socket instead of loading
+    /// the BPF programs (default socket: /run/bpflet/events.sock, the agent's
+    /// eventStreamSocket). The agent's event source and settings apply.
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = remote::DEFAULT_SOCKET)]
+    pub remote: Option<PathBuf>,
+    /// With --remote: only events of pods in NAMESPACE.
+    #[arg(long, value_name = "NAMESPACE", requires = "remote")]
+    pub namespace: Option<String>,
+    /// With --remote: only events of pods named NAME.
+    #[arg(long, value_name = "NAME", requires = "remote")]
+    pub pod: Option<String>,
+    /// With --remote: only events of pods whose labels match SELECTOR (key=value,
+    /// key!=value, key, !key; comma-separated, as kubectl -l).
+    #[arg(short = 'l', long, value_name = "SELECTOR", requires = "remote")]
+    pub selector: Option<String>,
+    /// With --remote: resume after sequence number SEQ (the `sequence` of --json), first
+    /// printing the events after it that the agent still buffers; a gap is reported as
+    /// events_lost.
+    #[arg(long, value_name = "SEQ", requires = "remote")]
+    pub since: Option<u64>,
+    /// With --since: the agent run SEQ counts in (the `run_id` of --json); another run's
+    /// number resumes from the start of the current run, with the gap reported.
+    #[arg(long, value_name = "RUN", requires = "since")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +96,30 @@ pub enum TraceError {
     Source(#[source] SourceError),
     #[error("cannot write to standard output")]
     Output(#[source] io::Error),
+    #[error(
+        "--{flag}: applies to the local tracer only; with --remote the agent's event source and settings apply"
+    )]
+    NotRemote { flag: &'static str },
+    #[error("--remote {}: no event stream socket there (is a bpflet agent running, with eventStreamSocket at this path?)", socket.display())]
+    NoSocket {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--remote {}: no bpflet agent answers on this socket", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("--remote {}: the agent refused or broke the event stream", socket.display())]
+    Watch {
+        socket: PathBuf,
+        #[source]
+        source: Box<tonic::Status>,
+    },
+    #[error("--remote {}: the agent ended the event stream (it stopped?)", socket.display())]
+    StreamEnded { socket: PathBuf },
 }
 
 impl TraceError {
@@ -80,7 +129,8 @@ impl TraceError {
             TraceError::RelativePrefix { .. }
             | TraceError::NoSuchCgroup { .. }
             | TraceError::Duration(_)
-            | TraceError::Zero { .. } => 64,
+            | TraceError::Zero { .. }
+            | TraceError::NotRemote { .. } => 64,
             _ => 1,
         }
     }
@@ -210,6 +260,9 @@ const CHANNEL: usize = 16 * 1024;
 
 /// Runs the tracer until `cancel` fires or the duration elapses.
 pub async fn run(args: TraceArgs, cancel: CancellationToken) -> Result<(), TraceError> {
+    if let Some(socket) = args.remote.clone() {
+        return remote::run(args, socket, cancel).await;
+    }
     let proc_root = PathBuf::from("/proc");
     let hierarchy = Hierarchy::detect(&proc_root).map_err(TraceError::Hierarchy)?;
     validate(&args, &hierarchy)?;
@@ -414,6 +467,12 @@ mod tests {
             wakeup_interval_us: 200,
             poll_interval_ms: 1000,
             summary: false,
+            remote: None,
+            namespace: None,
+            pod: None,
+            selector: None,
+            since: None,
+            run_id: None,
         };
         let err = validate(
             &TraceArgs {

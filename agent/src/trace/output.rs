@@ -109,22 +109,48 @@ fn mib(bytes: u64) -> String {
 /// Header line of the table.
 pub const TABLE_HEADER: &str = "TIME                            KIND             PID      COMM             CGROUP / POD                              DETAIL";
 
+/// The pod an event is about, by name (`bpflet trace --remote`: the agent knows it).
+#[derive(Clone, Copy, Debug)]
+pub struct PodNames<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    /// Empty when the agent has not learnt the container's name.
+    pub container: &'a str,
+}
+
 /// One table row.
 pub fn to_row(ev: &Event) -> String {
-    let who = match &ev.pod {
-        Some(p) => {
-            let c = p
-                .container_id
-                .as_deref()
-                .map(|c| &c[..c.len().min(12)])
-                .unwrap_or("-");
-            format!("pod {} ctr {c}", p.pod_uid)
+    to_row_named(ev, None)
+}
+
+/// One table row; with `names`, the pod column names the pod and container.
+pub fn to_row_named(ev: &Event, names: Option<PodNames<'_>>) -> String {
+    let who = match (&ev.pod, names) {
+        (pod, Some(n)) => {
+            let c = if n.container.is_empty() {
+                pod.as_ref()
+                    .and_then(|p| p.container_id.as_deref())
+                    .map_or("-", |c| &c[..c.len().min(12)])
+            } else {
+                n.container
+            };
+            format!("pod {}/{} ctr {c}", n.namespace, n.pod)
         }
-        None if ev.cgroup.is_empty() => ev
-            .cgroup_id
-            .map(|id| format!("cgroup#{id}"))
-            .unwrap_or_default(),
-        None => ev.cgroup.clone(),
+        (pod, None) => match pod {
+            Some(p) => {
+                let c = p
+                    .container_id
+                    .as_deref()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or("-");
+                format!("pod {} ctr {c}", p.pod_uid)
+            }
+            None if ev.cgroup.is_empty() => ev
+                .cgroup_id
+                .map(|id| format!("cgroup#{id}"))
+                .unwrap_or_default(),
+            None => ev.cgroup.clone(),
+        },
     };
     let mut detail = String::new();
     match &ev.detail {

@@ -159,6 +159,8 @@ pub struct Config {
     pub max_pods: u32,
     /// `None`: unlimited.
     pub pod_pids_limit: Option<u64>,
+    /// `serializeImagePulls` (true) and `maxParallelImagePulls`.
+    pub image_pulls: crate::images::PullSettings,
     pub pleg: PlegConfig,
     /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls`.
     pub sysctls: SysctlPolicy,
@@ -1285,6 +1287,12 @@ impl Typed<'_> {
             })?),
         };
 
+        let image_pulls = crate::images::PullSettings::new(
+            kc.serialize_image_pulls.unwrap_or(true),
+            kc.max_parallel_image_pulls,
+        )
+        .map_err(|(field, reason)| self.invalid(&field, reason))?;
+
         let pleg = self.pleg(bc)?;
         let sysctls = SysctlPolicy::new(
             node.kernel,
@@ -1309,6 +1317,7 @@ impl Typed<'_> {
             server,
             max_pods,
             pod_pids_limit,
+            image_pulls,
             pleg,
             sysctls,
             node: *node,

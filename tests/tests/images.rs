@@ -53,6 +53,17 @@ fn has_event(node: &Node, name: &str, reason: &str, text: &str) -> bool {
         .any(|(r, m)| r == reason && m.contains(text))
 }
 
+/// How many times pod `name`'s pull started (repeats count on one event).
+fn pulling_count(node: &Node, name: &str) -> u64 {
+    let Some(p) = node.pod(name) else { return 0 };
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    node.events_of(&uid)
+        .iter()
+        .filter(|e| e["reason"] == "Pulling")
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
 fn write_credentials(node: &Node, config: &str) {
     std::fs::create_dir_all(node.root_dir()).expect("root dir");
     std::fs::write(node.root_dir().join("config.json"), config).expect("write config.json");
@@ -184,13 +195,9 @@ fn a_pull_that_needs_credentials_fails_without_them_and_works_with_them() {
 
     // A wrong password: still 401, on the next try.
     write_credentials(&node, &registry.docker_config("wrong"));
-    node.wait_until("a second failed pull", |n| {
-        events(n, "private")
-            .iter()
-            .filter(|(r, m)| r == "Pulling" && m.contains(&image))
-            .count()
-            >= 2
-    });
+    let pulls = |n: &Node| pulling_count(n, "private");
+    let before = pulls(&node);
+    node.wait_until("another failed pull", |n| pulls(n) > before);
     assert!(!running(&node.pod("private").expect("pod"), "c"));
 
     // The right one: the next try pulls and the container runs.

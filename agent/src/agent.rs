@@ -494,6 +494,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     }
     drop(update_tx);
 
+    // Pulls: the node's docker config as upstream looks for it, under the root dir first.
+    let images = Arc::new(
+        crate::images::ImageManager::new(
+            config.image_pulls,
+            crate::images::NodeCredentials::standard(&config.root_dir),
+            &metrics.registry,
+        )
+        .map_err(|e| AgentError::Metrics(e.into()))?,
+    );
+
     // Pod workers.
     let ctx = Arc::new(PodContext::new(
         // Kubelet layout under the root dir: pods/<uid>/volumes/... and, for logs,
@@ -504,7 +514,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             Arc::new(tree),
             pods_dir.clone(),
             pods_dir,
-        ),
+        )
+        .with_images(images),
         NodeInfo::new(
             config.node_name.clone(),
             config.node_ips.clone(),

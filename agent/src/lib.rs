@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod eviction;
 pub mod health;
+pub mod images;
 pub mod metrics;
 pub mod model;
 pub mod mountinfo;

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod node;
+pub mod registry;
 
 use std::ffi::CString;
 use std::fs;

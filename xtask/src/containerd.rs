@@ -164,6 +164,9 @@ pub struct PrivateContainerd {
     pub log_path: PathBuf,
     /// A directory for pod sandboxes' `log_directory`.
     pub pod_log_dir: PathBuf,
+    /// containerd's registry `config_path`: a test trusts a registry by writing
+    /// `<dir>/<host:port>/hosts.toml` (read at each pull, no restart needed).
+    pub registry_config_dir: PathBuf,
     /// Absolute cgroup path to put pod sandboxes under (`cgroup_parent` of
     /// `LinuxPodSandboxConfig`, e.g. `<cgroup_parent>/pod<uid>`).
     pub cgroup_parent: String,
@@ -218,6 +221,7 @@ impl PrivateContainerd {
             config_path: work_dir.join("config.toml"),
             log_path: work_dir.join("containerd.log"),
             pod_log_dir: work_dir.join("pods"),
+            registry_config_dir: work_dir.join("certs.d"),
             cgroup_parent,
             images: images::build(&work_dir.join("images"))?,
             binaries: options.binaries.clone(),
@@ -229,7 +233,12 @@ impl PrivateContainerd {
         };
         ctd.stop_stale_daemon()?;
         ctd.record_cleanup()?;
-        for dir in [&ctd.root_dir, &ctd.state_dir, &ctd.pod_log_dir] {
+        for dir in [
+            &ctd.root_dir,
+            &ctd.state_dir,
+            &ctd.pod_log_dir,
+            &ctd.registry_config_dir,
+        ] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         ctd.write_config(options)?;
@@ -501,6 +510,7 @@ impl PrivateContainerd {
             runc: &runc,
             runc_root: &runc_root,
             cni_conf: &cni_conf_dir,
+            certs_d: &self.registry_config_dir,
         };
         let config = match self.binaries {
             Binaries::Debian => config_v2(&inputs),
@@ -688,6 +698,7 @@ struct ConfigInputs<'a> {
     runc: &'a Path,
     runc_root: &'a Path,
     cni_conf: &'a Path,
+    certs_d: &'a Path,
 }
 
 fn q(p: &Path) -> String {
@@ -754,6 +765,10 @@ disabled_plugins = ["io.containerd.internal.v1.restart"]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
     max_conf_num = 1
+
+  # Per-registry settings (CA, mirrors): `<dir>/<host[:port]>/hosts.toml`.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = {certs_d}
 "#,
         root = q(i.root),
         state = q(i.state),
@@ -765,6 +780,7 @@ disabled_plugins = ["io.containerd.internal.v1.restart"]
         runc_root = q(i.runc_root),
         cni_bin = toml_string(CNI_BIN_DIR),
         cni_conf = q(i.cni_conf),
+        certs_d = q(i.certs_d),
     )
 }
 
@@ -810,6 +826,10 @@ disabled_plugins = ["io.containerd.monitor.container.v1.restart"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = {pause}
 
+  # Per-registry settings (CA, mirrors): `<dir>/<host[:port]>/hosts.toml`.
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = {certs_d}
+
 [plugins."io.containerd.cri.v1.runtime"]
   # Required on these machines: without it every sandbox fails (oom_score_adj EPERM).
   restrict_oom_score_adj = true
@@ -848,6 +868,7 @@ disabled_plugins = ["io.containerd.monitor.container.v1.restart"]
         runc_root = q(i.runc_root),
         cni_bin = toml_string(CNI_BIN_DIR),
         cni_conf = q(i.cni_conf),
+        certs_d = q(i.certs_d),
     )
 }
 
@@ -1314,6 +1335,7 @@ mod tests {
             runc: p,
             runc_root: p,
             cni_conf: p,
+            certs_d: p,
         }
     }
 

@@ -26,6 +26,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libseccomp-dev",
     // k8s-cri and the agent's own API compile .proto files.
     "protobuf-compiler",
+    // The image registry the image tests pull from (distribution v2 with TLS and htpasswd
+    // auth), the client that pushes the offline images into it, and `htpasswd` (bcrypt).
+    "docker-registry",
+    "skopeo",
+    "apache2-utils",
     // Inspection, load generation and benchmarking.
     "bpftool",
     "stress-ng",

@@ -101,6 +101,10 @@ pub struct KubeletConfiguration {
     pub max_pods: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_pids_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serialize_image_pulls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parallel_image_pulls: Option<i32>,
     /// Enforce `emptyDir` `sizeLimit` and `ephemeral-storage` limits (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_storage_capacity_isolation: Option<bool>,

@@ -160,6 +160,8 @@ pub struct Config {
     pub max_pods: u32,
     /// `None`: unlimited.
     pub pod_pids_limit: Option<u64>,
+    /// `serializeImagePulls` (true) and `maxParallelImagePulls`.
+    pub image_pulls: crate::images::PullSettings,
     pub pleg: PlegConfig,
     /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls`.
     pub sysctls: SysctlPolicy,
@@ -1288,6 +1290,12 @@ impl Typed<'_> {
             })?),
         };
 
+        let image_pulls = crate::images::PullSettings::new(
+            kc.serialize_image_pulls.unwrap_or(true),
+            kc.max_parallel_image_pulls,
+        )
+        .map_err(|(field, reason)| self.invalid(&field, reason))?;
+
         let pleg = self.pleg(bc)?;
         let event_stream = self.event_stream(bc)?;
         let sysctls = SysctlPolicy::new(
@@ -1313,6 +1321,7 @@ impl Typed<'_> {
             server,
             max_pods,
             pod_pids_limit,
+            image_pulls,
             pleg,
             sysctls,
             node: *node,

@@ -120,6 +120,13 @@ fn defaults() {
     assert_eq!(c.max_pods, 110);
     assert_eq!(c.pod_pids_limit, None);
     assert_eq!(
+        c.image_pulls,
+        crate::images::PullSettings {
+            max_parallel: Some(1)
+        },
+        "serialized by default"
+    );
+    assert_eq!(
         c.pleg,
         PlegConfig {
             mode: PlegMode::Event,
@@ -167,6 +174,8 @@ healthzPort: 0
 healthzBindAddress: 0.0.0.0
 maxPods: 20
 podPidsLimit: 512
+serializeImagePulls: false
+maxParallelImagePulls: 4
 localStorageCapacityIsolation: false
 ---
 apiVersion: bpflet.io/v1alpha1
@@ -246,6 +255,7 @@ evictionRanking: upstream
     assert_eq!(c.server.healthz_port, None);
     assert_eq!(c.max_pods, 20);
     assert_eq!(c.pod_pids_limit, Some(512));
+    assert_eq!(c.image_pulls.max_parallel, Some(4));
     assert_eq!(c.pleg.mode, PlegMode::Generic);
     assert_eq!(c.pleg.safety_relist_period, Duration::from_secs(30));
     assert_eq!(c.pleg.unhealthy_threshold, Duration::from_secs(60));
@@ -535,6 +545,16 @@ fn bad_input_names_the_culprit() {
         ),
         ("maxPods: 0", &[], &["maxPods: 0 must be greater than 0"]),
         ("podPidsLimit: -5", &[], &["podPidsLimit: -5 must be -1"]),
+        (
+            "maxParallelImagePulls: 3",
+            &[],
+            &["maxParallelImagePulls: 3 must be 1 or unset when serializeImagePulls is true"],
+        ),
+        (
+            "serializeImagePulls: false\nmaxParallelImagePulls: 0",
+            &[],
+            &["maxParallelImagePulls: 0 must be a positive number"],
+        ),
         (
             "staticPodPath: manifests",
             &[],

@@ -128,6 +128,16 @@ pub fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
         if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
             return err(&format!("{path}.image"), "is required".to_owned());
         }
+        // Validated after defaulting, as upstream's API does (unset is never seen here).
+        match c.image_pull_policy.as_deref() {
+            None | Some("Always" | "IfNotPresent" | "Never") => {}
+            Some(other) => {
+                return err(
+                    &format!("{path}.imagePullPolicy"),
+                    format!("{other:?}: must be Always, IfNotPresent or Never"),
+                );
+            }
+        }
         match (is_init, c.restart_policy.as_deref()) {
             (_, None) | (true, Some("Always")) => {}
             (true, Some(other)) => {

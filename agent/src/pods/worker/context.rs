@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::cgroups::Hierarchy;
 use crate::cgroups::tree::QosTree;
+use crate::images::{ImageManager, PullSettings};
 use crate::model::node::NodeCondition;
 use crate::pleg::facts::KernelFacts;
 use crate::pods::admission::{AdmissionNode, NodeState};
@@ -92,6 +93,8 @@ pub struct PodHost<R> {
     pub(super) pods_dir: PathBuf,
     /// Where container logs go (`/var/log/pods` layout).
     pub(super) logs_dir: PathBuf,
+    /// Pulls images (policies, credentials, turns, metric).
+    pub(super) images: Arc<ImageManager>,
 }
 
 impl<R> PodHost<R> {
@@ -109,7 +112,15 @@ impl<R> PodHost<R> {
             tree,
             pods_dir,
             logs_dir,
+            images: Arc::new(ImageManager::unregistered(PullSettings::default())),
         }
+    }
+
+    /// Pulls go through `images` (the agent's, configured and registered in its metrics).
+    #[must_use]
+    pub fn with_images(mut self, images: Arc<ImageManager>) -> Self {
+        self.images = images;
+        self
     }
 }
 

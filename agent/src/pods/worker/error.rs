@@ -109,14 +109,12 @@ pub enum StartError {
     },
     #[error("container {container:?}: image {image:?} is not present with pull policy of Never")]
     ImageNeverPull { container: String, image: String },
-    #[error(
-        "container {container:?}: image {image:?} is not present, and bpflet does not pull \
-         images yet (imagePullPolicy {policy})"
-    )]
-    ImageMissing {
+    #[error("container {container:?}: pulling image {image:?}")]
+    Pull {
         container: String,
         image: String,
-        policy: String,
+        #[source]
+        source: crate::images::PullError,
     },
     #[error("container {container:?}: asking the runtime for image {image:?}")]
     ImageInspect {
@@ -147,7 +145,7 @@ impl StartError {
                 WaitingReason::CreateContainerConfigError
             }
             StartError::ImageNeverPull { .. } => WaitingReason::ErrImageNeverPull,
-            StartError::ImageMissing { .. } => WaitingReason::ErrImagePull,
+            StartError::Pull { .. } => WaitingReason::ErrImagePull,
             StartError::ImageInspect { .. } => WaitingReason::ImageInspectError,
             StartError::Create { .. } => WaitingReason::CreateContainerError,
             StartError::Start { .. } => WaitingReason::RunContainerError,
@@ -163,10 +161,13 @@ impl StartError {
             StartError::ImageNeverPull { image, .. } => {
                 format!("Container image {image:?} is not present with pull policy of Never")
             }
-            StartError::ImageMissing { image, policy, .. } => format!(
-                "Container image {image:?} is not present, and pulling images is not \
-                 implemented by bpflet yet (imagePullPolicy {policy})"
-            ),
+            StartError::Pull { image, source, .. } => {
+                let cause = match source.runtime_error() {
+                    Some(e) => runtime_message(e),
+                    None => source.to_string(),
+                };
+                format!("Failed to pull image {image:?}: {cause}")
+            }
             StartError::ImageInspect { source, .. }
             | StartError::Create { source, .. }
             | StartError::Start { source, .. } => runtime_message(source),
@@ -238,6 +239,25 @@ mod tests {
             "Container image \"x:1\" is not present with pull policy of Never"
         );
         assert_eq!(never.event_reason(), "ErrImageNeverPull");
+        let pull = StartError::Pull {
+            container: "c".to_owned(),
+            image: "127.0.0.1:5000/x:1".to_owned(),
+            source: crate::images::PullError::Runtime {
+                image: "127.0.0.1:5000/x:1".to_owned(),
+                source: std::sync::Arc::new(RuntimeError::Call {
+                    method: crate::runtime::Method::PullImage,
+                    socket: PathBuf::from("/s"),
+                    source: tonic::Status::unknown("failed to resolve reference: 401 Unauthorized"),
+                }),
+            },
+        };
+        assert_eq!(pull.reason(), WaitingReason::ErrImagePull);
+        assert_eq!(
+            pull.status_message(),
+            "Failed to pull image \"127.0.0.1:5000/x:1\": failed to resolve reference: 401 Unauthorized",
+            "upstream's words around the runtime's own"
+        );
+        assert_eq!(pull.event_reason(), "Failed");
         let create = StartError::Create {
             container: "c".to_owned(),
             source: RuntimeError::Timeout {

@@ -4,16 +4,17 @@
 //!
 //! | reason | type | when |
 //! |---|---|---|
-//! | `Pulled` | Normal | the image is present and the pull policy is not `Always` |
+//! | `Pulling` | Normal | a pull starts (policy `Always`, or the image is missing) |
+//! | `Pulled` | Normal | a pull worked (size, durations), or the image is present and the policy is not `Always` |
+//! | `Failed` | Warning | a pull failed (`Failed to pull image ...`, then `Error: ErrImagePull`) |
+//! | `FailedToRetrieveImagePullSecret` | Warning | the pod names pull secrets bpflet cannot read |
 //! | `Created`, `Started` | Normal | each container, init containers included |
 //! | `Killing` | Normal | each container stopped: the planner's reason (a failed probe, a changed spec), else `Stopping container <name>` |
 //! | `BackOff` | Warning | a restart held back by CrashLoopBackOff (Normal for an image) |
 //! | `FailedPreStopHook`, `FailedPostStartHook` | Warning | a lifecycle hook failed |
 //! | `SandboxChanged` | Normal | the pod's sandbox is replaced |
 //!
-//! Container events name the container by field path ([`container_reference`]). bpflet
-//! does not pull images: under `Always` upstream would pull and say `Pulling` and
-//! `Successfully pulled ...`; bpflet uses the image it has and says nothing.
+//! Container events name the container by field path ([`container_reference`]).
 //!
 //! A runtime pod that no source wants (an orphan, torn down under a made-up name without a
 //! namespace) gets no events: there is no object in the API to record them about.
@@ -38,10 +39,32 @@ pub(super) fn image_present(image: &str) -> String {
     format!("Container image {image:?} already present on machine")
 }
 
-/// Whether upstream reports a present image as `Pulled` under `policy`: everything but
-/// `Always` (which pulls whatever is present).
-pub(super) fn reports_present_image(policy: Option<&str>) -> bool {
-    policy != Some("Always")
+pub(super) fn pulling(image: &str) -> String {
+    format!("Pulling image {image:?}")
+}
+
+/// Upstream's message for a pull that worked: the pull's own time, the time including its
+/// turn, both to the millisecond, and the image's size.
+pub(super) fn pulled(image: &str, pulled: &crate::images::Pulled) -> String {
+    let ms = |d: std::time::Duration| {
+        crate::config::duration::format_duration(std::time::Duration::from_millis(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        ))
+    };
+    format!(
+        "Successfully pulled image {image:?} in {} ({} including waiting). Image size: {} bytes.",
+        ms(pulled.pull),
+        ms(pulled.total),
+        pulled.size_bytes
+    )
+}
+
+/// Upstream's warning when a pod's pull secrets cannot be had.
+pub(super) fn unreadable_pull_secrets(names: &[&str]) -> String {
+    format!(
+        "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+        names.join(", ")
+    )
 }
 
 pub(super) fn created(container: &str) -> String {
@@ -125,12 +148,22 @@ mod tests {
             "Back-off restarting failed container app in pod web_team(u1)"
         );
         assert_eq!(back_off_pull("x:1"), "Back-off pulling image \"x:1\"");
-        assert!(reports_present_image(Some("IfNotPresent")));
-        assert!(reports_present_image(Some("Never")));
-        assert!(
-            reports_present_image(None),
-            "upstream: no policy never pulls"
+        assert_eq!(pulling("x:1"), "Pulling image \"x:1\"");
+        let p = crate::images::Pulled {
+            image_ref: "sha256:1".into(),
+            size_bytes: 1_234_567,
+            pull: std::time::Duration::from_micros(1_234_567),
+            total: std::time::Duration::from_micros(61_500_100),
+        };
+        assert_eq!(
+            pulled("x:1", &p),
+            "Successfully pulled image \"x:1\" in 1.234s (1m1.5s including waiting). \
+             Image size: 1234567 bytes."
         );
-        assert!(!reports_present_image(Some("Always")));
+        assert_eq!(
+            unreadable_pull_secrets(&["a", "b"]),
+            "Unable to retrieve some image pull secrets (a, b); attempting to pull the image \
+             may not succeed."
+        );
     }
 }

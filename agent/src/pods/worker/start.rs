@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::Worker;
 use super::error::StartError;
 use super::events;
+use crate::images::{self, Decision, PullPolicy};
 use crate::model::container::WaitingReason;
 use crate::model::termination_grace;
 use crate::model::{format_pod, pod_uid};
@@ -117,13 +118,22 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 "BackOff",
                 &events::back_off_restart(&container.name, pod),
             ),
-            WaitingReason::ImagePullBackOff => self.record_container(
-                pod,
-                &container.name,
-                EventType::Normal,
-                "BackOff",
-                &events::back_off_pull(container.image.as_deref().unwrap_or_default()),
-            ),
+            WaitingReason::ImagePullBackOff => {
+                self.record_container(
+                    pod,
+                    &container.name,
+                    EventType::Normal,
+                    "BackOff",
+                    &events::back_off_pull(container.image.as_deref().unwrap_or_default()),
+                );
+                self.record_container(
+                    pod,
+                    &container.name,
+                    EventType::Warning,
+                    "Failed",
+                    "Error: ImagePullBackOff",
+                );
+            }
             _ => {}
         }
     }
@@ -139,9 +149,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         warn!(pod = %format_pod(pod), container = %key.container, reason = %failure.reason, error = %e, cause = %crate::error::error_chain(e), "container start failed; backing off");
         let event = match e {
-            StartError::ImageNeverPull { .. } | StartError::ImageMissing { .. } => {
-                failure.message.clone()
-            }
+            StartError::ImageNeverPull { .. } | StartError::Pull { .. } => failure.message.clone(),
             _ => format!("Error: {}", failure.message),
         };
         self.record_container(
@@ -151,8 +159,118 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             e.event_reason(),
             &event,
         );
+        if let StartError::Pull { .. } = e {
+            // Upstream's second event: the start failed with the image's reason.
+            self.record_container(
+                pod,
+                &key.container,
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {}", failure.reason),
+            );
+        }
         self.backoff.record_failure(key, failure);
         self.backoff.delay(key)
+    }
+
+    /// Gets `image` onto the node for `container` as its pull policy says (upstream's
+    /// `EnsureImageExists`): a present image is used (`Pulled`, "already present") unless
+    /// the policy is `Always`; a missing one is pulled (`Pulling`, then `Pulled` with size
+    /// and durations) with the matching credentials, or is `ErrImageNeverPull` under
+    /// `Never`.
+    async fn ensure_image(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        image: &str,
+        sandbox: &api::PodSandboxConfig,
+    ) -> Result<(), StartError> {
+        let ctx = Arc::clone(&self.ctx);
+        let runtime = &*ctx.host.runtime;
+        // Events name the image as the pod spec does, as upstream's do.
+        let shown = container.image.as_deref().unwrap_or(image);
+        // `model::validation` refused any other value.
+        let policy = PullPolicy::parse(container.image_pull_policy.as_deref())
+            .unwrap_or(PullPolicy::IfNotPresent);
+        let present = runtime
+            .image_status(image)
+            .await
+            .map_err(|source| StartError::ImageInspect {
+                container: container.name.clone(),
+                image: image.to_owned(),
+                source,
+            })?
+            .is_some();
+        match images::decide(policy, present) {
+            Decision::UsePresent => {
+                self.record_container(
+                    pod,
+                    &container.name,
+                    EventType::Normal,
+                    "Pulled",
+                    &events::image_present(shown),
+                );
+                Ok(())
+            }
+            Decision::NeverPull => Err(StartError::ImageNeverPull {
+                container: container.name.clone(),
+                image: shown.to_owned(),
+            }),
+            Decision::Pull => {
+                self.warn_unreadable_pull_secrets(pod, container);
+                self.record_container(
+                    pod,
+                    &container.name,
+                    EventType::Normal,
+                    "Pulling",
+                    &events::pulling(shown),
+                );
+                let credentials = ctx.host.images.node_keyring().lookup(image);
+                debug!(pod = %format_pod(pod), container = %container.name, image, credentials = credentials.len(), "pulling");
+                let pulled = ctx
+                    .host
+                    .images
+                    .pull(runtime, image, &credentials, Some(sandbox))
+                    .await
+                    .map_err(|source| StartError::Pull {
+                        container: container.name.clone(),
+                        image: shown.to_owned(),
+                        source,
+                    })?;
+                self.record_container(
+                    pod,
+                    &container.name,
+                    EventType::Normal,
+                    "Pulled",
+                    &events::pulled(shown, &pulled),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// A pod that names `imagePullSecrets`: bpflet cannot read secrets yet (a static pod
+    /// cannot reference them at all), so, as upstream does when it cannot get them, it
+    /// says so and pulls with the node's credentials.
+    fn warn_unreadable_pull_secrets(&self, pod: &Pod, container: &Container) {
+        let names: Vec<&str> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        self.record_container(
+            pod,
+            &container.name,
+            EventType::Warning,
+            "FailedToRetrieveImagePullSecret",
+            &events::unreadable_pull_secrets(&names),
+        );
     }
 
     async fn start_container(
@@ -194,16 +312,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .as_ref()
             .map(|i| i.image.clone())
             .unwrap_or_default();
-        ensure_image(&*ctx.host.runtime, container, &image).await?;
-        if events::reports_present_image(container.image_pull_policy.as_deref()) {
-            self.record_container(
-                pod,
-                &container.name,
-                EventType::Normal,
-                "Pulled",
-                &events::image_present(container.image.as_deref().unwrap_or_default()),
-            );
-        }
+        self.ensure_image(pod, container, &image, sandbox.config)
+            .await?;
         info!(pod = %name, container = %container.name, attempt, "starting container");
         let id = ctx
             .host
@@ -282,40 +392,6 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             }
         }
         Ok(())
-    }
-}
-
-/// Checks that the runtime has `image` for `container` before it is created (upstream's
-/// `EnsureImageExists`). bpflet does not pull yet: a present image is used whatever the
-/// pull policy; a missing one is `ErrImageNeverPull` under `Never` and `ErrImagePull`
-/// otherwise.
-async fn ensure_image<R: ContainerRuntime>(
-    rt: &R,
-    container: &Container,
-    image: &str,
-) -> Result<(), StartError> {
-    match rt.image_status(image).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => {
-            let policy = container.image_pull_policy.as_deref().unwrap_or_default();
-            Err(if policy == "Never" {
-                StartError::ImageNeverPull {
-                    container: container.name.clone(),
-                    image: image.to_owned(),
-                }
-            } else {
-                StartError::ImageMissing {
-                    container: container.name.clone(),
-                    image: image.to_owned(),
-                    policy: policy.to_owned(),
-                }
-            })
-        }
-        Err(source) => Err(StartError::ImageInspect {
-            container: container.name.clone(),
-            image: image.to_owned(),
-            source,
-        }),
     }
 }
 

@@ -868,13 +868,13 @@ async fn running_named(node: &Node, uid: &str, name: &str) -> Option<String> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_start_records_pulled_created_and_started_per_container_init_first() {
+async fn a_start_records_pulled_created_and_started_per_container_init_first_and_always_pulls() {
     let node = Node::new();
     let spec = serde_json::json!({
         "initContainers": [{"name": "setup", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}],
         "containers": [
             {"name": "app", "image": IMAGE, "imagePullPolicy": "Never"},
-            // Upstream pulls under `Always`; bpflet does not pull, and says nothing.
+            // `Always` pulls even a present image.
             {"name": "side", "image": IMAGE, "imagePullPolicy": "Always"},
         ],
     });
@@ -910,6 +910,19 @@ async fn a_start_records_pulled_created_and_started_per_container_init_first() {
             normal("Pulled", &present, "spec.containers{app}"),
             normal("Created", "Created container: app", "spec.containers{app}"),
             normal("Started", "Started container app", "spec.containers{app}"),
+            normal(
+                "Pulling",
+                &format!("Pulling image \"{IMAGE}\""),
+                "spec.containers{side}"
+            ),
+            normal(
+                "Pulled",
+                &format!(
+                    "Successfully pulled image \"{IMAGE}\" in 0s (0s including waiting). \
+                     Image size: 1048576 bytes."
+                ),
+                "spec.containers{side}"
+            ),
             normal(
                 "Created",
                 "Created container: side",

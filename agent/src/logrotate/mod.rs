@@ -8,8 +8,8 @@
 //!    already exists;
 //! 2. the oldest rotated files beyond `containerLogMaxFiles - 2` are deleted (room for the
 //!    file rotated now and the current one);
-//! 3. every rotated file but the newest is compressed with gzip (`<file>.gz`, written as
-//!    `<file>.gz.tmp` first);
+//! 3. the rotated files that remain are compressed with gzip (`<file>.gz`, written as
+//!    `<file>.gz.tmp` first), so only the file rotated next stays uncompressed;
 //! 4. `<log>` is renamed `<log>.<YYYYMMDD-HHMMSS>` (UTC) and the runtime is asked to reopen
 //!    the container's log (CRI `ReopenContainerLog`); when it cannot, the rename is undone
 //!    so the container keeps writing to `<log>`.
@@ -116,14 +116,13 @@ pub fn plan(
     let keep = usize::try_from(max_files.saturating_sub(2)).unwrap_or(usize::MAX);
     let excess = rotated.len().saturating_sub(keep);
     remove.extend(rotated.drain(..excess).map(str::to_owned));
-    let compress = match rotated.split_last() {
-        Some((_, older)) => older
-            .iter()
-            .filter(|e| !e.ends_with(COMPRESS_SUFFIX))
-            .map(|&e| e.to_owned())
-            .collect(),
-        None => Vec::new(),
-    };
+    // The file rotated now stays as it is until the next rotation: the newest rotated file
+    // is the only uncompressed one.
+    let compress = rotated
+        .iter()
+        .filter(|e| !e.ends_with(COMPRESS_SUFFIX))
+        .map(|&e| e.to_owned())
+        .collect();
     let rotate_to = format!("{prefix}{}", now.strftime(TIMESTAMP_FORMAT));
     if ours.iter().any(|e| e.starts_with(&rotate_to)) {
         return None;

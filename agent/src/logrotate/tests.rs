@@ -61,14 +61,22 @@ fn older_rotated_files_are_compressed_and_the_oldest_removed() {
         p,
         RotationPlan {
             remove: names(&["0.log.20261207-141500.gz", "0.log.20261207-141503"]),
-            compress: names(&[]),
+            compress: names(&["0.log.20261207-141506"]),
             rotate_to: "0.log.20261207-141509".to_owned(),
         }
     );
-    // With 5 files: nothing removed, every rotated file but the newest compressed.
+    // With 5 files: nothing removed, every rotated file compressed (the one rotated now
+    // is the newest, uncompressed).
     let p = plan("0.log", 200 * KI, &entries, 100 * KI, 5, now).expect("due");
     assert_eq!(p.remove, names(&[]));
-    assert_eq!(p.compress, names(&["0.log.20261207-141503"]));
+    assert_eq!(
+        p.compress,
+        names(&["0.log.20261207-141503", "0.log.20261207-141506"])
+    );
+    // With 2 files: no rotated file is kept beside the one rotated now.
+    let p = plan("0.log", 200 * KI, &entries, 100 * KI, 2, now).expect("due");
+    assert_eq!(p.remove.len(), 3);
+    assert_eq!(p.compress, names(&[]));
 }
 
 #[test]
@@ -89,7 +97,10 @@ fn leftovers_of_an_interrupted_pass_are_removed_first() {
         p.remove,
         names(&["0.log.20261207-141500", "0.log.20261207-141503.gz.tmp"])
     );
-    assert_eq!(p.compress, names(&["0.log.20261207-141503"]));
+    assert_eq!(
+        p.compress,
+        names(&["0.log.20261207-141503", "0.log.20261207-141506"])
+    );
 }
 
 #[test]
@@ -127,8 +138,9 @@ fn prepare_applies_the_plan_on_disk() {
     .read_to_string(&mut text)
     .unwrap();
     assert_eq!(text, "older lines\n");
-    // The newest rotated file stays as it is.
-    assert_eq!(std::fs::read(&newest).unwrap(), b"newest lines\n");
+    // Rotated files that remain are compressed, the one rotated now is not.
+    assert!(!newest.exists());
+    assert!(dir.path().join("0.log.20000101-000003.gz").exists());
     // A missing log is reported as such (the runtime is asked to reopen it).
     assert!(matches!(prepare("c1", &log, config), Ok(Prepared::Missing)));
 }

@@ -513,7 +513,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             hierarchy.clone(),
             Arc::new(tree),
             pods_dir.clone(),
-            pods_dir,
+            pods_dir.clone(),
         )
         .with_images(images),
         NodeInfo::new(
@@ -541,7 +541,31 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             admission_node(&config, capacity.cpu_millis, memory, nodefs_bytes),
         ),
     ));
-    let manager = PodManager::new(ctx, expected, cancel.clone());
+    let logs_dir = pods_dir;
+    // Container GC (dead containers, sandboxes, log directories of pods gone) and log
+    // rotation, both through the runtime.
+    let (wanted_tx, wanted_rx) = watch::channel(None);
+    {
+        let mut gc = crate::gc::ContainerGc::new(
+            Arc::clone(&runtime),
+            logs_dir,
+            crate::gc::GcPolicy::default(),
+            wanted_rx,
+        );
+        match crate::gc::GcMetrics::register(&metrics.registry) {
+            Ok(m) => gc = gc.with_metrics(m),
+            Err(e) => warn!(error = %e, "bpflet_gc_* not exported"),
+        }
+        tracker.spawn(gc.run(crate::gc::GC_PERIOD, cancel.clone()));
+        let mut rotator =
+            crate::logrotate::LogRotator::new(Arc::clone(&runtime), config.container_logs);
+        match crate::logrotate::RotationMetrics::register(&metrics.registry) {
+            Ok(m) => rotator = rotator.with_metrics(m),
+            Err(e) => warn!(error = %e, "bpflet_container_log_rotation* not exported"),
+        }
+        tracker.spawn(rotator.run(cancel.clone()));
+    }
+    let manager = PodManager::new(ctx, expected, cancel.clone()).with_wanted_pods(wanted_tx);
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
 
     info!(node = %config.node_name, "bpflet running");

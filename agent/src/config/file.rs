@@ -110,6 +110,23 @@ pub struct KubeletConfiguration {
     pub local_storage_capacity_isolation: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    /// Container log rotation: the size at which a running container's log is rotated
+    /// (a quantity, default `10Mi`).
+    #[serde(
+        default,
+        deserialize_with = "quantity",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_log_max_size: Option<Quantity>,
+    /// Log files kept per container, the current one included (default 5, at least 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_max_files: Option<i32>,
+    /// Containers whose logs are rotated at once (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_max_workers: Option<i32>,
+    /// How often log sizes are checked (default 10s, at least 3s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_monitor_interval: Option<String>,
     /// The authenticated HTTPS API's port (default 10250).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
@@ -377,6 +394,12 @@ fn string_map<'de, D: Deserializer<'de>>(
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
     let map: Option<BTreeMap<String, Scalar>> = Option::deserialize(deserializer)?;
     Ok(map.map(|m| m.into_iter().map(|(k, v)| (k, v.into_string())).collect()))
+}
+
+/// A quantity given as a string or a number (`10Mi`, `1024`).
+fn quantity<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Quantity>, D::Error> {
+    let v: Option<Scalar> = Option::deserialize(deserializer)?;
+    Ok(v.map(|v| Quantity(v.into_string())))
 }
 
 fn quantity_map<'de, D: Deserializer<'de>>(

@@ -165,6 +165,8 @@ pub struct Config {
     pub pleg: PlegConfig,
     /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls`.
     pub sysctls: SysctlPolicy,
+    /// Container log rotation (`containerLog*`).
+    pub container_logs: ContainerLogConfig,
     /// The node as read once at load: the settings above were checked against it, and the
     /// agent sizes the pod cgroup tree from it.
     pub node: NodeFacts,
@@ -241,6 +243,19 @@ impl NodeFacts {
                 .and_then(|r| crate::pods::sysctls::parse_kernel_release(r.trim())),
         }
     }
+}
+
+/// Container log rotation, as upstream's `ContainerLogManager` does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerLogConfig {
+    /// `containerLogMaxSize` (10Mi): a running container's log larger than this is rotated.
+    pub max_size_bytes: u64,
+    /// `containerLogMaxFiles` (5, at least 2): files kept per container, current included.
+    pub max_files: u32,
+    /// `containerLogMaxWorkers` (1): containers whose logs are rotated at once.
+    pub max_workers: u32,
+    /// `containerLogMonitorInterval` (10s, at least 3s as upstream validates).
+    pub monitor_interval: Duration,
 }
 
 /// Static pod sources.
@@ -516,6 +531,10 @@ mod defaults {
     pub const NODE_LEASE_DURATION_SECONDS: i32 = 40;
     pub const KUBE_API_QPS: i32 = 50;
     pub const KUBE_API_BURST: i32 = 100;
+    pub const CONTAINER_LOG_MAX_SIZE: &str = "10Mi";
+    pub const CONTAINER_LOG_MAX_FILES: i32 = 5;
+    pub const CONTAINER_LOG_MAX_WORKERS: i32 = 1;
+    pub const CONTAINER_LOG_MONITOR_INTERVAL: &str = "10s";
 }
 
 /// Lower bounds of the periods that drive loops: below these an agent spins for nothing
@@ -536,6 +555,8 @@ mod minimums {
     /// `plegSafetyRelistPeriod`: two CRI list calls per period; the generic PLEG's 1 s is
     /// the most frequent relist bpflet makes.
     pub const PLEG_SAFETY_RELIST_PERIOD: Duration = Duration::from_secs(1);
+    /// `containerLogMonitorInterval`: upstream's own minimum (its validation refuses less).
+    pub const CONTAINER_LOG_MONITOR_INTERVAL: Duration = Duration::from_secs(3);
 }
 
 /// Loads, merges and validates the configuration. Reads files only: no other side effect.
@@ -1296,6 +1317,7 @@ impl Typed<'_> {
         )
         .map_err(|(field, reason)| self.invalid(&field, reason))?;
 
+        let container_logs = self.container_logs(kc)?;
         let pleg = self.pleg(bc)?;
         let event_stream = self.event_stream(bc)?;
         let sysctls = SysctlPolicy::new(
@@ -1324,9 +1346,62 @@ impl Typed<'_> {
             image_pulls,
             pleg,
             sysctls,
+            container_logs,
             node: *node,
             cluster,
             event_stream,
+        })
+    }
+
+    /// `containerLog*`, validated as upstream does: at least 2 files, at least 1 worker, an
+    /// interval of at least 3s; the size must be a positive quantity.
+    fn container_logs(&self, kc: &KubeletConfiguration) -> Result<ContainerLogConfig, ConfigError> {
+        let field = "containerLogMaxSize";
+        let size = kc
+            .container_log_max_size
+            .as_ref()
+            .map_or(defaults::CONTAINER_LOG_MAX_SIZE, |q| q.0.as_str());
+        let max_size_bytes = parse_quantity(size)
+            .map_err(|e| self.invalid(field, e))?
+            .bytes();
+        if max_size_bytes == 0 {
+            return Err(self.invalid(field, format!("{size:?} must be greater than 0")));
+        }
+        let files = kc
+            .container_log_max_files
+            .unwrap_or(defaults::CONTAINER_LOG_MAX_FILES);
+        let max_files = u32::try_from(files)
+            .ok()
+            .filter(|&n| n >= 2)
+            .ok_or_else(|| {
+                self.invalid(
+                    "containerLogMaxFiles",
+                    format!("{files} must be greater than or equal to 2"),
+                )
+            })?;
+        let workers = kc
+            .container_log_max_workers
+            .unwrap_or(defaults::CONTAINER_LOG_MAX_WORKERS);
+        let max_workers = u32::try_from(workers)
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                self.invalid(
+                    "containerLogMaxWorkers",
+                    format!("{workers} must be greater than or equal to 1"),
+                )
+            })?;
+        let monitor_interval = self.duration_at_least(
+            "containerLogMonitorInterval",
+            kc.container_log_monitor_interval.as_deref(),
+            defaults::CONTAINER_LOG_MONITOR_INTERVAL,
+            minimums::CONTAINER_LOG_MONITOR_INTERVAL,
+        )?;
+        Ok(ContainerLogConfig {
+            max_size_bytes,
+            max_files,
+            max_workers,
+            monitor_interval,
         })
     }
 

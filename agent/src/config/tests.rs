@@ -472,6 +472,31 @@ fn bad_input_names_the_culprit() {
             &["httpCheckFrequency: 999ms is below the minimum of 1s"],
         ),
         (
+            "containerLogMaxFiles: 1",
+            &[],
+            &["containerLogMaxFiles: 1 must be greater than or equal to 2"],
+        ),
+        (
+            "containerLogMaxWorkers: 0",
+            &[],
+            &["containerLogMaxWorkers: 0 must be greater than or equal to 1"],
+        ),
+        (
+            "containerLogMonitorInterval: 2s",
+            &[],
+            &["containerLogMonitorInterval: 2s is below the minimum of 3s"],
+        ),
+        (
+            "containerLogMaxSize: 0",
+            &[],
+            &["containerLogMaxSize: \"0\" must be greater than 0"],
+        ),
+        (
+            "containerLogMaxSize: ten",
+            &[],
+            &["containerLogMaxSize: invalid quantity"],
+        ),
+        (
             "---\napiVersion: bpflet.io/v1alpha1\nkind: BpfletConfiguration\nplegSafetyRelistPeriod: 10ms",
             &[],
             &["plegSafetyRelistPeriod: 10ms is below the minimum of 1s"],
@@ -1485,4 +1510,35 @@ fn event_stream_settings() {
         let msg = err.to_string();
         assert!(msg.contains(wanted), "{lines}: {msg}");
     }
+}
+
+#[test]
+fn container_log_rotation_defaults_and_values() {
+    let c = load(&args(&[])).expect("defaults are valid");
+    assert_eq!(
+        c.container_logs,
+        ContainerLogConfig {
+            max_size_bytes: 10 << 20,
+            max_files: 5,
+            max_workers: 1,
+            monitor_interval: Duration::from_secs(10),
+        }
+    );
+    let c = with_config(
+        &format!(
+            "{HEADER}containerLogMaxSize: 100Ki\ncontainerLogMaxFiles: 3\n\
+             containerLogMaxWorkers: 4\ncontainerLogMonitorInterval: 3s\n"
+        ),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        c.container_logs,
+        ContainerLogConfig {
+            max_size_bytes: 100 << 10,
+            max_files: 3,
+            max_workers: 4,
+            monitor_interval: Duration::from_secs(3),
+        }
+    );
 }

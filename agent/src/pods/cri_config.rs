@@ -291,7 +291,16 @@ pub enum LogDirError {
 /// # Errors
 /// [`LogDirError`] naming the entry and why it was left alone, or the removal failure.
 pub fn remove_pod_log_dir(pod_logs_dir: &Path, pod: &Pod) -> Result<(), LogDirError> {
-    let name = pod_log_dir_name(pod);
+    remove_log_dir_named(pod_logs_dir, &pod_log_dir_name(pod))
+}
+
+/// [`remove_pod_log_dir`] by the directory's name (`<namespace>_<name>_<uid>`), with the
+/// same checks.
+///
+/// # Errors
+/// [`LogDirError`] naming the entry and why it was left alone, or the removal failure.
+pub fn remove_log_dir_named(pod_logs_dir: &Path, name: &str) -> Result<(), LogDirError> {
+    let name = name.to_owned();
     let mut components = Path::new(&name).components();
     let one_entry = matches!(
         (components.next(), components.next()),

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -39,6 +39,9 @@ pub struct PodManager<R> {
     /// Sources that must report once before orphans are cleaned up.
     expected_sources: HashSet<SourceKind>,
     orphans_checked: bool,
+    /// The UIDs of the pods the sources want, published once every source reported (the
+    /// container GC's "pod gone").
+    wanted: Option<watch::Sender<Option<HashSet<String>>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -57,8 +60,29 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             conflicts: HashSet::new(),
             expected_sources,
             orphans_checked: false,
+            wanted: None,
             tracker: TaskTracker::new(),
             cancel,
+        }
+    }
+
+    /// Publishes the wanted pods' UIDs on `tx` (`None` until every source reported once).
+    #[must_use]
+    pub fn with_wanted_pods(mut self, tx: watch::Sender<Option<HashSet<String>>>) -> Self {
+        self.wanted = Some(tx);
+        self
+    }
+
+    fn publish_wanted(&self) {
+        if let (Some(tx), true) = (&self.wanted, self.orphans_checked) {
+            let uids: HashSet<String> = self.desired.values().flatten().cloned().collect();
+            tx.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&uids);
+                if changed {
+                    *current = Some(uids);
+                }
+                changed
+            });
         }
     }
 
@@ -71,6 +95,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
     ) {
         if self.expected_sources.is_empty() {
             self.cleanup_orphans().await;
+            self.publish_wanted();
         }
         loop {
             tokio::select! {
@@ -139,6 +164,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         if self.expected_sources.is_empty() && !self.orphans_checked {
             self.cleanup_orphans().await;
         }
+        self.publish_wanted();
         self.reap_finished();
     }
 

@@ -1,0 +1,146 @@
+use std::io::Read as _;
+
+use super::*;
+
+const KI: u64 = 1024;
+
+fn at(s: &str) -> Timestamp {
+    s.parse().expect("timestamp")
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn a_log_below_max_size_is_left_alone() {
+    let now = at("2026-12-07T14:15:00Z");
+    assert_eq!(
+        plan("0.log", 100 * KI - 1, &names(&["0.log"]), 100 * KI, 3, now),
+        None
+    );
+}
+
+#[test]
+fn the_first_rotation_only_renames() {
+    let now = at("2026-12-07T14:15:00Z");
+    let p = plan(
+        "0.log",
+        100 * KI,
+        &names(&["0.log", "1.log"]),
+        100 * KI,
+        5,
+        now,
+    )
+    .expect("due");
+    assert_eq!(
+        p,
+        RotationPlan {
+            remove: vec![],
+            compress: vec![],
+            rotate_to: "0.log.20261207-141500".to_owned(),
+        }
+    );
+}
+
+#[test]
+fn older_rotated_files_are_compressed_and_the_oldest_removed() {
+    let now = at("2026-12-07T14:15:09Z");
+    // max_files 3: the current file, the newest rotated one, and one compressed.
+    let entries = names(&[
+        "0.log",
+        "0.log.20261207-141500.gz",
+        "0.log.20261207-141503",
+        "0.log.20261207-141506",
+        // Another attempt's files are not ours.
+        "1.log",
+        "1.log.20261207-141400",
+    ]);
+    let p = plan("0.log", 200 * KI, &entries, 100 * KI, 3, now).expect("due");
+    assert_eq!(
+        p,
+        RotationPlan {
+            remove: names(&["0.log.20261207-141500.gz", "0.log.20261207-141503"]),
+            compress: names(&["0.log.20261207-141506"]),
+            rotate_to: "0.log.20261207-141509".to_owned(),
+        }
+    );
+    // With 5 files: nothing removed, every rotated file compressed (the one rotated now
+    // is the newest, uncompressed).
+    let p = plan("0.log", 200 * KI, &entries, 100 * KI, 5, now).expect("due");
+    assert_eq!(p.remove, names(&[]));
+    assert_eq!(
+        p.compress,
+        names(&["0.log.20261207-141503", "0.log.20261207-141506"])
+    );
+    // With 2 files: no rotated file is kept beside the one rotated now.
+    let p = plan("0.log", 200 * KI, &entries, 100 * KI, 2, now).expect("due");
+    assert_eq!(p.remove.len(), 3);
+    assert_eq!(p.compress, names(&[]));
+}
+
+#[test]
+fn leftovers_of_an_interrupted_pass_are_removed_first() {
+    let now = at("2026-12-07T14:15:09Z");
+    let entries = names(&[
+        "0.log",
+        // Compressed, then interrupted before the original was removed.
+        "0.log.20261207-141500",
+        "0.log.20261207-141500.gz",
+        // Interrupted while compressing.
+        "0.log.20261207-141503.gz.tmp",
+        "0.log.20261207-141503",
+        "0.log.20261207-141506",
+    ]);
+    let p = plan("0.log", 100 * KI, &entries, 100 * KI, 5, now).expect("due");
+    assert_eq!(
+        p.remove,
+        names(&["0.log.20261207-141500", "0.log.20261207-141503.gz.tmp"])
+    );
+    assert_eq!(
+        p.compress,
+        names(&["0.log.20261207-141503", "0.log.20261207-141506"])
+    );
+}
+
+#[test]
+fn a_second_rotation_within_the_same_second_waits() {
+    let now = at("2026-12-07T14:15:09Z");
+    let entries = names(&["0.log", "0.log.20261207-141509"]);
+    assert_eq!(plan("0.log", 100 * KI, &entries, 100 * KI, 5, now), None);
+}
+
+#[test]
+fn prepare_applies_the_plan_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("0.log");
+    std::fs::write(&log, vec![b'x'; 2048]).unwrap();
+    let old = dir.path().join("0.log.20000101-000000");
+    std::fs::write(&old, b"older lines\n").unwrap();
+    let newest = dir.path().join("0.log.20000101-000003");
+    std::fs::write(&newest, b"newest lines\n").unwrap();
+    let config = ContainerLogConfig {
+        max_size_bytes: 1024,
+        max_files: 5,
+        max_workers: 1,
+        monitor_interval: std::time::Duration::from_secs(10),
+    };
+    let Prepared::Rotated(to) = prepare("c1", &log, config).expect("rotated") else {
+        panic!("not rotated");
+    };
+    assert!(!log.exists());
+    assert_eq!(std::fs::read(&to).unwrap().len(), 2048);
+    assert!(!old.exists());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(dir.path().join("0.log.20000101-000000.gz")).unwrap(),
+    )
+    .read_to_string(&mut text)
+    .unwrap();
+    assert_eq!(text, "older lines\n");
+    // Rotated files that remain are compressed, the one rotated now is not.
+    assert!(!newest.exists());
+    assert!(dir.path().join("0.log.20000101-000003.gz").exists());
+    // A missing log is reported as such (the runtime is asked to reopen it).
+    assert!(matches!(prepare("c1", &log, config), Ok(Prepared::Missing)));
+}

@@ -23,18 +23,17 @@ use crate::runtime::{
     Container, ContainerRuntime, ContainerState, PodSandbox, RuntimeError, SandboxState,
 };
 
+/// What the runtime lists: its sandboxes and its containers.
+pub type RuntimeListing = (Vec<PodSandbox>, Vec<Container>);
+
 /// The runtime, as `/runningpods/` sees it (object safe, so the server holds any runtime).
 pub trait RuntimePods: Send + Sync {
     /// Every sandbox and container the runtime has.
-    fn sandboxes_and_containers(
-        &self,
-    ) -> BoxFuture<'_, Result<(Vec<PodSandbox>, Vec<Container>), RuntimeError>>;
+    fn sandboxes_and_containers(&self) -> BoxFuture<'_, Result<RuntimeListing, RuntimeError>>;
 }
 
 impl<R: ContainerRuntime> RuntimePods for R {
-    fn sandboxes_and_containers(
-        &self,
-    ) -> BoxFuture<'_, Result<(Vec<PodSandbox>, Vec<Container>), RuntimeError>> {
+    fn sandboxes_and_containers(&self) -> BoxFuture<'_, Result<RuntimeListing, RuntimeError>> {
         Box::pin(async move {
             let sandboxes = self.list_pod_sandboxes(None).await?;
             let containers = self.list_containers(None).await?;

@@ -169,6 +169,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         stats: crate::stats::Stats::default(),
         runtime: None,
         timeline: None,
+        running_pods: None,
     };
 
     // The container runtime.
@@ -180,6 +181,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
     let api = server::ApiState {
         runtime: Some(Arc::clone(&runtime) as Arc<dyn server::logs::ContainerLogSource>),
+        running_pods: Some(Arc::clone(&runtime) as Arc<dyn server::runningpods::RuntimePods>),
         ..api
     };
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");
@@ -234,6 +236,19 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             reviews,
         ));
         info!(%addr, ?auth, "HTTPS API");
+        if let (crate::config::ServingCert::Bootstrap { dir }, Some(client)) =
+            (&config.server.tls.cert, &client)
+        {
+            let manager = crate::cluster::csr::ServerCertManager::new(
+                client.clone(),
+                config.node_name.clone(),
+                config.node_ips.clone(),
+                dir,
+                tls.certs.clone(),
+                Arc::clone(&tls.provider),
+            );
+            tracker.spawn(manager.run(cancel.clone()));
+        }
         let (api, cancel) = (api.clone(), cancel.clone());
         tracker.spawn(async move {
             if let Err(e) = server::serve_secure(listener, api, tls, auth, cancel).await {
@@ -565,7 +580,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         }
         tracker.spawn(rotator.run(cancel.clone()));
     }
-    let manager = PodManager::new(ctx, expected, cancel.clone()).with_wanted_pods(wanted_tx);
+    let sync_loop = crate::health::SyncLoopMonitor::new(config.sync_frequency);
+    sync_loop.register(&health_checks);
+    let manager = PodManager::new(ctx, expected, cancel.clone())
+        .with_wanted_pods(wanted_tx)
+        .with_sync_loop_monitor(sync_loop);
     tracker.spawn(manager.run(update_rx, poke_rx, eviction_rx));
 
     info!(node = %config.node_name, "bpflet running");

@@ -27,8 +27,19 @@ pub fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
 
 /// Polls `probe` (every 500 ms, for up to [`WAIT`]) until it returns `Ok`, or panics naming
 /// `what` with the last value seen and the agent's log tail.
-pub fn wait_for<T>(node: &Node, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + WAIT;
+pub fn wait_for<T>(node: &Node, what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_for_within(node, what, WAIT, probe)
+}
+
+/// [`wait_for`] for up to `limit` (for what the cluster does on its own schedule, e.g. a
+/// certificate's rotation).
+pub fn wait_for_within<T>(
+    node: &Node,
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
     let mut last = String::new();
     while Instant::now() < deadline {
         match probe() {

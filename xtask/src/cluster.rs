@@ -331,6 +331,9 @@ pub struct Config {
     /// Whether the API server writes an audit log (every request at `Metadata` level, JSON,
     /// to [`Layout::audit_log`]); off by default.
     pub audit: bool,
+    /// kube-controller-manager's `--cluster-signing-duration`: how long the certificates
+    /// it signs for approved CSRs last; `None`: its default (a year).
+    pub signing_duration: Option<Duration>,
 }
 
 impl Config {
@@ -341,6 +344,7 @@ impl Config {
             bin_dir: bin_dir(),
             node_name: default_node_name(),
             audit: false,
+            signing_duration: None,
         }
     }
 }
@@ -822,6 +826,8 @@ pub struct ControlPlane {
     bin_dir: PathBuf,
     /// [`Config::audit`].
     audit: bool,
+    /// [`Config::signing_duration`].
+    signing_duration: Option<Duration>,
     /// In start order; stopped in reverse.
     daemons: Vec<Daemon>,
     _lock: nix::fcntl::Flock<fs::File>,
@@ -907,6 +913,7 @@ impl ControlPlane {
             node_name: config.node_name.clone(),
             bin_dir,
             audit: config.audit,
+            signing_duration: config.signing_duration,
             daemons: vec![],
             _lock: lock,
         };
@@ -1187,6 +1194,9 @@ impl ControlPlane {
             // NotReady/Unknown 50 s after its last heartbeat).
             "--controllers=*,bootstrapsigner,tokencleaner".into(),
         ]);
+        if let Some(d) = self.signing_duration {
+            args.push(format!("--cluster-signing-duration={}s", d.as_secs()));
+        }
         args
     }
 

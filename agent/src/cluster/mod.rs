@@ -10,13 +10,16 @@
 //! - [`node`]: the Node object and its status (pure);
 //! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`);
 //! - [`reviews`]: TokenReview and SubjectAccessReview for the HTTPS API's authentication
-//!   and authorization.
+//!   and authorization;
+//! - [`csr`]: the HTTPS API's serving certificate through a CertificateSigningRequest, and
+//!   its rotation (`serverTLSBootstrap`).
 //!
 //! The API server being away stops nothing: pods keep running, status and the latest events
 //! wait and catch up, the lease resumes.
 //!
 //! [`StatusSink`]: crate::status::manager::StatusSink
 
+pub mod csr;
 pub mod events;
 pub mod heartbeat;
 pub mod node;

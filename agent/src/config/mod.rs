@@ -361,6 +361,12 @@ pub enum ServingCert {
     /// upstream's `--cert-dir`), made self-signed for the node's name and addresses when
     /// missing and reused afterwards.
     SelfSigned { dir: PathBuf },
+    /// `serverTLSBootstrap: true` (cluster mode): requested from the cluster's
+    /// `kubernetes.io/kubelet-serving` signer through a CertificateSigningRequest, kept
+    /// with its key in `kubelet-server-current.pem` in this directory (`<root-dir>/pki`)
+    /// and rotated before it expires (`tlsCertFile` / `tlsPrivateKeyFile` are then unused,
+    /// as upstream's).
+    Bootstrap { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1282,7 +1288,7 @@ impl Typed<'_> {
                 kc.address.as_deref().unwrap_or(defaults::ADDRESS),
             )?,
             port: self.secure_port(kc.port)?,
-            tls: self.tls(kc, &args.root_dir)?,
+            tls: self.tls(kc, &args.root_dir, cluster.is_some())?,
             auth: self.auth(kc, cluster.is_some())?,
             read_only_port: self.port("readOnlyPort", kc.read_only_port.unwrap_or(0))?,
             healthz_port: self.port(
@@ -1414,19 +1420,18 @@ impl Typed<'_> {
             .ok_or_else(|| self.invalid("port", format!("{value} must be between 1 and 65535")))
     }
 
-    fn tls(&self, kc: &KubeletConfiguration, root_dir: &Path) -> Result<TlsConfig, ConfigError> {
-        for (field, on) in [
-            ("serverTLSBootstrap", kc.server_tls_bootstrap),
-            ("rotateCertificates", kc.rotate_certificates),
-        ] {
-            if on == Some(true) {
-                return Err(self.invalid(
-                    field,
-                    "true is not supported: bpflet does not request or rotate certificates \
-                     through CertificateSigningRequests yet; give tlsCertFile and \
-                     tlsPrivateKeyFile, or leave both unset for a self-signed certificate",
-                ));
-            }
+    fn tls(
+        &self,
+        kc: &KubeletConfiguration,
+        root_dir: &Path,
+        cluster: bool,
+    ) -> Result<TlsConfig, ConfigError> {
+        if kc.rotate_certificates == Some(true) {
+            return Err(self.invalid(
+                "rotateCertificates",
+                "true is not supported: bpflet does not rotate its client certificate; \
+                 the kubeconfig's credential is used as given",
+            ));
         }
         let path = |field: &str, value: &Option<String>| {
             value
@@ -1438,6 +1443,19 @@ impl Typed<'_> {
         let cert = path("tlsCertFile", &kc.tls_cert_file)?;
         let key = path("tlsPrivateKeyFile", &kc.tls_private_key_file)?;
         let cert = match (cert, key) {
+            _ if kc.server_tls_bootstrap == Some(true) => {
+                if !cluster {
+                    return Err(self.invalid(
+                        "serverTLSBootstrap",
+                        "true needs a cluster (--kubeconfig): the serving certificate is \
+                         requested from the API server; standalone, give tlsCertFile and \
+                         tlsPrivateKeyFile, or leave both unset for a self-signed certificate",
+                    ));
+                }
+                ServingCert::Bootstrap {
+                    dir: root_dir.join("pki"),
+                }
+            }
             (Some(cert), Some(key)) => ServingCert::Files { cert, key },
             (None, None) => ServingCert::SelfSigned {
                 dir: root_dir.join("pki"),

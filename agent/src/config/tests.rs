@@ -1246,6 +1246,33 @@ fn cluster_mode_defaults_to_upstreams_webhooks() {
     );
 }
 
+/// `serverTLSBootstrap` in cluster mode: the certificate comes through a CSR and is kept
+/// in `<root-dir>/pki`; given files are then unused, as upstream's.
+#[test]
+fn server_tls_bootstrap_in_cluster_mode_requests_the_certificate() {
+    for extra in [
+        &[][..],
+        &[
+            "--tls-cert-file",
+            "/a.crt",
+            "--tls-private-key-file",
+            "/a.key",
+        ],
+    ] {
+        let text = format!("{HEADER}serverTLSBootstrap: true\n");
+        let mut args = vec!["--kubeconfig", "/k", "--root-dir", "/var/lib/bpflet"];
+        args.extend_from_slice(extra);
+        let c = with_config(&text, &args).expect("valid");
+        assert_eq!(
+            c.server.tls.cert,
+            ServingCert::Bootstrap {
+                dir: PathBuf::from("/var/lib/bpflet/pki")
+            },
+            "{extra:?}"
+        );
+    }
+}
+
 #[test]
 fn https_api_flags_override_the_file_and_keep_its_other_auth_settings() {
     let text = format!(
@@ -1327,7 +1354,7 @@ fn https_api_settings_are_validated() {
             "serverTLSBootstrap: true\n",
             &[],
             "serverTLSBootstrap",
-            "CertificateSigningRequests",
+            "needs a cluster (--kubeconfig)",
         ),
         (
             "rotateCertificates: true\n",

@@ -27,6 +27,10 @@ use crate::model::{format_pod, pod_uid};
 use crate::pleg::{PodPoke, Trigger};
 use crate::runtime::ContainerRuntime;
 
+/// How often the manager's loop turns when nothing else wakes it: it then forgets the
+/// workers that have finished (upstream's housekeeping period).
+pub const HOUSEKEEPING_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct PodManager<R> {
     ctx: Arc<PodContext<R>>,
     workers: HashMap<String, WorkerHandle>,
@@ -42,6 +46,8 @@ pub struct PodManager<R> {
     /// The UIDs of the pods the sources want, published once every source reported (the
     /// container GC's "pod gone").
     wanted: Option<watch::Sender<Option<HashSet<String>>>>,
+    /// Stamped at every iteration of [`Self::run`]'s loop (`/healthz/syncloop`).
+    sync_loop: Option<crate::health::SyncLoopMonitor>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -61,6 +67,7 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             expected_sources,
             orphans_checked: false,
             wanted: None,
+            sync_loop: None,
             tracker: TaskTracker::new(),
             cancel,
         }
@@ -86,6 +93,14 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         }
     }
 
+    /// Stamps `monitor` at every iteration of the loop, which turns at least every
+    /// [`HOUSEKEEPING_PERIOD`] (upstream's housekeeping tick) while it is not stuck.
+    #[must_use]
+    pub fn with_sync_loop_monitor(mut self, monitor: crate::health::SyncLoopMonitor) -> Self {
+        self.sync_loop = Some(monitor);
+        self
+    }
+
     /// Runs until `cancel`; then waits for the workers to stop (pods keep running).
     pub async fn run(
         mut self,
@@ -97,9 +112,15 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
             self.cleanup_orphans().await;
             self.publish_wanted();
         }
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(monitor) = &self.sync_loop {
+                monitor.enter();
+            }
             tokio::select! {
                 () = self.cancel.cancelled() => break,
+                _ = housekeeping.tick() => self.reap_finished(),
                 update = updates.recv() => match update {
                     Some(update) => self.apply_update(update).await,
                     None => break,

@@ -11,6 +11,7 @@
 //!   endpoints are local and the message is what an operator needs.
 //! - `GET /healthz/<check>`: one check: `ok` (200), `internal server error: <message>`
 //!   (500), or 404 for an unknown check.
+//! - `GET /runningpods/`: the pods the runtime runs ([`runningpods`]).
 //! - `GET /metrics/probes`: `prober_probe_total` alone. `/stats/summary`,
 //!   `/metrics/resource` and `/metrics/cadvisor` are [`crate::stats::routes`], merged in.
 //!
@@ -53,6 +54,7 @@ use crate::status::manager;
 use crate::status::node::NodeConditions;
 
 pub mod logs;
+pub mod runningpods;
 
 /// What the read-only API serves: read handles on what their owners publish.
 #[derive(Clone, Default)]
@@ -73,6 +75,8 @@ pub struct ApiState {
     pub runtime: Option<Arc<dyn logs::ContainerLogSource>>,
     /// The event stream, for `/timeline/{namespace}/{pod}` (404 without).
     pub timeline: Option<crate::stream::Hub>,
+    /// The runtime, for `/runningpods/` (404 without).
+    pub running_pods: Option<Arc<dyn runningpods::RuntimePods>>,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -161,7 +165,8 @@ pub async fn serve_read_only(
 
 /// Serves the API over HTTPS on `listener` (upstream's port 10250) until `cancel` fires:
 /// the read-only API's routes, each request authenticated and authorized by `auth` before
-/// it is routed.
+/// it is routed. No connection is accepted before `tls` has a certificate (one the cluster
+/// has yet to sign, [`crate::cluster::csr`]).
 pub async fn serve_secure(
     listener: TcpListener,
     state: ApiState,
@@ -169,6 +174,10 @@ pub async fn serve_secure(
     auth: Arc<auth::Auth>,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
+    tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        () = tls.certs.ready() => {}
+    }
     serve_with(
         listener,
         secure_router(state, auth),
@@ -203,6 +212,7 @@ pub async fn serve_healthz(
 /// The read-only API's routes.
 pub fn read_only_router(state: ApiState) -> Router {
     let stats = crate::stats::routes(state.stats.clone());
+    let running_pods = runningpods::routes(state.running_pods.clone());
     Router::new()
         .route("/pods", get(pods))
         .route("/events", get(events))
@@ -219,6 +229,7 @@ pub fn read_only_router(state: ApiState) -> Router {
         .fallback(not_found)
         .with_state(state)
         .merge(stats)
+        .merge(running_pods)
 }
 
 /// `/events`: a `v1.EventList` of the events the agent recorded.

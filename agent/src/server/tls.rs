@@ -1,6 +1,10 @@
-//! TLS for the authenticated API: the serving certificate (given, or self-signed and kept
-//! under `<root-dir>/pki/`), protocol versions and cipher suites from the configuration, and
+//! TLS for the authenticated API: the serving certificate (given, self-signed and kept
+//! under `<root-dir>/pki/`, or issued by the cluster through a CSR, see
+//! [`crate::cluster::csr`]), protocol versions and cipher suites from the configuration, and
 //! client certificates.
+//!
+//! The certificate is presented through [`ServingCerts`], which its owner may replace while
+//! the server runs: new handshakes present the new one, established connections keep theirs.
 //!
 //! Client certificates are handled as Go's `tls.RequestClientCert` does for upstream's
 //! kubelet: the handshake asks for one (naming the client CAs) and checks that the client
@@ -17,7 +21,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use super::auth::User;
@@ -69,6 +74,11 @@ pub enum TlsError {
 pub struct TlsServing {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub client_certs: Option<ClientCerts>,
+    /// The certificate the acceptor presents: set at once for given and self-signed
+    /// certificates, by the CSR manager for a bootstrapped one.
+    pub certs: ServingCerts,
+    /// The crypto provider, which turns a PEM key into a signing key ([`certified_key`]).
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl std::fmt::Debug for TlsServing {
@@ -81,7 +91,8 @@ impl std::fmt::Debug for TlsServing {
 
 impl TlsServing {
     /// Reads (or, for a self-signed certificate, makes once) the certificate and key, and
-    /// the client CA bundle.
+    /// the client CA bundle. For [`ServingCert::Bootstrap`], nothing is presented until
+    /// the CSR manager sets a certificate on [`Self::certs`].
     ///
     /// # Errors
     /// [`TlsError`] naming the file or setting at fault.
@@ -91,16 +102,28 @@ impl TlsServing {
         node_name: &str,
         node_ips: &[IpAddr],
     ) -> Result<Self, TlsError> {
-        let (cert_path, key_path) = match &tls.cert {
-            ServingCert::Files { cert, key } => (cert.clone(), key.clone()),
-            ServingCert::SelfSigned { dir } => ensure_self_signed(dir, node_name, node_ips)?,
-        };
-        let chain = read_certs(&cert_path)?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Pem {
-            path: key_path.clone(),
-            source,
-        })?;
         let provider = Arc::new(provider(tls));
+        let files = match &tls.cert {
+            ServingCert::Files { cert, key } => Some((cert.clone(), key.clone())),
+            ServingCert::SelfSigned { dir } => Some(ensure_self_signed(dir, node_name, node_ips)?),
+            ServingCert::Bootstrap { .. } => None,
+        };
+        let certs = ServingCerts::default();
+        if let Some((cert_path, key_path)) = files {
+            let chain = read_certs(&cert_path)?;
+            let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Pem {
+                path: key_path.clone(),
+                source,
+            })?;
+            let key = CertifiedKey::from_der(chain, key, &provider).map_err(|source| {
+                TlsError::Certificate {
+                    cert: cert_path,
+                    key: key_path,
+                    source,
+                }
+            })?;
+            certs.set(Arc::new(key));
+        }
         let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -117,19 +140,85 @@ impl TlsServing {
             })),
             None => builder.with_no_client_auth(),
         };
-        let config =
-            builder
-                .with_single_cert(chain, key)
-                .map_err(|source| TlsError::Certificate {
-                    cert: cert_path,
-                    key: key_path,
-                    source,
-                })?;
+        let config = builder.with_cert_resolver(Arc::new(certs.clone()));
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             client_certs,
+            certs,
+            provider,
         })
     }
+}
+
+/// The serving certificate the HTTPS API presents now; clones share it. Until one is set,
+/// handshakes fail (and [`crate::server::serve_secure`] does not accept connections).
+#[derive(Clone)]
+pub struct ServingCerts {
+    current: Arc<tokio::sync::watch::Sender<Option<Arc<CertifiedKey>>>>,
+}
+
+impl Default for ServingCerts {
+    fn default() -> Self {
+        Self {
+            current: Arc::new(tokio::sync::watch::Sender::new(None)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServingCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCerts")
+            .field("set", &self.current.borrow().is_some())
+            .finish()
+    }
+}
+
+impl ServingCerts {
+    /// Presents `key` from the next handshake on.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        self.current.send_replace(Some(key));
+    }
+
+    /// The certificate presented now.
+    #[must_use]
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.borrow().clone()
+    }
+
+    /// Returns once a certificate is set.
+    pub async fn ready(&self) {
+        let mut rx = self.current.subscribe();
+        // The sender lives in `self`: the wait cannot end with a closed channel.
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+}
+
+impl ResolvesServerCert for ServingCerts {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+/// A chain and its key, both PEM (one text may hold both, as `kubelet-server-current.pem`
+/// does), as rustls presents them; the key must match the first certificate.
+///
+/// # Errors
+/// Why the PEM or the pair is unusable.
+pub fn certified_key(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable certificate PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the PEM".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("unreadable private key PEM: {e}"))?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("the key does not serve the certificate: {e}"))
 }
 
 /// ring's provider, TLS 1.2 suites limited to `tlsCipherSuites` when set (in its order).
@@ -224,7 +313,10 @@ pub fn ensure_self_signed(
 }
 
 /// Writes `path` whole or not at all (a temporary file renamed over it), mode 0600.
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+///
+/// # Errors
+/// The I/O error of the write or the rename.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");

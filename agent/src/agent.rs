@@ -166,6 +166,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         metrics: Some(metrics.clone()),
         stats: crate::stats::Stats::default(),
         runtime: None,
+        streaming: None,
     };
 
     // The container runtime.
@@ -177,6 +178,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let version = wait_for_runtime(&*runtime, &config.runtime.endpoint, &cancel).await?;
     let api = server::ApiState {
         runtime: Some(Arc::clone(&runtime) as Arc<dyn server::logs::ContainerLogSource>),
+        streaming: Some(Arc::clone(&runtime) as Arc<dyn server::streaming::StreamingRuntime>),
         ..api
     };
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");

@@ -34,25 +34,33 @@ fn kubectl(cp: &ControlPlane, args: &[&str], input: &[u8]) -> Output {
         .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
 }
 
-/// `kubectl <args>` as the cluster admin, left running with its stdout piped.
+/// `kubectl <args>` as the cluster admin, left running with its stdout piped and its
+/// stderr in `<control plane dir>/kubectl-<args[0]>.err`.
 fn kubectl_spawn(cp: &ControlPlane, args: &[&str]) -> Child {
+    let err = cp.layout.work_dir.join(format!("kubectl-{}.err", args[0]));
+    let err = std::fs::File::create(&err)
+        .unwrap_or_else(|e| panic!("create {}: {e}", err.display()));
     cp.kubectl(&cp.layout.admin_kubeconfig)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
 }
 
-/// The first line `child` writes to stdout, within [`WAIT`]; kills it and panics (naming
-/// `what` and the agent's log tail) when none comes.
+/// The first line `child` writes to stdout, within [`WAIT`] (the rest is drained); kills
+/// it and panics (naming `what` and the agent's log tail) when none comes.
 fn first_line(node: &Node, child: &mut Child, what: &str) -> String {
     let out = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut out = BufReader::new(out);
         let mut line = String::new();
-        let _ = tx.send(BufReader::new(out).read_line(&mut line).map(|_| line));
+        let _ = tx.send(out.read_line(&mut line).map(|_| line));
+        // Drained until kubectl exits: a closed pipe would kill it at its next line
+        // (`Handling connection for ...`).
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
     });
     match rx.recv_timeout(WAIT) {
         Ok(Ok(line)) if !line.is_empty() => line,
@@ -93,6 +101,8 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
         .bound()
         .sh("mkdir -p /tmp/www && echo hello from the pod > /tmp/www/index.html \
              && exec httpd -f -p 8080 -h /tmp/www")
+        // Ready once httpd listens, so the forward below does not race its start.
+        .container("    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n")
         .apply(&cp);
     for pod in ["box", "ticker", "echo", "web"] {
         wait_for(&node, &format!("pod {pod} running and ready"), running_and_ready(&cp, pod));
@@ -134,7 +144,12 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
         .expect("script");
     let seen = text(&out.stdout);
     assert!(out.status.success(), "{seen:?} {:?}", text(&out.stderr));
-    assert!(seen.trim().starts_with("/dev/pts/"), "tty said {seen:?}");
+    // The terminal may echo a control character (`^@`) before the answer.
+    let answer = seen.split("/dev/pts/").nth(1).unwrap_or_default();
+    assert!(
+        answer.starts_with(|c: char| c.is_ascii_digit()) && answer.ends_with("\r\n"),
+        "tty said {seen:?}"
+    );
 
     // attach: the running container's output.
     let mut attach = kubectl_spawn(&cp, &["attach", "ticker", "-c", "c"]);
@@ -147,7 +162,9 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
     // Written until the echo arrives: attach's stream may open after the first write.
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let writer = std::thread::spawn(move || {
-        while stop_rx.recv_timeout(Duration::from_millis(200)).is_err() {
+        while let Err(mpsc::RecvTimeoutError::Timeout) =
+            stop_rx.recv_timeout(Duration::from_millis(200))
+        {
             if stdin.write_all(b"ping\n").is_err() {
                 break;
             }
@@ -178,8 +195,16 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
         .expect("send a request");
     let mut answer = String::new();
     conn.read_to_string(&mut answer)
-        .unwrap_or_else(|e| panic!("read the answer: {e}; so far {answer:?}\n{}", agent_log()));
-    assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
+        .unwrap_or_else(|e| {
+            let err = cp.layout.work_dir.join("kubectl-port-forward.err");
+            panic!(
+                "read the answer: {e}; so far {answer:?}\n--- kubectl's stderr ---\n{}\n\
+                 --- agent log ---\n{}",
+                std::fs::read_to_string(err).unwrap_or_default(),
+                agent_log()
+            )
+        });
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
     assert!(answer.ends_with("\r\n\r\nhello from the pod\n"), "{answer:?}");
     stop(forward);
 }

@@ -1,8 +1,8 @@
 //! `kubectl exec`, `attach` and `port-forward` (and the kubelet's `/run`), served on the
 //! authenticated port only, as upstream's kubelet serves them:
 //!
-//! - `GET|POST /exec/{namespace}/{pod}[/{uid}]/{container}?command=..&stdin=1&stdout=1..`
-//! - `GET|POST /attach/{namespace}/{pod}[/{uid}]/{container}?stdin=1&stdout=1..`
+//! - `GET|POST /exec/{namespace}/{pod}[/{uid}]/{container}?command=..&input=1&output=1..`
+//! - `GET|POST /attach/{namespace}/{pod}[/{uid}]/{container}?input=1&output=1..`
 //! - `GET|POST /portForward/{namespace}/{pod}[/{uid}]` (`port=` for websocket clients)
 //! - `POST /run/{namespace}/{pod}[/{uid}]/{container}?cmd=..`: runs `cmd` (split at spaces)
 //!   with CRI `ExecSync` and answers its stdout then stderr; a non-zero exit is a 500.
@@ -15,8 +15,8 @@
 //! either side closes. An upgraded session no longer counts against the listener's
 //! connection limit or age (the HTTP connection has ended; upstream has neither).
 //!
-//! Query flags are true only as `1`, as upstream's (`stdin=1`; the API server sends them
-//! so). Errors: 400 for a query that does not make a session (no `command`, no stream,
+//! The streams are upstream's query flags `input` (stdin), `output` (stdout), `error`
+//! (stderr) and `tty`, true only as `1` (what the API server sends). Errors: 400 for a query that does not make a session (no `command`, no stream,
 //! a bad `port`), 404 for an unknown pod (or one whose uid is not the path's) or
 //! container, 400 for a container that is not running, and for a runtime failure its
 //! message with 404 (gRPC `NotFound`), 429 (`ResourceExhausted`) or 500, as upstream's
@@ -235,7 +235,8 @@ fn flag(pairs: &[(String, String)], name: &str) -> bool {
     pairs.iter().find(|(k, _)| k == name).is_some_and(|(_, v)| v == "1")
 }
 
-/// `stdin`, `stdout`, `stderr`, `tty` (upstream's `remotecommand.NewOptions`): with a TTY
+/// `input` (stdin), `output` (stdout), `error` (stderr) and `tty`, as upstream's
+/// `remotecommand.NewOptions` reads them: with a TTY
 /// stderr is dropped (the terminal carries both); at least one stream is required.
 ///
 /// # Errors
@@ -243,9 +244,9 @@ fn flag(pairs: &[(String, String)], name: &str) -> bool {
 pub fn stream_options(pairs: &[(String, String)]) -> Result<StreamOptions, StreamRequestError> {
     let tty = flag(pairs, "tty");
     let options = StreamOptions {
-        stdin: flag(pairs, "stdin"),
-        stdout: flag(pairs, "stdout"),
-        stderr: flag(pairs, "stderr") && !tty,
+        stdin: flag(pairs, "input"),
+        stdout: flag(pairs, "output"),
+        stderr: flag(pairs, "error") && !tty,
         tty,
     };
     if options.stdin || options.stdout || options.stderr {

@@ -24,7 +24,7 @@ fn pairs(query: &str) -> Vec<(String, String)> {
 #[test]
 fn streams_are_flags_set_by_1_and_a_tty_carries_stderr() {
     assert_eq!(
-        stream_options(&pairs("stdin=1&stdout=1&stderr=1")),
+        stream_options(&pairs("input=1&output=1&error=1")),
         Ok(StreamOptions {
             stdin: true,
             stdout: true,
@@ -33,7 +33,7 @@ fn streams_are_flags_set_by_1_and_a_tty_carries_stderr() {
         })
     );
     assert_eq!(
-        stream_options(&pairs("stdout=1&stderr=1&tty=1")),
+        stream_options(&pairs("output=1&error=1&tty=1")),
         Ok(StreamOptions {
             stdin: false,
             stdout: true,
@@ -41,13 +41,13 @@ fn streams_are_flags_set_by_1_and_a_tty_carries_stderr() {
             tty: true
         })
     );
-    // Upstream reads `1` only.
+    // Upstream reads `1` only, under its own names.
     assert_eq!(
-        stream_options(&pairs("stdout=true&stderr=0")),
+        stream_options(&pairs("output=true&error=0&stdout=1")),
         Err(StreamRequestError::NoStreams)
     );
     assert_eq!(
-        stream_options(&pairs("tty=1&stderr=1")),
+        stream_options(&pairs("tty=1&error=1")),
         Err(StreamRequestError::NoStreams)
     );
     assert_eq!(
@@ -59,10 +59,10 @@ fn streams_are_flags_set_by_1_and_a_tty_carries_stderr() {
 #[test]
 fn exec_needs_a_command_and_keeps_its_words_in_order() {
     let (cmd, streams) =
-        exec_options(&pairs("command=sh&stdout=1&command=-c&command=echo+x")).expect("valid");
+        exec_options(&pairs("command=sh&output=1&command=-c&command=echo+x")).expect("valid");
     assert_eq!(cmd, ["sh", "-c", "echo x"].map(str::to_owned));
     assert!(streams.stdout && !streams.stdin);
-    let err = exec_options(&pairs("stdout=1")).expect_err("no command");
+    let err = exec_options(&pairs("output=1")).expect_err("no command");
     assert_eq!(err, StreamRequestError::NoCommand);
     assert!(err.to_string().contains("\"command\""), "{err}");
     assert_eq!(
@@ -410,7 +410,7 @@ async fn exec_is_proxied_to_the_runtime_url_and_bytes_flow_both_ways_after_101()
         served.addr,
         &upgrade_head(
             "POST",
-            "/exec/default/web/u1/app?command=sh&command=-c&command=echo%20hi&stdin=1&stdout=1",
+            "/exec/default/web/u1/app?command=sh&command=-c&command=echo%20hi&input=1&output=1",
         ),
     )
     .await;
@@ -442,7 +442,7 @@ async fn attach_and_port_forward_are_proxied_too() {
     let served = serve_streaming("/session", None).await;
     let (head, _conn) = request(
         served.addr,
-        &upgrade_head("GET", "/attach/default/web/app?stdout=1&tty=1"),
+        &upgrade_head("GET", "/attach/default/web/app?output=1&tty=1"),
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -467,7 +467,7 @@ async fn a_runtime_answer_other_than_101_is_passed_back() {
     let served = serve_streaming("/expired", None).await;
     let (head, mut conn) = request(
         served.addr,
-        &upgrade_head("POST", "/exec/default/web/app?command=ls&stdout=1"),
+        &upgrade_head("POST", "/exec/default/web/app?command=ls&output=1"),
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
@@ -501,7 +501,7 @@ async fn refusals_name_what_is_wrong_before_the_runtime_is_asked() {
     for (method, uri, status, body) in [
         (
             "POST",
-            "/exec/default/web/app?stdout=1",
+            "/exec/default/web/app?output=1",
             400,
             r#"query parameter "command" is required"#,
         ),
@@ -513,25 +513,25 @@ async fn refusals_name_what_is_wrong_before_the_runtime_is_asked() {
         ),
         (
             "POST",
-            "/exec/default/nope/app?command=ls&stdout=1",
+            "/exec/default/nope/app?command=ls&output=1",
             404,
             r#"pod "default/nope" does not exist"#,
         ),
         (
             "POST",
-            "/exec/default/web/u2/app?command=ls&stdout=1",
+            "/exec/default/web/u2/app?command=ls&output=1",
             404,
             r#"pod "default/web" with uid "u2" does not exist"#,
         ),
         (
             "POST",
-            "/attach/default/web/nope?stdout=1",
+            "/attach/default/web/nope?output=1",
             404,
             r#"container "nope" not found in pod "default/web""#,
         ),
         (
             "POST",
-            "/attach/default/web/u1/done?stdout=1",
+            "/attach/default/web/u1/done?output=1",
             400,
             r#"container "done" in pod "default/web" is not running"#,
         ),
@@ -598,7 +598,7 @@ async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
         });
         let (state, _statuses) = state(&runtime);
         let router = routes().with_state(state);
-        let (got, body) = call(&router, "POST", "/exec/default/web/app?command=ls&stdout=1").await;
+        let (got, body) = call(&router, "POST", "/exec/default/web/app?command=ls&output=1").await;
         assert_eq!(got, status, "{code:?}: {body}");
         assert!(body.ends_with("the runtime says no"), "{body}");
     }
@@ -607,6 +607,6 @@ async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
 #[tokio::test]
 async fn without_a_runtime_the_endpoints_are_not_found() {
     let router = routes().with_state(ApiState::default());
-    let (got, _) = call(&router, "POST", "/exec/default/web/app?command=ls&stdout=1").await;
+    let (got, _) = call(&router, "POST", "/exec/default/web/app?command=ls&output=1").await;
     assert_eq!(got, StatusCode::NOT_FOUND);
 }

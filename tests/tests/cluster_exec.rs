@@ -38,8 +38,8 @@ fn kubectl(cp: &ControlPlane, args: &[&str], input: &[u8]) -> Output {
 /// stderr in `<control plane dir>/kubectl-<args[0]>.err`.
 fn kubectl_spawn(cp: &ControlPlane, args: &[&str]) -> Child {
     let err = cp.layout.work_dir.join(format!("kubectl-{}.err", args[0]));
-    let err = std::fs::File::create(&err)
-        .unwrap_or_else(|e| panic!("create {}: {e}", err.display()));
+    let err =
+        std::fs::File::create(&err).unwrap_or_else(|e| panic!("create {}: {e}", err.display()));
     cp.kubectl(&cp.layout.admin_kubeconfig)
         .args(args)
         .stdin(Stdio::piped())
@@ -99,20 +99,35 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
         .apply(&cp);
     PodYaml::new("web")
         .bound()
-        .sh("mkdir -p /tmp/www && echo hello from the pod > /tmp/www/index.html \
-             && exec httpd -f -p 8080 -h /tmp/www")
+        .sh(
+            "mkdir -p /tmp/www && echo hello from the pod > /tmp/www/index.html \
+             && exec httpd -f -p 8080 -h /tmp/www",
+        )
         // Ready once httpd listens, so the forward below does not race its start.
         .container("    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n")
         .apply(&cp);
     for pod in ["box", "ticker", "echo", "web"] {
-        wait_for(&node, &format!("pod {pod} running and ready"), running_and_ready(&cp, pod));
+        wait_for(
+            &node,
+            &format!("pod {pod} running and ready"),
+            running_and_ready(&cp, pod),
+        );
     }
     let agent_log = || tail(&node.agent_log(), 40);
 
     // exec: stdout and stderr apart, as written, and the command's exit code.
     let out = kubectl(
         &cp,
-        &["exec", "box", "-c", "c", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        &[
+            "exec",
+            "box",
+            "-c",
+            "c",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
         b"",
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -170,7 +185,10 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
             }
         }
     });
-    assert_eq!(first_line(&node, &mut attach, "kubectl attach -i"), "ping\n");
+    assert_eq!(
+        first_line(&node, &mut attach, "kubectl attach -i"),
+        "ping\n"
+    );
     drop(stop_tx);
     writer.join().expect("writer");
     stop(attach);
@@ -194,17 +212,19 @@ fn kubectl_exec_attach_and_port_forward_through_the_api_server() {
     conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
         .expect("send a request");
     let mut answer = String::new();
-    conn.read_to_string(&mut answer)
-        .unwrap_or_else(|e| {
-            let err = cp.layout.work_dir.join("kubectl-port-forward.err");
-            panic!(
-                "read the answer: {e}; so far {answer:?}\n--- kubectl's stderr ---\n{}\n\
+    conn.read_to_string(&mut answer).unwrap_or_else(|e| {
+        let err = cp.layout.work_dir.join("kubectl-port-forward.err");
+        panic!(
+            "read the answer: {e}; so far {answer:?}\n--- kubectl's stderr ---\n{}\n\
                  --- agent log ---\n{}",
-                std::fs::read_to_string(err).unwrap_or_default(),
-                agent_log()
-            )
-        });
+            std::fs::read_to_string(err).unwrap_or_default(),
+            agent_log()
+        )
+    });
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
-    assert!(answer.ends_with("\r\n\r\nhello from the pod\n"), "{answer:?}");
+    assert!(
+        answer.ends_with("\r\n\r\nhello from the pod\n"),
+        "{answer:?}"
+    );
     stop(forward);
 }

@@ -711,9 +711,12 @@ impl ContainerRuntime for CriRuntime {
             stderr: streams.stderr,
         };
         let r = self
-            .call(Method::Exec, self.request_timeout, message, |ch, req| async move {
-                runtime_client(ch).exec(req).await
-            })
+            .call(
+                Method::Exec,
+                self.request_timeout,
+                message,
+                |ch, req| async move { runtime_client(ch).exec(req).await },
+            )
             .await?;
         self.streaming_url(Method::Exec, r.url)
     }
@@ -727,9 +730,12 @@ impl ContainerRuntime for CriRuntime {
             stderr: streams.stderr,
         };
         let r = self
-            .call(Method::Attach, self.request_timeout, message, |ch, req| async move {
-                runtime_client(ch).attach(req).await
-            })
+            .call(
+                Method::Attach,
+                self.request_timeout,
+                message,
+                |ch, req| async move { runtime_client(ch).attach(req).await },
+            )
             .await?;
         self.streaming_url(Method::Attach, r.url)
     }

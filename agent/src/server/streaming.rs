@@ -47,10 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The routes of this module, for the authenticated router only.
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route(
-            "/exec/{namespace}/{pod}/{container}",
-            get(exec).post(exec),
-        )
+        .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
         .route(
             "/exec/{namespace}/{pod}/{uid}/{container}",
             get(exec_uid).post(exec_uid),
@@ -232,7 +229,10 @@ fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, StreamRequestError> {
 
 /// A flag as upstream reads it: the first value is `1`.
 fn flag(pairs: &[(String, String)], name: &str) -> bool {
-    pairs.iter().find(|(k, _)| k == name).is_some_and(|(_, v)| v == "1")
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .is_some_and(|(_, v)| v == "1")
 }
 
 /// `input` (stdin), `output` (stdout), `error` (stderr) and `tty`, as upstream's
@@ -381,7 +381,10 @@ pub fn running_container_id(
 ) -> Result<String, StreamRequestError> {
     let in_spec = pod.spec.as_ref().is_some_and(|s| {
         s.containers.iter().any(|c| c.name == container)
-            || s.init_containers.iter().flatten().any(|c| c.name == container)
+            || s.init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
             || s.ephemeral_containers
                 .iter()
                 .flatten()
@@ -593,7 +596,13 @@ async fn run_uid(
     Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
     uri: Uri,
 ) -> Response {
-    run_in(&state, &pod_ref(namespace, pod, Some(uid)), &container, &uri).await
+    run_in(
+        &state,
+        &pod_ref(namespace, pod, Some(uid)),
+        &container,
+        &uri,
+    )
+    .await
 }
 
 async fn run_in(state: &ApiState, target: &PodRef, container: &str, uri: &Uri) -> Response {
@@ -678,13 +687,12 @@ async fn try_proxy(url: &str, mut req: Request) -> Result<Response, ProxyError> 
         .path_and_query()
         .map_or("/", axum::http::uri::PathAndQuery::as_str);
 
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
-        Err(_) => return Err(ProxyError::ConnectTimeout { addr }),
-    };
+    let stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
+            Err(_) => return Err(ProxyError::ConnectTimeout { addr }),
+        };
     let _ = stream.set_nodelay(true);
     let http = |source| ProxyError::Http {
         addr: addr.clone(),

@@ -489,7 +489,12 @@ async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, String) 
         .await
         .expect("infallible");
     let status = response.status();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -555,7 +560,11 @@ async fn refusals_name_what_is_wrong_before_the_runtime_is_asked() {
         ),
     ] {
         let (got, text) = call(&router, method, uri).await;
-        assert_eq!((got.as_u16(), text.as_str()), (status, body), "{method} {uri}");
+        assert_eq!(
+            (got.as_u16(), text.as_str()),
+            (status, body),
+            "{method} {uri}"
+        );
     }
     assert!(
         runtime.calls.lock().expect("lock").is_empty(),
@@ -589,7 +598,10 @@ async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
 
     for (code, status) in [
         (tonic::Code::NotFound, StatusCode::NOT_FOUND),
-        (tonic::Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
+        (
+            tonic::Code::ResourceExhausted,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
         (tonic::Code::Unknown, StatusCode::INTERNAL_SERVER_ERROR),
     ] {
         let runtime = Arc::new(Recorder {

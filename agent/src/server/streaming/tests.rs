@@ -340,7 +340,7 @@ impl Drop for Served {
     }
 }
 
-fn state(runtime: &Arc<Recorder>) -> (ApiState, crate::status::manager::StatusManager) {
+fn api_state(runtime: &Arc<Recorder>) -> (ApiState, crate::status::manager::StatusManager) {
     let (sink, pods) = crate::status::manager::pod_list();
     let statuses = crate::status::manager::StatusManager::new(vec![sink]);
     statuses.publish("u1", running_pod());
@@ -361,7 +361,7 @@ async fn serve_streaming(path: &str, fail: Option<tonic::Code>) -> Served {
         fail,
         ..Recorder::default()
     });
-    let (state, statuses) = state(&runtime);
+    let (state, statuses) = api_state(&runtime);
     let listener = super::super::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .expect("bind");
@@ -501,7 +501,7 @@ async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, String) 
 #[tokio::test]
 async fn refusals_name_what_is_wrong_before_the_runtime_is_asked() {
     let runtime = Arc::new(Recorder::default());
-    let (state, _statuses) = state(&runtime);
+    let (state, _statuses) = api_state(&runtime);
     let router = routes().with_state(state);
     for (method, uri, status, body) in [
         (
@@ -578,7 +578,7 @@ async fn refusals_name_what_is_wrong_before_the_runtime_is_asked() {
 #[tokio::test]
 async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
     let runtime = Arc::new(Recorder::default());
-    let (state, _statuses) = state(&runtime);
+    let (state, _statuses) = api_state(&runtime);
     let router = routes().with_state(state);
     assert_eq!(
         call(&router, "POST", "/run/default/web/u1/app?cmd=ls%20-l").await,
@@ -608,7 +608,7 @@ async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
             fail: Some(code),
             ..Recorder::default()
         });
-        let (state, _statuses) = state(&runtime);
+        let (state, _statuses) = api_state(&runtime);
         let router = routes().with_state(state);
         let (got, body) = call(&router, "POST", "/exec/default/web/app?command=ls&output=1").await;
         assert_eq!(got, status, "{code:?}: {body}");

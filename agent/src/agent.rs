@@ -170,6 +170,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         runtime: None,
         timeline: None,
         running_pods: None,
+        streaming: None,
     };
 
     // The container runtime.
@@ -182,6 +183,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let api = server::ApiState {
         runtime: Some(Arc::clone(&runtime) as Arc<dyn server::logs::ContainerLogSource>),
         running_pods: Some(Arc::clone(&runtime) as Arc<dyn server::runningpods::RuntimePods>),
+        streaming: Some(Arc::clone(&runtime) as Arc<dyn server::streaming::StreamingRuntime>),
         ..api
     };
     info!(runtime = %format!("{} {}", version.runtime_name, version.runtime_version), endpoint = %config.runtime.endpoint.display(), "container runtime ready");

@@ -763,9 +763,10 @@ pub fn container_config(
         labels: labels::container_labels(pod, container),
         annotations,
         log_path: container_log_path(&container.name, attempt),
-        stdin: false,
-        stdin_once: false,
-        tty: false,
+        // Kept open by the runtime for `kubectl attach -i` / `kubectl run -it`.
+        stdin: container.stdin.unwrap_or(false),
+        stdin_once: container.stdin_once.unwrap_or(false),
+        tty: container.tty.unwrap_or(false),
         linux: Some(api::LinuxContainerConfig {
             resources: Some(api::LinuxContainerResources {
                 cpu_period: to_i64(resources.cpu_period_us),

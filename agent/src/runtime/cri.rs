@@ -29,7 +29,7 @@ use super::{
     CRI_API_VERSION, Container, ContainerMetadata, ContainerRuntime, ContainerState,
     ContainerStatus, ExecOutput, FilesystemUsage, Image, Method, PodSandbox, PodSandboxStatus,
     Result, RuntimeCondition, RuntimeError, RuntimeStatus, SandboxMetadata, SandboxState,
-    Timestamp, VersionInfo, api, timestamp_from_nanos,
+    StreamOptions, Timestamp, VersionInfo, api, timestamp_from_nanos,
 };
 
 /// How long a call may take unless told otherwise: the kubelet's `runtimeRequestTimeout`.
@@ -223,6 +223,15 @@ impl CriRuntime {
             method,
             socket: self.shared.socket.clone(),
             field,
+        }
+    }
+
+    /// The URL of a streaming call's answer; an empty one is malformed.
+    fn streaming_url(&self, method: Method, url: String) -> Result<String> {
+        if url.is_empty() {
+            Err(self.malformed(method, "url"))
+        } else {
+            Ok(url)
         }
     }
 
@@ -685,6 +694,66 @@ impl ContainerRuntime for CriRuntime {
             stderr: r.stderr,
             exit_code: r.exit_code,
         })
+    }
+
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        streams: StreamOptions,
+    ) -> Result<String> {
+        let message = api::ExecRequest {
+            container_id: container_id.to_owned(),
+            cmd: cmd.to_vec(),
+            tty: streams.tty,
+            stdin: streams.stdin,
+            stdout: streams.stdout,
+            stderr: streams.stderr,
+        };
+        let r = self
+            .call(
+                Method::Exec,
+                self.request_timeout,
+                message,
+                |ch, req| async move { runtime_client(ch).exec(req).await },
+            )
+            .await?;
+        self.streaming_url(Method::Exec, r.url)
+    }
+
+    async fn attach(&self, container_id: &str, streams: StreamOptions) -> Result<String> {
+        let message = api::AttachRequest {
+            container_id: container_id.to_owned(),
+            stdin: streams.stdin,
+            tty: streams.tty,
+            stdout: streams.stdout,
+            stderr: streams.stderr,
+        };
+        let r = self
+            .call(
+                Method::Attach,
+                self.request_timeout,
+                message,
+                |ch, req| async move { runtime_client(ch).attach(req).await },
+            )
+            .await?;
+        self.streaming_url(Method::Attach, r.url)
+    }
+
+    async fn port_forward(&self, sandbox_id: &str, ports: &[u16]) -> Result<String> {
+        let message = api::PortForwardRequest {
+            pod_sandbox_id: sandbox_id.to_owned(),
+            port: ports.iter().map(|p| i32::from(*p)).collect(),
+        };
+        let r = self
+            .call(
+                Method::PortForward,
+                self.request_timeout,
+                message,
+                |ch, req| async move { runtime_client(ch).port_forward(req).await },
+            )
+            .await?;
+        self.streaming_url(Method::PortForward, r.url)
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<Image>> {

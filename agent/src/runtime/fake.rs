@@ -25,7 +25,7 @@ use super::{
     CRI_API_VERSION, Container, ContainerMetadata, ContainerRuntime, ContainerState,
     ContainerStatus, ExecOutput, FilesystemUsage, Image, Method, PodSandbox, PodSandboxStatus,
     REASON_COMPLETED, REASON_ERROR, REASON_OOM_KILLED, Result, RuntimeCondition, RuntimeError,
-    RuntimeStatus, SandboxMetadata, SandboxState, Timestamp, VersionInfo, api,
+    RuntimeStatus, SandboxMetadata, SandboxState, StreamOptions, Timestamp, VersionInfo, api,
 };
 
 /// What the fake stands in for in error messages, where a real runtime names its socket.
@@ -442,6 +442,23 @@ impl FakeRuntime {
     }
 }
 
+impl FakeRuntime {
+    /// `NotFound` for an unknown container, `FailedPrecondition` for one not running.
+    fn running_container(&self, method: Method, container_id: &str) -> Result<()> {
+        let mut s = self.lock();
+        let c = s.container_mut(method, container_id)?;
+        if c.state == ContainerState::Running {
+            Ok(())
+        } else {
+            Err(status_error(
+                method,
+                Code::FailedPrecondition,
+                format!("container {container_id} is not running"),
+            ))
+        }
+    }
+}
+
 impl ContainerRuntime for FakeRuntime {
     async fn version(&self) -> Result<VersionInfo> {
         self.enter(Method::Version).await?;
@@ -828,6 +845,38 @@ impl ContainerRuntime for FakeRuntime {
         };
         // Called without the lock, so a handler may use the fake (e.g. to end the container).
         Ok(handler.map_or_else(ExecOutput::default, |h| h(container_id, cmd)))
+    }
+
+    /// `fake://exec/<container id>`, for a running container.
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        _streams: StreamOptions,
+    ) -> Result<String> {
+        const M: Method = Method::Exec;
+        self.enter(M).await?;
+        if cmd.is_empty() {
+            return Err(status_error(M, Code::InvalidArgument, "cmd is empty"));
+        }
+        self.running_container(M, container_id)?;
+        Ok(format!("fake://exec/{container_id}"))
+    }
+
+    /// `fake://attach/<container id>`, for a running container.
+    async fn attach(&self, container_id: &str, _streams: StreamOptions) -> Result<String> {
+        const M: Method = Method::Attach;
+        self.enter(M).await?;
+        self.running_container(M, container_id)?;
+        Ok(format!("fake://attach/{container_id}"))
+    }
+
+    /// `fake://portforward/<sandbox id>`, for a known sandbox.
+    async fn port_forward(&self, sandbox_id: &str, _ports: &[u16]) -> Result<String> {
+        const M: Method = Method::PortForward;
+        self.enter(M).await?;
+        self.lock().sandbox_mut(M, sandbox_id)?;
+        Ok(format!("fake://portforward/{sandbox_id}"))
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<Image>> {

@@ -267,6 +267,16 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
+/// Which of a streaming session's streams the client wants (CRI `Exec` / `Attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// A terminal: stdout and stderr are one stream, and the client may resize it.
+    pub tty: bool,
+}
+
 /// An image the runtime has (CRI `Image`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
@@ -417,6 +427,32 @@ pub trait ContainerRuntime: Send + Sync {
         cmd: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
+
+    /// Prepares a streaming exec of `cmd` in a running container (CRI `Exec`) and returns
+    /// the one-shot URL on the runtime's streaming server that serves it. The session
+    /// itself (SPDY or websocket) is between the client and that URL.
+    fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        streams: StreamOptions,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// Prepares an attach to a running container's main process (CRI `Attach`); returns
+    /// the one-shot URL on the runtime's streaming server.
+    fn attach(
+        &self,
+        container_id: &str,
+        streams: StreamOptions,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// Prepares a port forward into a sandbox's network namespace (CRI `PortForward`);
+    /// returns the one-shot URL on the runtime's streaming server.
+    fn port_forward(
+        &self,
+        sandbox_id: &str,
+        ports: &[u16],
+    ) -> impl Future<Output = Result<String>> + Send;
 
     /// The image if the runtime has it (by name, digest or id); `None` if it has not.
     fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<Image>>> + Send;

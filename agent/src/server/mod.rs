@@ -55,6 +55,7 @@ use crate::status::node::NodeConditions;
 
 pub mod logs;
 pub mod runningpods;
+pub mod streaming;
 
 /// What the read-only API serves: read handles on what their owners publish.
 #[derive(Clone, Default)]
@@ -77,6 +78,9 @@ pub struct ApiState {
     pub timeline: Option<crate::stream::Hub>,
     /// The runtime, for `/runningpods/` (404 without).
     pub running_pods: Option<Arc<dyn runningpods::RuntimePods>>,
+    /// The runtime, for `/exec`, `/attach`, `/portForward`, `/run` (authenticated port
+    /// only; 404 without).
+    pub streaming: Option<Arc<dyn streaming::StreamingRuntime>>,
 }
 
 impl axum::extract::FromRef<ApiState> for HealthState {
@@ -188,10 +192,12 @@ pub async fn serve_secure(
     .await
 }
 
-/// The HTTPS API's routes: the read-only API's behind [`auth::guard`], which also answers
-/// for paths no route serves.
+/// The HTTPS API's routes: the read-only API's and [`streaming`]'s behind [`auth::guard`],
+/// which also answers for paths no route serves.
 pub fn secure_router(state: ApiState, auth: Arc<auth::Auth>) -> Router {
-    read_only_router(state).layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+    read_only_router(state.clone())
+        .merge(streaming::routes().with_state(state))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
 }
 
 /// Serves only `/healthz` on `listener` until `cancel` fires.
@@ -472,7 +478,11 @@ async fn serve_connection<I, S>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_buf_size)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    // With upgrades: `/exec`, `/attach` and `/portForward` switch protocols; the connection
+    // then ends here and its stream lives on in the `streaming` proxy.
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     // `Some`: the connection ended by itself; `None`: it is to be closed below.
     let ended = tokio::select! {

@@ -913,6 +913,17 @@ fn container_metadata_labels_annotations_and_log_path() {
     assert_eq!(image.user_specified_image, "busybox:1.36");
     assert_eq!(config.log_path, "app/3.log");
     assert!(!config.stdin && !config.stdin_once && !config.tty);
+
+    // The spec's stdin, stdinOnce and tty reach the runtime (for `kubectl attach -i`).
+    let interactive = Container {
+        stdin: Some(true),
+        stdin_once: Some(true),
+        tty: Some(true),
+        ..app.clone()
+    };
+    let p = pod_with(vec![interactive.clone()], |_| {});
+    let config = container_config(&p, &interactive, 0, &container_ctx(None)).expect("config");
+    assert!(config.stdin && config.stdin_once && config.tty);
     assert_eq!(config.labels[CONTAINER_NAME_LABEL], "app");
     assert_eq!(
         ContainerIdentity::from_labels(&config.labels),

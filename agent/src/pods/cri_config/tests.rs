@@ -921,9 +921,9 @@ fn container_metadata_labels_annotations_and_log_path() {
         tty: Some(true),
         ..app.clone()
     };
-    let p = pod_with(vec![interactive.clone()], |_| {});
-    let config = container_config(&p, &interactive, 0, &container_ctx(None)).expect("config");
-    assert!(config.stdin && config.stdin_once && config.tty);
+    let p2 = pod_with(vec![interactive.clone()], |_| {});
+    let attached = container_config(&p2, &interactive, 0, &container_ctx(None)).expect("config");
+    assert!(attached.stdin && attached.stdin_once && attached.tty);
     assert_eq!(config.labels[CONTAINER_NAME_LABEL], "app");
     assert_eq!(
         ContainerIdentity::from_labels(&config.labels),

@@ -470,7 +470,8 @@ async fn the_guard_answers_before_routing_with_upstreams_bodies() {
         Some("proxy"),
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "authorized, then routed");
+    // Authorized, then routed: the exec route itself refuses a request without `command`.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "authorized, then routed");
 
     // A certificate from another CA: 401.
     let foreign = PeerIdentity(Some(Err("unknown issuer".to_owned())));

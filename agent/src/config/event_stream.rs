@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use super::file::BpfletConfiguration;
 use super::{ConfigError, Typed, clean_absolute};
-use crate::stream::HubLimits;
 
 /// The default socket, also `bpflet trace --remote`'s.
-pub const DEFAULT_SOCKET: &str = crate::trace::remote::DEFAULT_SOCKET;
+pub const DEFAULT_SOCKET: &str = "/run/bpflet/events.sock";
 
 /// Largest accepted queue, replay and timeline sizes (each event is a few hundred bytes).
 const MAX_EVENTS: i64 = 1 << 20;
@@ -105,5 +104,26 @@ impl Typed<'_> {
                 )?,
             },
         })
+    }
+}
+
+/// Sizes of the stream's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubLimits {
+    /// Per-subscriber queue (events), at least 1.
+    pub queue: usize,
+    /// Replay buffer (events), 0 for none.
+    pub replay: usize,
+    /// Per-pod timeline (entries), at least 1.
+    pub timeline: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            queue: 1024,
+            replay: 4096,
+            timeline: 64,
+        }
     }
 }

@@ -56,6 +56,7 @@ use crate::status::node::NodeConditions;
 pub mod logs;
 pub mod runningpods;
 pub mod streaming;
+pub mod timeline;
 
 /// What the read-only API serves: read handles on what their owners publish.
 #[derive(Clone, Default)]
@@ -227,10 +228,7 @@ pub fn read_only_router(state: ApiState) -> Router {
         .route("/metrics/probes", get(probe_metrics))
         .route("/healthz", get(healthz))
         .route("/healthz/{check}", get(healthz_check))
-        .route(
-            "/timeline/{namespace}/{pod}",
-            get(crate::stream::timeline_route),
-        )
+        .route("/timeline/{namespace}/{pod}", get(timeline::timeline_route))
         .merge(logs::routes())
         .fallback(not_found)
         .with_state(state)

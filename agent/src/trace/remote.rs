@@ -16,7 +16,7 @@ use crate::events::{
 };
 
 /// The agent's default event stream socket (`eventStreamSocket`).
-pub const DEFAULT_SOCKET: &str = "/run/bpflet/events.sock";
+pub use crate::config::event_stream::DEFAULT_SOCKET;
 
 /// Connects to the agent's socket; the error says whether anyone listens there.
 async fn connect(

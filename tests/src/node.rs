@@ -27,7 +27,7 @@ use crate::{bpflet_bin, require_root};
 pub const WAIT: Duration = Duration::from_secs(90);
 
 /// The offline image every test pod runs.
-pub const IMAGE: &str = "bpflet.local/busybox:latest";
+pub const IMAGE: &str = "bpflet.local/busybox:offline";
 
 /// The eviction thresholds of a test node unless its `kubelet_extra` sets its own: upstream's
 /// memory default without its disk ones. The test machines share a disk whose free share

@@ -21,8 +21,10 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-/// The image tests run their containers from.
-pub const BUSYBOX_IMAGE: &str = "bpflet.local/busybox:latest";
+/// The image tests run their containers from. Not `:latest`: a pod that names a `:latest`
+/// image without a pull policy gets `Always` (upstream's default), and this image is in no
+/// registry, so every start would fail to pull it.
+pub const BUSYBOX_IMAGE: &str = "bpflet.local/busybox:offline";
 /// The pod sandbox ("pause") image; containerd's `sandbox_image`.
 pub const PAUSE_IMAGE: &str = "bpflet.local/pause:latest";
 /// Where Debian's busybox-static puts its binary.
@@ -46,7 +48,7 @@ const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// One image in the archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuiltImage {
-    /// Full reference, e.g. `bpflet.local/busybox:latest`.
+    /// Full reference, e.g. `bpflet.local/busybox:offline`.
     pub name: String,
     /// `sha256:<hex>` of the manifest.
     pub manifest_digest: String,

@@ -34,6 +34,20 @@ pub enum Kind {
     EventsLost,
 }
 
+/// The kind as `bpflet.v1.EventKind` (the stream's and `trace --remote`'s wire form).
+impl From<Kind> for bpflet_proto::v1::EventKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Exit => Self::Exit,
+            Kind::OomKill => Self::OomKill,
+            Kind::MemoryPressure => Self::MemoryPressure,
+            Kind::CgroupCreated => Self::CgroupCreated,
+            Kind::CgroupRemoved => Self::CgroupRemoved,
+            Kind::EventsLost => Self::EventsLost,
+        }
+    }
+}
+
 impl Kind {
     pub const ALL: [Kind; 6] = [
         Kind::Exit,

@@ -254,17 +254,6 @@ pub fn to_proto_item(item: &Item, run_id: &str) -> pb::Event {
     }
 }
 
-fn pb_kind(k: Kind) -> pb::EventKind {
-    match k {
-        Kind::Exit => pb::EventKind::Exit,
-        Kind::OomKill => pb::EventKind::OomKill,
-        Kind::MemoryPressure => pb::EventKind::MemoryPressure,
-        Kind::CgroupCreated => pb::EventKind::CgroupCreated,
-        Kind::CgroupRemoved => pb::EventKind::CgroupRemoved,
-        Kind::EventsLost => pb::EventKind::EventsLost,
-    }
-}
-
 fn pb_scope(s: OomScope) -> pb::OomScope {
     match s {
         OomScope::Container => pb::OomScope::Container,
@@ -328,7 +317,7 @@ pub fn to_proto(p: &Published, run_id: &str) -> pb::Event {
     let pod = p.pod.as_ref();
     pb::Event {
         ts: rfc3339(ev.time),
-        kind: pb_kind(ev.kind()).into(),
+        kind: pb::EventKind::from(ev.kind()).into(),
         source: match ev.source {
             Source::Bpf => pb::Source::Bpf,
             Source::Poll => pb::Source::Poll,

@@ -51,17 +51,6 @@ fn kind_of(k: i32) -> Option<Kind> {
     })
 }
 
-fn pb_kind(k: Kind) -> pb::EventKind {
-    match k {
-        Kind::Exit => pb::EventKind::Exit,
-        Kind::OomKill => pb::EventKind::OomKill,
-        Kind::MemoryPressure => pb::EventKind::MemoryPressure,
-        Kind::CgroupCreated => pb::EventKind::CgroupCreated,
-        Kind::CgroupRemoved => pb::EventKind::CgroupRemoved,
-        Kind::EventsLost => pb::EventKind::EventsLost,
-    }
-}
-
 /// A proto event as the tracer's [`Event`]; `None` for a kind this build does not know.
 /// Proto zeroes that mean "unknown" (limit, usage, sizes) become `None` as the tracer
 /// shows them; a stream loss (`not_replayed`) is counted with `userspace`.
@@ -151,7 +140,7 @@ pub fn from_proto(ev: &pb::Event) -> Option<Event> {
 #[must_use]
 pub fn request(args: &TraceArgs) -> pb::WatchRequest {
     pb::WatchRequest {
-        kinds: args.kinds.iter().map(|k| pb_kind(*k).into()).collect(),
+        kinds: args.kinds.iter().map(|k| pb::EventKind::from(*k).into()).collect(),
         cgroup_prefix: match args.cgroups.as_slice() {
             [one] => one.clone(),
             _ => String::new(),

@@ -171,9 +171,12 @@ fn a_pull_that_needs_credentials_fails_without_them_and_works_with_them() {
         waiting(p).0 == "ErrImagePull"
     });
     let (_, message) = waiting(&p);
+    // containerd 1.6 passes on the registry's "401 Unauthorized"; containerd 2 says
+    // "authorization failed: no basic auth credentials".
+    let lower = message.to_lowercase();
     assert!(
         message.starts_with(&format!("Failed to pull image \"{image}\": "))
-            && message.to_lowercase().contains("unauthorized"),
+            && (lower.contains("unauthorized") || lower.contains("authorization failed")),
         "{message}"
     );
     assert!(has_event(

@@ -54,19 +54,19 @@ fn a_crash_loop_leaves_one_dead_container_and_previous_logs_work() {
     );
     let pod = node.wait_pod("crash", "a first restart", |p| restarts(p, "c") >= 1);
     let id = uid(&pod);
-    // Every look until the third attempt has exited: never more than the latest container
-    // and one dead one before it (upstream's maxPerPodContainer 1).
-    node.wait_until("the third attempt to have exited", |node| {
-        let held = node.containers_named(&id, "c").len();
-        assert!(held <= 2, "containerd holds {held} containers of c");
+    // Once the third attempt has exited and the pod is in back-off, the runtime holds only
+    // that latest, dead attempt (upstream's maxPerPodContainer 1): the ones before it are
+    // removed. A new attempt may briefly sit beside two dead ones while the removal runs
+    // (seen on containerd 2), so the bound is waited for, not asserted at every look.
+    node.wait_until("the third attempt in back-off, the only one left", |node| {
         node.pod("crash").is_some_and(|p| {
-            restarts(&p, "c") >= 2 && waiting_reason(&p, "c") == Some("CrashLoopBackOff")
+            restarts(&p, "c") >= 2
+                && waiting_reason(&p, "c") == Some("CrashLoopBackOff")
+                && node.containers_named(&id, "c").len() == 1
         })
     });
     let pod = node.pod("crash").expect("pod");
     let n = restarts(&pod, "c");
-    // In back-off, the latest attempt is dead: it is the only one left.
-    assert_eq!(node.containers_named(&id, "c").len(), 1, "restarts: {n}");
     let (status, body) = container_logs(&node, &pod, "");
     assert_eq!(
         (status, body.as_str()),

@@ -140,7 +140,11 @@ pub fn from_proto(ev: &pb::Event) -> Option<Event> {
 #[must_use]
 pub fn request(args: &TraceArgs) -> pb::WatchRequest {
     pb::WatchRequest {
-        kinds: args.kinds.iter().map(|k| pb::EventKind::from(*k).into()).collect(),
+        kinds: args
+            .kinds
+            .iter()
+            .map(|k| pb::EventKind::from(*k).into())
+            .collect(),
         cgroup_prefix: match args.cgroups.as_slice() {
             [one] => one.clone(),
             _ => String::new(),

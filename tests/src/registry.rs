@@ -201,12 +201,14 @@ auth:
         let dir = certs_d.join(&self.host);
         std::fs::create_dir_all(&dir).expect("hosts dir");
         let mut text = String::new();
-        // The server entry itself carries the CA: containerd falls back to `server` after a
-        // `[host]` that answers "not found", so a CA only on the host entry turns an unknown
-        // image into an x509 error.
+        // The CA on both entries: containerd tries the `[host]` first and falls back to
+        // `server` after a "not found", so a CA only on the host entry turns an unknown image
+        // into an x509 error (containerd 2); a bare `server` entry is not enough for 1.6.
         let _ = writeln!(text, "server = \"https://{}\"", self.host);
         let _ = writeln!(text, "ca = \"{}\"", self.ca.display());
-        let _ = writeln!(text, "capabilities = [\"pull\", \"resolve\"]");
+        let _ = writeln!(text, "\n[host.\"https://{}\"]", self.host);
+        let _ = writeln!(text, "  capabilities = [\"pull\", \"resolve\"]");
+        let _ = writeln!(text, "  ca = \"{}\"", self.ca.display());
         std::fs::write(dir.join("hosts.toml"), text).expect("write hosts.toml");
     }
 

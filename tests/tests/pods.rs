@@ -509,9 +509,10 @@ fn event(reason: &str, kind: &str, message: &str, field_path: &str) -> [String; 
     [reason, kind, message, field_path].map(str::to_owned)
 }
 
-/// What `kubectl describe pod` shows on any node: each container pulled (its image present;
-/// none under `Always`, since bpflet does not pull), created and started, the init
-/// container first; and, when the manifest goes, each running container stopped.
+/// What `kubectl describe pod` shows on any node: each container pulled (its image present:
+/// `b` sets no policy, and the image's tag is not `:latest`, so it defaults to
+/// IfNotPresent), created and started, the init container first; and, when the manifest
+/// goes, each running container stopped.
 #[test]
 fn a_static_pod_s_start_and_removal_are_recorded_as_upstream_does() {
     let node = Node::start("event");
@@ -558,7 +559,7 @@ fn a_static_pod_s_start_and_removal_are_recorded_as_upstream_does() {
             event("Pulled", "Normal", &present, a),
             event("Created", "Normal", "Created container: a", a),
             event("Started", "Normal", "Started container a", a),
-            // `b`'s image is `:latest`: imagePullPolicy defaults to Always.
+            event("Pulled", "Normal", &present, b),
             event("Created", "Normal", "Created container: b", b),
             event("Started", "Normal", "Started container b", b),
         ],

@@ -604,6 +604,28 @@ mod tests {
         .unwrap()
     }
 
+    /// A v1 cgroup tree under `cg_root` with the root, `kubepods`, one BestEffort pod
+    /// (`uid-1`) and its container `abc`, and a sampler over it; returns the pod's cgroup.
+    fn one_pod_node(dir: &Path, cg_root: &Path, proc_root: PathBuf) -> (Sampler, &'static str) {
+        cgroup(cg_root, "", 1_000, 5000);
+        cgroup(cg_root, "/kubepods", 1_000, 4000);
+        let pod_cg = "/kubepods/besteffort/poduid-1";
+        cgroup(cg_root, pod_cg, 1_000, 3000);
+        cgroup(cg_root, &format!("{pod_cg}/abc"), 1_000, 2000);
+        let tree = QosTree::new(crate::cgroups::CgroupDriver::v1(cg_root), "/");
+        let sampler = Sampler::new(
+            "n".into(),
+            tree,
+            SamplerRoots {
+                proc_root,
+                root_dir: dir.to_path_buf(),
+                pods_dir: dir.join("pods"),
+                logs_dir: dir.join("pods"),
+            },
+        );
+        (sampler, pod_cg)
+    }
+
     #[test]
     fn a_pass_maps_pods_to_their_cgroups_and_a_second_gives_rates() {
         let dir = tempfile::tempdir().unwrap();
@@ -616,22 +638,7 @@ mod tests {
         );
         write(&proc_root, "sys/kernel/pid_max", "32768\n");
         write(&proc_root, "loadavg", "0 0 0 1/10 5\n");
-        cgroup(&cg_root, "", 1_000, 5000);
-        cgroup(&cg_root, "/kubepods", 1_000, 4000);
-        let pod_cg = "/kubepods/besteffort/poduid-1";
-        cgroup(&cg_root, pod_cg, 1_000, 3000);
-        cgroup(&cg_root, &format!("{pod_cg}/abc"), 1_000, 2000);
-        let tree = QosTree::new(crate::cgroups::CgroupDriver::v1(&cg_root), "/");
-        let mut sampler = Sampler::new(
-            "n".into(),
-            tree,
-            SamplerRoots {
-                proc_root,
-                root_dir: dir.path().to_path_buf(),
-                pods_dir: dir.path().join("pods"),
-                logs_dir: dir.path().join("pods"),
-            },
-        );
+        let (mut sampler, pod_cg) = one_pod_node(dir.path(), &cg_root, proc_root);
         let pods = vec![Arc::new(running_pod("uid-1", "abc"))];
         let scratch = dir
             .path()
@@ -671,22 +678,7 @@ mod tests {
         let cg_root = dir.path().join("cgroup");
         let proc_root = dir.path().join("proc");
         write(&proc_root, "meminfo", "MemTotal: 1024 kB\n");
-        cgroup(&cg_root, "", 1_000, 5000);
-        cgroup(&cg_root, "/kubepods", 1_000, 4000);
-        let pod_cg = "/kubepods/besteffort/poduid-1";
-        cgroup(&cg_root, pod_cg, 1_000, 3000);
-        cgroup(&cg_root, &format!("{pod_cg}/abc"), 1_000, 2000);
-        let tree = QosTree::new(crate::cgroups::CgroupDriver::v1(&cg_root), "/");
-        let mut sampler = Sampler::new(
-            "n".into(),
-            tree,
-            SamplerRoots {
-                proc_root,
-                root_dir: dir.path().to_path_buf(),
-                pods_dir: dir.path().join("pods"),
-                logs_dir: dir.path().join("pods"),
-            },
-        );
+        let (mut sampler, _) = one_pod_node(dir.path(), &cg_root, proc_root);
         let cache = UsageCache::new();
         sampler.set_usage_cache(cache.clone());
         // Eviction's meter walked the volume a moment ago: the sampler takes that walk, not

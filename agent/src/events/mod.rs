@@ -49,6 +49,21 @@ impl From<Kind> for bpflet_proto::v1::EventKind {
 }
 
 impl Kind {
+    /// The kind a `bpflet.v1.EventKind` names; `None` for `UNSPECIFIED`.
+    #[must_use]
+    pub fn from_proto(k: bpflet_proto::v1::EventKind) -> Option<Self> {
+        use bpflet_proto::v1::EventKind as Pb;
+        Some(match k {
+            Pb::Unspecified => return None,
+            Pb::Exit => Kind::Exit,
+            Pb::OomKill => Kind::OomKill,
+            Pb::MemoryPressure => Kind::MemoryPressure,
+            Pb::CgroupCreated => Kind::CgroupCreated,
+            Pb::CgroupRemoved => Kind::CgroupRemoved,
+            Pb::EventsLost => Kind::EventsLost,
+        })
+    }
+
     pub const ALL: [Kind; 6] = [
         Kind::Exit,
         Kind::OomKill,

@@ -243,19 +243,25 @@ impl Drop for SubscriberGuard {
 }
 
 impl Subscription {
-    /// The next item: the backlog first; then, before each live event, what was dropped
-    /// since the last read. `None` once the hub is gone.
-    pub async fn next(&mut self) -> Option<Item> {
+    /// What is owed before the next queued event: the replay backlog, then the count of
+    /// events dropped since the last read.
+    fn pending(&mut self) -> Option<Item> {
         if let Some(item) = self.backlog.pop_front() {
             return Some(item);
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            return Some(Item::Missed {
-                dropped,
-                not_replayed: 0,
-                run_changed: false,
-            });
+        (dropped > 0).then_some(Item::Missed {
+            dropped,
+            not_replayed: 0,
+            run_changed: false,
+        })
+    }
+
+    /// The next item: the backlog first; then, before each live event, what was dropped
+    /// since the last read. `None` once the hub is gone.
+    pub async fn next(&mut self) -> Option<Item> {
+        if let Some(item) = self.pending() {
+            return Some(item);
         }
         let ev = self.rx.recv().await?;
         // Drops counted while this one waited in the queue happened after it: they are
@@ -265,16 +271,8 @@ impl Subscription {
 
     /// Like [`Self::next`] without waiting: `None` when nothing is queued.
     pub fn try_next(&mut self) -> Option<Item> {
-        if let Some(item) = self.backlog.pop_front() {
+        if let Some(item) = self.pending() {
             return Some(item);
-        }
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            return Some(Item::Missed {
-                dropped,
-                not_replayed: 0,
-                run_changed: false,
-            });
         }
         self.rx.try_recv().ok().map(Item::Event)
     }

@@ -140,25 +140,13 @@ pub struct EventService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
-fn kind_of(k: pb::EventKind) -> Option<Kind> {
-    Some(match k {
-        pb::EventKind::Unspecified => return None,
-        pb::EventKind::Exit => Kind::Exit,
-        pb::EventKind::OomKill => Kind::OomKill,
-        pb::EventKind::MemoryPressure => Kind::MemoryPressure,
-        pb::EventKind::CgroupCreated => Kind::CgroupCreated,
-        pb::EventKind::CgroupRemoved => Kind::CgroupRemoved,
-        pb::EventKind::EventsLost => Kind::EventsLost,
-    })
-}
-
 /// The filter a `WatchRequest` asks for; a bad field is `INVALID_ARGUMENT` naming it.
 pub fn filter_of(req: &pb::WatchRequest) -> Result<WatchFilter, Status> {
     let mut kinds = Vec::new();
     for &k in &req.kinds {
         let kind = pb::EventKind::try_from(k)
             .ok()
-            .and_then(kind_of)
+            .and_then(Kind::from_proto)
             .ok_or_else(|| Status::invalid_argument(format!("kinds: unknown event kind {k}")))?;
         kinds.push(kind);
     }

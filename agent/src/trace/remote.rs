@@ -39,24 +39,12 @@ async fn connect(
     Ok(pb::event_service_client::EventServiceClient::new(channel))
 }
 
-fn kind_of(k: i32) -> Option<Kind> {
-    Some(match pb::EventKind::try_from(k).ok()? {
-        pb::EventKind::Unspecified => return None,
-        pb::EventKind::Exit => Kind::Exit,
-        pb::EventKind::OomKill => Kind::OomKill,
-        pb::EventKind::MemoryPressure => Kind::MemoryPressure,
-        pb::EventKind::CgroupCreated => Kind::CgroupCreated,
-        pb::EventKind::CgroupRemoved => Kind::CgroupRemoved,
-        pb::EventKind::EventsLost => Kind::EventsLost,
-    })
-}
-
 /// A proto event as the tracer's [`Event`]; `None` for a kind this build does not know.
 /// Proto zeroes that mean "unknown" (limit, usage, sizes) become `None` as the tracer
 /// shows them; a stream loss (`not_replayed`) is counted with `userspace`.
 #[must_use]
 pub fn from_proto(ev: &pb::Event) -> Option<Event> {
-    let kind = kind_of(ev.kind)?;
+    let kind = Kind::from_proto(pb::EventKind::try_from(ev.kind).ok()?)?;
     let time = ev
         .ts
         .parse::<jiff::Timestamp>()

@@ -144,3 +144,54 @@ fn prepare_applies_the_plan_on_disk() {
     // A missing log is reported as such (the runtime is asked to reopen it).
     assert!(matches!(prepare("c1", &log, config), Ok(Prepared::Missing)));
 }
+
+/// A container's log path comes from the runtime once: later passes read the size of the
+/// path kept, and a container that stopped running is forgotten (asked again if it returns).
+#[tokio::test]
+async fn the_log_path_is_asked_once_per_running_container() {
+    use crate::pods::observe::tests::{IMAGE, container_config, sandbox_config};
+    use crate::runtime::{FakeRuntime, Method};
+
+    let rt = Arc::new(FakeRuntime::new());
+    rt.add_image(IMAGE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sandbox = sandbox_config("u1");
+    sandbox.log_directory = dir.path().to_string_lossy().into_owned();
+    let sb = rt.run_pod_sandbox(&sandbox, "").await.expect("sandbox");
+    let mut config = container_config("u1");
+    config.log_path = "app/0.log".to_owned();
+    let id = rt
+        .create_container(&sb, &config, &sandbox)
+        .await
+        .expect("create");
+    rt.start_container(&id).await.expect("start");
+    let rotator = LogRotator::new(
+        Arc::clone(&rt),
+        ContainerLogConfig {
+            max_size_bytes: 1024,
+            max_files: 5,
+            max_workers: 1,
+            monitor_interval: std::time::Duration::from_secs(10),
+        },
+    );
+
+    rt.clear_calls();
+    for _ in 0..3 {
+        rotator.rotate_all().await;
+    }
+    assert_eq!(
+        rt.call_count(Method::ContainerStatus),
+        1,
+        "{:?}",
+        rt.calls()
+    );
+
+    rt.stop_container(&id, std::time::Duration::ZERO)
+        .await
+        .expect("stop");
+    rotator.rotate_all().await;
+    assert!(
+        rotator.paths().is_empty(),
+        "a stopped container is forgotten"
+    );
+}

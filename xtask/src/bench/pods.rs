@@ -557,7 +557,7 @@ fn render(
          MiB`, so kubepods is limited to 512 MiB for each, and `evictionHard: \
          memory.available: 100Mi`; `fileCheckFrequency` is 20 s for both (the upstream \
          default; both also watch the directory with inotify). Pods are host-network busybox \
-         `sleep 3600` with requests of 1m CPU and 4Mi memory. Latency: manifests are written \
+         `sleep 3600` with requests of 1m CPU and 2Mi memory. Latency: manifests are written \
          to a staging directory and renamed into the static pod directory, then `/pods` is \
          polled every {} ms; after each run the manifests are removed, and the next run \
          starts once `/pods` no longer lists the pods and containerd has no ready sandbox \
@@ -1629,7 +1629,9 @@ impl Node {
     }
 }
 
-/// A host-network busybox pod sleeping for an hour, with tiny requests.
+/// A host-network busybox pod sleeping for an hour, with tiny requests: 110 of them (2 MiB
+/// each) must fit the node's allocatable memory (the 512 MiB kubepods limit less the 100 MiB
+/// hard eviction threshold), which both agents' admission enforces (`OutOfmemory`).
 fn pod_manifest(name: &str) -> String {
     format!(
         "apiVersion: v1
@@ -1647,7 +1649,7 @@ spec:
     resources:
       requests:
         cpu: 1m
-        memory: 4Mi
+        memory: 2Mi
 "
     )
 }
@@ -1886,6 +1888,7 @@ mod tests {
             "imagePullPolicy: IfNotPresent",
             "command: [sleep, \"3600\"]",
             "cpu: 1m",
+            "memory: 2Mi",
         ] {
             assert!(m.contains(want), "{want:?} missing from\n{m}");
         }

@@ -36,6 +36,15 @@ pub const IMAGE: &str = "bpflet.local/busybox:offline";
 /// disk pressure set their own thresholds.
 pub const DEFAULT_EVICTION_HARD: &str = "evictionHard: {memory.available: 100Mi}\n";
 
+/// The image GC settings of a test node unless its `kubelet_extra` sets `imageGC...`: no
+/// periodic image GC (high threshold 100, no maximum age). The private containerd's images
+/// live on the shared disk, whose usage varies with what else runs, and upstream's 85 %
+/// would have every node remove the images its tests put there. Tests about image GC set
+/// their own thresholds, on an image filesystem of their own
+/// ([`NodeConfig::containerd_root_bytes`]).
+pub const DEFAULT_IMAGE_GC: &str = "imageGCHighThresholdPercent: 100
+";
+
 /// A container command that grows its anonymous memory by ~1 MiB every 50 ms, forever.
 pub const GROW_MEMORY: &str = r#"exec awk "BEGIN { while (1) { s = s sprintf(\"%1048576s\", \"\"); system(\"sleep 0.05\") } }""#;
 
@@ -76,6 +85,9 @@ pub struct NodeConfig {
     pub dir_prefix: &'static str,
     /// Which containerd the node runs (default: [`default_containerd`]).
     pub containerd: Binaries,
+    /// containerd's root (images, snapshots) on a tmpfs of this many bytes, a small image
+    /// filesystem of the test's own (`None`: on the node's directory).
+    pub containerd_root_bytes: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -90,6 +102,7 @@ impl Default for NodeConfig {
             wrapper: None,
             dir_prefix: "bpflet-node-",
             containerd: default_containerd(),
+            containerd_root_bytes: None,
         }
     }
 }
@@ -177,6 +190,7 @@ impl Node {
             .expect("temp dir");
         let options = containerd::Options {
             binaries: config.containerd.clone(),
+            root_tmpfs_bytes: config.containerd_root_bytes,
             ..containerd::Options::default()
         };
         let ctd = PrivateContainerd::start_with(&dir.path().join("ctd"), &options)
@@ -226,6 +240,11 @@ impl Node {
         } else {
             DEFAULT_EVICTION_HARD
         };
+        let image_gc = if c.kubelet_extra.contains("imageGC") {
+            ""
+        } else {
+            DEFAULT_IMAGE_GC
+        };
         let event_socket = if c.bpflet_extra.contains("eventStreamSocket:") {
             String::new()
         } else {
@@ -244,7 +263,7 @@ port: {secure_port}
 address: 127.0.0.1
 healthzBindAddress: 127.0.0.1
 healthzPort: {healthz}
-{eviction}{extra}---
+{eviction}{image_gc}{extra}---
 apiVersion: bpflet.io/v1alpha1
 kind: BpfletConfiguration
 plegMode: {pleg}

@@ -84,6 +84,10 @@ pub struct Options {
     pub cgroup_parent: Option<String>,
     /// Which containerd runs (default: Debian's 1.6).
     pub binaries: Binaries,
+    /// Puts containerd's root (images, snapshots) on a tmpfs of this many bytes, a small
+    /// image filesystem of the caller's own; unmounted, and so emptied, on teardown.
+    /// `None` (default): the root is a directory of the work directory, kept across runs.
+    pub root_tmpfs_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -93,6 +97,7 @@ impl Default for Options {
             subnet: DEFAULT_SUBNET.to_owned(),
             cgroup_parent: None,
             binaries: Binaries::Debian,
+            root_tmpfs_bytes: None,
         }
     }
 }
@@ -241,6 +246,9 @@ impl PrivateContainerd {
         ] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        if let Some(bytes) = options.root_tmpfs_bytes {
+            ctd.mount_root_tmpfs(bytes)?;
+        }
         ctd.write_config(options)?;
         // From here on, drop cleans up whatever got started.
         ctd.start_daemon()?;
@@ -250,6 +258,27 @@ impl PrivateContainerd {
             eprintln!("private containerd: removed {left} pod sandbox(es) left by an earlier run");
         }
         Ok(ctd)
+    }
+
+    /// Mounts a tmpfs of `bytes` on the root directory, unless one is there already (an
+    /// earlier run that never tore down).
+    fn mount_root_tmpfs(&self, bytes: u64) -> Result<()> {
+        if mountinfo()?.iter().any(|m| m.mount_point == self.root_dir) {
+            return Ok(());
+        }
+        nix::mount::mount(
+            Some("tmpfs"),
+            &self.root_dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={bytes},mode=0711").as_str()),
+        )
+        .with_context(|| {
+            format!(
+                "mounting a tmpfs of {bytes} bytes on {}",
+                self.root_dir.display()
+            )
+        })
     }
 
     /// containerd's pid, while it runs.

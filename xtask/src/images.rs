@@ -70,6 +70,50 @@ pub fn build(out_dir: &Path) -> Result<ImageArchive> {
 
 /// Like [`build`], with another static busybox binary.
 pub fn build_from(busybox: &Path, out_dir: &Path) -> Result<ImageArchive> {
+    let layer_blob = busybox_layer(busybox)?;
+    let images = [
+        (BUSYBOX_IMAGE, vec!["sh".to_owned()]),
+        (
+            PAUSE_IMAGE,
+            vec!["sh".to_owned(), "-c".to_owned(), PAUSE_SCRIPT.to_owned()],
+        ),
+    ];
+    let entries: Vec<(&str, Vec<String>, Vec<&Blob>)> = images
+        .iter()
+        .map(|(name, cmd)| (*name, cmd.clone(), vec![&layer_blob]))
+        .collect();
+    write_archive(&out_dir.join(ARCHIVE_NAME), out_dir, &entries)
+}
+
+/// An archive (`<out_dir>/<name with / and : as _>.tar`) of one image `name`: the busybox
+/// layer of [`build`] and a second layer holding `/filler`, `mib` MiB derived from `name`
+/// (so no two such images share it), default command `sh`. For tests that need images of
+/// a known size; deterministic like [`build`].
+pub fn build_filler(out_dir: &Path, name: &str, mib: u32) -> Result<ImageArchive> {
+    let base = busybox_layer(Path::new(BUSYBOX_BINARY))?;
+    let mut filler = Vec::with_capacity(usize::try_from(mib).unwrap_or(0) << 20);
+    let mut counter: u64 = 0;
+    while filler.len() < (usize::try_from(mib).unwrap_or(0) << 20) {
+        let mut h = Sha256::new();
+        h.update(name.as_bytes());
+        h.update(counter.to_le_bytes());
+        filler.extend_from_slice(&h.finalize());
+        counter += 1;
+    }
+    let mut tar = TarWriter::new();
+    tar.file("filler", &filler, 0o644)
+        .context("building the filler layer")?;
+    let filler_blob = Blob::new(MEDIA_LAYER, tar.finish()?);
+    let file = format!("{}.tar", name.replace(['/', ':'], "_"));
+    write_archive(
+        &out_dir.join(file),
+        out_dir,
+        &[(name, vec!["sh".to_owned()], vec![&base, &filler_blob])],
+    )
+}
+
+/// The busybox layer, from the static binary at `busybox`.
+fn busybox_layer(busybox: &Path) -> Result<Blob> {
     let binary = fs::read(busybox).with_context(|| {
         format!(
             "reading {} (install Debian's busybox-static: `cargo xtask setup`)",
@@ -80,26 +124,29 @@ pub fn build_from(busybox: &Path, out_dir: &Path) -> Result<ImageArchive> {
     let applets = applets(busybox)?;
     let layer = layer_tar(&binary, &applets)
         .with_context(|| format!("building the image layer from {}", busybox.display()))?;
-    let layer_blob = Blob::new(MEDIA_LAYER, layer);
+    Ok(Blob::new(MEDIA_LAYER, layer))
+}
 
-    let mut blobs = vec![];
+/// Writes an OCI layout archive at `path` holding `images` (name, command, layers).
+fn write_archive(
+    path: &Path,
+    out_dir: &Path,
+    images: &[(&str, Vec<String>, Vec<&Blob>)],
+) -> Result<ImageArchive> {
+    let mut owned = vec![];
+    let mut layer_blobs: Vec<&Blob> = vec![];
     let mut manifests = vec![];
-    let mut images = vec![];
-    for (name, cmd) in [
-        (BUSYBOX_IMAGE, vec!["sh".to_owned()]),
-        (
-            PAUSE_IMAGE,
-            vec!["sh".to_owned(), "-c".to_owned(), PAUSE_SCRIPT.to_owned()],
-        ),
-    ] {
-        let config = Blob::json(MEDIA_CONFIG, &image_config(&layer_blob.digest, &cmd))?;
+    let mut built = vec![];
+    for (name, cmd, layers) in images {
+        let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+        let config = Blob::json(MEDIA_CONFIG, &image_config(&diff_ids, cmd))?;
         let manifest = Blob::json(
             MEDIA_MANIFEST,
             &json!({
                 "schemaVersion": 2,
                 "mediaType": MEDIA_MANIFEST,
                 "config": config.descriptor(),
-                "layers": [layer_blob.descriptor()],
+                "layers": layers.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
             }),
         )?;
         let mut descriptor = manifest.descriptor();
@@ -110,15 +157,17 @@ pub fn build_from(busybox: &Path, out_dir: &Path) -> Result<ImageArchive> {
             "org.opencontainers.image.ref.name": name,
         });
         manifests.push(descriptor);
-        images.push(BuiltImage {
-            name: name.to_owned(),
+        built.push(BuiltImage {
+            name: (*name).to_owned(),
             manifest_digest: manifest.digest.clone(),
             id: config.digest.clone(),
         });
-        blobs.push(config);
-        blobs.push(manifest);
+        owned.push(config);
+        owned.push(manifest);
+        layer_blobs.extend(layers.iter().copied());
     }
-    blobs.push(layer_blob);
+    let mut blobs: Vec<&Blob> = layer_blobs;
+    blobs.extend(owned.iter());
     blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
     blobs.dedup_by(|a, b| a.digest == b.digest);
 
@@ -139,13 +188,15 @@ pub fn build_from(busybox: &Path, out_dir: &Path) -> Result<ImageArchive> {
     let bytes = archive.finish()?;
 
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let path = out_dir.join(ARCHIVE_NAME);
-    write_if_changed(&path, &bytes)?;
-    Ok(ImageArchive { path, images })
+    write_if_changed(path, &bytes)?;
+    Ok(ImageArchive {
+        path: path.to_owned(),
+        images: built,
+    })
 }
 
 /// The image config: what a container runs when its spec does not say.
-fn image_config(layer_digest: &str, cmd: &[String]) -> Value {
+fn image_config(diff_ids: &[&str], cmd: &[String]) -> Value {
     json!({
         "created": CREATED,
         "architecture": oci_arch(),
@@ -155,7 +206,7 @@ fn image_config(layer_digest: &str, cmd: &[String]) -> Value {
             "Cmd": cmd,
             "WorkingDir": "/",
         },
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "history": [{ "created": CREATED, "created_by": "cargo xtask: busybox-static layer" }],
     })
 }
@@ -438,6 +489,37 @@ mod tests {
             assert_eq!(header.mtime().unwrap(), EPOCH);
             assert_eq!((header.uid().unwrap(), header.gid().unwrap()), (0, 0));
         }
+    }
+
+    #[test]
+    fn filler_images_have_the_busybox_layer_and_a_filler_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = build_filler(dir.path(), "bpflet.local/filler-a:v1", 2).unwrap();
+        let b = build_filler(dir.path(), "bpflet.local/filler-b:v1", 2).unwrap();
+        assert_eq!(a.path, dir.path().join("bpflet.local_filler-a_v1.tar"));
+        assert_ne!(a.images[0].id, b.images[0].id);
+        let base = build(&dir.path().join("base")).unwrap();
+        let files = entries(&fs::read(&a.path).unwrap());
+        let manifest: Value =
+            serde_json::from_slice(blob(&files, &a.images[0].manifest_digest)).unwrap();
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        let base_files = entries(&fs::read(&base.path).unwrap());
+        let base_manifest: Value =
+            serde_json::from_slice(blob(&base_files, &base.images[0].manifest_digest)).unwrap();
+        assert_eq!(
+            layers[0], base_manifest["layers"][0],
+            "the busybox layer is shared"
+        );
+        let filler = entries(blob(&files, layers[1]["digest"].as_str().unwrap()));
+        assert_eq!(filler.len(), 1);
+        assert_eq!(filler[0].0, "filler");
+        assert_eq!(filler[0].2.len(), 2 << 20);
+        let config: Value = serde_json::from_slice(blob(&files, &a.images[0].id)).unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+        // Deterministic.
+        let again = build_filler(&dir.path().join("again"), "bpflet.local/filler-a:v1", 2).unwrap();
+        assert_eq!(fs::read(&a.path).unwrap(), fs::read(&again.path).unwrap());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The library half of xtask: what both `cargo xtask` (the binary in `main.rs`) and the
 //! root integration tests in `tests/` use. Import it as `xtask::agent`, `xtask::containerd`,
-//! `xtask::images`; do not `mod` these files again from `main.rs`.
+//! `xtask::images`, `xtask::registry`; do not `mod` these files again from `main.rs`.
 //!
 //! Nothing here may need `protoc` or the agent crate: `cargo xtask setup` builds this on
 //! a fresh machine before anything is installed.
@@ -17,6 +17,7 @@ pub mod lock;
 #[path = "../../agent/src/mountinfo.rs"]
 pub mod mountinfo;
 pub mod peer;
+pub mod registry;
 
 /// A command as a shell-like line, with the environment variables it sets, for messages.
 pub fn describe(cmd: &std::process::Command) -> String {

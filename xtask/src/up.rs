@@ -1,7 +1,10 @@
 //! `cargo xtask up`: bpflet on this machine, running the demo static pods in `examples/`.
 //!
 //! 1. setup, the BPF object, `cargo build -p bpflet`;
-//! 2. a private containerd under `<work>/containerd` (offline busybox and pause images);
+//! 2. a private containerd under `<work>/containerd` (offline busybox and pause images) and
+//!    an image registry on 127.0.0.1:15000 (`xtask::registry`, files in `<work>/registry`)
+//!    holding the same images, trusted by that containerd, its credentials in the agent's
+//!    `<root>/config.json`: `examples/pulled.yaml` pulls from it;
 //! 3. `<work>/bpflet.yaml`: a KubeletConfiguration (static pods from `examples/`, a cgroup
 //!    root of our own, `kubepods` limited to 512 MiB, the read-only API on 127.0.0.1:10255)
 //!    and a BpfletConfiguration (`--pleg-mode`);
@@ -12,7 +15,7 @@
 //!
 //! Ctrl-C, SIGTERM or SIGHUP (or the end of `--duration` / `--check`) tears everything down,
 //! in order: SIGTERM to bpflet (which leaves pods running by design) and to the trace,
-//! then the private containerd's teardown (every sandbox removed through the CRI, containerd
+//! the registry, then the private containerd's teardown (every sandbox removed through the CRI, containerd
 //! stopped, its cgroup tree and mounts removed), then whatever is left of our cgroup root in
 //! every hierarchy and of the mounts under the work directory. Finally it verifies that no
 //! process, mount, cgroup or bridge of this run remains, and fails naming any that does.
@@ -45,6 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use xtask::containerd::{self, PrivateContainerd};
 use xtask::mountinfo::MountEntry;
+use xtask::registry::{PASSWORD, Registry, USER};
 
 use crate::{cargo, ebpf, is_root, run as run_cmd, setup, target_dir, workspace_root};
 
@@ -65,6 +69,11 @@ const WEB_MARKER: &str = "hello from bpflet";
 /// The example pod whose container is OOM-killed, and the example that serves HTTP.
 const OOM_POD: &str = "oom";
 const WEB_POD: &str = "web";
+/// The image registry `up` runs (`xtask::registry`), with the offline images pushed as
+/// `<REGISTRY_HOST>/busybox:offline` and `<REGISTRY_HOST>/pause:latest`: a fixed port, so
+/// manifests can name it, below the ephemeral range the root tests' registries use.
+const REGISTRY_PORT: u16 = 15000;
+const REGISTRY_HOST: &str = "127.0.0.1:15000";
 /// What the pods together may use: `systemReserved` is the rest of `MemTotal`.
 pub(crate) const KUBEPODS_MEMORY: u64 = 512 << 20;
 
@@ -236,17 +245,26 @@ pub(crate) fn run_node(opts: &Options, agent_args: Vec<String>) -> Result<()> {
     ));
 
     let mut procs = Procs::default();
+    let mut registry = None;
     let stop = rt.block_on(async {
-        let stop = match prepare(&ctx, &config) {
-            Ok(()) => supervise(&ctx, &ctd, &mut signals, &mut procs)
-                .await
-                .unwrap_or_else(Stop::Failed),
+        let ready = prepare(&ctx, &config).and_then(|()| start_registry(&ctx, &ctd));
+        let stop = match ready {
+            Ok(r) => {
+                registry = Some(r);
+                supervise(&ctx, &ctd, &mut signals, &mut procs)
+                    .await
+                    .unwrap_or_else(Stop::Failed)
+            }
             Err(e) => Stop::Failed(e),
         };
         say(&format!("{stop}: tearing down"));
         procs.stop().await;
         stop
     });
+    if let Some(registry) = registry {
+        say("stopping the image registry");
+        registry.stop();
+    }
     let agent_tail = log_tail(&ctx.work_dir.join("agent.log"), 5);
     let outcome = match stop {
         Stop::Signal(_) | Stop::Duration => Ok(()),
@@ -463,6 +481,43 @@ fn prepare(ctx: &Ctx, config: &str) -> Result<()> {
         let _ = fs::remove_file(ctx.work_dir.join(log));
     }
     Ok(())
+}
+
+/// The image registry on [`REGISTRY_HOST`] (files in `<work>/registry`, images kept across
+/// runs): the offline images pushed to it, the private containerd trusting its CA, its
+/// credentials in the agent's `<root>/config.json` (where upstream's kubelet looks for
+/// them), so a pod can name `127.0.0.1:15000/busybox:offline` and have it really pulled.
+fn start_registry(ctx: &Ctx, ctd: &PrivateContainerd) -> Result<Registry> {
+    let registry = Registry::start(&ctx.work_dir.join("registry"), REGISTRY_PORT)
+        .with_context(|| format!("starting the image registry on {REGISTRY_HOST}"))?;
+    registry.trust(&ctd.registry_config_dir)?;
+    for image in &ctd.images.images {
+        let repo_tag = image
+            .name
+            .strip_prefix("bpflet.local/")
+            .unwrap_or(&image.name);
+        registry.push(&ctd.images.path, &image.name, repo_tag)?;
+    }
+    fs::create_dir_all(&ctx.agent_root)
+        .with_context(|| format!("creating {}", ctx.agent_root.display()))?;
+    let credentials = ctx.agent_root.join("config.json");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&credentials)
+            .with_context(|| format!("creating {}", credentials.display()))?;
+        file.write_all(registry.docker_config(PASSWORD).as_bytes())
+            .with_context(|| format!("writing {}", credentials.display()))?;
+    }
+    say(&format!(
+        "image registry on {REGISTRY_HOST} (user {USER}, credentials in {}): {REGISTRY_HOST}/busybox:offline, {REGISTRY_HOST}/pause:latest",
+        credentials.display()
+    ));
+    Ok(registry)
 }
 
 /// Why the run ended.
@@ -1505,14 +1560,22 @@ mod tests {
     }
 
     #[test]
-    fn examples_are_found_and_never_pulled() {
+    fn examples_are_found_and_only_pulled_yaml_pulls_from_ups_registry() {
         let dir = workspace_root().join("examples");
         let names = example_pods(&dir).unwrap();
-        assert_eq!(names, ["besteffort", "guaranteed", "oom", "web"]);
+        assert_eq!(names, ["besteffort", "guaranteed", "oom", "pulled", "web"]);
         for entry in fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml") {
                 let text = fs::read_to_string(&path).unwrap();
+                if path.file_name().is_some_and(|n| n == "pulled.yaml") {
+                    assert!(
+                        text.contains(&format!("image: {REGISTRY_HOST}/busybox:offline"))
+                            && text.contains("imagePullPolicy: Always"),
+                        "pulled.yaml pulls from up's registry at every start"
+                    );
+                    continue;
+                }
                 assert!(
                     text.contains("imagePullPolicy: IfNotPresent"),
                     "{}: the image exists only locally and must never be pulled",

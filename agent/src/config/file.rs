@@ -105,6 +105,25 @@ pub struct KubeletConfiguration {
     pub serialize_image_pulls: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_parallel_image_pulls: Option<i32>,
+    /// Image GC: at or above this image filesystem usage (percent), unused images are
+    /// removed (default 85; 100 with no `imageMaximumGCAge`: no periodic image GC).
+    #[serde(
+        rename = "imageGCHighThresholdPercent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_gc_high_threshold_percent: Option<i32>,
+    /// Image GC frees down to this usage (percent, default 80, below the high threshold).
+    #[serde(
+        rename = "imageGCLowThresholdPercent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_gc_low_threshold_percent: Option<i32>,
+    /// An image first seen more recently is never removed (default 2m).
+    #[serde(rename = "imageMinimumGCAge", skip_serializing_if = "Option::is_none")]
+    pub image_minimum_gc_age: Option<String>,
+    /// An image unused for longer is removed whatever the usage (default 0s: off).
+    #[serde(rename = "imageMaximumGCAge", skip_serializing_if = "Option::is_none")]
+    pub image_maximum_gc_age: Option<String>,
     /// Enforce `emptyDir` `sizeLimit` and `ephemeral-storage` limits (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_storage_capacity_isolation: Option<bool>,

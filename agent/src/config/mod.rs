@@ -162,6 +162,9 @@ pub struct Config {
     pub pod_pids_limit: Option<u64>,
     /// `serializeImagePulls` (true) and `maxParallelImagePulls`.
     pub image_pulls: crate::images::PullSettings,
+    /// `imageGCHighThresholdPercent` (85), `imageGCLowThresholdPercent` (80),
+    /// `imageMinimumGCAge` (2m), `imageMaximumGCAge` (0s: off).
+    pub image_gc: crate::images::gc::GcPolicy,
     pub pleg: PlegConfig,
     /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls`.
     pub sysctls: SysctlPolicy,
@@ -541,6 +544,10 @@ mod defaults {
     pub const CONTAINER_LOG_MAX_FILES: i32 = 5;
     pub const CONTAINER_LOG_MAX_WORKERS: i32 = 1;
     pub const CONTAINER_LOG_MONITOR_INTERVAL: &str = "10s";
+    pub const IMAGE_GC_HIGH_THRESHOLD_PERCENT: i32 = 85;
+    pub const IMAGE_GC_LOW_THRESHOLD_PERCENT: i32 = 80;
+    pub const IMAGE_MINIMUM_GC_AGE: &str = "2m";
+    pub const IMAGE_MAXIMUM_GC_AGE: &str = "0s";
 }
 
 /// Lower bounds of the periods that drive loops: below these an agent spins for nothing
@@ -1322,6 +1329,23 @@ impl Typed<'_> {
             kc.max_parallel_image_pulls,
         )
         .map_err(|(field, reason)| self.invalid(&field, reason))?;
+        let image_gc = crate::images::gc::GcPolicy::new(
+            kc.image_gc_high_threshold_percent
+                .unwrap_or(defaults::IMAGE_GC_HIGH_THRESHOLD_PERCENT),
+            kc.image_gc_low_threshold_percent
+                .unwrap_or(defaults::IMAGE_GC_LOW_THRESHOLD_PERCENT),
+            self.duration(
+                "imageMinimumGCAge",
+                kc.image_minimum_gc_age.as_deref(),
+                defaults::IMAGE_MINIMUM_GC_AGE,
+            )?,
+            self.duration(
+                "imageMaximumGCAge",
+                kc.image_maximum_gc_age.as_deref(),
+                defaults::IMAGE_MAXIMUM_GC_AGE,
+            )?,
+        )
+        .map_err(|(field, reason)| self.invalid(&field, reason))?;
 
         let container_logs = self.container_logs(kc)?;
         let pleg = self.pleg(bc)?;
@@ -1350,6 +1374,7 @@ impl Typed<'_> {
             max_pods,
             pod_pids_limit,
             image_pulls,
+            image_gc,
             pleg,
             sysctls,
             container_logs,

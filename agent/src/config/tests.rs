@@ -127,6 +127,11 @@ fn defaults() {
         "serialized by default"
     );
     assert_eq!(
+        c.image_gc,
+        crate::images::gc::GcPolicy::default(),
+        "upstream's image GC defaults: 85 %, 80 %, 2m, no maximum age"
+    );
+    assert_eq!(
         c.pleg,
         PlegConfig {
             mode: PlegMode::Event,
@@ -176,6 +181,10 @@ maxPods: 20
 podPidsLimit: 512
 serializeImagePulls: false
 maxParallelImagePulls: 4
+imageGCHighThresholdPercent: 90
+imageGCLowThresholdPercent: 50
+imageMinimumGCAge: 30s
+imageMaximumGCAge: 1h
 localStorageCapacityIsolation: false
 ---
 apiVersion: bpflet.io/v1alpha1
@@ -256,6 +265,15 @@ evictionRanking: upstream
     assert_eq!(c.max_pods, 20);
     assert_eq!(c.pod_pids_limit, Some(512));
     assert_eq!(c.image_pulls.max_parallel, Some(4));
+    assert_eq!(
+        c.image_gc,
+        crate::images::gc::GcPolicy {
+            high_threshold_percent: 90,
+            low_threshold_percent: 50,
+            min_age: Duration::from_secs(30),
+            max_age: Some(Duration::from_secs(3600)),
+        }
+    );
     assert_eq!(c.pleg.mode, PlegMode::Generic);
     assert_eq!(c.pleg.safety_relist_period, Duration::from_secs(30));
     assert_eq!(c.pleg.unhealthy_threshold, Duration::from_secs(60));
@@ -579,6 +597,31 @@ fn bad_input_names_the_culprit() {
             "serializeImagePulls: false\nmaxParallelImagePulls: 0",
             &[],
             &["maxParallelImagePulls: 0 must be a positive number"],
+        ),
+        (
+            "imageGCHighThresholdPercent: 101",
+            &[],
+            &["imageGCHighThresholdPercent: 101 must be between 0 and 100, inclusive"],
+        ),
+        (
+            "imageGCLowThresholdPercent: 90",
+            &[],
+            &["imageGCLowThresholdPercent: 90 must be less than imageGCHighThresholdPercent 85"],
+        ),
+        (
+            "imageMaximumGCAge: 1m",
+            &[],
+            &["imageMaximumGCAge: 60s must be greater than imageMinimumGCAge 120s"],
+        ),
+        (
+            "imageMinimumGCAge: -1s",
+            &[],
+            &["imageMinimumGCAge", "negative"],
+        ),
+        (
+            "imageGcHighThresholdPercent: 90",
+            &[],
+            &["imageGcHighThresholdPercent"],
         ),
         (
             "staticPodPath: manifests",

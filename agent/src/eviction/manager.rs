@@ -232,6 +232,8 @@ pub struct EvictionIo<R, P> {
     pub observer: Observer,
     /// For the image filesystem and disk reclaim.
     pub runtime: Arc<R>,
+    /// Disk reclaim deletes unused images through it (upstream's `DeleteUnusedImages`).
+    pub image_gc: Arc<crate::images::gc::ImageGc<R>>,
     pub pods: P,
     /// Evictions to carry out. Bounded: the manager waits for room (one eviction per
     /// evaluation, so a capacity of a few is plenty).
@@ -523,7 +525,7 @@ impl EvictionManager {
             storage_reported: Vec::new(),
             truncated_reported: BTreeSet::new(),
             observer: Arc::new(io.observer),
-            reclaimer: DiskReclaimer::new(Arc::clone(&io.runtime)),
+            reclaimer: DiskReclaimer::new(Arc::clone(&io.runtime), io.image_gc),
             runtime: io.runtime,
             pods: io.pods,
             evictions: io.evictions,
@@ -770,7 +772,7 @@ impl EvictionManager {
     }
 
     /// Node-level disk reclaim, then the eviction if still needed.
-    async fn reclaim_disk<R: ContainerRuntime, P: PodProvider>(
+    async fn reclaim_disk<R: ContainerRuntime + 'static, P: PodProvider>(
         &mut self,
         eviction: Eviction,
         shell: &Shell<R, P>,

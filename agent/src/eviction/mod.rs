@@ -9,8 +9,8 @@
 //!   pressure transition period and the node conditions.
 //! - [`rank`]: pure: the order in which pods are evicted for each starved resource.
 //! - [`message`]: pure: upstream's eviction message and quantity formatting.
-//! - [`reclaim`]: node-level disk reclaim (dead containers, unused images) before any pod
-//!   is evicted for disk pressure.
+//! - [`reclaim`]: node-level disk reclaim (dead containers, then unused images through the
+//!   image garbage collector) before any pod is evicted for disk pressure.
 //! - [`local_storage`]: local storage limits (`emptyDir` `sizeLimit`, container and pod
 //!   `ephemeral-storage` limits), measured on the file system, and [`local_storage::check`]
 //!   (pure: which limit a pod exceeds, upstream's message).
@@ -26,7 +26,7 @@
 //! let (trigger_tx, trigger_rx) = mpsc::channel(1);   // kernel pressure: trigger_tx.try_send(Trigger::now())
 //! let (eviction_tx, eviction_rx) = mpsc::channel(8); // kill with e.grace_period, then status::mark_evicted
 //! let (conditions_tx, conditions_rx) = watch::channel(Vec::new());
-//! tracker.spawn(manager.run(EvictionIo { observer, runtime, pods: StorePods { .. },
+//! tracker.spawn(manager.run(EvictionIo { observer, runtime, image_gc, pods: StorePods { .. },
 //!     evictions: eviction_tx, conditions: conditions_tx }, trigger_rx, cancel.clone()));
 //! ```
 //!
@@ -101,4 +101,6 @@ pub enum EvictionError {
         #[source]
         source: RuntimeError,
     },
+    #[error("deleting unused images for disk reclaim")]
+    Images(#[source] crate::images::gc::ImageGcError),
 }

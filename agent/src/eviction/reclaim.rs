@@ -4,18 +4,17 @@
 //! - Dead containers: per pod and container name, the newest exited instance is kept (its
 //!   exit code is the container's `lastState`, as upstream's `MaxPerPodContainer: 1`), older
 //!   exited instances are removed. Running and created containers are never touched.
-//! - Images: an image no remaining container uses (by id, tag or digest), that is not
-//!   pinned and that no pod still wants (`protected`, the images of the pods' specs: an
-//!   offline node cannot pull them back) is removed.
-//!
-//! Image references are compared in their normalized form (`busybox` is
-//! `docker.io/library/busybox:latest`).
+//! - Images: through the image garbage collector's [`ImageGc::delete_unused`], after the
+//!   containers (so images only they used are free): every image no remaining container
+//!   uses, not pinned, that no pod still names (`protected`: an offline node cannot pull
+//!   them back) and that the collector first saw at least `imageMinimumGCAge` ago.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::images::gc::ImageGc;
 use crate::pods::labels::{container_name_from_labels, pod_uid_from_labels};
-use crate::runtime::{Container, ContainerRuntime, ContainerState, Image, Method};
+use crate::runtime::{Container, ContainerRuntime, ContainerState, Method};
 
 use super::EvictionError;
 
@@ -30,23 +29,25 @@ pub struct ReclaimReport {
     pub errors: Vec<EvictionError>,
 }
 
-/// Removes dead containers and unused images through the runtime.
+/// Removes dead containers, then unused images through the image garbage collector.
 #[derive(Debug)]
 pub struct DiskReclaimer<R> {
     runtime: Arc<R>,
+    images: Arc<ImageGc<R>>,
 }
 
 impl<R> Clone for DiskReclaimer<R> {
     fn clone(&self) -> Self {
         Self {
             runtime: Arc::clone(&self.runtime),
+            images: Arc::clone(&self.images),
         }
     }
 }
 
-impl<R: ContainerRuntime> DiskReclaimer<R> {
-    pub fn new(runtime: Arc<R>) -> Self {
-        Self { runtime }
+impl<R: ContainerRuntime + 'static> DiskReclaimer<R> {
+    pub fn new(runtime: Arc<R>, images: Arc<ImageGc<R>>) -> Self {
+        Self { runtime, images }
     }
 
     /// Removes dead containers, then unused images other than `protected` (image
@@ -63,8 +64,7 @@ impl<R: ContainerRuntime> DiskReclaimer<R> {
                 return report;
             }
         };
-        let dead = dead_containers(&containers);
-        for id in &dead {
+        for id in &dead_containers(&containers) {
             match self.runtime.remove_container(id).await {
                 Ok(()) => report.containers_removed.push(id.clone()),
                 Err(source) => report.errors.push(EvictionError::Runtime {
@@ -73,39 +73,12 @@ impl<R: ContainerRuntime> DiskReclaimer<R> {
                 }),
             }
         }
-        let removed: BTreeSet<&str> = report
-            .containers_removed
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let remaining: Vec<&Container> = containers
-            .iter()
-            .filter(|c| !removed.contains(c.id.as_str()))
-            .collect();
-
-        let images = match self.runtime.list_images().await {
-            Ok(i) => i,
-            Err(source) => {
-                report.errors.push(EvictionError::Runtime {
-                    method: Method::ListImages,
-                    source,
-                });
-                return report;
-            }
-        };
-        for image in unused_images(&images, &remaining, protected) {
-            match self.runtime.remove_image(&image.id).await {
-                Ok(()) => {
-                    report.images_removed.push(image.id.clone());
-                    report.image_bytes_freed =
-                        report.image_bytes_freed.saturating_add(image.size_bytes);
-                }
-                Err(source) => report.errors.push(EvictionError::Runtime {
-                    method: Method::RemoveImage,
-                    source,
-                }),
-            }
-        }
+        let (freed, errors) = self.images.delete_unused(protected).await;
+        report.images_removed = freed.images;
+        report.image_bytes_freed = freed.bytes;
+        report
+            .errors
+            .extend(errors.into_iter().map(EvictionError::Images));
         report
     }
 }
@@ -132,93 +105,24 @@ fn dead_containers(containers: &[Container]) -> Vec<String> {
     dead
 }
 
-/// Images that no container uses, not pinned, and not protected.
-fn unused_images<'a>(
-    images: &'a [Image],
-    containers: &[&Container],
-    protected: &[String],
-) -> Vec<&'a Image> {
-    let mut wanted: BTreeSet<String> = protected.iter().map(|r| normalize_reference(r)).collect();
-    let mut used_ids = BTreeSet::new();
-    for c in containers {
-        wanted.insert(normalize_reference(&c.image));
-        used_ids.insert(c.image_ref.as_str());
-        used_ids.insert(c.image.as_str());
-    }
-    images
-        .iter()
-        .filter(|image| {
-            let in_use = used_ids.contains(image.id.as_str())
-                || image.repo_tags.iter().chain(&image.repo_digests).any(|r| {
-                    used_ids.contains(r.as_str()) || wanted.contains(&normalize_reference(r))
-                });
-            !image.pinned && !in_use
-        })
-        .collect()
-}
-
-/// The normalized form of an image reference: a registry (`docker.io` by default, with
-/// `library/` for official images) and a tag (`latest` by default) unless it has a digest.
-/// Image ids (`sha256:...`) are left alone.
-#[must_use]
-pub fn normalize_reference(reference: &str) -> String {
-    if reference.starts_with("sha256:") {
-        return reference.to_owned();
-    }
-    let (name, digest) = match reference.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (reference, None),
-    };
-    let (first, rest) = name.split_once('/').unwrap_or(("", name));
-    let has_domain = !first.is_empty() && (first.contains(['.', ':']) || first == "localhost");
-    let mut out = if has_domain {
-        name.to_owned()
-    } else if first.is_empty() {
-        format!("docker.io/library/{rest}")
-    } else {
-        format!("docker.io/{name}")
-    };
-    let last = out.rsplit('/').next().unwrap_or_default();
-    let tagged = last.contains(':');
-    match digest {
-        Some(d) => {
-            out.push('@');
-            out.push_str(d);
-        }
-        None if !tagged => out.push_str(":latest"),
-        None => {}
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
 
     use super::*;
+    use crate::images::gc::{GcPolicy, ImageGcError};
     use crate::pods::labels::{CONTAINER_NAME_LABEL, POD_UID_LABEL};
     use crate::runtime::{FakeRuntime, api};
 
-    #[test]
-    fn references_normalize() {
-        for (input, want) in [
-            ("busybox", "docker.io/library/busybox:latest"),
-            ("busybox:1.36", "docker.io/library/busybox:1.36"),
-            ("library/busybox", "docker.io/library/busybox:latest"),
-            (
-                "docker.io/library/busybox:latest",
-                "docker.io/library/busybox:latest",
-            ),
-            ("user/app:v1", "docker.io/user/app:v1"),
-            ("registry.k8s.io/pause:3.9", "registry.k8s.io/pause:3.9"),
-            ("localhost:5000/app", "localhost:5000/app:latest"),
-            ("localhost/app", "localhost/app:latest"),
-            ("bpflet.local/busybox:latest", "bpflet.local/busybox:latest"),
-            ("busybox@sha256:abc", "docker.io/library/busybox@sha256:abc"),
-            ("sha256:0123", "sha256:0123"),
-        ] {
-            assert_eq!(normalize_reference(input), want, "{input}");
-        }
+    /// A reclaimer whose image collector has no minimum age (the collector's own tests
+    /// cover it).
+    fn reclaimer(rt: &FakeRuntime) -> DiskReclaimer<FakeRuntime> {
+        let rt = Arc::new(rt.clone());
+        let policy = GcPolicy {
+            min_age: std::time::Duration::ZERO,
+            ..GcPolicy::default()
+        };
+        DiskReclaimer::new(Arc::clone(&rt), Arc::new(ImageGc::new(rt, policy)))
     }
 
     fn sandbox_config(uid: &str) -> api::PodSandboxConfig {
@@ -297,7 +201,7 @@ mod tests {
         let b0 = container(&rt, &sb2, &sb2_config, "app", 0, app).await;
         rt.exit_container(&b0, 0);
 
-        let reclaimer = DiskReclaimer::new(Arc::new(rt.clone()));
+        let reclaimer = reclaimer(&rt);
         let report = reclaimer
             .reclaim(&["registry.test/sidecar:v1".to_owned()])
             .await;
@@ -339,9 +243,7 @@ mod tests {
         let rt = FakeRuntime::new();
         rt.add_image("docker.io/library/busybox:latest");
         rt.add_image("docker.io/library/alpine:3.20");
-        let report = DiskReclaimer::new(Arc::new(rt.clone()))
-            .reclaim(&["busybox".to_owned()])
-            .await;
+        let report = reclaimer(&rt).reclaim(&["busybox".to_owned()]).await;
         assert_eq!(report.images_removed.len(), 1);
         let tags: Vec<String> = rt
             .list_images()
@@ -362,23 +264,20 @@ mod tests {
         rt.add_image("registry.test/a:v1");
         rt.add_image("registry.test/b:v1");
         rt.inject_once(Method::RemoveImage, Fault::Error(Code::FailedPrecondition));
-        let report = DiskReclaimer::new(Arc::new(rt.clone())).reclaim(&[]).await;
+        let report = reclaimer(&rt).reclaim(&[]).await;
         assert_eq!(report.images_removed.len(), 1);
         assert_eq!(report.errors.len(), 1);
         assert!(
             matches!(
                 report.errors[0],
-                EvictionError::Runtime {
-                    method: Method::RemoveImage,
-                    ..
-                }
+                EvictionError::Images(ImageGcError::Remove { .. })
             ),
             "{:?}",
             report.errors
         );
 
         rt.inject_once(Method::ListContainers, Fault::Error(Code::Unavailable));
-        let report = DiskReclaimer::new(Arc::new(rt.clone())).reclaim(&[]).await;
+        let report = reclaimer(&rt).reclaim(&[]).await;
         assert!(
             report.images_removed.is_empty(),
             "no image removal without the container list"

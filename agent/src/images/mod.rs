@@ -16,10 +16,12 @@
 //! `ErrImageNeverPull`) and backs a failed pull off per pod and container (10 s doubling
 //! to 300 s, `ErrImagePull` then `ImagePullBackOff`); see `pods::worker::start`.
 //!
-//! Image garbage collection will live beside this (`images::gc`), reading the runtime's
-//! `ImageFsInfo` and the images in use.
+//! [`gc`]: image garbage collection (upstream's image GC manager): unused images go when
+//! the runtime's image filesystem is above `imageGCHighThresholdPercent`, or once unused
+//! for `imageMaximumGCAge`; eviction's disk reclaim deletes unused images through it.
 
 pub mod credentials;
+pub mod gc;
 pub mod policy;
 
 use std::collections::HashMap;

@@ -70,6 +70,19 @@ pub struct StartFailure {
     pub reason: WaitingReason,
     /// What failed, in the words of the layer that failed (the runtime's message, ...).
     pub message: String,
+    /// For an image that could not be had (`ErrImagePull`, `ErrImageNeverPull`): the image,
+    /// as the container named it. Upstream keys its pull back-off by pod UID and image, so
+    /// the failure holds the container back only while it names that image.
+    pub image: Option<String>,
+}
+
+impl StartFailure {
+    /// Whether this failure says anything about a container that now names `image`: a
+    /// failed pull of another image does not.
+    #[must_use]
+    pub fn applies_to(&self, image: Option<&str>) -> bool {
+        self.image.is_none() || self.image.as_deref() == image
+    }
 }
 
 /// Backoff windows for every container that has been restarted.
@@ -179,6 +192,12 @@ impl Backoff {
     #[must_use]
     pub fn delay(&self, key: &BackoffKey) -> Option<Duration> {
         self.entries.get(key).map(|e| e.delay)
+    }
+
+    /// Forgets one container's window and failure (it starts afresh).
+    pub fn reset(&mut self, key: &BackoffKey) {
+        self.entries.remove(key);
+        self.failures.remove(key);
     }
 
     /// Forgets every container of a pod (the pod is gone).
@@ -300,6 +319,7 @@ mod tests {
             at: t(secs),
             reason: WaitingReason::RunContainerError,
             message: "exec: no such file".to_owned(),
+            image: None,
         }
     }
 

@@ -269,11 +269,14 @@ impl Planner<'_> {
         let exited = latest
             .filter(|s| s.state == ContainerState::Exited)
             .and_then(|s| s.finished_at);
-        // A failed start newer than the last exit is the previous attempt.
+        // A failed start newer than the last exit is the previous attempt; a failed pull
+        // of an image the container no longer names is not (upstream keys the pull
+        // back-off by pod and image).
         let failure = self
             .backoff
             .failure(&key)
-            .filter(|f| exited.is_none_or(|e| f.at >= e));
+            .filter(|f| exited.is_none_or(|e| f.at >= e))
+            .filter(|f| f.applies_to(c.image.as_deref()));
         let since = failure.map(|f| f.at).or(exited);
         let backoff = since.and_then(|since| match self.backoff.check(&key, since, self.now) {
             BackoffState::Ready => None,

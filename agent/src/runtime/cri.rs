@@ -373,6 +373,18 @@ fn convert_container_status(s: api::ContainerStatus) -> ContainerStatus {
     }
 }
 
+/// The sandbox image named in a verbose `Status`'s `config` document.
+fn sandbox_image_from_info(info: &HashMap<String, String>) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
+    [
+        config.get("sandboxImage"),
+        config.pointer("/pinnedImages/sandbox"),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+}
+
 /// The task's pid from a verbose `ContainerStatus`: containerd puts a JSON document under
 /// `info["info"]` whose `pid` is the task's host pid, 0 when there is no task (created,
 /// exited). Anything else (no such key, another runtime's shape) is `None`.
@@ -825,6 +837,22 @@ impl ContainerRuntime for CriRuntime {
         Ok(())
     }
 
+    /// containerd's `Status` with `verbose` holds its CRI configuration as JSON under
+    /// `config`: `sandboxImage` (1.6), or `pinnedImages.sandbox` where a version reports
+    /// that (containerd 2 also pins the image itself).
+    async fn sandbox_image(&self) -> Option<String> {
+        let r = self
+            .call(
+                Method::Status,
+                self.request_timeout,
+                api::StatusRequest { verbose: true },
+                |ch, req| async move { runtime_client(ch).status(req).await },
+            )
+            .await
+            .ok()?;
+        sandbox_image_from_info(&r.info)
+    }
+
     async fn image_fs_info(&self) -> Result<Vec<FilesystemUsage>> {
         let r = self
             .call(
@@ -858,6 +886,29 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff_delay(40), BACKOFF_MAX);
         assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn the_sandbox_image_comes_from_containerds_verbose_status() {
+        let info = |json: &str| HashMap::from([("config".to_owned(), json.to_owned())]);
+        assert_eq!(
+            sandbox_image_from_info(&info(
+                r#"{"containerd":{"snapshotter":"overlayfs"},"sandboxImage":"bpflet.local/pause:latest"}"#
+            )),
+            Some("bpflet.local/pause:latest".to_owned())
+        );
+        assert_eq!(
+            sandbox_image_from_info(&info(
+                r#"{"pinnedImages":{"sandbox":"registry.k8s.io/pause:3.10"}}"#
+            )),
+            Some("registry.k8s.io/pause:3.10".to_owned())
+        );
+        assert_eq!(
+            sandbox_image_from_info(&info(r#"{"sandboxImage":""}"#)),
+            None
+        );
+        assert_eq!(sandbox_image_from_info(&info("not json")), None);
+        assert_eq!(sandbox_image_from_info(&HashMap::new()), None);
     }
 
     #[test]

@@ -320,6 +320,17 @@ impl FakeRuntime {
         id
     }
 
+    /// Gives image `name` (added if missing) a size and a pin; returns its id.
+    pub fn set_image(&self, name: &str, size_bytes: u64, pinned: bool) -> String {
+        let id = self.add_image(name);
+        let mut s = self.lock();
+        if let Some(image) = s.images.iter_mut().find(|i| i.id == id) {
+            image.size_bytes = size_bytes;
+            image.pinned = pinned;
+        }
+        id
+    }
+
     /// Sets (or adds) a runtime condition, e.g. `NetworkReady` false.
     pub fn set_condition(&self, kind: &str, status: bool, reason: &str, message: &str) {
         let mut s = self.lock();

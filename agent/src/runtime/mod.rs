@@ -474,4 +474,10 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// The filesystems holding images and how much the images use of them.
     fn image_fs_info(&self) -> impl Future<Output = Result<Vec<FilesystemUsage>>> + Send;
+
+    /// The image the runtime runs pod sandboxes from, when it says; image garbage
+    /// collection keeps it. `None` by default.
+    fn sandbox_image(&self) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
 }

@@ -1146,6 +1146,7 @@ fn bench_node(
             subnet: subnet.to_owned(),
             cgroup_parent: Some(cgroup_root.clone()),
             binaries,
+            root_tmpfs_bytes: None,
         },
     ) {
         Ok(ctd) => Ok((node, ctd)),

@@ -12,6 +12,7 @@ use crate::config::eviction::ThresholdValue;
 use crate::eviction::local_storage::{ContainerStorage, Limit, LimitedContainer};
 use crate::eviction::pod::{ContainerInfo, ContainerUsage, PodInfo};
 use crate::eviction::signals::{Remnant, SignalRoots};
+use crate::images::gc::{GcPolicy, ImageGc};
 use crate::model::quantity::QuantityValue;
 use crate::runtime::FakeRuntime;
 
@@ -706,10 +707,12 @@ impl Shell {
             true,
         )
         .with_monitoring_interval(Duration::from_secs(3600));
+        let runtime = Arc::new(FakeRuntime::new());
         let task = tokio::spawn(manager.run(
             EvictionIo {
                 observer,
-                runtime: Arc::new(FakeRuntime::new()),
+                runtime: Arc::clone(&runtime),
+                image_gc: Arc::new(ImageGc::new(runtime, GcPolicy::default())),
                 pods: pods.clone(),
                 evictions: eviction_tx,
                 conditions: conditions_tx,
@@ -1017,6 +1020,7 @@ async fn the_periodic_pass_measures_and_evicts_limited_pods() {
     let cancel = CancellationToken::new();
     let manager = EvictionManager::new(config(Vec::new(), None, EvictionRanking::Qos), false)
         .with_monitoring_interval(Duration::from_millis(50));
+    let runtime = Arc::new(FakeRuntime::new());
     let task = tokio::spawn(manager.run(
         EvictionIo {
             observer: Observer::new(
@@ -1026,7 +1030,8 @@ async fn the_periodic_pass_measures_and_evicts_limited_pods() {
                 },
                 QosTree::new(CgroupDriver::v2(&cg), "/"),
             ),
-            runtime: Arc::new(FakeRuntime::new()),
+            runtime: Arc::clone(&runtime),
+            image_gc: Arc::new(ImageGc::new(runtime, GcPolicy::default())),
             pods: pods.clone(),
             evictions: eviction_tx,
             conditions: conditions_tx,

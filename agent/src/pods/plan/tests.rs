@@ -906,6 +906,7 @@ fn failed_start(
         at: t(at),
         reason,
         message: message.to_owned(),
+        image: None,
     }
 }
 
@@ -1010,4 +1011,35 @@ fn an_image_that_could_not_be_pulled_is_in_image_pull_back_off() {
             ),
         }
     );
+}
+
+#[test]
+fn a_pull_back_off_holds_only_the_image_that_failed_in_the_pod_that_failed() {
+    let p = pod("Always", &[], &["app"]);
+    let key = BackoffKey::new(UID, "app");
+    let pulled = |image: &str| crate::pods::backoff::StartFailure {
+        image: Some(image.to_owned()),
+        ..failed_start(0, WaitingReason::ErrImagePull, "not found")
+    };
+    let mut backoff = Backoff::default();
+    backoff.record_failure(&key, pulled("busybox"));
+    let held = compute_pod_actions(&p, &ready(vec![]), &backoff, t(1));
+    assert_eq!(held.waiting[0].reason, WaitingReason::ImagePullBackOff);
+    assert!(held.containers_to_start[0].backoff.is_some());
+
+    // Another pod with the same image (upstream's key is pod UID + image) is not held.
+    let mut other = pod("Always", &[], &["app"]);
+    other.metadata.uid = Some("fedcba9876543210fedcba9876543210".to_owned());
+    let free = compute_pod_actions(&other, &ready(vec![]), &backoff, t(1));
+    assert_eq!(free.waiting[0].reason, WaitingReason::ContainerCreating);
+    assert_eq!(free.containers_to_start[0].backoff, None);
+
+    // The failed pull was of an image the container no longer names: it starts now.
+    let mut backoff = Backoff::default();
+    backoff.record_failure(&key, pulled("busybox:old"));
+    let changed = compute_pod_actions(&p, &ready(vec![]), &backoff, t(1));
+    assert_eq!(changed.containers_to_start.len(), 1);
+    assert_eq!(changed.containers_to_start[0].backoff, None);
+    assert_eq!(changed.containers_to_start[0].backoff_since, None);
+    assert_eq!(changed.waiting[0].reason, WaitingReason::ContainerCreating);
 }

@@ -77,6 +77,15 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             // Upstream arms the next window when it lets a restart go ahead, so a start that
             // fails backs off like one that crashes.
             let key = BackoffKey::new(pod_uid(pod), &start.name);
+            // Upstream keys a pull back-off by pod and image: a container that now names
+            // another image than the one that failed (the planner let it go) starts afresh.
+            if self
+                .backoff
+                .failure(&key)
+                .is_some_and(|f| !f.applies_to(container.image.as_deref()))
+            {
+                self.backoff.reset(&key);
+            }
             if let Some(since) = start.backoff_since {
                 let now = self.ctx.now();
                 self.backoff.record_restart(&key, since, now);
@@ -146,6 +155,12 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             at: self.ctx.now(),
             reason: e.reason(),
             message: e.status_message(),
+            image: match e {
+                StartError::Pull { image, .. } | StartError::ImageNeverPull { image, .. } => {
+                    Some(image.clone())
+                }
+                _ => None,
+            },
         };
         warn!(pod = %format_pod(pod), container = %key.container, reason = %failure.reason, error = %e, cause = %crate::error::error_chain(e), "container start failed; backing off");
         let event = match e {

@@ -1225,3 +1225,71 @@ async fn a_replaced_sandbox_records_sandbox_changed_and_a_failed_one_says_why() 
         ]
     );
 }
+
+/// Upstream keys the image pull back-off by pod UID and image: two pods pulling the same
+/// image that cannot be had each back off on their own windows, and a pod whose container
+/// is changed to another image pulls that one at once.
+#[tokio::test(start_paused = true)]
+async fn two_pods_pulling_one_bad_image_back_off_independently() {
+    const OTHER: &str = "1c8d2b6f-5a1e-4d62-8b64-2a7f2d3e4b5c";
+    let node = Node::new();
+    node.rt.inject(
+        Method::PullImage,
+        crate::runtime::Fault::Error(tonic::Code::NotFound),
+    );
+    let bad = serde_json::json!({
+        "containers": [{"name": "app", "image": "registry.test/bad:v1", "imagePullPolicy": "IfNotPresent"}],
+    });
+    let pulls = |uid: &str| -> i32 {
+        node.pod_events(uid)
+            .iter()
+            .filter(|e| e.reason == "Pulling")
+            .map(|e| e.count)
+            .sum()
+    };
+    let start = tokio::time::Instant::now();
+    let a = node.spawn(pod("a", UID, &bad));
+    let mut b = None;
+    // When each pod's pull count went up, in whole seconds since the start.
+    let mut seen = [(UID, 0, Vec::new()), (OTHER, 0, Vec::new())];
+    while start.elapsed() < Duration::from_secs(40) {
+        // The second pod arrives 5 s after the first one's pull failed.
+        if b.is_none() && start.elapsed() >= Duration::from_secs(5) {
+            b = Some(node.spawn(pod("b", OTHER, &bad)));
+        }
+        for (uid, count, at) in &mut seen {
+            let now = pulls(*uid);
+            if now > *count {
+                *count = now;
+                at.push(start.elapsed().as_secs());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each pod: at once, after 10 s, after 20 s more; neither waits on the other's window.
+    assert_eq!(seen[0].2, [0, 10, 30], "pod a's pulls");
+    assert_eq!(seen[1].2, [5, 15, 35], "pod b's pulls");
+    let (reason, message) = node
+        .container(OTHER, "app")
+        .as_ref()
+        .and_then(waiting)
+        .expect("b waits");
+    // Its last pull failed at 35 s: `ErrImagePull` until a sync finds it held.
+    assert!(
+        reason == "ErrImagePull" || reason == "ImagePullBackOff",
+        "{reason}"
+    );
+    assert!(message.contains("\"registry.test/bad:v1\""), "{message}");
+
+    // Pod a is changed to an image that is there: it starts now, not at its window's end.
+    let changed = tokio::time::Instant::now();
+    let good = serde_json::json!({
+        "containers": [{"name": "app", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}],
+    });
+    a.spec.send_replace(Arc::new(pod("a", UID, &good)));
+    until("a runs the other image", async || {
+        node.container(UID, "app").filter(is_running)
+    })
+    .await;
+    assert_eq!(changed.elapsed().as_secs(), 0);
+}

@@ -460,7 +460,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         tracker.spawn(router.run(kernel_rx, poke_tx.clone(), cancel.clone()));
     }
     let probe_metrics = crate::probes::ProbeMetrics::new();
-    if let Err(e) = probe_metrics.register(&metrics.registry) {
+    if let Err(e) = probe_metrics.register(metrics.probe_registry()) {
         warn!(error = %e, "prober_probe_total not exported");
     }
     let (probe_tx, mut probe_rx) = mpsc::channel::<String>(1024);

@@ -1,5 +1,7 @@
 //! The agent's Prometheus metrics, under the names operators already chart for the kubelet
 //! (`kubelet_pleg_relist_duration_seconds`, `kubelet_evictions`, ...), served on `/metrics`.
+//! The prober's counters live in a registry of their own, served on `/metrics/probes` only,
+//! as upstream's kubelet serves `prober_probe_total`.
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -9,7 +11,10 @@ use prometheus::{
 /// Every metric the agent exports, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
+    /// What `/metrics` serves.
     pub registry: Registry,
+    /// What `/metrics/probes` serves (see [`Self::probe_registry`]).
+    probes: Registry,
     pub pleg_relist_duration: Histogram,
     pub pleg_relist_interval: Histogram,
     /// Unix time of the last completed relist.
@@ -112,6 +117,7 @@ impl Metrics {
         registry.register(Box::new(running_containers.clone()))?;
         Ok(Self {
             registry,
+            probes: Registry::new(),
             pleg_relist_duration,
             pleg_relist_interval,
             pleg_last_seen,
@@ -142,16 +148,32 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format of every registered metric.
-    pub fn encode(&self) -> String {
-        use prometheus::Encoder as _;
-        let mut out = Vec::new();
-        let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
-            tracing::warn!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8_lossy(&out).into_owned()
+    /// The registry of `/metrics/probes`, apart from `/metrics`'s: the prober registers
+    /// `prober_probe_total` here (`crate::probes::ProbeMetrics::register`).
+    #[must_use]
+    pub fn probe_registry(&self) -> &Registry {
+        &self.probes
     }
+
+    /// The text exposition format of every metric `/metrics` serves.
+    pub fn encode(&self) -> String {
+        encode_registry(&self.registry)
+    }
+
+    /// The text exposition format of `/metrics/probes`.
+    pub fn encode_probes(&self) -> String {
+        encode_registry(&self.probes)
+    }
+}
+
+fn encode_registry(registry: &Registry) -> String {
+    use prometheus::Encoder as _;
+    let mut out = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -8,3 +8,6 @@ pub mod v1 {
     )]
     tonic::include_proto!("bpflet.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `bpflet.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("bpflet_descriptor");

@@ -79,7 +79,8 @@ pub struct NodeConfig {
     /// Extra command-line arguments for the agent.
     pub args: Vec<String>,
     /// A command the agent runs under: the agent's command line is appended to it (e.g.
-    /// `prlimit --nofile=1024:1024 --`, which execs the agent with the same pid).
+    /// `prlimit --nofile=1024:1024 --`, which execs the agent with the same pid). Default:
+    /// [`default_wrapper`].
     pub wrapper: Option<Vec<String>>,
     /// Prefix of the node's temporary directory.
     pub dir_prefix: &'static str,
@@ -99,12 +100,23 @@ impl Default for NodeConfig {
             sync_frequency: "10s",
             healthz_port: 0,
             args: Vec::new(),
-            wrapper: None,
+            wrapper: default_wrapper(),
             dir_prefix: "bpflet-node-",
             containerd: default_containerd(),
             containerd_root_bytes: None,
         }
     }
+}
+
+/// The launcher every node's agent runs under unless its configuration says otherwise:
+/// `BPFLET_TEST_AGENT_WRAPPER`, split at whitespace, when set (e.g.
+/// `setpriv --bounding-set -all,+sys_admin --`, to run whole suites with a reduced
+/// capability set); none otherwise.
+#[must_use]
+pub fn default_wrapper() -> Option<Vec<String>> {
+    let wrapper = std::env::var("BPFLET_TEST_AGENT_WRAPPER").ok()?;
+    let words: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
+    (!words.is_empty()).then_some(words)
 }
 
 /// The containerd a node runs unless its configuration says otherwise: Debian's 1.6, or

@@ -445,6 +445,9 @@ fn every_metrics_endpoint_is_lint_clean() {
             && n.get_text("/metrics/probes")
                 .is_some_and(|t| t.contains("prober_probe_total{"))
     });
+    // Upstream serves the prober's counters on /metrics/probes only.
+    let main = node.get_text("/metrics").expect("GET /metrics");
+    assert!(!main.contains("prober_probe_total"), "{main}");
     for path in [
         "/metrics",
         "/metrics/resource",

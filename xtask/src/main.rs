@@ -4,6 +4,7 @@
 mod bench;
 mod cluster_up;
 mod ebpf;
+mod image;
 mod setup;
 mod test;
 mod up;
@@ -33,6 +34,9 @@ enum Chore {
     /// Build the upstream peer (the kubelet from tests/k8s; containerd 2, runc and crictl
     /// from tests/runtime) into target/peer/bin, unless it is up to date.
     BuildPeer,
+    /// Build the agent's OCI image offline (the release binary and its shared libraries)
+    /// into target/oci/bpflet.tar.
+    Image(image::Options),
     /// Bring bpflet up with the static pods in examples/, kernel tracing beside it (or,
     /// with --cluster, the real Kubernetes control plane); Ctrl-C tears everything down.
     Up(up::Options),
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Chore::BuildEbpf(opts) => ebpf::run(&opts).map(drop),
         Chore::BuildCluster => cluster_up::build(),
         Chore::BuildPeer => build_peer(),
+        Chore::Image(opts) => image::run(&opts),
         Chore::Up(opts) => up::run(&opts),
         Chore::Test(opts) => test::run(&opts),
         Chore::Bench(opts) => bench::run(&opts),

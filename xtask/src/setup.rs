@@ -38,6 +38,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "procps",
+    // The deployment tests: `systemd-analyze verify` of deploy/bpflet.service, `capsh`
+    // decoding the agent's capability sets, `objcopy` slimming the agent for its image.
+    "systemd",
+    "libcap2-bin",
+    "binutils",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

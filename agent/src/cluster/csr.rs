@@ -17,7 +17,10 @@
 //!   presents it from the next handshake on ([`ServingCerts`]).
 //! - A denied or failed CSR, one that is not issued in time, or an API server away, is
 //!   logged and retried with an exponential back-off (2 s doubling to 5 min); the current
-//!   certificate stays in use meanwhile, and nothing else in the agent stops.
+//!   certificate stays in use meanwhile until its NotAfter, and nothing else in the agent
+//!   stops. Past NotAfter it is no longer presented ([`ServingCerts::set_until`]): TLS
+//!   handshakes fail (logged once, naming the expiry) until a new one is issued, as
+//!   upstream's certificate manager does.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -287,7 +290,8 @@ impl ServerCertManager {
                     warn!(
                         error = %crate::error::full_text(&e),
                         retry_in = ?backoff,
-                        "cannot get a serving certificate; the HTTPS API keeps its current one, if any"
+                        current_not_after = ?current.map(|v| v.not_after),
+                        "cannot get a serving certificate; the HTTPS API keeps its current one, if any, until it expires"
                     );
                     tokio::select! {
                         () = cancel.cancelled() => return,
@@ -318,7 +322,7 @@ impl ServerCertManager {
         });
         match loaded {
             Ok((validity, key)) => {
-                self.certs.set(Arc::new(key));
+                self.certs.set_until(Arc::new(key), validity.not_after);
                 info!(path = %self.file.display(), not_after = %validity.not_after, "reusing the stored serving certificate");
                 Some(validity)
             }
@@ -416,7 +420,8 @@ impl ServerCertManager {
             path: self.file.clone(),
             source,
         })?;
-        self.certs.set(Arc::new(certified));
+        self.certs
+            .set_until(Arc::new(certified), validity.not_after);
         info!(csr = %name, not_after = %validity.not_after, path = %self.file.display(), "serving certificate issued and in use");
         Ok(validity)
     }

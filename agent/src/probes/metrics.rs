@@ -1,7 +1,8 @@
 //! Probe counters under upstream's names.
 //!
-//! bpflet has no agent-wide registry yet: [`ProbeMetrics`] registers into whichever
-//! [`prometheus::Registry`] the agent serves on `/metrics` (and `/metrics/probes`).
+//! [`ProbeMetrics`] registers into whichever [`prometheus::Registry`] it is given: the
+//! agent gives it the one it serves on `/metrics/probes` alone
+//! (`crate::metrics::Metrics::probe_registry`), as upstream.
 
 use prometheus::core::Collector as _;
 use prometheus::{IntCounterVec, Opts, Registry};

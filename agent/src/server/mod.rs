@@ -12,7 +12,7 @@
 //! - `GET /healthz/<check>`: one check: `ok` (200), `internal server error: <message>`
 //!   (500), or 404 for an unknown check.
 //! - `GET /runningpods/`: the pods the runtime runs ([`runningpods`]).
-//! - `GET /metrics/probes`: `prober_probe_total` alone. `/stats/summary`,
+//! - `GET /metrics/probes`: `prober_probe_total`, which `/metrics` does not carry. `/stats/summary`,
 //!   `/metrics/resource` and `/metrics/cadvisor` are [`crate::stats::routes`], merged in.
 //!
 //! [`bind`] first (it names the address when it fails), then [`serve_read_only`] or
@@ -300,14 +300,15 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// `/metrics/probes`: `prober_probe_total` alone, as upstream serves it.
+/// `/metrics/probes`: `prober_probe_total` alone, as upstream serves it (and only here:
+/// `/metrics` does not carry it).
 async fn probe_metrics(State(state): State<ApiState>) -> Response {
     let Some(m) = &state.metrics else {
         return text(StatusCode::NOT_FOUND, "no metrics registered\n".to_owned());
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::stats::prom::registry_subset(&m.registry, "prober_"),
+        m.encode_probes(),
     )
         .into_response()
 }
@@ -442,13 +443,14 @@ async fn serve_with(
 }
 
 /// One connection, HTTP/1 with keep-alive, within `limits`; the permit is its place under
-/// `limits.max_connections`.
+/// `limits.max_connections`, handed to every request as a [`ConnectionPlace`] so that an
+/// upgraded session ([`streaming`]) keeps it after this function returns.
 async fn serve_connection<I, S>(
     stream: I,
     service: S,
     limits: ConnectionLimits,
     cancel: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<
@@ -461,11 +463,15 @@ async fn serve_connection<I, S>(
     S::Future: Send + 'static,
 {
     let streams = OpenStreams::default();
+    let place = ConnectionPlace {
+        _permit: Arc::new(permit),
+    };
     let service = tower::ServiceBuilder::new()
         .map_request({
             let streams = streams.clone();
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(streams.clone());
+                req.extensions_mut().insert(place.clone());
                 req
             }
         })
@@ -513,6 +519,16 @@ async fn serve_connection<I, S>(
         Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
         Err(_) => tracing::debug!("HTTP connection dropped: it did not close in time"),
     }
+}
+
+/// A connection's place under its listener's `max_connections`, handed to every request as
+/// an extension: the place is free again once the connection has ended and every clone is
+/// gone. An upgraded session (`/exec`, `/attach`, `/portForward`) outlives the HTTP
+/// connection it came on and holds a clone until it ends, so it keeps counting.
+#[derive(Debug, Clone)]
+pub struct ConnectionPlace {
+    /// Held for its drop, which frees the place.
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// The streaming responses (`follow`) a connection is sending, handed to every request as

@@ -12,15 +12,20 @@
 //! server, then proxies the client's request there (method, headers but `Host` and
 //! `Authorization`, and body) and hands back the runtime's answer. When the runtime switches
 //! protocols (101), both connections are upgraded and bytes are copied both ways until
-//! either side closes. An upgraded session no longer counts against the listener's
-//! connection limit or age (the HTTP connection has ended; upstream has neither).
+//! either side closes. An upgraded session keeps its connection's place under the
+//! listener's connection limit until it ends ([`super::ConnectionPlace`]), so sessions
+//! cannot open file descriptors without bound; the connection age limit no longer applies
+//! to it (the HTTP connection has ended; upstream has no age limit).
 //!
 //! The streams are upstream's query flags `input` (stdin), `output` (stdout), `error`
 //! (stderr) and `tty`, true only as `1` (what the API server sends). Errors: 400 for a query that does not make a session (no `command`, no stream,
 //! a bad `port`), 404 for an unknown pod (or one whose uid is not the path's) or
-//! container, 400 for a container that is not running, and for a runtime failure its
+//! container, 500 `container not found ("<name>")` for a container of the spec that has
+//! no instance in the runtime (upstream's message), and for a runtime failure its
 //! message with 404 (gRPC `NotFound`), 429 (`ResourceExhausted`) or 500, as upstream's
-//! `streaming.WriteError`.
+//! `streaming.WriteError`. A container that exists but is not running is asked for all the
+//! same: the runtime's refusal (containerd: `container is in CONTAINER_EXITED state`) comes
+//! back as that 500, as upstream passes it through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,12 +199,10 @@ pub enum StreamRequestError {
         pod: String,
         container: String,
     },
-    #[error("container {container:?} in pod \"{namespace}/{pod}\" is not running")]
-    NotRunning {
-        namespace: String,
-        pod: String,
-        container: String,
-    },
+    /// In the spec, but the runtime holds no instance of it (never created yet): upstream's
+    /// `findContainer` finds nothing and answers this text with 500.
+    #[error("container not found ({container:?})")]
+    NoInstance { container: String },
     #[error("pod \"{namespace}/{pod}\" has no ready sandbox")]
     NoSandbox { namespace: String, pod: String },
 }
@@ -210,6 +213,7 @@ impl StreamRequestError {
             Self::NoPod { .. } | Self::WrongUid { .. } | Self::NoContainer { .. } => {
                 StatusCode::NOT_FOUND
             }
+            Self::NoInstance { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -369,12 +373,14 @@ pub fn find_pod(pods: &[Arc<Pod>], target: &PodRef) -> Result<Arc<Pod>, StreamRe
     }
 }
 
-/// The runtime id of `container`'s running instance in `pod` (app, init or ephemeral).
+/// The runtime id of `container`'s instance in `pod` (app, init or ephemeral) to stream
+/// to: its running one, or else the one its status last reported (not running: the runtime
+/// refuses it with its own words, which the client gets as upstream's 500).
 ///
 /// # Errors
-/// [`StreamRequestError::NoContainer`] when the spec has no such container, `NotRunning`
-/// when the status shows no running instance of it.
-pub fn running_container_id(
+/// [`StreamRequestError::NoContainer`] when the spec has no such container, `NoInstance`
+/// when the status shows no instance of it at all.
+pub fn container_instance_id(
     pod: &Pod,
     target: &PodRef,
     container: &str,
@@ -409,21 +415,24 @@ pub fn running_container_id(
         .flatten()
         .flatten()
         .filter(|c| c.name == container)
-        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-        .find_map(|c| c.container_id.as_deref())
-        .map(|id| id.split_once("://").map_or(id, |(_, id)| id).to_owned())
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| StreamRequestError::NotRunning {
-            namespace: target.namespace.clone(),
-            pod: target.pod.clone(),
+        .filter_map(|c| {
+            let id = c.container_id.as_deref()?;
+            let id = id.split_once("://").map_or(id, |(_, id)| id);
+            let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+            (!id.is_empty()).then(|| (running, id.to_owned()))
+        })
+        // A running instance first.
+        .max_by_key(|(running, _)| *running)
+        .map(|(_, id)| id)
+        .ok_or_else(|| StreamRequestError::NoInstance {
             container: container.to_owned(),
         })
 }
 
-/// What a streaming request names: the runtime, the pod and its running container.
+/// What a streaming request names: the runtime, the pod and its container's instance.
 type Located = (Arc<dyn StreamingRuntime>, Arc<Pod>, Option<String>);
 
-/// The runtime and the running container a request names, or the answer refusing it (boxed:
+/// The runtime and the container instance a request names, or the answer refusing it (boxed:
 /// a `Response` is large and this is the rare path).
 fn locate(
     state: &ApiState,
@@ -443,7 +452,7 @@ fn locate(
     });
     let pod = find_pod(&pods, target).map_err(|e| Box::new(e.response()))?;
     let id = container
-        .map(|c| running_container_id(&pod, target, c))
+        .map(|c| container_instance_id(&pod, target, c))
         .transpose()
         .map_err(|e| Box::new(e.response()))?;
     Ok((runtime, pod, id))
@@ -712,6 +721,8 @@ async fn try_proxy(url: &str, mut req: Request) -> Result<Response, ProxyError> 
     });
 
     let client_upgrade = hyper::upgrade::on(&mut req);
+    // Held by the session below until it ends: it counts as its connection did.
+    let place = req.extensions().get::<super::ConnectionPlace>().cloned();
     let (parts, body) = req.into_parts();
     let mut forward = axum::http::Request::builder()
         .method(parts.method)
@@ -734,6 +745,7 @@ async fn try_proxy(url: &str, mut req: Request) -> Result<Response, ProxyError> 
     }
     let runtime_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
+        let _place = place;
         let (client, runtime) = tokio::join!(client_upgrade, runtime_upgrade);
         match (client, runtime) {
             (Ok(client), Ok(runtime)) => {

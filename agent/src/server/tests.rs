@@ -293,6 +293,50 @@ async fn metrics_are_served_with_pod_counts_from_the_store() {
     server.stop().await;
 }
 
+/// Upstream serves `prober_probe_total` on `/metrics/probes` and not on `/metrics`.
+#[tokio::test]
+async fn probe_counters_are_served_on_metrics_probes_only() {
+    let metrics = crate::metrics::Metrics::new().expect("metrics");
+    let probes = crate::probes::ProbeMetrics::new();
+    probes
+        .register(metrics.probe_registry())
+        .expect("register the probe counters");
+    probes.observe(
+        crate::probes::metrics::ProbeLabels {
+            kind: crate::probes::spec::ProbeKind::Readiness,
+            container: "app",
+            pod: "web-a",
+            namespace: "default",
+            pod_uid: "uid-a",
+        },
+        &crate::probes::threshold::Outcome::Success(String::new()),
+    );
+    let store = ApiState {
+        metrics: Some(metrics),
+        ..ApiState::default()
+    };
+    let server = Running::start(&store, true).await;
+    let probes_reply = get(server.addr, "/metrics/probes").await;
+    assert_eq!(probes_reply.status, 200);
+    assert!(
+        probes_reply
+            .body
+            .contains("# TYPE prober_probe_total counter"),
+        "{}",
+        probes_reply.body
+    );
+    assert!(
+        !probes_reply.body.contains("kubelet_"),
+        "{}",
+        probes_reply.body
+    );
+    let main = get(server.addr, "/metrics").await;
+    assert_eq!(main.status, 200);
+    assert!(main.body.contains("kubelet_running_pods"), "{}", main.body);
+    assert!(!main.body.contains("prober_"), "{}", main.body);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn healthz_listener_serves_only_healthz() {
     let (statuses, store) = published_pods();

@@ -151,10 +151,23 @@ impl TlsServing {
 }
 
 /// The serving certificate the HTTPS API presents now; clones share it. Until one is set,
-/// handshakes fail (and [`crate::server::serve_secure`] does not accept connections).
+/// handshakes fail (and [`crate::server::serve_secure`] does not accept connections). A
+/// certificate set with its expiry ([`Self::set_until`], the CSR bootstrap's) is presented
+/// only until its NotAfter: past it handshakes fail, as upstream's certificate manager
+/// returns no certificate once the current one has expired, and the first refusal is
+/// logged naming the expiry.
 #[derive(Clone)]
 pub struct ServingCerts {
-    current: Arc<tokio::sync::watch::Sender<Option<Arc<CertifiedKey>>>>,
+    current: Arc<tokio::sync::watch::Sender<Option<Arc<Presented>>>>,
+}
+
+/// One certificate as [`ServingCerts`] holds it.
+struct Presented {
+    key: Arc<CertifiedKey>,
+    /// NotAfter of the leaf, when presenting it stops there.
+    not_after: Option<jiff::Timestamp>,
+    /// The expiry has been logged.
+    expiry_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ServingCerts {
@@ -167,22 +180,61 @@ impl Default for ServingCerts {
 
 impl std::fmt::Debug for ServingCerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current.borrow();
         f.debug_struct("ServingCerts")
-            .field("set", &self.current.borrow().is_some())
+            .field("set", &current.is_some())
+            .field("not_after", &current.as_ref().and_then(|p| p.not_after))
             .finish()
     }
 }
 
 impl ServingCerts {
-    /// Presents `key` from the next handshake on.
+    /// Presents `key` from the next handshake on, for as long as it is set (a given or
+    /// self-signed certificate).
     pub fn set(&self, key: Arc<CertifiedKey>) {
-        self.current.send_replace(Some(key));
+        self.replace(key, None);
+    }
+
+    /// Presents `key` from the next handshake on until `not_after` (its leaf's NotAfter)
+    /// has passed, then nothing until another is set.
+    pub fn set_until(&self, key: Arc<CertifiedKey>, not_after: jiff::Timestamp) {
+        self.replace(key, Some(not_after));
+    }
+
+    fn replace(&self, key: Arc<CertifiedKey>, not_after: Option<jiff::Timestamp>) {
+        self.current.send_replace(Some(Arc::new(Presented {
+            key,
+            not_after,
+            expiry_logged: std::sync::atomic::AtomicBool::new(false),
+        })));
     }
 
     /// The certificate presented now.
     #[must_use]
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.borrow().clone()
+        self.current_at(jiff::Timestamp::now())
+    }
+
+    /// The certificate presented at `now`: none once the current one's NotAfter is past.
+    #[must_use]
+    pub fn current_at(&self, now: jiff::Timestamp) -> Option<Arc<CertifiedKey>> {
+        let presented = self.current.borrow().clone()?;
+        match presented.not_after {
+            Some(not_after) if now > not_after => {
+                if !presented
+                    .expiry_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        %not_after,
+                        "the serving certificate expired at {not_after} and no new one has been issued: \
+                         the HTTPS API refuses TLS handshakes until one is"
+                    );
+                }
+                None
+            }
+            _ => Some(Arc::clone(&presented.key)),
+        }
     }
 
     /// Returns once a certificate is set.

@@ -347,23 +347,6 @@ pub fn cadvisor_metrics(s: Option<&Snapshot>, now: Timestamp) -> String {
     ])
 }
 
-/// The families of `registry` whose names start with `prefix`, in the text format
-/// (`/metrics/probes`: `prober_`).
-#[must_use]
-pub fn registry_subset(registry: &prometheus::Registry, prefix: &str) -> String {
-    use prometheus::Encoder as _;
-    let families: Vec<_> = registry
-        .gather()
-        .into_iter()
-        .filter(|f| f.name().starts_with(prefix))
-        .collect();
-    let mut out = Vec::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
-        tracing::warn!(error = %e, "cannot encode metrics");
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,28 +422,5 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
-
-    #[test]
-    fn registry_subset_keeps_only_the_prefix() {
-        let registry = prometheus::Registry::new();
-        let probes = crate::probes::ProbeMetrics::new();
-        probes.register(&registry).unwrap();
-        let labels = crate::probes::metrics::ProbeLabels {
-            kind: crate::probes::spec::ProbeKind::Readiness,
-            container: "c",
-            pod: "p",
-            namespace: "default",
-            pod_uid: "u",
-        };
-        probes.observe(
-            labels,
-            &crate::probes::threshold::Outcome::Success(String::new()),
-        );
-        let other = prometheus::IntGauge::new("kubelet_running_pods", "pods").unwrap();
-        registry.register(Box::new(other)).unwrap();
-        let text = registry_subset(&registry, "prober_");
-        assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
-        assert!(!text.contains("kubelet_running_pods"), "{text}");
     }
 }

@@ -1,5 +1,8 @@
 //! `bpflet.v1.EventService` on a unix socket: `Watch` (the filtered stream, with resume)
-//! and `Timeline`, beside `grpc.health.v1.Health`.
+//! and `Timeline`, beside `grpc.health.v1.Health` and server reflection (`grpc.reflection.v1`
+//! and `v1alpha`, over the descriptors of both), so that
+//! `grpcurl -plaintext -unix <socket> list` names the services and `describe` their
+//! messages without a copy of the .proto files.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ pub enum StreamError {
         #[source]
         source: nix::Error,
     },
+    #[error("cannot build the reflection service from the compiled descriptors")]
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("event stream on {}", path.display())]
     Serve {
         path: PathBuf,
@@ -108,7 +113,7 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, StreamError
     Ok(listener)
 }
 
-/// Serves the event stream and health on `listener` until `cancel` fires; removes the
+/// Serves the event stream, health and reflection on `listener` until `cancel` fires; removes the
 /// socket file then.
 pub async fn serve(
     listener: UnixListener,
@@ -120,9 +125,24 @@ pub async fn serve(
     reporter
         .set_serving::<pb::event_service_server::EventServiceServer<EventService>>()
         .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(bpflet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(StreamError::Reflection(e));
+            }
+        };
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::event_service_server::EventServiceServer::new(
             EventService { hub },
         ))

@@ -277,3 +277,89 @@ fn identity_names_the_container_by_its_runtime_id() {
     assert_eq!(id.labels.get("app").map(String::as_str), Some("web"));
     assert_eq!(identity_of(&pod, Some("ccc")).container_name, None);
 }
+
+/// `grpcurl -plaintext -unix <socket> list`, done with tonic-reflection's client: the socket
+/// names bpflet's service and health, and describes `bpflet.v1.EventService`.
+#[tokio::test]
+async fn reflection_lists_and_describes_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sock");
+    let listener = service::bind(&path, None).unwrap();
+    let (hub, _, _) = hub(8, 8);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(service::serve(listener, path.clone(), hub, cancel.clone()));
+    let connect_to = path.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://bpflet.invalid")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = connect_to.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let mut ask = async |request: MessageRequest| -> ServerReflectionResponse {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .expect("one answer")
+    };
+
+    let listed = ask(MessageRequest::ListServices(String::new())).await;
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("not a service list: {listed:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bpflet.v1.EventService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]
+    );
+
+    let described = ask(MessageRequest::FileContainingSymbol(
+        "bpflet.v1.EventService".to_owned(),
+    ))
+    .await;
+    let Some(MessageResponse::FileDescriptorResponse(files)) = described.message_response else {
+        panic!("no descriptor for the service: {described:?}");
+    };
+    // The encoded FileDescriptorProto of events.proto: its package, service and methods
+    // are there as the strings grpcurl shows.
+    let file = files.file_descriptor_proto.concat();
+    for name in [
+        "bpflet.v1",
+        "EventService",
+        "Watch",
+        "Timeline",
+        "WatchRequest",
+    ] {
+        assert!(
+            file.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{name} not in the descriptor"
+        );
+    }
+
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+    assert!(!path.exists(), "the socket is removed at shutdown");
+}

@@ -1258,7 +1258,7 @@ async fn two_pods_pulling_one_bad_image_back_off_independently() {
             b = Some(node.spawn(pod("b", OTHER, &bad)));
         }
         for (uid, count, at) in &mut seen {
-            let now = pulls(*uid);
+            let now = pulls(uid);
             if now > *count {
                 *count = now;
                 at.push(start.elapsed().as_secs());

@@ -177,34 +177,32 @@ fn the_pod_is_found_by_namespace_and_name_and_the_uid_must_match() {
 }
 
 #[test]
-fn only_a_running_container_of_the_spec_is_streamed_to() {
+fn the_running_instance_is_streamed_to_and_else_the_last_one_the_runtime_judges() {
     let p = running_pod();
     assert_eq!(
-        running_container_id(&p, &target(None), "app").as_deref(),
+        container_instance_id(&p, &target(None), "app").as_deref(),
         Ok("c1")
     );
-    let err = running_container_id(&p, &target(None), "done").expect_err("terminated");
-    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    // Exists but is not running: the runtime is asked and refuses in its own words.
     assert_eq!(
-        err.to_string(),
-        r#"container "done" in pod "default/web" is not running"#
+        container_instance_id(&p, &target(None), "done").as_deref(),
+        Ok("c2")
     );
-    assert!(matches!(
-        running_container_id(&p, &target(None), "setup"),
-        Err(StreamRequestError::NotRunning { .. })
-    ));
-    let err = running_container_id(&p, &target(None), "nope").expect_err("unknown");
+    assert_eq!(
+        container_instance_id(&p, &target(None), "setup").as_deref(),
+        Ok("c0")
+    );
+    let err = container_instance_id(&p, &target(None), "nope").expect_err("unknown");
     assert_eq!(err.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         err.to_string(),
         r#"container "nope" not found in pod "default/web""#
     );
-    // In the spec, no status yet.
+    // In the spec, no instance yet: upstream's `findContainer` miss, a 500.
     let pending = pod(&json!({"phase": "Pending"}));
-    assert!(matches!(
-        running_container_id(&pending, &target(None), "app"),
-        Err(StreamRequestError::NotRunning { .. })
-    ));
+    let err = container_instance_id(&pending, &target(None), "app").expect_err("no instance");
+    assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(err.to_string(), r#"container not found ("app")"#);
 }
 
 /// A runtime whose streaming URLs point at one local server, recording what it was asked.
@@ -355,6 +353,15 @@ fn api_state(runtime: &Arc<Recorder>) -> (ApiState, crate::status::manager::Stat
 /// The streaming routes served on 127.0.0.1 (plain HTTP, no auth: the guard is tested
 /// apart), their runtime's URLs on a [`streaming_server`] at `path`.
 async fn serve_streaming(path: &str, fail: Option<tonic::Code>) -> Served {
+    serve_streaming_within(path, fail, super::super::ConnectionLimits::default()).await
+}
+
+/// [`serve_streaming`] within `limits`.
+async fn serve_streaming_within(
+    path: &str,
+    fail: Option<tonic::Code>,
+    limits: super::super::ConnectionLimits,
+) -> Served {
     let backend = streaming_server().await;
     let runtime = Arc::new(Recorder {
         url: format!("http://{backend}{path}"),
@@ -370,7 +377,7 @@ async fn serve_streaming(path: &str, fail: Option<tonic::Code>) -> Served {
     tokio::spawn(super::super::serve(
         listener,
         routes().with_state(state),
-        super::super::ConnectionLimits::default(),
+        limits,
         cancel.clone(),
     ));
     Served {
@@ -435,6 +442,66 @@ async fn exec_is_proxied_to_the_runtime_url_and_bytes_flow_both_ways_after_101()
             }
         )]
     );
+}
+
+/// True when the server closes a fresh connection without a byte (refused at the
+/// connection cap), false when it answers a request on it.
+async fn refused_at_once(addr: SocketAddr) -> bool {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+        .await
+        .expect("the server answers or closes");
+    match read {
+        Ok(_) => got.is_empty(),
+        // Closed with the request unread: the kernel resets the connection.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => got.is_empty(),
+        Err(e) => panic!("read: {e}"),
+    }
+}
+
+/// An upgraded session keeps its connection's place under the cap until it ends.
+#[tokio::test]
+async fn an_upgraded_session_counts_toward_the_connection_cap_until_it_ends() {
+    let served = serve_streaming_within(
+        "/session",
+        None,
+        super::super::ConnectionLimits {
+            max_connections: 1,
+            ..super::super::ConnectionLimits::default()
+        },
+    )
+    .await;
+    let (head, mut session) = request(
+        served.addr,
+        &upgrade_head("POST", "/exec/default/web/app?command=sh&input=1&output=1"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    session.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    session.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+    // The HTTP connection has ended (upgraded, within moments of the 101); the session
+    // still holds the only place, every time it is asked for.
+    for _ in 0..20 {
+        assert!(
+            refused_at_once(served.addr).await,
+            "a connection beyond the cap was served while the session ran"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(session);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while refused_at_once(served.addr).await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the place frees once the session has ended");
 }
 
 #[tokio::test]
@@ -536,12 +603,6 @@ async fn refusals_name_what_is_wrong_before_the_runtime_is_asked() {
         ),
         (
             "POST",
-            "/attach/default/web/u1/done?output=1",
-            400,
-            r#"container "done" in pod "default/web" is not running"#,
-        ),
-        (
-            "POST",
             "/portForward/default/web/u2",
             404,
             r#"pod "default/web" with uid "u2" does not exist"#,
@@ -614,6 +675,49 @@ async fn run_answers_the_output_and_a_failed_command_or_runtime_is_an_error() {
         assert_eq!(got, status, "{code:?}: {body}");
         assert!(body.contains("the runtime says no"), "{body}");
     }
+}
+
+/// A container that exists but is not running is the runtime's to refuse: its error comes
+/// back as 500, as upstream passes it through (bpflet answered 400 before asking).
+#[tokio::test]
+async fn a_container_that_is_not_running_gets_the_runtimes_refusal_as_500() {
+    let runtime = Arc::new(Recorder {
+        fail: Some(tonic::Code::Unknown),
+        ..Recorder::default()
+    });
+    let (state, _statuses) = api_state(&runtime);
+    let router = routes().with_state(state);
+    for uri in [
+        "/attach/default/web/u1/done?output=1",
+        "/exec/default/web/done?command=ls&output=1",
+    ] {
+        let (got, body) = call(&router, "POST", uri).await;
+        assert_eq!(got, StatusCode::INTERNAL_SERVER_ERROR, "{uri}: {body}");
+        assert!(body.contains("the runtime says no"), "{uri}: {body}");
+    }
+    let calls = runtime.calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with("attach c2 "), "{calls:?}");
+    assert!(calls[1].starts_with("exec c2 "), "{calls:?}");
+
+    // No instance at all: upstream's text, 500, and the runtime is not asked.
+    let runtime = Arc::new(Recorder::default());
+    let (sink, pods) = crate::status::manager::pod_list();
+    let statuses = crate::status::manager::StatusManager::new(vec![sink]);
+    statuses.publish("u1", pod(&json!({"phase": "Pending"})));
+    let router = routes().with_state(ApiState {
+        pods,
+        streaming: Some(Arc::clone(&runtime) as Arc<dyn StreamingRuntime>),
+        ..ApiState::default()
+    });
+    assert_eq!(
+        call(&router, "POST", "/exec/default/web/app?command=ls&output=1").await,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"container not found ("app")"#.to_owned()
+        )
+    );
+    assert!(runtime.calls.lock().expect("lock").is_empty());
 }
 
 #[tokio::test]

@@ -108,3 +108,50 @@ fn cipher_suites_limit_tls12_and_keep_tls13() {
     assert!(names.contains(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     assert_eq!(provider(&tls_config(dir.path())).cipher_suites.len(), 9);
 }
+
+/// Upstream's certificate manager returns no certificate once NotAfter has passed; so does
+/// a bootstrapped one here, whatever the renewal's fate.
+#[test]
+fn a_certificate_set_until_its_expiry_is_not_presented_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serving =
+        TlsServing::new(&tls_config(dir.path()), None, "node-a", &[]).expect("TLS is set up");
+    let key = serving
+        .certs
+        .current()
+        .expect("the self-signed certificate");
+    let not_after = jiff::Timestamp::from_second(1_900_000_000).expect("time");
+    let second = jiff::SignedDuration::from_secs(1);
+
+    let certs = ServingCerts::default();
+    assert!(certs.current_at(not_after).is_none(), "nothing set yet");
+    certs.set_until(Arc::clone(&key), not_after);
+    assert!(certs.current_at(not_after - second).is_some());
+    assert!(
+        certs.current_at(not_after).is_some(),
+        "NotAfter is inclusive"
+    );
+    assert!(certs.current_at(not_after + second).is_none());
+    assert!(
+        certs.current_at(not_after + second).is_none(),
+        "still refused after the first (logged) refusal"
+    );
+
+    // What handshakes ask for (`resolve`) is `current()`: an expired one is refused now.
+    certs.set_until(
+        Arc::clone(&key),
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
+    );
+    assert!(certs.current().is_none());
+    // A renewed one is presented again.
+    certs.set_until(Arc::clone(&key), not_after);
+    assert!(certs.current().is_some());
+
+    // A given or self-signed certificate (`set`) has no expiry of bpflet's.
+    certs.set(key);
+    assert!(
+        certs
+            .current_at(not_after + jiff::SignedDuration::from_hours(24 * 365 * 100))
+            .is_some()
+    );
+}

@@ -144,3 +144,39 @@ fn prepare_applies_the_plan_on_disk() {
     // A missing log is reported as such (the runtime is asked to reopen it).
     assert!(matches!(prepare("c1", &log, config), Ok(Prepared::Missing)));
 }
+
+#[tokio::test]
+async fn only_this_agents_containers_are_rotated() {
+    use crate::pods::observe::tests::{IMAGE, container_config, sandbox_config};
+    use crate::runtime::{FakeRuntime, Method};
+
+    let rt = Arc::new(FakeRuntime::new());
+    rt.add_image(IMAGE);
+    for (uid, ours) in [("u1", true), ("kubelet", false)] {
+        let mut sb = sandbox_config(uid);
+        let mut c = container_config(uid);
+        if !ours {
+            sb.labels.remove(crate::pods::labels::AGENT_LABEL);
+            c.labels.remove(crate::pods::labels::AGENT_LABEL);
+        }
+        let sandbox = rt.run_pod_sandbox(&sb, "").await.unwrap();
+        let id = rt.create_container(&sandbox, &c, &sb).await.unwrap();
+        rt.start_container(&id).await.unwrap();
+    }
+    let rotator = LogRotator::new(
+        Arc::clone(&rt),
+        AgentMark::for_tests(),
+        ContainerLogConfig {
+            max_size_bytes: 10 << 20,
+            max_files: 5,
+            max_workers: 1,
+            monitor_interval: std::time::Duration::from_secs(10),
+        },
+    );
+    assert_eq!(rotator.rotate_all().await, 0, "no log is due");
+    assert_eq!(
+        rt.call_count(Method::ContainerStatus),
+        1,
+        "the kubelet's running container is not even looked at"
+    );
+}

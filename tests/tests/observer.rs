@@ -21,7 +21,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 use xtask::containerd::{Binaries, PrivateContainerd};
-use xtask::peer::{self, Kubelet, KubeletSpec};
+use xtask::peer::{Kubelet, KubeletSpec};
 
 /// A running `bpflet observe`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Observer {
@@ -165,10 +165,6 @@ fn observer_reports_an_oom_kill_in_a_kubelet_pod_and_touches_nothing() {
         dir_prefix: "bpflet-observer-",
         ..NodeConfig::default()
     });
-    assert!(
-        peer::is_built().unwrap_or_else(|e| panic!("{e:#}")),
-        "the upstream peer is not built: run `cargo xtask build-peer`"
-    );
     let manifests = node.dir.path().join("kubelet-manifests");
     let mut spec = KubeletSpec::new(
         node.dir.path().join("kubelet"),

@@ -15,7 +15,7 @@ use bpflet_tests::node::{
 };
 use serde_json::Value;
 use xtask::containerd::{Binaries, PrivateContainerd};
-use xtask::peer::{self, Kubelet, KubeletSpec};
+use xtask::peer::{Kubelet, KubeletSpec};
 
 /// What the runtime holds: sandbox ids and container ids with their states.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +62,6 @@ fn another_clients_pods_survive_bpflet_start_housekeeping_and_gc() {
         dir_prefix: "bpflet-shared-",
         ..NodeConfig::pleg("event")
     });
-    assert!(
-        peer::is_built().unwrap_or_else(|e| panic!("{e:#}")),
-        "the upstream peer is not built: run `cargo xtask build-peer`"
-    );
     let manifests = node.dir.path().join("kubelet-manifests");
     let mut spec = KubeletSpec::new(
         node.dir.path().join("kubelet"),
@@ -148,14 +144,7 @@ fn another_clients_pods_survive_bpflet_start_housekeeping_and_gc() {
     // clean-up runs once the source reported, and the GC passes once the wanted pods (none)
     // are known.
     node.start_agent();
-    node.wait_until("a GC pass that knows the wanted pods", |n| {
-        n.agent_log()
-            .lines()
-            .any(|l| l.contains("container garbage collection") && l.contains("pods_known=true"))
-    });
-    // Housekeeping turns every 2 s and the PLEG relists: a while of both.
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
+    let unchanged = |node: &Node| {
         let now = (held(&node.ctd, &theirs_uid), held(&node.ctd, &done_uid));
         assert_eq!(
             now,
@@ -164,8 +153,20 @@ fn another_clients_pods_survive_bpflet_start_housekeeping_and_gc() {
             tail(&node.agent_log(), 60),
             kubelet.log_tail(30)
         );
+    };
+    // The start-up clean-up ran once the source reported; housekeeping turns every 2 s and
+    // the PLEG relists: a while of all three.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        unchanged(&node);
         thread::sleep(Duration::from_millis(500));
     }
+    node.wait_until("a GC pass that knows the wanted pods", |n| {
+        n.agent_log()
+            .lines()
+            .any(|l| l.contains("container garbage collection") && l.contains("pods_known=true"))
+    });
+    unchanged(&node);
     let log = node.agent_log();
     assert!(
         !log.contains("no source wants"),
@@ -274,21 +275,25 @@ fn two_bpflets_with_different_root_dirs_leave_each_others_pods_alone() {
     node.write_manifest("ours.yaml", &bpflet_tests::node::sleeping_pod("ours"));
     node.start_agent();
     node.wait_pod("ours", "running", |p| running(p, "c"));
+    let unchanged = |node: &Node| {
+        assert_eq!(
+            ids(node),
+            before,
+            "bpflet touched its neighbour's pod\n--- agent log ---\n{}",
+            tail(&node.agent_log(), 60)
+        );
+    };
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        unchanged(&node);
+        thread::sleep(Duration::from_millis(500));
+    }
     node.wait_until("a GC pass that knows the wanted pods", |n| {
         n.agent_log()
             .lines()
             .any(|l| l.contains("container garbage collection") && l.contains("pods_known=true"))
     });
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
-        assert_eq!(
-            ids(&node),
-            before,
-            "bpflet touched its neighbour's pod\n--- agent log ---\n{}",
-            tail(&node.agent_log(), 60)
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    unchanged(&node);
     let theirs = neighbours_pod().expect("the neighbour still serves its pod");
     assert!(
         running(&theirs, "c") && restarts(&theirs, "c") == 0,

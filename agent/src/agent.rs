@@ -99,6 +99,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let memory = capacity.memory_bytes;
 
     let pods_dir = setup_data_dirs(&config.root_dir)?;
+    // Everything this agent creates in the runtime carries its mark, and only what carries
+    // it is adopted, cleaned up, collected or rotated: the runtime may be shared.
+    let mark = crate::pods::labels::AgentMark::for_root_dir(&config.root_dir);
+    info!(
+        label = crate::pods::labels::AGENT_LABEL,
+        value = mark.value(),
+        "sandboxes and containers of this agent"
+    );
     // The HTTPS API's certificate and client CAs, before anything touches the node.
     let tls = server::tls::TlsServing::new(
         &config.server.tls,
@@ -554,6 +562,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             Arc::new(tree),
             pods_dir.clone(),
             pods_dir.clone(),
+            mark.clone(),
         )
         .with_images(images),
         NodeInfo::new(
@@ -588,6 +597,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     {
         let mut gc = crate::gc::ContainerGc::new(
             Arc::clone(&runtime),
+            mark.clone(),
             logs_dir,
             crate::gc::GcPolicy::default(),
             wanted_rx,
@@ -598,7 +608,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         }
         tracker.spawn(gc.run(crate::gc::GC_PERIOD, cancel.clone()));
         let mut rotator =
-            crate::logrotate::LogRotator::new(Arc::clone(&runtime), config.container_logs);
+            crate::logrotate::LogRotator::new(Arc::clone(&runtime), mark, config.container_logs);
         match crate::logrotate::RotationMetrics::register(&metrics.registry) {
             Ok(m) => rotator = rotator.with_metrics(m),
             Err(e) => warn!(error = %e, "bpflet_container_log_rotation* not exported"),

@@ -16,6 +16,7 @@ pub mod logrotate;
 pub mod metrics;
 pub mod model;
 pub mod mountinfo;
+pub mod observe;
 pub mod pleg;
 pub mod pods;
 pub mod probes;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use bpflet::config::{self, AgentArgs, LogFormat};
+use bpflet::observe::{self, ObserveArgs};
 use bpflet::trace::{self, TraceArgs};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 /// A kubelet-class node agent that runs pods over CRI and watches them with eBPF.
 ///
 /// Without a subcommand, runs the agent (kubelet-named flags); `bpflet trace` streams
-/// kernel events.
+/// kernel events; `bpflet observe` watches the pods of another kubelet, read-only.
 #[derive(Debug, Parser)]
 #[command(
     name = "bpflet",
@@ -31,6 +32,22 @@ enum Command {
     /// Stream kernel events (exits, OOM kills, memory pressure, cgroup changes) with pod
     /// attribution.
     Trace(TraceCommand),
+    /// Beside any kubelet, run no pods: attribute OOM kills and memory pressure to the
+    /// runtime's containers (read-only CRI) and serve them as Prometheus metrics, the gRPC
+    /// event stream and (with a kubeconfig) Kubernetes Events.
+    Observe(ObserveCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ObserveCommand {
+    #[command(flatten)]
+    args: ObserveArgs,
+    /// Log verbosity on stderr: 0 warnings, 1 info, 2 debug, 3+ trace.
+    #[arg(short = 'v', long = "v", default_value_t = 1, value_name = "LEVEL")]
+    verbosity: u8,
+    /// Log format on stderr.
+    #[arg(long = "log-format", value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +125,7 @@ fn main() -> ExitCode {
     // Configuration before side effects: everything is parsed and validated first.
     let (verbosity, format, agent_config) = match &cli.command {
         Some(Command::Trace(t)) => (t.verbosity, t.log_format, None),
+        Some(Command::Observe(o)) => (o.verbosity, o.log_format, None),
         None => match config::load(&cli.agent) {
             Ok(c) => (c.verbosity.max(1), c.log_format, Some(c)),
             Err(e) => {
@@ -141,6 +159,15 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!("bpflet trace: {e}{}", cause_suffix(&e));
                         ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                    }
+                }
+            }
+            (Some(Command::Observe(ObserveCommand { args, .. })), _) => {
+                match observe::run(args, cancel).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("bpflet observe: {e}{}", cause_suffix(&e));
+                        ExitCode::from(e.exit_code())
                     }
                 }
             }

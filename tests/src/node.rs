@@ -660,6 +660,116 @@ impl Drop for Node {
     }
 }
 
+/// `crictl ARGS` (the peer's, `cargo xtask build-peer`) against `ctd`'s CRI; its standard
+/// output. Panics with crictl's error and the tail of containerd's log when it fails.
+#[must_use]
+pub fn crictl(ctd: &PrivateContainerd, args: &[&str]) -> String {
+    let endpoint = format!("unix://{}", ctd.socket.display());
+    let out = Command::new(xtask::peer::bin_dir().join("crictl"))
+        .args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+        ])
+        .args(["--timeout", "30s"])
+        .args(args)
+        .output()
+        .expect("run crictl");
+    assert!(
+        out.status.success(),
+        "crictl {args:?} failed: {}\ncontainerd's log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctd.log_tail(20)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `bpflet trace --json --remote ARGS` and its JSON lines; returns once it has
+/// subscribed (its `tracing (remote)` log line). Its stderr is echoed, prefixed.
+#[must_use]
+pub fn remote_tracer(args: &[&str]) -> (Child, std::sync::mpsc::Receiver<Value>) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(bpflet_bin())
+        .args(["trace", "--json", "--remote"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bpflet trace --remote");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[bpflet trace --remote] {line}");
+            if line.contains("tracing (remote)")
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(WAIT)
+        .expect("bpflet trace --remote did not subscribe");
+    (child, rx)
+}
+
+/// The upstream kubelet's static pod `name` (`<name>-testnode`) on its read-only `/pods`,
+/// or `None` (not there, or the kubelet does not answer).
+#[must_use]
+pub fn kubelet_pod(kubelet: &xtask::peer::Kubelet, name: &str) -> Option<Value> {
+    let pods = kubelet.pods().ok()?;
+    pods["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["metadata"]["name"] == format!("{name}-testnode"))
+        .cloned()
+}
+
+/// Waits (up to [`WAIT`]) until the kubelet's pod `name` satisfies `pred` and returns it;
+/// panics naming `what` with the kubelet's log.
+pub fn wait_kubelet_pod(
+    kubelet: &xtask::peer::Kubelet,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(p) = kubelet_pod(kubelet, name).filter(&pred) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kubelet's {name}: timed out waiting for {what}\nkubelet log:\n{}",
+            kubelet.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// [`crictl`] with `-o json` output, parsed.
+#[must_use]
+pub fn crictl_json(ctd: &PrivateContainerd, args: &[&str]) -> Value {
+    let text = crictl(ctd, args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {text}"))
+}
+
 #[must_use]
 pub fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")

@@ -3,17 +3,16 @@
 //! without it.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bpflet_proto::v1 as pb;
 use bpflet_proto::v1::event_service_client::EventServiceClient;
 use bpflet_tests::bpflet_bin;
-use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, pod_yaml};
+use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, pod_yaml, remote_tracer};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -336,47 +335,6 @@ fn subscribers_get_their_events_a_stuck_one_is_told_what_it_missed_and_resume_mi
     assert_eq!(union.len(), first.len() + resumed.len(), "no event twice");
     let all: BTreeSet<u64> = seqs(&s1).into_iter().collect();
     assert_eq!(union, all, "no event missed");
-}
-
-/// A running `bpflet trace --remote`'s JSON lines.
-fn remote_tracer(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
-    let mut child = Command::new(bpflet_bin())
-        .args(["trace", "--json", "--remote"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpflet trace --remote");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let v: Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut ready_tx = Some(ready_tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[bpflet trace --remote] {line}");
-            if line.contains("tracing (remote)")
-                && let Some(tx) = ready_tx.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(WAIT)
-        .expect("bpflet trace --remote did not subscribe");
-    (child, rx)
 }
 
 /// `bpflet trace --remote SOCKET` shows an OOM kill the running agent saw, naming the pod

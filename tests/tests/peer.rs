@@ -5,15 +5,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bpflet_tests::node::{
-    IMAGE, Node, NodeConfig, WAIT, container_status, phase, pod_yaml, running, sleeping_pod,
+    IMAGE, Node, NodeConfig, WAIT, container_status, crictl, crictl_json, kubelet_pod, phase,
+    pod_yaml, running, sleeping_pod,
 };
 use bpflet_tests::require_root;
-use serde_json::Value;
 use xtask::containerd::{Binaries, Options, PrivateContainerd};
 use xtask::peer::{self, Kubelet, KubeletSpec};
 
@@ -30,34 +29,6 @@ fn containerd2(dir: &Path) -> PrivateContainerd {
     };
     PrivateContainerd::start_with(&dir.join("ctd"), &options)
         .unwrap_or_else(|e| panic!("starting a private containerd 2: {e:#}"))
-}
-
-/// `crictl ARGS` against `ctd`; its standard output.
-fn crictl(ctd: &PrivateContainerd, args: &[&str]) -> String {
-    let endpoint = format!("unix://{}", ctd.socket.display());
-    let out = Command::new(peer::bin_dir().join("crictl"))
-        .args([
-            "--runtime-endpoint",
-            &endpoint,
-            "--image-endpoint",
-            &endpoint,
-        ])
-        .args(["--timeout", "30s"])
-        .args(args)
-        .output()
-        .expect("run crictl");
-    assert!(
-        out.status.success(),
-        "crictl {args:?} failed: {}\ncontainerd's log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        ctd.log_tail(20)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn crictl_json(ctd: &PrivateContainerd, args: &[&str]) -> Value {
-    let text = crictl(ctd, args);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {text}"))
 }
 
 /// Polls `cond` every 100 ms until it gives a value; panics naming `what` after [`WAIT`].
@@ -251,16 +222,6 @@ fn bpflet_runs_static_pods_on_containerd2() {
         3,
         "{pod:#}"
     );
-}
-
-/// The static pod named `name` on the kubelet's `/pods` (`<name>-testnode`).
-fn kubelet_pod(kubelet: &Kubelet, name: &str) -> Option<Value> {
-    let pods = kubelet.pods().ok()?;
-    pods["items"]
-        .as_array()?
-        .iter()
-        .find(|p| p["metadata"]["name"] == format!("{name}-testnode"))
-        .cloned()
 }
 
 /// The upstream kubelet, standalone on containerd 2, runs a busybox static pod to Running as

@@ -358,4 +358,45 @@ mod tests {
         let trailing = format!("{ctr}/");
         assert_eq!(oom_scope(&ctr, Some(&trailing)), OomScope::Container);
     }
+
+    /// The upstream kubelet's cgroupfs driver with containerd: `<cgroupRoot>/kubepods`,
+    /// the QoS level (none for Guaranteed), `pod<uid>` with dashes, and the bare container
+    /// id below it, the sandbox's (pause) container included.
+    #[test]
+    fn upstream_kubelet_cgroupfs_layout() {
+        let sandbox = "a".repeat(64);
+        for root in ["", "/kubelet-root", "/a/b"] {
+            for qos in ["", "/burstable", "/besteffort"] {
+                let pod_cg = format!("{root}/kubepods{qos}/pod{UID}");
+                for cid in [CID, sandbox.as_str()] {
+                    let path = format!("{pod_cg}/{cid}");
+                    assert_eq!(parse_pod(&path), pod(UID, Some(cid)), "{path}");
+                    assert_eq!(pod_cgroup(&path), Some(pod_cg.as_str()), "{path}");
+                    assert_eq!(oom_scope(&path, Some(&path)), OomScope::Container, "{path}");
+                    assert_eq!(oom_scope(&path, Some(&pod_cg)), OomScope::Pod, "{path}");
+                }
+            }
+        }
+    }
+
+    /// The upstream kubelet's systemd driver with containerd:
+    /// `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _>.slice/cri-containerd-<id>.scope`
+    /// (Guaranteed pods directly in `kubepods.slice`).
+    #[test]
+    fn upstream_kubelet_systemd_layout() {
+        for qos in ["", "-burstable", "-besteffort"] {
+            let parent = if qos.is_empty() {
+                "/kubepods.slice".to_owned()
+            } else {
+                format!("/kubepods.slice/kubepods{qos}.slice")
+            };
+            let pod_cg = format!("{parent}/kubepods{qos}-pod{UID_}.slice");
+            let path = format!("{pod_cg}/cri-containerd-{CID}.scope");
+            assert_eq!(parse_pod(&path), pod(UID, Some(CID)), "{path}");
+            assert_eq!(pod_cgroup(&path), Some(pod_cg.as_str()), "{path}");
+            assert_eq!(container_cgroup(&path), Some(path.as_str()), "{path}");
+            assert_eq!(oom_scope(&path, Some(&path)), OomScope::Container, "{path}");
+            assert_eq!(oom_scope(&path, Some(&pod_cg)), OomScope::Pod, "{path}");
+        }
+    }
 }

@@ -1,7 +1,10 @@
-//! Container garbage collection (upstream's `containerGC`), once a minute.
+//! Container garbage collection (upstream's `containerGC`), once a minute, and once more as
+//! soon as every pod source has reported.
 //!
-//! What goes, decided by [`select`] (pure, unit-tested) from one listing of the runtime's
-//! containers and sandboxes and of the pod log directories:
+//! What goes, decided by [`select`] (pure, unit-tested) from one listing of this agent's
+//! containers and sandboxes (those carrying its mark, [`AgentMark`]: another client of a
+//! shared runtime, such as an upstream kubelet, keeps its dead containers) and of the pod
+//! log directories:
 //!
 //! - Dead containers (exited, created at least `min_age` ago), grouped by pod UID and
 //!   container name: of a pod no source wants, all of them (created ones too); of a wanted
@@ -16,9 +19,9 @@
 //!
 //! Nothing that needs "no source wants it" is decided before every source has reported
 //! once (the pod manager publishes the wanted pods from then on). Containers and sandboxes
-//! without bpflet's pod labels are never touched. Removal goes through the runtime (with
-//! its request timeout); a failed removal is logged with the id and met again the next
-//! pass. The pod worker also removes its own pod's surplus dead attempts right after a
+//! without bpflet's pod labels or its mark are never touched. Removal goes through the
+//! runtime (with its request timeout); a failed removal is logged with the id and met
+//! again the next pass. The pod worker also removes its own pod's surplus dead attempts right after a
 //! sync; this pass catches what it could not (a failed removal, an agent restart, a pod
 //! removed while the agent was down).
 //!
@@ -41,8 +44,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::pods::labels::{container_name_from_labels, pod_uid_from_labels};
-use crate::runtime::{Container, ContainerRuntime, ContainerState, PodSandbox, SandboxState};
+use crate::pods::labels::{AgentMark, container_name_from_labels, pod_uid_from_labels};
+use crate::runtime::{Container, ContainerRuntime, ContainerState, PodSandbox, SandboxState, api};
 
 /// Upstream's `ContainerGCPeriod`.
 pub const GC_PERIOD: Duration = Duration::from_secs(60);
@@ -256,6 +259,8 @@ pub struct PassReport {
 /// Runs [`select`] every [`GC_PERIOD`] and removes what it selects.
 pub struct ContainerGc<R> {
     runtime: Arc<R>,
+    /// Only sandboxes and containers carrying it are listed, so only they can go.
+    mark: AgentMark,
     logs_dir: PathBuf,
     policy: GcPolicy,
     wanted: watch::Receiver<Option<HashSet<String>>>,
@@ -264,14 +269,17 @@ pub struct ContainerGc<R> {
 
 impl<R: ContainerRuntime + 'static> ContainerGc<R> {
     /// `wanted`: the pod manager's wanted pods (`None` until every source reported).
+    /// `mark`: this agent's; what other clients of the runtime made is never listed.
     pub fn new(
         runtime: Arc<R>,
+        mark: AgentMark,
         logs_dir: PathBuf,
         policy: GcPolicy,
         wanted: watch::Receiver<Option<HashSet<String>>>,
     ) -> Self {
         Self {
             runtime,
+            mark,
             logs_dir,
             policy,
             wanted,
@@ -285,21 +293,33 @@ impl<R: ContainerRuntime + 'static> ContainerGc<R> {
         self
     }
 
-    /// A pass every `period` until `cancel` (the first at once).
-    pub async fn run(self, period: Duration, cancel: CancellationToken) {
+    /// A pass every `period` until `cancel`: the first at once, and one more as soon as
+    /// the wanted pods are first known (every source reported), so that what the sources
+    /// let go of while the agent was down goes without waiting a period.
+    pub async fn run(mut self, period: Duration, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known = self.wanted.borrow().is_some();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                changed = self.wanted.changed(), if !known => {
+                    if changed.is_err() || self.wanted.borrow_and_update().is_none() {
+                        // The manager is gone (stopping) or still waiting: the ticks go on.
+                        known = changed.is_err();
+                        continue;
+                    }
+                }
             }
+            known |= self.wanted.borrow().is_some();
             let report = self.collect().await;
             debug!(
                 containers = report.containers,
                 sandboxes = report.sandboxes,
                 log_dirs = report.log_dirs,
                 failures = report.failures,
+                pods_known = known,
                 "container garbage collection"
             );
         }
@@ -308,14 +328,22 @@ impl<R: ContainerRuntime + 'static> ContainerGc<R> {
     /// One pass.
     pub async fn collect(&self) -> PassReport {
         let mut report = PassReport::default();
-        let containers = match self.runtime.list_containers(None).await {
+        let containers = self.runtime.list_containers(Some(api::ContainerFilter {
+            label_selector: self.mark.selector(None),
+            ..api::ContainerFilter::default()
+        }));
+        let containers = match containers.await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "container GC: cannot list containers");
                 return report;
             }
         };
-        let sandboxes = match self.runtime.list_pod_sandboxes(None).await {
+        let sandboxes = self.runtime.list_pod_sandboxes(Some(api::PodSandboxFilter {
+            label_selector: self.mark.selector(None),
+            ..api::PodSandboxFilter::default()
+        }));
+        let sandboxes = match sandboxes.await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "container GC: cannot list sandboxes");

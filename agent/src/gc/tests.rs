@@ -278,6 +278,22 @@ async fn a_pass_removes_through_the_runtime_and_retries_failures_next_pass() {
     rt.start_container(&id).await.unwrap();
     rt.stop_container(&id, Duration::ZERO).await.unwrap();
     rt.stop_pod_sandbox(&sandbox).await.unwrap();
+    // An upstream kubelet's dead container and sandbox of a pod bpflet does not want, in
+    // the same runtime: not bpflet's to remove.
+    let mut kubelet_sb = sandbox_config("k1");
+    let mut kubelet_c = container_config("k1");
+    kubelet_sb.labels.remove(crate::pods::labels::AGENT_LABEL);
+    kubelet_c.labels.remove(crate::pods::labels::AGENT_LABEL);
+    let kubelet_sandbox = rt.run_pod_sandbox(&kubelet_sb, "").await.unwrap();
+    let kubelet_id = rt
+        .create_container(&kubelet_sandbox, &kubelet_c, &kubelet_sb)
+        .await
+        .unwrap();
+    rt.start_container(&kubelet_id).await.unwrap();
+    rt.stop_container(&kubelet_id, Duration::ZERO)
+        .await
+        .unwrap();
+    rt.stop_pod_sandbox(&kubelet_sandbox).await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     std::fs::create_dir(logs.path().join("default_web_u1")).unwrap();
     std::fs::create_dir(logs.path().join("default_other_u2")).unwrap();
@@ -285,6 +301,7 @@ async fn a_pass_removes_through_the_runtime_and_retries_failures_next_pass() {
     let (tx, rx) = watch::channel(None);
     let gc = ContainerGc::new(
         Arc::clone(&rt),
+        crate::pods::labels::AgentMark::for_tests(),
         logs.path().to_owned(),
         GcPolicy::default(),
         rx,
@@ -312,8 +329,72 @@ async fn a_pass_removes_through_the_runtime_and_retries_failures_next_pass() {
             failures: 0
         }
     );
-    assert!(rt.list_containers(None).await.unwrap().is_empty());
-    assert!(rt.list_pod_sandboxes(None).await.unwrap().is_empty());
+    let containers: Vec<String> = rt
+        .list_containers(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let sandboxes: Vec<String> = rt
+        .list_pod_sandboxes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(
+        containers,
+        [kubelet_id],
+        "only the kubelet's dead container is left"
+    );
+    assert_eq!(
+        sandboxes,
+        [kubelet_sandbox],
+        "only the kubelet's dead sandbox is left"
+    );
     assert!(!logs.path().join("default_web_u1").exists());
     assert!(logs.path().join("default_other_u2").exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_follows_as_soon_as_the_wanted_pods_are_known() {
+    use crate::pods::observe::tests::{IMAGE, container_config, sandbox_config};
+    use crate::runtime::FakeRuntime;
+
+    let rt = Arc::new(FakeRuntime::new());
+    rt.add_image(IMAGE);
+    let sb_config = sandbox_config("u1");
+    let sandbox = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
+    let id = rt
+        .create_container(&sandbox, &container_config("u1"), &sb_config)
+        .await
+        .unwrap();
+    rt.start_container(&id).await.unwrap();
+    rt.stop_container(&id, Duration::ZERO).await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (tx, rx) = watch::channel(None);
+    let gc = ContainerGc::new(
+        Arc::clone(&rt),
+        crate::pods::labels::AgentMark::for_tests(),
+        logs.path().to_owned(),
+        GcPolicy::default(),
+        rx,
+    );
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(gc.run(GC_PERIOD, cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        rt.list_containers(None).await.unwrap().len(),
+        1,
+        "the first pass, before the sources reported, keeps the pod's container"
+    );
+    tx.send_replace(Some(wanted(&[])));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rt.list_containers(None).await.unwrap().is_empty(),
+        "the pod no source wants goes at once, not a period later"
+    );
+    cancel.cancel();
+    task.await.unwrap();
 }

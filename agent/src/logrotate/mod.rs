@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::ContainerLogConfig;
+use crate::pods::labels::AgentMark;
 use crate::runtime::{ContainerRuntime, RuntimeError, api};
 
 /// Why one container's log was not rotated.
@@ -173,6 +174,9 @@ impl RotationMetrics {
 /// Rotates the logs of the runtime's running containers.
 pub struct LogRotator<R> {
     runtime: Arc<R>,
+    /// Only containers carrying it are rotated: another client of the runtime (an upstream
+    /// kubelet) rotates its own logs.
+    mark: AgentMark,
     config: ContainerLogConfig,
     metrics: Option<RotationMetrics>,
     /// The log path of each running container seen (empty: the container has none), kept
@@ -181,9 +185,10 @@ pub struct LogRotator<R> {
 }
 
 impl<R: ContainerRuntime + 'static> LogRotator<R> {
-    pub fn new(runtime: Arc<R>, config: ContainerLogConfig) -> Self {
+    pub fn new(runtime: Arc<R>, mark: AgentMark, config: ContainerLogConfig) -> Self {
         Self {
             runtime,
+            mark,
             config,
             metrics: None,
             log_paths: Mutex::new(HashMap::new()),
@@ -218,6 +223,7 @@ impl<R: ContainerRuntime + 'static> LogRotator<R> {
             state: Some(api::ContainerStateValue {
                 state: api::ContainerState::ContainerRunning.into(),
             }),
+            label_selector: self.mark.selector(None),
             ..api::ContainerFilter::default()
         };
         let containers = match self.runtime.list_containers(Some(running)).await {

@@ -167,6 +167,7 @@ async fn the_log_path_is_asked_once_per_running_container() {
     rt.start_container(&id).await.expect("start");
     let rotator = LogRotator::new(
         Arc::clone(&rt),
+        AgentMark::for_tests(),
         ContainerLogConfig {
             max_size_bytes: 1024,
             max_files: 5,
@@ -193,5 +194,41 @@ async fn the_log_path_is_asked_once_per_running_container() {
     assert!(
         rotator.paths().is_empty(),
         "a stopped container is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn only_this_agents_containers_are_rotated() {
+    use crate::pods::observe::tests::{IMAGE, container_config, sandbox_config};
+    use crate::runtime::{FakeRuntime, Method};
+
+    let rt = Arc::new(FakeRuntime::new());
+    rt.add_image(IMAGE);
+    for (uid, ours) in [("u1", true), ("kubelet", false)] {
+        let mut sb = sandbox_config(uid);
+        let mut c = container_config(uid);
+        if !ours {
+            sb.labels.remove(crate::pods::labels::AGENT_LABEL);
+            c.labels.remove(crate::pods::labels::AGENT_LABEL);
+        }
+        let sandbox = rt.run_pod_sandbox(&sb, "").await.unwrap();
+        let id = rt.create_container(&sandbox, &c, &sb).await.unwrap();
+        rt.start_container(&id).await.unwrap();
+    }
+    let rotator = LogRotator::new(
+        Arc::clone(&rt),
+        AgentMark::for_tests(),
+        ContainerLogConfig {
+            max_size_bytes: 10 << 20,
+            max_files: 5,
+            max_workers: 1,
+            monitor_interval: std::time::Duration::from_secs(10),
+        },
+    );
+    assert_eq!(rotator.rotate_all().await, 0, "no log is due");
+    assert_eq!(
+        rt.call_count(Method::ContainerStatus),
+        1,
+        "the kubelet's running container is not even looked at"
     );
 }

@@ -11,8 +11,16 @@
 //!
 //! A sandbox carries the pod's own labels too (under the agent's keys, which win on a
 //! clash); a container carries only the agent's.
+//!
+//! Every sandbox and container the agent creates also carries its mark ([`AgentMark`],
+//! label [`AGENT_LABEL`]: the agent's root directory). A containerd may be shared with an
+//! upstream kubelet, crictl or another bpflet with another root directory: their objects
+//! carry the same `io.kubernetes.*` labels, so the pod UID label alone does not say whose a
+//! sandbox is. Adoption, the orphan clean-up, the container GC, log rotation and disk
+//! reclaim select by the mark and touch nothing else.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, LifecycleHandler, Pod};
 
@@ -36,6 +44,69 @@ pub const POD_TERMINATION_GRACE_PERIOD_ANNOTATION: &str =
 pub const POD_DELETION_GRACE_PERIOD_ANNOTATION: &str = "io.kubernetes.pod.deletionGracePeriod";
 
 type Map = HashMap<String, String>;
+
+/// The label that marks the sandboxes and containers an agent created; its value is the
+/// agent's [`AgentMark`].
+pub const AGENT_LABEL: &str = "io.bpflet.root-dir";
+
+/// Whose sandboxes and containers these are: the agent's root directory (`--root-dir`), as
+/// the configuration gives it, without trailing slashes. Two agents on one runtime need two
+/// root directories (their pods' volumes live there), so the root directory tells them
+/// apart, and an agent restarted on the same root directory adopts what it made. The node
+/// name does not: nodes of a test bed (and a renamed host) share or change it.
+///
+/// Sandboxes made by a bpflet older than the mark carry none: this agent neither adopts
+/// nor removes them (see the README's upgrade note).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AgentMark(String);
+
+impl AgentMark {
+    /// The mark of the agent whose root directory is `root_dir`.
+    #[must_use]
+    pub fn for_root_dir(root_dir: &Path) -> Self {
+        let text = root_dir.to_string_lossy();
+        let trimmed = text.trim_end_matches('/');
+        Self(if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        })
+    }
+
+    /// The label's value.
+    #[must_use]
+    pub fn value(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `labels` (of a sandbox or container) carry this mark.
+    #[must_use]
+    pub fn is_on(&self, labels: &Map) -> bool {
+        labels.get(AGENT_LABEL).is_some_and(|v| *v == self.0)
+    }
+
+    /// Puts the mark on `labels` (a config about to be created).
+    pub fn apply(&self, labels: &mut Map) {
+        labels.insert(AGENT_LABEL.to_owned(), self.0.clone());
+    }
+
+    /// The mark unit tests put on what they create in the fake runtime.
+    #[cfg(test)]
+    #[must_use]
+    pub(crate) fn for_tests() -> Self {
+        Self::for_root_dir(Path::new("/var/lib/bpflet-test"))
+    }
+
+    /// A CRI label selector for this agent's objects, of pod `uid` when given.
+    #[must_use]
+    pub fn selector(&self, uid: Option<&str>) -> Map {
+        let mut selector = Map::from([(AGENT_LABEL.to_owned(), self.0.clone())]);
+        if let Some(uid) = uid {
+            selector.insert(POD_UID_LABEL.to_owned(), uid.to_owned());
+        }
+        selector
+    }
+}
 
 /// An annotation the agent wrote that does not parse back.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! The pod manager: keeps one worker per desired pod. Source snapshots add, update and
-//! remove pods; PLEG pokes reach the worker of the pod they name; runtime pods that no
-//! source wants (a manifest removed while the agent was down) are torn down once every
-//! configured source has reported.
+//! remove pods; PLEG pokes reach the worker of the pod they name; runtime pods of this
+//! agent (carrying its mark, see [`super::labels::AgentMark`]) that no source wants (a
+//! manifest removed while the agent was down) are torn down once every configured source
+//! has reported.
 //!
 //! A source that cannot be read sends nothing, so its pods stay as they are. Two sources
 //! that define the same UID or namespace/name conflict: the pod already running keeps it,
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 
 use super::admission;
 use super::manifest::{ManifestError, StaticPod};
-use super::observe::runtime_pod_uids;
+use super::observe::{runtime_pod_uids, unmarked_sandboxes_of};
 use super::source::{PodUpdate, SourceKind};
 use super::worker::{self, PodContext, WorkerHandle};
 use crate::eviction::Eviction;
@@ -330,17 +331,45 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
         self.workers.retain(|_, w| !w.done.is_finished());
     }
 
+    /// Warns about running sandboxes of wanted pods that lack this agent's mark: made by a
+    /// bpflet older than the mark (upgrade: stop them, `crictl stopp <id>`, so that only
+    /// this agent's copy runs) or by another client of the runtime. Left as they are.
+    async fn warn_unmarked(&self) {
+        let wanted: HashSet<&str> = self.workers.keys().map(String::as_str).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let sandboxes = match self.ctx.runtime().list_pod_sandboxes(None).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot list the runtime's sandboxes");
+                return;
+            }
+        };
+        for (uid, id) in unmarked_sandboxes_of(&sandboxes, self.ctx.mark(), &wanted) {
+            warn!(
+                uid,
+                sandbox = id,
+                mark = super::labels::AGENT_LABEL,
+                "a running sandbox of a pod this agent runs has no mark of this agent: not adopted (an older bpflet's? stop it with `crictl stopp {id}`)"
+            );
+        }
+    }
+
     /// Tears down runtime pods that no source wants: a worker with a minimal pod runs the
-    /// normal termination path (grace period, sandbox and cgroup removal).
+    /// normal termination path (grace period, sandbox and cgroup removal). Only sandboxes
+    /// carrying this agent's mark are candidates: another client's pods in a shared runtime
+    /// (an upstream kubelet's, crictl's, another bpflet's) are never touched.
     async fn cleanup_orphans(&mut self) {
         self.orphans_checked = true;
-        let uids = match runtime_pod_uids(self.ctx.runtime()).await {
+        let uids = match runtime_pod_uids(self.ctx.runtime(), self.ctx.mark()).await {
             Ok(u) => u,
             Err(e) => {
                 warn!(error = %e, "cannot list runtime pods; orphans are not cleaned up");
                 return;
             }
         };
+        self.warn_unmarked().await;
         for uid in uids {
             if self.workers.contains_key(&uid) {
                 continue;

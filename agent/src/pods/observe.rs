@@ -2,14 +2,16 @@
 //!
 //! Everything is rebuilt from CRI state (labels and annotations bpflet put on sandboxes and
 //! containers), so an agent that restarts adopts running pods without restarting them and
-//! keeps their restart counts.
+//! keeps their restart counts. Only objects carrying this agent's [`AgentMark`] are seen: a
+//! sandbox of another client of the runtime (an upstream kubelet, crictl, another bpflet)
+//! is never observed, so never adopted, stopped or removed, even under the same pod UID.
 
 use std::collections::HashMap;
 
 use jiff::Timestamp;
 use k8s_cri::v1 as api;
 
-use super::labels;
+use super::labels::{self, AgentMark};
 use super::plan::{ContainerState as PlanState, ObservedContainer, ObservedPod, ObservedSandbox};
 use crate::runtime::{self, ContainerRuntime, ContainerState, SandboxState};
 use crate::status::ContainerImage;
@@ -32,21 +34,21 @@ pub struct ObserveCache {
 /// Lists the pod's sandboxes and containers and reads each one's status.
 pub async fn observe_pod<R: ContainerRuntime>(
     rt: &R,
+    mark: &AgentMark,
     uid: &str,
 ) -> runtime::Result<(ObservedPod, Images)> {
-    observe_pod_cached(rt, uid, &mut ObserveCache::default()).await
+    observe_pod_cached(rt, mark, uid, &mut ObserveCache::default()).await
 }
 
 /// [`observe_pod`], reading statuses only for what is new or changed state since `cache`
 /// was last filled; `cache` then holds exactly what this observation saw.
 pub async fn observe_pod_cached<R: ContainerRuntime>(
     rt: &R,
+    mark: &AgentMark,
     uid: &str,
     cache: &mut ObserveCache,
 ) -> runtime::Result<(ObservedPod, Images)> {
-    let selector: HashMap<String, String> = [(labels::POD_UID_LABEL.to_owned(), uid.to_owned())]
-        .into_iter()
-        .collect();
+    let selector = mark.selector(Some(uid));
     let sandboxes = rt
         .list_pod_sandboxes(Some(api::PodSandboxFilter {
             label_selector: selector.clone(),
@@ -145,10 +147,17 @@ fn plan_state(s: ContainerState) -> PlanState {
     }
 }
 
-/// Pod uids that have any sandbox in the runtime (for adoption and orphan cleanup).
-pub async fn runtime_pod_uids<R: ContainerRuntime>(rt: &R) -> runtime::Result<Vec<String>> {
+/// Pod uids that have a sandbox carrying `mark` in the runtime (for adoption and orphan
+/// cleanup); other clients' sandboxes are not listed.
+pub async fn runtime_pod_uids<R: ContainerRuntime>(
+    rt: &R,
+    mark: &AgentMark,
+) -> runtime::Result<Vec<String>> {
     let mut uids: Vec<String> = rt
-        .list_pod_sandboxes(None)
+        .list_pod_sandboxes(Some(api::PodSandboxFilter {
+            label_selector: mark.selector(None),
+            ..Default::default()
+        }))
         .await?
         .into_iter()
         .filter_map(|sb| labels::pod_uid_from_labels(&sb.labels).map(str::to_owned))
@@ -156,6 +165,26 @@ pub async fn runtime_pod_uids<R: ContainerRuntime>(rt: &R) -> runtime::Result<Ve
     uids.sort();
     uids.dedup();
     Ok(uids)
+}
+
+/// Sandboxes with the kubelet's pod UID label but without `mark` whose pod is one of
+/// `wanted`, as (pod uid, sandbox id): another client's, or an older bpflet's (which put no
+/// mark on anything). Neither is adopted; the caller warns about them, since an older
+/// bpflet's copy of a pod keeps running beside the one this agent starts.
+#[must_use]
+pub fn unmarked_sandboxes_of<'a>(
+    sandboxes: &'a [runtime::PodSandbox],
+    mark: &AgentMark,
+    wanted: &std::collections::HashSet<&str>,
+) -> Vec<(&'a str, &'a str)> {
+    sandboxes
+        .iter()
+        .filter(|sb| sb.state == SandboxState::Ready && !mark.is_on(&sb.labels))
+        .filter_map(|sb| {
+            let uid = labels::pod_uid_from_labels(&sb.labels)?;
+            wanted.contains(uid).then_some((uid, sb.id.as_str()))
+        })
+        .collect()
 }
 
 /// When a container last changed state, for status timestamps.
@@ -178,7 +207,7 @@ pub(crate) mod tests {
                 namespace: "default".to_owned(),
                 attempt: 0,
             }),
-            labels: HashMap::from([(labels::POD_UID_LABEL.to_owned(), uid.to_owned())]),
+            labels: AgentMark::for_tests().selector(Some(uid)),
             ..Default::default()
         }
     }
@@ -193,7 +222,7 @@ pub(crate) mod tests {
                 image: IMAGE.to_owned(),
                 ..Default::default()
             }),
-            labels: HashMap::from([(labels::POD_UID_LABEL.to_owned(), uid.to_owned())]),
+            labels: AgentMark::for_tests().selector(Some(uid)),
             ..Default::default()
         }
     }
@@ -214,16 +243,23 @@ pub(crate) mod tests {
             .unwrap();
         rt.start_container(&c).await.unwrap();
         let mut cache = ObserveCache::default();
+        let mark = AgentMark::for_tests();
 
-        let (first, _) = observe_pod_cached(&rt, "u1", &mut cache).await.unwrap();
+        let (first, _) = observe_pod_cached(&rt, &mark, "u1", &mut cache)
+            .await
+            .unwrap();
         assert_eq!(status_reads(&rt), 2, "one sandbox and one container status");
-        let (again, images) = observe_pod_cached(&rt, "u1", &mut cache).await.unwrap();
+        let (again, images) = observe_pod_cached(&rt, &mark, "u1", &mut cache)
+            .await
+            .unwrap();
         assert_eq!(again, first, "a steady pod looks the same from the cache");
         assert!(images.contains_key(&c), "images come from the cache too");
         assert_eq!(status_reads(&rt), 2, "no status read for a steady pod");
 
         rt.exit_container(&c, 3);
-        let (exited, _) = observe_pod_cached(&rt, "u1", &mut cache).await.unwrap();
+        let (exited, _) = observe_pod_cached(&rt, &mark, "u1", &mut cache)
+            .await
+            .unwrap();
         assert_eq!(
             status_reads(&rt),
             3,
@@ -235,10 +271,87 @@ pub(crate) mod tests {
             (PlanState::Exited, Some(3)),
             "{ctr:?}"
         );
-        let (uncached, _) = observe_pod(&rt, "u1").await.unwrap();
+        let (uncached, _) = observe_pod(&rt, &mark, "u1").await.unwrap();
         assert_eq!(
             uncached, exited,
             "the cache changes nothing in what is observed"
+        );
+    }
+
+    /// Another client's sandbox and container, with the kubelet's labels only (or another
+    /// agent's mark), under the same pod UID as one of ours.
+    async fn foreign_pod(
+        rt: &FakeRuntime,
+        uid: &str,
+        mark: Option<&AgentMark>,
+    ) -> (String, String) {
+        let mut sb_config = sandbox_config(uid);
+        if let Some(meta) = sb_config.metadata.as_mut() {
+            // The runtime reserves name, namespace, UID and attempt: another client's.
+            meta.name = "theirs".to_owned();
+        }
+        let mut c_config = container_config(uid);
+        for labels in [&mut sb_config.labels, &mut c_config.labels] {
+            labels.remove(labels::AGENT_LABEL);
+            if let Some(mark) = mark {
+                mark.apply(labels);
+            }
+        }
+        let sb = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
+        let c = rt
+            .create_container(&sb, &c_config, &sb_config)
+            .await
+            .unwrap();
+        rt.start_container(&c).await.unwrap();
+        (sb, c)
+    }
+
+    #[tokio::test]
+    async fn other_clients_pods_are_not_observed_even_under_the_same_uid() {
+        let rt = FakeRuntime::new();
+        rt.add_image(IMAGE);
+        let mark = AgentMark::for_tests();
+        let sb_config = sandbox_config("u1");
+        let ours = rt.run_pod_sandbox(&sb_config, "").await.unwrap();
+        let kubelets = foreign_pod(&rt, "u1", None).await;
+        let other_agent = AgentMark::for_root_dir(std::path::Path::new("/var/lib/other"));
+        let neighbours = foreign_pod(&rt, "u2", Some(&other_agent)).await;
+        foreign_pod(&rt, "u3", None).await;
+
+        let (observed, _) = observe_pod(&rt, &mark, "u1").await.unwrap();
+        let ids: Vec<&str> = observed.sandboxes.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [ours.as_str()],
+            "the kubelet's sandbox {kubelets:?} is not ours"
+        );
+        assert!(observed.containers.is_empty(), "{observed:?}");
+        assert_eq!(
+            runtime_pod_uids(&rt, &mark).await.unwrap(),
+            ["u1"],
+            "only marked sandboxes are candidates for adoption and clean-up"
+        );
+        assert_eq!(
+            runtime_pod_uids(&rt, &other_agent).await.unwrap(),
+            ["u2"],
+            "the other agent sees its own {neighbours:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unmarked_sandboxes_of_wanted_pods_are_found_for_the_upgrade_warning() {
+        let rt = FakeRuntime::new();
+        rt.add_image(IMAGE);
+        let mark = AgentMark::for_tests();
+        rt.run_pod_sandbox(&sandbox_config("u1"), "").await.unwrap();
+        let (old, _) = foreign_pod(&rt, "u1", None).await;
+        foreign_pod(&rt, "u2", None).await;
+        let sandboxes = rt.list_pod_sandboxes(None).await.unwrap();
+        let wanted = std::collections::HashSet::from(["u1"]);
+        assert_eq!(
+            unmarked_sandboxes_of(&sandboxes, &mark, &wanted),
+            [("u1", old.as_str())],
+            "ours is marked; u2 is nobody this agent wants"
         );
     }
 }

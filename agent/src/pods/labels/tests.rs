@@ -257,3 +257,45 @@ fn malformed_annotations_name_the_key() {
         );
     }
 }
+
+#[test]
+fn the_mark_is_the_root_dir_and_tells_agents_apart() {
+    let mark = AgentMark::for_root_dir(Path::new("/var/lib/bpflet/"));
+    assert_eq!(mark.value(), "/var/lib/bpflet");
+    assert_eq!(mark, AgentMark::for_root_dir(Path::new("/var/lib/bpflet")));
+    let other = AgentMark::for_root_dir(Path::new("/var/lib/bpflet-2"));
+    assert_ne!(mark, other);
+
+    let mut labels = sandbox_labels(&pod());
+    assert!(!mark.is_on(&labels), "an unmarked sandbox is nobody's");
+    mark.apply(&mut labels);
+    assert!(mark.is_on(&labels));
+    assert!(
+        !other.is_on(&labels),
+        "another root dir's agent does not claim it"
+    );
+    assert_eq!(
+        mark.selector(Some("u1")),
+        map(&[(AGENT_LABEL, "/var/lib/bpflet"), (POD_UID_LABEL, "u1")])
+    );
+    assert_eq!(
+        mark.selector(None),
+        map(&[(AGENT_LABEL, "/var/lib/bpflet")])
+    );
+}
+
+#[test]
+fn a_pod_label_cannot_forge_the_mark() {
+    let mut p = pod();
+    p.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(AGENT_LABEL.to_owned(), "/var/lib/other".to_owned());
+    let mut labels = sandbox_labels(&p);
+    let mark = AgentMark::for_root_dir(Path::new("/var/lib/bpflet"));
+    mark.apply(&mut labels);
+    assert_eq!(
+        labels[AGENT_LABEL], "/var/lib/bpflet",
+        "the agent's mark wins"
+    );
+}

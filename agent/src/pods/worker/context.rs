@@ -20,6 +20,7 @@ use crate::model::node::NodeCondition;
 use crate::pleg::facts::KernelFacts;
 use crate::pods::admission::{AdmissionNode, NodeState};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable};
+use crate::pods::labels::AgentMark;
 use crate::pods::sysctls::SysctlPolicy;
 use crate::probes::ProbeManager;
 use crate::record::Recorder;
@@ -60,6 +61,12 @@ impl<R> PodContext<R> {
         &self.host.runtime
     }
 
+    /// The mark on everything this agent creates in the runtime (the manager lists only
+    /// what carries it).
+    pub(in crate::pods) fn mark(&self) -> &AgentMark {
+        &self.host.mark
+    }
+
     /// The QoS cgroup tree (the manager keeps its cpu shares current).
     pub(in crate::pods) fn tree(&self) -> &QosTree {
         &self.host.tree
@@ -95,6 +102,8 @@ pub struct PodHost<R> {
     pub(super) logs_dir: PathBuf,
     /// Pulls images (policies, credentials, turns, metric).
     pub(super) images: Arc<ImageManager>,
+    /// Put on every sandbox and container created; only what carries it is observed.
+    pub(super) mark: AgentMark,
 }
 
 impl<R> PodHost<R> {
@@ -105,6 +114,7 @@ impl<R> PodHost<R> {
         tree: Arc<QosTree>,
         pods_dir: PathBuf,
         logs_dir: PathBuf,
+        mark: AgentMark,
     ) -> Self {
         Self {
             runtime,
@@ -113,6 +123,7 @@ impl<R> PodHost<R> {
             pods_dir,
             logs_dir,
             images: Arc::new(ImageManager::unregistered(PullSettings::default())),
+            mark,
         }
     }
 

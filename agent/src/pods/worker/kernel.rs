@@ -70,6 +70,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .await;
             (observed, images) = observe_pod_cached(
                 &*self.ctx.host.runtime,
+                &self.ctx.host.mark,
                 pod_uid(pod),
                 &mut self.observe_cache,
             )

@@ -315,13 +315,14 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             memory_capacity_bytes: ctx.node.memory_capacity,
             allocatable: ctx.node.allocatable,
         };
-        let config =
+        let mut config =
             cri_config::container_config(pod, container, attempt, &cctx).map_err(|source| {
                 StartError::Config {
                     container: cname(),
                     source,
                 }
             })?;
+        ctx.host.mark.apply(&mut config.labels);
         let image = config
             .image
             .as_ref()

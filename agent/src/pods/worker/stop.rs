@@ -14,6 +14,7 @@ use super::events;
 use crate::eviction::Eviction;
 use crate::model::{format_pod, pod_uid, termination_grace};
 use crate::pods::cri_config;
+use crate::pods::labels::AgentMark;
 use crate::pods::observe::{Images, observe_pod};
 use crate::pods::plan::{self, ObservedPod, PodActions};
 use crate::pods::volumes::PodVolumes;
@@ -129,7 +130,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .evictions
             .with_label_values(&[e.signal.as_str()])
             .inc();
-        let observed = match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
+        let observed = match observe_pod(&*self.ctx.host.runtime, &self.ctx.host.mark, pod_uid(pod))
+            .await
+        {
             Ok((o, _)) => o,
             Err(err) => {
                 warn!(pod = %name, error = %err, "cannot list the pod's containers to evict it");
@@ -152,7 +155,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let mut status = self.status.clone().unwrap_or_default();
         crate::status::mark_evicted(&mut status, &e.message, self.ctx.now());
         self.status = Some(status);
-        let observed = observe_pod(&*self.ctx.host.runtime, pod_uid(pod))
+        let observed = observe_pod(&*self.ctx.host.runtime, &self.ctx.host.mark, pod_uid(pod))
             .await
             .map(|(o, _)| o)
             .unwrap_or(observed);
@@ -191,7 +194,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
     /// the pod's grace period, then its ready sandboxes. Nothing is removed.
     pub(super) async fn stop_in_place(&self, pod: &Pod) {
         let name = format_pod(pod);
-        match observe_pod(&*self.ctx.host.runtime, pod_uid(pod)).await {
+        match observe_pod(&*self.ctx.host.runtime, &self.ctx.host.mark, pod_uid(pod)).await {
             Ok((observed, _)) => {
                 self.kill_containers(pod, &observed, termination_grace(pod))
                     .await;
@@ -215,7 +218,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let uid = pod_uid(pod).to_owned();
         info!(pod = %name, "terminating pod");
         let grace = termination_grace(pod);
-        let observed = match observe_pod(&*ctx.host.runtime, &uid).await {
+        let observed = match observe_pod(&*ctx.host.runtime, &ctx.host.mark, &uid).await {
             Ok((o, _)) => o,
             Err(e) => {
                 warn!(pod = %name, error = %e, "cannot list the pod's containers; removing its sandboxes anyway");
@@ -235,7 +238,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         // the runtime after the listing above, or still be starting there (containerd
         // refuses to remove a container "in starting state"): remove what is left until
         // nothing is, retrying while the runtime finishes what it was doing.
-        remove_strays(&*ctx.host.runtime, &name, &uid).await;
+        remove_strays(&*ctx.host.runtime, &ctx.host.mark, &name, &uid).await;
         // Removal waits (briefly) for the kernel to release the cgroups: off the runtime.
         let tree = Arc::clone(&ctx.host.tree);
         let removal_uid = uid.clone();
@@ -267,12 +270,17 @@ const STRAY_MAX_PAUSE: Duration = Duration::from_secs(2);
 /// Stops and removes whatever the runtime still holds of pod `uid`, again and again (100 ms
 /// doubling to 2 s) until nothing is left or [`STRAY_DEADLINE`] passed; what could not be
 /// removed by then is logged (the start-up clean-up and the relist meet it again).
-pub(super) async fn remove_strays<R: ContainerRuntime>(runtime: &R, name: &str, uid: &str) {
+pub(super) async fn remove_strays<R: ContainerRuntime>(
+    runtime: &R,
+    mark: &AgentMark,
+    name: &str,
+    uid: &str,
+) {
     let deadline = tokio::time::Instant::now() + STRAY_DEADLINE;
     let mut pause = STRAY_FIRST_PAUSE;
     loop {
         let mut failures = Vec::new();
-        match observe_pod(runtime, uid).await {
+        match observe_pod(runtime, mark, uid).await {
             Ok((stray, _)) if stray.containers.is_empty() && stray.sandboxes.is_empty() => return,
             Ok((stray, _)) => {
                 for c in &stray.containers {
@@ -364,8 +372,10 @@ mod tests {
         // As containerd answers for a container still starting: the first attempts fail.
         rt.inject_once(Method::RemoveContainer, Fault::Error(Code::Unknown));
         rt.inject_once(Method::RemovePodSandbox, Fault::Error(Code::Unknown));
-        remove_strays(&rt, "web", "u1").await;
-        let (left, _) = observe_pod(&rt, "u1").await.unwrap();
+        remove_strays(&rt, &AgentMark::for_tests(), "web", "u1").await;
+        let (left, _) = observe_pod(&rt, &AgentMark::for_tests(), "u1")
+            .await
+            .unwrap();
         assert!(
             left.containers.is_empty() && left.sandboxes.is_empty(),
             "left behind: {left:?}"
@@ -379,7 +389,7 @@ mod tests {
         rt.inject(Method::RemoveContainer, Fault::Error(Code::Unknown));
         rt.inject(Method::RemovePodSandbox, Fault::Error(Code::Unknown));
         let started = tokio::time::Instant::now();
-        remove_strays(&rt, "web", "u1").await;
+        remove_strays(&rt, &AgentMark::for_tests(), "web", "u1").await;
         assert!(
             started.elapsed() <= STRAY_DEADLINE,
             "{:?}",

@@ -72,10 +72,14 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let uid = pod_uid(pod).to_owned();
 
-        let (mut observed, mut images) =
-            observe_pod_cached(&*ctx.host.runtime, &uid, &mut self.observe_cache)
-                .await
-                .map_err(rt_err)?;
+        let (mut observed, mut images) = observe_pod_cached(
+            &*ctx.host.runtime,
+            &ctx.host.mark,
+            &uid,
+            &mut self.observe_cache,
+        )
+        .await
+        .map_err(rt_err)?;
         let start = tokio::time::Instant::now();
         if !kernel_waits.is_empty() {
             (observed, images) = self
@@ -121,10 +125,14 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             actions.waiting.push(failed);
         }
         if changed {
-            (observed, images) =
-                observe_pod_cached(&*ctx.host.runtime, &uid, &mut self.observe_cache)
-                    .await
-                    .map_err(rt_err)?;
+            (observed, images) = observe_pod_cached(
+                &*ctx.host.runtime,
+                &ctx.host.mark,
+                &uid,
+                &mut self.observe_cache,
+            )
+            .await
+            .map_err(rt_err)?;
             self.remove_dead_attempts(pod, &mut observed).await;
             self.last_runtime = Some(observed.clone());
             ctx.signals.probes.annotate(&uid, &mut observed);
@@ -234,11 +242,12 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         };
         let (sandbox_id, sandbox_config) = match (&actions.create_sandbox, &actions.sandbox_id) {
             (Some(create), _) => {
-                let config = cri_config::sandbox_config(pod, create.attempt, &sandbox_ctx)
+                let mut config = cri_config::sandbox_config(pod, create.attempt, &sandbox_ctx)
                     .map_err(|source| SyncError::Config {
                         pod: name.clone(),
                         source,
                     })?;
+                ctx.host.mark.apply(&mut config.labels);
                 info!(pod = %name, attempt = create.attempt, reason = ?create.reason, "creating sandbox");
                 let id = ctx
                     .host
@@ -257,13 +266,14 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     .iter()
                     .find(|s| &s.id == id)
                     .map_or(0, |s| s.attempt);
-                let config =
+                let mut config =
                     cri_config::sandbox_config(pod, attempt, &sandbox_ctx).map_err(|source| {
                         SyncError::Config {
                             pod: name.clone(),
                             source,
                         }
                     })?;
+                ctx.host.mark.apply(&mut config.labels);
                 (id.clone(), config)
             }
             (None, None) => return Ok(Applied::default()),

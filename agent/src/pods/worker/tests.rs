@@ -112,6 +112,7 @@ impl Node {
                 Arc::new(QosTree::new(CgroupDriver::v2(&cgroup), "/")),
                 dir.path().join("pods"),
                 dir.path().join("logs"),
+                crate::pods::labels::AgentMark::for_tests(),
             ),
             NodeInfo::new(
                 "node-a".to_owned(),
@@ -631,6 +632,59 @@ async fn a_runtime_pod_that_no_source_wants_is_torn_down() {
         "pods outlive the agent"
     );
 
+    // Another client of the runtime (an upstream kubelet) runs a pod with the kubelet's
+    // labels and no mark, as does a bpflet with another root directory: neither is ours.
+    const KUBELETS: &str = "0c6b1f0e-7d3a-4b2e-9f1c-2a3b4c5d6e7f";
+    const NEIGHBOURS: &str = "1d7c2a1f-8e4b-4c3f-8a2d-3b4c5d6e7f80";
+    let foreign = |uid: &str, mark: Option<&str>| {
+        let mut labels = std::collections::HashMap::from([(
+            crate::pods::labels::POD_UID_LABEL.to_owned(),
+            uid.to_owned(),
+        )]);
+        if let Some(root) = mark {
+            crate::pods::labels::AgentMark::for_root_dir(std::path::Path::new(root))
+                .apply(&mut labels);
+        }
+        let sandbox = crate::runtime::api::PodSandboxConfig {
+            metadata: Some(crate::runtime::api::PodSandboxMetadata {
+                name: "theirs".to_owned(),
+                uid: uid.to_owned(),
+                namespace: "default".to_owned(),
+                attempt: 0,
+            }),
+            labels: labels.clone(),
+            ..Default::default()
+        };
+        let container = crate::runtime::api::ContainerConfig {
+            metadata: Some(crate::runtime::api::ContainerMetadata {
+                name: "c".to_owned(),
+                attempt: 0,
+            }),
+            image: Some(crate::runtime::api::ImageSpec {
+                image: IMAGE.to_owned(),
+                ..Default::default()
+            }),
+            labels,
+            ..Default::default()
+        };
+        (sandbox, container)
+    };
+    for (uid, mark) in [
+        (KUBELETS, None),
+        (NEIGHBOURS, Some("/var/lib/other-bpflet")),
+    ] {
+        let (sb_config, c_config) = foreign(uid, mark);
+        let sb = node.rt.run_pod_sandbox(&sb_config, "").await.expect("run");
+        let c = node
+            .rt
+            .create_container(&sb, &c_config, &sb_config)
+            .await
+            .expect("create");
+        node.rt.start_container(&c).await.expect("start");
+    }
+    let kubelets = node.running(KUBELETS).await;
+    let neighbours = node.running(NEIGHBOURS).await;
+
     // The next agent's source no longer has `gone`: once the source reported, it goes.
     let second = CancellationToken::new();
     let (updates, manager) = run_manager(&node, &second);
@@ -645,6 +699,13 @@ async fn a_runtime_pod_that_no_source_wants_is_torn_down() {
         [web_id],
         "the wanted pod is adopted, untouched"
     );
+    assert_eq!(
+        (node.running(KUBELETS).await, node.running(NEIGHBOURS).await),
+        (kubelets, neighbours),
+        "other clients' pods are not ours to clean up"
+    );
+    assert_eq!(node.sandboxes(KUBELETS).await, [SandboxState::Ready]);
+    assert_eq!(node.sandboxes(NEIGHBOURS).await, [SandboxState::Ready]);
     second.cancel();
     manager.await.expect("manager");
 }

@@ -350,6 +350,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let nodefs_bytes = nix::sys::statvfs::statvfs(&config.root_dir)
         .ok()
         .map(|v| v.blocks().saturating_mul(v.fragment_size()));
+    // Cluster mode: the Node object's labels and taints as the API server holds them now,
+    // published by the heartbeat's watch on the Node, for admission.
+    let (live_node_tx, live_node_rx) = watch::channel(None);
     if let (Some(client), Some(cluster)) = (&client, &config.cluster) {
         let heartbeat = crate::cluster::heartbeat::Heartbeat {
             client: client.clone(),
@@ -380,6 +383,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
                 status_report: cluster.node_status_report_frequency,
                 lease_duration: cluster.node_lease_duration,
             },
+            register: cluster.register_node,
+            live_node: live_node_tx,
         };
         tracker.spawn(heartbeat.run(cancel.clone()));
     }
@@ -569,8 +574,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             config.node_name.clone(),
             config.node_ips.clone(),
             DnsSettings {
-                host: host_resolv_conf(),
-                ..DnsSettings::default()
+                host: host_resolv_conf(config.dns.resolv_conf.as_deref()),
+                cluster_dns: config
+                    .dns
+                    .cluster_dns
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                cluster_domain: config.dns.cluster_domain.clone(),
             },
             // The downward API's default for a limit a container does not set.
             NodeAllocatable::from_capacity(
@@ -585,10 +596,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         Outputs::new(statuses, recorder, metrics.clone()),
         Signals::new(facts, kubepods.clone(), probes, conditions_rx),
         SyncTiming::new(config.sync_frequency, pleg_mode == PlegMode::Event),
-        AdmissionPolicy::new(
-            config.sysctls.clone(),
-            admission_node(&config, capacity.cpu_millis, memory, nodefs_bytes),
-        ),
+        {
+            let policy = AdmissionPolicy::new(
+                config.sysctls.clone(),
+                admission_node(&config, capacity.cpu_millis, memory, nodefs_bytes),
+            );
+            if config.cluster.is_some() {
+                policy.with_live_node(live_node_rx)
+            } else {
+                policy
+            }
+        },
     ));
     let logs_dir = pods_dir;
     // Container GC (dead containers, sandboxes, log directories of pods gone) and log
@@ -952,9 +970,13 @@ fn spawn_allocatable_notifier(
     });
 }
 
-/// The host's resolver settings, for host-network pods and `dnsPolicy: Default`.
-fn host_resolv_conf() -> ResolvConf {
-    ResolvConf::read(Path::new("/etc/resolv.conf")).unwrap_or_else(|e| {
+/// The host's resolver settings (`resolvConf`), for host-network pods and `dnsPolicy:
+/// Default`; `None` (`resolvConf: ""`): none, as upstream.
+fn host_resolv_conf(path: Option<&Path>) -> ResolvConf {
+    let Some(path) = path else {
+        return ResolvConf::default();
+    };
+    ResolvConf::read(path).unwrap_or_else(|e| {
         warn!(error = %e, "cannot read the host's resolv.conf; pods get no DNS settings from it");
         ResolvConf::default()
     })

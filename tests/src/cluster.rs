@@ -100,6 +100,23 @@ pub fn joined_node_on(
     config: NodeConfig,
     control_plane: impl FnOnce(&mut cluster::Config),
 ) -> (tempfile::TempDir, ControlPlane, Node) {
+    let (dir, cp) = start_control_plane(prefix, control_plane);
+    let mut args = node_args(&cp);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let node = Node::start_with(NodeConfig {
+        args,
+        dir_prefix: "bpflet-cluster-agent-",
+        ..config
+    });
+    (dir, cp, node)
+}
+
+/// The control plane alone (its node credential for [`NODE_NAME`]), in a temporary directory
+/// named with `prefix`, configured by `control_plane`.
+pub fn start_control_plane(
+    prefix: &str,
+    control_plane: impl FnOnce(&mut cluster::Config),
+) -> (tempfile::TempDir, ControlPlane) {
     cluster::build().expect("building the Kubernetes test bed (tests/k8s)");
     let dir = tempfile::Builder::new()
         .prefix(prefix)
@@ -109,6 +126,12 @@ pub fn joined_node_on(
     cp_config.node_name = NODE_NAME.to_owned();
     control_plane(&mut cp_config);
     let cp = ControlPlane::start(&cp_config, &|| false).expect("starting the control plane");
+    (dir, cp)
+}
+
+/// The agent arguments that join `cp`: its node credential, the node's InternalIP
+/// (127.0.0.1) and the serving certificate and client CA of its PKI.
+pub fn node_args(cp: &ControlPlane) -> Vec<String> {
     let mut args = vec![
         "--kubeconfig".to_owned(),
         cp.layout.node_kubeconfig.display().to_string(),
@@ -116,13 +139,7 @@ pub fn joined_node_on(
         "127.0.0.1".to_owned(),
     ];
     args.extend(cp.layout.node_tls_args());
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    let node = Node::start_with(NodeConfig {
-        args,
-        dir_prefix: "bpflet-cluster-agent-",
-        ..config
-    });
-    (dir, cp, node)
+    args
 }
 
 /// [`joined_node_with`] on the default node configuration.

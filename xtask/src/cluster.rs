@@ -334,6 +334,10 @@ pub struct Config {
     /// kube-controller-manager's `--cluster-signing-duration`: how long the certificates
     /// it signs for approved CSRs last; `None`: its default (a year).
     pub signing_duration: Option<Duration>,
+    /// Default controllers kube-controller-manager leaves out (`-<name>` in its
+    /// `--controllers`), e.g. `taint-eviction-controller` for a test of what the node itself
+    /// does with a `NoExecute` taint.
+    pub disabled_controllers: Vec<String>,
 }
 
 impl Config {
@@ -345,6 +349,7 @@ impl Config {
             node_name: default_node_name(),
             audit: false,
             signing_duration: None,
+            disabled_controllers: Vec::new(),
         }
     }
 }
@@ -828,6 +833,8 @@ pub struct ControlPlane {
     audit: bool,
     /// [`Config::signing_duration`].
     signing_duration: Option<Duration>,
+    /// [`Config::disabled_controllers`].
+    disabled_controllers: Vec<String>,
     /// In start order; stopped in reverse.
     daemons: Vec<Daemon>,
     _lock: nix::fcntl::Flock<fs::File>,
@@ -914,6 +921,7 @@ impl ControlPlane {
             bin_dir,
             audit: config.audit,
             signing_duration: config.signing_duration,
+            disabled_controllers: config.disabled_controllers.clone(),
             daemons: vec![],
             _lock: lock,
         };
@@ -1192,7 +1200,13 @@ impl ControlPlane {
             // Every default controller, plus the bootstrap-token ones a kubeadm cluster
             // runs. The node lifecycle controller keeps upstream's defaults (a Node is
             // NotReady/Unknown 50 s after its last heartbeat).
-            "--controllers=*,bootstrapsigner,tokencleaner".into(),
+            format!(
+                "--controllers=*,bootstrapsigner,tokencleaner{}",
+                self.disabled_controllers
+                    .iter()
+                    .map(|c| format!(",-{c}"))
+                    .collect::<String>()
+            ),
         ]);
         if let Some(d) = self.signing_duration {
             args.push(format!("--cluster-signing-duration={}s", d.as_secs()));

@@ -4,7 +4,14 @@
 //! - Registration creates the Node (labels, taints, status); a Node of that name that already
 //!   exists is adopted (bpflet restarted) and its well-known labels are brought up to date.
 //!   Failures retry with a back-off (100 ms doubling to 7 s) until it succeeds or the agent
-//!   stops; nothing else waits for it: pods keep running meanwhile.
+//!   stops; nothing else waits for it: pods keep running meanwhile. With `registerNode: false`
+//!   the Node is never created: the agent reads it, with the same back-off, until someone
+//!   else has (upstream's kubelet then still reports its status and renews its lease, and so
+//!   does bpflet).
+//! - The watch on the Node also publishes its current labels and taints
+//!   ([`crate::pods::admission::LiveNode`]) for admission, so labels and taints added with
+//!   `kubectl label` / `kubectl taint` apply to the pods admitted afterwards, as upstream's
+//!   admission reads its Node from the informer.
 //! - Every `nodeStatusUpdateFrequency` (10 s) the reporter takes the Node from a watch on it
 //!   (field selector `metadata.name=<node>`, as upstream's kubelet reads its Node from its
 //!   informer), computes the status and patches it only when a field bpflet owns changed, or
@@ -34,11 +41,13 @@ use kube::Api;
 use kube::api::{GetParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::node::{self, NodeIdentity, NodeInfo, NodeResources, Readiness, Reserved, StatusInputs};
+use crate::pods::admission::LiveNode;
 use crate::status::node::NodeConditions;
 
 /// The namespace of node leases.
@@ -80,6 +89,11 @@ pub struct Heartbeat {
     pub readiness: ReadinessFn,
     pub kubelet_port: Option<u16>,
     pub periods: Periods,
+    /// `registerNode`: create the Node (else wait for it to exist).
+    pub register: bool,
+    /// Where the Node's current labels and taints are published (`None`: no Node seen, or
+    /// it was deleted).
+    pub live_node: watch::Sender<Option<LiveNode>>,
 }
 
 /// Retry delays: `first` doubling up to `max`.
@@ -169,6 +183,7 @@ impl Heartbeat {
                         failing = false;
                     }
                     cache.apply(event);
+                    publish_live_node(&cache, &self.live_node);
                 }
                 Some(Err(e)) => {
                     if !failing {
@@ -181,21 +196,34 @@ impl Heartbeat {
         }
     }
 
-    /// Creates (or adopts) the Node; `None` when cancelled first.
+    /// Creates (or adopts) the Node, or with `registerNode: false` reads it until it
+    /// exists; `None` when cancelled first.
     async fn register_until_done(&self, cancel: &CancellationToken) -> Option<Node> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(7));
         let mut warned = false;
         loop {
-            match self.register().await {
-                Ok(node) => {
+            let attempt = if self.register {
+                self.register().await
+            } else {
+                self.nodes().get(&self.identity.name).await
+            };
+            match attempt {
+                Ok(node) if self.register => {
                     info!(node = %self.identity.name, "node registered with the API server");
+                    return Some(node);
+                }
+                Ok(node) => {
+                    info!(node = %self.identity.name, "found the Node (registerNode: false: bpflet does not create it)");
                     return Some(node);
                 }
                 Err(e) => {
                     if warned {
                         debug!(error = %e, "node registration failed");
-                    } else {
+                    } else if self.register {
                         warn!(node = %self.identity.name, error = %e, "node registration failed; retrying");
+                        warned = true;
+                    } else {
+                        warn!(node = %self.identity.name, error = %e, "cannot read the Node (registerNode: false: it must be created by someone else); retrying");
                         warned = true;
                     }
                 }
@@ -472,6 +500,19 @@ impl NodeCache {
     }
 }
 
+/// Publishes the labels and taints of the Node `cache` holds now, when they changed.
+fn publish_live_node(cache: &NodeCache, live: &watch::Sender<Option<LiveNode>>) {
+    let now = cache.node.as_ref().map(LiveNode::of);
+    live.send_if_modified(|held| {
+        if *held == now {
+            false
+        } else {
+            *held = now;
+            true
+        }
+    });
+}
+
 /// Patches the Node's status subresource. A strategic merge patch merges conditions and
 /// addresses by type, so conditions other components own survive.
 async fn patch_status(
@@ -660,6 +701,64 @@ mod tests {
         let mut fresh = NodeCache::default();
         fresh.confirm(&node("5"));
         assert_eq!(trusted_version(&fresh), None);
+    }
+
+    #[test]
+    fn the_nodes_labels_and_taints_are_published_as_the_watch_delivers_them() {
+        let (tx, mut rx) = watch::channel(None);
+        let labelled = |version: &str, label: Option<&str>, taint: Option<&str>| {
+            let mut n = node(version);
+            n.metadata.labels = label.map(|l| [(l.to_owned(), "yes".to_owned())].into());
+            n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+                taints: taint.map(|t| {
+                    vec![k8s_openapi::api::core::v1::Taint {
+                        key: t.to_owned(),
+                        effect: "NoExecute".to_owned(),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            });
+            n
+        };
+        let mut cache = NodeCache::default();
+        for event in [
+            Event::Init,
+            Event::InitApply(labelled("5", Some("disk"), None)),
+        ] {
+            cache.apply(event);
+            publish_live_node(&cache, &tx);
+        }
+        assert_eq!(
+            *rx.borrow_and_update(),
+            None,
+            "nothing before the list completes"
+        );
+        cache.apply(Event::InitDone);
+        publish_live_node(&cache, &tx);
+        let seen = rx.borrow_and_update().clone().expect("published");
+        assert_eq!(seen.labels.get("disk").map(String::as_str), Some("yes"));
+        assert!(seen.taints.is_empty());
+
+        // A status update that changes neither labels nor taints wakes nobody.
+        cache.apply(Event::Apply(labelled("6", Some("disk"), None)));
+        publish_live_node(&cache, &tx);
+        assert!(!rx.has_changed().expect("open"));
+
+        cache.apply(Event::Apply(labelled("7", None, Some("dedicated"))));
+        publish_live_node(&cache, &tx);
+        assert!(rx.has_changed().expect("open"));
+        let seen = rx.borrow_and_update().clone().expect("published");
+        assert!(seen.labels.is_empty());
+        assert_eq!(seen.taints[0].key, "dedicated");
+
+        cache.apply(Event::Delete(labelled("8", None, None)));
+        publish_live_node(&cache, &tx);
+        assert_eq!(
+            *rx.borrow_and_update(),
+            None,
+            "a deleted Node: the registered ones"
+        );
     }
 
     #[test]

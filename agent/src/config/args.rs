@@ -121,14 +121,61 @@ pub struct AgentArgs {
     #[arg(long = "allowed-unsafe-sysctls", value_name = "SYSCTLS")]
     pub allowed_unsafe_sysctls: Option<String>,
 
-    /// Log verbosity: 0 and 1 log at info, 2 adds bpflet's debug messages, 3 and more its
-    /// trace messages (klog's level numbers are not mapped one to one).
-    #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
-    pub verbosity: u8,
+    /// The cgroup driver: `cgroupfs` (the only one bpflet has) [config default: cgroupfs].
+    #[arg(long = "cgroup-driver", value_name = "DRIVER")]
+    pub cgroup_driver: Option<String>,
 
-    /// Log format on stderr.
-    #[arg(long = "log-format", value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Pods the node runs at most [config default: 110].
+    #[arg(long = "max-pods", value_name = "N")]
+    pub max_pods: Option<i32>,
+
+    /// Cluster mode: register the Node object (`--register-node=false`: the Node must exist;
+    /// its status and lease are still kept) [config default: true].
+    #[arg(
+        long = "register-node",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub register_node: Option<bool>,
+
+    /// Client certificate rotation: only `false` is accepted (`rotateCertificates`).
+    #[arg(
+        long = "rotate-certificates",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub rotate_certificates: Option<bool>,
+
+    /// Cluster DNS servers, comma-separated (`clusterDNS`).
+    #[arg(long = "cluster-dns", value_name = "IP[,IP]")]
+    pub cluster_dns: Option<String>,
+
+    /// The cluster's DNS domain (`clusterDomain`).
+    #[arg(long = "cluster-domain", value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
+
+    /// The resolv.conf pods with `dnsPolicy: Default` inherit; empty: none
+    /// [config default: /etc/resolv.conf].
+    #[arg(long = "resolv-conf", value_name = "FILE")]
+    pub resolv_conf: Option<String>,
+
+    /// Upstream feature gates, `Name=true|false` comma-separated (`featureGates`).
+    #[arg(long = "feature-gates", value_name = "GATES")]
+    pub feature_gates: Option<String>,
+
+    /// Log verbosity: 0 and 1 log at info, 2 adds bpflet's debug messages, 3 and more its
+    /// trace messages (klog's level numbers are not mapped one to one)
+    /// [config default: `logging.verbosity`, 0].
+    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    pub verbosity: Option<u8>,
+
+    /// Log format on stderr [config default: `logging.format`, text].
+    #[arg(long = "log-format", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// How pod lifecycle events are noticed (bpflet-only setting).

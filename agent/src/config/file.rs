@@ -186,6 +186,105 @@ pub struct KubeletConfiguration {
     /// Cluster mode: requests to the API server sent at once (the bucket's size).
     #[serde(rename = "kubeAPIBurst", skip_serializing_if = "Option::is_none")]
     pub kube_api_burst: Option<i32>,
+    /// Cluster mode: whether the node registers its Node object (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_node: Option<bool>,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` resolve through.
+    #[serde(rename = "clusterDNS", skip_serializing_if = "Option::is_none")]
+    pub cluster_dns: Option<Vec<String>>,
+    /// The cluster's DNS domain: pods search `<ns>.svc.<domain>`, `svc.<domain>`, `<domain>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
+    /// The resolv.conf pods with `dnsPolicy: Default` inherit (default `/etc/resolv.conf`;
+    /// empty: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<String>,
+    /// Upstream's feature gates by name: each known gate at its default is accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_gates: Option<BTreeMap<String, bool>>,
+    /// Upstream's `logging` (component-base `LoggingConfiguration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingConfiguration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_swap: Option<MemorySwapConfiguration>,
+    /// `none` only (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_manager_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_manager_reconcile_period: Option<String>,
+    /// Graceful node shutdown: `0s` (off, the default) only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_period: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_period_critical_pods: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming_connection_idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_stats_agg_period: Option<String>,
+    /// `{}` only: `maxContainerRestartPeriod` needs an alpha gate bpflet does not implement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_loop_back_off: Option<CrashLoopBackOffConfig>,
+}
+
+/// `crashLoopBackOff`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CrashLoopBackOffConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_container_restart_period: Option<String>,
+}
+
+/// `logging`: upstream's component-base logging settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoggingConfiguration {
+    /// `text` or `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Nanoseconds (a number) or a duration string; bpflet writes every line at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush_frequency: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbosity: Option<u32>,
+    /// Per-file verbosity: refused when not empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmodule: Option<Vec<serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<LoggingOptions>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoggingOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<LoggingStreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<LoggingStreamOptions>,
+}
+
+/// `logging.options.text` / `logging.options.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoggingStreamOptions {
+    /// Info messages to stdout, errors to stderr: refused when true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_stream: Option<bool>,
+    /// A quantity; refused when not zero.
+    #[serde(
+        default,
+        deserialize_with = "quantity",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub info_buffer_size: Option<Quantity>,
+}
+
+/// `memorySwap`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemorySwapConfiguration {
+    /// `NoSwap` (or empty) only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_behavior: Option<String>,
 }
 
 /// `authentication`: who a request to the HTTPS API comes from.

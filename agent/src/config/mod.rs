@@ -21,6 +21,7 @@ mod args;
 pub mod duration;
 pub mod event_stream;
 pub mod eviction;
+pub mod feature_gates;
 pub mod file;
 
 use std::collections::BTreeMap;
@@ -170,6 +171,8 @@ pub struct Config {
     pub sysctls: SysctlPolicy,
     /// Container log rotation (`containerLog*`).
     pub container_logs: ContainerLogConfig,
+    /// Pod DNS (`clusterDNS`, `clusterDomain`, `resolvConf`).
+    pub dns: DnsConfig,
     /// The node as read once at load: the settings above were checked against it, and the
     /// agent sizes the pod cgroup tree from it.
     pub node: NodeFacts,
@@ -198,6 +201,22 @@ pub struct ClusterConfig {
     pub kube_api_qps: u32,
     /// `kubeAPIBurst` (100): requests sent at once before `kubeAPIQPS` applies.
     pub kube_api_burst: u32,
+    /// `registerNode` / `--register-node` (true): create the Node. When false the Node must
+    /// exist (someone else creates it); its status and the lease are still kept.
+    pub register_node: bool,
+}
+
+/// The DNS settings pods get (upstream's `clusterDNS`, `clusterDomain`, `resolvConf`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The cluster's DNS servers; empty: `ClusterFirst` pods get the host's settings.
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's domain (a DNS subdomain); empty: no cluster search domains.
+    pub cluster_domain: String,
+    /// The resolv.conf whose servers, searches and options pods with `dnsPolicy: Default`
+    /// inherit (and that cluster-first pods add their searches from); `None` (set to ""):
+    /// none.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// What the node has, read once by [`load`]: the settings that must fit it are checked
@@ -462,7 +481,7 @@ pub struct AuthConfig {
     /// `authentication.x509.clientCAFile`.
     pub client_ca_file: Option<PathBuf>,
     /// `authentication.webhook`: bearer tokens through TokenReview, results cached for
-    /// `cacheTTL` (zero: not cached); `None`: off.
+    /// `cacheTTL` (`0s` is unset, as upstream's defaulting has it: 2m); `None`: off.
     pub token_webhook: Option<Duration>,
     /// `authentication.anonymous.enabled`: a request without credentials is
     /// `system:anonymous` in `system:unauthenticated`, else 401.
@@ -475,7 +494,7 @@ pub struct AuthConfig {
 pub enum Authorization {
     AlwaysAllow,
     /// SubjectAccessReview, allowed answers cached `authorized_ttl`, others
-    /// `unauthorized_ttl` (zero: not cached).
+    /// `unauthorized_ttl` (`0s` in the file is unset: 5m and 30s, as upstream).
     Webhook {
         authorized_ttl: Duration,
         unauthorized_ttl: Duration,
@@ -548,6 +567,22 @@ mod defaults {
     pub const IMAGE_GC_LOW_THRESHOLD_PERCENT: i32 = 80;
     pub const IMAGE_MINIMUM_GC_AGE: &str = "2m";
     pub const IMAGE_MAXIMUM_GC_AGE: &str = "0s";
+    pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+    pub const CPU_MANAGER_RECONCILE_PERIOD: &str = "10s";
+    pub const STREAMING_CONNECTION_IDLE_TIMEOUT: &str = "4h";
+    pub const VOLUME_STATS_AGG_PERIOD: &str = "1m";
+}
+
+/// Upstream's defaulting gives a duration left at zero (`0s`, as kubeadm writes every one
+/// it does not set) its default: a value that parses as zero is taken as unset. (A value that
+/// does not parse is kept, for its error.)
+fn unset_if_zero(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| parse_duration(v).map_or(true, |d| !d.is_zero()))
+}
+
+/// The same for numbers and strings upstream defaults when zero or empty.
+fn unset_if_default<T: PartialEq + Default>(value: Option<T>) -> Option<T> {
+    value.filter(|v| *v != T::default())
 }
 
 /// Lower bounds of the periods that drive loops: below these an agent spins for nothing
@@ -650,6 +685,57 @@ fn parse_labels(flag: &str) -> Result<BTreeMap<String, String>, String> {
         })
         .collect()
 }
+
+/// Upstream's restriction on `--node-labels`: a label in the `kubernetes.io` or `k8s.io`
+/// namespaces (or below them) must be one a kubelet may set on its own Node (the
+/// NodeRestriction admission plugin refuses the others): in the `kubelet.kubernetes.io` or
+/// `node.kubernetes.io` namespaces (or below them), or one of [`KUBELET_LABELS`].
+fn kubelet_labels_only(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    fn namespace(key: &str) -> &str {
+        key.split_once('/').map_or("", |(ns, _)| ns)
+    }
+    let within = |ns: &str, domain: &str| ns == domain || ns.ends_with(&format!(".{domain}"));
+    let unknown: Vec<&str> = labels
+        .keys()
+        .map(String::as_str)
+        .filter(|key| {
+            let ns = namespace(key);
+            let kubernetes = within(ns, "kubernetes.io") || within(ns, "k8s.io");
+            let allowed = KUBELET_LABELS.contains(key)
+                || KUBELET_LABEL_NAMESPACES.iter().any(|d| within(ns, d));
+            kubernetes && !allowed
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "unknown 'kubernetes.io' or 'k8s.io' labels {unknown:?}: labels in the \
+         'kubernetes.io' namespace must begin with an allowed prefix ({}) or be in the \
+         specifically allowed set ({})",
+        KUBELET_LABEL_NAMESPACES.join(", "),
+        KUBELET_LABELS.join(", ")
+    ))
+}
+
+/// The label namespaces a kubelet may set labels in on its own Node (upstream's
+/// `KubeletLabelNamespaces`).
+const KUBELET_LABEL_NAMESPACES: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// The `kubernetes.io` labels a kubelet may set on its own Node (upstream's `KubeletLabels`).
+const KUBELET_LABELS: [&str; 11] = [
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/instance-type",
+    "beta.kubernetes.io/os",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "kubernetes.io/arch",
+    "kubernetes.io/hostname",
+    "kubernetes.io/os",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
 
 /// `key[=value]:Effect,...` (`--register-with-taints`).
 fn parse_taints(flag: &str) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, String> {
@@ -903,6 +989,24 @@ fn apply_flags(
             v.clone().into(),
         );
     }
+    if let Some(v) = &args.cgroup_driver {
+        flag("cgroup-driver", "cgroupDriver", v.clone().into());
+    }
+    if let Some(v) = args.max_pods {
+        flag("max-pods", "maxPods", v.into());
+    }
+    if let Some(v) = args.register_node {
+        flag("register-node", "registerNode", v.into());
+    }
+    if let Some(v) = args.rotate_certificates {
+        flag("rotate-certificates", "rotateCertificates", v.into());
+    }
+    if let Some(v) = &args.cluster_domain {
+        flag("cluster-domain", "clusterDomain", v.clone().into());
+    }
+    if let Some(v) = &args.resolv_conf {
+        flag("resolv-conf", "resolvConf", v.clone().into());
+    }
     if let Some(v) = &args.eviction_hard {
         let pairs = split_threshold_flag(v).map_err(|e| flag_error("eviction-hard", e))?;
         let map: Map<String, Value> = pairs.into_iter().map(|(k, v)| (k, v.into())).collect();
@@ -929,6 +1033,7 @@ fn apply_flags(
             "allowedUnsafeSysctls",
             &args.allowed_unsafe_sysctls,
         ),
+        ("cluster-dns", "clusterDNS", &args.cluster_dns),
     ] {
         if let Some(v) = value {
             let items: Vec<Value> = v
@@ -948,6 +1053,14 @@ fn apply_flags(
             kubelet.apply(layer, &Origin::Flag("client-ca-file"), Maps::Merge);
         }
     }
+    if let Some(v) = &args.feature_gates {
+        // Merged gate by gate over the files' (upstream's flag precedence keeps the file's
+        // gates the flag does not name).
+        let gates = parse_feature_gates(v).map_err(|e| flag_error("feature-gates", e))?;
+        let mut layer = Map::new();
+        layer.insert("featureGates".to_owned(), Value::Object(gates));
+        kubelet.apply(layer, &Origin::Flag("feature-gates"), Maps::Merge);
+    }
     if let Some(mode) = args.pleg_mode {
         let mut layer = Map::new();
         let value = serde_json::to_value(mode).map_err(|source| ConfigError::Merge { source })?;
@@ -955,6 +1068,22 @@ fn apply_flags(
         bpflet.apply(layer, &Origin::Flag("pleg-mode"), Maps::Replace);
     }
     Ok(())
+}
+
+/// `Name=true,Other=false` (`--feature-gates`) -> {"Name": true, "Other": false}.
+fn parse_feature_gates(flag: &str) -> Result<Map<String, Value>, String> {
+    let mut map = Map::new();
+    for entry in flag.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, value) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected Name=true|false"))?;
+        let value: bool = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{entry:?}: the value must be true or false"))?;
+        map.insert(name.trim().to_owned(), Value::Bool(value));
+    }
+    Ok(map)
 }
 
 /// `memory=200Mi,cpu=100m` -> {"memory": "200Mi", "cpu": "100m"}.
@@ -1185,47 +1314,47 @@ impl Typed<'_> {
             static_pod_url,
             file_check_frequency: self.duration_at_least(
                 "fileCheckFrequency",
-                kc.file_check_frequency.as_deref(),
+                unset_if_zero(kc.file_check_frequency.as_deref()),
                 defaults::FILE_CHECK_FREQUENCY,
                 minimums::FILE_CHECK_FREQUENCY,
             )?,
             http_check_frequency: self.duration_at_least(
                 "httpCheckFrequency",
-                kc.http_check_frequency.as_deref(),
+                unset_if_zero(kc.http_check_frequency.as_deref()),
                 defaults::HTTP_CHECK_FREQUENCY,
                 minimums::HTTP_CHECK_FREQUENCY,
             )?,
         };
         let sync_frequency = self.duration_at_least(
             "syncFrequency",
-            kc.sync_frequency.as_deref(),
+            unset_if_zero(kc.sync_frequency.as_deref()),
             defaults::SYNC_FREQUENCY,
             minimums::SYNC_FREQUENCY,
         )?;
 
         let runtime = RuntimeConfig {
             endpoint: self.runtime_endpoint(
-                kc.container_runtime_endpoint
-                    .as_deref()
+                unset_if_default(kc.container_runtime_endpoint.as_deref())
                     .unwrap_or(defaults::CONTAINER_RUNTIME_ENDPOINT),
             )?,
             request_timeout: self.positive_duration(
                 "runtimeRequestTimeout",
-                kc.runtime_request_timeout.as_deref(),
+                unset_if_zero(kc.runtime_request_timeout.as_deref()),
                 defaults::RUNTIME_REQUEST_TIMEOUT,
             )?,
         };
 
-        let driver = match kc
-            .cgroup_driver
-            .as_deref()
+        let driver = match unset_if_default(kc.cgroup_driver.as_deref())
             .unwrap_or(defaults::CGROUP_DRIVER)
         {
             "cgroupfs" => CgroupDriver::Cgroupfs,
             "systemd" => {
                 return Err(self.invalid(
                     "cgroupDriver",
-                    "the systemd cgroup driver is not supported by bpflet; use \"cgroupfs\"",
+                    "the systemd cgroup driver is not supported: bpflet writes the pod cgroup \
+                     tree through cgroupfs and creates no systemd slices; use \"cgroupfs\" \
+                     (--cgroup-driver=cgroupfs), with the runtime on cgroupfs too (containerd: \
+                     SystemdCgroup = false)",
                 ));
             }
             other => {
@@ -1292,9 +1421,9 @@ impl Typed<'_> {
         let server = ServerConfig {
             address: self.ip(
                 "address",
-                kc.address.as_deref().unwrap_or(defaults::ADDRESS),
+                unset_if_default(kc.address.as_deref()).unwrap_or(defaults::ADDRESS),
             )?,
-            port: self.secure_port(kc.port)?,
+            port: self.secure_port(unset_if_default(kc.port))?,
             tls: self.tls(kc, &args.root_dir, cluster.is_some())?,
             auth: self.auth(kc, cluster.is_some())?,
             read_only_port: self.port("readOnlyPort", kc.read_only_port.unwrap_or(0))?,
@@ -1304,18 +1433,18 @@ impl Typed<'_> {
             )?,
             healthz_bind_address: self.ip(
                 "healthzBindAddress",
-                kc.healthz_bind_address
-                    .as_deref()
+                unset_if_default(kc.healthz_bind_address.as_deref())
                     .unwrap_or(defaults::HEALTHZ_BIND_ADDRESS),
             )?,
         };
-        let max_pods = kc.max_pods.unwrap_or(defaults::MAX_PODS);
+        let max_pods = unset_if_default(kc.max_pods).unwrap_or(defaults::MAX_PODS);
         let max_pods = u32::try_from(max_pods)
             .ok()
             .filter(|&n| n > 0)
             .ok_or_else(|| self.invalid("maxPods", format!("{max_pods} must be greater than 0")))?;
+        // Upstream's defaulting turns every negative value into -1 (unlimited).
         let pod_pids_limit = match kc.pod_pids_limit.unwrap_or(defaults::POD_PIDS_LIMIT) {
-            -1 | 0 => None,
+            i64::MIN..=0 => None,
             n => Some(u64::try_from(n).map_err(|_| {
                 self.invalid(
                     "podPidsLimit",
@@ -1336,7 +1465,7 @@ impl Typed<'_> {
                 .unwrap_or(defaults::IMAGE_GC_LOW_THRESHOLD_PERCENT),
             self.duration(
                 "imageMinimumGCAge",
-                kc.image_minimum_gc_age.as_deref(),
+                unset_if_zero(kc.image_minimum_gc_age.as_deref()),
                 defaults::IMAGE_MINIMUM_GC_AGE,
             )?,
             self.duration(
@@ -1355,13 +1484,20 @@ impl Typed<'_> {
             kc.allowed_unsafe_sysctls.as_deref().unwrap_or_default(),
         )
         .map_err(|(i, e)| self.invalid(&format!("allowedUnsafeSysctls[{i}]"), e))?;
+        let dns = self.dns(kc)?;
+        let (verbosity, log_format) = self.logging(kc, args)?;
+        for (name, &value) in kc.feature_gates.iter().flatten() {
+            feature_gates::check(name, value)
+                .map_err(|reason| self.invalid(&entry_path("featureGates", name), reason))?;
+        }
+        self.unimplemented(kc)?;
 
         Ok(Config {
             node_name,
             node_ips,
             root_dir: args.root_dir.clone(),
-            verbosity: args.verbosity,
-            log_format: args.log_format,
+            verbosity,
+            log_format,
             config_files,
             sources,
             sync_frequency,
@@ -1378,10 +1514,212 @@ impl Typed<'_> {
             pleg,
             sysctls,
             container_logs,
+            dns,
             node: *node,
             cluster,
             event_stream,
         })
+    }
+
+    /// `clusterDNS` (IP addresses), `clusterDomain` (a DNS subdomain, or empty) and
+    /// `resolvConf` (an absolute path; empty: none).
+    fn dns(&self, kc: &KubeletConfiguration) -> Result<DnsConfig, ConfigError> {
+        let cluster_dns = kc
+            .cluster_dns
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, ip)| self.ip(&format!("clusterDNS[{i}]"), ip))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cluster_domain = kc.cluster_domain.clone().unwrap_or_default();
+        if !cluster_domain.is_empty() {
+            crate::model::validation::validate_dns_subdomain(&cluster_domain).map_err(|e| {
+                self.invalid(
+                    "clusterDomain",
+                    format!("{cluster_domain:?} is not a DNS subdomain: {e}"),
+                )
+            })?;
+        }
+        let resolv_conf = match kc.resolv_conf.as_deref().unwrap_or(defaults::RESOLV_CONF) {
+            "" => None,
+            path => Some(clean_absolute(path).map_err(|e| self.invalid("resolvConf", e))?),
+        };
+        Ok(DnsConfig {
+            cluster_dns,
+            cluster_domain,
+            resolv_conf,
+        })
+    }
+
+    /// `-v` / `--log-format`, else `logging.verbosity` / `logging.format`. bpflet writes
+    /// every line to stderr as it is logged: `flushFrequency` has nothing to flush, and the
+    /// settings that ask for something else are refused.
+    fn logging(
+        &self,
+        kc: &KubeletConfiguration,
+        args: &AgentArgs,
+    ) -> Result<(u8, LogFormat), ConfigError> {
+        let logging = kc.logging.clone().unwrap_or_default();
+        let format = match (args.log_format, logging.format.as_deref()) {
+            (Some(flag), _) => flag,
+            (None, None | Some("" | "text")) => LogFormat::Text,
+            (None, Some("json")) => LogFormat::Json,
+            (None, Some(other)) => {
+                return Err(self.invalid(
+                    "logging.format",
+                    format!("unknown format {other:?}; expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        let verbosity = args.verbosity.unwrap_or_else(|| {
+            logging
+                .verbosity
+                .map_or(0, |v| u8::try_from(v).unwrap_or(u8::MAX))
+        });
+        match &logging.flush_frequency {
+            None => {}
+            Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {}
+            Some(serde_json::Value::String(d)) if parse_duration(d).is_ok() => {}
+            Some(other) => {
+                return Err(self.invalid(
+                    "logging.flushFrequency",
+                    format!("{other} is neither nanoseconds nor a duration"),
+                ));
+            }
+        }
+        if logging.vmodule.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(self.invalid(
+                "logging.vmodule",
+                "per-file verbosity is not supported: bpflet has one verbosity (-v, \
+                 logging.verbosity)",
+            ));
+        }
+        let options = logging.options.unwrap_or_default();
+        for (name, stream) in [("text", options.text), ("json", options.json)] {
+            let stream = stream.unwrap_or_default();
+            if stream.split_stream == Some(true) {
+                return Err(self.invalid(
+                    &format!("logging.options.{name}.splitStream"),
+                    "true is not supported: bpflet writes every message to stderr",
+                ));
+            }
+            if let Some(size) = &stream.info_buffer_size {
+                let field = format!("logging.options.{name}.infoBufferSize");
+                let bytes = parse_quantity(&size.0)
+                    .map_err(|e| self.invalid(&field, e))?
+                    .bytes();
+                if bytes != 0 {
+                    return Err(self.invalid(
+                        &field,
+                        format!("{:?} is not supported: bpflet buffers no messages", size.0),
+                    ));
+                }
+            }
+        }
+        Ok((verbosity, format))
+    }
+
+    /// Fields whose every value but upstream's default asks for something bpflet does not
+    /// do: the default (or the zero upstream takes for it) is accepted, anything else is
+    /// refused naming the field and what is missing.
+    fn unimplemented(&self, kc: &KubeletConfiguration) -> Result<(), ConfigError> {
+        match kc.cpu_manager_policy.as_deref() {
+            None | Some("" | "none") => {}
+            Some("static") => {
+                return Err(self.invalid(
+                    "cpuManagerPolicy",
+                    "static is not supported: bpflet has no CPU manager (exclusive CPUs for \
+                     Guaranteed pods); use none",
+                ));
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "cpuManagerPolicy",
+                    format!("unknown policy {other:?}; expected none"),
+                ));
+            }
+        }
+        // With the `none` policy there is nothing to reconcile; the period only has to be
+        // a duration.
+        self.duration(
+            "cpuManagerReconcilePeriod",
+            unset_if_zero(kc.cpu_manager_reconcile_period.as_deref()),
+            defaults::CPU_MANAGER_RECONCILE_PERIOD,
+        )?;
+        match kc
+            .memory_swap
+            .as_ref()
+            .and_then(|m| m.swap_behavior.as_deref())
+        {
+            None | Some("" | "NoSwap") => {}
+            Some("LimitedSwap") => {
+                return Err(self.invalid(
+                    "memorySwap.swapBehavior",
+                    "LimitedSwap is not supported: bpflet gives pods no swap limits; use \
+                     NoSwap",
+                ));
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "memorySwap.swapBehavior",
+                    format!("{other:?} must be one of: \"\", \"LimitedSwap\" or \"NoSwap\""),
+                ));
+            }
+        }
+        if kc
+            .crash_loop_back_off
+            .as_ref()
+            .is_some_and(|c| c.max_container_restart_period.is_some())
+        {
+            return Err(self.invalid(
+                "crashLoopBackOff.maxContainerRestartPeriod",
+                "needs the KubeletCrashLoopBackOffMax feature gate (alpha, off), which bpflet \
+                 does not implement: its crash-loop back-off is upstream's default, 10s \
+                 doubling to 5m",
+            ));
+        }
+        for field in ["shutdownGracePeriod", "shutdownGracePeriodCriticalPods"] {
+            let value = if field == "shutdownGracePeriod" {
+                kc.shutdown_grace_period.as_deref()
+            } else {
+                kc.shutdown_grace_period_critical_pods.as_deref()
+            };
+            if !self.duration(field, value, "0s")?.is_zero() {
+                return Err(self.invalid(
+                    field,
+                    "graceful node shutdown is not supported: bpflet takes no systemd \
+                     inhibitor lock and does not stop pods when the node shuts down; use 0s \
+                     (off)",
+                ));
+            }
+        }
+        let fixed = [
+            (
+                "streamingConnectionIdleTimeout",
+                kc.streaming_connection_idle_timeout.as_deref(),
+                defaults::STREAMING_CONNECTION_IDLE_TIMEOUT,
+                "bpflet sets no idle timeout of its own on exec, attach and port-forward \
+                 streams: it proxies them to the runtime's streaming server, whose timeout \
+                 applies (containerd's stream_idle_timeout, 4h by default)",
+            ),
+            (
+                "volumeStatsAggPeriod",
+                kc.volume_stats_agg_period.as_deref(),
+                defaults::VOLUME_STATS_AGG_PERIOD,
+                "bpflet walks pod volumes and logs for their usage once a minute (fixed)",
+            ),
+        ];
+        for (field, value, default, why) in fixed {
+            let value = unset_if_zero(value);
+            if self.duration(field, value, default)? != parse_duration(default).unwrap_or_default()
+            {
+                return Err(self.invalid(
+                    field,
+                    format!("only upstream's default {default} (or 0s) is supported: {why}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `containerLog*`, validated as upstream does: at least 2 files, at least 1 worker, an
@@ -1454,8 +1792,9 @@ impl Typed<'_> {
         if kc.rotate_certificates == Some(true) {
             return Err(self.invalid(
                 "rotateCertificates",
-                "true is not supported: bpflet does not rotate its client certificate; \
-                 the kubeconfig's credential is used as given",
+                "true is not supported: bpflet does not rotate its client certificate \
+                 (kubeadm writes true); the kubeconfig's credential is used as given until it \
+                 expires: set rotateCertificates: false (--rotate-certificates=false)",
             ));
         }
         let path = |field: &str, value: &Option<String>| {
@@ -1578,9 +1917,7 @@ impl Typed<'_> {
         let token_webhook = token_webhook
             .map(|()| {
                 parse_duration(
-                    webhook
-                        .cache_ttl
-                        .as_deref()
+                    unset_if_zero(webhook.cache_ttl.as_deref())
                         .unwrap_or(defaults::AUTHENTICATION_CACHE_TTL),
                 )
                 .map_err(|e| ConfigError::Invalid {
@@ -1596,10 +1933,12 @@ impl Typed<'_> {
         let origin = origin_of("authorization", "mode");
         let authz_webhook = authz.webhook.unwrap_or_default();
         let ttl = |field: &str, value: Option<&str>, default: &str| {
-            parse_duration(value.unwrap_or(default)).map_err(|e| ConfigError::Invalid {
-                field: format!("authorization.webhook.{field}"),
-                origin: origin_of("authorization", "webhook"),
-                reason: e.to_string(),
+            parse_duration(unset_if_zero(value).unwrap_or(default)).map_err(|e| {
+                ConfigError::Invalid {
+                    field: format!("authorization.webhook.{field}"),
+                    origin: origin_of("authorization", "webhook"),
+                    reason: e.to_string(),
+                }
             })
         };
         let webhook_mode = || -> Result<Authorization, ConfigError> {
@@ -1648,27 +1987,23 @@ impl Typed<'_> {
         kc: &KubeletConfiguration,
         args: &AgentArgs,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
+        let update_set = unset_if_zero(kc.node_status_update_frequency.as_deref());
+        let report_set = unset_if_zero(kc.node_status_report_frequency.as_deref());
         let update = self.duration_at_least(
             "nodeStatusUpdateFrequency",
-            kc.node_status_update_frequency.as_deref(),
+            update_set,
             defaults::NODE_STATUS_UPDATE_FREQUENCY,
             minimums::NODE_STATUS_UPDATE_FREQUENCY,
         )?;
-        let report_default = if kc.node_status_update_frequency.is_some() {
-            kc.node_status_update_frequency.as_deref()
-        } else {
-            Some(defaults::NODE_STATUS_REPORT_FREQUENCY)
-        };
+        // Unset, the report frequency is the update frequency when that one is set (upstream's
+        // backward compatibility), else 5m.
         let report = self.duration_at_least(
             "nodeStatusReportFrequency",
-            kc.node_status_report_frequency
-                .as_deref()
-                .or(report_default),
+            report_set.or(update_set),
             defaults::NODE_STATUS_REPORT_FREQUENCY,
             minimums::NODE_STATUS_UPDATE_FREQUENCY,
         )?;
-        let lease = kc
-            .node_lease_duration_seconds
+        let lease = unset_if_default(kc.node_lease_duration_seconds)
             .unwrap_or(defaults::NODE_LEASE_DURATION_SECONDS);
         let lease = u64::try_from(lease)
             .ok()
@@ -1690,33 +2025,38 @@ impl Typed<'_> {
                 .ok_or_else(|| self.invalid(field, format!("{value} must be positive")))
         };
         let kube_api_qps = positive("kubeAPIQPS", kc.kube_api_qps, defaults::KUBE_API_QPS)?;
-        let kube_api_burst = positive("kubeAPIBurst", kc.kube_api_burst, defaults::KUBE_API_BURST)?;
+        let kube_api_burst = positive(
+            "kubeAPIBurst",
+            unset_if_default(kc.kube_api_burst),
+            defaults::KUBE_API_BURST,
+        )?;
         let taints = kc.register_with_taints.clone().unwrap_or_default();
         for (i, taint) in taints.iter().enumerate() {
             validate_taint(taint)
                 .map_err(|e| self.invalid(&format!("registerWithTaints[{i}]"), e))?;
         }
         let node_labels = match &args.node_labels {
-            Some(v) => parse_labels(v).map_err(|e| flag_error("node-labels", e))?,
+            Some(v) => parse_labels(v)
+                .and_then(|labels| kubelet_labels_only(&labels).map(|()| labels))
+                .map_err(|e| flag_error("node-labels", e))?,
             None => BTreeMap::new(),
         };
         let Some(kubeconfig) = &args.kubeconfig else {
+            // Values upstream takes as unset (kubeadm's `0s`) are not settings.
             let set: Vec<&str> = [
-                (
-                    "nodeStatusUpdateFrequency",
-                    kc.node_status_update_frequency.is_some(),
-                ),
-                (
-                    "nodeStatusReportFrequency",
-                    kc.node_status_report_frequency.is_some(),
-                ),
+                ("nodeStatusUpdateFrequency", update_set.is_some()),
+                ("nodeStatusReportFrequency", report_set.is_some()),
                 (
                     "nodeLeaseDurationSeconds",
-                    kc.node_lease_duration_seconds.is_some(),
+                    unset_if_default(kc.node_lease_duration_seconds).is_some(),
                 ),
                 ("registerWithTaints", kc.register_with_taints.is_some()),
+                ("registerNode", kc.register_node == Some(false)),
                 ("kubeAPIQPS", kc.kube_api_qps.is_some()),
-                ("kubeAPIBurst", kc.kube_api_burst.is_some()),
+                (
+                    "kubeAPIBurst",
+                    unset_if_default(kc.kube_api_burst).is_some(),
+                ),
                 ("--node-labels", args.node_labels.is_some()),
             ]
             .into_iter()
@@ -1745,6 +2085,7 @@ impl Typed<'_> {
             node_lease_duration: lease,
             kube_api_qps,
             kube_api_burst,
+            register_node: kc.register_node.unwrap_or(true),
         }))
     }
 
@@ -1949,7 +2290,7 @@ impl Typed<'_> {
             soft: soft_thresholds,
             pressure_transition_period: self.duration(
                 "evictionPressureTransitionPeriod",
-                kc.eviction_pressure_transition_period.as_deref(),
+                unset_if_zero(kc.eviction_pressure_transition_period.as_deref()),
                 defaults::EVICTION_PRESSURE_TRANSITION_PERIOD,
             )?,
             max_pod_grace_period,

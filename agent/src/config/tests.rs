@@ -472,9 +472,9 @@ fn bad_input_names_the_culprit() {
             &["fileCheckFrequency: invalid duration \"20\": missing unit"],
         ),
         (
-            "syncFrequency: 0s",
+            "syncFrequency: 500ms",
             &[],
-            &["syncFrequency: 0s is below the minimum of 1s"],
+            &["syncFrequency: 500ms is below the minimum of 1s"],
         ),
         (
             "fileCheckFrequency: 1ns",
@@ -586,8 +586,7 @@ fn bad_input_names_the_culprit() {
             &[],
             &["readOnlyPort: port -1 out of range"],
         ),
-        ("maxPods: 0", &[], &["maxPods: 0 must be greater than 0"]),
-        ("podPidsLimit: -5", &[], &["podPidsLimit: -5 must be -1"]),
+        ("maxPods: -1", &[], &["maxPods: -1 must be greater than 0"]),
         (
             "maxParallelImagePulls: 3",
             &[],
@@ -1200,10 +1199,10 @@ fn the_api_client_rate_limit_is_positive_and_for_cluster_mode_only() {
             "-1 must be positive",
         ),
         (
-            "kubeAPIBurst: 0\n",
+            "kubeAPIBurst: -2\n",
             &["--kubeconfig", "/k"][..],
             "kubeAPIBurst",
-            "0 must be positive",
+            "-2 must be positive",
         ),
     ] {
         let err = with_config(&format!("{HEADER}{text}"), flags)
@@ -1266,7 +1265,8 @@ authorization:
             anonymous: true,
             authorization: Authorization::Webhook {
                 authorized_ttl: Duration::from_secs(60),
-                unauthorized_ttl: Duration::ZERO,
+                // 0s is unset for upstream's defaulting: its default, 30s.
+                unauthorized_ttl: Duration::from_secs(30),
             },
         }
     );
@@ -1360,7 +1360,7 @@ authentication:
 #[test]
 fn https_api_settings_are_validated() {
     for (text, flags, want_field, want_reason) in [
-        ("port: 0\n", &[][..], "port", "between 1 and 65535"),
+        ("port: -1\n", &[][..], "port", "between 1 and 65535"),
         ("port: 65536\n", &[], "port", "between 1 and 65535"),
         (
             "tlsCertFile: /a.crt\n",
@@ -1612,3 +1612,5 @@ fn container_log_rotation_defaults_and_values() {
         }
     );
 }
+
+mod kubeadm;

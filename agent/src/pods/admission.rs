@@ -16,10 +16,14 @@
 //!    (`NodePorts`), and, for pods that are not static, a `NoExecute` taint of the node
 //!    that the pod does not tolerate (`TaintToleration`).
 //!
-//! The node's labels are the ones bpflet registers (`--node-labels` and the well-known
-//! ones), its taints `registerWithTaints` (none in standalone mode); labels or taints
-//! others add to the Node object later are not seen. Where upstream lets a critical pod
-//! that does not fit evict other pods to make room, bpflet rejects it like any other.
+//! The node's labels and taints are, in cluster mode, those of the Node object as the API
+//! server holds them now ([`LiveNode`], published by the heartbeat's watch on the Node), so
+//! `kubectl label node` and `kubectl taint node` apply to the pods admitted afterwards, as
+//! upstream's admission reads its Node from the informer; running pods are not admitted
+//! again. Before the Node is first seen (and after it is deleted), and in standalone mode,
+//! they are the ones bpflet registers: `--node-labels` and the well-known labels, and
+//! `registerWithTaints` (none in standalone mode). Where upstream lets a critical pod that
+//! does not fit evict other pods to make room, bpflet rejects it like any other.
 //!
 //! Before admission, [`first_sight`] sets apart an API pod whose phase is terminal already
 //! (it completed, or was rejected or evicted, before the agent restarted): as upstream's pod
@@ -88,6 +92,42 @@ pub struct AdmissionNode {
     /// `registerWithTaints`.
     pub taints: Vec<Taint>,
     pub allocatable: Allocatable,
+}
+
+/// The labels and taints of the Node object as the API server holds them now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveNode {
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+impl LiveNode {
+    /// The labels and taints of `node`.
+    #[must_use]
+    pub fn of(node: &k8s_openapi::api::core::v1::Node) -> Self {
+        Self {
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl AdmissionNode {
+    /// This node with the Node object's current labels and taints in place of the
+    /// registered ones.
+    #[must_use]
+    pub fn with_live(&self, live: &LiveNode) -> Self {
+        Self {
+            name: self.name.clone(),
+            labels: live.labels.clone(),
+            taints: live.taints.clone(),
+            allocatable: self.allocatable,
+        }
+    }
 }
 
 /// What admission needs to know about the node.

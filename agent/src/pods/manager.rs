@@ -269,7 +269,9 @@ impl<R: ContainerRuntime + 'static> PodManager<R> {
                     .filter(|w| w.admitted && !w.terminate.is_cancelled())
                     .map(|w| Arc::clone(&w.spec.borrow()))
                     .collect();
-                let admission = admission::first_sight(&pod, &self.ctx.admission_state(&admitted));
+                let node = self.ctx.admission_node();
+                let admission =
+                    admission::first_sight(&pod, &self.ctx.admission_state(&node, &admitted));
                 let handle = worker::spawn(
                     Arc::clone(&self.ctx),
                     pod,

@@ -4,6 +4,7 @@
 //! policy. The fields stay inside the worker module; the pod manager sees the few it needs
 //! through methods.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::cgroups::tree::QosTree;
 use crate::images::{ImageManager, PullSettings};
 use crate::model::node::NodeCondition;
 use crate::pleg::facts::KernelFacts;
-use crate::pods::admission::{AdmissionNode, NodeState};
+use crate::pods::admission::{AdmissionNode, LiveNode, NodeState};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable};
 use crate::pods::labels::AgentMark;
 use crate::pods::sysctls::SysctlPolicy;
@@ -72,14 +73,22 @@ impl<R> PodContext<R> {
         &self.host.tree
     }
 
-    /// The node as admission sees it, with `admitted` pods admitted before.
+    /// The node as admission matches a pod against it now: the registered one, with the
+    /// Node object's current labels and taints once they are known (cluster mode).
+    pub(in crate::pods) fn admission_node(&self) -> Cow<'_, AdmissionNode> {
+        self.admission.node()
+    }
+
+    /// The node as admission sees it (`node`, from [`Self::admission_node`]), with
+    /// `admitted` pods admitted before.
     pub(in crate::pods) fn admission_state<'a>(
         &'a self,
+        node: &'a AdmissionNode,
         admitted: &'a [Arc<Pod>],
     ) -> NodeState<'a> {
         NodeState {
             sysctls: &self.admission.sysctls,
-            node: &self.admission.node,
+            node,
             admitted,
         }
     }
@@ -299,18 +308,77 @@ pub struct AdmissionPolicy {
     /// The node's name, labels, taints and allocatable (`maxPods` included): admission
     /// rejects pods that do not fit or match it.
     node: AdmissionNode,
+    /// Cluster mode: the Node object's current labels and taints, which replace the
+    /// registered ones once published.
+    live: Option<watch::Receiver<Option<LiveNode>>>,
 }
 
 impl AdmissionPolicy {
     #[must_use]
     pub fn new(sysctls: SysctlPolicy, node: AdmissionNode) -> Self {
-        Self { sysctls, node }
+        Self {
+            sysctls,
+            node,
+            live: None,
+        }
+    }
+
+    /// The node to admit a pod onto now: the registered one, with the published labels and
+    /// taints in place of its own while there are some.
+    fn node(&self) -> Cow<'_, AdmissionNode> {
+        let live = self.live.as_ref().and_then(|rx| rx.borrow().clone());
+        match live {
+            Some(live) => Cow::Owned(self.node.with_live(&live)),
+            None => Cow::Borrowed(&self.node),
+        }
+    }
+
+    /// Matches pods against the labels and taints published on `live` (the Node object's)
+    /// whenever there are some.
+    #[must_use]
+    pub fn with_live_node(mut self, live: watch::Receiver<Option<LiveNode>>) -> Self {
+        self.live = Some(live);
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_takes_the_nodes_published_labels_and_taints_while_there_are_some() {
+        let registered = AdmissionNode {
+            name: "node-a".to_owned(),
+            labels: [("kubernetes.io/hostname".to_owned(), "node-a".to_owned())].into(),
+            ..AdmissionNode::default()
+        };
+        let (tx, rx) = watch::channel(None);
+        let policy =
+            AdmissionPolicy::new(SysctlPolicy::default(), registered.clone()).with_live_node(rx);
+        assert_eq!(*policy.node(), registered, "nothing published yet");
+
+        let live = LiveNode {
+            labels: [("disk".to_owned(), "ssd".to_owned())].into(),
+            taints: vec![k8s_openapi::api::core::v1::Taint {
+                key: "dedicated".to_owned(),
+                effect: "NoExecute".to_owned(),
+                ..Default::default()
+            }],
+        };
+        tx.send_replace(Some(live.clone()));
+        let node = policy.node();
+        assert_eq!(node.labels, live.labels);
+        assert_eq!(node.taints, live.taints);
+        assert_eq!(
+            (node.name.as_str(), node.allocatable),
+            ("node-a", registered.allocatable),
+            "name and allocatable stay the registered ones"
+        );
+
+        tx.send_replace(None);
+        assert_eq!(*policy.node(), registered, "the Node was deleted");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_tokio_clock_moves_with_tokio_s_paused_time() {

@@ -532,7 +532,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             pods_dir.clone(),
             pods_dir.clone(),
         )
-        .with_images(images),
+        .with_images(images)
+        .with_tokens(client.clone().map(|c| {
+            Arc::new(crate::cluster::tokens::ApiTokens::new(c))
+                as Arc<dyn crate::pods::volumes::api::ServiceAccountTokens>
+        })),
         NodeInfo::new(
             config.node_name.clone(),
             config.node_ips.clone(),

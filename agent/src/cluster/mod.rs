@@ -11,6 +11,8 @@
 //! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`);
 //! - [`reviews`]: TokenReview and SubjectAccessReview for the HTTPS API's authentication
 //!   and authorization;
+//! - [`tokens`]: service-account tokens for projected volumes (TokenRequest), cached and
+//!   refreshed before they expire;
 //! - [`csr`]: the HTTPS API's serving certificate through a CertificateSigningRequest, and
 //!   its rotation (`serverTLSBootstrap`).
 //!
@@ -27,6 +29,7 @@ pub mod pods;
 pub mod ratelimit;
 pub mod reviews;
 pub mod status;
+pub mod tokens;
 
 use std::path::PathBuf;
 

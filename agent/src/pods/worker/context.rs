@@ -20,6 +20,7 @@ use crate::model::node::NodeCondition;
 use crate::pleg::facts::KernelFacts;
 use crate::pods::admission::{AdmissionNode, NodeState};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable};
+use crate::pods::objects::PodObjects;
 use crate::pods::sysctls::SysctlPolicy;
 use crate::probes::ProbeManager;
 use crate::record::Recorder;
@@ -95,6 +96,9 @@ pub struct PodHost<R> {
     pub(super) logs_dir: PathBuf,
     /// Pulls images (policies, credentials, turns, metric).
     pub(super) images: Arc<ImageManager>,
+    /// The configMaps and secrets pods read from the API server; `None` in standalone
+    /// mode, where every field that needs them is refused by name.
+    pub(super) objects: Option<Arc<dyn PodObjects>>,
 }
 
 impl<R> PodHost<R> {
@@ -113,6 +117,7 @@ impl<R> PodHost<R> {
             pods_dir,
             logs_dir,
             images: Arc::new(ImageManager::unregistered(PullSettings::default())),
+            objects: None,
         }
     }
 
@@ -120,6 +125,13 @@ impl<R> PodHost<R> {
     #[must_use]
     pub fn with_images(mut self, images: Arc<ImageManager>) -> Self {
         self.images = images;
+        self
+    }
+
+    /// Pods read configMaps and secrets from `objects` (cluster mode).
+    #[must_use]
+    pub fn with_objects(mut self, objects: Option<Arc<dyn PodObjects>>) -> Self {
+        self.objects = objects;
         self
     }
 }

@@ -8,6 +8,8 @@
 //! - [`status`]: pod status (and mirror pods of static pods) written to the API server;
 //! - [`events`]: events posted to the API server;
 //! - [`node`]: the Node object and its status (pure);
+//! - [`objects`]: the configMaps and secrets pods read (env, pull secrets, volumes), watched
+//!   while pods refer to them;
 //! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`);
 //! - [`reviews`]: TokenReview and SubjectAccessReview for the HTTPS API's authentication
 //!   and authorization;
@@ -25,6 +27,7 @@ pub mod csr;
 pub mod events;
 pub mod heartbeat;
 pub mod node;
+pub mod objects;
 pub mod pods;
 pub mod ratelimit;
 pub mod reviews;

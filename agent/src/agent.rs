@@ -557,6 +557,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         .map_err(|e| AgentError::Metrics(e.into()))?,
     );
 
+    // Cluster mode: the configMaps and secrets pods read, watched while pods refer to them.
+    let objects = client.as_ref().map(|c| {
+        let metrics = crate::cluster::objects::ObjectMetrics::register(&metrics.registry)
+            .inspect_err(|e| warn!(error = %e, "bpflet_object_* not exported"))
+            .ok();
+        Arc::new(crate::cluster::objects::ApiObjects::new(
+            c.clone(),
+            metrics,
+            cancel.clone(),
+        )) as Arc<dyn crate::pods::objects::PodObjects>
+    });
+
     // Pod workers.
     let ctx = Arc::new(PodContext::new(
         // Kubelet layout under the root dir: pods/<uid>/volumes/... and, for logs,
@@ -569,7 +581,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             pods_dir.clone(),
             mark.clone(),
         )
-        .with_images(images),
+        .with_images(images)
+        .with_objects(objects)
+        .with_tokens(client.clone().map(|c| {
+            Arc::new(crate::cluster::tokens::ApiTokens::new(c))
+                as Arc<dyn crate::pods::volumes::api::ServiceAccountTokens>
+        })),
         NodeInfo::new(
             config.node_name.clone(),
             config.node_ips.clone(),

@@ -8,9 +8,13 @@
 //! - [`status`]: pod status (and mirror pods of static pods) written to the API server;
 //! - [`events`]: events posted to the API server;
 //! - [`node`]: the Node object and its status (pure);
+//! - [`objects`]: the configMaps and secrets pods read (env, pull secrets, volumes), watched
+//!   while pods refer to them;
 //! - [`ratelimit`]: the client's rate limit (`kubeAPIQPS`, `kubeAPIBurst`);
 //! - [`reviews`]: TokenReview and SubjectAccessReview for the HTTPS API's authentication
 //!   and authorization;
+//! - [`tokens`]: service-account tokens for projected volumes (TokenRequest), cached and
+//!   refreshed before they expire;
 //! - [`csr`]: the HTTPS API's serving certificate through a CertificateSigningRequest, and
 //!   its rotation (`serverTLSBootstrap`).
 //!
@@ -23,10 +27,12 @@ pub mod csr;
 pub mod events;
 pub mod heartbeat;
 pub mod node;
+pub mod objects;
 pub mod pods;
 pub mod ratelimit;
 pub mod reviews;
 pub mod status;
+pub mod tokens;
 
 use std::path::PathBuf;
 

@@ -8,6 +8,7 @@
 
 pub mod container;
 pub mod defaults;
+pub mod downward;
 pub mod node;
 pub mod qos;
 pub mod quantity;

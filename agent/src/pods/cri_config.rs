@@ -39,7 +39,6 @@ use super::volumes::{PodVolumes, SubPathMounts};
 use crate::model::qos::{
     container_resource_config, is_restartable_init_container, pod_resource_config,
 };
-use crate::model::quantity::{QuantityValue, parse_quantity};
 use crate::model::{format_pod, pod_uid};
 use crate::runtime::api;
 
@@ -196,6 +195,16 @@ pub struct NodeAllocatable {
 }
 
 impl NodeAllocatable {
+    /// The same amounts, as the downward API reads them.
+    #[must_use]
+    pub fn downward(&self) -> crate::model::downward::Allocatable {
+        crate::model::downward::Allocatable {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            ephemeral_storage_bytes: self.ephemeral_storage_bytes,
+        }
+    }
+
     /// Upstream's node allocatable: each resource's capacity minus `systemReserved` and
     /// `kubeReserved` (never below zero). `nodefs_bytes` is the size of the file system
     /// that holds the agent's root directory; unknown counts as zero.
@@ -827,7 +836,8 @@ fn mounts(
         out.push(api::Mount {
             container_path: m.mount_path.clone(),
             host_path: host_path.to_string_lossy().into_owned(),
-            readonly: m.read_only.unwrap_or(false),
+            // The volumes whose files the agent writes are read-only, as upstream's.
+            readonly: m.read_only.unwrap_or(false) || volumes.is_some_and(|v| v.read_only(&m.name)),
             propagation: propagation.into(),
             ..api::Mount::default()
         });
@@ -1019,31 +1029,10 @@ fn field_value(
         &ctx.pod_ips
     };
     let path = sel.field_path.as_str();
-    let map_key = |prefix: &str| {
-        path.strip_prefix(prefix)?
-            .strip_prefix("['")?
-            .strip_suffix("']")
-    };
-    if let Some(key) = map_key("metadata.labels") {
-        return Ok(meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(key))
-            .cloned()
-            .unwrap_or_default());
-    }
-    if let Some(key) = map_key("metadata.annotations") {
-        return Ok(meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(key))
-            .cloned()
-            .unwrap_or_default());
+    if let Some(value) = crate::model::downward::metadata_field(meta, path) {
+        return Ok(value);
     }
     Ok(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec
             .node_name
             .clone()
@@ -1070,82 +1059,14 @@ fn field_value(
     })
 }
 
-/// A `resourceFieldRef` value: the (other) container's request or limit divided by the
-/// divisor, rounded up; a limit the container does not set reads as node allocatable.
+/// A `resourceFieldRef` value (see [`crate::model::downward::resource_value`]).
 fn resource_value(
     spec: &PodSpec,
     container: &Container,
     sel: &ResourceFieldSelector,
     ctx: &ContainerContext<'_>,
 ) -> Result<String, String> {
-    let target = match sel.container_name.as_deref().filter(|n| !n.is_empty()) {
-        None => container,
-        Some(name) => spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .find(|c| c.name == name)
-            .ok_or_else(|| format!("resourceFieldRef.containerName {name:?}: no such container"))?,
-    };
-    let divisor = match &sel.divisor {
-        None => QuantityValue::from_units(1),
-        Some(q) => parse_quantity(&q.0).map_err(|e| format!("resourceFieldRef.divisor: {e}"))?,
-    };
-    if divisor.is_zero() {
-        return Err("resourceFieldRef.divisor must not be zero".to_owned());
-    }
-    let (kind, resource) = sel.resource.split_once('.').unwrap_or(("", ""));
-    let map = target.resources.as_ref().and_then(|r| match kind {
-        "limits" => r.limits.as_ref(),
-        "requests" => r.requests.as_ref(),
-        _ => None,
-    });
-    let quantity = map
-        .and_then(|m| m.get(resource))
-        .map(|q| parse_quantity(&q.0))
-        .transpose()
-        .map_err(|e| format!("{} of container {:?}: {e}", sel.resource, target.name))?
-        .filter(|q| !q.is_zero());
-    let unsupported = || {
-        format!(
-            "resourceFieldRef.resource {:?} is not supported (limits.cpu, limits.memory, \
-             limits.ephemeral-storage, requests.cpu, requests.memory, \
-             requests.ephemeral-storage, limits/requests.hugepages-<size>)",
-            sel.resource
-        )
-    };
-    let limits = match kind {
-        "limits" => true,
-        "requests" => false,
-        _ => return Err(unsupported()),
-    };
-    // What an unset limit reads as; an unset request is 0.
-    let allocatable = |amount: u64| if limits { amount } else { 0 };
-    let value = match resource {
-        "cpu" => quantity
-            .map_or(
-                allocatable(ctx.allocatable.cpu_millis),
-                QuantityValue::millis,
-            )
-            .div_ceil(divisor.millis().max(1)),
-        "memory" => quantity
-            .map_or(
-                allocatable(ctx.allocatable.memory_bytes),
-                QuantityValue::bytes,
-            )
-            .div_ceil(divisor.bytes().max(1)),
-        "ephemeral-storage" => quantity
-            .map_or(
-                allocatable(ctx.allocatable.ephemeral_storage_bytes),
-                QuantityValue::bytes,
-            )
-            .div_ceil(divisor.bytes().max(1)),
-        r if r.starts_with("hugepages-") => quantity
-            .map_or(0, QuantityValue::bytes)
-            .div_ceil(divisor.bytes().max(1)),
-        _ => return Err(unsupported()),
-    };
-    Ok(value.to_string())
+    crate::model::downward::resource_value(spec, Some(container), sel, &ctx.allocatable.downward())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod cri_config;
 pub mod labels;
 pub mod manager;
 pub mod manifest;
+pub mod objects;
 pub mod observe;
 pub mod plan;
 pub mod source;

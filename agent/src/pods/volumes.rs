@@ -1,9 +1,11 @@
-//! Pod volumes on the node's file system: `emptyDir` (disk or tmpfs) and `hostPath`.
+//! Pod volumes on the node's file system: `emptyDir` (disk or tmpfs), `hostPath`, and the
+//! volumes whose files the agent writes: `configMap`, `secret`, `downwardAPI`, `projected`.
 //!
-//! Layout, as upstream's kubelet root: `<pods_dir>/<uid>/volumes/kubernetes.io~empty-dir/<name>`,
-//! where `pods_dir` is `<root-dir>/pods`. Every other volume type needs an API server
-//! (configMap, secret, projected, PVC, ...) or a plugin, and is refused with
-//! [`VolumeError::Unsupported`].
+//! Layout, as upstream's kubelet root: `<pods_dir>/<uid>/volumes/<plugin>/<name>`, where
+//! `pods_dir` is `<root-dir>/pods` and `plugin` is upstream's (`kubernetes.io~empty-dir`,
+//! `kubernetes.io~configmap`, `kubernetes.io~secret`, `kubernetes.io~downward-api`,
+//! `kubernetes.io~projected`). Every other volume type needs a plugin (PVC, CSI, NFS, ...)
+//! and is refused with [`VolumeError::Unsupported`].
 //!
 //! - `emptyDir` on disk: a directory, mode 0777.
 //! - `emptyDir` with `medium: Memory`: a tmpfs mounted on that directory, mode 0777. Its
@@ -17,6 +19,18 @@
 //!   The path must be absolute and free of `..`. Symbolic links are followed, as a bind
 //!   mount would.
 //! - A volume without any source is an `emptyDir` (the API server's default).
+//! - `configMap` (a directory on disk, as upstream), `secret`, `downwardAPI` and `projected`
+//!   (each a tmpfs sized like a memory `emptyDir` without `sizeLimit`, as upstream: secrets
+//!   never reach the disk): their files ([`projection`]) are written by the atomic writer
+//!   ([`atomic`]: a `..data` link swapped over a fresh directory), on every call of
+//!   [`PodVolumes::prepare_with`], and only when they changed, so an update of the object
+//!   shows in running containers (a `subPath` mount of them keeps the file it pinned, as
+//!   upstream's). Containers mount them read-only, as upstream. What they read from the API
+//!   server (configMaps, secrets, service-account tokens) is fetched before, by
+//!   [`api::fetch`]; standalone, a volume that needs it is refused by name
+//!   ([`VolumeError::NeedsApiServer`]). A mount that fails (an object missing and not
+//!   `optional`, a key missing, a token refused) is [`VolumeError::SetUp`], in upstream's
+//!   words (`MountVolume.SetUp failed for volume "v" : configmap "x" not found`).
 //! - `subPath` of a volume mount: [`PodVolumes::prepare`] only checks that it is relative,
 //!   without `..`, and names a volume of the pod (`subPathExpr` is not supported). Just
 //!   before each container start, [`PodVolumes::pin_sub_paths`] opens it beneath the
@@ -33,6 +47,9 @@
 //! deletes the pod's directory without following symbolic links out of it; hostPath
 //! sources live outside it and are never deleted.
 
+pub mod api;
+pub mod atomic;
+pub mod projection;
 pub mod subpath;
 
 use std::collections::BTreeMap;
@@ -44,10 +61,16 @@ use std::os::unix::fs::{
 };
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, DownwardAPIVolumeSource, HostPathVolumeSource, Pod,
+    ProjectedVolumeSource, SecretVolumeSource, Volume,
+};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
+use self::atomic::AtomicError;
+use self::projection::ApiData;
+use crate::model::downward::Allocatable;
 use crate::model::qos::pod_limits;
 use crate::model::quantity::{QuantityValue, parse_quantity};
 use crate::model::validation::validate_dns_label;
@@ -56,6 +79,19 @@ use crate::mountinfo::MountEntry;
 
 /// The per-pod directory of emptyDir volumes, named like upstream's plugin.
 pub const EMPTY_DIR_PLUGIN_DIR: &str = "kubernetes.io~empty-dir";
+/// The per-pod directories of the volumes whose files the agent writes, named like
+/// upstream's plugins.
+pub const CONFIG_MAP_PLUGIN_DIR: &str = "kubernetes.io~configmap";
+pub const SECRET_PLUGIN_DIR: &str = "kubernetes.io~secret";
+pub const DOWNWARD_API_PLUGIN_DIR: &str = "kubernetes.io~downward-api";
+pub const PROJECTED_PLUGIN_DIR: &str = "kubernetes.io~projected";
+/// Plugin directories whose volumes may be tmpfs mounts of the agent's.
+const TMPFS_PLUGIN_DIRS: &[&str] = &[
+    EMPTY_DIR_PLUGIN_DIR,
+    SECRET_PLUGIN_DIR,
+    DOWNWARD_API_PLUGIN_DIR,
+    PROJECTED_PLUGIN_DIR,
+];
 /// Where the kernel lists this process's mounts.
 pub const MOUNTINFO_PATH: &str = "/proc/self/mountinfo";
 
@@ -68,8 +104,8 @@ const HOST_FILE_MODE: u32 = 0o644;
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error(
-        "pod {pod}: volume {volume:?}: {kind} volumes are not supported (no API server or \
-         volume plugin; only emptyDir and hostPath)"
+        "pod {pod}: volume {volume:?}: {kind} volumes are not supported (no volume plugin; \
+         only emptyDir, hostPath, configMap, secret, downwardAPI and projected)"
     )]
     Unsupported {
         pod: String,
@@ -99,6 +135,25 @@ pub enum VolumeError {
         volume: String,
         sub_path: String,
         reason: String,
+    },
+    #[error(
+        "pod {pod}: volume {volume:?}: {kind} needs an API server (standalone mode: no \
+         --kubeconfig)"
+    )]
+    NeedsApiServer {
+        pod: String,
+        volume: String,
+        kind: &'static str,
+    },
+    /// A mount upstream's kubelet would fail too (the pod waits in `ContainerCreating`).
+    #[error("MountVolume.SetUp failed for volume {volume:?} : {reason}")]
+    SetUp { volume: String, reason: String },
+    #[error("pod {pod}: volume {volume:?}: writing its files")]
+    Write {
+        pod: String,
+        volume: String,
+        #[source]
+        source: AtomicError,
     },
     #[error("invalid pod UID {uid:?}: must be one non-empty path component")]
     InvalidUid { uid: String },
@@ -139,6 +194,16 @@ pub enum VolumeError {
     },
 }
 
+impl VolumeError {
+    /// Whether this is a mount that can succeed later without a change of the pod (an
+    /// object or token the API server does not give yet): the pod then waits in
+    /// `ContainerCreating`, as upstream's.
+    #[must_use]
+    pub fn is_set_up(&self) -> bool {
+        matches!(self, VolumeError::SetUp { .. })
+    }
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VolumeError {
     let path = path.to_owned();
     move |source| VolumeError::Io { op, path, source }
@@ -154,6 +219,45 @@ pub enum VolumeKind {
         size_bytes: Option<u64>,
     },
     HostPath,
+    /// A `configMap`: files on disk.
+    ConfigMap,
+    /// A `secret`, `downwardAPI` or `projected` volume: files on a tmpfs of this size
+    /// (`None`: kernel default).
+    Secret {
+        size_bytes: Option<u64>,
+    },
+    DownwardApi {
+        size_bytes: Option<u64>,
+    },
+    Projected {
+        size_bytes: Option<u64>,
+    },
+}
+
+impl VolumeKind {
+    /// Whether containers mount it read-only whatever their `readOnly` says (the volumes
+    /// whose files the agent writes, as upstream).
+    #[must_use]
+    pub fn read_only(self) -> bool {
+        matches!(
+            self,
+            VolumeKind::ConfigMap
+                | VolumeKind::Secret { .. }
+                | VolumeKind::DownwardApi { .. }
+                | VolumeKind::Projected { .. }
+        )
+    }
+
+    /// The tmpfs size of a memory-backed volume; `None` for one on disk.
+    fn tmpfs(self) -> Option<Option<u64>> {
+        match self {
+            VolumeKind::EmptyDirMemory { size_bytes }
+            | VolumeKind::Secret { size_bytes }
+            | VolumeKind::DownwardApi { size_bytes }
+            | VolumeKind::Projected { size_bytes } => Some(size_bytes),
+            VolumeKind::EmptyDir | VolumeKind::HostPath | VolumeKind::ConfigMap => None,
+        }
+    }
 }
 
 /// One prepared volume of a pod.
@@ -196,12 +300,32 @@ impl FromIterator<(usize, PathBuf)> for SubPathMounts {
 
 impl PodVolumes {
     /// Creates (or finds again) every volume of `pod` under `pods_dir` (`<root-dir>/pods`),
-    /// and checks the `subPath`s its containers mount (see [`Self::pin_sub_paths`]).
+    /// and checks the `subPath`s its containers mount (see [`Self::pin_sub_paths`]). Nothing
+    /// comes from the API server and the node's allocatable reads as zero: see
+    /// [`Self::prepare_with`].
     ///
     /// # Errors
     /// [`VolumeError`] naming the pod and volume for a spec this agent cannot serve, a
     /// hostPath of the wrong type, or a file-system or mount failure.
     pub fn prepare(pod: &Pod, pods_dir: &Path) -> Result<Self, VolumeError> {
+        Self::prepare_with(pod, pods_dir, &ApiData::default(), &Allocatable::default())
+    }
+
+    /// [`Self::prepare`], writing the files of `configMap`, `secret`, `downwardAPI` and
+    /// `projected` volumes from `api` (what [`api::fetch`] read for the pod) and the pod
+    /// itself; a limit a container does not set reads as `allocatable`. Files are written
+    /// only when they changed.
+    ///
+    /// # Errors
+    /// As [`Self::prepare`]; [`VolumeError::SetUp`] for a mount that fails as upstream's
+    /// would (an object or key missing and not optional, a token missing);
+    /// [`VolumeError::Write`] for files that cannot be written (a path leaving the volume).
+    pub fn prepare_with(
+        pod: &Pod,
+        pods_dir: &Path,
+        api: &ApiData,
+        allocatable: &Allocatable,
+    ) -> Result<Self, VolumeError> {
         let uid = pod_uid(pod);
         let pod_dir = pod_dir(pods_dir, uid)?;
         let volumes_dir = pod_dir.join("volumes");
@@ -246,6 +370,38 @@ impl PodVolumes {
                     kind: VolumeKind::HostPath,
                     path: check_host_path(source, &pod_name, &volume.name)?,
                 },
+                Source::Files(files) => {
+                    let plugin = files.plugin_dir();
+                    let path = volumes_dir.join(plugin).join(&volume.name);
+                    let memory = tmpfs_size(pod, None).map_err(invalid)?;
+                    let kind = match files {
+                        Files::ConfigMap(_) => VolumeKind::ConfigMap,
+                        Files::Secret(_) => VolumeKind::Secret { size_bytes: memory },
+                        Files::DownwardApi(_) => VolumeKind::DownwardApi { size_bytes: memory },
+                        Files::Projected(_) => VolumeKind::Projected { size_bytes: memory },
+                    };
+                    let payload = files.payload(pod, api, allocatable).map_err(|reason| {
+                        VolumeError::SetUp {
+                            volume: volume.name.clone(),
+                            reason,
+                        }
+                    })?;
+                    setup_empty_dir(&path, kind, &mut mounts)?;
+                    let written =
+                        atomic::write(&path, &payload).map_err(|source| VolumeError::Write {
+                            pod: pod_name.clone(),
+                            volume: volume.name.clone(),
+                            source,
+                        })?;
+                    if written {
+                        tracing::debug!(pod = %pod_name, volume = %volume.name, files = payload.len(), "volume files written");
+                    }
+                    PreparedVolume {
+                        name: volume.name.clone(),
+                        kind,
+                        path,
+                    }
+                }
                 Source::Unsupported(kind) => {
                     return Err(VolumeError::Unsupported {
                         pod: pod_name,
@@ -281,6 +437,15 @@ impl PodVolumes {
     #[must_use]
     pub fn host_path(&self, volume_name: &str) -> Option<&Path> {
         self.volumes.get(volume_name).map(|v| v.path.as_path())
+    }
+
+    /// Whether containers mount the volume read-only whatever they ask
+    /// ([`VolumeKind::read_only`]).
+    #[must_use]
+    pub fn read_only(&self, volume_name: &str) -> bool {
+        self.volumes
+            .get(volume_name)
+            .is_some_and(|v| v.kind.read_only())
     }
 
     /// Opens every `subPath` that `container` mounts beneath its volume and bind-mounts it
@@ -345,7 +510,10 @@ impl PodVolumes {
             return fs::remove_file(&pod_dir).map_err(io_err("remove", &pod_dir));
         }
         let real_dir = fs::canonicalize(&pod_dir).map_err(io_err("resolve", &pod_dir))?;
-        let empty_dirs = real_dir.join("volumes").join(EMPTY_DIR_PLUGIN_DIR);
+        let tmpfs_dirs: Vec<PathBuf> = TMPFS_PLUGIN_DIRS
+            .iter()
+            .map(|p| real_dir.join("volumes").join(p))
+            .collect();
         let pins = real_dir.join(subpath::SUBPATHS_DIR);
         let mut below: Vec<MountEntry> = read_mounts()?
             .into_iter()
@@ -357,7 +525,10 @@ impl PodVolumes {
         for mount in &below {
             let ours = mount.mount_point.starts_with(&pins)
                 || (mount.fstype == "tmpfs"
-                    && mount.mount_point.parent() == Some(empty_dirs.as_path()));
+                    && mount
+                        .mount_point
+                        .parent()
+                        .is_some_and(|p| tmpfs_dirs.iter().any(|d| d == p)));
             if !ours {
                 return Err(VolumeError::StillMounted {
                     pod_dir,
@@ -401,7 +572,57 @@ enum Source<'a> {
         size_limit: Option<&'a str>,
     },
     HostPath(&'a HostPathVolumeSource),
+    Files(Files<'a>),
     Unsupported(&'static str),
+}
+
+/// A volume whose files the agent writes.
+#[derive(Clone, Copy)]
+enum Files<'a> {
+    ConfigMap(&'a ConfigMapVolumeSource),
+    Secret(&'a SecretVolumeSource),
+    DownwardApi(&'a DownwardAPIVolumeSource),
+    Projected(&'a ProjectedVolumeSource),
+}
+
+impl Files<'_> {
+    fn plugin_dir(&self) -> &'static str {
+        match self {
+            Files::ConfigMap(_) => CONFIG_MAP_PLUGIN_DIR,
+            Files::Secret(_) => SECRET_PLUGIN_DIR,
+            Files::DownwardApi(_) => DOWNWARD_API_PLUGIN_DIR,
+            Files::Projected(_) => PROJECTED_PLUGIN_DIR,
+        }
+    }
+
+    fn payload(
+        &self,
+        pod: &Pod,
+        api: &ApiData,
+        allocatable: &Allocatable,
+    ) -> Result<atomic::Payload, String> {
+        match self {
+            Files::ConfigMap(src) => projection::config_map(src, api),
+            Files::Secret(src) => projection::secret(src, api),
+            Files::DownwardApi(src) => projection::downward_api(
+                src.items.as_deref().unwrap_or_default(),
+                src.default_mode.unwrap_or(projection::DEFAULT_MODE),
+                pod,
+                allocatable,
+            ),
+            Files::Projected(src) => projection::projected(src, pod, api, allocatable),
+        }
+    }
+}
+
+/// Whether `pod` has a volume whose files the agent writes (and so rewrites when they
+/// change).
+#[must_use]
+pub fn has_written_files(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| matches!(source(v), Source::Files(_)))
 }
 
 /// The volume's source; none at all is an emptyDir, as the API server defaults it.
@@ -415,11 +636,19 @@ fn source(v: &Volume) -> Source<'_> {
     if let Some(h) = &v.host_path {
         return Source::HostPath(h);
     }
+    if let Some(c) = &v.config_map {
+        return Source::Files(Files::ConfigMap(c));
+    }
+    if let Some(s) = &v.secret {
+        return Source::Files(Files::Secret(s));
+    }
+    if let Some(d) = &v.downward_api {
+        return Source::Files(Files::DownwardApi(d));
+    }
+    if let Some(p) = &v.projected {
+        return Source::Files(Files::Projected(p));
+    }
     let others = [
-        (v.config_map.is_some(), "configMap"),
-        (v.secret.is_some(), "secret"),
-        (v.projected.is_some(), "projected"),
-        (v.downward_api.is_some(), "downwardAPI"),
         (v.persistent_volume_claim.is_some(), "persistentVolumeClaim"),
         (v.ephemeral.is_some(), "ephemeral"),
         (v.csi.is_some(), "csi"),
@@ -507,7 +736,7 @@ fn setup_empty_dir(
         create_dir_all(parent, POD_DIR_MODE)?;
     }
     ensure_dir(path, EMPTY_DIR_MODE)?;
-    let VolumeKind::EmptyDirMemory { size_bytes } = kind else {
+    let Some(size_bytes) = kind.tmpfs() else {
         return Ok(());
     };
     let real = fs::canonicalize(path).map_err(io_err("resolve", path))?;

@@ -2,8 +2,8 @@ use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixListener;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec,
-    ProjectedVolumeSource, SecretVolumeSource, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource,
+    PodSpec, ProjectedVolumeSource, SecretVolumeSource, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -344,35 +344,19 @@ fn unsupported_volumes_name_pod_and_volume() {
     let cases = [
         (
             Volume {
-                name: "cm".to_owned(),
-                config_map: Some(ConfigMapVolumeSource::default()),
-                ..Volume::default()
-            },
-            "configMap",
-        ),
-        (
-            Volume {
-                name: "s".to_owned(),
-                secret: Some(SecretVolumeSource::default()),
-                ..Volume::default()
-            },
-            "secret",
-        ),
-        (
-            Volume {
-                name: "token".to_owned(),
-                projected: Some(ProjectedVolumeSource::default()),
-                ..Volume::default()
-            },
-            "projected",
-        ),
-        (
-            Volume {
                 name: "data".to_owned(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource::default()),
                 ..Volume::default()
             },
             "persistentVolumeClaim",
+        ),
+        (
+            Volume {
+                name: "driver".to_owned(),
+                csi: Some(k8s_openapi::api::core::v1::CSIVolumeSource::default()),
+                ..Volume::default()
+            },
+            "csi",
         ),
     ];
     for (volume, kind) in cases {
@@ -382,10 +366,179 @@ fn unsupported_volumes_name_pod_and_volume() {
             err.to_string(),
             format!(
                 "pod web-node1_default(uid-1): volume {name:?}: {kind} volumes are not supported \
-                 (no API server or volume plugin; only emptyDir and hostPath)"
+                 (no volume plugin; only emptyDir, hostPath, configMap, secret, downwardAPI \
+                 and projected)"
             )
         );
     }
+}
+
+fn config_map_volume(name: &str, config_map: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+#[tokio::test]
+async fn standalone_volumes_that_need_the_api_server_are_refused_by_name() {
+    let token = Volume {
+        name: "token".to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![k8s_openapi::api::core::v1::VolumeProjection {
+                service_account_token: Some(
+                    k8s_openapi::api::core::v1::ServiceAccountTokenProjection {
+                        path: "token".to_owned(),
+                        ..Default::default()
+                    },
+                ),
+                ..Default::default()
+            }]),
+            default_mode: None,
+        }),
+        ..Volume::default()
+    };
+    let secret = Volume {
+        name: "s".to_owned(),
+        secret: Some(SecretVolumeSource::default()),
+        ..Volume::default()
+    };
+    for (volume, kind) in [
+        (config_map_volume("cm", "cfg"), "configMap"),
+        (secret, "secret"),
+        (token, "serviceAccountToken"),
+    ] {
+        let name = volume.name.clone();
+        let err = api::fetch(&pod(vec![volume], vec![]), &api::ApiAccess::default())
+            .await
+            .expect_err(kind);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "pod web-node1_default(uid-1): volume {name:?}: {kind} needs an API server \
+                 (standalone mode: no --kubeconfig)"
+            )
+        );
+    }
+    // downwardAPI needs nothing of it.
+    let downward = Volume {
+        name: "info".to_owned(),
+        downward_api: Some(k8s_openapi::api::core::v1::DownwardAPIVolumeSource::default()),
+        ..Volume::default()
+    };
+    api::fetch(&pod(vec![downward], vec![]), &api::ApiAccess::default())
+        .await
+        .expect("downwardAPI standalone");
+}
+
+/// configMaps from a map, as the objects store would serve them.
+struct Objects(std::sync::Mutex<BTreeMap<String, ConfigMap>>);
+
+impl crate::pods::objects::PodObjects for Objects {
+    fn config_map(
+        &self,
+        _namespace: &str,
+        name: &str,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<Option<std::sync::Arc<ConfigMap>>, crate::pods::objects::ObjectError>,
+    > {
+        let found = self
+            .0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .map(std::sync::Arc::new);
+        Box::pin(async move { Ok(found) })
+    }
+    fn secret(
+        &self,
+        _namespace: &str,
+        _name: &str,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<
+            Option<std::sync::Arc<k8s_openapi::api::core::v1::Secret>>,
+            crate::pods::objects::ObjectError,
+        >,
+    > {
+        Box::pin(async { Ok(None) })
+    }
+    fn register_pod(&self, _pod: &Pod) {}
+    fn unregister_pod(&self, _pod: &Pod) {}
+}
+
+fn cm(data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..ConfigMap::default()
+    }
+}
+
+async fn prepare(p: &Pod, access: &api::ApiAccess, pods: &Path) -> Result<PodVolumes, VolumeError> {
+    let data = api::fetch(p, access).await?;
+    PodVolumes::prepare_with(p, pods, &data, &Allocatable::default())
+}
+
+#[tokio::test]
+async fn a_config_map_volume_follows_its_object_and_is_mounted_read_only() {
+    let pods = tempfile::tempdir().expect("tempdir");
+    let objects = std::sync::Arc::new(Objects(std::sync::Mutex::new(BTreeMap::new())));
+    let access = api::ApiAccess {
+        objects: Some(objects.clone()),
+        tokens: None,
+    };
+    let p = pod(vec![config_map_volume("cfg", "app-config")], vec![]);
+    // Missing: the mount fails as upstream's, and waits for the object.
+    let err = prepare(&p, &access, pods.path())
+        .await
+        .expect_err("missing configMap");
+    assert!(err.is_set_up(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "MountVolume.SetUp failed for volume \"cfg\" : configmap \"app-config\" not found"
+    );
+    objects
+        .0
+        .lock()
+        .unwrap()
+        .insert("app-config".to_owned(), cm(&[("a", "1"), ("b", "1")]));
+    let volumes = prepare(&p, &access, pods.path()).await.expect("prepare");
+    let dir = pods
+        .path()
+        .join("uid-1/volumes/kubernetes.io~configmap/cfg");
+    assert_eq!(volumes.host_path("cfg"), Some(dir.as_path()));
+    assert!(volumes.read_only("cfg"));
+    assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
+    let first = fs::read_link(dir.join(atomic::DATA_DIR)).expect("..data");
+    // Unchanged: not written again.
+    prepare(&p, &access, pods.path())
+        .await
+        .expect("prepare again");
+    assert_eq!(fs::read_link(dir.join(atomic::DATA_DIR)).unwrap(), first);
+    // Changed: swapped.
+    objects
+        .0
+        .lock()
+        .unwrap()
+        .insert("app-config".to_owned(), cm(&[("a", "2"), ("b", "2")]));
+    prepare(&p, &access, pods.path())
+        .await
+        .expect("prepare after the update");
+    assert_ne!(fs::read_link(dir.join(atomic::DATA_DIR)).unwrap(), first);
+    assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "2");
+    assert_eq!(fs::read_to_string(dir.join("b")).unwrap(), "2");
+    PodVolumes::teardown("uid-1", pods.path()).expect("teardown");
+    assert!(!pods.path().join("uid-1").exists());
 }
 
 #[test]

@@ -22,7 +22,9 @@ use crate::pleg::facts::KernelFacts;
 use crate::pods::admission::{AdmissionNode, LiveNode, NodeState};
 use crate::pods::cri_config::{DnsSettings, NodeAllocatable};
 use crate::pods::labels::AgentMark;
+use crate::pods::objects::PodObjects;
 use crate::pods::sysctls::SysctlPolicy;
+use crate::pods::volumes::api::{ApiAccess, ServiceAccountTokens};
 use crate::probes::ProbeManager;
 use crate::record::Recorder;
 use crate::status::manager::StatusManager;
@@ -113,6 +115,12 @@ pub struct PodHost<R> {
     pub(super) images: Arc<ImageManager>,
     /// Put on every sandbox and container created; only what carries it is observed.
     pub(super) mark: AgentMark,
+    /// The configMaps and secrets pods read from the API server; `None` in standalone
+    /// mode, where every field that needs them is refused by name.
+    pub(super) objects: Option<Arc<dyn PodObjects>>,
+    /// Service-account tokens for projected volumes (TokenRequest); `None` in standalone
+    /// mode, where a volume that needs one is refused by name.
+    pub(super) tokens: Option<Arc<dyn ServiceAccountTokens>>,
 }
 
 impl<R> PodHost<R> {
@@ -133,6 +141,30 @@ impl<R> PodHost<R> {
             logs_dir,
             images: Arc::new(ImageManager::unregistered(PullSettings::default())),
             mark,
+            objects: None,
+            tokens: None,
+        }
+    }
+
+    /// Pods read configMaps and secrets from `objects` (cluster mode).
+    #[must_use]
+    pub fn with_objects(mut self, objects: Option<Arc<dyn PodObjects>>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// Projected volumes get service-account tokens from `tokens` (cluster mode).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: Option<Arc<dyn ServiceAccountTokens>>) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// What volumes read from the API server through.
+    pub(super) fn api_access(&self) -> ApiAccess {
+        ApiAccess {
+            objects: self.objects.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 

@@ -77,11 +77,17 @@ impl SyncError {
     }
 
     /// What the pod's containers that wait to be created show. Upstream shows
-    /// `ContainerCreating` without a message for every pod-level failure; bpflet names a
-    /// volume, cgroup or config failure `CreateContainerConfigError` (the containers' config
-    /// cannot be prepared) and gives every one its cause as the message.
+    /// `ContainerCreating` without a message for every pod-level failure; bpflet does for a
+    /// mount that waits for the API server, names any other volume, cgroup or config failure
+    /// `CreateContainerConfigError` (the containers' config cannot be prepared), and gives
+    /// every one its cause as the message.
     pub(super) fn waiting_reason(&self) -> Option<WaitingReason> {
         match self {
+            // A mount that waits for the API server (an object, a token): upstream's pod
+            // stays `ContainerCreating` until it can mount.
+            SyncError::Volume { source, .. } if source.is_set_up() => {
+                Some(WaitingReason::ContainerCreating)
+            }
             SyncError::Volume { .. } | SyncError::Cgroup { .. } | SyncError::Config { .. } => {
                 Some(WaitingReason::CreateContainerConfigError)
             }
@@ -297,6 +303,24 @@ mod tests {
         assert_eq!(
             volume.waiting_reason(),
             Some(WaitingReason::CreateContainerConfigError)
+        );
+        let mount = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::SetUp {
+                volume: "cfg".to_owned(),
+                reason: "configmap \"cfg\" not found".to_owned(),
+            },
+        };
+        assert_eq!(
+            mount.event_message(),
+            "MountVolume.SetUp failed for volume \"cfg\" : configmap \"cfg\" not found",
+            "upstream's FailedMount message"
+        );
+        assert_eq!(mount.event_reason(), Some("FailedMount"));
+        assert_eq!(
+            mount.waiting_reason(),
+            Some(WaitingReason::ContainerCreating),
+            "upstream's pod waits in ContainerCreating for its volumes"
         );
         assert_eq!(create.reason(), WaitingReason::CreateContainerError);
         assert!(

@@ -11,6 +11,7 @@ use tracing::info;
 use super::Worker;
 use crate::model::format_pod;
 use crate::pods::admission::{Admission, Rejection};
+use crate::pods::objects::PodRegistration;
 use crate::runtime::ContainerRuntime;
 
 /// Parts of `sync_frequency` in one step of the resync grid.
@@ -51,6 +52,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 return;
             }
         }
+        // The configMaps and secrets the pod refers to are watched from now until the
+        // worker ends (cluster mode).
+        let mut registration = self.ctx.host.objects.as_ref().map(|objects| {
+            PodRegistration::new(Arc::clone(objects), Arc::clone(&self.spec.borrow()))
+        });
         // Whether the last wait ended by the `sync_frequency` timer alone.
         let mut timer_only = false;
         loop {
@@ -60,6 +66,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 return;
             }
             let pod = Arc::clone(&self.spec.borrow_and_update());
+            if let Some(registration) = registration.as_mut() {
+                registration.update(&pod);
+            }
             if self.held_down_by_eviction(&pod).await {
                 // Still under pressure (or evicted for good): stay down, wake on pokes or
                 // at the next sync.

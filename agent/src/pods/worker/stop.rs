@@ -250,6 +250,9 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         if let Err(e) = PodVolumes::teardown(&uid, &ctx.host.pods_dir) {
             warn!(pod = %name, error = %e, "removing the pod's volumes failed");
         }
+        if let Some(tokens) = &ctx.host.tokens {
+            tokens.forget_pod(&uid);
+        }
         if let Err(e) = cri_config::remove_pod_log_dir(&ctx.host.logs_dir, pod) {
             warn!(pod = %name, error = %e, "removing the pod's logs failed");
         }

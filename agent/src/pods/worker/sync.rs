@@ -18,7 +18,7 @@ use crate::pleg::KernelEnd;
 use crate::pods::cri_config::{self, SandboxContext};
 use crate::pods::observe::{Images, observe_pod_cached};
 use crate::pods::plan::{self, ObservedPod, PodActions};
-use crate::pods::volumes::PodVolumes;
+use crate::pods::volumes::{self, PodVolumes};
 use crate::record::EventType;
 use crate::runtime::ContainerRuntime;
 
@@ -31,11 +31,13 @@ const SYNC_RETRY_MAX: Duration = Duration::from_secs(300);
 const SYNC_RETRY_MAX_RUNTIME: Duration = Duration::from_secs(10);
 
 /// When to retry after `failures` syncs in a row failed, the last with `e`: 2 s, 4 s, ...
-/// 5 min; at most 10 s when the runtime call failed.
+/// 5 min; at most 10 s when the runtime call failed or a mount waits for the API server (an
+/// object that may be created any moment).
 fn sync_retry_delay(e: &SyncError, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
     let max = match e {
         SyncError::Runtime { .. } => SYNC_RETRY_MAX_RUNTIME,
+        SyncError::Volume { source, .. } if source.is_set_up() => SYNC_RETRY_MAX_RUNTIME,
         _ => SYNC_RETRY_MAX,
     };
     SYNC_RETRY_INITIAL.saturating_mul(1 << doublings).min(max)
@@ -52,6 +54,11 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         if let Some(observed) = &self.last_observed {
             let actions = plan::compute_pod_actions(pod, observed, &self.backoff, self.ctx.now());
             if actions_are_empty(&actions) {
+                // The files of configMap, secret, downwardAPI and projected volumes follow
+                // their sources at least every `syncFrequency`, as upstream's.
+                if volumes::has_written_files(pod) {
+                    self.prepare_volumes(pod).await?;
+                }
                 return Ok(None);
             }
         }
@@ -102,11 +109,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 pod: name.clone(),
                 source,
             })?;
-        let volumes =
-            PodVolumes::prepare(pod, &ctx.host.pods_dir).map_err(|source| SyncError::Volume {
-                pod: name.clone(),
-                source,
-            })?;
+        let volumes = self.prepare_volumes(pod).await?;
 
         ctx.signals.probes.annotate(&uid, &mut observed);
         let now = ctx.now();
@@ -154,6 +157,22 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .retain(|id| observed.containers.iter().any(|c| &c.id == id));
         self.last_observed = Some(observed);
         Ok(requeue)
+    }
+
+    /// Sets the pod's volumes up (again): what they need from the API server is read first,
+    /// and the files of configMap, secret, downwardAPI and projected volumes are rewritten
+    /// when they changed.
+    async fn prepare_volumes(&self, pod: &Pod) -> Result<PodVolumes, SyncError> {
+        let ctx = &self.ctx;
+        let err = |source| SyncError::Volume {
+            pod: format_pod(pod),
+            source,
+        };
+        let api = volumes::api::fetch(pod, &ctx.host.api_access())
+            .await
+            .map_err(err)?;
+        let allocatable = ctx.node.allocatable.downward();
+        PodVolumes::prepare_with(pod, &ctx.host.pods_dir, &api, &allocatable).map_err(err)
     }
 
     /// Writes the pod cgroup when its settings changed or it went missing, not on every
@@ -475,6 +494,18 @@ mod tests {
         };
         let secs: Vec<u64> = (1..=5)
             .map(|n| sync_retry_delay(&runtime, n).as_secs())
+            .collect();
+        assert_eq!(secs, [2, 4, 8, 10, 10]);
+        // So is a configMap or token the API server does not give yet.
+        let waiting = SyncError::Volume {
+            pod: "p".to_owned(),
+            source: crate::pods::volumes::VolumeError::SetUp {
+                volume: "cfg".to_owned(),
+                reason: "configmap \"cfg\" not found".to_owned(),
+            },
+        };
+        let secs: Vec<u64> = (1..=5)
+            .map(|n| sync_retry_delay(&waiting, n).as_secs())
             .collect();
         assert_eq!(secs, [2, 4, 8, 10, 10]);
     }

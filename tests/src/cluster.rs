@@ -235,8 +235,7 @@ pub fn wait_for_default_service_account(cp: &ControlPlane, node: &Node) {
 }
 
 /// A bare pod in `default` as the cluster tests write them: one container `c` on the offline
-/// busybox (`IfNotPresent`), the default service-account token volume (the ServiceAccount
-/// admission plugin's `kube-api-access-*`), no service links, 1 s of grace.
+/// busybox (`IfNotPresent`), no service-account token, no service links, 1 s of grace.
 #[derive(Debug, Clone)]
 pub struct PodYaml {
     name: String,
@@ -308,6 +307,7 @@ metadata:
   namespace: default
 spec:
 {node}  restartPolicy: {policy}
+  automountServiceAccountToken: false
   enableServiceLinks: false
   terminationGracePeriodSeconds: 1
 {spec}  containers:

@@ -1499,6 +1499,7 @@ impl ControlPlane {
             "kind": "Pod",
             "metadata": {"name": "smoke", "namespace": ns},
             "spec": {
+                "automountServiceAccountToken": false,
                 "containers": [{"name": "c", "image": "busybox:latest"}],
             },
         })

@@ -131,7 +131,8 @@ fn kubeadms_configuration_joins_and_gives_pods_the_cluster_dns() {
         lines
             .iter()
             .filter(|l| l.starts_with("nameserver"))
-            .collect::<Vec<_>>(),
+            .copied()
+            .collect::<Vec<&str>>(),
         ["nameserver 10.96.0.10"],
         "kubeadm's clusterDNS only:\n{resolv}"
     );

@@ -13,7 +13,6 @@ use bpflet_proto::v1 as pb;
 use bpflet_proto::v1::event_service_client::EventServiceClient;
 use bpflet_tests::bpflet_bin;
 use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, pod_yaml, remote_tracer};
-use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Upper bound for anything the agent and the kernel must produce; never a timing claim.

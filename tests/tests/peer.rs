@@ -149,7 +149,7 @@ fn containerd2_runs_privately_and_crictl_runs_a_pod() {
         ],
     );
     let container = container.trim();
-    crictl(&ctd, &["start", container]);
+    let _ = crictl(&ctd, &["start", container]);
 
     let inspect = crictl_json(&ctd, &["inspect", "-o", "json", container]);
     assert_eq!(

@@ -395,7 +395,7 @@ impl Inner {
             Ok(handle) => drop(handle.spawn(task)),
             // Never in the agent (workers register from their tasks): reads stay GETs.
             Err(_) => {
-                warn!(object = %shown, "no async runtime to watch in; reads go to the API server")
+                warn!(object = %shown, "no async runtime to watch in; reads go to the API server");
             }
         }
     }

@@ -444,6 +444,8 @@ async fn kube_client(args: &ObserveArgs) -> Result<Option<kube::Client>, Observe
             node_lease_duration: Duration::from_secs(40),
             kube_api_qps: 50,
             kube_api_burst: 100,
+            // The observer never touches the Node.
+            register_node: false,
         };
         return crate::cluster::connect(&cluster)
             .await

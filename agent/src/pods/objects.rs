@@ -294,6 +294,7 @@ mod tests {
 
     use super::*;
 
+    #[expect(clippy::needless_pass_by_value)] // json! values are built for the call
     fn pod(spec: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},

@@ -515,7 +515,7 @@ fn refusals_name_the_field() {
     for (text, flags, field, reason) in cases {
         let err = refusal(with_config(&format!("{HEADER}{text}\n"), flags));
         assert!(
-            err.starts_with(&format!("{field}")) && err.contains(reason),
+            err.starts_with(&field.to_string()) && err.contains(reason),
             "{text:?} {flags:?}: want {field:?} ... {reason:?}, got: {err}"
         );
     }

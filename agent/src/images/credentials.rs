@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use k8s_cri::v1 as api;
+use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
 /// Why a docker config could not be used.
@@ -128,6 +129,44 @@ fn entries(raw: BTreeMap<String, RawEntry>, what: &str) -> Result<DockerConfig, 
         out.insert(registry, cred);
     }
     Ok(out)
+}
+
+/// `type` of a pull secret holding a `config.json` under [`DOCKER_CONFIG_JSON_KEY`].
+pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+/// `type` of a pull secret holding a legacy `.dockercfg` under [`DOCKERCFG_KEY`].
+pub const DOCKERCFG_TYPE: &str = "kubernetes.io/dockercfg";
+pub const DOCKERCFG_KEY: &str = ".dockercfg";
+
+/// The docker config an image pull secret holds, as upstream reads a pod's
+/// `imagePullSecrets`: a secret of type `kubernetes.io/dockerconfigjson` with a non-empty
+/// `.dockerconfigjson`, else one of type `kubernetes.io/dockercfg` with a non-empty
+/// `.dockercfg`; `None` for any other secret (upstream passes over it). `what` names the
+/// secret in errors.
+///
+/// # Errors
+/// [`CredentialError`] when the data is not a docker config.
+pub fn from_secret(secret: &Secret, what: &str) -> Result<Option<DockerConfig>, CredentialError> {
+    let data = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.as_slice())
+            .filter(|b| !b.is_empty())
+    };
+    let kind = secret.type_.as_deref().unwrap_or_default();
+    if kind == DOCKER_CONFIG_JSON_TYPE
+        && let Some(bytes) = data(DOCKER_CONFIG_JSON_KEY)
+    {
+        return parse_config_json(bytes, &format!("{what}: {DOCKER_CONFIG_JSON_KEY}")).map(Some);
+    }
+    if kind == DOCKERCFG_TYPE
+        && let Some(bytes) = data(DOCKERCFG_KEY)
+    {
+        return parse_dockercfg(bytes, &format!("{what}: {DOCKERCFG_KEY}")).map(Some);
+    }
+    Ok(None)
 }
 
 /// Where the node's docker config is looked for: `config.json` in each of the first list,
@@ -483,6 +522,58 @@ mod tests {
         assert_eq!(
             users(&pod.lookup_with(&node, "127.0.0.1:5000/x")),
             ["pod", "nodex", "node"]
+        );
+    }
+
+    fn secret(kind: &str, key: &str, value: &[u8]) -> Secret {
+        Secret {
+            type_: Some(kind.to_owned()),
+            data: Some(BTreeMap::from([(
+                key.to_owned(),
+                k8s_openapi::ByteString(value.to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn pull_secrets_are_read_by_type_and_key_as_upstream() {
+        let json = br#"{"auths": {"127.0.0.1:5000": {"auth": "YWxpY2U6cHc="}}}"#;
+        let cfg = from_secret(
+            &secret(DOCKER_CONFIG_JSON_TYPE, DOCKER_CONFIG_JSON_KEY, json),
+            "secret ns/s",
+        )
+        .unwrap()
+        .expect("a docker config");
+        assert_eq!(cfg["127.0.0.1:5000"].username, "alice");
+        let legacy = from_secret(
+            &secret(
+                DOCKERCFG_TYPE,
+                DOCKERCFG_KEY,
+                br#"{"h:1": {"auth": "dTpw"}}"#,
+            ),
+            "secret ns/s",
+        )
+        .unwrap()
+        .expect("a legacy docker config");
+        assert_eq!(legacy["h:1"].password, "p");
+        // Another type, the other type's key, an empty value: not a pull secret.
+        for s in [
+            secret("Opaque", DOCKER_CONFIG_JSON_KEY, json),
+            secret(DOCKER_CONFIG_JSON_TYPE, DOCKERCFG_KEY, json),
+            secret(DOCKERCFG_TYPE, DOCKER_CONFIG_JSON_KEY, json),
+            secret(DOCKER_CONFIG_JSON_TYPE, DOCKER_CONFIG_JSON_KEY, b""),
+        ] {
+            assert!(from_secret(&s, "x").unwrap().is_none(), "{s:?}");
+        }
+        let bad = from_secret(
+            &secret(DOCKER_CONFIG_JSON_TYPE, DOCKER_CONFIG_JSON_KEY, b"{"),
+            "secret ns/s",
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "secret ns/s: .dockerconfigjson is not a valid docker config"
         );
     }
 

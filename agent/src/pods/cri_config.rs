@@ -10,15 +10,18 @@
 //!   (network NODE/POD, pid NODE/POD/CONTAINER, ipc NODE/POD), security context, sysctls,
 //!   pod-level resources;
 //! - container: `command`/`args` with `$(VAR)` expanded from the container's environment,
-//!   environment variables (`value` with `$(VAR)` expansion over the variables before it;
-//!   `fieldRef` and `resourceFieldRef`; limits a container does not set are the node's
-//!   allocatable, as upstream), mounts through [`PodVolumes`], log path
+//!   environment variables ([`environment`]: `envFrom` first, then `env` in order, a later
+//!   variable replacing an earlier one of the same name; `value` with `$(VAR)` expansion
+//!   over the variables before it; `fieldRef` and `resourceFieldRef`, limits a container
+//!   does not set being the node's allocatable, as upstream; `configMapKeyRef`,
+//!   `secretKeyRef` and `envFrom` from the objects read for it, [`EnvObjects`]), mounts
+//!   through [`PodVolumes`], log path
 //!   `<name>/<attempt>.log`, linux resources and `oom_score_adj` from
 //!   [`crate::model::qos`], and the security context.
 //!
 //! Not done (each needs something this agent does not have or do): `configMapKeyRef`,
-//! `secretKeyRef` and `envFrom` (an API server: refused with an error), service link
-//! variables, the termination message file mount, the agent-managed `/etc/hosts` (the
+//! `secretKeyRef` and `envFrom` in standalone mode (no API server: refused with an error),
+//! service link variables, the termination message file mount, the agent-managed `/etc/hosts` (the
 //! runtime writes one), checking `runAsNonRoot` against the image's user (only an explicit
 //! `runAsUser: 0` is refused), `Localhost` seccomp profiles (refused), swap limits,
 //! hugepages, AppArmor and SELinux.
@@ -30,11 +33,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    Container, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, ResourceFieldSelector,
-    SeccompProfile,
+    ConfigMapKeySelector, Container, EnvFromSource, ObjectFieldSelector, Pod, PodSecurityContext,
+    PodSpec, ResourceFieldSelector, SeccompProfile, SecretKeySelector,
 };
 
 use super::labels::{self, LabelError};
+use super::objects::{EnvObjects, ObjectKind};
 use super::volumes::{PodVolumes, SubPathMounts};
 use crate::model::qos::{
     container_resource_config, is_restartable_init_container, pod_resource_config,
@@ -98,6 +102,16 @@ pub enum ConfigBuildError {
         container: String,
         variable: String,
         reason: String,
+    },
+    /// A configMap or secret (or one of its keys) the environment needs does not exist;
+    /// `message` is upstream's (`configmap "x" not found`, `couldn't find key k in ConfigMap
+    /// ns/x`), which the container's status shows.
+    #[error("pod {pod}: container {container:?}: {field}: {message}")]
+    MissingObject {
+        pod: String,
+        container: String,
+        field: String,
+        message: String,
     },
     #[error("pod {pod}: container {container:?}: cannot build annotations")]
     Annotations {
@@ -246,6 +260,10 @@ pub struct ContainerContext<'a> {
     /// The node's memory capacity, for `oom_score_adj`.
     pub memory_capacity_bytes: u64,
     pub allocatable: NodeAllocatable,
+    /// The configMaps and secrets this container's environment names, read from the API
+    /// server; `None`: standalone mode, where `configMapKeyRef`, `secretKeyRef` and
+    /// `envFrom` are refused.
+    pub env_objects: Option<&'a EnvObjects>,
 }
 
 fn spec_of(pod: &Pod) -> Result<&PodSpec, ConfigBuildError> {
@@ -942,29 +960,289 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// The container's environment, in spec order; a repeated name keeps its first place and
-/// its last value.
+/// Keys of an `envFrom` source left out of a container's environment because they are not
+/// environment variable names (upstream's `InvalidEnvironmentVariableNames` event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKeys {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+    /// Sorted, prefix included.
+    pub keys: Vec<String>,
+}
+
+impl SkippedKeys {
+    /// Upstream's event message.
+    #[must_use]
+    pub fn message(&self) -> String {
+        let kind = match self.kind {
+            ObjectKind::ConfigMap => "configMap",
+            ObjectKind::Secret => "secret",
+        };
+        format!(
+            "Keys [{}] from the EnvFrom {kind} {}/{} were skipped since they are considered \
+             invalid environment variable names.",
+            self.keys.join(", "),
+            self.namespace,
+            self.name
+        )
+    }
+}
+
+/// An environment variable name as upstream's relaxed rule has it (the rule of kubelet
+/// v1.34): not empty, printable ASCII, no `=`. The API server accepts no configMap or
+/// secret key and no `envFrom` prefix that breaks it, so only objects from elsewhere can
+/// have such keys; a `=` in a name would corrupt the container's environment.
+#[must_use]
+pub fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'=')
+}
+
+/// The `envFrom` keys of `container` that [`environment`] leaves out as invalid names,
+/// per source (nothing when a source is missing: that fails the container instead).
+#[must_use]
+pub fn skipped_env_keys(
+    pod: &Pod,
+    container: &Container,
+    objects: &EnvObjects,
+) -> Vec<SkippedKeys> {
+    env_from_vars(pod, container, objects)
+        .map(|(_, skipped)| skipped)
+        .unwrap_or_default()
+}
+
+/// Upstream's message for an object that does not exist.
+fn not_found(kind: ObjectKind, name: &str) -> String {
+    format!("{kind} {name:?} not found")
+}
+
+/// Upstream's message for a key an object lacks.
+fn key_not_found(kind: ObjectKind, key: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "couldn't find key {key} in {} {namespace}/{name}",
+        kind.api_name()
+    )
+}
+
+/// Environment variables as (name, value), in order.
+type EnvVars = Vec<(String, String)>;
+
+/// The variables of `container`'s `envFrom` sources, in order (each source's keys sorted,
+/// after its `prefix`), and the keys skipped as invalid names. A missing source that is
+/// not `optional` is an error naming it; an optional one gives nothing.
+fn env_from_vars(
+    pod: &Pod,
+    container: &Container,
+    objects: &EnvObjects,
+) -> Result<(EnvVars, Vec<SkippedKeys>), ConfigBuildError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let mut vars = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, from) in container.env_from.iter().flatten().enumerate() {
+        let missing = |field: &str, message: String| ConfigBuildError::MissingObject {
+            pod: format_pod(pod),
+            container: container.name.clone(),
+            field: format!("envFrom[{i}].{field}"),
+            message,
+        };
+        let (kind, name, data): (ObjectKind, &str, Vec<(String, String)>) =
+            match env_from_source(from, objects) {
+                EnvFromData::Neither | EnvFromData::Missing { optional: true, .. } => continue,
+                EnvFromData::Missing {
+                    kind,
+                    name,
+                    field,
+                    optional: false,
+                } => return Err(missing(field, not_found(kind, name))),
+                EnvFromData::Found { kind, name, data } => (kind, name, data),
+            };
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        let mut invalid = Vec::new();
+        for (key, value) in data {
+            let key = format!("{prefix}{key}");
+            if is_env_var_name(&key) {
+                vars.push((key, value));
+            } else {
+                invalid.push(key);
+            }
+        }
+        if !invalid.is_empty() {
+            invalid.sort();
+            skipped.push(SkippedKeys {
+                kind,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                keys: invalid,
+            });
+        }
+    }
+    Ok((vars, skipped))
+}
+
+/// What one `envFrom` source gives.
+enum EnvFromData<'a> {
+    /// It names neither a configMap nor a secret.
+    Neither,
+    Missing {
+        kind: ObjectKind,
+        name: &'a str,
+        field: &'static str,
+        optional: bool,
+    },
+    Found {
+        kind: ObjectKind,
+        name: &'a str,
+        data: Vec<(String, String)>,
+    },
+}
+
+fn env_from_source<'a>(from: &'a EnvFromSource, objects: &EnvObjects) -> EnvFromData<'a> {
+    if let Some(r) = &from.config_map_ref {
+        let name = r.name.as_str();
+        return match objects.config_maps.get(name).and_then(Option::as_ref) {
+            Some(cm) => EnvFromData::Found {
+                kind: ObjectKind::ConfigMap,
+                name,
+                data: cm
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+            None => EnvFromData::Missing {
+                kind: ObjectKind::ConfigMap,
+                name,
+                field: "configMapRef",
+                optional: r.optional == Some(true),
+            },
+        };
+    }
+    if let Some(r) = &from.secret_ref {
+        let name = r.name.as_str();
+        return match objects.secrets.get(name).and_then(Option::as_ref) {
+            Some(s) => EnvFromData::Found {
+                kind: ObjectKind::Secret,
+                name,
+                data: s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect(),
+            },
+            None => EnvFromData::Missing {
+                kind: ObjectKind::Secret,
+                name,
+                field: "secretRef",
+                optional: r.optional == Some(true),
+            },
+        };
+    }
+    EnvFromData::Neither
+}
+
+/// A `configMapKeyRef` value; `Ok(None)`: the configMap or key is missing and the reference
+/// is `optional`, so the variable is left out (as upstream does).
+fn config_map_key(
+    namespace: &str,
+    sel: &ConfigMapKeySelector,
+    objects: &EnvObjects,
+) -> Result<Option<String>, String> {
+    let optional = sel.optional == Some(true);
+    let kind = ObjectKind::ConfigMap;
+    let Some(cm) = objects.config_maps.get(&sel.name).and_then(Option::as_ref) else {
+        return if optional {
+            Ok(None)
+        } else {
+            Err(not_found(kind, &sel.name))
+        };
+    };
+    match cm.data.as_ref().and_then(|d| d.get(&sel.key)) {
+        Some(v) => Ok(Some(v.clone())),
+        None if optional => Ok(None),
+        None => Err(key_not_found(kind, &sel.key, namespace, &sel.name)),
+    }
+}
+
+/// A `secretKeyRef` value (bytes that are not UTF-8 are replaced, the CRI takes text); as
+/// [`config_map_key`] otherwise.
+fn secret_key(
+    namespace: &str,
+    sel: &SecretKeySelector,
+    objects: &EnvObjects,
+) -> Result<Option<String>, String> {
+    let optional = sel.optional == Some(true);
+    let kind = ObjectKind::Secret;
+    let Some(s) = objects.secrets.get(&sel.name).and_then(Option::as_ref) else {
+        return if optional {
+            Ok(None)
+        } else {
+            Err(not_found(kind, &sel.name))
+        };
+    };
+    match s.data.as_ref().and_then(|d| d.get(&sel.key)) {
+        Some(v) => Ok(Some(String::from_utf8_lossy(&v.0).into_owned())),
+        None if optional => Ok(None),
+        None => Err(key_not_found(kind, &sel.key, namespace, &sel.name)),
+    }
+}
+
+/// Sets `key` to `value`: a new name goes last, a repeated one keeps its place and takes
+/// the new value.
+fn set_env(envs: &mut Vec<api::KeyValue>, key: &str, value: String) {
+    match envs.iter_mut().find(|kv| kv.key == key) {
+        Some(kv) => kv.value = value,
+        None => envs.push(api::KeyValue {
+            key: key.to_owned(),
+            value,
+        }),
+    }
+}
+
+/// The container's environment, as upstream builds it: the `envFrom` sources first, then
+/// `env` in order, a later variable replacing an earlier one of the same name (which keeps
+/// its first place). A `value` expands `$(VAR)` over the variables set before it. A
+/// missing configMap or secret, or key, fails unless its reference is `optional`
+/// ([`ConfigBuildError::MissingObject`], upstream's message); an optional one that is
+/// missing leaves its variable out. Without [`ContainerContext::env_objects`] (standalone
+/// mode) `configMapKeyRef`, `secretKeyRef` and `envFrom` are refused.
 fn environment(
     pod: &Pod,
     spec: &PodSpec,
     container: &Container,
     ctx: &ContainerContext<'_>,
 ) -> Result<Vec<api::KeyValue>, ConfigBuildError> {
-    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(ConfigBuildError::Container {
-            pod: format_pod(pod),
-            container: container.name.clone(),
-            field: "envFrom".to_owned(),
-            reason: "configMapRef and secretRef need an API server; not supported".to_owned(),
-        });
-    }
     let mut envs: Vec<api::KeyValue> = Vec::new();
+    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        let Some(objects) = ctx.env_objects else {
+            return Err(ConfigBuildError::Container {
+                pod: format_pod(pod),
+                container: container.name.clone(),
+                field: "envFrom".to_owned(),
+                reason: "configMapRef and secretRef need an API server; not supported".to_owned(),
+            });
+        };
+        for (key, value) in env_from_vars(pod, container, objects)?.0 {
+            set_env(&mut envs, &key, value);
+        }
+    }
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     for var in container.env.iter().flatten() {
         let env_err = |reason: String| ConfigBuildError::Env {
             pod: format_pod(pod),
             container: container.name.clone(),
             variable: var.name.clone(),
             reason,
+        };
+        let missing = |field: &str, message: String| ConfigBuildError::MissingObject {
+            pod: format_pod(pod),
+            container: container.name.clone(),
+            field: format!("environment variable {:?}: valueFrom.{field}", var.name),
+            message,
         };
         let value = match (var.value.as_deref(), var.value_from.as_ref()) {
             (Some(v), _) if !v.is_empty() => expand(v, |name| {
@@ -977,27 +1255,38 @@ fn environment(
                     field_value(pod, spec, field, ctx).map_err(env_err)?
                 } else if let Some(resource) = &from.resource_field_ref {
                     resource_value(spec, container, resource, ctx).map_err(env_err)?
-                } else if from.config_map_key_ref.is_some() {
-                    return Err(env_err(
-                        "valueFrom.configMapKeyRef needs an API server; not supported".to_owned(),
-                    ));
-                } else if from.secret_key_ref.is_some() {
-                    return Err(env_err(
-                        "valueFrom.secretKeyRef needs an API server; not supported".to_owned(),
-                    ));
+                } else if let Some(sel) = &from.config_map_key_ref {
+                    let Some(objects) = ctx.env_objects else {
+                        return Err(env_err(
+                            "valueFrom.configMapKeyRef needs an API server; not supported"
+                                .to_owned(),
+                        ));
+                    };
+                    match config_map_key(namespace, sel, objects)
+                        .map_err(|m| missing("configMapKeyRef", m))?
+                    {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                } else if let Some(sel) = &from.secret_key_ref {
+                    let Some(objects) = ctx.env_objects else {
+                        return Err(env_err(
+                            "valueFrom.secretKeyRef needs an API server; not supported".to_owned(),
+                        ));
+                    };
+                    match secret_key(namespace, sel, objects)
+                        .map_err(|m| missing("secretKeyRef", m))?
+                    {
+                        Some(v) => v,
+                        None => continue,
+                    }
                 } else {
                     return Err(env_err("valueFrom names no source".to_owned()));
                 }
             }
             _ => String::new(),
         };
-        match envs.iter_mut().find(|kv| kv.key == var.name) {
-            Some(kv) => kv.value = value,
-            None => envs.push(api::KeyValue {
-                key: var.name.clone(),
-                value,
-            }),
-        }
+        set_env(&mut envs, &var.name, value);
     }
     Ok(envs)
 }

@@ -89,6 +89,8 @@ struct State {
     exec: Option<ExecHandler>,
     /// Every `StopContainer` call's container id and grace period, in order.
     stops: Vec<(String, Duration)>,
+    /// Every `PullImage` call's image and the user name of its credentials, in order.
+    pulls: Vec<(String, Option<String>)>,
     clock: Option<FakeClock>,
 }
 
@@ -120,6 +122,7 @@ impl Default for State {
             next_pid: 1000,
             exec: None,
             stops: Vec::new(),
+            pulls: Vec::new(),
             clock: None,
         }
     }
@@ -297,6 +300,11 @@ impl FakeRuntime {
                 Ok(())
             }
         }
+    }
+
+    /// Every `PullImage` call so far: the image and the user name of its credentials.
+    pub fn pulls(&self) -> Vec<(String, Option<String>)> {
+        self.lock().pulls.clone()
     }
 
     /// Makes the runtime have an image named `name`; returns its id. Idempotent.
@@ -898,9 +906,12 @@ impl ContainerRuntime for FakeRuntime {
     async fn pull_image(
         &self,
         image: &str,
-        _auth: Option<&api::AuthConfig>,
+        auth: Option<&api::AuthConfig>,
         _sandbox_config: Option<&api::PodSandboxConfig>,
     ) -> Result<String> {
+        self.lock()
+            .pulls
+            .push((image.to_owned(), auth.map(|a| a.username.clone())));
         self.enter(Method::PullImage).await?;
         Ok(self.add_image(image))
     }

@@ -107,6 +107,7 @@ fn container_ctx(volumes: Option<&PodVolumes>) -> ContainerContext<'_> {
             memory_bytes: 4 * GI,
             ephemeral_storage_bytes: 100 * GI,
         },
+        env_objects: None,
     }
 }
 
@@ -850,6 +851,228 @@ fn env_from_is_refused() {
         "pod web-node1_prod(uid-1): container \"app\": envFrom: configMapRef and secretRef \
          need an API server; not supported"
     );
+}
+
+/// configMap `all` (`A`, `B`, `1st`), secret `s` (`TOKEN`), as read from the API server;
+/// `gone` of either kind does not exist.
+fn env_objects() -> crate::pods::objects::EnvObjects {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let cm = ConfigMap {
+        data: Some(BTreeMap::from([
+            ("A".to_owned(), "from-cm".to_owned()),
+            ("B".to_owned(), "b".to_owned()),
+            ("1st".to_owned(), "one".to_owned()),
+        ])),
+        ..ConfigMap::default()
+    };
+    let secret = Secret {
+        data: Some(BTreeMap::from([(
+            "TOKEN".to_owned(),
+            k8s_openapi::ByteString(b"t0k".to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    crate::pods::objects::EnvObjects {
+        config_maps: BTreeMap::from([
+            ("all".to_owned(), Some(std::sync::Arc::new(cm))),
+            ("gone".to_owned(), None),
+        ]),
+        secrets: BTreeMap::from([
+            ("s".to_owned(), Some(std::sync::Arc::new(secret))),
+            ("gone".to_owned(), None),
+        ]),
+    }
+}
+
+fn env_from(kind: ObjectKind, name: &str, prefix: Option<&str>, optional: bool) -> EnvFromSource {
+    use k8s_openapi::api::core::v1::{ConfigMapEnvSource, SecretEnvSource};
+    let optional = optional.then_some(true);
+    EnvFromSource {
+        config_map_ref: (kind == ObjectKind::ConfigMap).then(|| ConfigMapEnvSource {
+            name: name.to_owned(),
+            optional,
+        }),
+        secret_ref: (kind == ObjectKind::Secret).then(|| SecretEnvSource {
+            name: name.to_owned(),
+            optional,
+        }),
+        prefix: prefix.map(str::to_owned),
+    }
+}
+
+fn cm_key(var: &str, name: &str, key: &str, optional: bool) -> EnvVar {
+    from(
+        var,
+        EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: name.to_owned(),
+                key: key.to_owned(),
+                optional: optional.then_some(true),
+            }),
+            ..EnvVarSource::default()
+        },
+    )
+}
+
+fn secret_key_ref(var: &str, name: &str, key: &str, optional: bool) -> EnvVar {
+    from(
+        var,
+        EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.to_owned(),
+                key: key.to_owned(),
+                optional: optional.then_some(true),
+            }),
+            ..EnvVarSource::default()
+        },
+    )
+}
+
+fn envs_of(config: &api::ContainerConfig) -> Vec<(&str, &str)> {
+    config
+        .envs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect()
+}
+
+#[test]
+fn env_from_the_api_env_from_first_then_env_in_order_later_wins() {
+    let objects = env_objects();
+    let mut app = container("app", "", "");
+    app.env_from = Some(vec![
+        env_from(ObjectKind::ConfigMap, "all", None, false),
+        env_from(ObjectKind::Secret, "s", Some("S_"), false),
+        env_from(ObjectKind::ConfigMap, "gone", Some("G_"), true),
+    ]);
+    app.env = Some(vec![
+        value("A", "env-wins"),
+        cm_key("X", "all", "B", false),
+        secret_key_ref("Y", "s", "TOKEN", false),
+        cm_key("NO_KEY", "all", "missing", true),
+        cm_key("NO_MAP", "gone", "k", true),
+        secret_key_ref("NO_SECRET", "gone", "k", true),
+        value("U", "$(B)-$(S_TOKEN)-$(NO_KEY)"),
+        value("B", "last"),
+    ]);
+    let p = pod_with(vec![app.clone()], |_| {});
+    let ctx = ContainerContext {
+        env_objects: Some(&objects),
+        ..container_ctx(None)
+    };
+    let config = container_config(&p, &app, 0, &ctx).expect("config");
+    assert_eq!(
+        envs_of(&config),
+        [
+            ("1st", "one"),
+            ("A", "env-wins"),
+            ("B", "last"),
+            ("S_TOKEN", "t0k"),
+            ("X", "b"),
+            ("Y", "t0k"),
+            ("U", "b-t0k-$(NO_KEY)"),
+        ],
+        "envFrom first (sorted keys, prefix); env replaces in place; optional misses are left out"
+    );
+    assert!(skipped_env_keys(&p, &app, &objects).is_empty());
+}
+
+#[test]
+fn a_missing_object_or_key_fails_with_upstreams_message() {
+    let objects = env_objects();
+    let cases: Vec<(Option<EnvFromSource>, Option<EnvVar>, &str)> = vec![
+        (
+            Some(env_from(ObjectKind::ConfigMap, "gone", None, false)),
+            None,
+            "configmap \"gone\" not found",
+        ),
+        (
+            Some(env_from(ObjectKind::Secret, "gone", Some("P_"), false)),
+            None,
+            "secret \"gone\" not found",
+        ),
+        (
+            None,
+            Some(cm_key("V", "gone", "k", false)),
+            "configmap \"gone\" not found",
+        ),
+        (
+            None,
+            Some(cm_key("V", "all", "nokey", false)),
+            "couldn't find key nokey in ConfigMap prod/all",
+        ),
+        (
+            None,
+            Some(secret_key_ref("V", "gone", "k", false)),
+            "secret \"gone\" not found",
+        ),
+        (
+            None,
+            Some(secret_key_ref("V", "s", "nokey", false)),
+            "couldn't find key nokey in Secret prod/s",
+        ),
+    ];
+    for (source, var, expected) in cases {
+        let mut app = container("app", "", "");
+        app.env_from = source.map(|s| vec![s]);
+        app.env = var.map(|v| vec![v]);
+        let p = pod_with(vec![app.clone()], |_| {});
+        let ctx = ContainerContext {
+            env_objects: Some(&objects),
+            ..container_ctx(None)
+        };
+        match container_config(&p, &app, 0, &ctx) {
+            Err(ConfigBuildError::MissingObject { message, field, .. }) => {
+                assert_eq!(message, expected, "{field}");
+            }
+            other => panic!("{expected}: got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn env_from_keys_that_are_not_variable_names_are_skipped_and_reported() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let mut objects = env_objects();
+    let odd = ConfigMap {
+        data: Some(BTreeMap::from([
+            ("GOOD".to_owned(), "1".to_owned()),
+            ("HAS=EQUALS".to_owned(), "2".to_owned()),
+            ("\u{dc}MLAUT".to_owned(), "3".to_owned()),
+            ("TAB\t".to_owned(), "4".to_owned()),
+            ("with space".to_owned(), "5".to_owned()),
+        ])),
+        ..ConfigMap::default()
+    };
+    objects
+        .config_maps
+        .insert("odd".to_owned(), Some(std::sync::Arc::new(odd)));
+    let mut app = container("app", "", "");
+    app.env_from = Some(vec![env_from(
+        ObjectKind::ConfigMap,
+        "odd",
+        Some("P_"),
+        false,
+    )]);
+    let p = pod_with(vec![app.clone()], |_| {});
+    let ctx = ContainerContext {
+        env_objects: Some(&objects),
+        ..container_ctx(None)
+    };
+    let config = container_config(&p, &app, 0, &ctx).expect("config");
+    assert_eq!(
+        envs_of(&config),
+        [("P_GOOD", "1"), ("P_with space", "5")],
+        "printable ASCII without '=' is a name (upstream's relaxed rule)"
+    );
+    let skipped = skipped_env_keys(&p, &app, &objects);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(
+        skipped[0].message(),
+        "Keys [P_HAS=EQUALS, P_TAB\t, P_\u{dc}MLAUT] from the EnvFrom configMap prod/odd were \
+         skipped since they are considered invalid environment variable names."
+    );
+    assert!(!is_env_var_name(""));
 }
 
 #[test]

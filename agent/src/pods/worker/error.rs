@@ -3,6 +3,7 @@
 
 use crate::model::container::WaitingReason;
 use crate::pods::cri_config;
+use crate::pods::objects::ObjectError;
 use crate::pods::volumes::VolumeError;
 use crate::runtime::RuntimeError;
 /// Why a sync could not finish; the worker logs it and tries again later.
@@ -107,6 +108,12 @@ pub enum StartError {
         #[source]
         source: cri_config::ConfigBuildError,
     },
+    #[error("container {container:?}: reading what its environment names")]
+    Objects {
+        container: String,
+        #[source]
+        source: ObjectError,
+    },
     #[error("container {container:?}: pinning a subPath")]
     SubPath {
         container: String,
@@ -147,7 +154,7 @@ impl StartError {
     /// The container's waiting reason, as upstream names these failures.
     pub(super) fn reason(&self) -> WaitingReason {
         match self {
-            StartError::Config { .. } | StartError::SubPath { .. } => {
+            StartError::Config { .. } | StartError::Objects { .. } | StartError::SubPath { .. } => {
                 WaitingReason::CreateContainerConfigError
             }
             StartError::ImageNeverPull { .. } => WaitingReason::ErrImageNeverPull,
@@ -162,7 +169,13 @@ impl StartError {
     /// runtime's own message where it gave one, as upstream shows it).
     pub(super) fn status_message(&self) -> String {
         match self {
+            // A missing configMap or secret (or key): upstream's own words.
+            StartError::Config {
+                source: cri_config::ConfigBuildError::MissingObject { message, .. },
+                ..
+            } => message.clone(),
             StartError::Config { source, .. } => describe(source),
+            StartError::Objects { source, .. } => describe(source),
             StartError::SubPath { source, .. } => describe(source),
             StartError::ImageNeverPull { image, .. } => {
                 format!("Container image {image:?} is not present with pull policy of Never")
@@ -321,6 +334,35 @@ mod tests {
             mount.waiting_reason(),
             Some(WaitingReason::ContainerCreating),
             "upstream's pod waits in ContainerCreating for its volumes"
+        );
+        // A missing object shows upstream's words alone; a failed read names the object.
+        let missing = StartError::Config {
+            container: "c".to_owned(),
+            source: cri_config::ConfigBuildError::MissingObject {
+                pod: "p".to_owned(),
+                container: "c".to_owned(),
+                field: "envFrom[0].configMapRef".to_owned(),
+                message: "configmap \"x\" not found".to_owned(),
+            },
+        };
+        assert_eq!(missing.reason(), WaitingReason::CreateContainerConfigError);
+        assert_eq!(missing.status_message(), "configmap \"x\" not found");
+        let unreadable = StartError::Objects {
+            container: "c".to_owned(),
+            source: ObjectError::Timeout {
+                kind: crate::pods::objects::ObjectKind::Secret,
+                namespace: "ns".to_owned(),
+                name: "s".to_owned(),
+                after: Duration::from_secs(10),
+            },
+        };
+        assert_eq!(
+            unreadable.reason(),
+            WaitingReason::CreateContainerConfigError
+        );
+        assert_eq!(
+            unreadable.status_message(),
+            "couldn't get secret ns/s: the API server did not answer within 10s"
         );
         assert_eq!(create.reason(), WaitingReason::CreateContainerError);
         assert!(

@@ -7,7 +7,8 @@
 //! | `Pulling` | Normal | a pull starts (policy `Always`, or the image is missing) |
 //! | `Pulled` | Normal | a pull worked (size, durations), or the image is present and the policy is not `Always` |
 //! | `Failed` | Warning | a pull failed (`Failed to pull image ...`, then `Error: ErrImagePull`) |
-//! | `FailedToRetrieveImagePullSecret` | Warning | the pod names pull secrets bpflet cannot read |
+//! | `FailedToRetrieveImagePullSecret` | Warning | (on the pod) a pull needs the pod's pull secrets and some cannot be had (missing, unreadable, standalone mode) |
+//! | `InvalidEnvironmentVariableNames` | Warning | (on the pod) `envFrom` keys left out as invalid names |
 //! | `Created`, `Started` | Normal | each container, init containers included |
 //! | `Killing` | Normal | each container stopped: the planner's reason (a failed probe, a changed spec), else `Stopping container <name>` |
 //! | `BackOff` | Warning | a restart held back by CrashLoopBackOff (Normal for an image) |

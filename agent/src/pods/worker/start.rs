@@ -13,12 +13,13 @@ use tracing::{debug, info, warn};
 use super::Worker;
 use super::error::StartError;
 use super::events;
-use crate::images::{self, Decision, PullPolicy};
+use crate::images::{self, Decision, Keyring, PullPolicy, credentials};
 use crate::model::container::WaitingReason;
 use crate::model::termination_grace;
 use crate::model::{format_pod, pod_uid};
 use crate::pods::backoff::{BackoffKey, StartFailure};
 use crate::pods::cri_config::{self, ContainerContext};
+use crate::pods::objects::EnvObjects;
 use crate::pods::plan::{BackoffWait, PodActions, Waiting};
 use crate::pods::volumes::PodVolumes;
 use crate::record::EventType;
@@ -232,7 +233,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 image: shown.to_owned(),
             }),
             Decision::Pull => {
-                self.warn_unreadable_pull_secrets(pod, container);
+                let pod_keyring = self.pull_secrets(pod).await;
                 self.record_container(
                     pod,
                     &container.name,
@@ -240,7 +241,8 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                     "Pulling",
                     &events::pulling(shown),
                 );
-                let credentials = ctx.host.images.node_keyring().lookup(image);
+                // The pod's secrets first, then the node's credentials (upstream's order).
+                let credentials = pod_keyring.lookup_with(&ctx.host.images.node_keyring(), image);
                 debug!(pod = %format_pod(pod), container = %container.name, image, credentials = credentials.len(), "pulling");
                 let pulled = ctx
                     .host
@@ -264,10 +266,13 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         }
     }
 
-    /// A pod that names `imagePullSecrets`: bpflet cannot read secrets yet (a static pod
-    /// cannot reference them at all), so, as upstream does when it cannot get them, it
-    /// says so and pulls with the node's credentials.
-    fn warn_unreadable_pull_secrets(&self, pod: &Pod, container: &Container) {
+    /// The credentials of the pod's `imagePullSecrets`, read from the API server (cluster
+    /// mode): each `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` secret
+    /// ([`credentials::from_secret`]); a secret of another type adds nothing. A secret that
+    /// cannot be had (missing, unreadable, or not a docker config) is left out with
+    /// upstream's `FailedToRetrieveImagePullSecret` warning on the pod, and the pull goes on
+    /// without it. A static pod (standalone mode) cannot name secrets: each is reported so.
+    async fn pull_secrets(&self, pod: &Pod) -> Keyring {
         let names: Vec<&str> = pod
             .spec
             .as_ref()
@@ -275,17 +280,45 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             .unwrap_or_default()
             .iter()
             .map(|r| r.name.as_str())
+            // Upstream passes over empty names (the API once allowed them).
+            .filter(|n| !n.is_empty())
             .collect();
+        let mut keyring = Keyring::default();
         if names.is_empty() {
-            return;
+            return keyring;
         }
-        self.record_container(
-            pod,
-            &container.name,
-            EventType::Warning,
-            "FailedToRetrieveImagePullSecret",
-            &events::unreadable_pull_secrets(&names),
-        );
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let mut failed = Vec::new();
+        for &name in &names {
+            let Some(objects) = &self.ctx.host.objects else {
+                failed.push(name);
+                continue;
+            };
+            let what = format!("secret {namespace}/{name}");
+            let problem = match objects.secret(namespace, name).await {
+                Ok(Some(secret)) => match credentials::from_secret(&secret, &what) {
+                    Ok(Some(config)) => {
+                        keyring.add(&config);
+                        continue;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => crate::error::full_text(&e),
+                },
+                Ok(None) => "not found".to_owned(),
+                Err(e) => crate::error::full_text(&e),
+            };
+            info!(pod = %format_pod(pod), secret = %what, problem = %problem, "unable to retrieve pull secret; the image pull may not succeed");
+            failed.push(name);
+        }
+        if !failed.is_empty() {
+            self.record_pod(
+                pod,
+                EventType::Warning,
+                "FailedToRetrieveImagePullSecret",
+                &events::unreadable_pull_secrets(&failed),
+            );
+        }
+        keyring
     }
 
     async fn start_container(
@@ -299,6 +332,23 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
         let ctx = Arc::clone(&self.ctx);
         let name = format_pod(pod);
         let cname = || container.name.clone();
+        // The configMaps and secrets the environment names, read now (cluster mode): the
+        // config is built from what they hold at this start, as upstream's.
+        let env_objects = match &ctx.host.objects {
+            Some(objects) => Some(
+                EnvObjects::fetch(
+                    &**objects,
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    container,
+                )
+                .await
+                .map_err(|source| StartError::Objects {
+                    container: cname(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         // Pinned now, just before the runtime mounts them: see `pods::subpath`.
         let sub_paths = volumes
             .pin_sub_paths(container)
@@ -314,6 +364,7 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
             host_ips: ctx.node.ips.iter().map(ToString::to_string).collect(),
             memory_capacity_bytes: ctx.node.memory_capacity,
             allocatable: ctx.node.allocatable,
+            env_objects: env_objects.as_ref(),
         };
         let mut config =
             cri_config::container_config(pod, container, attempt, &cctx).map_err(|source| {
@@ -323,6 +374,17 @@ impl<R: ContainerRuntime + 'static> Worker<R> {
                 }
             })?;
         ctx.host.mark.apply(&mut config.labels);
+        for skipped in env_objects
+            .iter()
+            .flat_map(|env| cri_config::skipped_env_keys(pod, container, env))
+        {
+            self.record_pod(
+                pod,
+                EventType::Warning,
+                "InvalidEnvironmentVariableNames",
+                &skipped.message(),
+            );
+        }
         let image = config
             .image
             .as_ref()

@@ -77,6 +77,11 @@ struct Node {
 
 impl Node {
     fn new() -> Self {
+        Self::with_objects(None)
+    }
+
+    /// A node whose pods read configMaps and secrets from `objects` (cluster mode).
+    fn with_objects(objects: Option<Arc<dyn crate::pods::objects::PodObjects>>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Clock::tokio();
         let rt = FakeRuntime::new();
@@ -113,7 +118,8 @@ impl Node {
                 dir.path().join("pods"),
                 dir.path().join("logs"),
                 crate::pods::labels::AgentMark::for_tests(),
-            ),
+            )
+            .with_objects(objects),
             NodeInfo::new(
                 "node-a".to_owned(),
                 vec!["127.0.0.1".parse().expect("ip")],
@@ -1353,4 +1359,208 @@ async fn two_pods_pulling_one_bad_image_back_off_independently() {
     })
     .await;
     assert_eq!(changed.elapsed().as_secs(), 0);
+}
+
+/// configMaps and secrets held in memory, as an API server would serve them; records which
+/// pods registered.
+#[derive(Default)]
+struct FakeObjects {
+    config_maps: std::sync::Mutex<std::collections::BTreeMap<String, ConfigMap>>,
+    secrets: std::sync::Mutex<std::collections::BTreeMap<String, Secret>>,
+    registrations: std::sync::Mutex<Vec<String>>,
+}
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+
+use crate::pods::objects::{ObjectError, PodObjects};
+
+impl PodObjects for FakeObjects {
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'static, Result<Option<Arc<ConfigMap>>, ObjectError>> {
+        let found = self
+            .config_maps
+            .lock()
+            .expect("lock")
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .map(Arc::new);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'static, Result<Option<Arc<Secret>>, ObjectError>> {
+        let found = self
+            .secrets
+            .lock()
+            .expect("lock")
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .map(Arc::new);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn register_pod(&self, pod: &Pod) {
+        let names: Vec<String> = crate::pods::objects::referenced_objects(pod)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        self.registrations
+            .lock()
+            .expect("lock")
+            .push(format!("register {}", names.join(",")));
+    }
+
+    fn unregister_pod(&self, pod: &Pod) {
+        self.registrations
+            .lock()
+            .expect("lock")
+            .push(format!("unregister {}", crate::model::pod_uid(pod)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_config_map_holds_the_container_until_it_exists_and_env_comes_from_it() {
+    let objects = Arc::new(FakeObjects::default());
+    let node = Node::with_objects(Some(Arc::clone(&objects) as Arc<dyn PodObjects>));
+    let spec = serde_json::json!({"containers": [{
+        "name": "app",
+        "image": IMAGE,
+        "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}],
+        "envFrom": [{"secretRef": {"name": "creds"}, "prefix": "DB_"}],
+    }]});
+    objects.secrets.lock().expect("lock").insert(
+        "default/creds".to_owned(),
+        serde_json::from_value(serde_json::json!({"data": {"USER": "YWxpY2U="}})).expect("secret"),
+    );
+    let worker = node.spawn(pod("web", UID, &spec));
+    let (reason, message) = until("the container waits for its configMap", async || {
+        node.container(UID, "app").as_ref().and_then(waiting)
+    })
+    .await;
+    assert_eq!(
+        (reason.as_str(), message.as_str()),
+        (
+            "CreateContainerConfigError",
+            "configmap \"settings\" not found"
+        )
+    );
+    assert!(
+        node.events("Failed")
+            .contains(&"Error: configmap \"settings\" not found".to_owned()),
+        "{:?}",
+        node.events("Failed")
+    );
+    assert_eq!(node.rt.call_count(Method::CreateContainer), 0);
+
+    objects.config_maps.lock().expect("lock").insert(
+        "default/settings".to_owned(),
+        serde_json::from_value(serde_json::json!({"data": {"mode": "fast"}})).expect("cm"),
+    );
+    let id = until("the container runs once the configMap exists", async || {
+        running_named(&node, UID, "app").await
+    })
+    .await;
+    let config = node.rt.container_config(&id).expect("config");
+    let envs: Vec<(&str, &str)> = config
+        .envs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect();
+    assert_eq!(envs, [("DB_USER", "alice"), ("MODE", "fast")]);
+
+    worker.terminate.cancel();
+    worker.poke(Trigger::Relist);
+    until("the worker ends", async || {
+        worker.done.is_finished().then_some(())
+    })
+    .await;
+    assert_eq!(
+        *objects.registrations.lock().expect("lock"),
+        [
+            "register configmap default/settings,secret default/creds".to_owned(),
+            format!("unregister {UID}"),
+        ],
+        "registered once when the worker starts, unregistered when it ends"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pull_secrets_come_before_the_nodes_credentials_and_a_missing_one_is_reported() {
+    let objects = Arc::new(FakeObjects::default());
+    let node = Node::with_objects(Some(Arc::clone(&objects) as Arc<dyn PodObjects>));
+    let config_json = br#"{"auths": {"127.0.0.1:5000": {"username": "puller", "password": "pw"}}}"#;
+    objects.secrets.lock().expect("lock").insert(
+        "default/regcred".to_owned(),
+        Secret {
+            type_: Some("kubernetes.io/dockerconfigjson".to_owned()),
+            data: Some(std::collections::BTreeMap::from([(
+                ".dockerconfigjson".to_owned(),
+                k8s_openapi::ByteString(config_json.to_vec()),
+            )])),
+            ..Secret::default()
+        },
+    );
+    let image = "127.0.0.1:5000/private/app:1";
+    let spec = serde_json::json!({
+        "containers": [{"name": "app", "image": image}],
+        "imagePullSecrets": [{"name": "absent"}, {"name": "regcred"}, {"name": ""}],
+    });
+    // Kept: a worker whose spec sender is gone spins on `changed()`.
+    let _worker = node.spawn(pod("web", UID, &spec));
+    until("the container runs", async || {
+        running_named(&node, UID, "app").await
+    })
+    .await;
+    assert_eq!(
+        node.rt.pulls(),
+        [(image.to_owned(), Some("puller".to_owned()))],
+        "pulled with the pod's secret"
+    );
+    let warnings: Vec<Recorded> = node
+        .pod_events(UID)
+        .into_iter()
+        .filter(|e| e.reason == "FailedToRetrieveImagePullSecret")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        (warnings[0].kind.as_str(), warnings[0].field_path.as_str()),
+        ("Warning", ""),
+        "about the pod"
+    );
+    assert_eq!(
+        warnings[0].message,
+        "Unable to retrieve some image pull secrets (absent); attempting to pull the image may \
+         not succeed."
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standalone_pod_naming_pull_secrets_pulls_anonymously_with_a_warning() {
+    let node = Node::new();
+    let image = "127.0.0.1:5000/private/app:1";
+    let spec = serde_json::json!({
+        "containers": [{"name": "app", "image": image}],
+        "imagePullSecrets": [{"name": "regcred"}],
+    });
+    // Kept: a worker whose spec sender is gone spins on `changed()`.
+    let _worker = node.spawn(pod("web", UID, &spec));
+    until("the container runs", async || {
+        running_named(&node, UID, "app").await
+    })
+    .await;
+    assert_eq!(node.rt.pulls(), [(image.to_owned(), None)]);
+    assert_eq!(
+        node.events("FailedToRetrieveImagePullSecret"),
+        [
+            "Unable to retrieve some image pull secrets (regcred); attempting to pull the image \
+          may not succeed."
+        ]
+    );
 }

@@ -817,6 +817,25 @@ pub fn uid(p: &Value) -> String {
     p["metadata"]["uid"].as_str().unwrap_or_default().to_owned()
 }
 
+/// A pod named `name`, `restartPolicy: Never`, whose one container `hog` reads 64 MiB into a
+/// buffer under a 32Mi memory limit: the kernel OOM-kills it at once.
+#[must_use]
+pub fn oom_pod(name: &str) -> String {
+    pod_yaml(
+        name,
+        "Never",
+        &format!(
+            "  containers:
+  - name: hog
+    image: {IMAGE}
+    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
+    resources:
+      limits: {{memory: 32Mi}}
+"
+        ),
+    )
+}
+
 /// A pod whose one container `c` sleeps for an hour, `restartPolicy: Always`.
 #[must_use]
 pub fn sleeping_pod(name: &str) -> String {

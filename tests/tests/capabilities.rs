@@ -15,7 +15,9 @@ use std::path::Path;
 use std::process::Command;
 
 use bpflet_tests::bpflet_bin;
-use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, pod_yaml, running, uid};
+use bpflet_tests::node::{
+    IMAGE, Node, NodeConfig, container_status, oom_pod, pod_yaml, running, uid,
+};
 
 const UNIT: &str = include_str!("../../deploy/bpflet.service");
 
@@ -173,22 +175,7 @@ fn the_documented_capabilities_run_memory_volumes_bpf_and_the_api() {
     });
 
     // An OOM kill, attributed by BPF: the kernel's victim and limit in the event.
-    node.write_manifest(
-        "oom.yaml",
-        &pod_yaml(
-            "oom",
-            "Never",
-            &format!(
-                "  containers:
-  - name: hog
-    image: {IMAGE}
-    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
-    resources:
-      limits: {{memory: 32Mi}}
-"
-            ),
-        ),
-    );
+    node.write_manifest("oom.yaml", &oom_pod("oom"));
     let p = node.wait_pod("oom", "hog terminated", |p| {
         !container_status(p, "hog")["state"]["terminated"].is_null()
     });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bpflet_proto::v1 as pb;
 use bpflet_proto::v1::event_service_client::EventServiceClient;
 use bpflet_tests::bpflet_bin;
-use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, pod_yaml, remote_tracer};
+use bpflet_tests::node::{IMAGE, Node, NodeConfig, container_status, oom_pod, remote_tracer};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Upper bound for anything the agent and the kernel must produce; never a timing claim.
@@ -348,22 +348,7 @@ fn trace_remote_shows_an_oom_kill_with_the_pod_named() {
 
     let socket_arg = socket.to_string_lossy().into_owned();
     let (mut child, lines) = remote_tracer(&[&socket_arg, "--kind", "oom_kill"]);
-    node.write_manifest(
-        "oom.yaml",
-        &pod_yaml(
-            "oom",
-            "Never",
-            &format!(
-                "  containers:
-  - name: hog
-    image: {IMAGE}
-    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
-    resources:
-      limits: {{memory: 32Mi}}
-"
-            ),
-        ),
-    );
+    node.write_manifest("oom.yaml", &oom_pod("oom"));
     let v = lines.recv_timeout(WAIT).expect("an oom_kill line");
     let _ = child.kill();
     let _ = child.wait();

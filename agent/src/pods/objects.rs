@@ -288,6 +288,67 @@ impl EnvObjects {
     }
 }
 
+/// configMaps and secrets held in memory (keyed `<namespace>/<name>`), as an API server would
+/// serve them, recording which pods registered: for unit tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct FakeObjects {
+    pub(crate) config_maps: std::sync::Mutex<BTreeMap<String, ConfigMap>>,
+    pub(crate) secrets: std::sync::Mutex<BTreeMap<String, Secret>>,
+    pub(crate) registrations: std::sync::Mutex<Vec<String>>,
+}
+
+#[cfg(test)]
+impl PodObjects for FakeObjects {
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'static, Result<Option<Arc<ConfigMap>>, ObjectError>> {
+        let found = self
+            .config_maps
+            .lock()
+            .expect("lock")
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .map(Arc::new);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'static, Result<Option<Arc<Secret>>, ObjectError>> {
+        let found = self
+            .secrets
+            .lock()
+            .expect("lock")
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .map(Arc::new);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn register_pod(&self, pod: &Pod) {
+        let names: Vec<String> = referenced_objects(pod)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        self.registrations
+            .lock()
+            .expect("lock")
+            .push(format!("register {}", names.join(",")));
+    }
+
+    fn unregister_pod(&self, pod: &Pod) {
+        self.registrations
+            .lock()
+            .expect("lock")
+            .push(format!("unregister {}", crate::model::pod_uid(pod)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

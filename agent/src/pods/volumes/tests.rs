@@ -435,44 +435,6 @@ async fn standalone_volumes_that_need_the_api_server_are_refused_by_name() {
         .expect("downwardAPI standalone");
 }
 
-/// configMaps from a map, as the objects store would serve them.
-struct Objects(std::sync::Mutex<BTreeMap<String, ConfigMap>>);
-
-impl crate::pods::objects::PodObjects for Objects {
-    fn config_map(
-        &self,
-        _namespace: &str,
-        name: &str,
-    ) -> futures::future::BoxFuture<
-        'static,
-        Result<Option<std::sync::Arc<ConfigMap>>, crate::pods::objects::ObjectError>,
-    > {
-        let found = self
-            .0
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .map(std::sync::Arc::new);
-        Box::pin(async move { Ok(found) })
-    }
-    fn secret(
-        &self,
-        _namespace: &str,
-        _name: &str,
-    ) -> futures::future::BoxFuture<
-        'static,
-        Result<
-            Option<std::sync::Arc<k8s_openapi::api::core::v1::Secret>>,
-            crate::pods::objects::ObjectError,
-        >,
-    > {
-        Box::pin(async { Ok(None) })
-    }
-    fn register_pod(&self, _pod: &Pod) {}
-    fn unregister_pod(&self, _pod: &Pod) {}
-}
-
 fn cm(data: &[(&str, &str)]) -> ConfigMap {
     ConfigMap {
         data: Some(
@@ -492,7 +454,7 @@ async fn prepare(p: &Pod, access: &api::ApiAccess, pods: &Path) -> Result<PodVol
 #[tokio::test]
 async fn a_config_map_volume_follows_its_object_and_is_mounted_read_only() {
     let pods = tempfile::tempdir().expect("tempdir");
-    let objects = std::sync::Arc::new(Objects(std::sync::Mutex::new(BTreeMap::new())));
+    let objects = std::sync::Arc::new(crate::pods::objects::FakeObjects::default());
     let access = api::ApiAccess {
         objects: Some(objects.clone()),
         tokens: None,
@@ -507,11 +469,10 @@ async fn a_config_map_volume_follows_its_object_and_is_mounted_read_only() {
         err.to_string(),
         "MountVolume.SetUp failed for volume \"cfg\" : configmap \"app-config\" not found"
     );
-    objects
-        .0
-        .lock()
-        .unwrap()
-        .insert("app-config".to_owned(), cm(&[("a", "1"), ("b", "1")]));
+    objects.config_maps.lock().unwrap().insert(
+        "default/app-config".to_owned(),
+        cm(&[("a", "1"), ("b", "1")]),
+    );
     let volumes = prepare(&p, &access, pods.path()).await.expect("prepare");
     let dir = pods
         .path()
@@ -526,11 +487,10 @@ async fn a_config_map_volume_follows_its_object_and_is_mounted_read_only() {
         .expect("prepare again");
     assert_eq!(fs::read_link(dir.join(atomic::DATA_DIR)).unwrap(), first);
     // Changed: swapped.
-    objects
-        .0
-        .lock()
-        .unwrap()
-        .insert("app-config".to_owned(), cm(&[("a", "2"), ("b", "2")]));
+    objects.config_maps.lock().unwrap().insert(
+        "default/app-config".to_owned(),
+        cm(&[("a", "2"), ("b", "2")]),
+    );
     prepare(&p, &access, pods.path())
         .await
         .expect("prepare after the update");

@@ -1361,69 +1361,9 @@ async fn two_pods_pulling_one_bad_image_back_off_independently() {
     assert_eq!(changed.elapsed().as_secs(), 0);
 }
 
-/// configMaps and secrets held in memory, as an API server would serve them; records which
-/// pods registered.
-#[derive(Default)]
-struct FakeObjects {
-    config_maps: std::sync::Mutex<std::collections::BTreeMap<String, ConfigMap>>,
-    secrets: std::sync::Mutex<std::collections::BTreeMap<String, Secret>>,
-    registrations: std::sync::Mutex<Vec<String>>,
-}
+use k8s_openapi::api::core::v1::Secret;
 
-use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-
-use crate::pods::objects::{ObjectError, PodObjects};
-
-impl PodObjects for FakeObjects {
-    fn config_map(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> BoxFuture<'static, Result<Option<Arc<ConfigMap>>, ObjectError>> {
-        let found = self
-            .config_maps
-            .lock()
-            .expect("lock")
-            .get(&format!("{namespace}/{name}"))
-            .cloned()
-            .map(Arc::new);
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn secret(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> BoxFuture<'static, Result<Option<Arc<Secret>>, ObjectError>> {
-        let found = self
-            .secrets
-            .lock()
-            .expect("lock")
-            .get(&format!("{namespace}/{name}"))
-            .cloned()
-            .map(Arc::new);
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn register_pod(&self, pod: &Pod) {
-        let names: Vec<String> = crate::pods::objects::referenced_objects(pod)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        self.registrations
-            .lock()
-            .expect("lock")
-            .push(format!("register {}", names.join(",")));
-    }
-
-    fn unregister_pod(&self, pod: &Pod) {
-        self.registrations
-            .lock()
-            .expect("lock")
-            .push(format!("unregister {}", crate::model::pod_uid(pod)));
-    }
-}
+use crate::pods::objects::{FakeObjects, PodObjects};
 
 #[tokio::test(start_paused = true)]
 async fn a_missing_config_map_holds_the_container_until_it_exists_and_env_comes_from_it() {
